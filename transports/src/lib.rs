@@ -1,0 +1,55 @@
+//! Transports for oxccl: they move bytes between ranks and know nothing of data types,
+//! reduction operators or algorithms.
+//!
+//! # The contract every transport meets
+//!
+//! A [`Transport`] is one rank's endpoint of a world of [`Transport::size`] ranks.
+//!
+//! 1. **Addressing.** Messages go to and come from ranks `0..size`, never this rank itself.
+//!    A communicator may reach different peers through different transports; nothing in a
+//!    transport assumes it reaches every peer of the world in the same way.
+//! 2. **Posting is non-blocking.** [`Transport::post_send`] and [`Transport::post_recv`] return a
+//!    [`ReqId`] at once. The region must stay valid until the request completes or the
+//!    transport fails (the promise made by the `unsafe` constructors of [`Region`] and
+//!    [`RegionMut`]).
+//! 3. **Matching is FIFO per ordered pair.** The k-th message that rank A sends to rank B lands in
+//!    the k-th receive that B posts for A. Its tag and length must equal the receive's; if
+//!    they differ, both sides fail with [`Error::InvalidUsage`] (mismatched calls), and no byte
+//!    of the message is delivered as if it matched. A transport may hold back later messages
+//!    from a peer until earlier ones are matched, so a caller must post receives from one peer
+//!    in the order that peer sends.
+//! 4. **No buffering is promised.** A send may not complete until the peer posts the matching
+//!    receive (the loopback transport always works that way). Algorithms therefore post the
+//!    receives a step needs before they wait on its sends.
+//! 5. **Completion.** [`Transport::test`] makes progress and reports completion without
+//!    blocking; [`Transport::wait`] blocks until completion or a deadline. Every blocking wait has
+//!    a deadline; passing it gives [`Error::Timeout`] naming the peer. Waiting progresses every
+//!    posted request, not only the one waited for.
+//! 6. **Failures are sticky and prompt.** The first error (timeout, lost peer, mismatch,
+//!    [`Transport::abort`], [`Transport::fail`]) fails the whole transport: pending requests are
+//!    dropped without their regions being touched again, every later call returns that first
+//!    error, and peers blocked on this rank learn of it (a closed connection or a failed state)
+//!    rather than waiting for their own deadline. A peer that dies gives
+//!    [`Error::PeerLost`] naming it.
+//! 7. **Abort from anywhere.** [`Transport::abort`] may be called from any thread while another
+//!    thread waits; the waiter returns [`Error::Aborted`] promptly.
+//! 8. **Zero-length messages** are valid and are matched like any other.
+//! 9. **Memory kinds.** A transport refuses regions of a [`MemoryKind`] it cannot move with
+//!    [`Error::Unsupported`]; [`Capabilities`] says in advance what it moves.
+
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod error;
+pub mod loopback;
+pub mod region;
+pub mod store;
+pub mod tcp;
+pub mod transport;
+
+pub use error::{Context, Error, ErrorKind, Result};
+pub use loopback::LoopbackTransport;
+pub use region::{MemoryKind, Region, RegionMut};
+pub use store::{MemoryStore, PrefixStore, Store};
+pub use tcp::{TcpOptions, TcpTransport};
+pub use transport::{Capabilities, ReqId, Tag, Transport};

@@ -1,0 +1,788 @@
+//! TCP transport: any two ranks that can reach each other over IP.
+//!
+//! Setup: every rank listens on its bind address and publishes `ip:port` in the store; each
+//! rank connects to every lower rank (`conns_per_peer` connections per pair) and accepts from
+//! every higher one. Every connection opens with the authenticated handshake of
+//! [`crate::auth`]; a connection that does not know the secret is refused, logged and ignored,
+//! and setup goes on waiting for the real peer.
+//!
+//! Data: frames of [`wire`] on non-blocking sockets, progressed by the waiting thread
+//! ([`engine`]). Messages of at least `stripe_min_bytes` are split into one part per
+//! connection, so several connections carry one large message side by side.
+
+mod engine;
+pub mod wire;
+
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::auth::{self, Hello, Purpose, Secret};
+use crate::error::{Error, ErrorKind, Result};
+use crate::region::{MemoryKind, Region, RegionMut};
+use crate::store::Store;
+use crate::transport::{Capabilities, ReqId, Tag, Transport};
+
+use engine::{Conn, Engine, ReqInfo};
+
+/// Settings of the TCP transport.
+#[derive(Debug, Clone)]
+pub struct TcpOptions {
+    /// The local address to listen on (port chosen by the OS).
+    pub bind: IpAddr,
+    /// Connections per pair of ranks (1 to 16).
+    pub conns_per_peer: usize,
+    /// `SO_SNDBUF`/`SO_RCVBUF` in bytes; `None` leaves the kernel's autotuning on, which on
+    /// Linux grows buffers further than an explicit setting may.
+    pub socket_buffer: Option<usize>,
+    /// Messages of at least this many bytes are striped over all connections of the pair.
+    pub stripe_min_bytes: usize,
+    /// How long a waiter polls the sockets without sleeping before it blocks in `poll`.
+    pub spin: Duration,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        TcpOptions {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            conns_per_peer: 1,
+            socket_buffer: None,
+            stripe_min_bytes: 256 << 10,
+            spin: Duration::from_micros(50),
+        }
+    }
+}
+
+/// One rank's endpoint of a TCP world. Build it with [`TcpTransport::connect`].
+pub struct TcpTransport {
+    rank: usize,
+    size: usize,
+    opts: TcpOptions,
+    engine: Mutex<Engine>,
+    wake: OwnedFd,
+    aborted: AtomicBool,
+    socket_fds: Vec<RawFd>,
+}
+
+fn new_eventfd() -> Result<OwnedFd> {
+    // SAFETY: plain syscall; the returned descriptor is owned by the OwnedFd below.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Error::io(
+            "creating an eventfd",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_data_options(sock: &TcpStream, opts: &TcpOptions) -> Result<()> {
+    let s = socket2::SockRef::from(sock);
+    s.set_nodelay(true)
+        .map_err(|e| Error::io("setting TCP_NODELAY", e))?;
+    if let Some(b) = opts.socket_buffer {
+        s.set_send_buffer_size(b)
+            .map_err(|e| Error::io("setting SO_SNDBUF", e))?;
+        s.set_recv_buffer_size(b)
+            .map_err(|e| Error::io("setting SO_RCVBUF", e))?;
+    }
+    Ok(())
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// How long one handshake may take: a stranger that connects and says nothing must not hold
+/// up the real peers for long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn accept_peers(
+    listener: TcpListener,
+    rank: usize,
+    size: usize,
+    secret: Secret,
+    k: usize,
+    deadline: Instant,
+) -> Result<Vec<(usize, usize, TcpStream)>> {
+    let expected = (size - rank - 1) * k;
+    let mut got: Vec<(usize, usize, TcpStream)> = Vec::with_capacity(expected);
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("listener", e))?;
+    while got.len() < expected {
+        match listener.accept() {
+            Ok((mut s, from)) => {
+                s.set_nonblocking(false)
+                    .map_err(|e| Error::io("accepted socket", e))?;
+                let t = HANDSHAKE_TIMEOUT
+                    .min(remaining(deadline))
+                    .max(Duration::from_millis(1));
+                let _ = s.set_read_timeout(Some(t));
+                let _ = s.set_write_timeout(Some(t));
+                match auth::accept_handshake(&mut s, &secret) {
+                    Ok(h) => {
+                        let (peer, idx) = (h.from as usize, h.index as usize);
+                        let valid = h.purpose == Purpose::Data
+                            && h.to as usize == rank
+                            && h.world as usize == size
+                            && peer > rank
+                            && peer < size
+                            && idx < k
+                            && !got.iter().any(|(p, i, _)| (*p, *i) == (peer, idx));
+                        if valid {
+                            got.push((peer, idx, s));
+                        } else {
+                            tracing::warn!(rank, %from, ?h, "refused a data connection that does not fit this world");
+                        }
+                    }
+                    Err(e) => tracing::warn!(rank, %from, error = %e, "refused a data connection"),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    let missing: Vec<usize> = (rank + 1..size)
+                        .filter(|p| got.iter().filter(|(q, _, _)| q == p).count() < k)
+                        .collect();
+                    return Err(Error::timeout(
+                        format!(
+                            "ranks {missing:?} never opened their data connections to this rank"
+                        ),
+                        Duration::ZERO,
+                    )
+                    .on_rank(rank));
+                }
+                let mut pfd = libc::pollfd {
+                    fd: listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                let ms = remaining(deadline).as_millis().clamp(1, 100) as i32;
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, ms) };
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("accepting data connections", e).on_rank(rank)),
+        }
+    }
+    Ok(got)
+}
+
+fn connect_peer(
+    addr: SocketAddr,
+    rank: usize,
+    peer: usize,
+    size: usize,
+    idx: usize,
+    secret: &Secret,
+    deadline: Instant,
+) -> Result<TcpStream> {
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let t = remaining(deadline).max(Duration::from_millis(1));
+        match TcpStream::connect_timeout(&addr, t.min(HANDSHAKE_TIMEOUT)) {
+            Ok(mut s) => {
+                let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT.min(t)));
+                let _ = s.set_write_timeout(Some(HANDSHAKE_TIMEOUT.min(t)));
+                let hello = Hello {
+                    purpose: Purpose::Data,
+                    from: rank as u32,
+                    to: peer as u32,
+                    index: idx as u32,
+                    world: size as u32,
+                };
+                auth::connect_handshake(&mut s, secret, hello)
+                    .map_err(|e| e.on_rank(rank).with_peer(peer))?;
+                return Ok(s);
+            }
+            Err(e) => {
+                if Instant::now() + backoff >= deadline {
+                    return Err(Error::io(format!("connecting to peer {peer} at {addr}"), e)
+                        .on_rank(rank)
+                        .with_peer(peer));
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+impl TcpTransport {
+    /// Connects this rank to every other rank of a world of `size`, rendezvousing through
+    /// `store`, and proving knowledge of `secret` on every connection. Fails with
+    /// `Error::Timeout` naming the missing ranks when some never arrive by `deadline`.
+    pub fn connect(
+        rank: usize,
+        size: usize,
+        store: &dyn Store,
+        secret: Secret,
+        opts: TcpOptions,
+        deadline: Instant,
+    ) -> Result<TcpTransport> {
+        if size == 0 || rank >= size {
+            return Err(Error::invalid_argument(format!(
+                "rank {rank} is not in a world of {size}"
+            )));
+        }
+        if opts.conns_per_peer == 0 || opts.conns_per_peer > 16 {
+            return Err(Error::invalid_argument(format!(
+                "connections per peer must be 1 to 16, not {}",
+                opts.conns_per_peer
+            )));
+        }
+        let k = opts.conns_per_peer;
+        let sock = Socket::new(
+            Domain::for_address(SocketAddr::new(opts.bind, 0)),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(|e| Error::io("creating the listening socket", e))?;
+        sock.set_reuse_address(true)
+            .map_err(|e| Error::io("SO_REUSEADDR", e))?;
+        sock.bind(&SocketAddr::new(opts.bind, 0).into())
+            .map_err(|e| Error::io(format!("binding to {}", opts.bind), e).on_rank(rank))?;
+        sock.listen(1024).map_err(|e| Error::io("listen", e))?;
+        let listener: TcpListener = sock.into();
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::io("listener address", e))?;
+        store.set(&format!("tcp/addr/{rank}"), local.to_string().as_bytes())?;
+
+        let acceptor = std::thread::Builder::new()
+            .name(format!("oxccl-accept-{rank}"))
+            .spawn(move || accept_peers(listener, rank, size, secret, k, deadline))
+            .map_err(|e| Error::io("spawning the accept thread", e))?;
+
+        let mut conns: Vec<Vec<Option<TcpStream>>> =
+            (0..size).map(|_| (0..k).map(|_| None).collect()).collect();
+        let mut connect_err = None;
+        for peer in 0..rank {
+            let addr = match store.get(&format!("tcp/addr/{peer}"), deadline) {
+                Ok(a) => a,
+                Err(e) if e.kind() == ErrorKind::Timeout => {
+                    connect_err = Some(
+                        Error::timeout(
+                            format!("rank {peer} never published its address"),
+                            Duration::ZERO,
+                        )
+                        .on_rank(rank)
+                        .with_peer(peer),
+                    );
+                    break;
+                }
+                Err(e) => {
+                    connect_err = Some(e);
+                    break;
+                }
+            };
+            let addr: SocketAddr =
+                match std::str::from_utf8(&addr).ok().and_then(|a| a.parse().ok()) {
+                    Some(a) => a,
+                    None => {
+                        connect_err = Some(Error::invalid_usage(format!(
+                            "rank {peer} published a bad address"
+                        )));
+                        break;
+                    }
+                };
+            for (idx, slot) in conns[peer].iter_mut().enumerate() {
+                match connect_peer(addr, rank, peer, size, idx, &secret, deadline) {
+                    Ok(s) => *slot = Some(s),
+                    Err(e) => {
+                        connect_err = Some(e);
+                        break;
+                    }
+                }
+            }
+            if connect_err.is_some() {
+                break;
+            }
+        }
+        let accepted = acceptor
+            .join()
+            .map_err(|_| Error::internal("the accept thread panicked"))?;
+        if let Some(e) = connect_err {
+            return Err(e);
+        }
+        for (peer, idx, s) in accepted? {
+            conns[peer][idx] = Some(s);
+        }
+
+        let mut socket_fds = Vec::new();
+        let mut engine_conns = Vec::with_capacity(size);
+        for (peer, peer_conns) in conns.into_iter().enumerate() {
+            let mut v = Vec::new();
+            if peer != rank {
+                for s in peer_conns {
+                    let s =
+                        s.ok_or_else(|| Error::internal(format!("no connection to peer {peer}")))?;
+                    s.set_read_timeout(None)
+                        .map_err(|e| Error::io("socket", e))?;
+                    s.set_write_timeout(None)
+                        .map_err(|e| Error::io("socket", e))?;
+                    s.set_nonblocking(true)
+                        .map_err(|e| Error::io("socket", e))?;
+                    set_data_options(&s, &opts)?;
+                    socket_fds.push(s.as_raw_fd());
+                    v.push(Conn::new(s, peer));
+                }
+            }
+            engine_conns.push(v);
+        }
+        tracing::debug!(rank, size, %local, conns_per_peer = k, "tcp transport connected");
+        Ok(TcpTransport {
+            rank,
+            size,
+            opts,
+            engine: Mutex::new(Engine::new(rank, engine_conns)),
+            wake: new_eventfd()?,
+            aborted: AtomicBool::new(false),
+            socket_fds,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self, e: &mut Engine) -> Result<()> {
+        if self.aborted.load(Ordering::Acquire) && e.failed.is_none() {
+            return Err(e.fail(Error::aborted("the communicator was aborted")));
+        }
+        match &e.failed {
+            Some(err) => Err(err.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn check_peer(&self, peer: usize) -> Result<()> {
+        if peer >= self.size || peer == self.rank {
+            return Err(Error::invalid_argument(format!(
+                "peer {peer} is not another rank of this world of {}",
+                self.size
+            ))
+            .on_rank(self.rank));
+        }
+        Ok(())
+    }
+
+    fn parts(&self, len: usize) -> usize {
+        if self.opts.conns_per_peer > 1 && len >= self.opts.stripe_min_bytes {
+            self.opts.conns_per_peer
+        } else {
+            1
+        }
+    }
+
+    fn progress(&self, e: &mut Engine) -> Result<bool> {
+        e.progress().map_err(|err| e.fail(err))
+    }
+}
+
+/// The byte range of part `i` of `n` of a message of `len` bytes.
+fn part_range(len: usize, n: usize, i: usize) -> (usize, usize) {
+    let base = len / n;
+    let extra = len % n;
+    let start = i * base + i.min(extra);
+    (start, base + usize::from(i < extra))
+}
+
+impl Transport for TcpTransport {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            peer_memory_mappable: false,
+            device_memory: false,
+            eager_sends: true,
+            inter_host: true,
+        }
+    }
+
+    fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {
+        self.check_peer(peer)?;
+        if buf.kind() != MemoryKind::Host {
+            return Err(Error::unsupported(
+                "the tcp transport moves host memory only",
+            ));
+        }
+        let mut e = self.lock();
+        self.check(&mut e)?;
+        let id = e.next_id;
+        e.next_id += 1;
+        let n = self.parts(buf.len());
+        for i in 0..n {
+            let (start, len) = part_range(buf.len(), n, i);
+            e.conns[peer][i].push_send(id, tag, i as u16, buf.as_ptr().wrapping_add(start), len);
+        }
+        e.reqs.insert(
+            id,
+            ReqInfo {
+                peer,
+                tag,
+                is_send: true,
+                parts_left: n as u32,
+            },
+        );
+        self.progress(&mut e)?;
+        Ok(ReqId(id))
+    }
+
+    fn post_recv(&self, peer: usize, tag: Tag, buf: RegionMut) -> Result<ReqId> {
+        self.check_peer(peer)?;
+        if buf.kind() != MemoryKind::Host {
+            return Err(Error::unsupported(
+                "the tcp transport moves host memory only",
+            ));
+        }
+        let mut e = self.lock();
+        self.check(&mut e)?;
+        let id = e.next_id;
+        e.next_id += 1;
+        let n = self.parts(buf.len());
+        for i in 0..n {
+            let (start, len) = part_range(buf.len(), n, i);
+            e.conns[peer][i].recvq.push_back(engine::RecvPart {
+                req: id,
+                tag,
+                part: i as u16,
+                ptr: buf.as_mut_ptr().wrapping_add(start),
+                len,
+                off: 0,
+                hdr_ok: false,
+            });
+        }
+        e.reqs.insert(
+            id,
+            ReqInfo {
+                peer,
+                tag,
+                is_send: false,
+                parts_left: n as u32,
+            },
+        );
+        self.progress(&mut e)?;
+        Ok(ReqId(id))
+    }
+
+    fn test(&self, req: ReqId) -> Result<bool> {
+        let mut e = self.lock();
+        self.check(&mut e)?;
+        if req.0 == 0 || req.0 >= e.next_id {
+            return Err(Error::internal(format!("unknown request {}", req.0)));
+        }
+        if !e.reqs.contains_key(&req.0) {
+            return Ok(true);
+        }
+        self.progress(&mut e)?;
+        Ok(!e.reqs.contains_key(&req.0))
+    }
+
+    fn wait(&self, req: ReqId, deadline: Instant) -> Result<()> {
+        let start = Instant::now();
+        let spin_until = start + self.opts.spin;
+        let mut e = self.lock();
+        if req.0 == 0 || req.0 >= e.next_id {
+            return Err(Error::internal(format!("unknown request {}", req.0)));
+        }
+        loop {
+            self.check(&mut e)?;
+            if !e.reqs.contains_key(&req.0) {
+                return Ok(());
+            }
+            let moved = self.progress(&mut e)?;
+            if !e.reqs.contains_key(&req.0) {
+                return Ok(());
+            }
+            if moved {
+                continue;
+            }
+            let now = Instant::now();
+            if now < spin_until {
+                std::hint::spin_loop();
+                continue;
+            }
+            if now >= deadline {
+                let (peer, what) = e.describe(req.0);
+                let err = Error::timeout(what, now - start).with_peer(peer);
+                return Err(e.fail(err));
+            }
+            let ms = (deadline - now)
+                .as_micros()
+                .div_ceil(1000)
+                .min(i32::MAX as u128) as i32;
+            if let Err(err) = e.poll_wait(self.wake.as_raw_fd(), ms) {
+                return Err(e.fail(err));
+            }
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.lock().reqs.len()
+    }
+
+    fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd, which lives as long as `self`.
+        unsafe {
+            libc::write(
+                self.wake.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
+        for &fd in &self.socket_fds {
+            // SAFETY: the descriptors stay open until `self` drops; shutdown only ends the
+            // streams, so a thread blocked in poll on them wakes and peers see the end.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+    }
+
+    fn fail(&self, err: Error) {
+        let mut e = self.lock();
+        e.fail(err);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use std::sync::Arc;
+
+    fn world(size: usize, opts: TcpOptions, secret: Secret) -> Vec<Result<TcpTransport>> {
+        let store = Arc::new(MemoryStore::new());
+        let hs: Vec<_> = (0..size)
+            .map(|r| {
+                let store = store.clone();
+                let opts = opts.clone();
+                std::thread::spawn(move || {
+                    TcpTransport::connect(
+                        r,
+                        size,
+                        &*store,
+                        secret,
+                        opts,
+                        Instant::now() + Duration::from_secs(20),
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn part_ranges_cover_the_message() {
+        for len in [0usize, 1, 7, 1000] {
+            for n in 1..5 {
+                let mut next = 0;
+                for i in 0..n {
+                    let (s, l) = part_range(len, n, i);
+                    assert_eq!(s, next);
+                    next = s + l;
+                }
+                assert_eq!(next, len);
+            }
+        }
+    }
+
+    fn exchange(ts: &[TcpTransport], len: usize) {
+        let size = ts.len();
+        std::thread::scope(|sc| {
+            for t in ts {
+                sc.spawn(move || {
+                    let r = t.rank();
+                    let send: Vec<u8> = (0..len).map(|i| (i * 7 + r) as u8).collect();
+                    let mut recv = vec![vec![0u8; len]; size];
+                    let mut reqs = Vec::new();
+                    for (p, buf) in recv.iter_mut().enumerate().filter(|(p, _)| *p != r) {
+                        // SAFETY: `buf` outlives the wait below.
+                        reqs.push(
+                            t.post_recv(p, Tag(5), unsafe { RegionMut::from_slice(buf) })
+                                .unwrap(),
+                        );
+                    }
+                    for p in (0..size).filter(|p| *p != r) {
+                        // SAFETY: `send` outlives the wait below.
+                        reqs.push(
+                            t.post_send(p, Tag(5), unsafe { Region::from_slice(&send) })
+                                .unwrap(),
+                        );
+                    }
+                    t.wait_all(&reqs, Instant::now() + Duration::from_secs(20))
+                        .unwrap();
+                    for (p, buf) in recv.iter().enumerate().filter(|(p, _)| *p != r) {
+                        assert!(
+                            buf.iter().enumerate().all(|(i, &b)| b == (i * 7 + p) as u8),
+                            "from {p}"
+                        );
+                    }
+                    assert_eq!(t.pending(), 0);
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn all_pairs_exchange_small_and_large_messages() {
+        let ts: Vec<_> = world(3, TcpOptions::default(), [1; 16])
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        for len in [0, 1, 100, 3 << 20] {
+            exchange(&ts, len);
+        }
+    }
+
+    #[test]
+    fn striping_over_several_connections() {
+        let opts = TcpOptions {
+            conns_per_peer: 3,
+            stripe_min_bytes: 1000,
+            ..TcpOptions::default()
+        };
+        let ts: Vec<_> = world(2, opts, [2; 16])
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        for len in [5, 999, 1000, 1 << 20] {
+            exchange(&ts, len);
+        }
+    }
+
+    #[test]
+    fn stranger_without_secret_is_refused_and_world_still_forms() {
+        let store = Arc::new(MemoryStore::new());
+        let s2 = store.clone();
+        let rank0 = std::thread::spawn(move || {
+            TcpTransport::connect(
+                0,
+                2,
+                &*s2,
+                [3; 16],
+                TcpOptions::default(),
+                Instant::now() + Duration::from_secs(20),
+            )
+        });
+        let addr: SocketAddr = String::from_utf8(
+            store
+                .get("tcp/addr/0", Instant::now() + Duration::from_secs(5))
+                .unwrap(),
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+        let mut intruder = TcpStream::connect(addr).unwrap();
+        let hello = Hello {
+            purpose: Purpose::Data,
+            from: 1,
+            to: 0,
+            index: 0,
+            world: 2,
+        };
+        assert!(auth::connect_handshake(&mut intruder, &[9; 16], hello).is_err());
+        let t1 = TcpTransport::connect(
+            1,
+            2,
+            &*store,
+            [3; 16],
+            TcpOptions::default(),
+            Instant::now() + Duration::from_secs(20),
+        )
+        .unwrap();
+        let t0 = rank0.join().unwrap().unwrap();
+        exchange(&[t0, t1], 10);
+    }
+
+    #[test]
+    fn missing_rank_times_out_naming_it() {
+        let store = MemoryStore::new();
+        let t0 = Instant::now();
+        let e = match TcpTransport::connect(
+            0,
+            2,
+            &store,
+            [4; 16],
+            TcpOptions::default(),
+            t0 + Duration::from_millis(200),
+        ) {
+            Err(e) => e,
+            Ok(_) => panic!("a world with a missing rank formed"),
+        };
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert!(e.to_string().contains("[1]"), "{e}");
+    }
+
+    #[test]
+    fn dead_peer_is_peer_lost_and_abort_wakes() {
+        let mut ts: Vec<_> = world(3, TcpOptions::default(), [5; 16])
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let t2 = ts.pop().unwrap();
+        let t1 = Arc::new(ts.pop().unwrap());
+        let t0 = ts.pop().unwrap();
+        let mut x = [0u8; 8];
+        // SAFETY: `x` outlives the wait.
+        let r = t0
+            .post_recv(2, Tag(1), unsafe { RegionMut::from_slice(&mut x) })
+            .unwrap();
+        drop(t2);
+        let e = t0
+            .wait(r, Instant::now() + Duration::from_secs(20))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PeerLost, "{e}");
+        assert_eq!(e.peer(), Some(2));
+
+        let mut y = [0u8; 8];
+        // SAFETY: `y` outlives the wait (which the abort ends).
+        let r = t1.post_recv(0, Tag(1), unsafe { RegionMut::from_slice(&mut y) });
+        let t = t1.clone();
+        let h = std::thread::spawn(move || match r {
+            Ok(r) => t.wait(r, Instant::now() + Duration::from_secs(30)),
+            Err(e) => Err(e),
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let start = Instant::now();
+        t1.abort();
+        let e = h.join().unwrap().unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::Aborted | ErrorKind::PeerLost),
+            "{e}"
+        );
+        assert!(start.elapsed() < Duration::from_millis(500));
+    }
+
+    #[test]
+    fn wait_times_out_naming_the_peer() {
+        let ts: Vec<_> = world(2, TcpOptions::default(), [6; 16])
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let mut x = [0u8; 8];
+        // SAFETY: `x` outlives the wait.
+        let r = ts[0]
+            .post_recv(1, Tag(1), unsafe { RegionMut::from_slice(&mut x) })
+            .unwrap();
+        let e = ts[0]
+            .wait(r, Instant::now() + Duration::from_millis(50))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert!(e.to_string().contains("receive from peer 1"), "{e}");
+        assert_eq!(ts[0].pending(), 0, "a failed transport holds no requests");
+    }
+}

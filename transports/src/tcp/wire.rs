@@ -1,0 +1,143 @@
+//! The frame header that precedes every message part on a TCP data connection.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic "OXFR"
+//!      4     1  version (1)
+//!      5     1  kind (1 = data)
+//!      6     2  part index (striping across connections)
+//!      8     4  sequence number of this frame on this connection
+//!     12     4  reserved, zero
+//!     16     8  tag
+//!     24     8  length of the payload that follows, in bytes
+//! ```
+//! All integers are little-endian. A receiver checks every field against the receive it
+//! posted, so a lying or corrupted header can neither overrun a buffer nor go unnoticed.
+
+use crate::error::{Error, Result};
+use crate::transport::Tag;
+
+/// Bytes in a frame header.
+pub const HEADER_LEN: usize = 32;
+const MAGIC: [u8; 4] = *b"OXFR";
+const VERSION: u8 = 1;
+/// The kind of a data frame.
+pub const KIND_DATA: u8 = 1;
+
+/// A decoded frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The frame kind.
+    pub kind: u8,
+    /// Which part of a striped message.
+    pub part: u16,
+    /// The frame's sequence number on its connection.
+    pub seq: u32,
+    /// The message tag.
+    pub tag: Tag,
+    /// Payload length in bytes.
+    pub len: u64,
+}
+
+impl FrameHeader {
+    /// The wire form.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..4].copy_from_slice(&MAGIC);
+        b[4] = VERSION;
+        b[5] = self.kind;
+        b[6..8].copy_from_slice(&self.part.to_le_bytes());
+        b[8..12].copy_from_slice(&self.seq.to_le_bytes());
+        b[16..24].copy_from_slice(&self.tag.0.to_le_bytes());
+        b[24..32].copy_from_slice(&self.len.to_le_bytes());
+        b
+    }
+
+    /// Parses `b`, refusing a wrong magic, version or kind.
+    pub fn decode(b: &[u8; HEADER_LEN]) -> Result<FrameHeader> {
+        if b[0..4] != MAGIC {
+            return Err(Error::invalid_usage(format!(
+                "corrupt frame: bad magic {:02x?}",
+                &b[0..4]
+            )));
+        }
+        if b[4] != VERSION {
+            return Err(Error::invalid_usage(format!(
+                "frame version {} is not {VERSION} (mixed oxccl versions?)",
+                b[4]
+            )));
+        }
+        if b[5] != KIND_DATA {
+            return Err(Error::invalid_usage(format!("unknown frame kind {}", b[5])));
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        Ok(FrameHeader {
+            kind: b[5],
+            part: u16::from_le_bytes([b[6], b[7]]),
+            seq: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+            tag: Tag(u64_at(16)),
+            len: u64_at(24),
+        })
+    }
+
+    /// Checks this header against what the receiver expects next on the connection.
+    pub fn check(&self, seq: u32, part: u16, tag: Tag, len: usize) -> Result<()> {
+        if self.seq != seq {
+            return Err(Error::invalid_usage(format!(
+                "frame sequence {} where {seq} was expected (lost or duplicated frame)",
+                self.seq
+            )));
+        }
+        if self.tag != tag {
+            return Err(Error::invalid_usage(format!(
+                "mismatched calls: message with tag {} arrived where tag {tag} was expected",
+                self.tag
+            )));
+        }
+        if self.len != len as u64 || self.part != part {
+            return Err(Error::invalid_usage(format!(
+                "mismatched calls: message part {} of {} bytes arrived where part {part} of {len} bytes was expected",
+                self.part, self.len
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_rejections() {
+        let h = FrameHeader {
+            kind: KIND_DATA,
+            part: 3,
+            seq: 9,
+            tag: Tag(0xabc),
+            len: 1 << 40,
+        };
+        let b = h.encode();
+        assert_eq!(FrameHeader::decode(&b).unwrap(), h);
+        h.check(9, 3, Tag(0xabc), 1 << 40).unwrap();
+        assert!(h.check(8, 3, Tag(0xabc), 1 << 40).is_err());
+        assert!(h
+            .check(9, 3, Tag(0xabd), 1 << 40)
+            .unwrap_err()
+            .to_string()
+            .contains("tag 0xabc"));
+        assert!(h.check(9, 3, Tag(0xabc), 5).is_err());
+        let mut bad = b;
+        bad[0] = b'X';
+        assert!(FrameHeader::decode(&bad).is_err());
+        let mut bad = b;
+        bad[4] = 2;
+        assert!(FrameHeader::decode(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("version"));
+        let mut bad = b;
+        bad[5] = 77;
+        assert!(FrameHeader::decode(&bad).is_err());
+    }
+}

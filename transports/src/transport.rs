@@ -1,0 +1,89 @@
+//! The [`Transport`] trait and the small types around it. The contract is in the crate docs.
+
+use std::fmt;
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::region::{Region, RegionMut};
+
+/// A message tag. Transports match the tag of each arriving message against the tag of the
+/// receive it lands in and fail both sides when they differ, so mismatched collectives become
+/// an error instead of corrupted data. The layout of the 64 bits is the caller's business;
+/// oxccl's algorithms put the collective's sequence number, kind and step in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Tag(pub u64);
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// A handle to a posted send or receive, returned by [`Transport::post_send`] and
+/// [`Transport::post_recv`]. It means nothing to another transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReqId(pub u64);
+
+/// What a transport can do beyond the contract, so algorithms can ask instead of guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// Peers' buffers can be mapped and read or written directly (shared memory, CUDA IPC).
+    pub peer_memory_mappable: bool,
+    /// Device (GPU) regions can be posted.
+    pub device_memory: bool,
+    /// A send may complete before its receive is posted (the transport buffers). Algorithms
+    /// must not rely on it; it only informs cost estimates.
+    pub eager_sends: bool,
+    /// Reaches peers on other hosts.
+    pub inter_host: bool,
+}
+
+/// Rank-addressed, tagged, non-blocking point-to-point transfer of byte regions.
+///
+/// See the crate documentation for the contract every implementation meets.
+pub trait Transport: Send + Sync {
+    /// A short name for logs and errors, such as `tcp`.
+    fn name(&self) -> &'static str;
+    /// This endpoint's rank.
+    fn rank(&self) -> usize;
+    /// The number of ranks.
+    fn size(&self) -> usize;
+    /// What the transport offers beyond the contract.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Posts a send of `buf` to `peer`. The region must stay valid until the request completes
+    /// (the promise made when it was created).
+    fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId>;
+
+    /// Posts a receive of exactly `buf.len()` bytes from `peer` into `buf`.
+    fn post_recv(&self, peer: usize, tag: Tag, buf: RegionMut) -> Result<ReqId>;
+
+    /// Makes progress without blocking; `Ok(true)` once `req` has completed. Testing a
+    /// completed request again also gives `Ok(true)`.
+    fn test(&self, req: ReqId) -> Result<bool>;
+
+    /// Blocks until `req` completes or `deadline` passes (then [`Error::Timeout`] naming the
+    /// peer). Progresses every other posted request meanwhile.
+    ///
+    /// [`Error::Timeout`]: crate::Error::Timeout
+    fn wait(&self, req: ReqId, deadline: Instant) -> Result<()>;
+
+    /// Blocks until every request in `reqs` completes, or the deadline passes.
+    fn wait_all(&self, reqs: &[ReqId], deadline: Instant) -> Result<()> {
+        for &r in reqs {
+            self.wait(r, deadline)?;
+        }
+        Ok(())
+    }
+
+    /// The number of requests posted and not yet completed.
+    fn pending(&self) -> usize;
+
+    /// Fails the transport with `Error::Aborted` and wakes every waiter, from any thread.
+    /// Pending requests are dropped without touching their regions again.
+    fn abort(&self);
+
+    /// Fails the transport with `err` (if it has not failed yet): every later call returns
+    /// that error, and pending requests are dropped without touching their regions again.
+    fn fail(&self, err: crate::Error);
+}
