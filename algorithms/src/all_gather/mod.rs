@@ -1,0 +1,3 @@
+//! All-gather: every rank ends with every rank's block, in rank order.
+
+pub mod ring;

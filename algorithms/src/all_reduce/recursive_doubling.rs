@@ -1,0 +1,90 @@
+//! Recursive-doubling all-reduce, for any number of ranks.
+//!
+//! Steps (p ranks, n bytes; q the largest power of two not above p, e = p - q):
+//! 1. Fold: of the first 2e ranks, each even rank sends its vector to the odd rank above it,
+//!    which reduces it in and stands for both; the other ranks stand for themselves. Now q
+//!    ranks take part.
+//! 2. lg q exchange steps: at step k a rank swaps its whole vector with the partner whose
+//!    index differs in bit k, and both reduce (lower-ranked operand first, so both compute
+//!    bitwise the same value).
+//! 3. Unfold: each odd rank of the first 2e sends the result back to the even rank below.
+//!
+//! Bytes on the wire per rank: lg q · n (plus n for folded ranks).
+//!
+//! Cost: lg p·(α + n·β + n·γ), plus 2(α + n·β) + n·γ when p is not a power of two.
+//! Latency-optimal: the choice for small vectors.
+
+use oxccl_transport::{Region, Result};
+
+use crate::ctx::{CollArgs, Ctx};
+
+/// Runs recursive-doubling all-reduce.
+pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
+    if super::trivial(ctx, a)? {
+        return Ok(());
+    }
+    let (p, r) = (ctx.size, ctx.rank);
+    let buf = a.recv;
+    if !a.in_place {
+        ctx.reducer.copy(buf, a.send)?;
+    }
+    let scratch = ctx.reducer.scratch(buf.len())?;
+    let tmp = scratch.region().slice(0..buf.len());
+    let q = 1usize << (usize::BITS - 1 - p.leading_zeros());
+    let e = p - q;
+
+    // Fold.
+    let vrank = if r < 2 * e {
+        if r % 2 == 0 {
+            let s = ctx.send(r + 1, 0, buf.as_region())?;
+            ctx.wait(s)?;
+            None
+        } else {
+            let q = ctx.recv(r - 1, 0, tmp)?;
+            ctx.wait(q)?;
+            ctx.reducer
+                .reduce(a.dtype, a.op, buf, tmp.as_region(), buf.as_region())?;
+            Some(r / 2)
+        }
+    } else {
+        Some(r - e)
+    };
+
+    // Exchange.
+    if let Some(v) = vrank {
+        let mut mask = 1;
+        let mut step = 1;
+        while mask < q {
+            let vp = v ^ mask;
+            let peer = if vp < e { vp * 2 + 1 } else { vp + e };
+            let rq = ctx.recv(peer, step, tmp)?;
+            let sq = ctx.send(peer, step, buf.as_region())?;
+            ctx.wait(rq)?;
+            ctx.wait(sq)?;
+            let (lo, hi): (Region, Region) = if peer < r {
+                (tmp.as_region(), buf.as_region())
+            } else {
+                (buf.as_region(), tmp.as_region())
+            };
+            ctx.reducer.reduce(a.dtype, a.op, buf, lo, hi)?;
+            mask <<= 1;
+            step += 1;
+        }
+    }
+
+    // Unfold.
+    const UNFOLD: usize = 0xffff;
+    if r < 2 * e {
+        if r % 2 == 1 {
+            let s = ctx.send(r - 1, UNFOLD, buf.as_region())?;
+            ctx.wait(s)?;
+        } else {
+            let q = ctx.recv(r + 1, UNFOLD, buf)?;
+            ctx.wait(q)?;
+        }
+    }
+    if a.op == crate::op::ReduceOp::Avg {
+        ctx.reducer.divide(a.dtype, buf, p)?;
+    }
+    Ok(())
+}

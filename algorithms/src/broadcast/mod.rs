@@ -1,0 +1,3 @@
+//! Broadcast: every rank ends with the root's vector.
+
+pub mod ring;

@@ -1,0 +1,180 @@
+//! What every algorithm receives: the context of one collective call ([`Ctx`]) and its
+//! arguments ([`CollArgs`]). All algorithms of all collectives share the signature
+//! [`AlgoFn`], so choosing an algorithm is a table lookup.
+
+use std::fmt;
+use std::time::Instant;
+
+use oxccl_transport::{Error, Region, RegionMut, ReqId, Result, Tag, Transport};
+
+use crate::dtype::DataType;
+use crate::kernels::Reducer;
+use crate::op::ReduceOp;
+
+/// The collectives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Collective {
+    /// Every rank ends with the reduction of every rank's vector.
+    AllReduce = 1,
+    /// Every rank ends with every rank's block, in rank order.
+    AllGather = 2,
+    /// Rank `r` ends with block `r` of the reduction.
+    ReduceScatter = 3,
+    /// Rank `r` sends block `j` to rank `j` and receives block `j` from rank `j`.
+    AllToAll = 4,
+    /// Every rank ends with the root's vector.
+    Broadcast = 5,
+    /// The root ends with the reduction.
+    Reduce = 6,
+    /// No rank leaves before every rank has entered.
+    Barrier = 7,
+    /// Point-to-point send or receive.
+    SendRecv = 8,
+}
+
+impl Collective {
+    /// Every collective that has algorithms to choose from.
+    pub const ALL: [Collective; 7] = [
+        Collective::AllReduce,
+        Collective::AllGather,
+        Collective::ReduceScatter,
+        Collective::AllToAll,
+        Collective::Broadcast,
+        Collective::Reduce,
+        Collective::Barrier,
+    ];
+
+    /// The snake_case name used in errors, logs and overrides.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Collective::AllReduce => "all_reduce",
+            Collective::AllGather => "all_gather",
+            Collective::ReduceScatter => "reduce_scatter",
+            Collective::AllToAll => "all_to_all",
+            Collective::Broadcast => "broadcast",
+            Collective::Reduce => "reduce",
+            Collective::Barrier => "barrier",
+            Collective::SendRecv => "send_recv",
+        }
+    }
+
+    /// Parses a name (`all_reduce`, `allreduce`, `all-reduce` are all accepted).
+    pub fn parse(s: &str) -> Option<Collective> {
+        let norm: String = s
+            .chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        Collective::ALL.iter().copied().find(|c| {
+            c.name().replace('_', "") == norm || (norm == "alltoall" && *c == Collective::AllToAll)
+        })
+    }
+}
+
+impl fmt::Display for Collective {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The buffers and parameters of one call, with NCCL's conventions:
+///
+/// | collective | `count` | `send` | `recv` | in place when |
+/// | --- | --- | --- | --- | --- |
+/// | all-reduce | elements | `count` | `count` | `send` is `recv` |
+/// | all-gather | elements per rank | `count` | `count * size` | `send` is block `rank` of `recv` |
+/// | reduce-scatter | elements per rank | `count * size` | `count` | `recv` is block `rank` of `send` |
+/// | all-to-all | elements per peer | `count * size` | `count * size` | `send` is `recv` |
+/// | broadcast | elements | `count` (root only) | `count` | `send` is `recv` |
+/// | reduce | elements | `count` | `count` (root only) | `send` is `recv` |
+///
+/// `in_place` records which form the caller used; algorithms then read `send` and write
+/// `recv` knowing they are the same memory as that table says.
+#[derive(Debug, Clone, Copy)]
+pub struct CollArgs {
+    /// The input region.
+    pub send: Region,
+    /// The output region.
+    pub recv: RegionMut,
+    /// Whether the call is in place (see the table).
+    pub in_place: bool,
+    /// The element count, as the table says.
+    pub count: usize,
+    /// The element type.
+    pub dtype: DataType,
+    /// The reduction (ignored by collectives that do not reduce).
+    pub op: ReduceOp,
+    /// The root (broadcast and reduce).
+    pub root: usize,
+}
+
+/// The signature every algorithm of every collective has.
+pub type AlgoFn = fn(&Ctx<'_>, &CollArgs) -> Result<()>;
+
+/// The context of one collective call.
+pub struct Ctx<'a> {
+    /// Reaches every peer (per-peer routing happens below this trait).
+    pub net: &'a dyn Transport,
+    /// Reduces, copies and allocates scratch in the buffers' memory kind.
+    pub reducer: &'a dyn Reducer,
+    /// This rank.
+    pub rank: usize,
+    /// World size.
+    pub size: usize,
+    /// The communicator's sequence number of this call.
+    pub seq: u64,
+    /// Which collective (part of every tag).
+    pub collective: Collective,
+    /// Every wait of this call ends by then.
+    pub deadline: Instant,
+    /// Pipeline chunk size in bytes.
+    pub chunk_bytes: usize,
+    /// Receive buffers in flight per pipelined stream.
+    pub pipeline_depth: usize,
+}
+
+impl Ctx<'_> {
+    /// The tag of step `step` of this call: 40 bits of sequence number, 8 of collective, 16 of
+    /// step, so a message of another call or collective fails the receiver's tag check.
+    pub fn tag(&self, step: usize) -> Tag {
+        Tag(((self.seq & ((1 << 40) - 1)) << 24)
+            | ((self.collective as u64) << 16)
+            | (step as u64 & 0xffff))
+    }
+
+    /// Posts a send of `buf` to `peer` at `step`.
+    pub fn send(&self, peer: usize, step: usize, buf: Region) -> Result<ReqId> {
+        self.net.post_send(peer, self.tag(step), buf)
+    }
+
+    /// Posts a receive into `buf` from `peer` at `step`.
+    pub fn recv(&self, peer: usize, step: usize, buf: RegionMut) -> Result<ReqId> {
+        self.net.post_recv(peer, self.tag(step), buf)
+    }
+
+    /// Waits for `req` until the call's deadline.
+    pub fn wait(&self, req: ReqId) -> Result<()> {
+        self.net.wait(req, self.deadline)
+    }
+
+    /// Waits for every request until the call's deadline.
+    pub fn wait_all(&self, reqs: &[ReqId]) -> Result<()> {
+        self.net.wait_all(reqs, self.deadline)
+    }
+
+    /// Elements per pipeline chunk for `dtype`.
+    pub fn chunk_elems(&self, dtype: DataType) -> usize {
+        crate::partition::chunk_elems(self.chunk_bytes, dtype.size())
+    }
+}
+
+/// Checks that `r` holds exactly `elems` elements of `dtype`.
+pub fn expect_len(what: &str, len: usize, elems: usize, dtype: DataType) -> Result<()> {
+    match elems.checked_mul(dtype.size()) {
+        Some(b) if b == len => Ok(()),
+        _ => Err(Error::internal(format!(
+            "{what} holds {len} bytes, not {elems} elements of {dtype}"
+        ))),
+    }
+}

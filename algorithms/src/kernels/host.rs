@@ -1,0 +1,326 @@
+//! Host reduction kernels: one generic element-wise loop per operator, compiled twice on
+//! x86-64 (AVX2 and baseline) and picked at run time. The loops are written so the compiler
+//! vectorises them; f16 and bf16 go through f32 in blocks and are rounded once per element.
+
+use half::{bf16, f16, slice::HalfFloatSliceExt};
+
+use crate::op::ReduceOp;
+
+/// Arithmetic the kernels need from an element type.
+pub(crate) trait Arith: Copy + Send + Sync + 'static {
+    fn sum(a: Self, b: Self) -> Self;
+    fn prod(a: Self, b: Self) -> Self;
+    fn min(a: Self, b: Self) -> Self;
+    fn max(a: Self, b: Self) -> Self;
+    fn div(a: Self, n: usize) -> Self;
+}
+
+macro_rules! arith_int {
+    ($($t:ty),*) => {$(
+        impl Arith for $t {
+            #[inline(always)] fn sum(a: Self, b: Self) -> Self { a.wrapping_add(b) }
+            #[inline(always)] fn prod(a: Self, b: Self) -> Self { a.wrapping_mul(b) }
+            #[inline(always)] fn min(a: Self, b: Self) -> Self { if b < a { b } else { a } }
+            #[inline(always)] fn max(a: Self, b: Self) -> Self { if b > a { b } else { a } }
+            #[inline(always)] fn div(a: Self, n: usize) -> Self { a.wrapping_div(n as $t) }
+        }
+    )*};
+}
+arith_int!(i8, u8, i32, u32, i64, u64);
+
+macro_rules! arith_float {
+    ($($t:ty),*) => {$(
+        impl Arith for $t {
+            #[inline(always)] fn sum(a: Self, b: Self) -> Self { a + b }
+            #[inline(always)] fn prod(a: Self, b: Self) -> Self { a * b }
+            #[inline(always)] fn min(a: Self, b: Self) -> Self { if b < a { b } else { a } }
+            #[inline(always)] fn max(a: Self, b: Self) -> Self { if b > a { b } else { a } }
+            #[inline(always)] fn div(a: Self, n: usize) -> Self { a / (n as $t) }
+        }
+    )*};
+}
+arith_float!(f32, f64);
+
+/// How the destination relates to the operands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Alias {
+    /// `dst` is a third buffer.
+    None,
+    /// `dst` is `a`.
+    DstIsA,
+    /// `dst` is `b`.
+    DstIsB,
+}
+
+#[inline(always)]
+fn zip3<T: Arith>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
+    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+        *d = f(x, y);
+    }
+}
+
+#[inline(always)]
+fn zip_a<T: Arith>(dst: &mut [T], b: &[T], f: impl Fn(T, T) -> T) {
+    for (d, &y) in dst.iter_mut().zip(b) {
+        *d = f(*d, y);
+    }
+}
+
+#[inline(always)]
+fn zip_b<T: Arith>(dst: &mut [T], a: &[T], f: impl Fn(T, T) -> T) {
+    for (d, &x) in dst.iter_mut().zip(a) {
+        *d = f(x, *d);
+    }
+}
+
+#[inline(always)]
+unsafe fn body_op<T: Arith>(
+    f: impl Fn(T, T) -> T,
+    alias: Alias,
+    dst: *mut T,
+    a: *const T,
+    b: *const T,
+    n: usize,
+) {
+    // SAFETY (for the three arms): the caller guarantees `n` valid elements behind each
+    // pointer, and that `dst` either equals the named operand or overlaps neither.
+    unsafe {
+        match alias {
+            Alias::None => zip3(
+                std::slice::from_raw_parts_mut(dst, n),
+                std::slice::from_raw_parts(a, n),
+                std::slice::from_raw_parts(b, n),
+                f,
+            ),
+            Alias::DstIsA => zip_a(
+                std::slice::from_raw_parts_mut(dst, n),
+                std::slice::from_raw_parts(b, n),
+                f,
+            ),
+            Alias::DstIsB => zip_b(
+                std::slice::from_raw_parts_mut(dst, n),
+                std::slice::from_raw_parts(a, n),
+                f,
+            ),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn body<T: Arith>(
+    op: ReduceOp,
+    alias: Alias,
+    dst: *mut T,
+    a: *const T,
+    b: *const T,
+    n: usize,
+) {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        match op {
+            ReduceOp::Sum | ReduceOp::Avg => body_op(T::sum, alias, dst, a, b, n),
+            ReduceOp::Prod => body_op(T::prod, alias, dst, a, b, n),
+            ReduceOp::Min => body_op(T::min, alias, dst, a, b, n),
+            ReduceOp::Max => body_op(T::max, alias, dst, a, b, n),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn body_avx2<T: Arith>(
+    op: ReduceOp,
+    alias: Alias,
+    dst: *mut T,
+    a: *const T,
+    b: *const T,
+    n: usize,
+) {
+    // SAFETY: forwarded caller contract; the CPU has AVX2 (checked by the dispatcher).
+    unsafe { body(op, alias, dst, a, b, n) }
+}
+
+unsafe fn body_generic<T: Arith>(
+    op: ReduceOp,
+    alias: Alias,
+    dst: *mut T,
+    a: *const T,
+    b: *const T,
+    n: usize,
+) {
+    // SAFETY: forwarded caller contract.
+    unsafe { body(op, alias, dst, a, b, n) }
+}
+
+/// Whether the AVX2 variants may run here (detected once).
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `dst[i] = a[i] op b[i]` for a native element type, with the best kernel for this CPU.
+///
+/// # Safety
+/// `n` elements must be valid behind each pointer (writable behind `dst`), and `dst` must be
+/// exactly `a` or `b` as `alias` says, or overlap neither.
+pub(crate) unsafe fn reduce_native<T: Arith>(
+    op: ReduceOp,
+    alias: Alias,
+    dst: *mut T,
+    a: *const T,
+    b: *const T,
+    n: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA are present; the rest is the caller's contract.
+        unsafe { body_avx2(op, alias, dst, a, b, n) };
+        return;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { body_generic(op, alias, dst, a, b, n) }
+}
+
+/// Elements per block when f16/bf16 go through f32: small enough for the stack and L1.
+const HALF_BLOCK: usize = 512;
+
+trait HalfLike: Copy {
+    fn to_f32s(src: &[Self], dst: &mut [f32]);
+    fn from_f32s(dst: &mut [Self], src: &[f32]);
+}
+impl HalfLike for f16 {
+    fn to_f32s(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst)
+    }
+    fn from_f32s(dst: &mut [Self], src: &[f32]) {
+        dst.convert_from_f32_slice(src)
+    }
+}
+impl HalfLike for bf16 {
+    fn to_f32s(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst)
+    }
+    fn from_f32s(dst: &mut [Self], src: &[f32]) {
+        dst.convert_from_f32_slice(src)
+    }
+}
+
+/// `dst[i] = round(f32(a[i]) op f32(b[i]))` for f16/bf16, block by block.
+///
+/// # Safety
+/// As [`reduce_native`]; aliasing of `dst` with `a` or `b` is allowed exactly (each block is
+/// read whole before it is written).
+unsafe fn reduce_half<H: HalfLike>(op: ReduceOp, dst: *mut H, a: *const H, b: *const H, n: usize) {
+    let mut fa = [0f32; HALF_BLOCK];
+    let mut fb = [0f32; HALF_BLOCK];
+    let mut i = 0;
+    while i < n {
+        let m = HALF_BLOCK.min(n - i);
+        // SAFETY: `i + m <= n`, so each block lies inside the caller's valid ranges. The
+        // shared slices of `a` and `b` end before the mutable one of `dst` is made.
+        unsafe {
+            H::to_f32s(std::slice::from_raw_parts(a.add(i), m), &mut fa[..m]);
+            H::to_f32s(std::slice::from_raw_parts(b.add(i), m), &mut fb[..m]);
+            reduce_native::<f32>(
+                op,
+                Alias::DstIsA,
+                fa.as_mut_ptr(),
+                fa.as_ptr(),
+                fb.as_ptr(),
+                m,
+            );
+            H::from_f32s(std::slice::from_raw_parts_mut(dst.add(i), m), &fa[..m]);
+        }
+        i += m;
+    }
+}
+
+/// Divides each of `n` elements by `d`, in place (the end of `Avg`).
+///
+/// # Safety
+/// `n` valid, writable elements at `p`.
+pub(crate) unsafe fn divide_native<T: Arith>(p: *mut T, n: usize, d: usize) {
+    // SAFETY: the caller's contract.
+    let s = unsafe { std::slice::from_raw_parts_mut(p, n) };
+    for x in s {
+        *x = T::div(*x, d);
+    }
+}
+
+unsafe fn divide_half<H: HalfLike>(p: *mut H, n: usize, d: usize) {
+    let mut f = [0f32; HALF_BLOCK];
+    let mut i = 0;
+    while i < n {
+        let m = HALF_BLOCK.min(n - i);
+        // SAFETY: the block lies within the caller's `n` valid elements.
+        let s = unsafe { std::slice::from_raw_parts_mut(p.add(i), m) };
+        H::to_f32s(s, &mut f[..m]);
+        for x in &mut f[..m] {
+            *x /= d as f32;
+        }
+        H::from_f32s(s, &f[..m]);
+        i += m;
+    }
+}
+
+/// Type-dispatched reduction over raw bytes. See [`crate::kernels::HostReducer`].
+///
+/// # Safety
+/// `n` elements of `dtype` valid at each pointer (aligned or not: unaligned buffers are
+/// handled by the caller), `dst` writable, and aliasing as `alias` says.
+pub(crate) unsafe fn reduce_bytes(
+    dtype: crate::DataType,
+    op: ReduceOp,
+    alias: Alias,
+    dst: *mut u8,
+    a: *const u8,
+    b: *const u8,
+    n: usize,
+) {
+    use crate::DataType as D;
+    // SAFETY: the caller's contract, with pointers cast to the element type of `dtype`.
+    unsafe {
+        match dtype {
+            D::I8 => reduce_native::<i8>(op, alias, dst.cast(), a.cast(), b.cast(), n),
+            D::U8 => reduce_native::<u8>(op, alias, dst.cast(), a.cast(), b.cast(), n),
+            D::I32 => reduce_native::<i32>(op, alias, dst.cast(), a.cast(), b.cast(), n),
+            D::U32 => reduce_native::<u32>(op, alias, dst.cast(), a.cast(), b.cast(), n),
+            D::I64 => reduce_native::<i64>(op, alias, dst.cast(), a.cast(), b.cast(), n),
+            D::U64 => reduce_native::<u64>(op, alias, dst.cast(), a.cast(), b.cast(), n),
+            D::F32 => reduce_native::<f32>(op, alias, dst.cast(), a.cast(), b.cast(), n),
+            D::F64 => reduce_native::<f64>(op, alias, dst.cast(), a.cast(), b.cast(), n),
+            D::F16 => reduce_half::<f16>(op, dst.cast(), a.cast(), b.cast(), n),
+            D::Bf16 => reduce_half::<bf16>(op, dst.cast(), a.cast(), b.cast(), n),
+        }
+    }
+}
+
+/// Type-dispatched in-place division by `d`.
+///
+/// # Safety
+/// `n` valid, writable, aligned elements of `dtype` at `p`.
+pub(crate) unsafe fn divide_bytes(dtype: crate::DataType, p: *mut u8, n: usize, d: usize) {
+    use crate::DataType as D;
+    // SAFETY: the caller's contract.
+    unsafe {
+        match dtype {
+            D::I8 => divide_native::<i8>(p.cast(), n, d),
+            D::U8 => divide_native::<u8>(p.cast(), n, d),
+            D::I32 => divide_native::<i32>(p.cast(), n, d),
+            D::U32 => divide_native::<u32>(p.cast(), n, d),
+            D::I64 => divide_native::<i64>(p.cast(), n, d),
+            D::U64 => divide_native::<u64>(p.cast(), n, d),
+            D::F32 => divide_native::<f32>(p.cast(), n, d),
+            D::F64 => divide_native::<f64>(p.cast(), n, d),
+            D::F16 => divide_half::<f16>(p.cast(), n, d),
+            D::Bf16 => divide_half::<bf16>(p.cast(), n, d),
+        }
+    }
+}

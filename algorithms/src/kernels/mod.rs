@@ -1,0 +1,419 @@
+//! Reducers: the only code that reads and combines the bytes of buffers. Algorithms call a
+//! [`Reducer`] chosen by memory kind (host here; a GPU reducer implements the same trait), so
+//! one schedule serves every kind of memory.
+
+pub(crate) mod host;
+
+use std::sync::{Arc, Mutex};
+
+use oxccl_transport::{Error, MemoryKind, Region, RegionMut, Result};
+
+use crate::dtype::DataType;
+use crate::op::ReduceOp;
+use host::Alias;
+
+/// Scratch memory handed out by a reducer, of the reducer's memory kind. Returned to the
+/// reducer's pool on drop.
+pub struct Scratch {
+    region: RegionMut,
+    _keep: Box<dyn Send>,
+}
+
+impl Scratch {
+    /// The whole scratch region.
+    pub fn region(&self) -> RegionMut {
+        self.region
+    }
+}
+
+/// Reduction, copy and scratch allocation for one kind of memory.
+pub trait Reducer: Send + Sync {
+    /// The memory this reducer works on.
+    fn memory_kind(&self) -> MemoryKind;
+
+    /// `dst[i] = a[i] op b[i]` over `dst.len() / dtype.size()` elements (`Avg` reduces as
+    /// `Sum`). `dst` may be exactly `a` or exactly `b`; any other overlap is refused.
+    fn reduce(
+        &self,
+        dtype: DataType,
+        op: ReduceOp,
+        dst: RegionMut,
+        a: Region,
+        b: Region,
+    ) -> Result<()>;
+
+    /// Copies `src` into `dst` (same length).
+    fn copy(&self, dst: RegionMut, src: Region) -> Result<()>;
+
+    /// Divides every element of `buf` by `divisor` (the last step of `Avg`).
+    fn divide(&self, dtype: DataType, buf: RegionMut, divisor: usize) -> Result<()>;
+
+    /// At least `bytes` of scratch memory, aligned to 8 bytes (enough for every element type).
+    fn scratch(&self, bytes: usize) -> Result<Scratch>;
+}
+
+type Pool = Arc<Mutex<Vec<Vec<u64>>>>;
+
+/// Scratch buffers larger than this are freed instead of pooled.
+const MAX_POOLED_BYTES: usize = 64 << 20;
+
+struct PoolReturn {
+    pool: Pool,
+    buf: Option<Vec<u64>>,
+}
+
+impl Drop for PoolReturn {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            // Keep a few buffers of moderate size: enough for one collective's needs without
+            // pinning the memory of the largest call ever made.
+            if p.len() < 4 && b.len() * 8 <= MAX_POOLED_BYTES {
+                p.push(b);
+            }
+        }
+    }
+}
+
+/// The CPU reducer: vectorised kernels (AVX2 when the CPU has it, portable otherwise) and a
+/// small pool of scratch buffers reused across calls (a fresh large allocation per call would
+/// cost page faults on every collective).
+#[derive(Default, Clone)]
+pub struct HostReducer {
+    pool: Pool,
+}
+
+impl HostReducer {
+    /// A reducer with an empty scratch pool.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Which kernel family runs on this CPU, for logs and benchmarks.
+    pub fn kernel_name() -> &'static str {
+        if host::has_avx2() {
+            "avx2"
+        } else {
+            "portable"
+        }
+    }
+}
+
+fn check_host(r: MemoryKind, what: &str) -> Result<()> {
+    if r != MemoryKind::Host {
+        return Err(Error::unsupported(format!(
+            "the host reducer cannot touch {what} in {r:?} memory"
+        )));
+    }
+    Ok(())
+}
+
+fn check_aligned(p: *const u8, dtype: DataType) -> Result<()> {
+    if (p as usize) % dtype.size() != 0 {
+        return Err(Error::invalid_argument(format!(
+            "buffer at {p:p} is not aligned to its element size ({} bytes for {dtype})",
+            dtype.size()
+        )));
+    }
+    Ok(())
+}
+
+impl Reducer for HostReducer {
+    fn memory_kind(&self) -> MemoryKind {
+        MemoryKind::Host
+    }
+
+    fn reduce(
+        &self,
+        dtype: DataType,
+        op: ReduceOp,
+        dst: RegionMut,
+        a: Region,
+        b: Region,
+    ) -> Result<()> {
+        check_host(dst.kind(), "a destination")?;
+        check_host(a.kind(), "an operand")?;
+        check_host(b.kind(), "an operand")?;
+        if dst.len() != a.len() || dst.len() != b.len() || dst.len() % dtype.size() != 0 {
+            return Err(Error::internal(format!(
+                "reduce over regions of {}, {} and {} bytes of {dtype}",
+                dst.len(),
+                a.len(),
+                b.len()
+            )));
+        }
+        let alias = if dst.as_mut_ptr() as *const u8 == a.as_ptr() {
+            Alias::DstIsA
+        } else if dst.as_mut_ptr() as *const u8 == b.as_ptr() {
+            Alias::DstIsB
+        } else if dst.overlaps(&a) || dst.overlaps(&b) {
+            return Err(Error::internal(
+                "reduce destination partly overlaps an operand",
+            ));
+        } else {
+            Alias::None
+        };
+        for p in [dst.as_mut_ptr() as *const u8, a.as_ptr(), b.as_ptr()] {
+            check_aligned(p, dtype)?;
+        }
+        // SAFETY: all three regions are host memory of equal length, valid under their
+        // constructors' promise; aliasing was classified above; alignment checked.
+        unsafe {
+            host::reduce_bytes(
+                dtype,
+                op,
+                alias,
+                dst.as_mut_ptr(),
+                a.as_ptr(),
+                b.as_ptr(),
+                dst.len() / dtype.size(),
+            )
+        };
+        Ok(())
+    }
+
+    fn copy(&self, dst: RegionMut, src: Region) -> Result<()> {
+        check_host(dst.kind(), "a destination")?;
+        check_host(src.kind(), "a source")?;
+        if dst.len() != src.len() {
+            return Err(Error::internal(format!(
+                "copy of {} bytes into {}",
+                src.len(),
+                dst.len()
+            )));
+        }
+        if dst.as_mut_ptr() as *const u8 != src.as_ptr() && !dst.is_empty() {
+            // SAFETY: both host regions are valid for `len` bytes under their constructors'
+            // promise; `copy` tolerates overlap.
+            unsafe { std::ptr::copy(src.as_ptr(), dst.as_mut_ptr(), dst.len()) };
+        }
+        Ok(())
+    }
+
+    fn divide(&self, dtype: DataType, buf: RegionMut, divisor: usize) -> Result<()> {
+        check_host(buf.kind(), "a buffer")?;
+        check_aligned(buf.as_mut_ptr(), dtype)?;
+        if divisor == 0 {
+            return Err(Error::internal("divide by zero ranks"));
+        }
+        // SAFETY: a valid, writable host region of whole elements (checked by the caller's
+        // construction), aligned as checked.
+        unsafe { host::divide_bytes(dtype, buf.as_mut_ptr(), buf.len() / dtype.size(), divisor) };
+        Ok(())
+    }
+
+    fn scratch(&self, bytes: usize) -> Result<Scratch> {
+        let words = bytes.div_ceil(8).max(8);
+        let mut buf = {
+            let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            match p.iter().position(|b| b.len() >= words) {
+                Some(i) => p.swap_remove(i),
+                None => Vec::new(),
+            }
+        };
+        if buf.len() < words {
+            buf = vec![0u64; words];
+        }
+        // SAFETY: the Vec's heap memory stays put (we never resize it) and lives in the
+        // `PoolReturn` kept by the Scratch, so it outlives the region.
+        let region =
+            unsafe { RegionMut::from_raw_parts(buf.as_mut_ptr().cast(), bytes, MemoryKind::Host) };
+        Ok(Scratch {
+            region,
+            _keep: Box::new(PoolReturn {
+                pool: self.pool.clone(),
+                buf: Some(buf),
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+
+    fn reg<T>(v: &[T]) -> Region {
+        // SAFETY: test vectors outlive the calls.
+        unsafe {
+            Region::from_raw_parts(
+                v.as_ptr().cast(),
+                std::mem::size_of_val(v),
+                MemoryKind::Host,
+            )
+        }
+    }
+    fn reg_mut<T>(v: &mut [T]) -> RegionMut {
+        // SAFETY: test vectors outlive the calls.
+        unsafe {
+            RegionMut::from_raw_parts(
+                v.as_mut_ptr().cast(),
+                std::mem::size_of_val(v),
+                MemoryKind::Host,
+            )
+        }
+    }
+
+    #[test]
+    fn every_op_on_ints_wraps_like_c() {
+        let r = HostReducer::new();
+        let a: Vec<i8> = vec![100, -100, 3, -7, 0];
+        let b: Vec<i8> = vec![100, -100, -5, 2, 0];
+        let mut d = vec![0i8; 5];
+        r.reduce(
+            DataType::I8,
+            ReduceOp::Sum,
+            reg_mut(&mut d),
+            reg(&a),
+            reg(&b),
+        )
+        .unwrap();
+        assert_eq!(d, vec![-56, 56, -2, -5, 0]);
+        r.reduce(
+            DataType::I8,
+            ReduceOp::Prod,
+            reg_mut(&mut d),
+            reg(&a),
+            reg(&b),
+        )
+        .unwrap();
+        assert_eq!(
+            d,
+            a.iter()
+                .zip(&b)
+                .map(|(x, y)| x.wrapping_mul(*y))
+                .collect::<Vec<_>>()
+        );
+        r.reduce(
+            DataType::I8,
+            ReduceOp::Min,
+            reg_mut(&mut d),
+            reg(&a),
+            reg(&b),
+        )
+        .unwrap();
+        assert_eq!(d, vec![100, -100, -5, -7, 0]);
+        r.reduce(
+            DataType::I8,
+            ReduceOp::Max,
+            reg_mut(&mut d),
+            reg(&a),
+            reg(&b),
+        )
+        .unwrap();
+        assert_eq!(d, vec![100, -100, 3, 2, 0]);
+        let mut s = vec![-7i32, 7, 9];
+        r.divide(DataType::I32, reg_mut(&mut s), 2).unwrap();
+        assert_eq!(s, vec![-3, 3, 4]);
+    }
+
+    #[test]
+    fn aliasing_forms_agree_with_the_three_buffer_form() {
+        let r = HostReducer::new();
+        for n in [0usize, 1, 7, 33, 1000, 4099] {
+            let a: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i % 13) as f32).collect();
+            let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+            let mut d = vec![0f32; n];
+            r.reduce(
+                DataType::F32,
+                ReduceOp::Sum,
+                reg_mut(&mut d),
+                reg(&a),
+                reg(&b),
+            )
+            .unwrap();
+            assert_eq!(d, want);
+            let mut da = a.clone();
+            let ra = reg_mut(&mut da);
+            r.reduce(DataType::F32, ReduceOp::Sum, ra, ra.as_region(), reg(&b))
+                .unwrap();
+            assert_eq!(da, want);
+            let mut db = b.clone();
+            let rb = reg_mut(&mut db);
+            r.reduce(DataType::F32, ReduceOp::Sum, rb, reg(&a), rb.as_region())
+                .unwrap();
+            assert_eq!(db, want);
+        }
+    }
+
+    #[test]
+    fn half_types_round_once_through_f32() {
+        let r = HostReducer::new();
+        let n = 1500;
+        let a: Vec<f16> = (0..n).map(|i| f16::from_f32(i as f32 * 0.1)).collect();
+        let b: Vec<f16> = (0..n)
+            .map(|i| f16::from_f32(1.0 / (1.0 + i as f32)))
+            .collect();
+        let mut d = vec![f16::ZERO; n];
+        r.reduce(
+            DataType::F16,
+            ReduceOp::Sum,
+            reg_mut(&mut d),
+            reg(&a),
+            reg(&b),
+        )
+        .unwrap();
+        for i in 0..n {
+            assert_eq!(
+                d[i],
+                f16::from_f32(a[i].to_f32() + b[i].to_f32()),
+                "element {i}"
+            );
+        }
+        let a: Vec<bf16> = (0..n).map(|i| bf16::from_f32(i as f32 * 1.7)).collect();
+        let b: Vec<bf16> = (0..n).map(|i| bf16::from_f32(-(i as f32) * 0.3)).collect();
+        let mut d = vec![bf16::ZERO; n];
+        r.reduce(
+            DataType::Bf16,
+            ReduceOp::Max,
+            reg_mut(&mut d),
+            reg(&a),
+            reg(&b),
+        )
+        .unwrap();
+        for i in 0..n {
+            assert_eq!(d[i], if b[i] > a[i] { b[i] } else { a[i] });
+        }
+        let mut v: Vec<bf16> = (0..n).map(|i| bf16::from_f32(i as f32)).collect();
+        r.divide(DataType::Bf16, reg_mut(&mut v), 3).unwrap();
+        for (i, x) in v.iter().enumerate() {
+            assert_eq!(*x, bf16::from_f32(bf16::from_f32(i as f32).to_f32() / 3.0));
+        }
+    }
+
+    #[test]
+    fn refuses_partial_overlap_unaligned_and_length_mismatch() {
+        let r = HostReducer::new();
+        let mut v = vec![0f32; 8];
+        let whole = reg_mut(&mut v);
+        let e = r.reduce(
+            DataType::F32,
+            ReduceOp::Sum,
+            whole.slice(0..16),
+            whole.slice(4..20).as_region(),
+            whole.slice(16..32).as_region(),
+        );
+        assert!(e.is_err());
+        let e = r.reduce(
+            DataType::F32,
+            ReduceOp::Sum,
+            whole.slice(1..5),
+            whole.slice(8..12).as_region(),
+            whole.slice(12..16).as_region(),
+        );
+        assert!(e.unwrap_err().to_string().contains("aligned"));
+        assert!(r
+            .copy(whole.slice(0..4), whole.slice(0..8).as_region())
+            .is_err());
+    }
+
+    #[test]
+    fn scratch_is_reused() {
+        let r = HostReducer::new();
+        let p1 = r.scratch(1 << 16).unwrap().region().as_mut_ptr();
+        let p2 = r.scratch(1 << 10).unwrap().region().as_mut_ptr();
+        assert_eq!(p1, p2, "a returned buffer serves the next request");
+        assert_eq!(p1 as usize % 8, 0);
+    }
+}

@@ -1,0 +1,3 @@
+//! Reduce: the root ends with the element-wise reduction of every rank's vector.
+
+pub mod ring;

@@ -1,0 +1,3 @@
+//! Reduce-scatter: rank r ends with block r of the element-wise reduction.
+
+pub mod ring;

@@ -1,0 +1,109 @@
+//! The table of algorithms: which exist for which collective, by name. Choosing one (by
+//! configuration or by size) lives in the `oxccl` crate; this is only the lookup.
+
+use std::fmt;
+
+use crate::ctx::{AlgoFn, Collective};
+
+/// An algorithm, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Ring (a pipelined chain for broadcast and reduce).
+    Ring,
+    /// Recursive doubling.
+    RecursiveDoubling,
+    /// Pairwise exchange.
+    Pairwise,
+    /// Dissemination (barrier).
+    Dissemination,
+}
+
+impl Algorithm {
+    /// Every algorithm of this build.
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::Ring,
+        Algorithm::RecursiveDoubling,
+        Algorithm::Pairwise,
+        Algorithm::Dissemination,
+    ];
+
+    /// The name used in configuration (`OXCCL_ALGO`) and `--algo`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Algorithm::Ring => "ring",
+            Algorithm::RecursiveDoubling => "recursive_doubling",
+            Algorithm::Pairwise => "pairwise",
+            Algorithm::Dissemination => "dissemination",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        let s = s.trim().to_ascii_lowercase().replace('-', "_");
+        Algorithm::ALL.iter().copied().find(|a| a.name() == s)
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The algorithms this build has for `coll`, the default first.
+pub fn algorithms(coll: Collective) -> &'static [Algorithm] {
+    use Algorithm::*;
+    match coll {
+        Collective::AllReduce => &[Ring, RecursiveDoubling],
+        Collective::AllGather
+        | Collective::ReduceScatter
+        | Collective::Broadcast
+        | Collective::Reduce => &[Ring],
+        Collective::AllToAll => &[Pairwise],
+        Collective::Barrier => &[Dissemination],
+        Collective::SendRecv => &[],
+    }
+}
+
+/// The implementation of `algo` for `coll`, if there is one.
+pub fn lookup(coll: Collective, algo: Algorithm) -> Option<AlgoFn> {
+    use Algorithm::*;
+    Some(match (coll, algo) {
+        (Collective::AllReduce, Ring) => crate::all_reduce::ring::run,
+        (Collective::AllReduce, RecursiveDoubling) => crate::all_reduce::recursive_doubling::run,
+        (Collective::AllGather, Ring) => crate::all_gather::ring::run,
+        (Collective::ReduceScatter, Ring) => crate::reduce_scatter::ring::run,
+        (Collective::AllToAll, Pairwise) => crate::all_to_all::pairwise::run,
+        (Collective::Broadcast, Ring) => crate::broadcast::ring::run,
+        (Collective::Reduce, Ring) => crate::reduce::ring::run,
+        (Collective::Barrier, Dissemination) => crate::barrier::dissemination::run,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_consistent() {
+        for c in Collective::ALL {
+            assert!(!algorithms(c).is_empty(), "{c} has no algorithm");
+            for a in Algorithm::ALL {
+                assert_eq!(
+                    lookup(c, a).is_some(),
+                    algorithms(c).contains(&a),
+                    "{c} {a}"
+                );
+            }
+        }
+        for a in Algorithm::ALL {
+            assert_eq!(Algorithm::parse(a.name()), Some(a));
+        }
+        assert_eq!(
+            Algorithm::parse("Recursive-Doubling"),
+            Some(Algorithm::RecursiveDoubling)
+        );
+        assert_eq!(Algorithm::parse("bogus"), None);
+    }
+}

@@ -1,0 +1,451 @@
+//! `oxccl-bench`: collective bandwidth benchmark with nccl-tests' flags and columns.
+//!
+//! ```text
+//! oxccl-bench                                   # 2 local ranks, all-reduce, 8 B .. 64 MiB
+//! oxccl-bench --ranks 4 -b 8 -e 256M -f 4 -c 1  # 4 local ranks, with result checks
+//! oxrun -n 4 oxccl-bench --collective all       # under a launcher (also mpirun, srun, torchrun)
+//! ```
+//! Columns as nccl-tests: size (B), count (elements), type, redop, root, then time (us),
+//! algbw and busbw (GB/s) and #wrong, out of place and in place. algbw = size / time;
+//! busbw = algbw x 2(p-1)/p for all-reduce, x (p-1)/p for all-gather, reduce-scatter and
+//! all-to-all, x 1 for broadcast and reduce. Time is the mean per iteration, the maximum over
+//! ranks.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use half::{bf16, f16};
+use oxccl::bootstrap::env::LaunchEnv;
+use oxccl::check::{self, CheckElem};
+use oxccl::config::{parse_bytes, AlgoOverrides, TransportKind};
+use oxccl::{Collective, Communicator, Config, DataType, ReduceOp};
+
+/// Collective bandwidth benchmark (nccl-tests' columns).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "oxccl-bench", version, about)]
+struct Args {
+    /// Minimum size in bytes (K, M, G suffixes).
+    #[arg(short = 'b', long = "minbytes", default_value = "8", value_parser = bytes_arg)]
+    min_bytes: usize,
+    /// Maximum size in bytes.
+    #[arg(short = 'e', long = "maxbytes", default_value = "64M", value_parser = bytes_arg)]
+    max_bytes: usize,
+    /// Size multiplication factor between steps.
+    #[arg(short = 'f', long = "stepfactor", default_value_t = 4)]
+    factor: usize,
+    /// Timed iterations per size.
+    #[arg(short = 'n', long = "iters", default_value_t = 20)]
+    iters: usize,
+    /// Warm-up iterations per size.
+    #[arg(short = 'w', long = "warmup_iters", default_value_t = 5)]
+    warmup: usize,
+    /// Check results (1) or not (0).
+    #[arg(short = 'c', long = "check", default_value_t = 1)]
+    check: u8,
+    /// Data type: float, half, bfloat16, double, int8, uint8, int32, uint32, int64, uint64.
+    #[arg(short = 'd', long = "datatype", default_value = "float")]
+    dtype: String,
+    /// Reduction: sum, prod, min, max, avg.
+    #[arg(short = 'o', long = "op", default_value = "sum")]
+    op: String,
+    /// Root of broadcast and reduce.
+    #[arg(short = 'r', long = "root", default_value_t = 0)]
+    root: usize,
+    /// all, all_reduce, all_gather, reduce_scatter, all_to_all, broadcast, reduce.
+    #[arg(long, default_value = "all_reduce")]
+    collective: String,
+    /// Force an algorithm (as OXCCL_ALGO: a name, or COLLECTIVE:NAME;...).
+    #[arg(long)]
+    algo: Option<String>,
+    /// tcp, shm or auto.
+    #[arg(long)]
+    transport: Option<String>,
+    /// Start this many local ranks when not under a launcher (default 2).
+    #[arg(long)]
+    ranks: Option<usize>,
+}
+
+fn bytes_arg(s: &str) -> Result<usize, String> {
+    parse_bytes(s).ok_or_else(|| format!("'{s}' is not a size (like 8, 64K, 256M)"))
+}
+
+fn main() {
+    oxccl::init_logging();
+    let args = Args::parse();
+    let under_launcher = LaunchEnv::from_process();
+    let code = match under_launcher {
+        Ok(env) => match run_rank(&args, &env) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("oxccl-bench (rank {}): {e}", env.rank);
+                1
+            }
+        },
+        Err(e) if e.to_string().contains("no launcher environment") => {
+            let spec = oxccl::launch::LaunchSpec {
+                program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("oxccl-bench")),
+                args: std::env::args_os().skip(1).collect(),
+                nprocs: args.ranks.unwrap_or(2),
+                nnodes: 1,
+                node_rank: 0,
+                master: None,
+                tag_output: false,
+            };
+            match oxccl::launch::launch(&spec) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("oxccl-bench: {e}");
+                    2
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("oxccl-bench: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn collectives(spec: &str) -> Result<Vec<Collective>, String> {
+    if spec == "all" {
+        return Ok(vec![
+            Collective::AllReduce,
+            Collective::AllGather,
+            Collective::ReduceScatter,
+            Collective::AllToAll,
+            Collective::Broadcast,
+            Collective::Reduce,
+        ]);
+    }
+    spec.split(',')
+        .map(|c| match Collective::parse(c) {
+            Some(Collective::Barrier) | None => Err(format!("unknown collective '{c}'")),
+            Some(c) => Ok(c),
+        })
+        .collect()
+}
+
+fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
+    let bad = |m: String| oxccl::Error::invalid_argument(m);
+    let mut config = Config::from_env()?;
+    if let Some(a) = &args.algo {
+        config.algorithms = AlgoOverrides::parse(a)?;
+    }
+    if let Some(t) = &args.transport {
+        config.transport = TransportKind::parse(t)?;
+    }
+    let dtype = DataType::parse(&args.dtype)
+        .ok_or_else(|| bad(format!("unknown data type '{}'", args.dtype)))?;
+    let op = ReduceOp::parse(&args.op).ok_or_else(|| bad(format!("unknown op '{}'", args.op)))?;
+    let colls = collectives(&args.collective).map_err(bad)?;
+    if args.factor < 2 {
+        return Err(bad("-f must be at least 2".into()));
+    }
+    let comm = Communicator::from_launch_env(env, config)?;
+    if args.root >= comm.size() {
+        return Err(bad(format!(
+            "root {} is not a rank of this world of {}",
+            args.root,
+            comm.size()
+        )));
+    }
+    let mut total_wrong = 0;
+    for coll in colls {
+        total_wrong += match dtype {
+            DataType::I8 => bench::<i8>(&comm, args, coll, op)?,
+            DataType::U8 => bench::<u8>(&comm, args, coll, op)?,
+            DataType::I32 => bench::<i32>(&comm, args, coll, op)?,
+            DataType::U32 => bench::<u32>(&comm, args, coll, op)?,
+            DataType::I64 => bench::<i64>(&comm, args, coll, op)?,
+            DataType::U64 => bench::<u64>(&comm, args, coll, op)?,
+            DataType::F16 => bench::<f16>(&comm, args, coll, op)?,
+            DataType::Bf16 => bench::<bf16>(&comm, args, coll, op)?,
+            DataType::F32 => bench::<f32>(&comm, args, coll, op)?,
+            DataType::F64 => bench::<f64>(&comm, args, coll, op)?,
+        };
+    }
+    Ok(if total_wrong > 0 { 1 } else { 0 })
+}
+
+fn bus_factor(coll: Collective, p: usize) -> f64 {
+    let p = p as f64;
+    match coll {
+        Collective::AllReduce => 2.0 * (p - 1.0) / p,
+        Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll => (p - 1.0) / p,
+        _ => 1.0,
+    }
+}
+
+/// Buffers for one size of one collective.
+struct Bufs<T> {
+    send: Vec<T>,
+    recv: Vec<T>,
+    /// Elements of the size column (the full vector).
+    total: usize,
+}
+
+fn zero<T: CheckElem>() -> T {
+    T::from_i64(0)
+}
+
+impl<T: CheckElem> Bufs<T> {
+    fn new(coll: Collective, bytes: usize, p: usize) -> Bufs<T> {
+        let es = T::DTYPE.size();
+        let mut total = bytes / es;
+        let (send, recv) = match coll {
+            Collective::AllGather => {
+                total -= total % p;
+                (total / p, total)
+            }
+            Collective::ReduceScatter => {
+                total -= total % p;
+                (total, total / p)
+            }
+            Collective::AllToAll => {
+                total -= total % p;
+                (total, total)
+            }
+            _ => (total, total),
+        };
+        Bufs {
+            send: vec![zero(); send],
+            recv: vec![zero(); recv],
+            total,
+        }
+    }
+}
+
+fn run_once<T: CheckElem>(
+    comm: &Communicator,
+    coll: Collective,
+    b: &mut Bufs<T>,
+    op: ReduceOp,
+    root: usize,
+    in_place: bool,
+) -> oxccl::Result<()> {
+    let r = comm.rank();
+    let n = b.send.len();
+    match (coll, in_place) {
+        (Collective::AllReduce, false) => comm.all_reduce_into(&b.send, &mut b.recv, op),
+        (Collective::AllReduce, true) => comm.all_reduce(&mut b.recv, op),
+        (Collective::AllGather, false) => comm.all_gather_into(&b.send, &mut b.recv),
+        (Collective::AllGather, true) => comm.all_gather(&mut b.recv),
+        (Collective::ReduceScatter, false) => comm.reduce_scatter_into(&b.send, &mut b.recv, op),
+        (Collective::ReduceScatter, true) => comm.reduce_scatter(&mut b.send, op),
+        (Collective::AllToAll, false) => comm.all_to_all_into(&b.send, &mut b.recv),
+        (Collective::AllToAll, true) => comm.all_to_all(&mut b.recv),
+        (Collective::Broadcast, false) => {
+            comm.broadcast_into(&b.send[..if r == root { n } else { 0 }], &mut b.recv, root)
+        }
+        (Collective::Broadcast, true) => comm.broadcast(&mut b.recv, root),
+        (Collective::Reduce, false) => {
+            let len = if r == root { b.recv.len() } else { 0 };
+            comm.reduce_into(&b.send, &mut b.recv[..len], op, root)
+        }
+        (Collective::Reduce, true) => comm.reduce(&mut b.recv, op, root),
+        _ => unreachable!("not benchmarked"),
+    }
+}
+
+/// Fills inputs with closed-form values for `coll`.
+fn fill<T: CheckElem>(
+    comm: &Communicator,
+    coll: Collective,
+    b: &mut Bufs<T>,
+    op: ReduceOp,
+    root: usize,
+    in_place: bool,
+) {
+    let (r, p) = (comm.rank(), comm.size());
+    b.recv.iter_mut().for_each(|x| *x = zero());
+    match coll {
+        Collective::AllReduce | Collective::Reduce => {
+            let dst = if in_place { &mut b.recv } else { &mut b.send };
+            check::fill_contribution(dst, r, op, 0);
+        }
+        Collective::ReduceScatter => check::fill_contribution(&mut b.send, r, op, 0),
+        Collective::AllGather => {
+            let per = b.total / p;
+            if in_place {
+                check::fill_pattern(&mut b.recv[r * per..(r + 1) * per], r, 0);
+            } else {
+                check::fill_pattern(&mut b.send, r, 0);
+            }
+        }
+        Collective::AllToAll => {
+            let per = b.total / p;
+            let dst = if in_place { &mut b.recv } else { &mut b.send };
+            for j in 0..p {
+                check::fill_pattern(&mut dst[j * per..(j + 1) * per], r, j);
+            }
+        }
+        Collective::Broadcast => {
+            if r == root {
+                let dst = if in_place { &mut b.recv } else { &mut b.send };
+                check::fill_pattern(dst, root, 0);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn count_wrong<T: CheckElem>(
+    comm: &Communicator,
+    coll: Collective,
+    b: &Bufs<T>,
+    op: ReduceOp,
+    root: usize,
+    in_place: bool,
+) -> usize {
+    let (r, p) = (comm.rank(), comm.size());
+    let per = b.total / p.max(1);
+    match coll {
+        Collective::AllReduce => check::wrong_reduced(&b.recv, p, op, 0),
+        Collective::Reduce if r == root => check::wrong_reduced(&b.recv, p, op, 0),
+        Collective::Reduce => 0,
+        Collective::ReduceScatter => {
+            let out = if in_place {
+                &b.send[r * per..(r + 1) * per]
+            } else {
+                &b.recv[..]
+            };
+            check::wrong_reduced(out, p, op, r * per)
+        }
+        Collective::AllGather => (0..p)
+            .map(|j| check::wrong_pattern(&b.recv[j * per..(j + 1) * per], j, 0))
+            .sum(),
+        Collective::AllToAll => (0..p)
+            .map(|j| check::wrong_pattern(&b.recv[j * per..(j + 1) * per], j, r))
+            .sum(),
+        Collective::Broadcast => check::wrong_pattern(&b.recv, root, 0),
+        _ => 0,
+    }
+}
+
+fn bench<T: CheckElem>(
+    comm: &Communicator,
+    args: &Args,
+    coll: Collective,
+    op: ReduceOp,
+) -> oxccl::Result<usize> {
+    let (r, p) = (comm.rank(), comm.size());
+    let reduces = matches!(
+        coll,
+        Collective::AllReduce | Collective::ReduceScatter | Collective::Reduce
+    );
+    let root_col = |c: Collective| {
+        if matches!(c, Collective::Broadcast | Collective::Reduce) {
+            args.root as i64
+        } else {
+            -1
+        }
+    };
+    if r == 0 {
+        let forced = comm.config().algorithms.get(coll);
+        println!(
+            "# oxccl-bench {}: {} ranks over {}, type {}, op {}, iters {}, warmup {}, check {}, algorithm {}",
+            coll,
+            p,
+            comm.transport_name(),
+            T::DTYPE,
+            if reduces { op.name() } else { "none" },
+            args.iters,
+            args.warmup,
+            args.check,
+            forced.map(|a| a.name().to_string()).unwrap_or_else(|| "auto".into()),
+        );
+        println!("#");
+        println!("#                                                              out-of-place                       in-place          ");
+        println!("#       size         count      type   redop    root     time   algbw   busbw #wrong     time   algbw   busbw #wrong");
+        println!("#        (B)    (elements)                               (us)  (GB/s)  (GB/s)            (us)  (GB/s)  (GB/s)       ");
+    }
+    let mut bus_sum = 0.0;
+    let mut bus_n = 0usize;
+    let mut wrong_total = 0usize;
+    let mut bytes = args.min_bytes.max(1);
+    while bytes <= args.max_bytes {
+        let mut b = Bufs::<T>::new(coll, bytes, p);
+        let size = b.total * T::DTYPE.size();
+        let mut times = [0f64; 2];
+        let mut wrong = [0u64; 2];
+        for (k, in_place) in [false, true].into_iter().enumerate() {
+            fill(comm, coll, &mut b, op, args.root, in_place);
+            for _ in 0..args.warmup {
+                run_once(comm, coll, &mut b, op, args.root, in_place)?;
+            }
+            comm.barrier()?;
+            let t0 = Instant::now();
+            for _ in 0..args.iters {
+                run_once(comm, coll, &mut b, op, args.root, in_place)?;
+            }
+            times[k] = t0.elapsed().as_secs_f64() / args.iters.max(1) as f64;
+            if args.check != 0 {
+                fill(comm, coll, &mut b, op, args.root, in_place);
+                run_once(comm, coll, &mut b, op, args.root, in_place)?;
+                wrong[k] = count_wrong(comm, coll, &b, op, args.root, in_place) as u64;
+            }
+        }
+        comm.all_reduce(&mut times, ReduceOp::Max)?;
+        comm.all_reduce(&mut wrong, ReduceOp::Sum)?;
+        wrong_total += (wrong[0] + wrong[1]) as usize;
+        if r == 0 {
+            let mut line = format!(
+                "{:>12}  {:>12}  {:>8}  {:>6}  {:>6}",
+                size,
+                b.total,
+                T::DTYPE.name(),
+                if reduces { op.name() } else { "none" },
+                root_col(coll)
+            );
+            for k in 0..2 {
+                let algbw = if times[k] > 0.0 {
+                    size as f64 / times[k] / 1e9
+                } else {
+                    0.0
+                };
+                let busbw = algbw * bus_factor(coll, p);
+                bus_sum += busbw;
+                bus_n += 1;
+                let w = if args.check != 0 {
+                    wrong[k].to_string()
+                } else {
+                    "N/A".into()
+                };
+                line.push_str(&format!(
+                    "  {:>7.2}  {:>6.3}  {:>6.3}  {:>5}",
+                    times[k] * 1e6,
+                    algbw,
+                    busbw,
+                    w
+                ));
+            }
+            println!("{line}");
+        }
+        // Like nccl-tests, multiply by the factor; unlike it, end on the maximum itself so
+        // `-e` is always measured.
+        bytes = match bytes.checked_mul(args.factor) {
+            Some(n) if n > args.max_bytes && bytes < args.max_bytes => args.max_bytes,
+            Some(n) => n,
+            None => break,
+        };
+    }
+    if r == 0 {
+        println!(
+            "# Out of bounds values : {} {}",
+            wrong_total,
+            if wrong_total == 0 { "OK" } else { "FAILED" }
+        );
+        println!(
+            "# Avg bus bandwidth    : {:.4}",
+            if bus_n > 0 {
+                bus_sum / bus_n as f64
+            } else {
+                0.0
+            }
+        );
+        println!("#");
+    }
+    Ok(wrong_total)
+}

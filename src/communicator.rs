@@ -1,0 +1,898 @@
+//! [`Communicator`]: a group of ranks and the collectives they run together.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use oxccl_algorithms::registry::{self, Algorithm};
+use oxccl_algorithms::{CollArgs, Collective, Ctx, DataType, Element, HostReducer, ReduceOp};
+use oxccl_transport::auth::Secret;
+use oxccl_transport::{
+    LoopbackTransport, MemoryKind, PrefixStore, Region, RegionMut, Store, Tag, TcpOptions,
+    TcpTransport, Transport,
+};
+use sha2::{Digest, Sha256};
+
+use crate::bootstrap::env::{LaunchEnv, StoreHost};
+use crate::bootstrap::tcp_store::{TcpStore, TcpStoreServer};
+use crate::config::{Config, TransportKind};
+use crate::error::{Error, Result};
+use crate::select;
+use crate::UniqueId;
+
+struct State {
+    seq: u64,
+    poisoned: Option<Error>,
+    p2p_sent: Vec<u64>,
+    p2p_received: Vec<u64>,
+}
+
+/// A group of ranks that run collectives together: NCCL's `ncclComm_t`, Gloo's context.
+///
+/// Collectives on one communicator run one at a time, in the same order on every rank (calls
+/// from several threads are serialised). Every call has a deadline ([`Config::timeout`]).
+/// After any error the communicator is poisoned: every later call returns that first error at
+/// once, and the communicator must be rebuilt.
+///
+/// ```
+/// use oxccl::{Communicator, Config, ReduceOp};
+///
+/// // Two ranks as threads of this process (real jobs use `Communicator::init` or
+/// // `Communicator::from_env`, one process per rank).
+/// let comms = Communicator::local_world(2, Config::default()).unwrap();
+/// std::thread::scope(|s| {
+///     for comm in &comms {
+///         s.spawn(move || {
+///             let mut v = vec![comm.rank() as f32 + 1.0; 1000];
+///             comm.all_reduce(&mut v, ReduceOp::Sum).unwrap();
+///             assert!(v.iter().all(|&x| x == 3.0));
+///         });
+///     }
+/// });
+/// ```
+pub struct Communicator {
+    rank: usize,
+    size: usize,
+    local_rank: usize,
+    local_size: usize,
+    config: Config,
+    net: Arc<dyn Transport>,
+    reducer: HostReducer,
+    state: Mutex<State>,
+    collectives: AtomicU64,
+    _store: Option<Arc<dyn Store>>,
+    _server: Option<TcpStoreServer>,
+}
+
+/// Fails the transport if an algorithm panics, so no request outlives the buffers it points
+/// into while the panic unwinds through the caller.
+struct FailOnUnwind<'a> {
+    net: &'a dyn Transport,
+    armed: bool,
+}
+
+impl Drop for FailOnUnwind<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.net.fail(Error::internal("a collective panicked"));
+        }
+    }
+}
+
+fn host_key() -> u64 {
+    let id = std::env::var("OXCCL_HOST_ID")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "localhost".into())
+        });
+    let d = Sha256::digest(id.as_bytes());
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// A region over a typed slice.
+fn region<T: Element>(s: &[T]) -> Region {
+    // SAFETY: the slice is borrowed for the whole collective call, and a call never returns
+    // while a request on the region is pending: it completes them all, or fails the
+    // transport, which drops them untouched.
+    unsafe {
+        Region::from_raw_parts(
+            s.as_ptr().cast(),
+            std::mem::size_of_val(s),
+            MemoryKind::Host,
+        )
+    }
+}
+
+/// A writable region over a typed slice.
+fn region_mut<T: Element>(s: &mut [T]) -> RegionMut {
+    // SAFETY: as for `region`, with the slice borrowed mutably for the call.
+    unsafe {
+        RegionMut::from_raw_parts(
+            s.as_mut_ptr().cast(),
+            std::mem::size_of_val(s),
+            MemoryKind::Host,
+        )
+    }
+}
+
+impl Communicator {
+    /// Joins the world of `size` ranks that `id` names, as rank `rank`. Blocks until every
+    /// rank has joined, or `config.timeout` passes (then `Error::Timeout` names the missing
+    /// ranks).
+    pub fn init(id: &UniqueId, rank: usize, size: usize, config: Config) -> Result<Communicator> {
+        check_world(rank, size)?;
+        let deadline = Instant::now() + config.timeout;
+        let store = TcpStore::connect(id.addr, id.secret, Some(rank), deadline)
+            .map_err(|e| e.on_rank(rank))?;
+        let fallback = if id.addr.ip().is_loopback() {
+            None
+        } else {
+            Some(store.local_addr().ip())
+        };
+        let bind = crate::bootstrap::net::bind_address(config.socket_ifname.as_deref(), fallback)?;
+        Self::connect(
+            Arc::new(store),
+            id.secret,
+            bind,
+            rank,
+            size,
+            None,
+            config,
+            deadline,
+            None,
+        )
+    }
+
+    /// Joins the world described by the launcher's environment (oxrun, torchrun, mpirun,
+    /// srun: see [`bootstrap::env`](crate::bootstrap::env)), with [`Config::from_env`].
+    pub fn from_env() -> Result<Communicator> {
+        let config = Config::from_env()?;
+        let env = LaunchEnv::from_process()?;
+        Self::from_launch_env(&env, config)
+    }
+
+    /// Joins the world `env` describes.
+    pub fn from_launch_env(env: &LaunchEnv, config: Config) -> Result<Communicator> {
+        let deadline = Instant::now() + config.timeout;
+        let server = if env.rank == 0 && env.store_host == StoreHost::Rank0 {
+            let bind = if env.addr.ip().is_loopback() {
+                env.addr
+            } else {
+                std::net::SocketAddr::new(IpAddr::from([0, 0, 0, 0]), env.addr.port())
+            };
+            Some(TcpStoreServer::start(bind, env.secret).map_err(|e| e.on_rank(0))?)
+        } else {
+            None
+        };
+        let store = TcpStore::connect(env.addr, env.secret, Some(env.rank), deadline)
+            .map_err(|e| e.on_rank(env.rank))?;
+        let fallback = if env.addr.ip().is_loopback() {
+            None
+        } else {
+            Some(store.local_addr().ip())
+        };
+        let bind = crate::bootstrap::net::bind_address(config.socket_ifname.as_deref(), fallback)?;
+        Self::connect(
+            Arc::new(store),
+            env.secret,
+            bind,
+            env.rank,
+            env.world_size,
+            env.local_world_size,
+            config,
+            deadline,
+            server,
+        )
+    }
+
+    /// Joins a world through any [`Store`] (a [`FileStore`](crate::FileStore) on a shared
+    /// file system, say), listening on `bind`.
+    pub fn init_with_store(
+        store: Arc<dyn Store>,
+        secret: Secret,
+        bind: IpAddr,
+        rank: usize,
+        size: usize,
+        config: Config,
+    ) -> Result<Communicator> {
+        check_world(rank, size)?;
+        let deadline = Instant::now() + config.timeout;
+        Self::connect(
+            store, secret, bind, rank, size, None, config, deadline, None,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn connect(
+        store: Arc<dyn Store>,
+        secret: Secret,
+        bind: IpAddr,
+        rank: usize,
+        size: usize,
+        local_size_hint: Option<usize>,
+        config: Config,
+        deadline: Instant,
+        server: Option<TcpStoreServer>,
+    ) -> Result<Communicator> {
+        match config.transport {
+            TransportKind::Auto | TransportKind::Tcp => {}
+            TransportKind::Shm => {
+                return Err(Error::unsupported(
+                    "the shared-memory transport is not in this build yet; use OXCCL_TRANSPORT=tcp or auto",
+                ))
+            }
+        }
+        let spin = config
+            .spin
+            .unwrap_or_else(|| default_spin(local_size_hint.unwrap_or(size)));
+        let opts = TcpOptions {
+            bind,
+            conns_per_peer: config.tcp_conns_per_peer,
+            socket_buffer: config.socket_buffer,
+            stripe_min_bytes: TcpOptions::default().stripe_min_bytes,
+            spin,
+        };
+        let scoped = PrefixStore::new("oxccl/world", store.clone());
+        let net = TcpTransport::connect(rank, size, &scoped, secret, opts, deadline)
+            .map_err(|e| e.in_collective("init", 0).on_rank(rank))?;
+        let mut comm = Communicator::assemble(rank, size, config, Arc::new(net));
+        comm._store = Some(store);
+        comm._server = server;
+        comm.discover_hosts(deadline)?;
+        Ok(comm)
+    }
+
+    fn assemble(rank: usize, size: usize, config: Config, net: Arc<dyn Transport>) -> Communicator {
+        Communicator {
+            rank,
+            size,
+            local_rank: rank,
+            local_size: size,
+            config,
+            net,
+            reducer: HostReducer::new(),
+            state: Mutex::new(State {
+                seq: 0,
+                poisoned: None,
+                p2p_sent: vec![0; size],
+                p2p_received: vec![0; size],
+            }),
+            collectives: AtomicU64::new(0),
+            _store: None,
+            _server: None,
+        }
+    }
+
+    /// Gathers every rank's host key (sequence number 0, before any user call), to learn the
+    /// local rank and the ranks per host. Completing it also proves every rank is done with
+    /// the store, so rank 0 may drop it.
+    fn discover_hosts(&mut self, deadline: Instant) -> Result<()> {
+        let mine = [host_key()];
+        let mut all = vec![0u64; self.size];
+        let args = CollArgs {
+            send: region(&mine),
+            recv: region_mut(&mut all),
+            in_place: false,
+            count: 1,
+            dtype: DataType::U64,
+            op: ReduceOp::Sum,
+            root: 0,
+        };
+        let ctx = self.ctx(Collective::AllGather, 0, deadline);
+        let r = oxccl_algorithms::all_gather::ring::run(&ctx, &args);
+        r.map_err(|e| {
+            let e = e.in_collective("init", 0).on_rank(self.rank);
+            self.net.fail(e.clone());
+            e
+        })?;
+        self.local_rank = all[..self.rank].iter().filter(|&&h| h == mine[0]).count();
+        self.local_size = all.iter().filter(|&&h| h == mine[0]).count();
+        Ok(())
+    }
+
+    /// A world of `size` ranks as threads of this process, over the in-process transport:
+    /// hand one communicator to each thread. For tests and for programs that parallelise
+    /// within one process.
+    pub fn local_world(size: usize, config: Config) -> Result<Vec<Communicator>> {
+        if size == 0 {
+            return Err(Error::invalid_argument("a world needs at least one rank"));
+        }
+        Ok(LoopbackTransport::world(size)
+            .into_iter()
+            .enumerate()
+            .map(|(rank, t)| Communicator::assemble(rank, size, config.clone(), Arc::new(t)))
+            .collect())
+    }
+
+    /// This rank, `0..size()`.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+    /// The number of ranks.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+    /// This rank's index among the ranks of its host.
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+    /// The number of ranks on this rank's host.
+    pub fn local_size(&self) -> usize {
+        self.local_size
+    }
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// The name of the transport (`tcp`, `loopback`).
+    pub fn transport_name(&self) -> &'static str {
+        self.net.name()
+    }
+    /// The sequence number the next collective will have.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().seq + 1
+    }
+
+    /// Aborts the communicator from any thread: a call blocked on it returns
+    /// `Error::Aborted` promptly, peers see this rank leave, and every later call fails.
+    pub fn abort(&self) {
+        self.net.abort();
+    }
+
+    /// The first error this communicator failed with, if it has failed (NCCL's
+    /// `ncclCommGetAsyncError`).
+    pub fn error(&self) -> Option<Error> {
+        self.lock().poisoned.clone()
+    }
+
+    /// The algorithm a collective of `bytes` bytes would use now.
+    pub fn algorithm_for(&self, coll: Collective, bytes: usize) -> Algorithm {
+        select::choose(coll, bytes, self.size, &self.config)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ctx(&self, collective: Collective, seq: u64, deadline: Instant) -> Ctx<'_> {
+        Ctx {
+            net: &*self.net,
+            reducer: &self.reducer,
+            rank: self.rank,
+            size: self.size,
+            seq,
+            collective,
+            deadline,
+            chunk_bytes: self.config.chunk_bytes,
+            pipeline_depth: self.config.pipeline_depth,
+        }
+    }
+
+    fn poison(&self, st: &mut State, e: Error) -> Error {
+        self.net.fail(e.clone());
+        if st.poisoned.is_none() {
+            tracing::error!(rank = self.rank, error = %e, "communicator failed; it must be rebuilt");
+            st.poisoned = Some(e.clone());
+        }
+        e
+    }
+
+    /// Runs one collective: numbers it, chooses its algorithm, runs it under the deadline,
+    /// and poisons the communicator on failure.
+    fn run(&self, coll: Collective, args: CollArgs) -> Result<()> {
+        let mut st = self.lock();
+        if let Some(e) = &st.poisoned {
+            return Err(e.clone());
+        }
+        st.seq += 1;
+        let seq = st.seq;
+        let bytes = args.count.saturating_mul(args.dtype.size());
+        let algo = select::choose(coll, bytes, self.size, &self.config);
+        let f = registry::lookup(coll, algo).ok_or_else(|| {
+            Error::internal(format!("{coll} has no {algo} algorithm"))
+                .in_collective(coll.name(), seq)
+        })?;
+        let ctx = self.ctx(coll, seq, Instant::now() + self.config.timeout);
+        let mut guard = FailOnUnwind {
+            net: &*self.net,
+            armed: true,
+        };
+        let mut r = f(&ctx, &args);
+        if r.is_ok() && self.net.pending() != 0 {
+            r = Err(Error::internal(format!(
+                "{coll}/{algo} returned with requests pending"
+            )));
+        }
+        guard.armed = false;
+        self.collectives.fetch_add(1, Ordering::Relaxed);
+        r.map_err(|e| {
+            let e = e.in_collective(coll.name(), seq).on_rank(self.rank);
+            self.poison(&mut st, e)
+        })
+    }
+
+    fn bad(&self, coll: Collective, msg: String) -> Error {
+        Error::invalid_argument(msg)
+            .in_collective(coll.name(), self.next_seq())
+            .on_rank(self.rank)
+    }
+
+    fn check_root(&self, coll: Collective, root: usize) -> Result<()> {
+        if root >= self.size {
+            return Err(self.bad(
+                coll,
+                format!("root {root} is not a rank of this world of {}", self.size),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sums (or otherwise reduces) `buf` across all ranks, in place: afterwards every rank
+    /// holds the same, bitwise identical, result.
+    pub fn all_reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<()> {
+        let recv = region_mut(buf);
+        let args = CollArgs {
+            send: recv.as_region(),
+            recv,
+            in_place: true,
+            count: buf.len(),
+            dtype: T::DTYPE,
+            op,
+            root: 0,
+        };
+        self.run(Collective::AllReduce, args)
+    }
+
+    /// Reduces `send` across all ranks into `recv` (same length).
+    pub fn all_reduce_into<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
+        if send.len() != recv.len() {
+            return Err(self.bad(
+                Collective::AllReduce,
+                format!(
+                    "send has {} elements but recv has {}",
+                    send.len(),
+                    recv.len()
+                ),
+            ));
+        }
+        let args = CollArgs {
+            send: region(send),
+            recv: region_mut(recv),
+            in_place: false,
+            count: send.len(),
+            dtype: T::DTYPE,
+            op,
+            root: 0,
+        };
+        self.run(Collective::AllReduce, args)
+    }
+
+    /// Gathers every rank's `send` into `recv`, in rank order: `recv` holds
+    /// `send.len() * size()` elements.
+    pub fn all_gather_into<T: Element>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
+        if Some(recv.len()) != send.len().checked_mul(self.size) {
+            return Err(self.bad(
+                Collective::AllGather,
+                format!(
+                    "recv has {} elements, not send's {} times {} ranks",
+                    recv.len(),
+                    send.len(),
+                    self.size
+                ),
+            ));
+        }
+        let args = CollArgs {
+            send: region(send),
+            recv: region_mut(recv),
+            in_place: false,
+            count: send.len(),
+            dtype: T::DTYPE,
+            op: ReduceOp::Sum,
+            root: 0,
+        };
+        self.run(Collective::AllGather, args)
+    }
+
+    /// All-gather in place: `buf` holds `size()` blocks, this rank's block (block `rank()`)
+    /// is the input, and afterwards every block holds its rank's input.
+    pub fn all_gather<T: Element>(&self, buf: &mut [T]) -> Result<()> {
+        if buf.len() % self.size != 0 {
+            return Err(self.bad(
+                Collective::AllGather,
+                format!(
+                    "buffer of {} elements does not split into {} equal blocks",
+                    buf.len(),
+                    self.size
+                ),
+            ));
+        }
+        let count = buf.len() / self.size;
+        let recv = region_mut(buf);
+        let es = T::DTYPE.size();
+        let args = CollArgs {
+            send: recv
+                .as_region()
+                .slice(self.rank * count * es..(self.rank + 1) * count * es),
+            recv,
+            in_place: true,
+            count,
+            dtype: T::DTYPE,
+            op: ReduceOp::Sum,
+            root: 0,
+        };
+        self.run(Collective::AllGather, args)
+    }
+
+    /// Reduces `send` (`recv.len() * size()` elements) across ranks and leaves block
+    /// `rank()` of the result in `recv`.
+    pub fn reduce_scatter_into<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
+        if Some(send.len()) != recv.len().checked_mul(self.size) {
+            return Err(self.bad(
+                Collective::ReduceScatter,
+                format!(
+                    "send has {} elements, not recv's {} times {} ranks",
+                    send.len(),
+                    recv.len(),
+                    self.size
+                ),
+            ));
+        }
+        let args = CollArgs {
+            send: region(send),
+            recv: region_mut(recv),
+            in_place: false,
+            count: recv.len(),
+            dtype: T::DTYPE,
+            op,
+            root: 0,
+        };
+        self.run(Collective::ReduceScatter, args)
+    }
+
+    /// Reduce-scatter in place: afterwards block `rank()` of `buf` holds that block of the
+    /// reduction; the other blocks are left as they were.
+    pub fn reduce_scatter<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<()> {
+        if buf.len() % self.size != 0 {
+            return Err(self.bad(
+                Collective::ReduceScatter,
+                format!(
+                    "buffer of {} elements does not split into {} equal blocks",
+                    buf.len(),
+                    self.size
+                ),
+            ));
+        }
+        let count = buf.len() / self.size;
+        let whole = region_mut(buf);
+        let es = T::DTYPE.size();
+        let args = CollArgs {
+            send: whole.as_region(),
+            recv: whole.slice(self.rank * count * es..(self.rank + 1) * count * es),
+            in_place: true,
+            count,
+            dtype: T::DTYPE,
+            op,
+            root: 0,
+        };
+        self.run(Collective::ReduceScatter, args)
+    }
+
+    /// Sends block `j` of `send` to rank `j` and receives rank `j`'s block for this rank into
+    /// block `j` of `recv`. Both hold `size()` equal blocks.
+    pub fn all_to_all_into<T: Element>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
+        if send.len() != recv.len() || send.len() % self.size != 0 {
+            return Err(self.bad(
+                Collective::AllToAll,
+                format!(
+                    "send ({}) and recv ({}) must have the same length, divisible by {} ranks",
+                    send.len(),
+                    recv.len(),
+                    self.size
+                ),
+            ));
+        }
+        let args = CollArgs {
+            send: region(send),
+            recv: region_mut(recv),
+            in_place: false,
+            count: send.len() / self.size,
+            dtype: T::DTYPE,
+            op: ReduceOp::Sum,
+            root: 0,
+        };
+        self.run(Collective::AllToAll, args)
+    }
+
+    /// All-to-all in place.
+    pub fn all_to_all<T: Element>(&self, buf: &mut [T]) -> Result<()> {
+        if buf.len() % self.size != 0 {
+            return Err(self.bad(
+                Collective::AllToAll,
+                format!(
+                    "buffer of {} elements does not split into {} equal blocks",
+                    buf.len(),
+                    self.size
+                ),
+            ));
+        }
+        let count = buf.len() / self.size;
+        let recv = region_mut(buf);
+        let args = CollArgs {
+            send: recv.as_region(),
+            recv,
+            in_place: true,
+            count,
+            dtype: T::DTYPE,
+            op: ReduceOp::Sum,
+            root: 0,
+        };
+        self.run(Collective::AllToAll, args)
+    }
+
+    /// Copies `root`'s `buf` into every rank's `buf` (same length everywhere).
+    pub fn broadcast<T: Element>(&self, buf: &mut [T], root: usize) -> Result<()> {
+        self.check_root(Collective::Broadcast, root)?;
+        let recv = region_mut(buf);
+        let args = CollArgs {
+            send: recv.as_region(),
+            recv,
+            in_place: true,
+            count: buf.len(),
+            dtype: T::DTYPE,
+            op: ReduceOp::Sum,
+            root,
+        };
+        self.run(Collective::Broadcast, args)
+    }
+
+    /// Copies `root`'s `send` into every rank's `recv` (`send` is read on the root only; pass
+    /// an empty slice elsewhere). `recv` has the same length on every rank.
+    pub fn broadcast_into<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        root: usize,
+    ) -> Result<()> {
+        self.check_root(Collective::Broadcast, root)?;
+        if self.rank == root && send.len() != recv.len() {
+            return Err(self.bad(
+                Collective::Broadcast,
+                format!(
+                    "at the root, send has {} elements but recv has {}",
+                    send.len(),
+                    recv.len()
+                ),
+            ));
+        }
+        let send = if self.rank == root {
+            region(send)
+        } else {
+            Region::empty()
+        };
+        let args = CollArgs {
+            send,
+            recv: region_mut(recv),
+            in_place: false,
+            count: recv.len(),
+            dtype: T::DTYPE,
+            op: ReduceOp::Sum,
+            root,
+        };
+        self.run(Collective::Broadcast, args)
+    }
+
+    /// Reduces every rank's `buf` into `root`'s `buf`, in place. Other ranks' buffers are
+    /// left as they were.
+    pub fn reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp, root: usize) -> Result<()> {
+        self.check_root(Collective::Reduce, root)?;
+        let recv = region_mut(buf);
+        let args = CollArgs {
+            send: recv.as_region(),
+            recv,
+            in_place: true,
+            count: buf.len(),
+            dtype: T::DTYPE,
+            op,
+            root,
+        };
+        self.run(Collective::Reduce, args)
+    }
+
+    /// Reduces every rank's `send` into `recv` on `root`. `recv` must have `send.len()`
+    /// elements on the root and is not touched on other ranks (pass an empty slice there).
+    pub fn reduce_into<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+        root: usize,
+    ) -> Result<()> {
+        self.check_root(Collective::Reduce, root)?;
+        if self.rank == root && recv.len() != send.len() {
+            return Err(self.bad(
+                Collective::Reduce,
+                format!(
+                    "at the root, recv has {} elements but send has {}",
+                    recv.len(),
+                    send.len()
+                ),
+            ));
+        }
+        let recv = if self.rank == root {
+            region_mut(recv)
+        } else {
+            RegionMut::empty()
+        };
+        let args = CollArgs {
+            send: region(send),
+            recv,
+            in_place: false,
+            count: send.len(),
+            dtype: T::DTYPE,
+            op,
+            root,
+        };
+        self.run(Collective::Reduce, args)
+    }
+
+    /// Returns once every rank has called `barrier`.
+    pub fn barrier(&self) -> Result<()> {
+        let args = CollArgs {
+            send: Region::empty(),
+            recv: RegionMut::empty(),
+            in_place: true,
+            count: 0,
+            dtype: DataType::U8,
+            op: ReduceOp::Sum,
+            root: 0,
+        };
+        self.run(Collective::Barrier, args)
+    }
+
+    fn p2p_tag(counter: u64) -> Tag {
+        Tag(((counter & ((1 << 40) - 1)) << 24) | ((Collective::SendRecv as u64) << 16))
+    }
+
+    fn check_peer(&self, what: &'static str, peer: usize) -> Result<()> {
+        if peer >= self.size || peer == self.rank {
+            return Err(Error::invalid_argument(format!(
+                "peer {peer} is not another rank of this world of {}",
+                self.size
+            ))
+            .in_collective(what, 0)
+            .on_rank(self.rank));
+        }
+        Ok(())
+    }
+
+    fn p2p(&self, sends: &[(usize, Region)], recvs: &[(usize, RegionMut)]) -> Result<()> {
+        let mut st = self.lock();
+        if let Some(e) = &st.poisoned {
+            return Err(e.clone());
+        }
+        let what = match (sends.is_empty(), recvs.is_empty()) {
+            (false, true) => "send",
+            (true, false) => "recv",
+            _ => "sendrecv",
+        };
+        let deadline = Instant::now() + self.config.timeout;
+        let mut reqs = Vec::new();
+        let mut first_seq = None;
+        let mut guard = FailOnUnwind {
+            net: &*self.net,
+            armed: true,
+        };
+        let mut r = Ok(());
+        for &(peer, buf) in recvs {
+            let k = st.p2p_received[peer];
+            st.p2p_received[peer] += 1;
+            first_seq.get_or_insert(k);
+            match self.net.post_recv(peer, Self::p2p_tag(k), buf) {
+                Ok(q) => reqs.push(q),
+                Err(e) => r = Err(e),
+            }
+        }
+        for &(peer, buf) in sends {
+            let k = st.p2p_sent[peer];
+            st.p2p_sent[peer] += 1;
+            first_seq.get_or_insert(k);
+            if r.is_ok() {
+                match self.net.post_send(peer, Self::p2p_tag(k), buf) {
+                    Ok(q) => reqs.push(q),
+                    Err(e) => r = Err(e),
+                }
+            }
+        }
+        if r.is_ok() {
+            r = self.net.wait_all(&reqs, deadline);
+        }
+        guard.armed = false;
+        r.map_err(|e| {
+            let e = e
+                .in_collective(what, first_seq.unwrap_or(0))
+                .on_rank(self.rank);
+            self.poison(&mut st, e)
+        })
+    }
+
+    /// Sends `buf` to `peer`, which must call [`recv`](Self::recv) with the same length.
+    /// Messages between two ranks arrive in the order they were sent. May block until the
+    /// peer posts its receive; to exchange with a peer use [`sendrecv`](Self::sendrecv).
+    pub fn send<T: Element>(&self, buf: &[T], peer: usize) -> Result<()> {
+        self.check_peer("send", peer)?;
+        self.p2p(&[(peer, region(buf))], &[])
+    }
+
+    /// Receives `buf.len()` elements from `peer` into `buf`.
+    pub fn recv<T: Element>(&self, buf: &mut [T], peer: usize) -> Result<()> {
+        self.check_peer("recv", peer)?;
+        self.p2p(&[], &[(peer, region_mut(buf))])
+    }
+
+    /// Sends `send` to `to` and receives `recv` from `from` at the same time, so two ranks
+    /// can exchange without deadlock.
+    pub fn sendrecv<T: Element>(
+        &self,
+        send: &[T],
+        to: usize,
+        recv: &mut [T],
+        from: usize,
+    ) -> Result<()> {
+        self.check_peer("sendrecv", to)?;
+        self.check_peer("sendrecv", from)?;
+        self.p2p(&[(to, region(send))], &[(from, region_mut(recv))])
+    }
+}
+
+fn check_world(rank: usize, size: usize) -> Result<()> {
+    if size == 0 {
+        return Err(Error::invalid_argument("the world size is 0"));
+    }
+    if rank >= size {
+        return Err(Error::invalid_argument(format!(
+            "rank {rank} is not below the world size {size}"
+        )));
+    }
+    Ok(())
+}
+
+/// Spin briefly when every rank has a core; barely at all when ranks outnumber cores, where a
+/// spinning waiter would steal the time slice of the rank it waits for.
+fn default_spin(ranks_here: usize) -> Duration {
+    if ranks_here > cores() {
+        Duration::from_micros(2)
+    } else {
+        Duration::from_micros(50)
+    }
+}
+
+impl std::fmt::Debug for Communicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Communicator")
+            .field("rank", &self.rank)
+            .field("size", &self.size)
+            .field("local_rank", &self.local_rank)
+            .field("transport", &self.net.name())
+            .finish()
+    }
+}

@@ -1,0 +1,390 @@
+//! [`Config`]: how a communicator runs. Built in code, or read from `OXCCL_*` variables by
+//! [`Config::from_env`].
+//!
+//! | variable | field | example |
+//! | --- | --- | --- |
+//! | `OXCCL_TRANSPORT` | [`Config::transport`] | `tcp`, `auto` |
+//! | `OXCCL_ALGO` | [`Config::algorithms`] | `ring`, `all_reduce:recursive_doubling;all_gather:ring` |
+//! | `OXCCL_TIMEOUT_MS` | [`Config::timeout`] | `600000` (10 minutes, the default) |
+//! | `OXCCL_CHUNK_BYTES` | [`Config::chunk_bytes`] | `512K` |
+//! | `OXCCL_PIPELINE_DEPTH` | [`Config::pipeline_depth`] | `4` |
+//! | `OXCCL_SOCKET_IFNAME` | [`Config::socket_ifname`] | `eth0`, `^docker,lo` |
+//! | `OXCCL_TCP_CONNS` | [`Config::tcp_conns_per_peer`] | `2` |
+//! | `OXCCL_SOCKET_BUF` | [`Config::socket_buffer`] | `4M` |
+//! | `OXCCL_SPIN_US` | [`Config::spin`] | `50` |
+//! | `OXCCL_SMALL_BYTES` | [`Config::small_bytes`] | `32K` |
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use oxccl_algorithms::registry::{self, Algorithm};
+use oxccl_algorithms::Collective;
+
+use crate::error::{Error, Result};
+
+/// Which transport carries data between ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportKind {
+    /// The best available for each pair of ranks (TCP in this build).
+    #[default]
+    Auto,
+    /// TCP for every pair.
+    Tcp,
+    /// Shared memory between ranks of one host (not in this build yet: asking for it is an
+    /// `Unsupported` error rather than a silent fallback).
+    Shm,
+}
+
+impl TransportKind {
+    /// Parses `auto`, `tcp` or `shm`.
+    pub fn parse(s: &str) -> Result<TransportKind> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(TransportKind::Auto),
+            "tcp" => Ok(TransportKind::Tcp),
+            "shm" => Ok(TransportKind::Shm),
+            other => Err(Error::invalid_argument(format!(
+                "unknown transport '{other}' (valid: auto, tcp, shm)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::Auto => "auto",
+            TransportKind::Tcp => "tcp",
+            TransportKind::Shm => "shm",
+        })
+    }
+}
+
+/// Forced algorithms, per collective. Collectives not named are chosen by size.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlgoOverrides {
+    map: HashMap<Collective, Algorithm>,
+}
+
+fn valid_names() -> String {
+    Algorithm::ALL
+        .iter()
+        .map(|a| a.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl AlgoOverrides {
+    /// Parses `NAME` (every collective that has that algorithm uses it) or
+    /// `COLLECTIVE:NAME;COLLECTIVE:NAME` (NCCL_ALGO's per-collective form). An unknown name,
+    /// or one that no named collective has, is an error that lists the valid ones.
+    pub fn parse(spec: &str) -> Result<AlgoOverrides> {
+        let mut map = HashMap::new();
+        for part in spec
+            .split([';', ','])
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            match part.split_once(':') {
+                Some((c, a)) => {
+                    let coll = Collective::parse(c).ok_or_else(|| {
+                        let all: Vec<_> = Collective::ALL.iter().map(|c| c.name()).collect();
+                        Error::invalid_argument(format!(
+                            "unknown collective '{c}' in OXCCL_ALGO (valid: {})",
+                            all.join(", ")
+                        ))
+                    })?;
+                    let algo = Algorithm::parse(a).ok_or_else(|| {
+                        Error::invalid_argument(format!(
+                            "unknown algorithm '{a}' (valid: {})",
+                            valid_names()
+                        ))
+                    })?;
+                    if registry::lookup(coll, algo).is_none() {
+                        let have: Vec<_> = registry::algorithms(coll)
+                            .iter()
+                            .map(|a| a.name())
+                            .collect();
+                        return Err(Error::invalid_argument(format!(
+                            "{coll} has no '{algo}' algorithm (valid for {coll}: {})",
+                            have.join(", ")
+                        )));
+                    }
+                    map.insert(coll, algo);
+                }
+                None => {
+                    let algo = Algorithm::parse(part).ok_or_else(|| {
+                        Error::invalid_argument(format!(
+                            "unknown algorithm '{part}' (valid: {})",
+                            valid_names()
+                        ))
+                    })?;
+                    let mut any = false;
+                    for c in Collective::ALL {
+                        if registry::lookup(c, algo).is_some() {
+                            map.insert(c, algo);
+                            any = true;
+                        }
+                    }
+                    if !any {
+                        return Err(Error::invalid_argument(format!(
+                            "no collective has algorithm '{algo}'"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(AlgoOverrides { map })
+    }
+
+    /// The forced algorithm of `coll`, if any.
+    pub fn get(&self, coll: Collective) -> Option<Algorithm> {
+        self.map.get(&coll).copied()
+    }
+
+    /// Forces `algo` for `coll`; an error if `coll` has no such algorithm.
+    pub fn set(&mut self, coll: Collective, algo: Algorithm) -> Result<()> {
+        if registry::lookup(coll, algo).is_none() {
+            return Err(Error::invalid_argument(format!(
+                "{coll} has no '{algo}' algorithm"
+            )));
+        }
+        self.map.insert(coll, algo);
+        Ok(())
+    }
+
+    /// Whether nothing is forced.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// How a communicator runs.
+///
+/// ```
+/// use std::time::Duration;
+/// let cfg = oxccl::Config::default()
+///     .with_timeout(Duration::from_secs(30))
+///     .with_chunk_bytes(1 << 20)
+///     .with_algorithm("all_reduce:ring")
+///     .unwrap();
+/// assert_eq!(cfg.timeout, Duration::from_secs(30));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The transport.
+    pub transport: TransportKind,
+    /// Forced algorithms; others are chosen by size.
+    pub algorithms: AlgoOverrides,
+    /// Every blocking wait ends with `Error::Timeout` after this long. Default 10 minutes.
+    pub timeout: Duration,
+    /// Pipeline chunk size in bytes. Default 512 KiB.
+    pub chunk_bytes: usize,
+    /// Chunks in flight per pipelined stream. Default 4.
+    pub pipeline_depth: usize,
+    /// Network interfaces to listen on, in `NCCL_SOCKET_IFNAME` syntax.
+    pub socket_ifname: Option<String>,
+    /// TCP connections per pair of ranks. Default 1.
+    pub tcp_conns_per_peer: usize,
+    /// Socket buffer size; `None` (the default) keeps the kernel's autotuning.
+    pub socket_buffer: Option<usize>,
+    /// How long a waiter spins before it sleeps; `None` picks by ranks per core.
+    pub spin: Option<Duration>,
+    /// All-reduces of at most this many bytes use recursive doubling (latency-bound), larger
+    /// ones the ring (bandwidth-bound), unless an algorithm is forced. Default 32 KiB.
+    pub small_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            transport: TransportKind::Auto,
+            algorithms: AlgoOverrides::default(),
+            timeout: Duration::from_secs(600),
+            chunk_bytes: 512 << 10,
+            pipeline_depth: 4,
+            socket_ifname: None,
+            tcp_conns_per_peer: 1,
+            socket_buffer: None,
+            spin: None,
+            small_bytes: 32 << 10,
+        }
+    }
+}
+
+/// Parses a byte size: `4096`, `512K`, `4M`, `1G` (binary units).
+pub fn parse_bytes(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()?.to_ascii_uppercase() {
+        'K' => (&s[..s.len() - 1], 1usize << 10),
+        'M' => (&s[..s.len() - 1], 1 << 20),
+        'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.trim().parse::<usize>().ok()?.checked_mul(mult)
+}
+
+impl Config {
+    /// The defaults overlaid with every `OXCCL_*` variable that is set. A malformed value is
+    /// an error naming the variable.
+    pub fn from_env() -> Result<Config> {
+        Config::default().overlay(&|k| std::env::var(k).ok())
+    }
+
+    /// The defaults overlaid with the variables `env` returns (for tests).
+    pub fn overlay(mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+        let var = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let bytes = |k: &str, v: String| {
+            parse_bytes(&v).ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "{k}='{v}' is not a byte size (like 4096, 512K, 4M)"
+                ))
+            })
+        };
+        let int = |k: &str, v: String| {
+            v.trim().parse::<u64>().map_err(|_| {
+                Error::invalid_argument(format!("{k}='{v}' is not a non-negative integer"))
+            })
+        };
+        if let Some(v) = var("OXCCL_TRANSPORT") {
+            self.transport = TransportKind::parse(&v)
+                .map_err(|e| Error::invalid_argument(format!("OXCCL_TRANSPORT: {e}")))?;
+        }
+        if let Some(v) = var("OXCCL_ALGO") {
+            self.algorithms = AlgoOverrides::parse(&v)
+                .map_err(|e| Error::invalid_argument(format!("OXCCL_ALGO: {e}")))?;
+        }
+        if let Some(v) = var("OXCCL_TIMEOUT_MS") {
+            let ms = int("OXCCL_TIMEOUT_MS", v)?;
+            if ms == 0 {
+                return Err(Error::invalid_argument("OXCCL_TIMEOUT_MS must be above 0"));
+            }
+            self.timeout = Duration::from_millis(ms);
+        }
+        if let Some(v) = var("OXCCL_CHUNK_BYTES") {
+            self = self.with_chunk_bytes(bytes("OXCCL_CHUNK_BYTES", v)?);
+        }
+        if let Some(v) = var("OXCCL_PIPELINE_DEPTH") {
+            self.pipeline_depth = int("OXCCL_PIPELINE_DEPTH", v)?.clamp(1, 64) as usize;
+        }
+        if let Some(v) = var("OXCCL_SOCKET_IFNAME") {
+            self.socket_ifname = Some(v);
+        }
+        if let Some(v) = var("OXCCL_TCP_CONNS") {
+            let n = int("OXCCL_TCP_CONNS", v)?;
+            if !(1..=16).contains(&n) {
+                return Err(Error::invalid_argument(format!(
+                    "OXCCL_TCP_CONNS={n} is not between 1 and 16"
+                )));
+            }
+            self.tcp_conns_per_peer = n as usize;
+        }
+        if let Some(v) = var("OXCCL_SOCKET_BUF") {
+            self.socket_buffer = Some(bytes("OXCCL_SOCKET_BUF", v)?);
+        }
+        if let Some(v) = var("OXCCL_SPIN_US") {
+            self.spin = Some(Duration::from_micros(int("OXCCL_SPIN_US", v)?));
+        }
+        if let Some(v) = var("OXCCL_SMALL_BYTES") {
+            self.small_bytes = bytes("OXCCL_SMALL_BYTES", v)?;
+        }
+        Ok(self)
+    }
+
+    /// Sets the timeout.
+    #[must_use]
+    pub fn with_timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// Sets the pipeline chunk size (at least 64 bytes).
+    #[must_use]
+    pub fn with_chunk_bytes(mut self, b: usize) -> Self {
+        self.chunk_bytes = b.max(64);
+        self
+    }
+
+    /// Sets the transport.
+    #[must_use]
+    pub fn with_transport(mut self, t: TransportKind) -> Self {
+        self.transport = t;
+        self
+    }
+
+    /// Forces algorithms, in `OXCCL_ALGO` syntax.
+    pub fn with_algorithm(mut self, spec: &str) -> Result<Self> {
+        self.algorithms = AlgoOverrides::parse(spec)?;
+        Ok(self)
+    }
+
+    /// Sets the TCP connections per pair of ranks (1 to 16).
+    #[must_use]
+    pub fn with_tcp_conns(mut self, n: usize) -> Self {
+        self.tcp_conns_per_peer = n.clamp(1, 16);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn with(vars: &[(&str, &str)]) -> Result<Config> {
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::default().overlay(&move |k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn env_overlay_and_errors_name_the_variable() {
+        let c = with(&[
+            ("OXCCL_TIMEOUT_MS", "1500"),
+            ("OXCCL_CHUNK_BYTES", "1M"),
+            ("OXCCL_TCP_CONNS", "2"),
+        ])
+        .unwrap();
+        assert_eq!(c.timeout, Duration::from_millis(1500));
+        assert_eq!(c.chunk_bytes, 1 << 20);
+        assert_eq!(c.tcp_conns_per_peer, 2);
+        assert_eq!(Config::default().timeout, Duration::from_secs(600));
+        for (k, v) in [
+            ("OXCCL_TIMEOUT_MS", "soon"),
+            ("OXCCL_CHUNK_BYTES", "big"),
+            ("OXCCL_TCP_CONNS", "99"),
+            ("OXCCL_TRANSPORT", "carrier-pigeon"),
+        ] {
+            let e = with(&[(k, v)]).unwrap_err();
+            assert!(e.to_string().contains(k), "{e}");
+        }
+    }
+
+    #[test]
+    fn algorithm_overrides() {
+        let o = AlgoOverrides::parse("ring").unwrap();
+        assert_eq!(o.get(Collective::AllReduce), Some(Algorithm::Ring));
+        assert_eq!(
+            o.get(Collective::AllToAll),
+            None,
+            "a global name applies where it exists"
+        );
+        let o = AlgoOverrides::parse("all_reduce:recursive_doubling;allgather:ring").unwrap();
+        assert_eq!(
+            o.get(Collective::AllReduce),
+            Some(Algorithm::RecursiveDoubling)
+        );
+        assert_eq!(o.get(Collective::AllGather), Some(Algorithm::Ring));
+        let e = AlgoOverrides::parse("warp_drive").unwrap_err().to_string();
+        assert!(e.contains("valid: ring, recursive_doubling"), "{e}");
+        let e = AlgoOverrides::parse("all_to_all:ring")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("valid for all_to_all: pairwise"), "{e}");
+        assert!(AlgoOverrides::parse("all_frobnicate:ring").is_err());
+        assert_eq!(parse_bytes("512K"), Some(512 << 10));
+        assert_eq!(parse_bytes("x"), None);
+    }
+}

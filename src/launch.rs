@@ -1,0 +1,268 @@
+//! Starting and supervising the ranks of one host: what `oxrun` does, and what
+//! `oxccl-bench --ranks N` does when no launcher started it.
+//!
+//! The launcher hosts the rendezvous store itself (on node 0 of a multi-host world) and
+//! starts each rank with `OXCCL_RANK`, `OXCCL_WORLD_SIZE`, `OXCCL_LOCAL_RANK`,
+//! `OXCCL_LOCAL_WORLD_SIZE`, `OXCCL_ADDR`, `OXCCL_SECRET` and `OXCCL_STORE_HOST=launcher`.
+//! Ranks die with the launcher (`PR_SET_PDEATHSIG`). When a rank exits non-zero or is
+//! killed, the launcher says which rank and how, stops the others and exits non-zero.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use oxccl_transport::auth::random_bytes;
+
+use crate::bootstrap::tcp_store::TcpStoreServer;
+use crate::bootstrap::unique_id::{hex, parse_secret};
+use crate::error::{Error, Result};
+
+/// What to launch.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// The program every rank runs.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Ranks on this host.
+    pub nprocs: usize,
+    /// Hosts in the world (each runs its own launcher).
+    pub nnodes: usize,
+    /// This host's index, `0..nnodes`.
+    pub node_rank: usize,
+    /// `HOST:PORT` of node 0's store, required when `nnodes > 1`.
+    pub master: Option<String>,
+    /// Prefix every output line with `[rank]`.
+    pub tag_output: bool,
+}
+
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNALLED.store(sig, Ordering::SeqCst);
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => {
+            let name = nix::sys::signal::Signal::try_from(s)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| "?".into());
+            format!("was killed by signal {s} ({name})")
+        }
+        _ => "ended".into(),
+    }
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(0), _) => 1,
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => 1,
+    }
+}
+
+fn terminate(children: &mut [(usize, Child)]) {
+    for (_, c) in children.iter_mut() {
+        if let Ok(None) = c.try_wait() {
+            // SAFETY: plain kill(2) on a child we started and have not reaped.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+    let grace = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < grace
+        && children
+            .iter_mut()
+            .any(|(_, c)| matches!(c.try_wait(), Ok(None)))
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (_, c) in children.iter_mut() {
+        if let Ok(None) = c.try_wait() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn pump(
+    rank: usize,
+    input: impl std::io::Read + Send + 'static,
+    to_stderr: bool,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(input).lines().map_while(|l| l.ok()) {
+            if to_stderr {
+                let _ = writeln!(std::io::stderr().lock(), "[{rank}] {line}");
+            } else {
+                let _ = writeln!(std::io::stdout().lock(), "[{rank}] {line}");
+            }
+        }
+    })
+}
+
+/// Starts this host's ranks and supervises them. Returns the exit code for the launcher:
+/// 0 when every rank exits 0.
+pub fn launch(spec: &LaunchSpec) -> Result<i32> {
+    if spec.nprocs == 0 || spec.nnodes == 0 || spec.node_rank >= spec.nnodes {
+        return Err(Error::invalid_argument(format!(
+            "need at least one rank and a node rank below the node count (got -n {}, --nnodes {}, --node-rank {})",
+            spec.nprocs, spec.nnodes, spec.node_rank
+        )));
+    }
+    let world = spec.nprocs * spec.nnodes;
+    let secret = match std::env::var("OXCCL_SECRET").ok().filter(|s| !s.is_empty()) {
+        Some(s) => parse_secret(&s)
+            .ok_or_else(|| Error::invalid_argument("OXCCL_SECRET is not 32 hex digits"))?,
+        None if spec.nnodes > 1 => {
+            return Err(Error::invalid_argument(
+                "a multi-host launch needs the same OXCCL_SECRET on every host \
+                 (for example: export OXCCL_SECRET=$(openssl rand -hex 16))",
+            ))
+        }
+        None => random_bytes()?,
+    };
+    let (server, addr) = if spec.nnodes == 1 {
+        let s = TcpStoreServer::start("127.0.0.1:0".parse().expect("valid address"), secret)?;
+        let a = s.addr();
+        (Some(s), a.to_string())
+    } else {
+        let master = spec.master.clone().ok_or_else(|| {
+            Error::invalid_argument("--nnodes > 1 needs --master HOST:PORT (node 0's address)")
+        })?;
+        if spec.node_rank == 0 {
+            let port = master
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .ok_or_else(|| {
+                    Error::invalid_argument(format!("--master '{master}' is not HOST:PORT"))
+                })?;
+            (
+                Some(TcpStoreServer::start(
+                    SocketAddr::from(([0, 0, 0, 0], port)),
+                    secret,
+                )?),
+                master,
+            )
+        } else {
+            (None, master)
+        }
+    };
+
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+
+    let mut children: Vec<(usize, Child)> = Vec::with_capacity(spec.nprocs);
+    let mut pumps = Vec::new();
+    for local in 0..spec.nprocs {
+        let rank = spec.node_rank * spec.nprocs + local;
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .env("OXCCL_RANK", rank.to_string())
+            .env("OXCCL_WORLD_SIZE", world.to_string())
+            .env("OXCCL_LOCAL_RANK", local.to_string())
+            .env("OXCCL_LOCAL_WORLD_SIZE", spec.nprocs.to_string())
+            .env("OXCCL_ADDR", &addr)
+            .env("OXCCL_SECRET", hex(&secret))
+            .env("OXCCL_STORE_HOST", "launcher");
+        // Another launcher's variables would contradict ours.
+        for v in [
+            "RANK",
+            "WORLD_SIZE",
+            "LOCAL_RANK",
+            "OMPI_COMM_WORLD_RANK",
+            "OMPI_COMM_WORLD_SIZE",
+            "SLURM_PROCID",
+        ] {
+            cmd.env_remove(v);
+        }
+        if spec.tag_output {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl,
+        // which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                terminate(&mut children);
+                return Err(Error::io(
+                    format!("starting rank {rank}: {}", spec.program.display()),
+                    e,
+                ));
+            }
+        };
+        if spec.tag_output {
+            if let Some(o) = child.stdout.take() {
+                pumps.push(pump(rank, o, false));
+            }
+            if let Some(e) = child.stderr.take() {
+                pumps.push(pump(rank, e, true));
+            }
+        }
+        children.push((rank, child));
+    }
+
+    let mut running = children.len();
+    let mut done = vec![false; children.len()];
+    let code = loop {
+        let sig = SIGNALLED.load(Ordering::SeqCst);
+        if sig != 0 {
+            eprintln!("oxrun: received signal {sig}; stopping all ranks");
+            terminate(&mut children);
+            break 128 + sig;
+        }
+        let mut failed = None;
+        for (i, (rank, c)) in children.iter_mut().enumerate() {
+            if done[i] {
+                continue;
+            }
+            match c.try_wait() {
+                Ok(Some(st)) => {
+                    done[i] = true;
+                    running -= 1;
+                    if !st.success() {
+                        failed = Some((*rank, st));
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Error::io(format!("waiting for rank {rank}"), e)),
+            }
+        }
+        if let Some((rank, st)) = failed {
+            eprintln!(
+                "oxrun: rank {rank} {}; stopping the other ranks",
+                describe(st)
+            );
+            terminate(&mut children);
+            break exit_code(st);
+        }
+        if running == 0 {
+            break 0;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    drop(server);
+    // The pipes close when the ranks are gone; let their last lines through.
+    for p in pumps {
+        let _ = p.join();
+    }
+    Ok(code)
+}
