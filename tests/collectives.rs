@@ -1,0 +1,57 @@
+//! Every collective x world sizes 1, 2, 3, 4, 5, 8 x counts 0, 1, 7, 1000, 2^20+3 x all data
+//! types and operators, over the in-process transport and over TCP, with algorithms chosen
+//! by size and forced. Every element is checked against a closed form.
+
+mod common;
+
+use common::{on_all, sweep, tcp_world, test_config};
+use oxccl::{Communicator, Config};
+
+const SIZES: [usize; 6] = [1, 2, 3, 4, 5, 8];
+
+fn check(comms: Vec<Communicator>, big: bool) {
+    let fails = on_all(&comms, |c| sweep(c, big));
+    assert!(fails.is_empty(), "{} failures:\n{}", fails.len(), fails.join("\n"));
+}
+
+#[test]
+fn loopback_auto_algorithms() {
+    for p in SIZES {
+        check(Communicator::local_world(p, test_config()).unwrap(), true);
+    }
+}
+
+#[test]
+fn loopback_forced_ring() {
+    for p in SIZES {
+        check(Communicator::local_world(p, test_config().with_algorithm("ring").unwrap()).unwrap(), p <= 3);
+    }
+}
+
+#[test]
+fn loopback_forced_recursive_doubling() {
+    let cfg = test_config().with_algorithm("all_reduce:recursive_doubling").unwrap();
+    for p in [1, 2, 3, 5, 6, 7, 8] {
+        check(Communicator::local_world(p, cfg.clone()).unwrap(), p == 6);
+    }
+}
+
+#[test]
+fn loopback_default_chunking_and_shallow_pipeline() {
+    let mut cfg = Config::default();
+    cfg.pipeline_depth = 1;
+    check(Communicator::local_world(3, cfg).unwrap(), true);
+}
+
+#[test]
+fn tcp_threads() {
+    for p in SIZES {
+        check(tcp_world(p, test_config()), p <= 3 || p == 5);
+    }
+}
+
+#[test]
+fn tcp_forced_ring_with_two_connections_per_peer() {
+    let cfg = test_config().with_algorithm("ring").unwrap().with_tcp_conns(2).with_chunk_bytes(1 << 20);
+    check(tcp_world(4, cfg), true);
+}

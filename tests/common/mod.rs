@@ -1,0 +1,225 @@
+//! Shared by the integration tests: a sweep of every collective over counts, data types and
+//! operators, checking every element against a closed form; and world builders.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use half::{bf16, f16};
+use oxccl::check::{self, CheckElem};
+use oxccl::{Communicator, Config, ReduceOp, UniqueId};
+
+/// Counts every sweep covers: empty, one, a prime, one not divisible by most world sizes.
+pub const COUNTS: [usize; 4] = [0, 1, 7, 1000];
+/// The large count (not divisible by any world size above 1 that the tests use but 1).
+pub const BIG: usize = (1 << 20) + 3;
+
+/// A world of `p` ranks as threads, over TCP on loopback.
+pub fn tcp_world(p: usize, config: Config) -> Vec<Communicator> {
+    let id = UniqueId::new().unwrap();
+    let hs: Vec<_> = (0..p)
+        .map(|r| {
+            let c = config.clone();
+            std::thread::spawn(move || Communicator::init(&id, r, p, c).unwrap())
+        })
+        .collect();
+    hs.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// Runs `f` on every communicator in its own thread and collects the failures they report.
+pub fn on_all(comms: &[Communicator], f: impl Fn(&Communicator) -> Vec<String> + Sync) -> Vec<String> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = comms.iter().map(|c| s.spawn(|| f(c))).collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Quick configuration for tests: short timeout so a bug fails fast, small chunks so the
+/// pipelines have many chunks even on small vectors.
+pub fn test_config() -> Config {
+    Config::default().with_timeout(Duration::from_secs(60)).with_chunk_bytes(4096)
+}
+
+struct Sweep<'a> {
+    comm: &'a Communicator,
+    fails: Vec<String>,
+}
+
+macro_rules! attempt {
+    ($s:expr, $what:expr, $call:expr) => {
+        if let Err(e) = $call {
+            $s.fails.push(format!("rank {}: {}: error {e}", $s.comm.rank(), $what));
+            return false;
+        }
+    };
+}
+
+impl Sweep<'_> {
+    fn wrong(&mut self, what: String, n: usize) {
+        if n > 0 {
+            self.fails.push(format!("rank {}: {what}: {n} wrong elements", self.comm.rank()));
+        }
+    }
+
+    fn reductions<T: CheckElem>(&mut self, count: usize, op: ReduceOp) -> bool {
+        let (r, p) = (self.comm.rank(), self.comm.size());
+        let name = format!("{} {op} count {count}", T::DTYPE);
+        let sentinel = T::from_i64(77);
+        // all-reduce, out of place and in place
+        let mut send = vec![sentinel; count];
+        check::fill_contribution(&mut send, r, op, 0);
+        let mut recv = vec![sentinel; count];
+        attempt!(self, format!("all_reduce_into {name}"), self.comm.all_reduce_into(&send, &mut recv, op));
+        self.wrong(format!("all_reduce_into {name}"), check::wrong_reduced(&recv, p, op, 0));
+        attempt!(self, format!("all_reduce {name}"), self.comm.all_reduce(&mut send, op));
+        self.wrong(format!("all_reduce {name}"), check::wrong_reduced(&send, p, op, 0));
+
+        // reduce-scatter, out of place and in place (count per rank)
+        let mut input = vec![sentinel; count * p];
+        check::fill_contribution(&mut input, r, op, 0);
+        let mut out = vec![sentinel; count];
+        attempt!(self, format!("reduce_scatter_into {name}"), self.comm.reduce_scatter_into(&input, &mut out, op));
+        self.wrong(format!("reduce_scatter_into {name}"), check::wrong_reduced(&out, p, op, r * count));
+        let before = input.clone();
+        attempt!(self, format!("reduce_scatter {name}"), self.comm.reduce_scatter(&mut input, op));
+        self.wrong(format!("reduce_scatter {name}"), check::wrong_reduced(&input[r * count..(r + 1) * count], p, op, r * count));
+        let others_changed = (0..p)
+            .filter(|&j| j != r)
+            .map(|j| (j * count..(j + 1) * count).filter(|&i| input[i] != before[i]).count())
+            .sum();
+        self.wrong(format!("reduce_scatter {name} (other blocks must stay)"), others_changed);
+
+        // reduce to the first and the last rank, out of place and in place
+        for root in [0, p - 1] {
+            let mut send = vec![sentinel; count];
+            check::fill_contribution(&mut send, r, op, 0);
+            let mut recv = vec![sentinel; if r == root { count } else { 0 }];
+            attempt!(self, format!("reduce_into root {root} {name}"), self.comm.reduce_into(&send, &mut recv, op, root));
+            if r == root {
+                self.wrong(format!("reduce_into root {root} {name}"), check::wrong_reduced(&recv, p, op, 0));
+            }
+            let keep = send.clone();
+            attempt!(self, format!("reduce root {root} {name}"), self.comm.reduce(&mut send, op, root));
+            let n = if r == root { check::wrong_reduced(&send, p, op, 0) } else { (send != keep) as usize };
+            self.wrong(format!("reduce root {root} {name}"), n);
+        }
+        true
+    }
+
+    fn movement<T: CheckElem>(&mut self, count: usize) -> bool {
+        let (r, p) = (self.comm.rank(), self.comm.size());
+        let name = format!("{} count {count}", T::DTYPE);
+        let sentinel = T::from_i64(0);
+        // all-gather
+        let mut send = vec![sentinel; count];
+        check::fill_pattern(&mut send, r, 0);
+        let mut recv = vec![sentinel; count * p];
+        attempt!(self, format!("all_gather_into {name}"), self.comm.all_gather_into(&send, &mut recv));
+        let n = (0..p).map(|j| check::wrong_pattern(&recv[j * count..(j + 1) * count], j, 0)).sum();
+        self.wrong(format!("all_gather_into {name}"), n);
+        let mut buf = vec![sentinel; count * p];
+        check::fill_pattern(&mut buf[r * count..(r + 1) * count], r, 0);
+        attempt!(self, format!("all_gather {name}"), self.comm.all_gather(&mut buf));
+        let n = (0..p).map(|j| check::wrong_pattern(&buf[j * count..(j + 1) * count], j, 0)).sum();
+        self.wrong(format!("all_gather {name}"), n);
+
+        // all-to-all: block j of rank r carries pattern(r, j); rank r receives pattern(j, r)
+        let mut send = vec![sentinel; count * p];
+        for j in 0..p {
+            check::fill_pattern(&mut send[j * count..(j + 1) * count], r, j);
+        }
+        let mut recv = vec![sentinel; count * p];
+        attempt!(self, format!("all_to_all_into {name}"), self.comm.all_to_all_into(&send, &mut recv));
+        let n = (0..p).map(|j| check::wrong_pattern(&recv[j * count..(j + 1) * count], j, r)).sum();
+        self.wrong(format!("all_to_all_into {name}"), n);
+        attempt!(self, format!("all_to_all {name}"), self.comm.all_to_all(&mut send));
+        let n = (0..p).map(|j| check::wrong_pattern(&send[j * count..(j + 1) * count], j, r)).sum();
+        self.wrong(format!("all_to_all {name}"), n);
+
+        // broadcast from the first and the last rank
+        for root in [0, p - 1] {
+            let mut buf = vec![sentinel; count];
+            if r == root {
+                check::fill_pattern(&mut buf, root, 3);
+            }
+            attempt!(self, format!("broadcast root {root} {name}"), self.comm.broadcast(&mut buf, root));
+            self.wrong(format!("broadcast root {root} {name}"), check::wrong_pattern(&buf, root, 3));
+            let mut src = vec![sentinel; if r == root { count } else { 0 }];
+            check::fill_pattern(&mut src, root, 4);
+            let mut dst = vec![sentinel; count];
+            attempt!(self, format!("broadcast_into root {root} {name}"), self.comm.broadcast_into(&src, &mut dst, root));
+            self.wrong(format!("broadcast_into root {root} {name}"), check::wrong_pattern(&dst, root, 4));
+        }
+        true
+    }
+
+    fn point_to_point(&mut self, count: usize) -> bool {
+        let (r, p) = (self.comm.rank(), self.comm.size());
+        if p == 1 {
+            return true;
+        }
+        let (right, left) = ((r + 1) % p, (r + p - 1) % p);
+        let mut send = vec![0u32; count];
+        check::fill_pattern(&mut send, r, 9);
+        let mut recv = vec![0u32; count];
+        attempt!(self, format!("sendrecv count {count}"), self.comm.sendrecv(&send, right, &mut recv, left));
+        self.wrong(format!("sendrecv count {count}"), check::wrong_pattern(&recv, left, 9));
+        // Plain send/recv: even ranks send first, odd ranks receive first (no deadlock with
+        // rendezvous transports), twice to check ordering.
+        for round in 0..2 {
+            let mut got = vec![0u32; count];
+            let mut mine = vec![0u32; count];
+            check::fill_pattern(&mut mine, r, round);
+            if p % 2 == 1 && r == p - 1 {
+                // The odd one out exchanges with rank 0 through sendrecv at the end.
+                continue;
+            }
+            let partner = r ^ 1;
+            if r % 2 == 0 {
+                attempt!(self, "send", self.comm.send(&mine, partner));
+                attempt!(self, "recv", self.comm.recv(&mut got, partner));
+            } else {
+                attempt!(self, "recv", self.comm.recv(&mut got, partner));
+                attempt!(self, "send", self.comm.send(&mine, partner));
+            }
+            self.wrong(format!("send/recv round {round} count {count}"), check::wrong_pattern(&got, partner, round));
+        }
+        true
+    }
+}
+
+/// Runs every collective on `comm` for the counts, data types and operators of the sweep
+/// (all ten types and five operators on small counts; a few on [`BIG`] when `big`).
+/// Returns the failures, each naming rank, collective, type, operator and count.
+pub fn sweep(comm: &Communicator, big: bool) -> Vec<String> {
+    let mut s = Sweep { comm, fails: Vec::new() };
+    macro_rules! all_types {
+        ($f:ident, $($arg:expr),*) => {
+            s.$f::<i8>($($arg),*) && s.$f::<u8>($($arg),*) && s.$f::<i32>($($arg),*) && s.$f::<u32>($($arg),*)
+                && s.$f::<i64>($($arg),*) && s.$f::<u64>($($arg),*) && s.$f::<f16>($($arg),*)
+                && s.$f::<bf16>($($arg),*) && s.$f::<f32>($($arg),*) && s.$f::<f64>($($arg),*)
+        };
+    }
+    'outer: for count in COUNTS {
+        for op in ReduceOp::ALL {
+            if !all_types!(reductions, count, op) {
+                break 'outer;
+            }
+        }
+        if !all_types!(movement, count) || !s.point_to_point(count) {
+            break;
+        }
+        if let Err(e) = comm.barrier() {
+            s.fails.push(format!("rank {}: barrier: {e}", comm.rank()));
+            break;
+        }
+    }
+    if big && s.fails.is_empty() {
+        let _ = s.reductions::<f32>(BIG, ReduceOp::Sum)
+            && s.reductions::<i64>(BIG, ReduceOp::Max)
+            && s.reductions::<bf16>(BIG, ReduceOp::Avg)
+            && s.movement::<u8>(BIG)
+            && s.point_to_point(BIG);
+    }
+    s.fails
+}

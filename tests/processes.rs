@@ -1,0 +1,51 @@
+//! Worlds of real processes, started by `oxrun`, running the same sweep as the thread tests
+//! over TCP. The test binary runs itself as the ranks: under oxrun, the `sweep_rank` test
+//! finds the launcher's environment and acts as one rank; run directly, it sweeps a world of
+//! threads instead, so it is a real test either way.
+
+mod common;
+
+use std::process::Command;
+
+use common::{on_all, sweep, tcp_world, test_config};
+use oxccl::Communicator;
+
+fn run_world(p: usize) {
+    let me = std::env::current_exe().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_oxrun"))
+        .args(["-n", &p.to_string(), "--tag-output"])
+        .arg(&me)
+        .args(["sweep_rank", "--exact", "--nocapture", "--test-threads=1"])
+        .env("OXCCL_TEST_RANK_SWEEP", "1")
+        .env("OXCCL_TIMEOUT_MS", "120000")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "world of {p} processes failed:\n{text}");
+    // Every rank must have run and passed the sweep (not merely exited 0).
+    for r in 0..p {
+        assert!(text.contains(&format!("[{r}] RANK-SWEEP-OK {r}/{p}")), "rank {r} of {p} did not finish:\n{text}");
+    }
+}
+
+#[test]
+fn process_worlds_over_tcp() {
+    for p in [1, 2, 3, 4, 5, 8] {
+        run_world(p);
+    }
+}
+
+#[test]
+fn sweep_rank() {
+    if std::env::var("OXCCL_TEST_RANK_SWEEP").is_ok() {
+        let comm = Communicator::from_env().expect("launcher environment");
+        let big = comm.size() <= 4;
+        let fails = sweep(&comm, big);
+        assert!(fails.is_empty(), "{}", fails.join("\n"));
+        println!("\nRANK-SWEEP-OK {}/{}", comm.rank(), comm.size());
+    } else {
+        let comms = tcp_world(3, test_config());
+        let fails = on_all(&comms, |c| sweep(c, false));
+        assert!(fails.is_empty(), "{}", fails.join("\n"));
+    }
+}
