@@ -72,8 +72,9 @@ fn exit_code(status: ExitStatus) -> i32 {
 fn terminate(children: &mut [(usize, Child)]) {
     for (_, c) in children.iter_mut() {
         if let Ok(None) = c.try_wait() {
-            // SAFETY: plain kill(2) on a child we started and have not reaped.
-            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            // SAFETY: plain kill(2) on the process group of a child we started and have not
+            // reaped (each rank leads its own group, so its own children go too).
+            unsafe { libc::kill(-(c.id() as libc::pid_t), libc::SIGTERM) };
         }
     }
     let grace = Instant::now() + Duration::from_secs(3);
@@ -86,8 +87,13 @@ fn terminate(children: &mut [(usize, Child)]) {
     }
     for (_, c) in children.iter_mut() {
         if let Ok(None) = c.try_wait() {
-            let _ = c.kill();
+            // SAFETY: as above.
+            unsafe { libc::kill(-(c.id() as libc::pid_t), libc::SIGKILL) };
             let _ = c.wait();
+        } else {
+            // The rank is gone; anything it left running in its group goes with it.
+            // SAFETY: as above; a group with no members makes kill fail harmlessly.
+            unsafe { libc::kill(-(c.id() as libc::pid_t), libc::SIGKILL) };
         }
     }
 }
@@ -190,10 +196,12 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32> {
         if spec.tag_output {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl,
-        // which is async-signal-safe.
+        // SAFETY: the closure runs in the forked child before exec and only calls setpgid
+        // and prctl, which are async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
+                // Its own process group, so stopping a rank stops what it started too.
+                libc::setpgid(0, 0);
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });

@@ -11,7 +11,12 @@ const SIZES: [usize; 6] = [1, 2, 3, 4, 5, 8];
 
 fn check(comms: Vec<Communicator>, big: bool) {
     let fails = on_all(&comms, |c| sweep(c, big));
-    assert!(fails.is_empty(), "{} failures:\n{}", fails.len(), fails.join("\n"));
+    assert!(
+        fails.is_empty(),
+        "{} failures:\n{}",
+        fails.len(),
+        fails.join("\n")
+    );
 }
 
 #[test]
@@ -24,13 +29,18 @@ fn loopback_auto_algorithms() {
 #[test]
 fn loopback_forced_ring() {
     for p in SIZES {
-        check(Communicator::local_world(p, test_config().with_algorithm("ring").unwrap()).unwrap(), p <= 3);
+        check(
+            Communicator::local_world(p, test_config().with_algorithm("ring").unwrap()).unwrap(),
+            p <= 3,
+        );
     }
 }
 
 #[test]
 fn loopback_forced_recursive_doubling() {
-    let cfg = test_config().with_algorithm("all_reduce:recursive_doubling").unwrap();
+    let cfg = test_config()
+        .with_algorithm("all_reduce:recursive_doubling")
+        .unwrap();
     for p in [1, 2, 3, 5, 6, 7, 8] {
         check(Communicator::local_world(p, cfg.clone()).unwrap(), p == 6);
     }
@@ -38,8 +48,10 @@ fn loopback_forced_recursive_doubling() {
 
 #[test]
 fn loopback_default_chunking_and_shallow_pipeline() {
-    let mut cfg = Config::default();
-    cfg.pipeline_depth = 1;
+    let cfg = Config {
+        pipeline_depth: 1,
+        ..Config::default()
+    };
     check(Communicator::local_world(3, cfg).unwrap(), true);
 }
 
@@ -52,6 +64,10 @@ fn tcp_threads() {
 
 #[test]
 fn tcp_forced_ring_with_two_connections_per_peer() {
-    let cfg = test_config().with_algorithm("ring").unwrap().with_tcp_conns(2).with_chunk_bytes(1 << 20);
+    let cfg = test_config()
+        .with_algorithm("ring")
+        .unwrap()
+        .with_tcp_conns(2)
+        .with_chunk_bytes(1 << 20);
     check(tcp_world(4, cfg), true);
 }

@@ -4,7 +4,7 @@
 //! Every algorithm of every collective has the signature [`AlgoFn`]: it takes a [`Ctx`] (the
 //! transport, a reducer for the buffers' memory kind, this rank, the deadline, chunking) and
 //! the call's [`CollArgs`]. Algorithms never touch buffer bytes themselves: they post sends
-//! and receives on the transport and ask the [`Reducer`](kernels::Reducer) to reduce and copy,
+//! and receives on the transport and ask the [`Reducer`] to reduce and copy,
 //! so the same schedule runs on host or device memory.
 //!
 //! Each algorithm lives in its own file, which opens with its steps, the bytes it puts on the

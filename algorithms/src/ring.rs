@@ -99,6 +99,7 @@ pub(crate) fn reduce_scatter_phase(
 /// segment were already posted (by `reduce_scatter_phase`); `earlier` are sends still reading
 /// segments of `buf`, waited for before anything is received into those segments. Returns
 /// once every send and receive of this phase, and every send in `earlier`, has completed.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn all_gather_phase(
     ctx: &Ctx<'_>,
     dtype: DataType,

@@ -281,11 +281,9 @@ fn fill<T: CheckElem>(
                 check::fill_pattern(&mut dst[j * per..(j + 1) * per], r, j);
             }
         }
-        Collective::Broadcast => {
-            if r == root {
-                let dst = if in_place { &mut b.recv } else { &mut b.send };
-                check::fill_pattern(dst, root, 0);
-            }
+        Collective::Broadcast if r == root => {
+            let dst = if in_place { &mut b.recv } else { &mut b.send };
+            check::fill_pattern(dst, root, 0);
         }
         _ => {}
     }

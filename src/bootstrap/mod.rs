@@ -1,6 +1,6 @@
 //! How ranks find each other: the [`UniqueId`](unique_id::UniqueId), the stores
 //! ([`TcpStore`](tcp_store::TcpStore), [`FileStore`](file_store::FileStore)), the launcher
-//! environment ([`env`]) and the choice of network interface ([`net`]).
+//! environment ([`env`](mod@env)) and the choice of network interface ([`net`]).
 
 pub mod env;
 pub mod file_store;

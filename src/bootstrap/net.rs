@@ -61,10 +61,7 @@ pub fn addresses(filter: &IfaceFilter) -> Result<Vec<(String, IpAddr)>> {
             continue;
         }
         if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
-            out.push((
-                a.interface_name.clone(),
-                IpAddr::V4(Ipv4Addr::from(sin.ip())),
-            ));
+            out.push((a.interface_name.clone(), IpAddr::V4(sin.ip())));
         }
     }
     Ok(out)

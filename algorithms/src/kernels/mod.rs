@@ -142,9 +142,9 @@ impl Reducer for HostReducer {
                 b.len()
             )));
         }
-        let alias = if dst.as_mut_ptr() as *const u8 == a.as_ptr() {
+        let alias = if std::ptr::eq(dst.as_mut_ptr(), a.as_ptr()) {
             Alias::DstIsA
-        } else if dst.as_mut_ptr() as *const u8 == b.as_ptr() {
+        } else if std::ptr::eq(dst.as_mut_ptr(), b.as_ptr()) {
             Alias::DstIsB
         } else if dst.overlaps(&a) || dst.overlaps(&b) {
             return Err(Error::internal(
@@ -182,7 +182,7 @@ impl Reducer for HostReducer {
                 dst.len()
             )));
         }
-        if dst.as_mut_ptr() as *const u8 != src.as_ptr() && !dst.is_empty() {
+        if !std::ptr::eq(dst.as_mut_ptr(), src.as_ptr()) && !dst.is_empty() {
             // SAFETY: both host regions are valid for `len` bytes under their constructors'
             // promise; `copy` tolerates overlap.
             unsafe { std::ptr::copy(src.as_ptr(), dst.as_mut_ptr(), dst.len()) };

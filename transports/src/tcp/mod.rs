@@ -7,7 +7,7 @@
 //! and setup goes on waiting for the real peer.
 //!
 //! Data: frames of [`wire`] on non-blocking sockets, progressed by the waiting thread
-//! ([`engine`]). Messages of at least `stripe_min_bytes` are split into one part per
+//! (`engine`). Messages of at least `stripe_min_bytes` are split into one part per
 //! connection, so several connections carry one large message side by side.
 
 mod engine;
@@ -262,7 +262,7 @@ impl TcpTransport {
         let mut conns: Vec<Vec<Option<TcpStream>>> =
             (0..size).map(|_| (0..k).map(|_| None).collect()).collect();
         let mut connect_err = None;
-        for peer in 0..rank {
+        for (peer, peer_conns) in conns.iter_mut().enumerate().take(rank) {
             let addr = match store.get(&format!("tcp/addr/{peer}"), deadline) {
                 Ok(a) => a,
                 Err(e) if e.kind() == ErrorKind::Timeout => {
@@ -291,7 +291,7 @@ impl TcpTransport {
                         break;
                     }
                 };
-            for (idx, slot) in conns[peer].iter_mut().enumerate() {
+            for (idx, slot) in peer_conns.iter_mut().enumerate() {
                 match connect_peer(addr, rank, peer, size, idx, &secret, deadline) {
                     Ok(s) => *slot = Some(s),
                     Err(e) => {

@@ -1,0 +1,299 @@
+//! Faults become prompt, precise errors: dead peers, stuck peers, mismatched calls, aborts,
+//! bad arguments; and a failed communicator stays failed.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::tcp_world;
+use oxccl::bootstrap::tcp_store::TcpStoreServer;
+use oxccl::{Communicator, Config, ErrorKind, ReduceOp};
+
+fn short(ms: u64) -> Config {
+    Config::default().with_timeout(Duration::from_millis(ms))
+}
+
+fn worlds(p: usize, cfg: Config) -> Vec<(&'static str, Vec<Communicator>)> {
+    vec![
+        (
+            "loopback",
+            Communicator::local_world(p, cfg.clone()).unwrap(),
+        ),
+        ("tcp", tcp_world(p, cfg)),
+    ]
+}
+
+#[test]
+fn stuck_peer_times_out_naming_it_and_the_communicator_stays_failed() {
+    for (name, comms) in worlds(2, short(300)) {
+        let mut v = vec![1.0f32; 1000];
+        let start = Instant::now();
+        let e = comms[0].all_reduce(&mut v, ReduceOp::Sum).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{name}: {e}");
+        assert!(start.elapsed() < Duration::from_secs(3), "{name}");
+        let text = e.to_string();
+        assert!(
+            text.contains("all_reduce #1") && text.contains("rank 0") && text.contains("peer 1"),
+            "{name}: {text}"
+        );
+        // Poisoned: the same error at once, even for another collective.
+        let again = comms[0].barrier().unwrap_err();
+        assert_eq!(again.to_string(), text, "{name}");
+        assert_eq!(comms[0].error().map(|e| e.to_string()), Some(text));
+    }
+}
+
+#[test]
+fn abort_from_another_thread_returns_promptly() {
+    for (name, comms) in worlds(2, short(30_000)) {
+        let c0 = &comms[0];
+        std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let mut v = vec![0u8; 1 << 20];
+                c0.all_reduce(&mut v, ReduceOp::Max)
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            let t = Instant::now();
+            c0.abort();
+            let e = h.join().unwrap().unwrap_err();
+            assert!(
+                t.elapsed() < Duration::from_millis(100),
+                "{name}: abort took {:?}",
+                t.elapsed()
+            );
+            assert_eq!(e.kind(), ErrorKind::Aborted, "{name}: {e}");
+        });
+        // The peer learns too: its matching call fails instead of waiting for its timeout.
+        let t = Instant::now();
+        let e = comms[1]
+            .all_reduce(&mut vec![0u8; 1 << 20], ReduceOp::Max)
+            .unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::PeerLost | ErrorKind::Remote),
+            "{name}: {e}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{name}");
+    }
+}
+
+#[test]
+fn mismatched_collectives_are_invalid_usage_not_a_hang() {
+    for (name, comms) in worlds(2, short(10_000)) {
+        let start = Instant::now();
+        let (a, b) = std::thread::scope(|s| {
+            let h0 = s.spawn(|| {
+                let mut v = vec![1i32; 64];
+                comms[0].all_reduce(&mut v, ReduceOp::Sum)
+            });
+            let h1 = s.spawn(|| {
+                let send = vec![1i32; 32];
+                let mut recv = vec![0i32; 64];
+                comms[1].all_gather_into(&send, &mut recv)
+            });
+            (h0.join().unwrap(), h1.join().unwrap())
+        });
+        let (a, b) = (a.unwrap_err(), b.unwrap_err());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{name}: took {:?}",
+            start.elapsed()
+        );
+        assert!(
+            a.kind() == ErrorKind::InvalidUsage || b.kind() == ErrorKind::InvalidUsage,
+            "{name}: {a} / {b}"
+        );
+        assert!(
+            format!("{a}{b}").contains("mismatched"),
+            "{name}: {a} / {b}"
+        );
+    }
+}
+
+#[test]
+fn mismatched_counts_are_detected() {
+    for (name, comms) in worlds(2, short(10_000)) {
+        let (a, b) = std::thread::scope(|s| {
+            let h0 = s.spawn(|| comms[0].all_reduce(&mut vec![1u64; 100_000], ReduceOp::Sum));
+            let h1 = s.spawn(|| comms[1].all_reduce(&mut vec![1u64; 100_001], ReduceOp::Sum));
+            (h0.join().unwrap(), h1.join().unwrap())
+        });
+        assert!(a.is_err() && b.is_err(), "{name}: {a:?} {b:?}");
+        let text = format!("{} / {}", a.unwrap_err(), b.unwrap_err());
+        assert!(text.contains("mismatched"), "{name}: {text}");
+    }
+}
+
+#[test]
+fn bad_arguments_are_invalid_argument_never_a_panic() {
+    let comms = Communicator::local_world(3, short(1000)).unwrap();
+    let c = &comms[0];
+    let k = |r: oxccl::Result<()>| r.unwrap_err().kind();
+    assert_eq!(
+        k(c.all_reduce_into(&[1.0f32; 3], &mut [0.0; 4], ReduceOp::Sum)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        k(c.all_gather_into(&[1u8; 3], &mut [0; 8])),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(k(c.all_gather(&mut [0u8; 8])), ErrorKind::InvalidArgument);
+    assert_eq!(
+        k(c.reduce_scatter_into(&[1u8; 8], &mut [0; 3], ReduceOp::Sum)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        k(c.all_to_all_into(&[1u8; 6], &mut [0; 9])),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(k(c.broadcast(&mut [0u8; 4], 3)), ErrorKind::InvalidArgument);
+    assert_eq!(
+        k(c.reduce(&mut [0u8; 4], ReduceOp::Sum, 7)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        k(c.reduce_into(&[0u8; 4], &mut [0; 3], ReduceOp::Sum, 0)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        k(c.send(&[0u8; 4], 0)),
+        ErrorKind::InvalidArgument,
+        "sending to oneself"
+    );
+    assert_eq!(k(c.recv(&mut [0u8; 4], 9)), ErrorKind::InvalidArgument);
+    let e = c.broadcast(&mut [0u8; 4], 3).unwrap_err().to_string();
+    assert!(e.contains("broadcast") && e.contains("root 3"), "{e}");
+    // Argument errors do not poison: the world still works.
+    let fails = common::on_all(&comms, |c| {
+        let mut v = vec![1u32; 10];
+        match c.all_reduce(&mut v, ReduceOp::Sum) {
+            Ok(()) if v.iter().all(|&x| x == 3) => vec![],
+            r => vec![format!("{r:?} {v:?}")],
+        }
+    });
+    assert!(fails.is_empty(), "{fails:?}");
+}
+
+/// Ranks of a real multi-process world; rank `victim` is killed with SIGKILL in the middle
+/// of a stream of all-reduces, and every survivor must report PeerLost naming it within 2 s.
+#[test]
+fn killed_rank_gives_peer_lost_on_every_survivor() {
+    let p = 4;
+    let victim = 2;
+    let secret = [9u8; 16];
+    let server = TcpStoreServer::start("127.0.0.1:0".parse().unwrap(), secret).unwrap();
+    let me = std::env::current_exe().unwrap();
+    let mut children: Vec<_> = (0..p)
+        .map(|r| {
+            Command::new(&me)
+                .args(["fault_worker", "--exact", "--nocapture", "--test-threads=1"])
+                .env("OXCCL_FAULT_WORKER", "1")
+                .env("OXCCL_RANK", r.to_string())
+                .env("OXCCL_WORLD_SIZE", p.to_string())
+                .env("OXCCL_ADDR", server.addr().to_string())
+                .env("OXCCL_SECRET", "09".repeat(16))
+                .env("OXCCL_STORE_HOST", "launcher")
+                .env("OXCCL_TIMEOUT_MS", "60000")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Wait until the victim reports it is inside the stream of collectives.
+    let mut victim_out = BufReader::new(children[victim].stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("STREAMING") {
+        line.clear();
+        assert!(
+            victim_out.read_line(&mut line).unwrap() > 0,
+            "the victim ended early"
+        );
+    }
+    let killed_at = Instant::now();
+    children[victim].kill().unwrap();
+    let _ = children[victim].wait();
+    for (r, c) in children
+        .into_iter()
+        .enumerate()
+        .filter(|(r, _)| *r != victim)
+    {
+        let out = c.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let report = text
+            .lines()
+            .find(|l| l.starts_with("ERROR-AFTER-MS"))
+            .unwrap_or_else(|| panic!("rank {r}: {text}"));
+        let mut parts = report.splitn(3, ' ');
+        parts.next();
+        let ms: u128 = parts.next().unwrap().parse().unwrap();
+        let msg = parts.next().unwrap();
+        assert!(
+            msg.contains("peer lost") || msg.contains("remote error"),
+            "rank {r}: {msg}"
+        );
+        assert!(msg.contains("all_reduce #"), "rank {r}: {msg}");
+        assert!(killed_at.elapsed().as_millis() < 10_000);
+        assert!(ms < 2000, "rank {r} took {ms} ms to notice: {msg}");
+        // The rank that receives from the victim sees it go; the others may see first the
+        // neighbour that gave up (naming the root cause everywhere is the reliability work's).
+        if r == (victim + 1) % p {
+            assert!(msg.contains(&format!("peer {victim}")), "rank {r}: {msg}");
+        }
+    }
+}
+
+/// The body of the worker processes of the test above. Run directly (not as a worker), it
+/// checks the same thing with threads: a rank that drops out mid-stream is reported as lost.
+#[test]
+fn fault_worker() {
+    if std::env::var("OXCCL_FAULT_WORKER").is_ok() {
+        let comm = Communicator::from_env().unwrap();
+        let mut v = vec![1.0f32; 1 << 16];
+        let mut i = 0u64;
+        loop {
+            let t = Instant::now();
+            if let Err(e) = comm.all_reduce(&mut v, ReduceOp::Sum) {
+                println!("ERROR-AFTER-MS {} {e}", t.elapsed().as_millis());
+                return;
+            }
+            i += 1;
+            if i == 20 {
+                println!("STREAMING");
+            }
+        }
+    }
+    let mut comms = tcp_world(3, short(30_000));
+    let dropped = comms.pop().unwrap();
+    let survivors = comms;
+    std::thread::scope(|s| {
+        let hs: Vec<_> = survivors
+            .iter()
+            .map(|c| {
+                s.spawn(move || {
+                    let mut v = vec![1.0f32; 1 << 16];
+                    loop {
+                        if let Err(e) = c.all_reduce(&mut v, ReduceOp::Sum) {
+                            return e;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut v = vec![1.0f32; 1 << 16];
+        for _ in 0..5 {
+            dropped.all_reduce(&mut v, ReduceOp::Sum).unwrap();
+        }
+        let t = Instant::now();
+        drop(dropped);
+        for h in hs {
+            let e = h.join().unwrap();
+            assert!(
+                matches!(e.kind(), ErrorKind::PeerLost | ErrorKind::Remote),
+                "{e}"
+            );
+            assert!(t.elapsed() < Duration::from_secs(2), "{e}");
+        }
+    });
+}
