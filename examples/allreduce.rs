@@ -26,10 +26,7 @@ fn main() -> oxccl::Result<()> {
     assert_eq!(ranks, (0..size as u32).collect::<Vec<_>>());
 
     if rank == 0 {
-        println!(
-            "all-reduce of {} floats over {size} ranks: every element is {expected}",
-            grads.len()
-        );
+        println!("all-reduce of {} floats over {size} ranks: every element is {expected}", grads.len());
     }
     Ok(())
 }

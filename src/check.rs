@@ -99,10 +99,7 @@ pub fn fill_contribution<T: CheckElem>(buf: &mut [T], rank: usize, op: ReduceOp,
 /// How many elements of `buf` differ from the reduction over `p` ranks (element `i` of `buf`
 /// being element `offset + i` of the whole vector).
 pub fn wrong_reduced<T: CheckElem>(buf: &[T], p: usize, op: ReduceOp, offset: usize) -> usize {
-    buf.iter()
-        .enumerate()
-        .filter(|(i, x)| **x != reduced::<T>(p, offset + i, op))
-        .count()
+    buf.iter().enumerate().filter(|(i, x)| **x != reduced::<T>(p, offset + i, op)).count()
 }
 
 /// Fills `buf` with `pattern(src, block, i)` for `i` in `0..buf.len()`.
@@ -114,10 +111,7 @@ pub fn fill_pattern<T: CheckElem>(buf: &mut [T], src: usize, block: usize) {
 
 /// How many elements of `buf` differ from `pattern(src, block, i)`.
 pub fn wrong_pattern<T: CheckElem>(buf: &[T], src: usize, block: usize) -> usize {
-    buf.iter()
-        .enumerate()
-        .filter(|(i, x)| **x != T::from_i64(pattern(src, block, *i)))
-        .count()
+    buf.iter().enumerate().filter(|(i, x)| **x != T::from_i64(pattern(src, block, *i))).count()
 }
 
 #[cfg(test)]
@@ -130,26 +124,13 @@ mod tests {
         assert_eq!(reduced::<i8>(8, 1, ReduceOp::Prod), 16i8);
         assert_eq!(
             reduced::<i8>(200, 0, ReduceOp::Sum),
-            (0..200)
-                .map(|r| contribution(r, 0, ReduceOp::Sum))
-                .sum::<i64>() as i8
+            (0..200).map(|r| contribution(r, 0, ReduceOp::Sum)).sum::<i64>() as i8
         );
         assert_eq!(reduced::<u32>(3, 0, ReduceOp::Avg), 7 / 3);
-        assert_eq!(
-            reduced::<bf16>(3, 0, ReduceOp::Avg),
-            bf16::from_f32(7.0 / 3.0)
-        );
+        assert_eq!(reduced::<bf16>(3, 0, ReduceOp::Avg), bf16::from_f32(7.0 / 3.0));
         let mut v = vec![0f64; 5];
         fill_contribution(&mut v, 1, ReduceOp::Max, 2);
         assert_eq!(v, vec![1.0, 2.0, 3.0, 4.0, 5.0]);
-        assert_eq!(
-            wrong_reduced(
-                &[reduced::<f64>(2, 0, ReduceOp::Min), 99.0],
-                2,
-                ReduceOp::Min,
-                0
-            ),
-            1
-        );
+        assert_eq!(wrong_reduced(&[reduced::<f64>(2, 0, ReduceOp::Min), 99.0], 2, ReduceOp::Min, 0), 1);
     }
 }

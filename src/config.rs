@@ -43,9 +43,7 @@ impl TransportKind {
             "auto" => Ok(TransportKind::Auto),
             "tcp" => Ok(TransportKind::Tcp),
             "shm" => Ok(TransportKind::Shm),
-            other => Err(Error::invalid_argument(format!(
-                "unknown transport '{other}' (valid: auto, tcp, shm)"
-            ))),
+            other => Err(Error::invalid_argument(format!("unknown transport '{other}' (valid: auto, tcp, shm)"))),
         }
     }
 }
@@ -67,11 +65,7 @@ pub struct AlgoOverrides {
 }
 
 fn valid_names() -> String {
-    Algorithm::ALL
-        .iter()
-        .map(|a| a.name())
-        .collect::<Vec<_>>()
-        .join(", ")
+    Algorithm::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
 }
 
 impl AlgoOverrides {
@@ -80,11 +74,7 @@ impl AlgoOverrides {
     /// or one that no named collective has, is an error that lists the valid ones.
     pub fn parse(spec: &str) -> Result<AlgoOverrides> {
         let mut map = HashMap::new();
-        for part in spec
-            .split([';', ','])
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
+        for part in spec.split([';', ',']).map(str::trim).filter(|p| !p.is_empty()) {
             match part.split_once(':') {
                 Some((c, a)) => {
                     let coll = Collective::parse(c).ok_or_else(|| {
@@ -95,16 +85,10 @@ impl AlgoOverrides {
                         ))
                     })?;
                     let algo = Algorithm::parse(a).ok_or_else(|| {
-                        Error::invalid_argument(format!(
-                            "unknown algorithm '{a}' (valid: {})",
-                            valid_names()
-                        ))
+                        Error::invalid_argument(format!("unknown algorithm '{a}' (valid: {})", valid_names()))
                     })?;
                     if registry::lookup(coll, algo).is_none() {
-                        let have: Vec<_> = registry::algorithms(coll)
-                            .iter()
-                            .map(|a| a.name())
-                            .collect();
+                        let have: Vec<_> = registry::algorithms(coll).iter().map(|a| a.name()).collect();
                         return Err(Error::invalid_argument(format!(
                             "{coll} has no '{algo}' algorithm (valid for {coll}: {})",
                             have.join(", ")
@@ -114,10 +98,7 @@ impl AlgoOverrides {
                 }
                 None => {
                     let algo = Algorithm::parse(part).ok_or_else(|| {
-                        Error::invalid_argument(format!(
-                            "unknown algorithm '{part}' (valid: {})",
-                            valid_names()
-                        ))
+                        Error::invalid_argument(format!("unknown algorithm '{part}' (valid: {})", valid_names()))
                     })?;
                     let mut any = false;
                     for c in Collective::ALL {
@@ -127,9 +108,7 @@ impl AlgoOverrides {
                         }
                     }
                     if !any {
-                        return Err(Error::invalid_argument(format!(
-                            "no collective has algorithm '{algo}'"
-                        )));
+                        return Err(Error::invalid_argument(format!("no collective has algorithm '{algo}'")));
                     }
                 }
             }
@@ -145,9 +124,7 @@ impl AlgoOverrides {
     /// Forces `algo` for `coll`; an error if `coll` has no such algorithm.
     pub fn set(&mut self, coll: Collective, algo: Algorithm) -> Result<()> {
         if registry::lookup(coll, algo).is_none() {
-            return Err(Error::invalid_argument(format!(
-                "{coll} has no '{algo}' algorithm"
-            )));
+            return Err(Error::invalid_argument(format!("{coll} has no '{algo}' algorithm")));
         }
         self.map.insert(coll, algo);
         Ok(())
@@ -235,24 +212,21 @@ impl Config {
     pub fn overlay(mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
         let var = |k: &str| env(k).filter(|v| !v.trim().is_empty());
         let bytes = |k: &str, v: String| {
-            parse_bytes(&v).ok_or_else(|| {
-                Error::invalid_argument(format!(
-                    "{k}='{v}' is not a byte size (like 4096, 512K, 4M)"
-                ))
-            })
+            parse_bytes(&v)
+                .ok_or_else(|| Error::invalid_argument(format!("{k}='{v}' is not a byte size (like 4096, 512K, 4M)")))
         };
         let int = |k: &str, v: String| {
-            v.trim().parse::<u64>().map_err(|_| {
-                Error::invalid_argument(format!("{k}='{v}' is not a non-negative integer"))
-            })
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| Error::invalid_argument(format!("{k}='{v}' is not a non-negative integer")))
         };
         if let Some(v) = var("OXCCL_TRANSPORT") {
-            self.transport = TransportKind::parse(&v)
-                .map_err(|e| Error::invalid_argument(format!("OXCCL_TRANSPORT: {e}")))?;
+            self.transport =
+                TransportKind::parse(&v).map_err(|e| Error::invalid_argument(format!("OXCCL_TRANSPORT: {e}")))?;
         }
         if let Some(v) = var("OXCCL_ALGO") {
-            self.algorithms = AlgoOverrides::parse(&v)
-                .map_err(|e| Error::invalid_argument(format!("OXCCL_ALGO: {e}")))?;
+            self.algorithms =
+                AlgoOverrides::parse(&v).map_err(|e| Error::invalid_argument(format!("OXCCL_ALGO: {e}")))?;
         }
         if let Some(v) = var("OXCCL_TIMEOUT_MS") {
             let ms = int("OXCCL_TIMEOUT_MS", v)?;
@@ -273,9 +247,7 @@ impl Config {
         if let Some(v) = var("OXCCL_TCP_CONNS") {
             let n = int("OXCCL_TCP_CONNS", v)?;
             if !(1..=16).contains(&n) {
-                return Err(Error::invalid_argument(format!(
-                    "OXCCL_TCP_CONNS={n} is not between 1 and 16"
-                )));
+                return Err(Error::invalid_argument(format!("OXCCL_TCP_CONNS={n} is not between 1 and 16")));
             }
             self.tcp_conns_per_peer = n as usize;
         }
@@ -332,21 +304,13 @@ mod tests {
     use std::collections::HashMap;
 
     fn with(vars: &[(&str, &str)]) -> Result<Config> {
-        let m: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::default().overlay(&move |k| m.get(k).cloned())
     }
 
     #[test]
     fn env_overlay_and_errors_name_the_variable() {
-        let c = with(&[
-            ("OXCCL_TIMEOUT_MS", "1500"),
-            ("OXCCL_CHUNK_BYTES", "1M"),
-            ("OXCCL_TCP_CONNS", "2"),
-        ])
-        .unwrap();
+        let c = with(&[("OXCCL_TIMEOUT_MS", "1500"), ("OXCCL_CHUNK_BYTES", "1M"), ("OXCCL_TCP_CONNS", "2")]).unwrap();
         assert_eq!(c.timeout, Duration::from_millis(1500));
         assert_eq!(c.chunk_bytes, 1 << 20);
         assert_eq!(c.tcp_conns_per_peer, 2);
@@ -366,22 +330,13 @@ mod tests {
     fn algorithm_overrides() {
         let o = AlgoOverrides::parse("ring").unwrap();
         assert_eq!(o.get(Collective::AllReduce), Some(Algorithm::Ring));
-        assert_eq!(
-            o.get(Collective::AllToAll),
-            None,
-            "a global name applies where it exists"
-        );
+        assert_eq!(o.get(Collective::AllToAll), None, "a global name applies where it exists");
         let o = AlgoOverrides::parse("all_reduce:recursive_doubling;allgather:ring").unwrap();
-        assert_eq!(
-            o.get(Collective::AllReduce),
-            Some(Algorithm::RecursiveDoubling)
-        );
+        assert_eq!(o.get(Collective::AllReduce), Some(Algorithm::RecursiveDoubling));
         assert_eq!(o.get(Collective::AllGather), Some(Algorithm::Ring));
         let e = AlgoOverrides::parse("warp_drive").unwrap_err().to_string();
         assert!(e.contains("valid: ring, recursive_doubling"), "{e}");
-        let e = AlgoOverrides::parse("all_to_all:ring")
-            .unwrap_err()
-            .to_string();
+        let e = AlgoOverrides::parse("all_to_all:ring").unwrap_err().to_string();
         assert!(e.contains("valid for all_to_all: pairwise"), "{e}");
         assert!(AlgoOverrides::parse("all_frobnicate:ring").is_err());
         assert_eq!(parse_bytes("512K"), Some(512 << 10));

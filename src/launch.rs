@@ -51,9 +51,8 @@ fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("exited with code {c}"),
         (None, Some(s)) => {
-            let name = nix::sys::signal::Signal::try_from(s)
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|_| "?".into());
+            let name =
+                nix::sys::signal::Signal::try_from(s).map(|s| s.as_str().to_string()).unwrap_or_else(|_| "?".into());
             format!("was killed by signal {s} ({name})")
         }
         _ => "ended".into(),
@@ -78,11 +77,7 @@ fn terminate(children: &mut [(usize, Child)]) {
         }
     }
     let grace = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < grace
-        && children
-            .iter_mut()
-            .any(|(_, c)| matches!(c.try_wait(), Ok(None)))
-    {
+    while Instant::now() < grace && children.iter_mut().any(|(_, c)| matches!(c.try_wait(), Ok(None))) {
         std::thread::sleep(Duration::from_millis(10));
     }
     for (_, c) in children.iter_mut() {
@@ -98,11 +93,7 @@ fn terminate(children: &mut [(usize, Child)]) {
     }
 }
 
-fn pump(
-    rank: usize,
-    input: impl std::io::Read + Send + 'static,
-    to_stderr: bool,
-) -> std::thread::JoinHandle<()> {
+fn pump(rank: usize, input: impl std::io::Read + Send + 'static, to_stderr: bool) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(input).lines().map_while(|l| l.ok()) {
             if to_stderr {
@@ -125,8 +116,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32> {
     }
     let world = spec.nprocs * spec.nnodes;
     let secret = match std::env::var("OXCCL_SECRET").ok().filter(|s| !s.is_empty()) {
-        Some(s) => parse_secret(&s)
-            .ok_or_else(|| Error::invalid_argument("OXCCL_SECRET is not 32 hex digits"))?,
+        Some(s) => parse_secret(&s).ok_or_else(|| Error::invalid_argument("OXCCL_SECRET is not 32 hex digits"))?,
         None if spec.nnodes > 1 => {
             return Err(Error::invalid_argument(
                 "a multi-host launch needs the same OXCCL_SECRET on every host \
@@ -140,23 +130,16 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32> {
         let a = s.addr();
         (Some(s), a.to_string())
     } else {
-        let master = spec.master.clone().ok_or_else(|| {
-            Error::invalid_argument("--nnodes > 1 needs --master HOST:PORT (node 0's address)")
-        })?;
+        let master = spec
+            .master
+            .clone()
+            .ok_or_else(|| Error::invalid_argument("--nnodes > 1 needs --master HOST:PORT (node 0's address)"))?;
         if spec.node_rank == 0 {
             let port = master
                 .rsplit_once(':')
                 .and_then(|(_, p)| p.parse::<u16>().ok())
-                .ok_or_else(|| {
-                    Error::invalid_argument(format!("--master '{master}' is not HOST:PORT"))
-                })?;
-            (
-                Some(TcpStoreServer::start(
-                    SocketAddr::from(([0, 0, 0, 0], port)),
-                    secret,
-                )?),
-                master,
-            )
+                .ok_or_else(|| Error::invalid_argument(format!("--master '{master}' is not HOST:PORT")))?;
+            (Some(TcpStoreServer::start(SocketAddr::from(([0, 0, 0, 0], port)), secret)?), master)
         } else {
             (None, master)
         }
@@ -183,14 +166,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32> {
             .env("OXCCL_SECRET", hex(&secret))
             .env("OXCCL_STORE_HOST", "launcher");
         // Another launcher's variables would contradict ours.
-        for v in [
-            "RANK",
-            "WORLD_SIZE",
-            "LOCAL_RANK",
-            "OMPI_COMM_WORLD_RANK",
-            "OMPI_COMM_WORLD_SIZE",
-            "SLURM_PROCID",
-        ] {
+        for v in ["RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "SLURM_PROCID"] {
             cmd.env_remove(v);
         }
         if spec.tag_output {
@@ -210,10 +186,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32> {
             Ok(c) => c,
             Err(e) => {
                 terminate(&mut children);
-                return Err(Error::io(
-                    format!("starting rank {rank}: {}", spec.program.display()),
-                    e,
-                ));
+                return Err(Error::io(format!("starting rank {rank}: {}", spec.program.display()), e));
             }
         };
         if spec.tag_output {
@@ -255,10 +228,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32> {
             }
         }
         if let Some((rank, st)) = failed {
-            eprintln!(
-                "oxrun: rank {rank} {}; stopping the other ranks",
-                describe(st)
-            );
+            eprintln!("oxrun: rank {rank} {}; stopping the other ranks", describe(st));
             terminate(&mut children);
             break exit_code(st);
         }

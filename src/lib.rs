@@ -38,7 +38,7 @@ pub mod select;
 pub use bootstrap::file_store::FileStore;
 pub use bootstrap::tcp_store::{TcpStore, TcpStoreServer};
 pub use bootstrap::unique_id::UniqueId;
-pub use communicator::Communicator;
+pub use communicator::{Communicator, RawP2p};
 pub use config::{Config, TransportKind};
 pub use error::{Error, ErrorKind, Result};
 pub use oxccl_algorithms::{Algorithm, Collective, DataType, Element, ReduceOp};
@@ -49,8 +49,5 @@ pub fn init_logging() {
     let level = std::env::var("OXCCL_DEBUG").unwrap_or_else(|_| "warn".into());
     let filter = tracing_subscriber::EnvFilter::try_new(level.to_ascii_lowercase())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

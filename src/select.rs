@@ -16,9 +16,7 @@ pub fn choose(coll: Collective, bytes: usize, size: usize, cfg: &Config) -> Algo
         return a;
     }
     match coll {
-        Collective::AllReduce if size > 1 && bytes <= cfg.small_bytes => {
-            Algorithm::RecursiveDoubling
-        }
+        Collective::AllReduce if size > 1 && bytes <= cfg.small_bytes => Algorithm::RecursiveDoubling,
         _ => registry::algorithms(coll)[0],
     }
 }
@@ -30,19 +28,10 @@ mod tests {
     #[test]
     fn size_rule_and_overrides() {
         let c = Config::default();
-        assert_eq!(
-            choose(Collective::AllReduce, 8, 4, &c),
-            Algorithm::RecursiveDoubling
-        );
-        assert_eq!(
-            choose(Collective::AllReduce, 1 << 20, 4, &c),
-            Algorithm::Ring
-        );
+        assert_eq!(choose(Collective::AllReduce, 8, 4, &c), Algorithm::RecursiveDoubling);
+        assert_eq!(choose(Collective::AllReduce, 1 << 20, 4, &c), Algorithm::Ring);
         assert_eq!(choose(Collective::AllToAll, 8, 4, &c), Algorithm::Pairwise);
         let forced = Config::default().with_algorithm("ring").unwrap();
-        assert_eq!(
-            choose(Collective::AllReduce, 8, 4, &forced),
-            Algorithm::Ring
-        );
+        assert_eq!(choose(Collective::AllReduce, 8, 4, &forced), Algorithm::Ring);
     }
 }

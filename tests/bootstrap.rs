@@ -33,17 +33,12 @@ fn unique_id_travels_as_text_and_forms_a_world() {
     let hs: Vec<_> = (0..3)
         .map(|r| {
             let t = text.clone();
-            std::thread::spawn(move || {
-                Communicator::init(&t.parse().unwrap(), r, 3, quick()).unwrap()
-            })
+            std::thread::spawn(move || Communicator::init(&t.parse().unwrap(), r, 3, quick()).unwrap())
         })
         .collect();
     let comms: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(
-        comms
-            .iter()
-            .map(|c| (c.rank(), c.size(), c.local_size()))
-            .collect::<Vec<_>>(),
+        comms.iter().map(|c| (c.rank(), c.size(), c.local_size())).collect::<Vec<_>>(),
         vec![(0, 3, 3), (1, 3, 3), (2, 3, 3)]
     );
     assert_eq!(comms[2].local_rank(), 2);
@@ -68,36 +63,18 @@ fn wrong_secret_is_refused_and_the_world_still_forms() {
 fn a_rank_that_never_arrives_gives_a_timeout_naming_it() {
     let id = UniqueId::new().unwrap();
     let start = Instant::now();
-    let e = Communicator::init(
-        &id,
-        0,
-        2,
-        Config::default().with_timeout(Duration::from_millis(500)),
-    )
-    .unwrap_err();
+    let e = Communicator::init(&id, 0, 2, Config::default().with_timeout(Duration::from_millis(500))).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
-    assert!(
-        e.to_string().contains("[1]"),
-        "the message names rank 1: {e}"
-    );
+    assert!(e.to_string().contains("[1]"), "the message names rank 1: {e}");
     assert!(start.elapsed() < Duration::from_secs(5));
 }
 
 #[test]
 fn bad_world_arguments_are_invalid_arguments() {
     let id = UniqueId::new().unwrap();
-    assert_eq!(
-        Communicator::init(&id, 2, 2, quick()).unwrap_err().kind(),
-        ErrorKind::InvalidArgument
-    );
-    assert_eq!(
-        Communicator::init(&id, 0, 0, quick()).unwrap_err().kind(),
-        ErrorKind::InvalidArgument
-    );
-    assert_eq!(
-        Communicator::local_world(0, quick()).unwrap_err().kind(),
-        ErrorKind::InvalidArgument
-    );
+    assert_eq!(Communicator::init(&id, 2, 2, quick()).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(Communicator::init(&id, 0, 0, quick()).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(Communicator::local_world(0, quick()).unwrap_err().kind(), ErrorKind::InvalidArgument);
 }
 
 #[test]
@@ -109,8 +86,7 @@ fn file_store_world() {
             let d = dir.clone();
             std::thread::spawn(move || {
                 let store = Arc::new(FileStore::new(&d).unwrap());
-                Communicator::init_with_store(store, secret, [127, 0, 0, 1].into(), r, 3, quick())
-                    .unwrap()
+                Communicator::init_with_store(store, secret, [127, 0, 0, 1].into(), r, 3, quick()).unwrap()
             })
         })
         .collect();
@@ -125,51 +101,24 @@ fn bench() -> Command {
 
 #[test]
 fn missing_launcher_variable_is_named() {
-    let out = bench()
-        .env("OXCCL_RANK", "0")
-        .env("OXCCL_ADDR", "127.0.0.1:1")
-        .output()
-        .unwrap();
+    let out = bench().env("OXCCL_RANK", "0").env("OXCCL_ADDR", "127.0.0.1:1").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("OXCCL_WORLD_SIZE"), "{err}");
-    let out = bench()
-        .env("RANK", "0")
-        .env("WORLD_SIZE", "2")
-        .output()
-        .unwrap();
+    let out = bench().env("RANK", "0").env("WORLD_SIZE", "2").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("MASTER_ADDR"), "{err}");
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn run_pair(env_of: impl Fn(usize) -> Vec<(String, String)>) {
     let children: Vec<_> = (0..2)
         .map(|r| {
             bench()
-                .args([
-                    "-b",
-                    "8",
-                    "-e",
-                    "64K",
-                    "-f",
-                    "8",
-                    "-n",
-                    "2",
-                    "-w",
-                    "1",
-                    "-c",
-                    "1",
-                    "--collective",
-                    "all",
-                ])
+                .args(["-b", "8", "-e", "64K", "-f", "8", "-n", "2", "-w", "1", "-c", "1", "--collective", "all"])
                 .envs(env_of(r))
                 .env("OXCCL_TIMEOUT_MS", "30000")
                 .stdout(std::process::Stdio::piped())
@@ -178,10 +127,7 @@ fn run_pair(env_of: impl Fn(usize) -> Vec<(String, String)>) {
                 .unwrap()
         })
         .collect();
-    let outs: Vec<_> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
+    let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
     for (r, o) in outs.iter().enumerate() {
         assert!(
             o.status.success(),
@@ -191,11 +137,7 @@ fn run_pair(env_of: impl Fn(usize) -> Vec<(String, String)>) {
         );
     }
     let table = String::from_utf8_lossy(&outs[0].stdout);
-    assert_eq!(
-        table.matches("# Out of bounds values : 0 OK").count(),
-        6,
-        "{table}"
-    );
+    assert_eq!(table.matches("# Out of bounds values : 0 OK").count(), 6, "{table}");
 }
 
 #[test]
@@ -245,28 +187,19 @@ fn runs_under_slurm_variables_on_one_node() {
 #[test]
 fn runs_under_real_mpirun() {
     if Command::new("mpirun").arg("--version").output().is_err() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must install Open MPI (openmpi-bin)"
-        );
+        assert!(std::env::var("CI").is_err(), "CI must install Open MPI (openmpi-bin)");
         eprintln!("skipped: mpirun is not installed");
         return;
     }
     let out = Command::new("mpirun")
         .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
         .arg(env!("CARGO_BIN_EXE_oxccl-bench"))
-        .args([
-            "-b", "8", "-e", "1M", "-f", "16", "-n", "2", "-w", "1", "-c", "1",
-        ])
+        .args(["-b", "8", "-e", "1M", "-f", "16", "-n", "2", "-w", "1", "-c", "1"])
         .env("OMPI_MCA_plm_rsh_agent", "")
         .env("OXCCL_TIMEOUT_MS", "30000")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
     assert!(text.contains("# Out of bounds values : 0 OK"), "{text}");
 }

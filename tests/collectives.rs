@@ -11,12 +11,7 @@ const SIZES: [usize; 6] = [1, 2, 3, 4, 5, 8];
 
 fn check(comms: Vec<Communicator>, big: bool) {
     let fails = on_all(&comms, |c| sweep(c, big));
-    assert!(
-        fails.is_empty(),
-        "{} failures:\n{}",
-        fails.len(),
-        fails.join("\n")
-    );
+    assert!(fails.is_empty(), "{} failures:\n{}", fails.len(), fails.join("\n"));
 }
 
 #[test]
@@ -29,18 +24,13 @@ fn loopback_auto_algorithms() {
 #[test]
 fn loopback_forced_ring() {
     for p in SIZES {
-        check(
-            Communicator::local_world(p, test_config().with_algorithm("ring").unwrap()).unwrap(),
-            p <= 3,
-        );
+        check(Communicator::local_world(p, test_config().with_algorithm("ring").unwrap()).unwrap(), p <= 3);
     }
 }
 
 #[test]
 fn loopback_forced_recursive_doubling() {
-    let cfg = test_config()
-        .with_algorithm("all_reduce:recursive_doubling")
-        .unwrap();
+    let cfg = test_config().with_algorithm("all_reduce:recursive_doubling").unwrap();
     for p in [1, 2, 3, 5, 6, 7, 8] {
         check(Communicator::local_world(p, cfg.clone()).unwrap(), p == 6);
     }
@@ -48,10 +38,7 @@ fn loopback_forced_recursive_doubling() {
 
 #[test]
 fn loopback_default_chunking_and_shallow_pipeline() {
-    let cfg = Config {
-        pipeline_depth: 1,
-        ..Config::default()
-    };
+    let cfg = Config { pipeline_depth: 1, ..Config::default() };
     check(Communicator::local_world(3, cfg).unwrap(), true);
 }
 
@@ -64,10 +51,6 @@ fn tcp_threads() {
 
 #[test]
 fn tcp_forced_ring_with_two_connections_per_peer() {
-    let cfg = test_config()
-        .with_algorithm("ring")
-        .unwrap()
-        .with_tcp_conns(2)
-        .with_chunk_bytes(1 << 20);
+    let cfg = test_config().with_algorithm("ring").unwrap().with_tcp_conns(2).with_chunk_bytes(1 << 20);
     check(tcp_world(4, cfg), true);
 }

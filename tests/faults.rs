@@ -16,13 +16,7 @@ fn short(ms: u64) -> Config {
 }
 
 fn worlds(p: usize, cfg: Config) -> Vec<(&'static str, Vec<Communicator>)> {
-    vec![
-        (
-            "loopback",
-            Communicator::local_world(p, cfg.clone()).unwrap(),
-        ),
-        ("tcp", tcp_world(p, cfg)),
-    ]
+    vec![("loopback", Communicator::local_world(p, cfg.clone()).unwrap()), ("tcp", tcp_world(p, cfg))]
 }
 
 #[test]
@@ -34,10 +28,7 @@ fn stuck_peer_times_out_naming_it_and_the_communicator_stays_failed() {
         assert_eq!(e.kind(), ErrorKind::Timeout, "{name}: {e}");
         assert!(start.elapsed() < Duration::from_secs(3), "{name}");
         let text = e.to_string();
-        assert!(
-            text.contains("all_reduce #1") && text.contains("rank 0") && text.contains("peer 1"),
-            "{name}: {text}"
-        );
+        assert!(text.contains("all_reduce #1") && text.contains("rank 0") && text.contains("peer 1"), "{name}: {text}");
         // Poisoned: the same error at once, even for another collective.
         let again = comms[0].barrier().unwrap_err();
         assert_eq!(again.to_string(), text, "{name}");
@@ -58,22 +49,13 @@ fn abort_from_another_thread_returns_promptly() {
             let t = Instant::now();
             c0.abort();
             let e = h.join().unwrap().unwrap_err();
-            assert!(
-                t.elapsed() < Duration::from_millis(100),
-                "{name}: abort took {:?}",
-                t.elapsed()
-            );
+            assert!(t.elapsed() < Duration::from_millis(100), "{name}: abort took {:?}", t.elapsed());
             assert_eq!(e.kind(), ErrorKind::Aborted, "{name}: {e}");
         });
         // The peer learns too: its matching call fails instead of waiting for its timeout.
         let t = Instant::now();
-        let e = comms[1]
-            .all_reduce(&mut vec![0u8; 1 << 20], ReduceOp::Max)
-            .unwrap_err();
-        assert!(
-            matches!(e.kind(), ErrorKind::PeerLost | ErrorKind::Remote),
-            "{name}: {e}"
-        );
+        let e = comms[1].all_reduce(&mut vec![0u8; 1 << 20], ReduceOp::Max).unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::PeerLost | ErrorKind::Remote), "{name}: {e}");
         assert!(t.elapsed() < Duration::from_secs(5), "{name}");
     }
 }
@@ -95,19 +77,9 @@ fn mismatched_collectives_are_invalid_usage_not_a_hang() {
             (h0.join().unwrap(), h1.join().unwrap())
         });
         let (a, b) = (a.unwrap_err(), b.unwrap_err());
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{name}: took {:?}",
-            start.elapsed()
-        );
-        assert!(
-            a.kind() == ErrorKind::InvalidUsage || b.kind() == ErrorKind::InvalidUsage,
-            "{name}: {a} / {b}"
-        );
-        assert!(
-            format!("{a}{b}").contains("mismatched"),
-            "{name}: {a} / {b}"
-        );
+        assert!(start.elapsed() < Duration::from_secs(5), "{name}: took {:?}", start.elapsed());
+        assert!(a.kind() == ErrorKind::InvalidUsage || b.kind() == ErrorKind::InvalidUsage, "{name}: {a} / {b}");
+        assert!(format!("{a}{b}").contains("mismatched"), "{name}: {a} / {b}");
     }
 }
 
@@ -130,37 +102,15 @@ fn bad_arguments_are_invalid_argument_never_a_panic() {
     let comms = Communicator::local_world(3, short(1000)).unwrap();
     let c = &comms[0];
     let k = |r: oxccl::Result<()>| r.unwrap_err().kind();
-    assert_eq!(
-        k(c.all_reduce_into(&[1.0f32; 3], &mut [0.0; 4], ReduceOp::Sum)),
-        ErrorKind::InvalidArgument
-    );
-    assert_eq!(
-        k(c.all_gather_into(&[1u8; 3], &mut [0; 8])),
-        ErrorKind::InvalidArgument
-    );
+    assert_eq!(k(c.all_reduce_into(&[1.0f32; 3], &mut [0.0; 4], ReduceOp::Sum)), ErrorKind::InvalidArgument);
+    assert_eq!(k(c.all_gather_into(&[1u8; 3], &mut [0; 8])), ErrorKind::InvalidArgument);
     assert_eq!(k(c.all_gather(&mut [0u8; 8])), ErrorKind::InvalidArgument);
-    assert_eq!(
-        k(c.reduce_scatter_into(&[1u8; 8], &mut [0; 3], ReduceOp::Sum)),
-        ErrorKind::InvalidArgument
-    );
-    assert_eq!(
-        k(c.all_to_all_into(&[1u8; 6], &mut [0; 9])),
-        ErrorKind::InvalidArgument
-    );
+    assert_eq!(k(c.reduce_scatter_into(&[1u8; 8], &mut [0; 3], ReduceOp::Sum)), ErrorKind::InvalidArgument);
+    assert_eq!(k(c.all_to_all_into(&[1u8; 6], &mut [0; 9])), ErrorKind::InvalidArgument);
     assert_eq!(k(c.broadcast(&mut [0u8; 4], 3)), ErrorKind::InvalidArgument);
-    assert_eq!(
-        k(c.reduce(&mut [0u8; 4], ReduceOp::Sum, 7)),
-        ErrorKind::InvalidArgument
-    );
-    assert_eq!(
-        k(c.reduce_into(&[0u8; 4], &mut [0; 3], ReduceOp::Sum, 0)),
-        ErrorKind::InvalidArgument
-    );
-    assert_eq!(
-        k(c.send(&[0u8; 4], 0)),
-        ErrorKind::InvalidArgument,
-        "sending to oneself"
-    );
+    assert_eq!(k(c.reduce(&mut [0u8; 4], ReduceOp::Sum, 7)), ErrorKind::InvalidArgument);
+    assert_eq!(k(c.reduce_into(&[0u8; 4], &mut [0; 3], ReduceOp::Sum, 0)), ErrorKind::InvalidArgument);
+    assert_eq!(k(c.send(&[0u8; 4], 0)), ErrorKind::InvalidArgument, "sending to oneself");
     assert_eq!(k(c.recv(&mut [0u8; 4], 9)), ErrorKind::InvalidArgument);
     let e = c.broadcast(&mut [0u8; 4], 3).unwrap_err().to_string();
     assert!(e.contains("broadcast") && e.contains("root 3"), "{e}");
@@ -206,33 +156,21 @@ fn killed_rank_gives_peer_lost_on_every_survivor() {
     let mut line = String::new();
     while !line.contains("STREAMING") {
         line.clear();
-        assert!(
-            victim_out.read_line(&mut line).unwrap() > 0,
-            "the victim ended early"
-        );
+        assert!(victim_out.read_line(&mut line).unwrap() > 0, "the victim ended early");
     }
     let killed_at = Instant::now();
     children[victim].kill().unwrap();
     let _ = children[victim].wait();
-    for (r, c) in children
-        .into_iter()
-        .enumerate()
-        .filter(|(r, _)| *r != victim)
-    {
+    for (r, c) in children.into_iter().enumerate().filter(|(r, _)| *r != victim) {
         let out = c.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        let report = text
-            .lines()
-            .find(|l| l.starts_with("ERROR-AFTER-MS"))
-            .unwrap_or_else(|| panic!("rank {r}: {text}"));
+        let report =
+            text.lines().find(|l| l.starts_with("ERROR-AFTER-MS")).unwrap_or_else(|| panic!("rank {r}: {text}"));
         let mut parts = report.splitn(3, ' ');
         parts.next();
         let ms: u128 = parts.next().unwrap().parse().unwrap();
         let msg = parts.next().unwrap();
-        assert!(
-            msg.contains("peer lost") || msg.contains("remote error"),
-            "rank {r}: {msg}"
-        );
+        assert!(msg.contains("peer lost") || msg.contains("remote error"), "rank {r}: {msg}");
         assert!(msg.contains("all_reduce #"), "rank {r}: {msg}");
         assert!(killed_at.elapsed().as_millis() < 10_000);
         assert!(ms < 2000, "rank {r} took {ms} ms to notice: {msg}");
@@ -289,10 +227,7 @@ fn fault_worker() {
         drop(dropped);
         for h in hs {
             let e = h.join().unwrap();
-            assert!(
-                matches!(e.kind(), ErrorKind::PeerLost | ErrorKind::Remote),
-                "{e}"
-            );
+            assert!(matches!(e.kind(), ErrorKind::PeerLost | ErrorKind::Remote), "{e}");
             assert!(t.elapsed() < Duration::from_secs(2), "{e}");
         }
     });

@@ -20,21 +20,11 @@ fn run_world(p: usize) {
         .env("OXCCL_TIMEOUT_MS", "120000")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "world of {p} processes failed:\n{text}"
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "world of {p} processes failed:\n{text}");
     // Every rank must have run and passed the sweep (not merely exited 0).
     for r in 0..p {
-        assert!(
-            text.contains(&format!("[{r}] RANK-SWEEP-OK {r}/{p}")),
-            "rank {r} of {p} did not finish:\n{text}"
-        );
+        assert!(text.contains(&format!("[{r}] RANK-SWEEP-OK {r}/{p}")), "rank {r} of {p} did not finish:\n{text}");
     }
 }
 

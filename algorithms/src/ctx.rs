@@ -31,6 +31,10 @@ pub enum Collective {
     Barrier = 7,
     /// Point-to-point send or receive.
     SendRecv = 8,
+    /// All-to-all with per-peer counts.
+    AllToAllV = 9,
+    /// Splitting a communicator (its exchange of colors and keys).
+    Split = 10,
 }
 
 impl Collective {
@@ -56,19 +60,18 @@ impl Collective {
             Collective::Reduce => "reduce",
             Collective::Barrier => "barrier",
             Collective::SendRecv => "send_recv",
+            Collective::AllToAllV => "all_to_allv",
+            Collective::Split => "split",
         }
     }
 
     /// Parses a name (`all_reduce`, `allreduce`, `all-reduce` are all accepted).
     pub fn parse(s: &str) -> Option<Collective> {
-        let norm: String = s
-            .chars()
-            .filter(|c| *c != '_' && *c != '-')
-            .collect::<String>()
-            .to_ascii_lowercase();
-        Collective::ALL.iter().copied().find(|c| {
-            c.name().replace('_', "") == norm || (norm == "alltoall" && *c == Collective::AllToAll)
-        })
+        let norm: String = s.chars().filter(|c| *c != '_' && *c != '-').collect::<String>().to_ascii_lowercase();
+        Collective::ALL
+            .iter()
+            .copied()
+            .find(|c| c.name().replace('_', "") == norm || (norm == "alltoall" && *c == Collective::AllToAll))
     }
 }
 
@@ -138,9 +141,7 @@ impl Ctx<'_> {
     /// The tag of step `step` of this call: 40 bits of sequence number, 8 of collective, 16 of
     /// step, so a message of another call or collective fails the receiver's tag check.
     pub fn tag(&self, step: usize) -> Tag {
-        Tag(((self.seq & ((1 << 40) - 1)) << 24)
-            | ((self.collective as u64) << 16)
-            | (step as u64 & 0xffff))
+        Tag(((self.seq & ((1 << 40) - 1)) << 24) | ((self.collective as u64) << 16) | (step as u64 & 0xffff))
     }
 
     /// Posts a send of `buf` to `peer` at `step`.
@@ -173,8 +174,6 @@ impl Ctx<'_> {
 pub fn expect_len(what: &str, len: usize, elems: usize, dtype: DataType) -> Result<()> {
     match elems.checked_mul(dtype.size()) {
         Some(b) if b == len => Ok(()),
-        _ => Err(Error::internal(format!(
-            "{what} holds {len} bytes, not {elems} elements of {dtype}"
-        ))),
+        _ => Err(Error::internal(format!("{what} holds {len} bytes, not {elems} elements of {dtype}"))),
     }
 }

@@ -72,10 +72,7 @@ impl DataType {
 
     /// Whether the type is a floating-point type.
     pub const fn is_float(self) -> bool {
-        matches!(
-            self,
-            DataType::F16 | DataType::Bf16 | DataType::F32 | DataType::F64
-        )
+        matches!(self, DataType::F16 | DataType::Bf16 | DataType::F32 | DataType::F64)
     }
 
     /// Parses a name: nccl-tests' (`float`, `half`, `bfloat16`, `int32`...) or Rust's (`f32`,

@@ -24,13 +24,7 @@ pub enum ReduceOp {
 
 impl ReduceOp {
     /// Every operator, in NCCL order.
-    pub const ALL: [ReduceOp; 5] = [
-        ReduceOp::Sum,
-        ReduceOp::Prod,
-        ReduceOp::Max,
-        ReduceOp::Min,
-        ReduceOp::Avg,
-    ];
+    pub const ALL: [ReduceOp; 5] = [ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Max, ReduceOp::Min, ReduceOp::Avg];
 
     /// The name used on command lines and in benchmark output.
     pub const fn name(self) -> &'static str {
@@ -45,10 +39,7 @@ impl ReduceOp {
 
     /// Parses a name.
     pub fn parse(s: &str) -> Option<ReduceOp> {
-        ReduceOp::ALL
-            .iter()
-            .copied()
-            .find(|o| o.name().eq_ignore_ascii_case(s))
+        ReduceOp::ALL.iter().copied().find(|o| o.name().eq_ignore_ascii_case(s))
     }
 
     /// The NCCL `ncclRedOp_t` value.

@@ -18,9 +18,7 @@ pub fn block(count: usize, parts: usize, i: usize) -> Range<usize> {
 pub fn chunks(range: Range<usize>, chunk: usize) -> impl Iterator<Item = Range<usize>> + Clone {
     let chunk = chunk.max(1);
     let end = range.end;
-    (range.start..end)
-        .step_by(chunk)
-        .map(move |s| s..(s + chunk).min(end))
+    (range.start..end).step_by(chunk).map(move |s| s..(s + chunk).min(end))
 }
 
 /// Byte range of the element range `r` for elements of `size` bytes.
@@ -63,10 +61,7 @@ mod tests {
 
     #[test]
     fn chunks_cover_the_range() {
-        assert_eq!(
-            chunks(3..10, 3).collect::<Vec<_>>(),
-            vec![3..6, 6..9, 9..10]
-        );
+        assert_eq!(chunks(3..10, 3).collect::<Vec<_>>(), vec![3..6, 6..9, 9..10]);
         assert_eq!(chunks(5..5, 3).count(), 0);
         assert_eq!(chunks(0..4, 0).count(), 4);
         assert_eq!(bytes(&(2..5), 4), 8..20);

@@ -44,9 +44,7 @@ pub(crate) fn recv_stream(
     };
     post(&mut free, &mut inflight)?;
     for item in items {
-        let (sl, req) = inflight
-            .pop_front()
-            .expect("a receive is posted for every item");
+        let (sl, req) = inflight.pop_front().expect("a receive is posted for every item");
         ctx.wait(req)?;
         on_arrival(item, slot(sl, bytes(&item.1, es).len()).as_region())?;
         free.push(sl);

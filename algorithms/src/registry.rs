@@ -20,12 +20,8 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// Every algorithm of this build.
-    pub const ALL: [Algorithm; 4] = [
-        Algorithm::Ring,
-        Algorithm::RecursiveDoubling,
-        Algorithm::Pairwise,
-        Algorithm::Dissemination,
-    ];
+    pub const ALL: [Algorithm; 4] =
+        [Algorithm::Ring, Algorithm::RecursiveDoubling, Algorithm::Pairwise, Algorithm::Dissemination];
 
     /// The name used in configuration (`OXCCL_ALGO`) and `--algo`.
     pub const fn name(self) -> &'static str {
@@ -55,13 +51,10 @@ pub fn algorithms(coll: Collective) -> &'static [Algorithm] {
     use Algorithm::*;
     match coll {
         Collective::AllReduce => &[Ring, RecursiveDoubling],
-        Collective::AllGather
-        | Collective::ReduceScatter
-        | Collective::Broadcast
-        | Collective::Reduce => &[Ring],
+        Collective::AllGather | Collective::ReduceScatter | Collective::Broadcast | Collective::Reduce => &[Ring],
         Collective::AllToAll => &[Pairwise],
         Collective::Barrier => &[Dissemination],
-        Collective::SendRecv => &[],
+        Collective::SendRecv | Collective::AllToAllV | Collective::Split => &[],
     }
 }
 
@@ -90,20 +83,13 @@ mod tests {
         for c in Collective::ALL {
             assert!(!algorithms(c).is_empty(), "{c} has no algorithm");
             for a in Algorithm::ALL {
-                assert_eq!(
-                    lookup(c, a).is_some(),
-                    algorithms(c).contains(&a),
-                    "{c} {a}"
-                );
+                assert_eq!(lookup(c, a).is_some(), algorithms(c).contains(&a), "{c} {a}");
             }
         }
         for a in Algorithm::ALL {
             assert_eq!(Algorithm::parse(a.name()), Some(a));
         }
-        assert_eq!(
-            Algorithm::parse("Recursive-Doubling"),
-            Some(Algorithm::RecursiveDoubling)
-        );
+        assert_eq!(Algorithm::parse("Recursive-Doubling"), Some(Algorithm::RecursiveDoubling));
         assert_eq!(Algorithm::parse("bogus"), None);
     }
 }

@@ -57,9 +57,8 @@ pub(crate) fn reduce_scatter_phase(
     let recv_seg = |s: usize| ring_index(owned, -2 - s as isize, p);
     let ce = ctx.chunk_elems(dtype);
 
-    let items: Vec<(usize, Range<usize>)> = (0..p - 1)
-        .flat_map(|s| chunks(seg(recv_seg(s)), ce).map(move |c| (s, c)))
-        .collect();
+    let items: Vec<(usize, Range<usize>)> =
+        (0..p - 1).flat_map(|s| chunks(seg(recv_seg(s)), ce).map(move |c| (s, c))).collect();
     let mut sends: SegmentSends = Vec::new();
     let s0 = send_seg(0);
     for c in chunks(seg(s0), ce) {
@@ -75,8 +74,7 @@ pub(crate) fn reduce_scatter_phase(
         let b = bytes(c, es);
         if *s == p - 2 {
             let dst = out.slice(bytes(&(c.start - owned_start..c.end - owned_start), es));
-            ctx.reducer
-                .reduce(dtype, op, dst, incoming, input.slice(b))?;
+            ctx.reducer.reduce(dtype, op, dst, incoming, input.slice(b))?;
             if op == ReduceOp::Avg {
                 ctx.reducer.divide(dtype, dst, p)?;
             }
@@ -85,8 +83,7 @@ pub(crate) fn reduce_scatter_phase(
             }
         } else {
             let dst = work.slice(b.clone());
-            ctx.reducer
-                .reduce(dtype, op, dst, incoming, input.slice(b))?;
+            ctx.reducer.reduce(dtype, op, dst, incoming, input.slice(b))?;
             sends.push((recv_seg(*s), ctx.send(right, s + 1, dst.as_region())?));
         }
         Ok(())

@@ -136,8 +136,7 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
     if let Some(t) = &args.transport {
         config.transport = TransportKind::parse(t)?;
     }
-    let dtype = DataType::parse(&args.dtype)
-        .ok_or_else(|| bad(format!("unknown data type '{}'", args.dtype)))?;
+    let dtype = DataType::parse(&args.dtype).ok_or_else(|| bad(format!("unknown data type '{}'", args.dtype)))?;
     let op = ReduceOp::parse(&args.op).ok_or_else(|| bad(format!("unknown op '{}'", args.op)))?;
     let colls = collectives(&args.collective).map_err(bad)?;
     if args.factor < 2 {
@@ -145,11 +144,7 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
     }
     let comm = Communicator::from_launch_env(env, config)?;
     if args.root >= comm.size() {
-        return Err(bad(format!(
-            "root {} is not a rank of this world of {}",
-            args.root,
-            comm.size()
-        )));
+        return Err(bad(format!("root {} is not a rank of this world of {}", args.root, comm.size())));
     }
     let mut total_wrong = 0;
     for coll in colls {
@@ -209,11 +204,7 @@ impl<T: CheckElem> Bufs<T> {
             }
             _ => (total, total),
         };
-        Bufs {
-            send: vec![zero(); send],
-            recv: vec![zero(); recv],
-            total,
-        }
+        Bufs { send: vec![zero(); send], recv: vec![zero(); recv], total }
     }
 }
 
@@ -304,35 +295,19 @@ fn count_wrong<T: CheckElem>(
         Collective::Reduce if r == root => check::wrong_reduced(&b.recv, p, op, 0),
         Collective::Reduce => 0,
         Collective::ReduceScatter => {
-            let out = if in_place {
-                &b.send[r * per..(r + 1) * per]
-            } else {
-                &b.recv[..]
-            };
+            let out = if in_place { &b.send[r * per..(r + 1) * per] } else { &b.recv[..] };
             check::wrong_reduced(out, p, op, r * per)
         }
-        Collective::AllGather => (0..p)
-            .map(|j| check::wrong_pattern(&b.recv[j * per..(j + 1) * per], j, 0))
-            .sum(),
-        Collective::AllToAll => (0..p)
-            .map(|j| check::wrong_pattern(&b.recv[j * per..(j + 1) * per], j, r))
-            .sum(),
+        Collective::AllGather => (0..p).map(|j| check::wrong_pattern(&b.recv[j * per..(j + 1) * per], j, 0)).sum(),
+        Collective::AllToAll => (0..p).map(|j| check::wrong_pattern(&b.recv[j * per..(j + 1) * per], j, r)).sum(),
         Collective::Broadcast => check::wrong_pattern(&b.recv, root, 0),
         _ => 0,
     }
 }
 
-fn bench<T: CheckElem>(
-    comm: &Communicator,
-    args: &Args,
-    coll: Collective,
-    op: ReduceOp,
-) -> oxccl::Result<usize> {
+fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: ReduceOp) -> oxccl::Result<usize> {
     let (r, p) = (comm.rank(), comm.size());
-    let reduces = matches!(
-        coll,
-        Collective::AllReduce | Collective::ReduceScatter | Collective::Reduce
-    );
+    let reduces = matches!(coll, Collective::AllReduce | Collective::ReduceScatter | Collective::Reduce);
     let root_col = |c: Collective| {
         if matches!(c, Collective::Broadcast | Collective::Reduce) {
             args.root as i64
@@ -398,26 +373,12 @@ fn bench<T: CheckElem>(
                 root_col(coll)
             );
             for k in 0..2 {
-                let algbw = if times[k] > 0.0 {
-                    size as f64 / times[k] / 1e9
-                } else {
-                    0.0
-                };
+                let algbw = if times[k] > 0.0 { size as f64 / times[k] / 1e9 } else { 0.0 };
                 let busbw = algbw * bus_factor(coll, p);
                 bus_sum += busbw;
                 bus_n += 1;
-                let w = if args.check != 0 {
-                    wrong[k].to_string()
-                } else {
-                    "N/A".into()
-                };
-                line.push_str(&format!(
-                    "  {:>7.2}  {:>6.3}  {:>6.3}  {:>5}",
-                    times[k] * 1e6,
-                    algbw,
-                    busbw,
-                    w
-                ));
+                let w = if args.check != 0 { wrong[k].to_string() } else { "N/A".into() };
+                line.push_str(&format!("  {:>7.2}  {:>6.3}  {:>6.3}  {:>5}", times[k] * 1e6, algbw, busbw, w));
             }
             println!("{line}");
         }
@@ -430,19 +391,8 @@ fn bench<T: CheckElem>(
         };
     }
     if r == 0 {
-        println!(
-            "# Out of bounds values : {} {}",
-            wrong_total,
-            if wrong_total == 0 { "OK" } else { "FAILED" }
-        );
-        println!(
-            "# Avg bus bandwidth    : {:.4}",
-            if bus_n > 0 {
-                bus_sum / bus_n as f64
-            } else {
-                0.0
-            }
-        );
+        println!("# Out of bounds values : {} {}", wrong_total, if wrong_total == 0 { "OK" } else { "FAILED" });
+        println!("# Avg bus bandwidth    : {:.4}", if bus_n > 0 { bus_sum / bus_n as f64 } else { 0.0 });
         println!("#");
     }
     Ok(wrong_total)

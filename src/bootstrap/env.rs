@@ -55,24 +55,21 @@ pub struct LaunchEnv {
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 fn get(env: Lookup<'_>, name: &str) -> Option<String> {
-    env(name)
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+    env(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
 fn num(env: Lookup<'_>, name: &str) -> Result<Option<usize>> {
     match get(env, name) {
         None => Ok(None),
-        Some(v) => v.parse::<usize>().map(Some).map_err(|_| {
-            Error::invalid_argument(format!("{name}='{v}' is not a non-negative integer"))
-        }),
+        Some(v) => v
+            .parse::<usize>()
+            .map(Some)
+            .map_err(|_| Error::invalid_argument(format!("{name}='{v}' is not a non-negative integer"))),
     }
 }
 
 fn required(env: Lookup<'_>, name: &str, launcher: &str) -> Result<usize> {
-    num(env, name)?.ok_or_else(|| {
-        Error::invalid_argument(format!("{name} is not set (needed under {launcher})"))
-    })
+    num(env, name)?.ok_or_else(|| Error::invalid_argument(format!("{name} is not set (needed under {launcher})")))
 }
 
 fn resolve(host: &str, port: u16, var: &str) -> Result<SocketAddr> {
@@ -84,32 +81,23 @@ fn resolve(host: &str, port: u16, var: &str) -> Result<SocketAddr> {
 }
 
 fn parse_addr(v: &str, var: &str) -> Result<SocketAddr> {
-    let (host, port) = v
-        .rsplit_once(':')
-        .ok_or_else(|| Error::invalid_argument(format!("{var}='{v}' is not HOST:PORT")))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| Error::invalid_argument(format!("{var}='{v}': bad port")))?;
+    let (host, port) =
+        v.rsplit_once(':').ok_or_else(|| Error::invalid_argument(format!("{var}='{v}' is not HOST:PORT")))?;
+    let port: u16 = port.parse().map_err(|_| Error::invalid_argument(format!("{var}='{v}': bad port")))?;
     resolve(host.trim_matches(['[', ']']), port, var)
 }
 
 fn master_addr(env: Lookup<'_>, port_offset: u16) -> Result<Option<SocketAddr>> {
     match (get(env, "MASTER_ADDR"), get(env, "MASTER_PORT")) {
         (Some(h), Some(p)) => {
-            let port: u16 = p
-                .parse()
-                .map_err(|_| Error::invalid_argument(format!("MASTER_PORT='{p}' is not a port")))?;
-            let port = port
-                .checked_add(port_offset)
-                .ok_or_else(|| Error::invalid_argument("MASTER_PORT is too large"))?;
+            let port: u16 =
+                p.parse().map_err(|_| Error::invalid_argument(format!("MASTER_PORT='{p}' is not a port")))?;
+            let port =
+                port.checked_add(port_offset).ok_or_else(|| Error::invalid_argument("MASTER_PORT is too large"))?;
             Ok(Some(resolve(&h, port, "MASTER_ADDR")?))
         }
-        (Some(_), None) => Err(Error::invalid_argument(
-            "MASTER_ADDR is set but MASTER_PORT is not",
-        )),
-        (None, Some(_)) => Err(Error::invalid_argument(
-            "MASTER_PORT is set but MASTER_ADDR is not",
-        )),
+        (Some(_), None) => Err(Error::invalid_argument("MASTER_ADDR is set but MASTER_PORT is not")),
+        (None, Some(_)) => Err(Error::invalid_argument("MASTER_PORT is set but MASTER_ADDR is not")),
         (None, None) => Ok(None),
     }
 }
@@ -134,28 +122,18 @@ fn derived_port(job: &str) -> u16 {
 /// Reads the launcher environment through `env` (for tests; [`LaunchEnv::from_process`] reads
 /// the real one).
 pub fn detect(env: Lookup<'_>) -> Result<LaunchEnv> {
-    let explicit_addr = get(env, "OXCCL_ADDR")
-        .map(|v| parse_addr(&v, "OXCCL_ADDR"))
-        .transpose()?;
+    let explicit_addr = get(env, "OXCCL_ADDR").map(|v| parse_addr(&v, "OXCCL_ADDR")).transpose()?;
     let store_host = match get(env, "OXCCL_STORE_HOST").as_deref() {
         None | Some("rank0") => StoreHost::Rank0,
         Some("launcher") => StoreHost::Launcher,
-        Some(v) => {
-            return Err(Error::invalid_argument(format!(
-                "OXCCL_STORE_HOST='{v}' is not rank0 or launcher"
-            )))
-        }
+        Some(v) => return Err(Error::invalid_argument(format!("OXCCL_STORE_HOST='{v}' is not rank0 or launcher"))),
     };
 
-    let (launcher, rank, size, local_rank, local_size, addr, job) = if get(env, "OXCCL_RANK")
-        .is_some()
-    {
+    let (launcher, rank, size, local_rank, local_size, addr, job) = if get(env, "OXCCL_RANK").is_some() {
         let rank = required(env, "OXCCL_RANK", "oxccl")?;
         let size = required(env, "OXCCL_WORLD_SIZE", "oxccl (OXCCL_RANK is set)")?;
         let addr = explicit_addr.ok_or_else(|| {
-            Error::invalid_argument(
-                "OXCCL_ADDR is not set (OXCCL_RANK is set; give the rendezvous HOST:PORT)",
-            )
+            Error::invalid_argument("OXCCL_ADDR is not set (OXCCL_RANK is set; give the rendezvous HOST:PORT)")
         })?;
         // A contradicting torchrun/MPI/Slurm rank means two launchers disagree.
         for other in ["RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"] {
@@ -168,69 +146,33 @@ pub fn detect(env: Lookup<'_>) -> Result<LaunchEnv> {
             }
         }
         let local_size = num(env, "OXCCL_LOCAL_WORLD_SIZE")?;
-        (
-            "oxccl",
-            rank,
-            size,
-            num(env, "OXCCL_LOCAL_RANK")?,
-            local_size,
-            addr,
-            String::new(),
-        )
+        ("oxccl", rank, size, num(env, "OXCCL_LOCAL_RANK")?, local_size, addr, String::new())
     } else if get(env, "RANK").is_some() && get(env, "WORLD_SIZE").is_some() {
         let rank = required(env, "RANK", "torchrun")?;
         let size = required(env, "WORLD_SIZE", "torchrun")?;
         let job = get(env, "TORCHELASTIC_RUN_ID").unwrap_or_default();
-        let offset = if get(env, "TORCHELASTIC_RUN_ID").is_some() {
-            1
-        } else {
-            0
-        };
+        let offset = if get(env, "TORCHELASTIC_RUN_ID").is_some() { 1 } else { 0 };
         let addr = match explicit_addr {
             Some(a) => a,
             None => master_addr(env, offset)?.ok_or_else(|| {
-                Error::invalid_argument("MASTER_ADDR and MASTER_PORT are not set (RANK and WORLD_SIZE are; set OXCCL_ADDR)")
+                Error::invalid_argument(
+                    "MASTER_ADDR and MASTER_PORT are not set (RANK and WORLD_SIZE are; set OXCCL_ADDR)",
+                )
             })?,
         };
         let ls = num(env, "LOCAL_WORLD_SIZE")?;
-        (
-            "torchrun",
-            rank,
-            size,
-            num(env, "LOCAL_RANK")?,
-            ls,
-            addr,
-            job,
-        )
+        ("torchrun", rank, size, num(env, "LOCAL_RANK")?, ls, addr, job)
     } else if get(env, "OMPI_COMM_WORLD_RANK").is_some() {
         let rank = required(env, "OMPI_COMM_WORLD_RANK", "mpirun")?;
         let size = required(env, "OMPI_COMM_WORLD_SIZE", "mpirun")?;
         let ls = num(env, "OMPI_COMM_WORLD_LOCAL_SIZE")?;
-        let job = [
-            "OMPI_MCA_ess_base_jobid",
-            "PMIX_NAMESPACE",
-            "OMPI_MCA_orte_hnp_uri",
-        ]
-        .iter()
-        .find_map(|v| get(env, v))
-        .unwrap_or_default();
-        let addr = single_host_addr(
-            env,
-            explicit_addr,
-            ls == Some(size),
-            &job,
-            "mpirun",
-            "OMPI_COMM_WORLD_LOCAL_SIZE",
-        )?;
-        (
-            "mpirun",
-            rank,
-            size,
-            num(env, "OMPI_COMM_WORLD_LOCAL_RANK")?,
-            ls,
-            addr,
-            job,
-        )
+        let job = ["OMPI_MCA_ess_base_jobid", "PMIX_NAMESPACE", "OMPI_MCA_orte_hnp_uri"]
+            .iter()
+            .find_map(|v| get(env, v))
+            .unwrap_or_default();
+        let addr =
+            single_host_addr(env, explicit_addr, ls == Some(size), &job, "mpirun", "OMPI_COMM_WORLD_LOCAL_SIZE")?;
+        ("mpirun", rank, size, num(env, "OMPI_COMM_WORLD_LOCAL_RANK")?, ls, addr, job)
     } else if get(env, "SLURM_PROCID").is_some() {
         let rank = required(env, "SLURM_PROCID", "srun")?;
         let size = required(env, "SLURM_NTASKS", "srun")?;
@@ -239,19 +181,10 @@ pub fn detect(env: Lookup<'_>) -> Result<LaunchEnv> {
             get(env, "SLURM_JOB_ID").unwrap_or_default(),
             get(env, "SLURM_STEP_ID").unwrap_or_default()
         );
-        let one_node =
-            num(env, "SLURM_NNODES")? == Some(1) || num(env, "SLURM_STEP_NUM_NODES")? == Some(1);
+        let one_node = num(env, "SLURM_NNODES")? == Some(1) || num(env, "SLURM_STEP_NUM_NODES")? == Some(1);
         let addr = single_host_addr(env, explicit_addr, one_node, &job, "srun", "SLURM_NNODES")?;
         let ls = if one_node { Some(size) } else { None };
-        (
-            "srun",
-            rank,
-            size,
-            num(env, "SLURM_LOCALID")?,
-            ls,
-            addr,
-            job,
-        )
+        ("srun", rank, size, num(env, "SLURM_LOCALID")?, ls, addr, job)
     } else {
         return Err(Error::invalid_argument(
             "no launcher environment found: set OXCCL_RANK, OXCCL_WORLD_SIZE and OXCCL_ADDR, \
@@ -260,9 +193,7 @@ pub fn detect(env: Lookup<'_>) -> Result<LaunchEnv> {
     };
 
     if size == 0 {
-        return Err(Error::invalid_argument(format!(
-            "the world size is 0 (from {launcher}'s environment)"
-        )));
+        return Err(Error::invalid_argument(format!("the world size is 0 (from {launcher}'s environment)")));
     }
     if rank >= size {
         return Err(Error::invalid_argument(format!(
@@ -271,22 +202,13 @@ pub fn detect(env: Lookup<'_>) -> Result<LaunchEnv> {
     }
     if let (Some(lr), Some(ls)) = (local_rank, local_size) {
         if lr >= ls {
-            return Err(Error::invalid_argument(format!(
-                "local rank {lr} is not below the local world size {ls}"
-            )));
+            return Err(Error::invalid_argument(format!("local rank {lr} is not below the local world size {ls}")));
         }
     }
     let secret = match get(env, "OXCCL_SECRET") {
-        Some(s) => parse_secret(&s)
-            .ok_or_else(|| Error::invalid_argument("OXCCL_SECRET is not 32 hex digits"))?,
+        Some(s) => parse_secret(&s).ok_or_else(|| Error::invalid_argument("OXCCL_SECRET is not 32 hex digits"))?,
         None => {
-            let d = derive(&[
-                "secret",
-                launcher,
-                &job,
-                &addr.to_string(),
-                &size.to_string(),
-            ]);
+            let d = derive(&["secret", launcher, &job, &addr.to_string(), &size.to_string()]);
             let mut s = [0u8; 16];
             s.copy_from_slice(&d[..16]);
             s
@@ -340,10 +262,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn run(vars: &[(&str, &str)]) -> Result<LaunchEnv> {
-        let m: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         detect(&move |k| m.get(k).cloned())
     }
 
@@ -358,10 +277,7 @@ mod tests {
             ("OXCCL_STORE_HOST", "launcher"),
         ])
         .unwrap();
-        assert_eq!(
-            (e.rank, e.world_size, e.local_rank, e.launcher),
-            (2, 4, Some(0), "oxccl")
-        );
+        assert_eq!((e.rank, e.world_size, e.local_rank, e.launcher), (2, 4, Some(0), "oxccl"));
         assert_eq!(e.addr, "127.0.0.1:1234".parse().unwrap());
         assert_eq!(e.secret[15], 15);
         assert_eq!(e.store_host, StoreHost::Launcher);
@@ -373,38 +289,18 @@ mod tests {
         assert!(e.to_string().contains("OXCCL_WORLD_SIZE"), "{e}");
         let e = run(&[("OXCCL_RANK", "0"), ("OXCCL_WORLD_SIZE", "2")]).unwrap_err();
         assert!(e.to_string().contains("OXCCL_ADDR"), "{e}");
-        let e = run(&[
-            ("OXCCL_RANK", "3"),
-            ("OXCCL_WORLD_SIZE", "2"),
-            ("OXCCL_ADDR", "127.0.0.1:1"),
-        ])
-        .unwrap_err();
+        let e = run(&[("OXCCL_RANK", "3"), ("OXCCL_WORLD_SIZE", "2"), ("OXCCL_ADDR", "127.0.0.1:1")]).unwrap_err();
         assert!(e.to_string().contains("rank 3"), "{e}");
-        let e = run(&[
-            ("OXCCL_RANK", "1"),
-            ("OXCCL_WORLD_SIZE", "2"),
-            ("OXCCL_ADDR", "127.0.0.1:1"),
-            ("RANK", "0"),
-        ])
-        .unwrap_err();
+        let e = run(&[("OXCCL_RANK", "1"), ("OXCCL_WORLD_SIZE", "2"), ("OXCCL_ADDR", "127.0.0.1:1"), ("RANK", "0")])
+            .unwrap_err();
         assert!(e.to_string().contains("contradictory"), "{e}");
-        let e = run(&[
-            ("OXCCL_RANK", "x"),
-            ("OXCCL_WORLD_SIZE", "2"),
-            ("OXCCL_ADDR", "127.0.0.1:1"),
-        ])
-        .unwrap_err();
+        let e = run(&[("OXCCL_RANK", "x"), ("OXCCL_WORLD_SIZE", "2"), ("OXCCL_ADDR", "127.0.0.1:1")]).unwrap_err();
         assert!(e.to_string().contains("OXCCL_RANK='x'"), "{e}");
         let e = run(&[]).unwrap_err();
         assert!(e.to_string().contains("no launcher environment"), "{e}");
         let e = run(&[("RANK", "0"), ("WORLD_SIZE", "2")]).unwrap_err();
         assert!(e.to_string().contains("MASTER_ADDR"), "{e}");
-        let e = run(&[
-            ("RANK", "0"),
-            ("WORLD_SIZE", "2"),
-            ("MASTER_ADDR", "127.0.0.1"),
-        ])
-        .unwrap_err();
+        let e = run(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1")]).unwrap_err();
         assert!(e.to_string().contains("MASTER_PORT"), "{e}");
     }
 
@@ -419,10 +315,7 @@ mod tests {
             ("TORCHELASTIC_RUN_ID", "abc"),
         ])
         .unwrap();
-        assert_eq!(
-            (e.rank, e.world_size, e.local_rank, e.launcher),
-            (1, 2, Some(1), "torchrun")
-        );
+        assert_eq!((e.rank, e.world_size, e.local_rank, e.launcher), (1, 2, Some(1), "torchrun"));
         assert_eq!(e.addr.port(), 29501, "torchrun's agent holds MASTER_PORT");
 
         let m = |r: &str| {
@@ -437,19 +330,13 @@ mod tests {
         };
         let (a, b) = (m("0"), m("3"));
         assert_eq!((b.rank, b.launcher), (3, "mpirun"));
-        assert_eq!(
-            a.addr, b.addr,
-            "every rank of one job derives the same address"
-        );
+        assert_eq!(a.addr, b.addr, "every rank of one job derives the same address");
         assert_eq!(a.secret, b.secret, "and the same secret");
         assert!(a.addr.ip().is_loopback());
 
-        let e = run(&[
-            ("OMPI_COMM_WORLD_RANK", "0"),
-            ("OMPI_COMM_WORLD_SIZE", "4"),
-            ("OMPI_COMM_WORLD_LOCAL_SIZE", "2"),
-        ])
-        .unwrap_err();
+        let e =
+            run(&[("OMPI_COMM_WORLD_RANK", "0"), ("OMPI_COMM_WORLD_SIZE", "4"), ("OMPI_COMM_WORLD_LOCAL_SIZE", "2")])
+                .unwrap_err();
         assert!(e.to_string().contains("OXCCL_ADDR"), "{e}");
 
         let s = run(&[

@@ -51,15 +51,8 @@ impl FileStore {
     }
 
     fn write(&self, key: &str, value: &[u8]) -> Result<()> {
-        let tmp = self
-            .dir
-            .join(format!(".tmp-{}-{}", std::process::id(), encode(key)));
-        let io = |e| {
-            Error::io(
-                format!("file store: writing key '{key}' in {}", self.dir.display()),
-                e,
-            )
-        };
+        let tmp = self.dir.join(format!(".tmp-{}-{}", std::process::id(), encode(key)));
+        let io = |e| Error::io(format!("file store: writing key '{key}' in {}", self.dir.display()), e);
         let mut f = fs::File::create(&tmp).map_err(io)?;
         f.write_all(value).map_err(io)?;
         f.sync_data().map_err(io)?;
@@ -83,10 +76,7 @@ impl Store for FileStore {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::timeout(
-                    format!("store key '{key}' was never set"),
-                    now - start,
-                ));
+                return Err(Error::timeout(format!("store key '{key}' was never set"), now - start));
             }
             std::thread::sleep(backoff.min(deadline - now));
             backoff = (backoff * 2).min(Duration::from_millis(50));
@@ -121,11 +111,8 @@ mod tests {
 
     #[test]
     fn set_get_add_across_instances() {
-        let dir = std::env::temp_dir().join(format!(
-            "oxccl-fs-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("oxccl-fs-{}-{:?}", std::process::id(), std::thread::current().id()));
         let a = FileStore::new(&dir).unwrap();
         let b = FileStore::new(&dir).unwrap();
         let soon = Instant::now() + Duration::from_secs(5);
@@ -144,9 +131,7 @@ mod tests {
             .collect();
         hs.into_iter().for_each(|h| h.join().unwrap());
         assert_eq!(a.add("ctr", 0).unwrap(), 40);
-        assert!(a
-            .get("nope", Instant::now() + Duration::from_millis(20))
-            .is_err());
+        assert!(a.get("nope", Instant::now() + Duration::from_millis(20)).is_err());
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -30,31 +30,20 @@ impl IfaceFilter {
         IfaceFilter {
             exclude,
             exact,
-            names: s
-                .split(',')
-                .map(|n| n.trim().to_string())
-                .filter(|n| !n.is_empty())
-                .collect(),
+            names: s.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect(),
         }
     }
 
     /// Whether interface `name` is selected.
     pub fn matches(&self, name: &str) -> bool {
-        let hit = self.names.iter().any(|n| {
-            if self.exact {
-                name == n
-            } else {
-                name.starts_with(n.as_str())
-            }
-        });
+        let hit = self.names.iter().any(|n| if self.exact { name == n } else { name.starts_with(n.as_str()) });
         hit != self.exclude
     }
 }
 
 /// The IPv4 addresses of interfaces that `filter` selects, in interface order.
 pub fn addresses(filter: &IfaceFilter) -> Result<Vec<(String, IpAddr)>> {
-    let addrs = nix::ifaddrs::getifaddrs()
-        .map_err(|e| Error::io("listing network interfaces", e.into()))?;
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| Error::io("listing network interfaces", e.into()))?;
     let mut out = Vec::new();
     for a in addrs {
         if !filter.matches(&a.interface_name) {
@@ -74,9 +63,7 @@ pub fn bind_address(ifname: Option<&str>, fallback: Option<IpAddr>) -> Result<Ip
         let filter = IfaceFilter::parse(spec);
         let found = addresses(&filter)?;
         return found.first().map(|(_, ip)| *ip).ok_or_else(|| {
-            Error::invalid_argument(format!(
-                "OXCCL_SOCKET_IFNAME='{spec}' selects no interface with an IPv4 address"
-            ))
+            Error::invalid_argument(format!("OXCCL_SOCKET_IFNAME='{spec}' selects no interface with an IPv4 address"))
         });
     }
     Ok(fallback.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)))
@@ -84,9 +71,7 @@ pub fn bind_address(ifname: Option<&str>, fallback: Option<IpAddr>) -> Result<Ip
 
 /// [`bind_address`] with `OXCCL_SOCKET_IFNAME` read from the environment.
 pub fn bind_address_from_env(fallback: Option<IpAddr>) -> Result<IpAddr> {
-    let spec = std::env::var("OXCCL_SOCKET_IFNAME")
-        .ok()
-        .filter(|s| !s.trim().is_empty());
+    let spec = std::env::var("OXCCL_SOCKET_IFNAME").ok().filter(|s| !s.trim().is_empty());
     bind_address(spec.as_deref(), fallback)
 }
 
@@ -106,15 +91,9 @@ mod tests {
 
     #[test]
     fn loopback_is_found_and_missing_interface_is_an_error() {
-        assert_eq!(
-            bind_address(Some("lo"), None).unwrap(),
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        );
+        assert_eq!(bind_address(Some("lo"), None).unwrap(), IpAddr::V4(Ipv4Addr::LOCALHOST));
         let e = bind_address(Some("=no-such-if0"), None).unwrap_err();
         assert!(e.to_string().contains("no-such-if0"));
-        assert_eq!(
-            bind_address(None, None).unwrap(),
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        );
+        assert_eq!(bind_address(None, None).unwrap(), IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
 }

@@ -53,14 +53,9 @@ pub struct TcpStoreServer {
 impl TcpStoreServer {
     /// Listens on `addr` (port 0 picks a free one) and serves clients that know `secret`.
     pub fn start(addr: SocketAddr, secret: Secret) -> Result<TcpStoreServer> {
-        let listener =
-            TcpListener::bind(addr).map_err(|e| Error::io(format!("store: binding {addr}"), e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::io("store: local address", e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("store: listener", e))?;
+        let listener = TcpListener::bind(addr).map_err(|e| Error::io(format!("store: binding {addr}"), e))?;
+        let addr = listener.local_addr().map_err(|e| Error::io("store: local address", e))?;
+        listener.set_nonblocking(true).map_err(|e| Error::io("store: listener", e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let table = Arc::new(Table::default());
         let s = stop.clone();
@@ -69,11 +64,7 @@ impl TcpStoreServer {
             .spawn(move || accept_loop(listener, secret, table, s))
             .map_err(|e| Error::io("store: spawning the server thread", e))?;
         tracing::debug!(%addr, "store server listening");
-        Ok(TcpStoreServer {
-            addr,
-            stop,
-            thread: Some(thread),
-        })
+        Ok(TcpStoreServer { addr, stop, thread: Some(thread) })
     }
 
     /// The address clients connect to.
@@ -96,20 +87,14 @@ fn accept_loop(listener: TcpListener, secret: Secret, table: Arc<Table>, stop: A
         match listener.accept() {
             Ok((s, peer)) => {
                 let table = table.clone();
-                let _ = std::thread::Builder::new()
-                    .name("oxccl-store-conn".into())
-                    .spawn(move || {
-                        if let Err(e) = serve(s, &secret, &table) {
-                            tracing::warn!(%peer, error = %e, "store: client refused or failed");
-                        }
-                    });
+                let _ = std::thread::Builder::new().name("oxccl-store-conn".into()).spawn(move || {
+                    if let Err(e) = serve(s, &secret, &table) {
+                        tracing::warn!(%peer, error = %e, "store: client refused or failed");
+                    }
+                });
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let mut pfd = libc::pollfd {
-                    fd: listener.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
+                let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
                 // SAFETY: one valid pollfd for the duration of the call.
                 unsafe { libc::poll(&mut pfd, 1, 50) };
             }
@@ -119,16 +104,13 @@ fn accept_loop(listener: TcpListener, secret: Secret, table: Arc<Table>, stop: A
 }
 
 fn serve(mut s: TcpStream, secret: &Secret, table: &Table) -> Result<()> {
-    s.set_nonblocking(false)
-        .map_err(|e| Error::io("store: socket", e))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| Error::io("store: socket", e))?;
+    s.set_nonblocking(false).map_err(|e| Error::io("store: socket", e))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| Error::io("store: socket", e))?;
     let hello = auth::accept_handshake(&mut s, secret)?;
     if hello.purpose != Purpose::Store {
         return Err(Error::invalid_usage("a data connection reached the store"));
     }
-    s.set_read_timeout(None)
-        .map_err(|e| Error::io("store: socket", e))?;
+    s.set_read_timeout(None).map_err(|e| Error::io("store: socket", e))?;
     let _ = s.set_nodelay(true);
     loop {
         let mut h = [0u8; 11];
@@ -143,13 +125,10 @@ fn serve(mut s: TcpStream, secret: &Secret, table: &Table) -> Result<()> {
         let wait_ms = u32::from_le_bytes([h[7], h[8], h[9], h[10]]);
         if klen > MAX_KEY || vlen > MAX_VALUE || !(OP_SET..=OP_ADD).contains(&op) {
             respond(&mut s, ST_REFUSED, b"request refused: bad op or length")?;
-            return Err(Error::invalid_usage(format!(
-                "store: bad request (op {op}, key {klen} B, value {vlen} B)"
-            )));
+            return Err(Error::invalid_usage(format!("store: bad request (op {op}, key {klen} B, value {vlen} B)")));
         }
         let mut kv = vec![0u8; klen + vlen];
-        s.read_exact(&mut kv)
-            .map_err(|e| Error::io("store: reading a request", e))?;
+        s.read_exact(&mut kv).map_err(|e| Error::io("store: reading a request", e))?;
         let key = String::from_utf8_lossy(&kv[..klen]).into_owned();
         let value = &kv[klen..];
         let mut map = table.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -175,11 +154,7 @@ fn serve(mut s: TcpStream, secret: &Secret, table: &Table) -> Result<()> {
                         respond(&mut s, ST_MISSING, &[])?;
                         break;
                     }
-                    map = table
-                        .changed
-                        .wait_timeout(map, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                    map = table.changed.wait_timeout(map, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
                 }
             }
             _ => {
@@ -214,8 +189,7 @@ fn respond(s: &mut TcpStream, status: u8, payload: &[u8]) -> Result<()> {
     b.push(status);
     b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     b.extend_from_slice(payload);
-    s.write_all(&b)
-        .map_err(|e| Error::io("store: writing a response", e))
+    s.write_all(&b).map_err(|e| Error::io("store: writing a response", e))
 }
 
 /// A client of a [`TcpStoreServer`]. Thread-safe; requests are serialised on one connection.
@@ -228,17 +202,10 @@ pub struct TcpStore {
 impl TcpStore {
     /// Connects to the store at `addr`, retrying until `deadline` (the server may not be up
     /// yet), and proves knowledge of `secret`.
-    pub fn connect(
-        addr: SocketAddr,
-        secret: Secret,
-        rank: Option<usize>,
-        deadline: Instant,
-    ) -> Result<TcpStore> {
+    pub fn connect(addr: SocketAddr, secret: Secret, rank: Option<usize>, deadline: Instant) -> Result<TcpStore> {
         let mut backoff = Duration::from_millis(2);
         let mut stream = loop {
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1));
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
             match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(5))) {
                 Ok(s) => break s,
                 Err(e) => {
@@ -253,9 +220,7 @@ impl TcpStore {
                 }
             }
         };
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(100));
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
         let _ = stream.set_read_timeout(Some(left.min(Duration::from_secs(10))));
         let hello = Hello {
             purpose: Purpose::Store,
@@ -268,14 +233,8 @@ impl TcpStore {
             .map_err(|e| Error::invalid_usage(format!("rendezvous store at {addr}: {e}")))?;
         let _ = stream.set_read_timeout(None);
         let _ = stream.set_nodelay(true);
-        let local = stream
-            .local_addr()
-            .map_err(|e| Error::io("store: local address", e))?;
-        Ok(TcpStore {
-            addr,
-            conn: Mutex::new(stream),
-            local,
-        })
+        let local = stream.local_addr().map_err(|e| Error::io("store: local address", e))?;
+        Ok(TcpStore { addr, conn: Mutex::new(stream), local })
     }
 
     /// The local address of the connection to the store: on a multi-host world, an address
@@ -301,12 +260,7 @@ impl TcpStore {
         b.extend_from_slice(key.as_bytes());
         b.extend_from_slice(value);
         let mut s = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let lost = |e: std::io::Error| {
-            Error::io(
-                format!("rendezvous store at {} (did its host exit?)", self.addr),
-                e,
-            )
-        };
+        let lost = |e: std::io::Error| Error::io(format!("rendezvous store at {} (did its host exit?)", self.addr), e);
         // The server answers a get within `wait`; allow for the round trip on top.
         let _ = s.set_read_timeout(Some(wait + Duration::from_secs(5)));
         s.write_all(&b).map_err(lost)?;
@@ -314,18 +268,12 @@ impl TcpStore {
         s.read_exact(&mut h).map_err(lost)?;
         let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
         if len > MAX_VALUE {
-            return Err(Error::invalid_usage(format!(
-                "store at {} sent a {len}-byte response",
-                self.addr
-            )));
+            return Err(Error::invalid_usage(format!("store at {} sent a {len}-byte response", self.addr)));
         }
         let mut v = vec![0u8; len];
         s.read_exact(&mut v).map_err(lost)?;
         if h[0] == ST_REFUSED {
-            return Err(Error::invalid_usage(format!(
-                "store refused: {}",
-                String::from_utf8_lossy(&v)
-            )));
+            return Err(Error::invalid_usage(format!("store refused: {}", String::from_utf8_lossy(&v))));
         }
         Ok((h[0], v))
     }
@@ -342,18 +290,13 @@ impl Store for TcpStore {
         if st == ST_OK {
             Ok(v)
         } else {
-            Err(Error::timeout(
-                format!("store key '{key}' was never set"),
-                start.elapsed(),
-            ))
+            Err(Error::timeout(format!("store key '{key}' was never set"), start.elapsed()))
         }
     }
 
     fn add(&self, key: &str, delta: i64) -> Result<i64> {
         let (_, v) = self.request(OP_ADD, key, &delta.to_le_bytes(), Duration::ZERO)?;
-        let b: [u8; 8] = v
-            .try_into()
-            .map_err(|_| Error::invalid_usage("store: bad add response"))?;
+        let b: [u8; 8] = v.try_into().map_err(|_| Error::invalid_usage("store: bad add response"))?;
         Ok(i64::from_le_bytes(b))
     }
 }
@@ -378,9 +321,7 @@ mod tests {
         assert_eq!(waiter.join().unwrap(), b"hello");
         assert_eq!(a.add("n", 5).unwrap(), 5);
         assert_eq!(a.add("n", -2).unwrap(), 3);
-        let e = a
-            .get("never", Instant::now() + Duration::from_millis(50))
-            .unwrap_err();
+        let e = a.get("never", Instant::now() + Duration::from_millis(50)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Timeout);
         assert!(e.to_string().contains("never"));
     }
@@ -402,13 +343,7 @@ mod tests {
     fn lying_length_is_refused_without_allocating() {
         let server = TcpStoreServer::start("127.0.0.1:0".parse().unwrap(), [4; 16]).unwrap();
         let mut s = TcpStream::connect(server.addr()).unwrap();
-        let hello = Hello {
-            purpose: Purpose::Store,
-            from: 0,
-            to: u32::MAX,
-            index: 0,
-            world: 0,
-        };
+        let hello = Hello { purpose: Purpose::Store, from: 0, to: u32::MAX, index: 0, world: 0 };
         auth::connect_handshake(&mut s, &[4; 16], hello).unwrap();
         let mut req = vec![OP_SET];
         req.extend_from_slice(&1u16.to_le_bytes());

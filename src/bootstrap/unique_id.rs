@@ -37,10 +37,7 @@ impl UniqueId {
         let ip = crate::bootstrap::net::bind_address_from_env(None)?;
         let secret: Secret = random_bytes()?;
         let server = TcpStoreServer::start(SocketAddr::new(ip, 0), secret)?;
-        let id = UniqueId {
-            addr: server.addr(),
-            secret,
-        };
+        let id = UniqueId { addr: server.addr(), secret };
         // Like NCCL's bootstrap root thread, the server lives as long as the process.
         std::mem::forget(server);
         Ok(id)
@@ -73,10 +70,7 @@ impl UniqueId {
         if n == 0 || 18 + n > UNIQUE_ID_BYTES {
             return Err(bad());
         }
-        let addr = std::str::from_utf8(&b[18..18 + n])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(bad)?;
+        let addr = std::str::from_utf8(&b[18..18 + n]).ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
         let mut secret = [0u8; 16];
         secret.copy_from_slice(&b[1..17]);
         Ok(UniqueId { addr, secret })
@@ -99,17 +93,10 @@ impl fmt::Debug for UniqueId {
 impl FromStr for UniqueId {
     type Err = Error;
     fn from_str(s: &str) -> Result<UniqueId> {
-        let bad = || {
-            Error::invalid_argument(format!(
-                "'{s}' is not an oxccl unique id (oxccl://HOST:PORT#SECRET)"
-            ))
-        };
+        let bad = || Error::invalid_argument(format!("'{s}' is not an oxccl unique id (oxccl://HOST:PORT#SECRET)"));
         let rest = s.strip_prefix("oxccl://").ok_or_else(bad)?;
         let (addr, secret) = rest.split_once('#').ok_or_else(bad)?;
-        Ok(UniqueId {
-            addr: addr.parse().map_err(|_| bad())?,
-            secret: parse_secret(secret).ok_or_else(bad)?,
-        })
+        Ok(UniqueId { addr: addr.parse().map_err(|_| bad())?, secret: parse_secret(secret).ok_or_else(bad)? })
     }
 }
 
@@ -145,9 +132,6 @@ mod tests {
         assert!("oxccl://nope".parse::<UniqueId>().is_err());
         assert!("oxccl://1.2.3.4:5#abc".parse::<UniqueId>().is_err());
         assert!(UniqueId::from_bytes(&[0; UNIQUE_ID_BYTES]).is_err());
-        assert!(
-            !format!("{id:?}").contains("abab"),
-            "Debug must not print the secret"
-        );
+        assert!(!format!("{id:?}").contains("abab"), "Debug must not print the secret");
     }
 }

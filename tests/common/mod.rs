@@ -27,10 +27,7 @@ pub fn tcp_world(p: usize, config: Config) -> Vec<Communicator> {
 }
 
 /// Runs `f` on every communicator in its own thread and collects the failures they report.
-pub fn on_all(
-    comms: &[Communicator],
-    f: impl Fn(&Communicator) -> Vec<String> + Sync,
-) -> Vec<String> {
+pub fn on_all(comms: &[Communicator], f: impl Fn(&Communicator) -> Vec<String> + Sync) -> Vec<String> {
     std::thread::scope(|s| {
         let hs: Vec<_> = comms.iter().map(|c| s.spawn(|| f(c))).collect();
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
@@ -40,9 +37,7 @@ pub fn on_all(
 /// Quick configuration for tests: short timeout so a bug fails fast, small chunks so the
 /// pipelines have many chunks even on small vectors.
 pub fn test_config() -> Config {
-    Config::default()
-        .with_timeout(Duration::from_secs(60))
-        .with_chunk_bytes(4096)
+    Config::default().with_timeout(Duration::from_secs(60)).with_chunk_bytes(4096)
 }
 
 struct Sweep<'a> {
@@ -53,8 +48,7 @@ struct Sweep<'a> {
 macro_rules! attempt {
     ($s:expr, $what:expr, $call:expr) => {
         if let Err(e) = $call {
-            $s.fails
-                .push(format!("rank {}: {}: error {e}", $s.comm.rank(), $what));
+            $s.fails.push(format!("rank {}: {}: error {e}", $s.comm.rank(), $what));
             return false;
         }
     };
@@ -63,10 +57,7 @@ macro_rules! attempt {
 impl Sweep<'_> {
     fn wrong(&mut self, what: String, n: usize) {
         if n > 0 {
-            self.fails.push(format!(
-                "rank {}: {what}: {n} wrong elements",
-                self.comm.rank()
-            ));
+            self.fails.push(format!("rank {}: {what}: {n} wrong elements", self.comm.rank()));
         }
     }
 
@@ -78,60 +69,28 @@ impl Sweep<'_> {
         let mut send = vec![sentinel; count];
         check::fill_contribution(&mut send, r, op, 0);
         let mut recv = vec![sentinel; count];
-        attempt!(
-            self,
-            format!("all_reduce_into {name}"),
-            self.comm.all_reduce_into(&send, &mut recv, op)
-        );
-        self.wrong(
-            format!("all_reduce_into {name}"),
-            check::wrong_reduced(&recv, p, op, 0),
-        );
-        attempt!(
-            self,
-            format!("all_reduce {name}"),
-            self.comm.all_reduce(&mut send, op)
-        );
-        self.wrong(
-            format!("all_reduce {name}"),
-            check::wrong_reduced(&send, p, op, 0),
-        );
+        attempt!(self, format!("all_reduce_into {name}"), self.comm.all_reduce_into(&send, &mut recv, op));
+        self.wrong(format!("all_reduce_into {name}"), check::wrong_reduced(&recv, p, op, 0));
+        attempt!(self, format!("all_reduce {name}"), self.comm.all_reduce(&mut send, op));
+        self.wrong(format!("all_reduce {name}"), check::wrong_reduced(&send, p, op, 0));
 
         // reduce-scatter, out of place and in place (count per rank)
         let mut input = vec![sentinel; count * p];
         check::fill_contribution(&mut input, r, op, 0);
         let mut out = vec![sentinel; count];
-        attempt!(
-            self,
-            format!("reduce_scatter_into {name}"),
-            self.comm.reduce_scatter_into(&input, &mut out, op)
-        );
-        self.wrong(
-            format!("reduce_scatter_into {name}"),
-            check::wrong_reduced(&out, p, op, r * count),
-        );
+        attempt!(self, format!("reduce_scatter_into {name}"), self.comm.reduce_scatter_into(&input, &mut out, op));
+        self.wrong(format!("reduce_scatter_into {name}"), check::wrong_reduced(&out, p, op, r * count));
         let before = input.clone();
-        attempt!(
-            self,
-            format!("reduce_scatter {name}"),
-            self.comm.reduce_scatter(&mut input, op)
-        );
+        attempt!(self, format!("reduce_scatter {name}"), self.comm.reduce_scatter(&mut input, op));
         self.wrong(
             format!("reduce_scatter {name}"),
             check::wrong_reduced(&input[r * count..(r + 1) * count], p, op, r * count),
         );
         let others_changed = (0..p)
             .filter(|&j| j != r)
-            .map(|j| {
-                (j * count..(j + 1) * count)
-                    .filter(|&i| input[i] != before[i])
-                    .count()
-            })
+            .map(|j| (j * count..(j + 1) * count).filter(|&i| input[i] != before[i]).count())
             .sum();
-        self.wrong(
-            format!("reduce_scatter {name} (other blocks must stay)"),
-            others_changed,
-        );
+        self.wrong(format!("reduce_scatter {name} (other blocks must stay)"), others_changed);
 
         // reduce to the first and the last rank, out of place and in place
         for root in [0, p - 1] {
@@ -144,22 +103,11 @@ impl Sweep<'_> {
                 self.comm.reduce_into(&send, &mut recv, op, root)
             );
             if r == root {
-                self.wrong(
-                    format!("reduce_into root {root} {name}"),
-                    check::wrong_reduced(&recv, p, op, 0),
-                );
+                self.wrong(format!("reduce_into root {root} {name}"), check::wrong_reduced(&recv, p, op, 0));
             }
             let keep = send.clone();
-            attempt!(
-                self,
-                format!("reduce root {root} {name}"),
-                self.comm.reduce(&mut send, op, root)
-            );
-            let n = if r == root {
-                check::wrong_reduced(&send, p, op, 0)
-            } else {
-                (send != keep) as usize
-            };
+            attempt!(self, format!("reduce root {root} {name}"), self.comm.reduce(&mut send, op, root));
+            let n = if r == root { check::wrong_reduced(&send, p, op, 0) } else { (send != keep) as usize };
             self.wrong(format!("reduce root {root} {name}"), n);
         }
         true
@@ -173,25 +121,13 @@ impl Sweep<'_> {
         let mut send = vec![sentinel; count];
         check::fill_pattern(&mut send, r, 0);
         let mut recv = vec![sentinel; count * p];
-        attempt!(
-            self,
-            format!("all_gather_into {name}"),
-            self.comm.all_gather_into(&send, &mut recv)
-        );
-        let n = (0..p)
-            .map(|j| check::wrong_pattern(&recv[j * count..(j + 1) * count], j, 0))
-            .sum();
+        attempt!(self, format!("all_gather_into {name}"), self.comm.all_gather_into(&send, &mut recv));
+        let n = (0..p).map(|j| check::wrong_pattern(&recv[j * count..(j + 1) * count], j, 0)).sum();
         self.wrong(format!("all_gather_into {name}"), n);
         let mut buf = vec![sentinel; count * p];
         check::fill_pattern(&mut buf[r * count..(r + 1) * count], r, 0);
-        attempt!(
-            self,
-            format!("all_gather {name}"),
-            self.comm.all_gather(&mut buf)
-        );
-        let n = (0..p)
-            .map(|j| check::wrong_pattern(&buf[j * count..(j + 1) * count], j, 0))
-            .sum();
+        attempt!(self, format!("all_gather {name}"), self.comm.all_gather(&mut buf));
+        let n = (0..p).map(|j| check::wrong_pattern(&buf[j * count..(j + 1) * count], j, 0)).sum();
         self.wrong(format!("all_gather {name}"), n);
 
         // all-to-all: block j of rank r carries pattern(r, j); rank r receives pattern(j, r)
@@ -200,23 +136,11 @@ impl Sweep<'_> {
             check::fill_pattern(&mut send[j * count..(j + 1) * count], r, j);
         }
         let mut recv = vec![sentinel; count * p];
-        attempt!(
-            self,
-            format!("all_to_all_into {name}"),
-            self.comm.all_to_all_into(&send, &mut recv)
-        );
-        let n = (0..p)
-            .map(|j| check::wrong_pattern(&recv[j * count..(j + 1) * count], j, r))
-            .sum();
+        attempt!(self, format!("all_to_all_into {name}"), self.comm.all_to_all_into(&send, &mut recv));
+        let n = (0..p).map(|j| check::wrong_pattern(&recv[j * count..(j + 1) * count], j, r)).sum();
         self.wrong(format!("all_to_all_into {name}"), n);
-        attempt!(
-            self,
-            format!("all_to_all {name}"),
-            self.comm.all_to_all(&mut send)
-        );
-        let n = (0..p)
-            .map(|j| check::wrong_pattern(&send[j * count..(j + 1) * count], j, r))
-            .sum();
+        attempt!(self, format!("all_to_all {name}"), self.comm.all_to_all(&mut send));
+        let n = (0..p).map(|j| check::wrong_pattern(&send[j * count..(j + 1) * count], j, r)).sum();
         self.wrong(format!("all_to_all {name}"), n);
 
         // broadcast from the first and the last rank
@@ -225,15 +149,8 @@ impl Sweep<'_> {
             if r == root {
                 check::fill_pattern(&mut buf, root, 3);
             }
-            attempt!(
-                self,
-                format!("broadcast root {root} {name}"),
-                self.comm.broadcast(&mut buf, root)
-            );
-            self.wrong(
-                format!("broadcast root {root} {name}"),
-                check::wrong_pattern(&buf, root, 3),
-            );
+            attempt!(self, format!("broadcast root {root} {name}"), self.comm.broadcast(&mut buf, root));
+            self.wrong(format!("broadcast root {root} {name}"), check::wrong_pattern(&buf, root, 3));
             let mut src = vec![sentinel; if r == root { count } else { 0 }];
             check::fill_pattern(&mut src, root, 4);
             let mut dst = vec![sentinel; count];
@@ -242,10 +159,7 @@ impl Sweep<'_> {
                 format!("broadcast_into root {root} {name}"),
                 self.comm.broadcast_into(&src, &mut dst, root)
             );
-            self.wrong(
-                format!("broadcast_into root {root} {name}"),
-                check::wrong_pattern(&dst, root, 4),
-            );
+            self.wrong(format!("broadcast_into root {root} {name}"), check::wrong_pattern(&dst, root, 4));
         }
         true
     }
@@ -259,15 +173,8 @@ impl Sweep<'_> {
         let mut send = vec![0u32; count];
         check::fill_pattern(&mut send, r, 9);
         let mut recv = vec![0u32; count];
-        attempt!(
-            self,
-            format!("sendrecv count {count}"),
-            self.comm.sendrecv(&send, right, &mut recv, left)
-        );
-        self.wrong(
-            format!("sendrecv count {count}"),
-            check::wrong_pattern(&recv, left, 9),
-        );
+        attempt!(self, format!("sendrecv count {count}"), self.comm.sendrecv(&send, right, &mut recv, left));
+        self.wrong(format!("sendrecv count {count}"), check::wrong_pattern(&recv, left, 9));
         // Plain send/recv: even ranks send first, odd ranks receive first (no deadlock with
         // rendezvous transports), twice to check ordering.
         for round in 0..2 {
@@ -286,10 +193,7 @@ impl Sweep<'_> {
                 attempt!(self, "recv", self.comm.recv(&mut got, partner));
                 attempt!(self, "send", self.comm.send(&mine, partner));
             }
-            self.wrong(
-                format!("send/recv round {round} count {count}"),
-                check::wrong_pattern(&got, partner, round),
-            );
+            self.wrong(format!("send/recv round {round} count {count}"), check::wrong_pattern(&got, partner, round));
         }
         true
     }
@@ -299,10 +203,7 @@ impl Sweep<'_> {
 /// (all ten types and five operators on small counts; a few on [`BIG`] when `big`).
 /// Returns the failures, each naming rank, collective, type, operator and count.
 pub fn sweep(comm: &Communicator, big: bool) -> Vec<String> {
-    let mut s = Sweep {
-        comm,
-        fails: Vec::new(),
-    };
+    let mut s = Sweep { comm, fails: Vec::new() };
     macro_rules! all_types {
         ($f:ident, $($arg:expr),*) => {
             s.$f::<i8>($($arg),*) && s.$f::<u8>($($arg),*) && s.$f::<i32>($($arg),*) && s.$f::<u32>($($arg),*)

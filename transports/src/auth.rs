@@ -65,9 +65,7 @@ impl Hello {
 
     fn decode(b: &[u8; HELLO_LEN]) -> Result<Hello> {
         if &b[0..4] != MAGIC {
-            return Err(Error::invalid_usage(
-                "connection did not start with the oxccl handshake",
-            ));
+            return Err(Error::invalid_usage("connection did not start with the oxccl handshake"));
         }
         if b[4] != VERSION {
             return Err(Error::invalid_usage(format!(
@@ -78,20 +76,10 @@ impl Hello {
         let purpose = match b[5] {
             1 => Purpose::Store,
             2 => Purpose::Data,
-            k => {
-                return Err(Error::invalid_usage(format!(
-                    "unknown handshake purpose {k}"
-                )))
-            }
+            k => return Err(Error::invalid_usage(format!("unknown handshake purpose {k}"))),
         };
         let u = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        Ok(Hello {
-            purpose,
-            from: u(8),
-            to: u(12),
-            index: u(16),
-            world: u(20),
-        })
+        Ok(Hello { purpose, from: u(8), to: u(12), index: u(16), world: u(20) })
     }
 }
 
@@ -113,45 +101,30 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
 
 fn io_err(what: &str, e: std::io::Error) -> Error {
     match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::timeout(
-            format!("handshake: {what} timed out"),
-            std::time::Duration::ZERO,
-        ),
-        std::io::ErrorKind::UnexpectedEof
-        | std::io::ErrorKind::ConnectionReset
-        | std::io::ErrorKind::BrokenPipe => Error::invalid_usage(format!(
-            "handshake: the other side closed the connection during {what} (wrong secret?)"
-        )),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            Error::timeout(format!("handshake: {what} timed out"), std::time::Duration::ZERO)
+        }
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+            Error::invalid_usage(format!(
+                "handshake: the other side closed the connection during {what} (wrong secret?)"
+            ))
+        }
         _ => Error::io(format!("handshake: {what}"), e),
     }
 }
 
 /// Runs the connecting side. `Ok(())` once the acceptor has verified the proof.
-pub fn connect_handshake<S: Read + Write>(
-    stream: &mut S,
-    secret: &Secret,
-    hello: Hello,
-) -> Result<()> {
+pub fn connect_handshake<S: Read + Write>(stream: &mut S, secret: &Secret, hello: Hello) -> Result<()> {
     let nonce: [u8; 16] = random_bytes()?;
     let hb = hello.encode(&nonce);
-    stream
-        .write_all(&hb)
-        .map_err(|e| io_err("sending hello", e))?;
+    stream.write_all(&hb).map_err(|e| io_err("sending hello", e))?;
     let mut challenge = [0u8; 16];
-    stream
-        .read_exact(&mut challenge)
-        .map_err(|e| io_err("reading challenge", e))?;
-    stream
-        .write_all(&mac(secret, &hb, &challenge))
-        .map_err(|e| io_err("sending proof", e))?;
+    stream.read_exact(&mut challenge).map_err(|e| io_err("reading challenge", e))?;
+    stream.write_all(&mac(secret, &hb, &challenge)).map_err(|e| io_err("sending proof", e))?;
     let mut verdict = [0u8; 1];
-    stream
-        .read_exact(&mut verdict)
-        .map_err(|e| io_err("reading verdict", e))?;
+    stream.read_exact(&mut verdict).map_err(|e| io_err("reading verdict", e))?;
     if verdict[0] != 1 {
-        return Err(Error::invalid_usage(
-            "handshake refused: the other side does not share our secret",
-        ));
+        return Err(Error::invalid_usage("handshake refused: the other side does not share our secret"));
     }
     Ok(())
 }
@@ -160,18 +133,12 @@ pub fn connect_handshake<S: Read + Write>(
 /// connector it was refused) when the proof is wrong.
 pub fn accept_handshake<S: Read + Write>(stream: &mut S, secret: &Secret) -> Result<Hello> {
     let mut hb = [0u8; HELLO_LEN];
-    stream
-        .read_exact(&mut hb)
-        .map_err(|e| io_err("reading hello", e))?;
+    stream.read_exact(&mut hb).map_err(|e| io_err("reading hello", e))?;
     let hello = Hello::decode(&hb)?;
     let challenge: [u8; 16] = random_bytes()?;
-    stream
-        .write_all(&challenge)
-        .map_err(|e| io_err("sending challenge", e))?;
+    stream.write_all(&challenge).map_err(|e| io_err("sending challenge", e))?;
     let mut proof = [0u8; 32];
-    stream
-        .read_exact(&mut proof)
-        .map_err(|e| io_err("reading proof", e))?;
+    stream.read_exact(&mut proof).map_err(|e| io_err("reading proof", e))?;
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
     m.update(b"oxccl-auth-v1");
     m.update(&hb);
@@ -183,9 +150,7 @@ pub fn accept_handshake<S: Read + Write>(stream: &mut S, secret: &Secret) -> Res
             hello.from as i64, hello.purpose
         )));
     }
-    stream
-        .write_all(&[1])
-        .map_err(|e| io_err("sending verdict", e))?;
+    stream.write_all(&[1]).map_err(|e| io_err("sending verdict", e))?;
     Ok(hello)
 }
 
@@ -202,13 +167,7 @@ mod tests {
             accept_handshake(&mut s, &server_secret)
         });
         let mut c = TcpStream::connect(addr).unwrap();
-        let hello = Hello {
-            purpose: Purpose::Data,
-            from: 3,
-            to: 1,
-            index: 0,
-            world: 4,
-        };
+        let hello = Hello { purpose: Purpose::Data, from: 3, to: 1, index: 0, world: 4 };
         let r = connect_handshake(&mut c, &client_secret, hello);
         (t.join().unwrap(), r)
     }
@@ -224,10 +183,7 @@ mod tests {
     #[test]
     fn wrong_secret_is_refused_on_both_sides() {
         let (a, c) = pair([7; 16], [8; 16]);
-        assert!(a
-            .unwrap_err()
-            .to_string()
-            .contains("does not know the world's secret"));
+        assert!(a.unwrap_err().to_string().contains("does not know the world's secret"));
         assert!(c.unwrap_err().to_string().contains("refused"));
     }
 }

@@ -175,74 +175,39 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A [`Error::InvalidArgument`].
     pub fn invalid_argument(msg: impl Into<String>) -> Self {
-        Error::InvalidArgument {
-            msg: msg.into(),
-            ctx: Context::default(),
-        }
+        Error::InvalidArgument { msg: msg.into(), ctx: Context::default() }
     }
     /// A [`Error::InvalidUsage`].
     pub fn invalid_usage(msg: impl Into<String>) -> Self {
-        Error::InvalidUsage {
-            msg: msg.into(),
-            ctx: Context::default(),
-        }
+        Error::InvalidUsage { msg: msg.into(), ctx: Context::default() }
     }
     /// A [`Error::Timeout`].
     pub fn timeout(msg: impl Into<String>, waited: Duration) -> Self {
-        Error::Timeout {
-            msg: msg.into(),
-            waited,
-            ctx: Context::default(),
-        }
+        Error::Timeout { msg: msg.into(), waited, ctx: Context::default() }
     }
     /// A [`Error::PeerLost`] naming `peer`.
     pub fn peer_lost(peer: usize, msg: impl Into<String>) -> Self {
-        Error::PeerLost {
-            msg: msg.into(),
-            ctx: Context {
-                peer: Some(peer),
-                ..Context::default()
-            },
-        }
+        Error::PeerLost { msg: msg.into(), ctx: Context { peer: Some(peer), ..Context::default() } }
     }
     /// A [`Error::Remote`] naming `peer`.
     pub fn remote(peer: usize, msg: impl Into<String>) -> Self {
-        Error::Remote {
-            msg: msg.into(),
-            ctx: Context {
-                peer: Some(peer),
-                ..Context::default()
-            },
-        }
+        Error::Remote { msg: msg.into(), ctx: Context { peer: Some(peer), ..Context::default() } }
     }
     /// A [`Error::Io`].
     pub fn io(msg: impl Into<String>, source: io::Error) -> Self {
-        Error::Io {
-            msg: msg.into(),
-            source: Arc::new(source),
-            ctx: Context::default(),
-        }
+        Error::Io { msg: msg.into(), source: Arc::new(source), ctx: Context::default() }
     }
     /// A [`Error::Unsupported`].
     pub fn unsupported(msg: impl Into<String>) -> Self {
-        Error::Unsupported {
-            msg: msg.into(),
-            ctx: Context::default(),
-        }
+        Error::Unsupported { msg: msg.into(), ctx: Context::default() }
     }
     /// A [`Error::Aborted`].
     pub fn aborted(msg: impl Into<String>) -> Self {
-        Error::Aborted {
-            msg: msg.into(),
-            ctx: Context::default(),
-        }
+        Error::Aborted { msg: msg.into(), ctx: Context::default() }
     }
     /// A [`Error::Internal`].
     pub fn internal(msg: impl Into<String>) -> Self {
-        Error::Internal {
-            msg: msg.into(),
-            ctx: Context::default(),
-        }
+        Error::Internal { msg: msg.into(), ctx: Context::default() }
     }
 
     /// The variant, without payload.
@@ -328,30 +293,18 @@ mod tests {
 
     #[test]
     fn message_names_collective_sequence_rank_and_peer() {
-        let e = Error::peer_lost(3, "connection reset")
-            .in_collective("all_reduce", 17)
-            .on_rank(2);
-        assert_eq!(
-            e.to_string(),
-            "peer lost: connection reset (all_reduce #17, rank 2, peer 3)"
-        );
+        let e = Error::peer_lost(3, "connection reset").in_collective("all_reduce", 17).on_rank(2);
+        assert_eq!(e.to_string(), "peer lost: connection reset (all_reduce #17, rank 2, peer 3)");
         assert_eq!(e.kind(), ErrorKind::PeerLost);
         assert_eq!(e.peer(), Some(3));
     }
 
     #[test]
     fn context_is_filled_once() {
-        let e = Error::internal("x")
-            .in_collective("a", 1)
-            .in_collective("b", 2)
-            .on_rank(1)
-            .on_rank(5);
+        let e = Error::internal("x").in_collective("a", 1).in_collective("b", 2).on_rank(1).on_rank(5);
         assert_eq!(e.context().collective, Some("a"));
         assert_eq!(e.context().seq, Some(1));
         assert_eq!(e.context().rank, Some(1));
-        assert_eq!(
-            Error::invalid_argument("bad").to_string(),
-            "invalid argument: bad"
-        );
+        assert_eq!(Error::invalid_argument("bad").to_string(), "invalid argument: bad");
     }
 }

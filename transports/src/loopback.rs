@@ -79,17 +79,8 @@ impl LoopbackTransport {
                 posted_recvs: (0..size).map(|_| VecDeque::new()).collect(),
             })
             .collect();
-        let shared = Arc::new(Shared {
-            ranks: Mutex::new(ranks),
-            changed: Condvar::new(),
-        });
-        (0..size)
-            .map(|rank| LoopbackTransport {
-                shared: shared.clone(),
-                rank,
-                size,
-            })
-            .collect()
+        let shared = Arc::new(Shared { ranks: Mutex::new(ranks), changed: Condvar::new() });
+        (0..size).map(|rank| LoopbackTransport { shared: shared.clone(), rank, size }).collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<RankState>> {
@@ -117,39 +108,16 @@ impl LoopbackTransport {
 
     /// Matches `send` (from `src`) with `recv` (posted by `dst`): copies and completes both,
     /// or fails both ranks when tag or length disagree.
-    fn complete_pair(
-        ranks: &mut [RankState],
-        src: usize,
-        dst: usize,
-        send: PostedSend,
-        recv: PostedRecv,
-    ) {
+    fn complete_pair(ranks: &mut [RankState], src: usize, dst: usize, send: PostedSend, recv: PostedRecv) {
         if send.tag != recv.tag || send.buf.len() != recv.buf.len() {
             let what = if send.tag != recv.tag {
-                format!(
-                    "message with tag {} arrived where tag {} was expected",
-                    send.tag, recv.tag
-                )
+                format!("message with tag {} arrived where tag {} was expected", send.tag, recv.tag)
             } else {
-                format!(
-                    "message of {} bytes arrived where {} bytes were expected",
-                    send.buf.len(),
-                    recv.buf.len()
-                )
+                format!("message of {} bytes arrived where {} bytes were expected", send.buf.len(), recv.buf.len())
             };
             let msg = format!("mismatched calls between ranks {src} and {dst}: {what}");
-            Self::fail_rank(
-                ranks,
-                dst,
-                Error::invalid_usage(msg.clone())
-                    .on_rank(dst)
-                    .with_peer(src),
-            );
-            Self::fail_rank(
-                ranks,
-                src,
-                Error::invalid_usage(msg).on_rank(src).with_peer(dst),
-            );
+            Self::fail_rank(ranks, dst, Error::invalid_usage(msg.clone()).on_rank(dst).with_peer(src));
+            Self::fail_rank(ranks, src, Error::invalid_usage(msg).on_rank(src).with_peer(dst));
             return;
         }
         if !send.buf.is_empty() {
@@ -178,25 +146,16 @@ impl LoopbackTransport {
             return Ok(true);
         };
         let peer = &ranks[info.peer];
-        let dir = if info.is_send {
-            "send to"
-        } else {
-            "receive from"
-        };
+        let dir = if info.is_send { "send to" } else { "receive from" };
         if let Some(e) = &peer.failed {
-            return Err(Error::remote(
-                info.peer,
-                format!("peer failed before our {dir} it completed: {e}"),
-            )
-            .on_rank(self.rank));
+            return Err(
+                Error::remote(info.peer, format!("peer failed before our {dir} it completed: {e}")).on_rank(self.rank)
+            );
         }
         if !peer.alive {
             return Err(Error::peer_lost(
                 info.peer,
-                format!(
-                    "peer exited before our {dir} it (tag {}) completed",
-                    info.tag
-                ),
+                format!("peer exited before our {dir} it (tag {}) completed", info.tag),
             )
             .on_rank(self.rank));
         }
@@ -215,12 +174,7 @@ impl Transport for LoopbackTransport {
         self.size
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            peer_memory_mappable: true,
-            device_memory: false,
-            eager_sends: false,
-            inter_host: false,
-        }
+        Capabilities { peer_memory_mappable: true, device_memory: false, eager_sends: false, inter_host: false }
     }
 
     fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {
@@ -232,14 +186,7 @@ impl Transport for LoopbackTransport {
         let me = &mut ranks[self.rank];
         let id = me.next_id;
         me.next_id += 1;
-        me.pending.insert(
-            id,
-            ReqInfo {
-                peer,
-                tag,
-                is_send: true,
-            },
-        );
+        me.pending.insert(id, ReqInfo { peer, tag, is_send: true });
         let send = PostedSend { id, tag, buf };
         match ranks[peer].posted_recvs[self.rank].pop_front() {
             Some(recv) => Self::complete_pair(&mut ranks, self.rank, peer, send, recv),
@@ -258,14 +205,7 @@ impl Transport for LoopbackTransport {
         let me = &mut ranks[self.rank];
         let id = me.next_id;
         me.next_id += 1;
-        me.pending.insert(
-            id,
-            ReqInfo {
-                peer,
-                tag,
-                is_send: false,
-            },
-        );
+        me.pending.insert(id, ReqInfo { peer, tag, is_send: false });
         let recv = PostedRecv { id, tag, buf };
         match ranks[peer].unmatched_sends[self.rank].pop_front() {
             Some(send) => Self::complete_pair(&mut ranks, peer, self.rank, send, recv),
@@ -301,16 +241,9 @@ impl Transport for LoopbackTransport {
             let now = Instant::now();
             if now >= deadline {
                 let info = &ranks[self.rank].pending[&req.0];
-                let dir = if info.is_send {
-                    "send to"
-                } else {
-                    "receive from"
-                };
+                let dir = if info.is_send { "send to" } else { "receive from" };
                 let e = Error::timeout(
-                    format!(
-                        "{dir} peer {} (tag {}) did not complete",
-                        info.peer, info.tag
-                    ),
+                    format!("{dir} peer {} (tag {}) did not complete", info.peer, info.tag),
                     now - start,
                 )
                 .on_rank(self.rank)
@@ -319,12 +252,7 @@ impl Transport for LoopbackTransport {
                 self.shared.changed.notify_all();
                 return Err(e);
             }
-            ranks = self
-                .shared
-                .changed
-                .wait_timeout(ranks, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            ranks = self.shared.changed.wait_timeout(ranks, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
@@ -385,10 +313,7 @@ mod tests {
             )
         };
         let s1 = t0.post_send(1, Tag(1), ra).unwrap();
-        assert!(
-            !t0.test(s1).unwrap(),
-            "a rendezvous send cannot complete before its receive"
-        );
+        assert!(!t0.test(s1).unwrap(), "a rendezvous send cannot complete before its receive");
         let s2 = t0.post_send(1, Tag(2), rb).unwrap();
         let r1 = t1.post_recv(0, Tag(1), rx).unwrap();
         let r2 = t1.post_recv(0, Tag(2), ry).unwrap();
@@ -427,9 +352,7 @@ mod tests {
         // SAFETY: `x` outlives the waits.
         let rx = unsafe { RegionMut::from_slice(&mut x) };
         let r = t0.post_recv(2, Tag(1), rx).unwrap();
-        let e = t0
-            .wait(r, Instant::now() + Duration::from_millis(30))
-            .unwrap_err();
+        let e = t0.wait(r, Instant::now() + Duration::from_millis(30)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Timeout);
         assert_eq!(e.peer(), Some(2));
         assert!(t0.post_recv(2, Tag(1), rx).is_err(), "errors are sticky");
@@ -438,10 +361,7 @@ mod tests {
         // SAFETY: `y` outlives the wait.
         let ry = unsafe { RegionMut::from_slice(&mut y) };
         let r = t1.post_recv(2, Tag(1), ry).unwrap();
-        let waiter = std::thread::spawn(move || {
-            t1.wait(r, Instant::now() + Duration::from_secs(10))
-                .unwrap_err()
-        });
+        let waiter = std::thread::spawn(move || t1.wait(r, Instant::now() + Duration::from_secs(10)).unwrap_err());
         std::thread::sleep(Duration::from_millis(20));
         drop(t2);
         let e = waiter.join().unwrap();
@@ -460,10 +380,7 @@ mod tests {
         let r = t0.post_recv(1, Tag(1), rx).unwrap();
         let t = t0.clone();
         let start = Instant::now();
-        let waiter = std::thread::spawn(move || {
-            t.wait(r, Instant::now() + Duration::from_secs(30))
-                .unwrap_err()
-        });
+        let waiter = std::thread::spawn(move || t.wait(r, Instant::now() + Duration::from_secs(30)).unwrap_err());
         std::thread::sleep(Duration::from_millis(10));
         t0.abort();
         assert_eq!(waiter.join().unwrap().kind(), ErrorKind::Aborted);

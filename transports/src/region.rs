@@ -61,20 +61,12 @@ impl Region {
     /// # Safety
     /// As [`Region::from_raw_parts`]: the slice must outlive every use of the region.
     pub unsafe fn from_slice(bytes: &[u8]) -> Self {
-        Region {
-            ptr: bytes.as_ptr(),
-            len: bytes.len(),
-            kind: MemoryKind::Host,
-        }
+        Region { ptr: bytes.as_ptr(), len: bytes.len(), kind: MemoryKind::Host }
     }
 
     /// The empty host region.
     pub fn empty() -> Self {
-        Region {
-            ptr: std::ptr::NonNull::<u8>::dangling().as_ptr(),
-            len: 0,
-            kind: MemoryKind::Host,
-        }
+        Region { ptr: std::ptr::NonNull::<u8>::dangling().as_ptr(), len: 0, kind: MemoryKind::Host }
     }
 
     /// The start address.
@@ -102,11 +94,7 @@ impl Region {
             "region slice {range:?} out of bounds of {} bytes",
             self.len
         );
-        Region {
-            ptr: self.ptr.wrapping_add(range.start),
-            len: range.end - range.start,
-            kind: self.kind,
-        }
+        Region { ptr: self.ptr.wrapping_add(range.start), len: range.end - range.start, kind: self.kind }
     }
 }
 
@@ -126,20 +114,12 @@ impl RegionMut {
     /// # Safety
     /// As [`RegionMut::from_raw_parts`]: the slice must outlive every use of the region.
     pub unsafe fn from_slice(bytes: &mut [u8]) -> Self {
-        RegionMut {
-            ptr: bytes.as_mut_ptr(),
-            len: bytes.len(),
-            kind: MemoryKind::Host,
-        }
+        RegionMut { ptr: bytes.as_mut_ptr(), len: bytes.len(), kind: MemoryKind::Host }
     }
 
     /// The empty host region.
     pub fn empty() -> Self {
-        RegionMut {
-            ptr: std::ptr::NonNull::<u8>::dangling().as_ptr(),
-            len: 0,
-            kind: MemoryKind::Host,
-        }
+        RegionMut { ptr: std::ptr::NonNull::<u8>::dangling().as_ptr(), len: 0, kind: MemoryKind::Host }
     }
 
     /// The start address.
@@ -160,11 +140,7 @@ impl RegionMut {
     }
     /// The same span, read-only.
     pub fn as_region(&self) -> Region {
-        Region {
-            ptr: self.ptr,
-            len: self.len,
-            kind: self.kind,
-        }
+        Region { ptr: self.ptr, len: self.len, kind: self.kind }
     }
 
     /// The sub-region `range` (in bytes). Panics when out of bounds.
@@ -174,11 +150,7 @@ impl RegionMut {
             "region slice {range:?} out of bounds of {} bytes",
             self.len
         );
-        RegionMut {
-            ptr: self.ptr.wrapping_add(range.start),
-            len: range.end - range.start,
-            kind: self.kind,
-        }
+        RegionMut { ptr: self.ptr.wrapping_add(range.start), len: range.end - range.start, kind: self.kind }
     }
 
     /// Whether `other` overlaps this region.

@@ -29,10 +29,7 @@ pub struct PrefixStore<S> {
 impl<S: Store> PrefixStore<S> {
     /// Wraps `inner`, prefixing keys with `prefix` and a slash.
     pub fn new(prefix: impl Into<String>, inner: S) -> Self {
-        PrefixStore {
-            prefix: prefix.into(),
-            inner,
-        }
+        PrefixStore { prefix: prefix.into(), inner }
     }
     fn key(&self, key: &str) -> String {
         format!("{}/{}", self.prefix, key)
@@ -93,25 +90,14 @@ impl Store for MemoryStore {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(crate::Error::timeout(
-                    format!("store key '{key}' was never set"),
-                    now - start,
-                ));
+                return Err(crate::Error::timeout(format!("store key '{key}' was never set"), now - start));
             }
-            m = self
-                .changed
-                .wait_timeout(m, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            m = self.changed.wait_timeout(m, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
     fn add(&self, key: &str, delta: i64) -> Result<i64> {
         let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let cur = m
-            .get(key)
-            .map(|v| parse_counter(key, v))
-            .transpose()?
-            .unwrap_or(0);
+        let cur = m.get(key).map(|v| parse_counter(key, v)).transpose()?.unwrap_or(0);
         let new = cur.wrapping_add(delta);
         m.insert(key.to_string(), new.to_string().into_bytes());
         self.changed.notify_all();
@@ -124,9 +110,7 @@ pub fn parse_counter(key: &str, v: &[u8]) -> Result<i64> {
     std::str::from_utf8(v)
         .ok()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            crate::Error::invalid_usage(format!("store key '{key}' does not hold a counter"))
-        })
+        .ok_or_else(|| crate::Error::invalid_usage(format!("store key '{key}' does not hold a counter")))
 }
 
 #[cfg(test)]

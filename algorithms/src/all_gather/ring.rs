@@ -20,8 +20,7 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     let (p, r, count) = (ctx.size, ctx.rank, a.count);
     let seg = move |j: usize| j * count..(j + 1) * count;
     if !a.in_place {
-        ctx.reducer
-            .copy(a.recv.slice(bytes(&seg(r), a.dtype.size())), a.send)?;
+        ctx.reducer.copy(a.recv.slice(bytes(&seg(r), a.dtype.size())), a.send)?;
     }
     if count == 0 || p == 1 {
         return Ok(());

@@ -42,8 +42,7 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
         } else {
             let q = ctx.recv(r - 1, 0, tmp)?;
             ctx.wait(q)?;
-            ctx.reducer
-                .reduce(a.dtype, a.op, buf, tmp.as_region(), buf.as_region())?;
+            ctx.reducer.reduce(a.dtype, a.op, buf, tmp.as_region(), buf.as_region())?;
             Some(r / 2)
         }
     } else {
@@ -61,11 +60,8 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
             let sq = ctx.send(peer, step, buf.as_region())?;
             ctx.wait(rq)?;
             ctx.wait(sq)?;
-            let (lo, hi): (Region, Region) = if peer < r {
-                (tmp.as_region(), buf.as_region())
-            } else {
-                (buf.as_region(), tmp.as_region())
-            };
+            let (lo, hi): (Region, Region) =
+                if peer < r { (tmp.as_region(), buf.as_region()) } else { (buf.as_region(), tmp.as_region()) };
             ctx.reducer.reduce(a.dtype, a.op, buf, lo, hi)?;
             mask <<= 1;
             step += 1;

@@ -28,8 +28,7 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     let seg = move |j: usize| block(count, p, j);
     let owned = ring_index(ctx.rank, 1, p);
     let out = a.recv.slice(bytes(&seg(owned), a.dtype.size()));
-    let (rs_sends, forwarded) =
-        reduce_scatter_phase(ctx, a.dtype, a.op, &seg, a.send, a.recv, out, owned, true)?;
+    let (rs_sends, forwarded) = reduce_scatter_phase(ctx, a.dtype, a.op, &seg, a.send, a.recv, out, owned, true)?;
     all_gather_phase(ctx, a.dtype, &seg, a.recv, owned, p - 1, true, rs_sends)?;
     ctx.wait_all(&forwarded)
 }

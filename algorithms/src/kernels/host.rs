@@ -74,14 +74,7 @@ fn zip_b<T: Arith>(dst: &mut [T], a: &[T], f: impl Fn(T, T) -> T) {
 }
 
 #[inline(always)]
-unsafe fn body_op<T: Arith>(
-    f: impl Fn(T, T) -> T,
-    alias: Alias,
-    dst: *mut T,
-    a: *const T,
-    b: *const T,
-    n: usize,
-) {
+unsafe fn body_op<T: Arith>(f: impl Fn(T, T) -> T, alias: Alias, dst: *mut T, a: *const T, b: *const T, n: usize) {
     // SAFETY (for the three arms): the caller guarantees `n` valid elements behind each
     // pointer, and that `dst` either equals the named operand or overlaps neither.
     unsafe {
@@ -92,29 +85,14 @@ unsafe fn body_op<T: Arith>(
                 std::slice::from_raw_parts(b, n),
                 f,
             ),
-            Alias::DstIsA => zip_a(
-                std::slice::from_raw_parts_mut(dst, n),
-                std::slice::from_raw_parts(b, n),
-                f,
-            ),
-            Alias::DstIsB => zip_b(
-                std::slice::from_raw_parts_mut(dst, n),
-                std::slice::from_raw_parts(a, n),
-                f,
-            ),
+            Alias::DstIsA => zip_a(std::slice::from_raw_parts_mut(dst, n), std::slice::from_raw_parts(b, n), f),
+            Alias::DstIsB => zip_b(std::slice::from_raw_parts_mut(dst, n), std::slice::from_raw_parts(a, n), f),
         }
     }
 }
 
 #[inline(always)]
-unsafe fn body<T: Arith>(
-    op: ReduceOp,
-    alias: Alias,
-    dst: *mut T,
-    a: *const T,
-    b: *const T,
-    n: usize,
-) {
+unsafe fn body<T: Arith>(op: ReduceOp, alias: Alias, dst: *mut T, a: *const T, b: *const T, n: usize) {
     // SAFETY: forwarded caller contract.
     unsafe {
         match op {
@@ -128,26 +106,12 @@ unsafe fn body<T: Arith>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn body_avx2<T: Arith>(
-    op: ReduceOp,
-    alias: Alias,
-    dst: *mut T,
-    a: *const T,
-    b: *const T,
-    n: usize,
-) {
+unsafe fn body_avx2<T: Arith>(op: ReduceOp, alias: Alias, dst: *mut T, a: *const T, b: *const T, n: usize) {
     // SAFETY: forwarded caller contract; the CPU has AVX2 (checked by the dispatcher).
     unsafe { body(op, alias, dst, a, b, n) }
 }
 
-unsafe fn body_generic<T: Arith>(
-    op: ReduceOp,
-    alias: Alias,
-    dst: *mut T,
-    a: *const T,
-    b: *const T,
-    n: usize,
-) {
+unsafe fn body_generic<T: Arith>(op: ReduceOp, alias: Alias, dst: *mut T, a: *const T, b: *const T, n: usize) {
     // SAFETY: forwarded caller contract.
     unsafe { body(op, alias, dst, a, b, n) }
 }
@@ -228,14 +192,7 @@ unsafe fn reduce_half<H: HalfLike>(op: ReduceOp, dst: *mut H, a: *const H, b: *c
         unsafe {
             H::to_f32s(std::slice::from_raw_parts(a.add(i), m), &mut fa[..m]);
             H::to_f32s(std::slice::from_raw_parts(b.add(i), m), &mut fb[..m]);
-            reduce_native::<f32>(
-                op,
-                Alias::DstIsA,
-                fa.as_mut_ptr(),
-                fa.as_ptr(),
-                fb.as_ptr(),
-                m,
-            );
+            reduce_native::<f32>(op, Alias::DstIsA, fa.as_mut_ptr(), fa.as_ptr(), fb.as_ptr(), m);
             H::from_f32s(std::slice::from_raw_parts_mut(dst.add(i), m), &fa[..m]);
         }
         i += m;

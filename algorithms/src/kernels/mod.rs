@@ -33,14 +33,7 @@ pub trait Reducer: Send + Sync {
 
     /// `dst[i] = a[i] op b[i]` over `dst.len() / dtype.size()` elements (`Avg` reduces as
     /// `Sum`). `dst` may be exactly `a` or exactly `b`; any other overlap is refused.
-    fn reduce(
-        &self,
-        dtype: DataType,
-        op: ReduceOp,
-        dst: RegionMut,
-        a: Region,
-        b: Region,
-    ) -> Result<()>;
+    fn reduce(&self, dtype: DataType, op: ReduceOp, dst: RegionMut, a: Region, b: Region) -> Result<()>;
 
     /// Copies `src` into `dst` (same length).
     fn copy(&self, dst: RegionMut, src: Region) -> Result<()>;
@@ -101,9 +94,7 @@ impl HostReducer {
 
 fn check_host(r: MemoryKind, what: &str) -> Result<()> {
     if r != MemoryKind::Host {
-        return Err(Error::unsupported(format!(
-            "the host reducer cannot touch {what} in {r:?} memory"
-        )));
+        return Err(Error::unsupported(format!("the host reducer cannot touch {what} in {r:?} memory")));
     }
     Ok(())
 }
@@ -123,14 +114,7 @@ impl Reducer for HostReducer {
         MemoryKind::Host
     }
 
-    fn reduce(
-        &self,
-        dtype: DataType,
-        op: ReduceOp,
-        dst: RegionMut,
-        a: Region,
-        b: Region,
-    ) -> Result<()> {
+    fn reduce(&self, dtype: DataType, op: ReduceOp, dst: RegionMut, a: Region, b: Region) -> Result<()> {
         check_host(dst.kind(), "a destination")?;
         check_host(a.kind(), "an operand")?;
         check_host(b.kind(), "an operand")?;
@@ -147,9 +131,7 @@ impl Reducer for HostReducer {
         } else if std::ptr::eq(dst.as_mut_ptr(), b.as_ptr()) {
             Alias::DstIsB
         } else if dst.overlaps(&a) || dst.overlaps(&b) {
-            return Err(Error::internal(
-                "reduce destination partly overlaps an operand",
-            ));
+            return Err(Error::internal("reduce destination partly overlaps an operand"));
         } else {
             Alias::None
         };
@@ -159,15 +141,7 @@ impl Reducer for HostReducer {
         // SAFETY: all three regions are host memory of equal length, valid under their
         // constructors' promise; aliasing was classified above; alignment checked.
         unsafe {
-            host::reduce_bytes(
-                dtype,
-                op,
-                alias,
-                dst.as_mut_ptr(),
-                a.as_ptr(),
-                b.as_ptr(),
-                dst.len() / dtype.size(),
-            )
+            host::reduce_bytes(dtype, op, alias, dst.as_mut_ptr(), a.as_ptr(), b.as_ptr(), dst.len() / dtype.size())
         };
         Ok(())
     }
@@ -176,11 +150,7 @@ impl Reducer for HostReducer {
         check_host(dst.kind(), "a destination")?;
         check_host(src.kind(), "a source")?;
         if dst.len() != src.len() {
-            return Err(Error::internal(format!(
-                "copy of {} bytes into {}",
-                src.len(),
-                dst.len()
-            )));
+            return Err(Error::internal(format!("copy of {} bytes into {}", src.len(), dst.len())));
         }
         if !std::ptr::eq(dst.as_mut_ptr(), src.as_ptr()) && !dst.is_empty() {
             // SAFETY: both host regions are valid for `len` bytes under their constructors'
@@ -216,15 +186,8 @@ impl Reducer for HostReducer {
         }
         // SAFETY: the Vec's heap memory stays put (we never resize it) and lives in the
         // `PoolReturn` kept by the Scratch, so it outlives the region.
-        let region =
-            unsafe { RegionMut::from_raw_parts(buf.as_mut_ptr().cast(), bytes, MemoryKind::Host) };
-        Ok(Scratch {
-            region,
-            _keep: Box::new(PoolReturn {
-                pool: self.pool.clone(),
-                buf: Some(buf),
-            }),
-        })
+        let region = unsafe { RegionMut::from_raw_parts(buf.as_mut_ptr().cast(), bytes, MemoryKind::Host) };
+        Ok(Scratch { region, _keep: Box::new(PoolReturn { pool: self.pool.clone(), buf: Some(buf) }) })
     }
 }
 
@@ -235,23 +198,11 @@ mod tests {
 
     fn reg<T>(v: &[T]) -> Region {
         // SAFETY: test vectors outlive the calls.
-        unsafe {
-            Region::from_raw_parts(
-                v.as_ptr().cast(),
-                std::mem::size_of_val(v),
-                MemoryKind::Host,
-            )
-        }
+        unsafe { Region::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v), MemoryKind::Host) }
     }
     fn reg_mut<T>(v: &mut [T]) -> RegionMut {
         // SAFETY: test vectors outlive the calls.
-        unsafe {
-            RegionMut::from_raw_parts(
-                v.as_mut_ptr().cast(),
-                std::mem::size_of_val(v),
-                MemoryKind::Host,
-            )
-        }
+        unsafe { RegionMut::from_raw_parts(v.as_mut_ptr().cast(), std::mem::size_of_val(v), MemoryKind::Host) }
     }
 
     #[test]
@@ -260,47 +211,13 @@ mod tests {
         let a: Vec<i8> = vec![100, -100, 3, -7, 0];
         let b: Vec<i8> = vec![100, -100, -5, 2, 0];
         let mut d = vec![0i8; 5];
-        r.reduce(
-            DataType::I8,
-            ReduceOp::Sum,
-            reg_mut(&mut d),
-            reg(&a),
-            reg(&b),
-        )
-        .unwrap();
+        r.reduce(DataType::I8, ReduceOp::Sum, reg_mut(&mut d), reg(&a), reg(&b)).unwrap();
         assert_eq!(d, vec![-56, 56, -2, -5, 0]);
-        r.reduce(
-            DataType::I8,
-            ReduceOp::Prod,
-            reg_mut(&mut d),
-            reg(&a),
-            reg(&b),
-        )
-        .unwrap();
-        assert_eq!(
-            d,
-            a.iter()
-                .zip(&b)
-                .map(|(x, y)| x.wrapping_mul(*y))
-                .collect::<Vec<_>>()
-        );
-        r.reduce(
-            DataType::I8,
-            ReduceOp::Min,
-            reg_mut(&mut d),
-            reg(&a),
-            reg(&b),
-        )
-        .unwrap();
+        r.reduce(DataType::I8, ReduceOp::Prod, reg_mut(&mut d), reg(&a), reg(&b)).unwrap();
+        assert_eq!(d, a.iter().zip(&b).map(|(x, y)| x.wrapping_mul(*y)).collect::<Vec<_>>());
+        r.reduce(DataType::I8, ReduceOp::Min, reg_mut(&mut d), reg(&a), reg(&b)).unwrap();
         assert_eq!(d, vec![100, -100, -5, -7, 0]);
-        r.reduce(
-            DataType::I8,
-            ReduceOp::Max,
-            reg_mut(&mut d),
-            reg(&a),
-            reg(&b),
-        )
-        .unwrap();
+        r.reduce(DataType::I8, ReduceOp::Max, reg_mut(&mut d), reg(&a), reg(&b)).unwrap();
         assert_eq!(d, vec![100, -100, 3, 2, 0]);
         let mut s = vec![-7i32, 7, 9];
         r.divide(DataType::I32, reg_mut(&mut s), 2).unwrap();
@@ -315,24 +232,15 @@ mod tests {
             let b: Vec<f32> = (0..n).map(|i| (i % 13) as f32).collect();
             let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
             let mut d = vec![0f32; n];
-            r.reduce(
-                DataType::F32,
-                ReduceOp::Sum,
-                reg_mut(&mut d),
-                reg(&a),
-                reg(&b),
-            )
-            .unwrap();
+            r.reduce(DataType::F32, ReduceOp::Sum, reg_mut(&mut d), reg(&a), reg(&b)).unwrap();
             assert_eq!(d, want);
             let mut da = a.clone();
             let ra = reg_mut(&mut da);
-            r.reduce(DataType::F32, ReduceOp::Sum, ra, ra.as_region(), reg(&b))
-                .unwrap();
+            r.reduce(DataType::F32, ReduceOp::Sum, ra, ra.as_region(), reg(&b)).unwrap();
             assert_eq!(da, want);
             let mut db = b.clone();
             let rb = reg_mut(&mut db);
-            r.reduce(DataType::F32, ReduceOp::Sum, rb, reg(&a), rb.as_region())
-                .unwrap();
+            r.reduce(DataType::F32, ReduceOp::Sum, rb, reg(&a), rb.as_region()).unwrap();
             assert_eq!(db, want);
         }
     }
@@ -342,36 +250,16 @@ mod tests {
         let r = HostReducer::new();
         let n = 1500;
         let a: Vec<f16> = (0..n).map(|i| f16::from_f32(i as f32 * 0.1)).collect();
-        let b: Vec<f16> = (0..n)
-            .map(|i| f16::from_f32(1.0 / (1.0 + i as f32)))
-            .collect();
+        let b: Vec<f16> = (0..n).map(|i| f16::from_f32(1.0 / (1.0 + i as f32))).collect();
         let mut d = vec![f16::ZERO; n];
-        r.reduce(
-            DataType::F16,
-            ReduceOp::Sum,
-            reg_mut(&mut d),
-            reg(&a),
-            reg(&b),
-        )
-        .unwrap();
+        r.reduce(DataType::F16, ReduceOp::Sum, reg_mut(&mut d), reg(&a), reg(&b)).unwrap();
         for i in 0..n {
-            assert_eq!(
-                d[i],
-                f16::from_f32(a[i].to_f32() + b[i].to_f32()),
-                "element {i}"
-            );
+            assert_eq!(d[i], f16::from_f32(a[i].to_f32() + b[i].to_f32()), "element {i}");
         }
         let a: Vec<bf16> = (0..n).map(|i| bf16::from_f32(i as f32 * 1.7)).collect();
         let b: Vec<bf16> = (0..n).map(|i| bf16::from_f32(-(i as f32) * 0.3)).collect();
         let mut d = vec![bf16::ZERO; n];
-        r.reduce(
-            DataType::Bf16,
-            ReduceOp::Max,
-            reg_mut(&mut d),
-            reg(&a),
-            reg(&b),
-        )
-        .unwrap();
+        r.reduce(DataType::Bf16, ReduceOp::Max, reg_mut(&mut d), reg(&a), reg(&b)).unwrap();
         for i in 0..n {
             assert_eq!(d[i], if b[i] > a[i] { b[i] } else { a[i] });
         }
@@ -403,9 +291,7 @@ mod tests {
             whole.slice(12..16).as_region(),
         );
         assert!(e.unwrap_err().to_string().contains("aligned"));
-        assert!(r
-            .copy(whole.slice(0..4), whole.slice(0..8).as_region())
-            .is_err());
+        assert!(r.copy(whole.slice(0..4), whole.slice(0..8).as_region()).is_err());
     }
 
     #[test]

@@ -26,18 +26,13 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
         return Ok(());
     }
     if p == 1 {
-        return if a.in_place {
-            Ok(())
-        } else {
-            ctx.reducer.copy(a.recv, a.send)
-        };
+        return if a.in_place { Ok(()) } else { ctx.reducer.copy(a.recv, a.send) };
     }
     let pos = ring_index(r, -(a.root as isize), p);
     let toward_root = ring_index(r, -1, p);
     let from_far = ring_index(r, 1, p);
     let ce = ctx.chunk_elems(a.dtype);
-    let items: Vec<(usize, std::ops::Range<usize>)> =
-        chunks(0..a.count, ce).map(|c| (0, c)).collect();
+    let items: Vec<(usize, std::ops::Range<usize>)> = chunks(0..a.count, ce).map(|c| (0, c)).collect();
     let mut sends = Vec::new();
     if pos == p - 1 {
         for (_, c) in &items {
@@ -55,8 +50,7 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     recv_stream(ctx, from_far, a.dtype, &items, |(_, c), incoming| {
         let b = bytes(c, es);
         let dst = acc.slice(b.clone());
-        ctx.reducer
-            .reduce(a.dtype, a.op, dst, incoming, a.send.slice(b))?;
+        ctx.reducer.reduce(a.dtype, a.op, dst, incoming, a.send.slice(b))?;
         if is_root {
             if a.op == ReduceOp::Avg {
                 ctx.reducer.divide(a.dtype, dst, p)?;

@@ -24,16 +24,11 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
         return Ok(());
     }
     if p == 1 {
-        return if a.in_place {
-            Ok(())
-        } else {
-            ctx.reducer.copy(a.recv, a.send.slice(bytes(&seg(0), es)))
-        };
+        return if a.in_place { Ok(()) } else { ctx.reducer.copy(a.recv, a.send.slice(bytes(&seg(0), es))) };
     }
     let scratch = ctx.reducer.scratch(a.send.len())?;
     let work = scratch.region().slice(0..a.send.len());
-    let (sends, _) =
-        reduce_scatter_phase(ctx, a.dtype, a.op, &seg, a.send, work, a.recv, r, false)?;
+    let (sends, _) = reduce_scatter_phase(ctx, a.dtype, a.op, &seg, a.send, work, a.recv, r, false)?;
     let reqs: Vec<_> = sends.into_iter().map(|(_, q)| q).collect();
     ctx.wait_all(&reqs)
 }

@@ -93,23 +93,9 @@ impl Conn {
     }
 
     pub fn push_send(&mut self, req: u64, tag: Tag, part: u16, ptr: *const u8, len: usize) {
-        let hdr = FrameHeader {
-            kind: KIND_DATA,
-            part,
-            seq: self.tx_seq,
-            tag,
-            len: len as u64,
-        }
-        .encode();
+        let hdr = FrameHeader { kind: KIND_DATA, part, seq: self.tx_seq, tag, len: len as u64 }.encode();
         self.tx_seq = self.tx_seq.wrapping_add(1);
-        self.sendq.push_back(SendPart {
-            req,
-            hdr,
-            hdr_off: 0,
-            ptr,
-            len,
-            off: 0,
-        });
+        self.sendq.push_back(SendPart { req, hdr, hdr_off: 0, ptr, len, off: 0 });
     }
 
     fn lost(&self, what: &str, e: Option<std::io::Error>) -> Error {
@@ -117,10 +103,7 @@ impl Conn {
             Some(e) => format!("{what}: {e}"),
             None => what.to_string(),
         };
-        Error::peer_lost(
-            self.peer,
-            format!("tcp connection to peer {}: {how}", self.peer),
-        )
+        Error::peer_lost(self.peer, format!("tcp connection to peer {}: {how}", self.peer))
     }
 
     fn io_error(&self, what: &str, e: std::io::Error) -> Error {
@@ -131,15 +114,10 @@ impl Conn {
             | Some(libc::ETIMEDOUT)
             | Some(libc::EHOSTUNREACH)
             | Some(libc::ENETUNREACH)
-            | Some(libc::ENOTCONN) => self.lost(
-                &format!("{what} failed (the peer died or the network dropped)"),
-                Some(e),
-            ),
-            _ => Error::io(
-                format!("{what} on the tcp connection to peer {}", self.peer),
-                e,
-            )
-            .with_peer(self.peer),
+            | Some(libc::ENOTCONN) => {
+                self.lost(&format!("{what} failed (the peer died or the network dropped)"), Some(e))
+            }
+            _ => Error::io(format!("{what} on the tcp connection to peer {}", self.peer), e).with_peer(self.peer),
         }
     }
 
@@ -147,10 +125,7 @@ impl Conn {
     fn progress_send(&mut self, done: &mut Vec<u64>) -> Result<bool> {
         let mut progressed = false;
         while let Some(p) = self.sendq.front_mut() {
-            let mut iov = [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; 2];
+            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2];
             let mut n_iov = 0;
             if p.hdr_off < HEADER_LEN {
                 iov[0] = libc::iovec {
@@ -161,10 +136,8 @@ impl Conn {
             }
             if p.off < p.len {
                 // The payload is only read by the kernel, never written, despite `*mut`.
-                iov[n_iov] = libc::iovec {
-                    iov_base: p.ptr.wrapping_add(p.off) as *mut libc::c_void,
-                    iov_len: p.len - p.off,
-                };
+                iov[n_iov] =
+                    libc::iovec { iov_base: p.ptr.wrapping_add(p.off) as *mut libc::c_void, iov_len: p.len - p.off };
                 n_iov += 1;
             }
             // SAFETY: a zeroed msghdr is valid; we fill in only the iovec array.
@@ -173,13 +146,7 @@ impl Conn {
             msg.msg_iovlen = n_iov as _;
             // SAFETY: the iovecs point at the part's header (owned here) and at its payload,
             // which the region's creator keeps valid until the request completes.
-            let n = unsafe {
-                libc::sendmsg(
-                    self.sock.as_raw_fd(),
-                    &msg,
-                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                )
-            };
+            let n = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
             if n < 0 {
                 let e = errno();
                 match e.raw_os_error() {
@@ -214,10 +181,7 @@ impl Conn {
                         iov_base: self.rx_hdr[self.rx_hdr_got..].as_mut_ptr() as *mut libc::c_void,
                         iov_len: HEADER_LEN - self.rx_hdr_got,
                     },
-                    libc::iovec {
-                        iov_base: p.ptr as *mut libc::c_void,
-                        iov_len: p.len,
-                    },
+                    libc::iovec { iov_base: p.ptr as *mut libc::c_void, iov_len: p.len },
                 ];
                 let cnt = if p.len > 0 { 2 } else { 1 };
                 // SAFETY: both iovecs point at writable memory: the connection's header buffer
@@ -317,11 +281,7 @@ impl Engine {
     pub fn poll_wait(&mut self, wake_fd: RawFd, timeout_ms: i32) -> Result<()> {
         self.pollfds.clear();
         self.poll_conns.clear();
-        self.pollfds.push(libc::pollfd {
-            fd: wake_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
+        self.pollfds.push(libc::pollfd { fd: wake_fd, events: libc::POLLIN, revents: 0 });
         for (peer, peer_conns) in self.conns.iter().enumerate() {
             for (i, c) in peer_conns.iter().enumerate() {
                 let mut ev = 0;
@@ -332,23 +292,13 @@ impl Engine {
                     ev |= libc::POLLIN;
                 }
                 if ev != 0 {
-                    self.pollfds.push(libc::pollfd {
-                        fd: c.fd(),
-                        events: ev | libc::POLLRDHUP,
-                        revents: 0,
-                    });
+                    self.pollfds.push(libc::pollfd { fd: c.fd(), events: ev | libc::POLLRDHUP, revents: 0 });
                     self.poll_conns.push((peer, i));
                 }
             }
         }
         // SAFETY: `pollfds` is a valid array of `len` pollfd structs for the duration of the call.
-        let r = unsafe {
-            libc::poll(
-                self.pollfds.as_mut_ptr(),
-                self.pollfds.len() as libc::nfds_t,
-                timeout_ms,
-            )
-        };
+        let r = unsafe { libc::poll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, timeout_ms) };
         if r < 0 {
             let e = errno();
             if e.raw_os_error() != Some(libc::EINTR) {
@@ -363,10 +313,7 @@ impl Engine {
         match self.reqs.get(&req) {
             Some(r) => {
                 let dir = if r.is_send { "send to" } else { "receive from" };
-                (
-                    r.peer,
-                    format!("{dir} peer {} (tag {}) did not complete", r.peer, r.tag),
-                )
+                (r.peer, format!("{dir} peer {} (tag {}) did not complete", r.peer, r.tag))
             }
             None => (usize::MAX, "request completed".into()),
         }

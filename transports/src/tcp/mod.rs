@@ -72,10 +72,7 @@ fn new_eventfd() -> Result<OwnedFd> {
     // SAFETY: plain syscall; the returned descriptor is owned by the OwnedFd below.
     let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     if fd < 0 {
-        return Err(Error::io(
-            "creating an eventfd",
-            std::io::Error::last_os_error(),
-        ));
+        return Err(Error::io("creating an eventfd", std::io::Error::last_os_error()));
     }
     // SAFETY: `fd` is a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -83,13 +80,10 @@ fn new_eventfd() -> Result<OwnedFd> {
 
 fn set_data_options(sock: &TcpStream, opts: &TcpOptions) -> Result<()> {
     let s = socket2::SockRef::from(sock);
-    s.set_nodelay(true)
-        .map_err(|e| Error::io("setting TCP_NODELAY", e))?;
+    s.set_nodelay(true).map_err(|e| Error::io("setting TCP_NODELAY", e))?;
     if let Some(b) = opts.socket_buffer {
-        s.set_send_buffer_size(b)
-            .map_err(|e| Error::io("setting SO_SNDBUF", e))?;
-        s.set_recv_buffer_size(b)
-            .map_err(|e| Error::io("setting SO_RCVBUF", e))?;
+        s.set_send_buffer_size(b).map_err(|e| Error::io("setting SO_SNDBUF", e))?;
+        s.set_recv_buffer_size(b).map_err(|e| Error::io("setting SO_RCVBUF", e))?;
     }
     Ok(())
 }
@@ -112,17 +106,12 @@ fn accept_peers(
 ) -> Result<Vec<(usize, usize, TcpStream)>> {
     let expected = (size - rank - 1) * k;
     let mut got: Vec<(usize, usize, TcpStream)> = Vec::with_capacity(expected);
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Error::io("listener", e))?;
+    listener.set_nonblocking(true).map_err(|e| Error::io("listener", e))?;
     while got.len() < expected {
         match listener.accept() {
             Ok((mut s, from)) => {
-                s.set_nonblocking(false)
-                    .map_err(|e| Error::io("accepted socket", e))?;
-                let t = HANDSHAKE_TIMEOUT
-                    .min(remaining(deadline))
-                    .max(Duration::from_millis(1));
+                s.set_nonblocking(false).map_err(|e| Error::io("accepted socket", e))?;
+                let t = HANDSHAKE_TIMEOUT.min(remaining(deadline)).max(Duration::from_millis(1));
                 let _ = s.set_read_timeout(Some(t));
                 let _ = s.set_write_timeout(Some(t));
                 match auth::accept_handshake(&mut s, &secret) {
@@ -146,22 +135,15 @@ fn accept_peers(
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if Instant::now() >= deadline {
-                    let missing: Vec<usize> = (rank + 1..size)
-                        .filter(|p| got.iter().filter(|(q, _, _)| q == p).count() < k)
-                        .collect();
+                    let missing: Vec<usize> =
+                        (rank + 1..size).filter(|p| got.iter().filter(|(q, _, _)| q == p).count() < k).collect();
                     return Err(Error::timeout(
-                        format!(
-                            "ranks {missing:?} never opened their data connections to this rank"
-                        ),
+                        format!("ranks {missing:?} never opened their data connections to this rank"),
                         Duration::ZERO,
                     )
                     .on_rank(rank));
                 }
-                let mut pfd = libc::pollfd {
-                    fd: listener.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
+                let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
                 let ms = remaining(deadline).as_millis().clamp(1, 100) as i32;
                 // SAFETY: one valid pollfd.
                 unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -196,8 +178,7 @@ fn connect_peer(
                     index: idx as u32,
                     world: size as u32,
                 };
-                auth::connect_handshake(&mut s, secret, hello)
-                    .map_err(|e| e.on_rank(rank).with_peer(peer))?;
+                auth::connect_handshake(&mut s, secret, hello).map_err(|e| e.on_rank(rank).with_peer(peer))?;
                 return Ok(s);
             }
             Err(e) => {
@@ -226,9 +207,7 @@ impl TcpTransport {
         deadline: Instant,
     ) -> Result<TcpTransport> {
         if size == 0 || rank >= size {
-            return Err(Error::invalid_argument(format!(
-                "rank {rank} is not in a world of {size}"
-            )));
+            return Err(Error::invalid_argument(format!("rank {rank} is not in a world of {size}")));
         }
         if opts.conns_per_peer == 0 || opts.conns_per_peer > 16 {
             return Err(Error::invalid_argument(format!(
@@ -237,21 +216,14 @@ impl TcpTransport {
             )));
         }
         let k = opts.conns_per_peer;
-        let sock = Socket::new(
-            Domain::for_address(SocketAddr::new(opts.bind, 0)),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .map_err(|e| Error::io("creating the listening socket", e))?;
-        sock.set_reuse_address(true)
-            .map_err(|e| Error::io("SO_REUSEADDR", e))?;
+        let sock = Socket::new(Domain::for_address(SocketAddr::new(opts.bind, 0)), Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| Error::io("creating the listening socket", e))?;
+        sock.set_reuse_address(true).map_err(|e| Error::io("SO_REUSEADDR", e))?;
         sock.bind(&SocketAddr::new(opts.bind, 0).into())
             .map_err(|e| Error::io(format!("binding to {}", opts.bind), e).on_rank(rank))?;
         sock.listen(1024).map_err(|e| Error::io("listen", e))?;
         let listener: TcpListener = sock.into();
-        let local = listener
-            .local_addr()
-            .map_err(|e| Error::io("listener address", e))?;
+        let local = listener.local_addr().map_err(|e| Error::io("listener address", e))?;
         store.set(&format!("tcp/addr/{rank}"), local.to_string().as_bytes())?;
 
         let acceptor = std::thread::Builder::new()
@@ -259,20 +231,16 @@ impl TcpTransport {
             .spawn(move || accept_peers(listener, rank, size, secret, k, deadline))
             .map_err(|e| Error::io("spawning the accept thread", e))?;
 
-        let mut conns: Vec<Vec<Option<TcpStream>>> =
-            (0..size).map(|_| (0..k).map(|_| None).collect()).collect();
+        let mut conns: Vec<Vec<Option<TcpStream>>> = (0..size).map(|_| (0..k).map(|_| None).collect()).collect();
         let mut connect_err = None;
         for (peer, peer_conns) in conns.iter_mut().enumerate().take(rank) {
             let addr = match store.get(&format!("tcp/addr/{peer}"), deadline) {
                 Ok(a) => a,
                 Err(e) if e.kind() == ErrorKind::Timeout => {
                     connect_err = Some(
-                        Error::timeout(
-                            format!("rank {peer} never published its address"),
-                            Duration::ZERO,
-                        )
-                        .on_rank(rank)
-                        .with_peer(peer),
+                        Error::timeout(format!("rank {peer} never published its address"), Duration::ZERO)
+                            .on_rank(rank)
+                            .with_peer(peer),
                     );
                     break;
                 }
@@ -281,16 +249,13 @@ impl TcpTransport {
                     break;
                 }
             };
-            let addr: SocketAddr =
-                match std::str::from_utf8(&addr).ok().and_then(|a| a.parse().ok()) {
-                    Some(a) => a,
-                    None => {
-                        connect_err = Some(Error::invalid_usage(format!(
-                            "rank {peer} published a bad address"
-                        )));
-                        break;
-                    }
-                };
+            let addr: SocketAddr = match std::str::from_utf8(&addr).ok().and_then(|a| a.parse().ok()) {
+                Some(a) => a,
+                None => {
+                    connect_err = Some(Error::invalid_usage(format!("rank {peer} published a bad address")));
+                    break;
+                }
+            };
             for (idx, slot) in peer_conns.iter_mut().enumerate() {
                 match connect_peer(addr, rank, peer, size, idx, &secret, deadline) {
                     Ok(s) => *slot = Some(s),
@@ -304,9 +269,7 @@ impl TcpTransport {
                 break;
             }
         }
-        let accepted = acceptor
-            .join()
-            .map_err(|_| Error::internal("the accept thread panicked"))?;
+        let accepted = acceptor.join().map_err(|_| Error::internal("the accept thread panicked"))?;
         if let Some(e) = connect_err {
             return Err(e);
         }
@@ -320,14 +283,10 @@ impl TcpTransport {
             let mut v = Vec::new();
             if peer != rank {
                 for s in peer_conns {
-                    let s =
-                        s.ok_or_else(|| Error::internal(format!("no connection to peer {peer}")))?;
-                    s.set_read_timeout(None)
-                        .map_err(|e| Error::io("socket", e))?;
-                    s.set_write_timeout(None)
-                        .map_err(|e| Error::io("socket", e))?;
-                    s.set_nonblocking(true)
-                        .map_err(|e| Error::io("socket", e))?;
+                    let s = s.ok_or_else(|| Error::internal(format!("no connection to peer {peer}")))?;
+                    s.set_read_timeout(None).map_err(|e| Error::io("socket", e))?;
+                    s.set_write_timeout(None).map_err(|e| Error::io("socket", e))?;
+                    s.set_nonblocking(true).map_err(|e| Error::io("socket", e))?;
                     set_data_options(&s, &opts)?;
                     socket_fds.push(s.as_raw_fd());
                     v.push(Conn::new(s, peer));
@@ -404,20 +363,13 @@ impl Transport for TcpTransport {
         self.size
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            peer_memory_mappable: false,
-            device_memory: false,
-            eager_sends: true,
-            inter_host: true,
-        }
+        Capabilities { peer_memory_mappable: false, device_memory: false, eager_sends: true, inter_host: true }
     }
 
     fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {
         self.check_peer(peer)?;
         if buf.kind() != MemoryKind::Host {
-            return Err(Error::unsupported(
-                "the tcp transport moves host memory only",
-            ));
+            return Err(Error::unsupported("the tcp transport moves host memory only"));
         }
         let mut e = self.lock();
         self.check(&mut e)?;
@@ -428,15 +380,7 @@ impl Transport for TcpTransport {
             let (start, len) = part_range(buf.len(), n, i);
             e.conns[peer][i].push_send(id, tag, i as u16, buf.as_ptr().wrapping_add(start), len);
         }
-        e.reqs.insert(
-            id,
-            ReqInfo {
-                peer,
-                tag,
-                is_send: true,
-                parts_left: n as u32,
-            },
-        );
+        e.reqs.insert(id, ReqInfo { peer, tag, is_send: true, parts_left: n as u32 });
         self.progress(&mut e)?;
         Ok(ReqId(id))
     }
@@ -444,9 +388,7 @@ impl Transport for TcpTransport {
     fn post_recv(&self, peer: usize, tag: Tag, buf: RegionMut) -> Result<ReqId> {
         self.check_peer(peer)?;
         if buf.kind() != MemoryKind::Host {
-            return Err(Error::unsupported(
-                "the tcp transport moves host memory only",
-            ));
+            return Err(Error::unsupported("the tcp transport moves host memory only"));
         }
         let mut e = self.lock();
         self.check(&mut e)?;
@@ -465,15 +407,7 @@ impl Transport for TcpTransport {
                 hdr_ok: false,
             });
         }
-        e.reqs.insert(
-            id,
-            ReqInfo {
-                peer,
-                tag,
-                is_send: false,
-                parts_left: n as u32,
-            },
-        );
+        e.reqs.insert(id, ReqInfo { peer, tag, is_send: false, parts_left: n as u32 });
         self.progress(&mut e)?;
         Ok(ReqId(id))
     }
@@ -520,10 +454,7 @@ impl Transport for TcpTransport {
                 let err = Error::timeout(what, now - start).with_peer(peer);
                 return Err(e.fail(err));
             }
-            let ms = (deadline - now)
-                .as_micros()
-                .div_ceil(1000)
-                .min(i32::MAX as u128) as i32;
+            let ms = (deadline - now).as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
             if let Err(err) = e.poll_wait(self.wake.as_raw_fd(), ms) {
                 return Err(e.fail(err));
             }
@@ -538,13 +469,7 @@ impl Transport for TcpTransport {
         self.aborted.store(true, Ordering::Release);
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our eventfd, which lives as long as `self`.
-        unsafe {
-            libc::write(
-                self.wake.as_raw_fd(),
-                &one as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
+        unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
         for &fd in &self.socket_fds {
             // SAFETY: the descriptors stay open until `self` drops; shutdown only ends the
             // streams, so a thread blocked in poll on them wakes and peers see the end.
@@ -571,14 +496,7 @@ mod tests {
                 let store = store.clone();
                 let opts = opts.clone();
                 std::thread::spawn(move || {
-                    TcpTransport::connect(
-                        r,
-                        size,
-                        &*store,
-                        secret,
-                        opts,
-                        Instant::now() + Duration::from_secs(20),
-                    )
+                    TcpTransport::connect(r, size, &*store, secret, opts, Instant::now() + Duration::from_secs(20))
                 })
             })
             .collect();
@@ -611,25 +529,15 @@ mod tests {
                     let mut reqs = Vec::new();
                     for (p, buf) in recv.iter_mut().enumerate().filter(|(p, _)| *p != r) {
                         // SAFETY: `buf` outlives the wait below.
-                        reqs.push(
-                            t.post_recv(p, Tag(5), unsafe { RegionMut::from_slice(buf) })
-                                .unwrap(),
-                        );
+                        reqs.push(t.post_recv(p, Tag(5), unsafe { RegionMut::from_slice(buf) }).unwrap());
                     }
                     for p in (0..size).filter(|p| *p != r) {
                         // SAFETY: `send` outlives the wait below.
-                        reqs.push(
-                            t.post_send(p, Tag(5), unsafe { Region::from_slice(&send) })
-                                .unwrap(),
-                        );
+                        reqs.push(t.post_send(p, Tag(5), unsafe { Region::from_slice(&send) }).unwrap());
                     }
-                    t.wait_all(&reqs, Instant::now() + Duration::from_secs(20))
-                        .unwrap();
+                    t.wait_all(&reqs, Instant::now() + Duration::from_secs(20)).unwrap();
                     for (p, buf) in recv.iter().enumerate().filter(|(p, _)| *p != r) {
-                        assert!(
-                            buf.iter().enumerate().all(|(i, &b)| b == (i * 7 + p) as u8),
-                            "from {p}"
-                        );
+                        assert!(buf.iter().enumerate().all(|(i, &b)| b == (i * 7 + p) as u8), "from {p}");
                     }
                     assert_eq!(t.pending(), 0);
                 });
@@ -639,10 +547,7 @@ mod tests {
 
     #[test]
     fn all_pairs_exchange_small_and_large_messages() {
-        let ts: Vec<_> = world(3, TcpOptions::default(), [1; 16])
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+        let ts: Vec<_> = world(3, TcpOptions::default(), [1; 16]).into_iter().map(Result::unwrap).collect();
         for len in [0, 1, 100, 3 << 20] {
             exchange(&ts, len);
         }
@@ -650,15 +555,8 @@ mod tests {
 
     #[test]
     fn striping_over_several_connections() {
-        let opts = TcpOptions {
-            conns_per_peer: 3,
-            stripe_min_bytes: 1000,
-            ..TcpOptions::default()
-        };
-        let ts: Vec<_> = world(2, opts, [2; 16])
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+        let opts = TcpOptions { conns_per_peer: 3, stripe_min_bytes: 1000, ..TcpOptions::default() };
+        let ts: Vec<_> = world(2, opts, [2; 16]).into_iter().map(Result::unwrap).collect();
         for len in [5, 999, 1000, 1 << 20] {
             exchange(&ts, len);
         }
@@ -669,31 +567,15 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let s2 = store.clone();
         let rank0 = std::thread::spawn(move || {
-            TcpTransport::connect(
-                0,
-                2,
-                &*s2,
-                [3; 16],
-                TcpOptions::default(),
-                Instant::now() + Duration::from_secs(20),
-            )
+            TcpTransport::connect(0, 2, &*s2, [3; 16], TcpOptions::default(), Instant::now() + Duration::from_secs(20))
         });
-        let addr: SocketAddr = String::from_utf8(
-            store
-                .get("tcp/addr/0", Instant::now() + Duration::from_secs(5))
-                .unwrap(),
-        )
-        .unwrap()
-        .parse()
-        .unwrap();
+        let addr: SocketAddr =
+            String::from_utf8(store.get("tcp/addr/0", Instant::now() + Duration::from_secs(5)).unwrap())
+                .unwrap()
+                .parse()
+                .unwrap();
         let mut intruder = TcpStream::connect(addr).unwrap();
-        let hello = Hello {
-            purpose: Purpose::Data,
-            from: 1,
-            to: 0,
-            index: 0,
-            world: 2,
-        };
+        let hello = Hello { purpose: Purpose::Data, from: 1, to: 0, index: 0, world: 2 };
         assert!(auth::connect_handshake(&mut intruder, &[9; 16], hello).is_err());
         let t1 = TcpTransport::connect(
             1,
@@ -729,22 +611,15 @@ mod tests {
 
     #[test]
     fn dead_peer_is_peer_lost_and_abort_wakes() {
-        let mut ts: Vec<_> = world(3, TcpOptions::default(), [5; 16])
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+        let mut ts: Vec<_> = world(3, TcpOptions::default(), [5; 16]).into_iter().map(Result::unwrap).collect();
         let t2 = ts.pop().unwrap();
         let t1 = Arc::new(ts.pop().unwrap());
         let t0 = ts.pop().unwrap();
         let mut x = [0u8; 8];
         // SAFETY: `x` outlives the wait.
-        let r = t0
-            .post_recv(2, Tag(1), unsafe { RegionMut::from_slice(&mut x) })
-            .unwrap();
+        let r = t0.post_recv(2, Tag(1), unsafe { RegionMut::from_slice(&mut x) }).unwrap();
         drop(t2);
-        let e = t0
-            .wait(r, Instant::now() + Duration::from_secs(20))
-            .unwrap_err();
+        let e = t0.wait(r, Instant::now() + Duration::from_secs(20)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::PeerLost, "{e}");
         assert_eq!(e.peer(), Some(2));
 
@@ -760,27 +635,17 @@ mod tests {
         let start = Instant::now();
         t1.abort();
         let e = h.join().unwrap().unwrap_err();
-        assert!(
-            matches!(e.kind(), ErrorKind::Aborted | ErrorKind::PeerLost),
-            "{e}"
-        );
+        assert!(matches!(e.kind(), ErrorKind::Aborted | ErrorKind::PeerLost), "{e}");
         assert!(start.elapsed() < Duration::from_millis(500));
     }
 
     #[test]
     fn wait_times_out_naming_the_peer() {
-        let ts: Vec<_> = world(2, TcpOptions::default(), [6; 16])
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+        let ts: Vec<_> = world(2, TcpOptions::default(), [6; 16]).into_iter().map(Result::unwrap).collect();
         let mut x = [0u8; 8];
         // SAFETY: `x` outlives the wait.
-        let r = ts[0]
-            .post_recv(1, Tag(1), unsafe { RegionMut::from_slice(&mut x) })
-            .unwrap();
-        let e = ts[0]
-            .wait(r, Instant::now() + Duration::from_millis(50))
-            .unwrap_err();
+        let r = ts[0].post_recv(1, Tag(1), unsafe { RegionMut::from_slice(&mut x) }).unwrap();
+        let e = ts[0].wait(r, Instant::now() + Duration::from_millis(50)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Timeout);
         assert!(e.to_string().contains("receive from peer 1"), "{e}");
         assert_eq!(ts[0].pending(), 0, "a failed transport holds no requests");

@@ -56,10 +56,7 @@ impl FrameHeader {
     /// Parses `b`, refusing a wrong magic, version or kind.
     pub fn decode(b: &[u8; HEADER_LEN]) -> Result<FrameHeader> {
         if b[0..4] != MAGIC {
-            return Err(Error::invalid_usage(format!(
-                "corrupt frame: bad magic {:02x?}",
-                &b[0..4]
-            )));
+            return Err(Error::invalid_usage(format!("corrupt frame: bad magic {:02x?}", &b[0..4])));
         }
         if b[4] != VERSION {
             return Err(Error::invalid_usage(format!(
@@ -110,32 +107,19 @@ mod tests {
 
     #[test]
     fn roundtrip_and_rejections() {
-        let h = FrameHeader {
-            kind: KIND_DATA,
-            part: 3,
-            seq: 9,
-            tag: Tag(0xabc),
-            len: 1 << 40,
-        };
+        let h = FrameHeader { kind: KIND_DATA, part: 3, seq: 9, tag: Tag(0xabc), len: 1 << 40 };
         let b = h.encode();
         assert_eq!(FrameHeader::decode(&b).unwrap(), h);
         h.check(9, 3, Tag(0xabc), 1 << 40).unwrap();
         assert!(h.check(8, 3, Tag(0xabc), 1 << 40).is_err());
-        assert!(h
-            .check(9, 3, Tag(0xabd), 1 << 40)
-            .unwrap_err()
-            .to_string()
-            .contains("tag 0xabc"));
+        assert!(h.check(9, 3, Tag(0xabd), 1 << 40).unwrap_err().to_string().contains("tag 0xabc"));
         assert!(h.check(9, 3, Tag(0xabc), 5).is_err());
         let mut bad = b;
         bad[0] = b'X';
         assert!(FrameHeader::decode(&bad).is_err());
         let mut bad = b;
         bad[4] = 2;
-        assert!(FrameHeader::decode(&bad)
-            .unwrap_err()
-            .to_string()
-            .contains("version"));
+        assert!(FrameHeader::decode(&bad).unwrap_err().to_string().contains("version"));
         let mut bad = b;
         bad[5] = 77;
         assert!(FrameHeader::decode(&bad).is_err());

@@ -1,5 +1,9 @@
 //! [`Communicator`]: a group of ranks and the collectives they run together.
 
+mod raw;
+pub use raw::RawP2p;
+mod split;
+
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,8 +13,8 @@ use oxccl_algorithms::registry::{self, Algorithm};
 use oxccl_algorithms::{CollArgs, Collective, Ctx, DataType, Element, HostReducer, ReduceOp};
 use oxccl_transport::auth::Secret;
 use oxccl_transport::{
-    LoopbackTransport, MemoryKind, PrefixStore, Region, RegionMut, Store, Tag, TcpOptions,
-    TcpTransport, Transport,
+    LoopbackTransport, MemoryKind, MemoryStore, PrefixStore, Region, RegionMut, Store, Tag, TcpOptions, TcpTransport,
+    Transport,
 };
 use sha2::{Digest, Sha256};
 
@@ -61,8 +65,21 @@ pub struct Communicator {
     reducer: HostReducer,
     state: Mutex<State>,
     collectives: AtomicU64,
-    _store: Option<Arc<dyn Store>>,
-    _server: Option<TcpStoreServer>,
+    boot: Boot,
+}
+
+/// What a communicator needs to build new connections later (for `split`): the store, the
+/// secret, the address to listen on, and the key prefix that keeps its worlds apart.
+#[derive(Clone)]
+struct Boot {
+    store: Arc<dyn Store>,
+    secret: Secret,
+    bind: IpAddr,
+    prefix: String,
+    local_size_hint: Option<usize>,
+    /// Keeps the store server alive (on the rank that hosts it) while any communicator made
+    /// through it lives.
+    _server: Option<Arc<TcpStoreServer>>,
 }
 
 /// Fails the transport if an algorithm panics, so no request outlives the buffers it points
@@ -81,22 +98,15 @@ impl Drop for FailOnUnwind<'_> {
 }
 
 fn host_key() -> u64 {
-    let id = std::env::var("OXCCL_HOST_ID")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| {
-            nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "localhost".into())
-        });
+    let id = std::env::var("OXCCL_HOST_ID").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
+        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into())
+    });
     let d = Sha256::digest(id.as_bytes());
     u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
 fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// A region over a typed slice.
@@ -104,25 +114,13 @@ fn region<T: Element>(s: &[T]) -> Region {
     // SAFETY: the slice is borrowed for the whole collective call, and a call never returns
     // while a request on the region is pending: it completes them all, or fails the
     // transport, which drops them untouched.
-    unsafe {
-        Region::from_raw_parts(
-            s.as_ptr().cast(),
-            std::mem::size_of_val(s),
-            MemoryKind::Host,
-        )
-    }
+    unsafe { Region::from_raw_parts(s.as_ptr().cast(), std::mem::size_of_val(s), MemoryKind::Host) }
 }
 
 /// A writable region over a typed slice.
 fn region_mut<T: Element>(s: &mut [T]) -> RegionMut {
     // SAFETY: as for `region`, with the slice borrowed mutably for the call.
-    unsafe {
-        RegionMut::from_raw_parts(
-            s.as_mut_ptr().cast(),
-            std::mem::size_of_val(s),
-            MemoryKind::Host,
-        )
-    }
+    unsafe { RegionMut::from_raw_parts(s.as_mut_ptr().cast(), std::mem::size_of_val(s), MemoryKind::Host) }
 }
 
 impl Communicator {
@@ -132,25 +130,18 @@ impl Communicator {
     pub fn init(id: &UniqueId, rank: usize, size: usize, config: Config) -> Result<Communicator> {
         check_world(rank, size)?;
         let deadline = Instant::now() + config.timeout;
-        let store = TcpStore::connect(id.addr, id.secret, Some(rank), deadline)
-            .map_err(|e| e.on_rank(rank))?;
-        let fallback = if id.addr.ip().is_loopback() {
-            None
-        } else {
-            Some(store.local_addr().ip())
-        };
+        let store = TcpStore::connect(id.addr, id.secret, Some(rank), deadline).map_err(|e| e.on_rank(rank))?;
+        let fallback = if id.addr.ip().is_loopback() { None } else { Some(store.local_addr().ip()) };
         let bind = crate::bootstrap::net::bind_address(config.socket_ifname.as_deref(), fallback)?;
-        Self::connect(
-            Arc::new(store),
-            id.secret,
+        let boot = Boot {
+            store: Arc::new(store),
+            secret: id.secret,
             bind,
-            rank,
-            size,
-            None,
-            config,
-            deadline,
-            None,
-        )
+            prefix: "oxccl/world".into(),
+            local_size_hint: None,
+            _server: None,
+        };
+        Self::connect(boot, rank, size, config, deadline)
     }
 
     /// Joins the world described by the launcher's environment (oxrun, torchrun, mpirun,
@@ -174,25 +165,19 @@ impl Communicator {
         } else {
             None
         };
-        let store = TcpStore::connect(env.addr, env.secret, Some(env.rank), deadline)
-            .map_err(|e| e.on_rank(env.rank))?;
-        let fallback = if env.addr.ip().is_loopback() {
-            None
-        } else {
-            Some(store.local_addr().ip())
-        };
+        let store =
+            TcpStore::connect(env.addr, env.secret, Some(env.rank), deadline).map_err(|e| e.on_rank(env.rank))?;
+        let fallback = if env.addr.ip().is_loopback() { None } else { Some(store.local_addr().ip()) };
         let bind = crate::bootstrap::net::bind_address(config.socket_ifname.as_deref(), fallback)?;
-        Self::connect(
-            Arc::new(store),
-            env.secret,
+        let boot = Boot {
+            store: Arc::new(store),
+            secret: env.secret,
             bind,
-            env.rank,
-            env.world_size,
-            env.local_world_size,
-            config,
-            deadline,
-            server,
-        )
+            prefix: "oxccl/world".into(),
+            local_size_hint: env.local_world_size,
+            _server: server.map(Arc::new),
+        };
+        Self::connect(boot, env.rank, env.world_size, config, deadline)
     }
 
     /// Joins a world through any [`Store`] (a [`FileStore`](crate::FileStore) on a shared
@@ -207,23 +192,11 @@ impl Communicator {
     ) -> Result<Communicator> {
         check_world(rank, size)?;
         let deadline = Instant::now() + config.timeout;
-        Self::connect(
-            store, secret, bind, rank, size, None, config, deadline, None,
-        )
+        let boot = Boot { store, secret, bind, prefix: "oxccl/world".into(), local_size_hint: None, _server: None };
+        Self::connect(boot, rank, size, config, deadline)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn connect(
-        store: Arc<dyn Store>,
-        secret: Secret,
-        bind: IpAddr,
-        rank: usize,
-        size: usize,
-        local_size_hint: Option<usize>,
-        config: Config,
-        deadline: Instant,
-        server: Option<TcpStoreServer>,
-    ) -> Result<Communicator> {
+    fn connect(boot: Boot, rank: usize, size: usize, config: Config, deadline: Instant) -> Result<Communicator> {
         match config.transport {
             TransportKind::Auto | TransportKind::Tcp => {}
             TransportKind::Shm => {
@@ -232,27 +205,23 @@ impl Communicator {
                 ))
             }
         }
-        let spin = config
-            .spin
-            .unwrap_or_else(|| default_spin(local_size_hint.unwrap_or(size)));
+        let spin = config.spin.unwrap_or_else(|| default_spin(boot.local_size_hint.unwrap_or(size)));
         let opts = TcpOptions {
-            bind,
+            bind: boot.bind,
             conns_per_peer: config.tcp_conns_per_peer,
             socket_buffer: config.socket_buffer,
             stripe_min_bytes: TcpOptions::default().stripe_min_bytes,
             spin,
         };
-        let scoped = PrefixStore::new("oxccl/world", store.clone());
-        let net = TcpTransport::connect(rank, size, &scoped, secret, opts, deadline)
+        let scoped = PrefixStore::new(boot.prefix.clone(), boot.store.clone());
+        let net = TcpTransport::connect(rank, size, &scoped, boot.secret, opts, deadline)
             .map_err(|e| e.in_collective("init", 0).on_rank(rank))?;
-        let mut comm = Communicator::assemble(rank, size, config, Arc::new(net));
-        comm._store = Some(store);
-        comm._server = server;
+        let mut comm = Communicator::assemble(rank, size, config, Arc::new(net), boot);
         comm.discover_hosts(deadline)?;
         Ok(comm)
     }
 
-    fn assemble(rank: usize, size: usize, config: Config, net: Arc<dyn Transport>) -> Communicator {
+    fn assemble(rank: usize, size: usize, config: Config, net: Arc<dyn Transport>, boot: Boot) -> Communicator {
         Communicator {
             rank,
             size,
@@ -261,15 +230,9 @@ impl Communicator {
             config,
             net,
             reducer: HostReducer::new(),
-            state: Mutex::new(State {
-                seq: 0,
-                poisoned: None,
-                p2p_sent: vec![0; size],
-                p2p_received: vec![0; size],
-            }),
+            state: Mutex::new(State { seq: 0, poisoned: None, p2p_sent: vec![0; size], p2p_received: vec![0; size] }),
             collectives: AtomicU64::new(0),
-            _store: None,
-            _server: None,
+            boot,
         }
     }
 
@@ -307,10 +270,19 @@ impl Communicator {
         if size == 0 {
             return Err(Error::invalid_argument("a world needs at least one rank"));
         }
+        // Splits of a local world connect over TCP on loopback, through an in-process store.
+        let boot = Boot {
+            store: Arc::new(MemoryStore::new()),
+            secret: oxccl_transport::auth::random_bytes()?,
+            bind: IpAddr::from([127, 0, 0, 1]),
+            prefix: "oxccl/local".into(),
+            local_size_hint: Some(size),
+            _server: None,
+        };
         Ok(LoopbackTransport::world(size)
             .into_iter()
             .enumerate()
-            .map(|(rank, t)| Communicator::assemble(rank, size, config.clone(), Arc::new(t)))
+            .map(|(rank, t)| Communicator::assemble(rank, size, config.clone(), Arc::new(t), boot.clone()))
             .collect())
     }
 
@@ -387,31 +359,20 @@ impl Communicator {
         e
     }
 
-    /// Runs one collective: numbers it, chooses its algorithm, runs it under the deadline,
-    /// and poisons the communicator on failure.
-    fn run(&self, coll: Collective, args: CollArgs) -> Result<()> {
+    /// Runs one collective: numbers it, runs `body` under the deadline, checks nothing was
+    /// left pending, and poisons the communicator on failure.
+    fn execute(&self, coll: Collective, body: impl FnOnce(&Ctx<'_>) -> Result<()>) -> Result<()> {
         let mut st = self.lock();
         if let Some(e) = &st.poisoned {
             return Err(e.clone());
         }
         st.seq += 1;
         let seq = st.seq;
-        let bytes = args.count.saturating_mul(args.dtype.size());
-        let algo = select::choose(coll, bytes, self.size, &self.config);
-        let f = registry::lookup(coll, algo).ok_or_else(|| {
-            Error::internal(format!("{coll} has no {algo} algorithm"))
-                .in_collective(coll.name(), seq)
-        })?;
         let ctx = self.ctx(coll, seq, Instant::now() + self.config.timeout);
-        let mut guard = FailOnUnwind {
-            net: &*self.net,
-            armed: true,
-        };
-        let mut r = f(&ctx, &args);
+        let mut guard = FailOnUnwind { net: &*self.net, armed: true };
+        let mut r = body(&ctx);
         if r.is_ok() && self.net.pending() != 0 {
-            r = Err(Error::internal(format!(
-                "{coll}/{algo} returned with requests pending"
-            )));
+            r = Err(Error::internal(format!("{coll} returned with requests pending")));
         }
         guard.armed = false;
         self.collectives.fetch_add(1, Ordering::Relaxed);
@@ -421,18 +382,22 @@ impl Communicator {
         })
     }
 
+    /// Runs one collective with the algorithm the configuration or the size picks.
+    fn run(&self, coll: Collective, args: CollArgs) -> Result<()> {
+        let bytes = args.count.saturating_mul(args.dtype.size());
+        let algo = select::choose(coll, bytes, self.size, &self.config);
+        let f =
+            registry::lookup(coll, algo).ok_or_else(|| Error::internal(format!("{coll} has no {algo} algorithm")))?;
+        self.execute(coll, |ctx| f(ctx, &args))
+    }
+
     fn bad(&self, coll: Collective, msg: String) -> Error {
-        Error::invalid_argument(msg)
-            .in_collective(coll.name(), self.next_seq())
-            .on_rank(self.rank)
+        Error::invalid_argument(msg).in_collective(coll.name(), self.next_seq()).on_rank(self.rank)
     }
 
     fn check_root(&self, coll: Collective, root: usize) -> Result<()> {
         if root >= self.size {
-            return Err(self.bad(
-                coll,
-                format!("root {root} is not a rank of this world of {}", self.size),
-            ));
+            return Err(self.bad(coll, format!("root {root} is not a rank of this world of {}", self.size)));
         }
         Ok(())
     }
@@ -441,34 +406,16 @@ impl Communicator {
     /// holds the same, bitwise identical, result.
     pub fn all_reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<()> {
         let recv = region_mut(buf);
-        let args = CollArgs {
-            send: recv.as_region(),
-            recv,
-            in_place: true,
-            count: buf.len(),
-            dtype: T::DTYPE,
-            op,
-            root: 0,
-        };
+        let args =
+            CollArgs { send: recv.as_region(), recv, in_place: true, count: buf.len(), dtype: T::DTYPE, op, root: 0 };
         self.run(Collective::AllReduce, args)
     }
 
     /// Reduces `send` across all ranks into `recv` (same length).
-    pub fn all_reduce_into<T: Element>(
-        &self,
-        send: &[T],
-        recv: &mut [T],
-        op: ReduceOp,
-    ) -> Result<()> {
+    pub fn all_reduce_into<T: Element>(&self, send: &[T], recv: &mut [T], op: ReduceOp) -> Result<()> {
         if send.len() != recv.len() {
-            return Err(self.bad(
-                Collective::AllReduce,
-                format!(
-                    "send has {} elements but recv has {}",
-                    send.len(),
-                    recv.len()
-                ),
-            ));
+            return Err(self
+                .bad(Collective::AllReduce, format!("send has {} elements but recv has {}", send.len(), recv.len())));
         }
         let args = CollArgs {
             send: region(send),
@@ -488,12 +435,7 @@ impl Communicator {
         if Some(recv.len()) != send.len().checked_mul(self.size) {
             return Err(self.bad(
                 Collective::AllGather,
-                format!(
-                    "recv has {} elements, not send's {} times {} ranks",
-                    recv.len(),
-                    send.len(),
-                    self.size
-                ),
+                format!("recv has {} elements, not send's {} times {} ranks", recv.len(), send.len(), self.size),
             ));
         }
         let args = CollArgs {
@@ -514,20 +456,14 @@ impl Communicator {
         if buf.len() % self.size != 0 {
             return Err(self.bad(
                 Collective::AllGather,
-                format!(
-                    "buffer of {} elements does not split into {} equal blocks",
-                    buf.len(),
-                    self.size
-                ),
+                format!("buffer of {} elements does not split into {} equal blocks", buf.len(), self.size),
             ));
         }
         let count = buf.len() / self.size;
         let recv = region_mut(buf);
         let es = T::DTYPE.size();
         let args = CollArgs {
-            send: recv
-                .as_region()
-                .slice(self.rank * count * es..(self.rank + 1) * count * es),
+            send: recv.as_region().slice(self.rank * count * es..(self.rank + 1) * count * es),
             recv,
             in_place: true,
             count,
@@ -540,21 +476,11 @@ impl Communicator {
 
     /// Reduces `send` (`recv.len() * size()` elements) across ranks and leaves block
     /// `rank()` of the result in `recv`.
-    pub fn reduce_scatter_into<T: Element>(
-        &self,
-        send: &[T],
-        recv: &mut [T],
-        op: ReduceOp,
-    ) -> Result<()> {
+    pub fn reduce_scatter_into<T: Element>(&self, send: &[T], recv: &mut [T], op: ReduceOp) -> Result<()> {
         if Some(send.len()) != recv.len().checked_mul(self.size) {
             return Err(self.bad(
                 Collective::ReduceScatter,
-                format!(
-                    "send has {} elements, not recv's {} times {} ranks",
-                    send.len(),
-                    recv.len(),
-                    self.size
-                ),
+                format!("send has {} elements, not recv's {} times {} ranks", send.len(), recv.len(), self.size),
             ));
         }
         let args = CollArgs {
@@ -575,11 +501,7 @@ impl Communicator {
         if buf.len() % self.size != 0 {
             return Err(self.bad(
                 Collective::ReduceScatter,
-                format!(
-                    "buffer of {} elements does not split into {} equal blocks",
-                    buf.len(),
-                    self.size
-                ),
+                format!("buffer of {} elements does not split into {} equal blocks", buf.len(), self.size),
             ));
         }
         let count = buf.len() / self.size;
@@ -628,11 +550,7 @@ impl Communicator {
         if buf.len() % self.size != 0 {
             return Err(self.bad(
                 Collective::AllToAll,
-                format!(
-                    "buffer of {} elements does not split into {} equal blocks",
-                    buf.len(),
-                    self.size
-                ),
+                format!("buffer of {} elements does not split into {} equal blocks", buf.len(), self.size),
             ));
         }
         let count = buf.len() / self.size;
@@ -647,6 +565,30 @@ impl Communicator {
             root: 0,
         };
         self.run(Collective::AllToAll, args)
+    }
+
+    /// All-to-all with per-peer counts and displacements (in elements): `send_counts[j]`
+    /// elements from `send[send_displs[j]..]` go to rank `j`, which receives them into
+    /// `recv[recv_displs[j]..]` (its `recv_counts[r]` must match). Counts that disagree
+    /// between a sender and its receiver are an `InvalidUsage` error on both, before any data
+    /// moves.
+    pub fn all_to_allv_into<T: Element>(
+        &self,
+        send: &[T],
+        send_counts: &[usize],
+        send_displs: &[usize],
+        recv: &mut [T],
+        recv_counts: &[usize],
+        recv_displs: &[usize],
+    ) -> Result<()> {
+        use oxccl_algorithms::all_to_all::pairwise_v::{self, Layout};
+        let sl = Layout { counts: send_counts, displs: send_displs };
+        let rl = Layout { counts: recv_counts, displs: recv_displs };
+        let (s, r) = (region(send), region_mut(recv));
+        sl.check("send layout", self.size, s.len(), T::DTYPE)
+            .and_then(|_| rl.check("recv layout", self.size, r.len(), T::DTYPE))
+            .map_err(|e| e.in_collective("all_to_allv", self.next_seq()).on_rank(self.rank))?;
+        self.execute(Collective::AllToAllV, |ctx| pairwise_v::run(ctx, s, sl, r, rl, T::DTYPE))
     }
 
     /// Copies `root`'s `buf` into every rank's `buf` (same length everywhere).
@@ -667,28 +609,15 @@ impl Communicator {
 
     /// Copies `root`'s `send` into every rank's `recv` (`send` is read on the root only; pass
     /// an empty slice elsewhere). `recv` has the same length on every rank.
-    pub fn broadcast_into<T: Element>(
-        &self,
-        send: &[T],
-        recv: &mut [T],
-        root: usize,
-    ) -> Result<()> {
+    pub fn broadcast_into<T: Element>(&self, send: &[T], recv: &mut [T], root: usize) -> Result<()> {
         self.check_root(Collective::Broadcast, root)?;
         if self.rank == root && send.len() != recv.len() {
             return Err(self.bad(
                 Collective::Broadcast,
-                format!(
-                    "at the root, send has {} elements but recv has {}",
-                    send.len(),
-                    recv.len()
-                ),
+                format!("at the root, send has {} elements but recv has {}", send.len(), recv.len()),
             ));
         }
-        let send = if self.rank == root {
-            region(send)
-        } else {
-            Region::empty()
-        };
+        let send = if self.rank == root { region(send) } else { Region::empty() };
         let args = CollArgs {
             send,
             recv: region_mut(recv),
@@ -706,52 +635,23 @@ impl Communicator {
     pub fn reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp, root: usize) -> Result<()> {
         self.check_root(Collective::Reduce, root)?;
         let recv = region_mut(buf);
-        let args = CollArgs {
-            send: recv.as_region(),
-            recv,
-            in_place: true,
-            count: buf.len(),
-            dtype: T::DTYPE,
-            op,
-            root,
-        };
+        let args =
+            CollArgs { send: recv.as_region(), recv, in_place: true, count: buf.len(), dtype: T::DTYPE, op, root };
         self.run(Collective::Reduce, args)
     }
 
     /// Reduces every rank's `send` into `recv` on `root`. `recv` must have `send.len()`
     /// elements on the root and is not touched on other ranks (pass an empty slice there).
-    pub fn reduce_into<T: Element>(
-        &self,
-        send: &[T],
-        recv: &mut [T],
-        op: ReduceOp,
-        root: usize,
-    ) -> Result<()> {
+    pub fn reduce_into<T: Element>(&self, send: &[T], recv: &mut [T], op: ReduceOp, root: usize) -> Result<()> {
         self.check_root(Collective::Reduce, root)?;
         if self.rank == root && recv.len() != send.len() {
             return Err(self.bad(
                 Collective::Reduce,
-                format!(
-                    "at the root, recv has {} elements but send has {}",
-                    recv.len(),
-                    send.len()
-                ),
+                format!("at the root, recv has {} elements but send has {}", recv.len(), send.len()),
             ));
         }
-        let recv = if self.rank == root {
-            region_mut(recv)
-        } else {
-            RegionMut::empty()
-        };
-        let args = CollArgs {
-            send: region(send),
-            recv,
-            in_place: false,
-            count: send.len(),
-            dtype: T::DTYPE,
-            op,
-            root,
-        };
+        let recv = if self.rank == root { region_mut(recv) } else { RegionMut::empty() };
+        let args = CollArgs { send: region(send), recv, in_place: false, count: send.len(), dtype: T::DTYPE, op, root };
         self.run(Collective::Reduce, args)
     }
 
@@ -798,10 +698,7 @@ impl Communicator {
         let deadline = Instant::now() + self.config.timeout;
         let mut reqs = Vec::new();
         let mut first_seq = None;
-        let mut guard = FailOnUnwind {
-            net: &*self.net,
-            armed: true,
-        };
+        let mut guard = FailOnUnwind { net: &*self.net, armed: true };
         let mut r = Ok(());
         for &(peer, buf) in recvs {
             let k = st.p2p_received[peer];
@@ -828,9 +725,7 @@ impl Communicator {
         }
         guard.armed = false;
         r.map_err(|e| {
-            let e = e
-                .in_collective(what, first_seq.unwrap_or(0))
-                .on_rank(self.rank);
+            let e = e.in_collective(what, first_seq.unwrap_or(0)).on_rank(self.rank);
             self.poison(&mut st, e)
         })
     }
@@ -851,13 +746,7 @@ impl Communicator {
 
     /// Sends `send` to `to` and receives `recv` from `from` at the same time, so two ranks
     /// can exchange without deadlock.
-    pub fn sendrecv<T: Element>(
-        &self,
-        send: &[T],
-        to: usize,
-        recv: &mut [T],
-        from: usize,
-    ) -> Result<()> {
+    pub fn sendrecv<T: Element>(&self, send: &[T], to: usize, recv: &mut [T], from: usize) -> Result<()> {
         self.check_peer("sendrecv", to)?;
         self.check_peer("sendrecv", from)?;
         self.p2p(&[(to, region(send))], &[(from, region_mut(recv))])
@@ -869,9 +758,7 @@ fn check_world(rank: usize, size: usize) -> Result<()> {
         return Err(Error::invalid_argument("the world size is 0"));
     }
     if rank >= size {
-        return Err(Error::invalid_argument(format!(
-            "rank {rank} is not below the world size {size}"
-        )));
+        return Err(Error::invalid_argument(format!("rank {rank} is not below the world size {size}")));
     }
     Ok(())
 }
