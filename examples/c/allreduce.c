@@ -1,7 +1,7 @@
 /* All-reduce from C with oxccl: every rank contributes rank + 1; every element of the result
  * is size (size + 1) / 2. Also times an 8-byte all-reduce.
  *
- *   cargo build --release -p oxccl-ffi --bin oxrun
+ *   cargo build --release -p oxccl -p oxccl-ffi
  *   make -C examples
  *   target/release/oxrun -n 4 examples/c/allreduce
  */
