@@ -65,7 +65,9 @@ pub struct Communicator {
     reducer: HostReducer,
     state: Mutex<State>,
     collectives: AtomicU64,
-    boot: Boot,
+    /// How to build new connections (for `split`); `None` for communicators over a
+    /// caller-made transport.
+    boot: Option<Boot>,
 }
 
 /// What a communicator needs to build new connections later (for `split`): the store, the
@@ -216,12 +218,12 @@ impl Communicator {
         let scoped = PrefixStore::new(boot.prefix.clone(), boot.store.clone());
         let net = TcpTransport::connect(rank, size, &scoped, boot.secret, opts, deadline)
             .map_err(|e| e.in_collective("init", 0).on_rank(rank))?;
-        let mut comm = Communicator::assemble(rank, size, config, Arc::new(net), boot);
+        let mut comm = Communicator::assemble(rank, size, config, Arc::new(net), Some(boot));
         comm.discover_hosts(deadline)?;
         Ok(comm)
     }
 
-    fn assemble(rank: usize, size: usize, config: Config, net: Arc<dyn Transport>, boot: Boot) -> Communicator {
+    fn assemble(rank: usize, size: usize, config: Config, net: Arc<dyn Transport>, boot: Option<Boot>) -> Communicator {
         Communicator {
             rank,
             size,
@@ -282,8 +284,21 @@ impl Communicator {
         Ok(LoopbackTransport::world(size)
             .into_iter()
             .enumerate()
-            .map(|(rank, t)| Communicator::assemble(rank, size, config.clone(), Arc::new(t), boot.clone()))
+            .map(|(rank, t)| Communicator::assemble(rank, size, config.clone(), Arc::new(t), Some(boot.clone())))
             .collect())
+    }
+
+    /// A communicator over a transport the caller built: for custom transports, or for a
+    /// [`Router`](oxccl_transport::Router) that reaches each peer its own way. Every rank
+    /// must call it with an endpoint of the same world. Such a communicator cannot `split`
+    /// (it has no rendezvous store to build new connections through).
+    pub fn from_transport(net: Arc<dyn Transport>, config: Config) -> Result<Communicator> {
+        let (rank, size) = (net.rank(), net.size());
+        check_world(rank, size)?;
+        let mut comm = Communicator::assemble(rank, size, config, net, None);
+        let deadline = Instant::now() + comm.config.timeout;
+        comm.discover_hosts(deadline)?;
+        Ok(comm)
     }
 
     /// This rank, `0..size()`.

@@ -8,7 +8,7 @@ use oxccl_algorithms::{CollArgs, Collective, DataType, ReduceOp};
 use oxccl_transport::{PrefixStore, TcpOptions, TcpTransport};
 
 use super::{default_spin, region, region_mut, Communicator};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 impl Communicator {
     /// Splits this communicator: every rank calls `split` (collectively, like any collective);
@@ -36,6 +36,13 @@ impl Communicator {
     /// });
     /// ```
     pub fn split(&self, color: Option<u32>, key: i64) -> Result<Option<Communicator>> {
+        let mut boot = self.boot.clone().ok_or_else(|| {
+            Error::unsupported(
+                "this communicator was built over a caller's transport and has no store to split through",
+            )
+            .in_collective("split", self.next_seq())
+            .on_rank(self.rank)
+        })?;
         // Everyone's (color, key): an all-gather of two words.
         let mine = [color.map_or(u64::MAX, u64::from), key as u64];
         let mut all = vec![0u64; 2 * self.size];
@@ -57,8 +64,7 @@ impl Communicator {
         let rank = members.iter().position(|&(_, j)| j == self.rank).expect("this rank has its own color");
         let size = members.len();
 
-        let mut boot = self.boot.clone();
-        boot.prefix = format!("{}/split{seq}c{color}", self.boot.prefix);
+        boot.prefix = format!("{}/split{seq}c{color}", boot.prefix);
         boot.local_size_hint = None;
         let deadline = Instant::now() + self.config.timeout;
         let opts = TcpOptions {
@@ -71,7 +77,7 @@ impl Communicator {
         let scoped = PrefixStore::new(boot.prefix.clone(), boot.store.clone());
         let net = TcpTransport::connect(rank, size, &scoped, boot.secret, opts, deadline)
             .map_err(|e| e.in_collective("split", seq).on_rank(self.rank))?;
-        let mut child = Communicator::assemble(rank, size, self.config.clone(), Arc::new(net), boot);
+        let mut child = Communicator::assemble(rank, size, self.config.clone(), Arc::new(net), Some(boot));
         child.discover_hosts(deadline)?;
         Ok(Some(child))
     }

@@ -260,6 +260,18 @@ impl Transport for LoopbackTransport {
         self.lock()[self.rank].pending.len()
     }
 
+    fn progress(&self, max_wait: std::time::Duration) -> Result<()> {
+        // Transfers happen when they are posted; waiting only lets other threads post.
+        let ranks = self.lock();
+        if let Some(e) = &ranks[self.rank].failed {
+            return Err(e.clone());
+        }
+        if !max_wait.is_zero() && !ranks[self.rank].pending.is_empty() {
+            drop(self.shared.changed.wait_timeout(ranks, max_wait).unwrap_or_else(|e| e.into_inner()));
+        }
+        Ok(())
+    }
+
     fn abort(&self) {
         self.fail(Error::aborted("the communicator was aborted").on_rank(self.rank));
     }

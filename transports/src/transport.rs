@@ -79,6 +79,12 @@ pub trait Transport: Send + Sync {
     /// The number of requests posted and not yet completed.
     fn pending(&self) -> usize;
 
+    /// Progresses posted requests, blocking up to `max_wait` while nothing moves. Unlike
+    /// [`Transport::wait`], running out of time is not an error: a caller that drives several
+    /// transports at once (see [`Router`](crate::Router)) uses it to sleep on one while the
+    /// others still get their turn.
+    fn progress(&self, max_wait: std::time::Duration) -> Result<()>;
+
     /// Fails the transport with `Error::Aborted` and wakes every waiter, from any thread.
     /// Pending requests are dropped without touching their regions again.
     fn abort(&self);

@@ -339,7 +339,7 @@ impl TcpTransport {
         }
     }
 
-    fn progress(&self, e: &mut Engine) -> Result<bool> {
+    fn advance(&self, e: &mut Engine) -> Result<bool> {
         e.progress().map_err(|err| e.fail(err))
     }
 }
@@ -381,7 +381,7 @@ impl Transport for TcpTransport {
             e.conns[peer][i].push_send(id, tag, i as u16, buf.as_ptr().wrapping_add(start), len);
         }
         e.reqs.insert(id, ReqInfo { peer, tag, is_send: true, parts_left: n as u32 });
-        self.progress(&mut e)?;
+        self.advance(&mut e)?;
         Ok(ReqId(id))
     }
 
@@ -408,7 +408,7 @@ impl Transport for TcpTransport {
             });
         }
         e.reqs.insert(id, ReqInfo { peer, tag, is_send: false, parts_left: n as u32 });
-        self.progress(&mut e)?;
+        self.advance(&mut e)?;
         Ok(ReqId(id))
     }
 
@@ -421,7 +421,7 @@ impl Transport for TcpTransport {
         if !e.reqs.contains_key(&req.0) {
             return Ok(true);
         }
-        self.progress(&mut e)?;
+        self.advance(&mut e)?;
         Ok(!e.reqs.contains_key(&req.0))
     }
 
@@ -437,7 +437,7 @@ impl Transport for TcpTransport {
             if !e.reqs.contains_key(&req.0) {
                 return Ok(());
             }
-            let moved = self.progress(&mut e)?;
+            let moved = self.advance(&mut e)?;
             if !e.reqs.contains_key(&req.0) {
                 return Ok(());
             }
@@ -463,6 +463,20 @@ impl Transport for TcpTransport {
 
     fn pending(&self) -> usize {
         self.lock().reqs.len()
+    }
+
+    fn progress(&self, max_wait: Duration) -> Result<()> {
+        let mut e = self.lock();
+        self.check(&mut e)?;
+        if self.advance(&mut e)? || max_wait.is_zero() || e.reqs.is_empty() {
+            return Ok(());
+        }
+        let ms = max_wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        if let Err(err) = e.poll_wait(self.wake.as_raw_fd(), ms) {
+            return Err(e.fail(err));
+        }
+        self.check(&mut e)?;
+        self.advance(&mut e).map(|_| ())
     }
 
     fn abort(&self) {

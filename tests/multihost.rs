@@ -1,0 +1,89 @@
+//! Two hosts on one machine: network namespaces joined by a veth pair, one `oxrun` per
+//! "host" (`--nnodes 2`), every collective of `oxccl-bench` checked across them. Needs root
+//! and iproute2 (CI has both; elsewhere the test says it was skipped).
+
+use std::process::{Command, Stdio};
+
+struct Hosts {
+    a: String,
+    b: String,
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+impl Hosts {
+    /// Namespaces `a` (10.77.N.1) and `b` (10.77.N.2), N from the process id.
+    fn new() -> Option<(Hosts, String, String)> {
+        let id = std::process::id() % 250;
+        let h = Hosts { a: format!("oxa{id}"), b: format!("oxb{id}") };
+        let (va, vb) = (format!("oxva{id}"), format!("oxvb{id}"));
+        let (ipa, ipb) = (format!("10.77.{id}.1"), format!("10.77.{id}.2"));
+        let ok = ip(&["netns", "add", &h.a])
+            && ip(&["netns", "add", &h.b])
+            && ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])
+            && ip(&["link", "set", &va, "netns", &h.a])
+            && ip(&["link", "set", &vb, "netns", &h.b])
+            && ip(&["-n", &h.a, "addr", "add", &format!("{ipa}/24"), "dev", &va])
+            && ip(&["-n", &h.b, "addr", "add", &format!("{ipb}/24"), "dev", &vb])
+            && ip(&["-n", &h.a, "link", "set", &va, "up"])
+            && ip(&["-n", &h.b, "link", "set", &vb, "up"])
+            && ip(&["-n", &h.a, "link", "set", "lo", "up"])
+            && ip(&["-n", &h.b, "link", "set", "lo", "up"]);
+        if ok {
+            Some((h, ipa, ipb))
+        } else {
+            drop(h);
+            None
+        }
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        ip(&["netns", "del", &self.a]);
+        ip(&["netns", "del", &self.b]);
+    }
+}
+
+#[test]
+fn two_hosts_over_veth_run_every_collective() {
+    let Some((hosts, ipa, _)) = Hosts::new() else {
+        assert!(std::env::var("CI").is_err(), "CI must be able to create network namespaces (root, iproute2)");
+        eprintln!("skipped: cannot create network namespaces here");
+        return;
+    };
+    let master = format!("{ipa}:29611");
+    let secret = "0123456789abcdef0123456789abcdef";
+    let node = |ns: &str, k: usize| {
+        Command::new("ip")
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_oxrun")])
+            .args(["-n", "2", "--nnodes", "2", "--node-rank", &k.to_string(), "--master", &master])
+            .arg(env!("CARGO_BIN_EXE_oxccl-bench"))
+            .args(["-b", "8", "-e", "4M", "-f", "32", "-n", "3", "-w", "1", "-c", "1", "--collective", "all"])
+            .env("OXCCL_SECRET", secret)
+            .env("OXCCL_HOST_ID", ns)
+            .env("OXCCL_TIMEOUT_MS", "30000")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = node(&hosts.a, 0);
+    let b = node(&hosts.b, 1);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let text = |o: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    assert!(a.status.success() && b.status.success(), "host a:\n{}\nhost b:\n{}", text(&a), text(&b));
+    let out = text(&a);
+    assert!(out.contains("4 ranks over tcp"), "{out}");
+    assert_eq!(out.matches("# Out of bounds values : 0 OK").count(), 6, "{out}");
+}
