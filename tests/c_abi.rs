@@ -82,7 +82,7 @@ fn c_collectives_every_element_checked() {
 #[test]
 fn c_collectives_under_sanitizers() {
     let exe = compile("tests/c/collectives.c", true);
-    for n in [2, 3] {
+    for n in [2, 3, 4] {
         run(n, &exe, "C-COLLECTIVES-OK");
     }
 }
