@@ -44,6 +44,7 @@ pub mod error;
 pub mod loopback;
 pub mod region;
 pub mod router;
+pub mod shm;
 pub mod store;
 pub mod tcp;
 pub mod transport;
