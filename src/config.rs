@@ -13,6 +13,7 @@
 //! | `OXCCL_SOCKET_BUF` | [`Config::socket_buffer`] | `4M` |
 //! | `OXCCL_SPIN_US` | [`Config::spin`] | `50` |
 //! | `OXCCL_SMALL_BYTES` | [`Config::small_bytes`] | `32K` |
+//! | `OXCCL_SHM_SLOTS`, `OXCCL_SHM_SLOT_BYTES` | [`Config::shm_slots`], [`Config::shm_slot_bytes`] | `8`, `64K` |
 
 use std::collections::HashMap;
 use std::fmt;
@@ -26,13 +27,13 @@ use crate::error::{Error, Result};
 /// Which transport carries data between ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TransportKind {
-    /// The best available for each pair of ranks (TCP in this build).
+    /// Shared memory when every rank is on this host, TCP otherwise.
     #[default]
     Auto,
     /// TCP for every pair.
     Tcp,
-    /// Shared memory between ranks of one host (not in this build yet: asking for it is an
-    /// `Unsupported` error rather than a silent fallback).
+    /// Shared memory; every rank must be on this host (else an `Unsupported` error, never a
+    /// silent fallback).
     Shm,
 }
 
@@ -170,6 +171,10 @@ pub struct Config {
     /// All-reduces of at most this many bytes use recursive doubling (latency-bound), larger
     /// ones the ring (bandwidth-bound), unless an algorithm is forced. Default 32 KiB.
     pub small_bytes: usize,
+    /// Shared memory: slots per FIFO (per ordered pair of ranks). Default 8.
+    pub shm_slots: usize,
+    /// Shared memory: bytes per slot, header included. Default 64 KiB.
+    pub shm_slot_bytes: usize,
 }
 
 impl Default for Config {
@@ -185,6 +190,8 @@ impl Default for Config {
             socket_buffer: None,
             spin: None,
             small_bytes: 32 << 10,
+            shm_slots: 8,
+            shm_slot_bytes: 64 << 10,
         }
     }
 }
@@ -256,6 +263,22 @@ impl Config {
         }
         if let Some(v) = var("OXCCL_SPIN_US") {
             self.spin = Some(Duration::from_micros(int("OXCCL_SPIN_US", v)?));
+        }
+        if let Some(v) = var("OXCCL_SHM_SLOTS") {
+            let n = int("OXCCL_SHM_SLOTS", v)?;
+            if !(1..=1024).contains(&n) {
+                return Err(Error::invalid_argument(format!("OXCCL_SHM_SLOTS={n} is not between 1 and 1024")));
+            }
+            self.shm_slots = n as usize;
+        }
+        if let Some(v) = var("OXCCL_SHM_SLOT_BYTES") {
+            let b = bytes("OXCCL_SHM_SLOT_BYTES", v)?;
+            if b < 128 || b % 64 != 0 {
+                return Err(Error::invalid_argument(format!(
+                    "OXCCL_SHM_SLOT_BYTES={b} is not a multiple of 64 of at least 128"
+                )));
+            }
+            self.shm_slot_bytes = b;
         }
         if let Some(v) = var("OXCCL_SMALL_BYTES") {
             self.small_bytes = bytes("OXCCL_SMALL_BYTES", v)?;

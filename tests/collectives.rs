@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{on_all, sweep, tcp_world, test_config};
+use common::{on_all, shm_world, sweep, tcp_world, test_config};
 use oxccl::{Communicator, Config};
 
 const SIZES: [usize; 6] = [1, 2, 3, 4, 5, 8];
@@ -53,4 +53,20 @@ fn tcp_threads() {
 fn tcp_forced_ring_with_two_connections_per_peer() {
     let cfg = test_config().with_algorithm("ring").unwrap().with_tcp_conns(2).with_chunk_bytes(1 << 20);
     check(tcp_world(4, cfg), true);
+}
+
+#[test]
+fn shm_threads() {
+    for p in SIZES {
+        check(shm_world(p, test_config()), p <= 3 || p == 5);
+    }
+}
+
+#[test]
+fn shm_small_fifo_forced_ring() {
+    // Two slots of 256 bytes: every message spans many slots and every sender waits for space.
+    let mut cfg = test_config().with_algorithm("ring").unwrap();
+    cfg.shm_slots = 2;
+    cfg.shm_slot_bytes = 256;
+    check(shm_world(4, cfg), true);
 }

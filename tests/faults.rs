@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::tcp_world;
+use common::{shm_world, tcp_world};
 use oxccl::bootstrap::tcp_store::TcpStoreServer;
 use oxccl::{Communicator, Config, ErrorKind, ReduceOp};
 
@@ -16,7 +16,11 @@ fn short(ms: u64) -> Config {
 }
 
 fn worlds(p: usize, cfg: Config) -> Vec<(&'static str, Vec<Communicator>)> {
-    vec![("loopback", Communicator::local_world(p, cfg.clone()).unwrap()), ("tcp", tcp_world(p, cfg))]
+    vec![
+        ("loopback", Communicator::local_world(p, cfg.clone()).unwrap()),
+        ("tcp", tcp_world(p, cfg.clone())),
+        ("shm", shm_world(p, cfg)),
+    ]
 }
 
 #[test]
@@ -129,6 +133,12 @@ fn bad_arguments_are_invalid_argument_never_a_panic() {
 /// of a stream of all-reduces, and every survivor must report PeerLost naming it within 2 s.
 #[test]
 fn killed_rank_gives_peer_lost_on_every_survivor() {
+    for transport in ["tcp", "shm"] {
+        killed_rank(transport);
+    }
+}
+
+fn killed_rank(transport: &str) {
     let p = 4;
     let victim = 2;
     let secret = [9u8; 16];
@@ -145,6 +155,7 @@ fn killed_rank_gives_peer_lost_on_every_survivor() {
                 .env("OXCCL_SECRET", "09".repeat(16))
                 .env("OXCCL_STORE_HOST", "launcher")
                 .env("OXCCL_TIMEOUT_MS", "60000")
+                .env("OXCCL_TRANSPORT", transport)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
@@ -170,10 +181,10 @@ fn killed_rank_gives_peer_lost_on_every_survivor() {
         parts.next();
         let ms: u128 = parts.next().unwrap().parse().unwrap();
         let msg = parts.next().unwrap();
-        assert!(msg.contains("peer lost") || msg.contains("remote error"), "rank {r}: {msg}");
+        assert!(msg.contains("peer lost") || msg.contains("remote error"), "{transport} rank {r}: {msg}");
         assert!(msg.contains("all_reduce #"), "rank {r}: {msg}");
         assert!(killed_at.elapsed().as_millis() < 10_000);
-        assert!(ms < 2000, "rank {r} took {ms} ms to notice: {msg}");
+        assert!(ms < 2000, "{transport} rank {r} took {ms} ms to notice: {msg}");
         // The rank that receives from the victim sees it go; the others may see first the
         // neighbour that gave up (naming the root cause everywhere is the reliability work's).
         if r == (victim + 1) % p {

@@ -10,7 +10,7 @@ use std::process::Command;
 use common::{on_all, sweep, tcp_world, test_config};
 use oxccl::Communicator;
 
-fn run_world(p: usize) {
+fn run_world(p: usize, transport: &str) {
     let me = std::env::current_exe().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_oxrun"))
         .args(["-n", &p.to_string(), "--tag-output"])
@@ -18,20 +18,30 @@ fn run_world(p: usize) {
         .args(["sweep_rank", "--exact", "--nocapture", "--test-threads=1"])
         .env("OXCCL_TEST_RANK_SWEEP", "1")
         .env("OXCCL_TIMEOUT_MS", "120000")
+        .env("OXCCL_TRANSPORT", transport)
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "world of {p} processes failed:\n{text}");
+    assert!(out.status.success(), "world of {p} processes over {transport} failed:\n{text}");
     // Every rank must have run and passed the sweep (not merely exited 0).
     for r in 0..p {
-        assert!(text.contains(&format!("[{r}] RANK-SWEEP-OK {r}/{p}")), "rank {r} of {p} did not finish:\n{text}");
+        let want = format!("[{r}] RANK-SWEEP-OK {r}/{p} {transport}");
+        assert!(text.contains(&want), "rank {r} of {p} over {transport} did not finish:\n{text}");
     }
 }
 
 #[test]
 fn process_worlds_over_tcp() {
     for p in [1, 2, 3, 4, 5, 8] {
-        run_world(p);
+        run_world(p, "tcp");
+    }
+}
+
+#[test]
+fn process_worlds_over_shared_memory() {
+    // 4 and 8 ranks on this 2-core machine: oversubscribed, so waiters must sleep.
+    for p in [2, 3, 4, 5, 8] {
+        run_world(p, "shm");
     }
 }
 
@@ -42,7 +52,13 @@ fn sweep_rank() {
         let big = comm.size() <= 4;
         let fails = sweep(&comm, big);
         assert!(fails.is_empty(), "{}", fails.join("\n"));
-        println!("\nRANK-SWEEP-OK {}/{}", comm.rank(), comm.size());
+        let transport = std::env::var("OXCCL_TRANSPORT").unwrap_or_default();
+        assert!(
+            comm.size() == 1 || comm.transport_name() == transport,
+            "asked for {transport}, got {}",
+            comm.transport_name()
+        );
+        println!("\nRANK-SWEEP-OK {}/{} {transport}", comm.rank(), comm.size());
     } else {
         let comms = tcp_world(3, test_config());
         let fails = on_all(&comms, |c| sweep(c, false));

@@ -13,8 +13,8 @@ use oxccl_algorithms::registry::{self, Algorithm};
 use oxccl_algorithms::{CollArgs, Collective, Ctx, DataType, Element, HostReducer, ReduceOp};
 use oxccl_transport::auth::Secret;
 use oxccl_transport::{
-    LoopbackTransport, MemoryKind, MemoryStore, PrefixStore, Region, RegionMut, Store, Tag, TcpOptions, TcpTransport,
-    Transport,
+    LoopbackTransport, MemoryKind, MemoryStore, PrefixStore, Region, RegionMut, ShmOptions, ShmTransport, Store, Tag,
+    TcpOptions, TcpTransport, Transport,
 };
 use sha2::{Digest, Sha256};
 
@@ -199,26 +199,8 @@ impl Communicator {
     }
 
     fn connect(boot: Boot, rank: usize, size: usize, config: Config, deadline: Instant) -> Result<Communicator> {
-        match config.transport {
-            TransportKind::Auto | TransportKind::Tcp => {}
-            TransportKind::Shm => {
-                return Err(Error::unsupported(
-                    "the shared-memory transport is not in this build yet; use OXCCL_TRANSPORT=tcp or auto",
-                ))
-            }
-        }
-        let spin = config.spin.unwrap_or_else(|| default_spin(boot.local_size_hint.unwrap_or(size)));
-        let opts = TcpOptions {
-            bind: boot.bind,
-            conns_per_peer: config.tcp_conns_per_peer,
-            socket_buffer: config.socket_buffer,
-            stripe_min_bytes: TcpOptions::default().stripe_min_bytes,
-            spin,
-        };
-        let scoped = PrefixStore::new(boot.prefix.clone(), boot.store.clone());
-        let net = TcpTransport::connect(rank, size, &scoped, boot.secret, opts, deadline)
-            .map_err(|e| e.in_collective("init", 0).on_rank(rank))?;
-        let mut comm = Communicator::assemble(rank, size, config, Arc::new(net), Some(boot));
+        let net = build_transport(&boot, rank, size, &config, deadline)?;
+        let mut comm = Communicator::assemble(rank, size, config, net, Some(boot));
         comm.discover_hosts(deadline)?;
         Ok(comm)
     }
@@ -776,6 +758,77 @@ fn check_world(rank: usize, size: usize) -> Result<()> {
         return Err(Error::invalid_argument(format!("rank {rank} is not below the world size {size}")));
     }
     Ok(())
+}
+
+/// The key ranks that can share memory have in common: `OXCCL_HOST_ID` when set (so tests
+/// can pretend to be on several hosts), else this kernel's boot id.
+fn shm_key() -> String {
+    std::env::var("OXCCL_HOST_ID").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+    })
+}
+
+/// Builds the transport `config` asks for: TCP; shared memory (every rank on this host);
+/// or, for `auto`, shared memory when every rank is on this host and TCP otherwise.
+fn build_transport(
+    boot: &Boot,
+    rank: usize,
+    size: usize,
+    config: &Config,
+    deadline: Instant,
+) -> Result<Arc<dyn Transport>> {
+    let scoped = PrefixStore::new(boot.prefix.clone(), boot.store.clone());
+    let init_err = |e: Error| e.in_collective("init", 0).on_rank(rank);
+    let use_shm = match config.transport {
+        TransportKind::Tcp => false,
+        TransportKind::Shm | TransportKind::Auto => {
+            let me = shm_key();
+            scoped.set(&format!("host/{rank}"), me.as_bytes()).map_err(init_err)?;
+            let mut elsewhere = Vec::new();
+            for r in 0..size {
+                match scoped.get(&format!("host/{r}"), deadline) {
+                    Ok(k) if k != me.as_bytes() => elsewhere.push(r),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == crate::ErrorKind::Timeout => {
+                        // Name every rank that is missing, not only the first.
+                        let now = Instant::now();
+                        let missing: Vec<usize> =
+                            (r..size).filter(|q| scoped.get(&format!("host/{q}"), now).is_err()).collect();
+                        return Err(init_err(Error::timeout(
+                            format!("ranks {missing:?} never joined the world of {size}"),
+                            config.timeout,
+                        )));
+                    }
+                    Err(e) => return Err(init_err(e)),
+                }
+            }
+            if !elsewhere.is_empty() && config.transport == TransportKind::Shm {
+                return Err(init_err(Error::unsupported(format!(
+                    "the shared-memory transport needs every rank on this host, and ranks {elsewhere:?} are not \
+                     (use OXCCL_TRANSPORT=auto or tcp)"
+                ))));
+            }
+            elsewhere.is_empty() && size > 1
+        }
+    };
+    let spin =
+        config.spin.unwrap_or_else(|| default_spin(if use_shm { size } else { boot.local_size_hint.unwrap_or(size) }));
+    if use_shm {
+        let opts = ShmOptions { slots: config.shm_slots, slot_bytes: config.shm_slot_bytes, spin };
+        let net = ShmTransport::connect(rank, size, &scoped, opts, deadline).map_err(init_err)?;
+        tracing::info!(rank, size, "transport: shared memory");
+        return Ok(Arc::new(net));
+    }
+    let opts = TcpOptions {
+        bind: boot.bind,
+        conns_per_peer: config.tcp_conns_per_peer,
+        socket_buffer: config.socket_buffer,
+        stripe_min_bytes: TcpOptions::default().stripe_min_bytes,
+        spin,
+    };
+    let net = TcpTransport::connect(rank, size, &scoped, boot.secret, opts, deadline).map_err(init_err)?;
+    tracing::info!(rank, size, "transport: tcp");
+    Ok(Arc::new(net))
 }
 
 /// Spin briefly when every rank has a core; barely at all when ranks outnumber cores, where a

@@ -1,13 +1,11 @@
 //! `split`: new communicators from groups of an existing one (MPI_Comm_split,
 //! ncclCommSplit).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use oxccl_algorithms::{CollArgs, Collective, DataType, ReduceOp};
-use oxccl_transport::{PrefixStore, TcpOptions, TcpTransport};
 
-use super::{default_spin, region, region_mut, Communicator};
+use super::{build_transport, region, region_mut, Communicator};
 use crate::error::{Error, Result};
 
 impl Communicator {
@@ -67,17 +65,9 @@ impl Communicator {
         boot.prefix = format!("{}/split{seq}c{color}", boot.prefix);
         boot.local_size_hint = None;
         let deadline = Instant::now() + self.config.timeout;
-        let opts = TcpOptions {
-            bind: boot.bind,
-            conns_per_peer: self.config.tcp_conns_per_peer,
-            socket_buffer: self.config.socket_buffer,
-            stripe_min_bytes: TcpOptions::default().stripe_min_bytes,
-            spin: self.config.spin.unwrap_or_else(|| default_spin(self.local_size.min(size))),
-        };
-        let scoped = PrefixStore::new(boot.prefix.clone(), boot.store.clone());
-        let net = TcpTransport::connect(rank, size, &scoped, boot.secret, opts, deadline)
+        let net = build_transport(&boot, rank, size, &self.config, deadline)
             .map_err(|e| e.in_collective("split", seq).on_rank(self.rank))?;
-        let mut child = Communicator::assemble(rank, size, self.config.clone(), Arc::new(net), Some(boot));
+        let mut child = Communicator::assemble(rank, size, self.config.clone(), net, Some(boot));
         child.discover_hosts(deadline)?;
         Ok(Some(child))
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use half::{bf16, f16};
 use oxccl::check::{self, CheckElem};
-use oxccl::{Communicator, Config, ReduceOp, UniqueId};
+use oxccl::{Communicator, Config, ReduceOp, TransportKind, UniqueId};
 
 /// Counts every sweep covers: empty, one, a prime, one not divisible by most world sizes.
 pub const COUNTS: [usize; 4] = [0, 1, 7, 1000];
@@ -16,6 +16,15 @@ pub const BIG: usize = (1 << 20) + 3;
 
 /// A world of `p` ranks as threads, over TCP on loopback.
 pub fn tcp_world(p: usize, config: Config) -> Vec<Communicator> {
+    world_over(p, config.with_transport(TransportKind::Tcp))
+}
+
+/// A world of `p` ranks as threads, over shared memory.
+pub fn shm_world(p: usize, config: Config) -> Vec<Communicator> {
+    world_over(p, config.with_transport(TransportKind::Shm))
+}
+
+fn world_over(p: usize, config: Config) -> Vec<Communicator> {
     let id = UniqueId::new().unwrap();
     let hs: Vec<_> = (0..p)
         .map(|r| {

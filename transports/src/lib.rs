@@ -53,6 +53,7 @@ pub use error::{Context, Error, ErrorKind, Result};
 pub use loopback::LoopbackTransport;
 pub use region::{MemoryKind, Region, RegionMut};
 pub use router::Router;
+pub use shm::{ShmOptions, ShmTransport};
 pub use store::{MemoryStore, PrefixStore, Store};
 pub use tcp::{TcpOptions, TcpTransport};
 pub use transport::{Capabilities, ReqId, Tag, Transport};

@@ -24,7 +24,15 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<std::t
 pub(crate) fn futex_wake(word: &AtomicU32) {
     // SAFETY: as above; FUTEX_WAKE does not touch the word's value.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, std::ptr::null::<libc::timespec>(), std::ptr::null::<u32>(), 0);
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0,
+        );
     }
 }
 

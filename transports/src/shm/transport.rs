@@ -1,0 +1,596 @@
+//! [`ShmTransport`]: ranks of one host exchange messages through FIFOs in shared memory.
+//!
+//! Each rank owns a segment holding its control block (doorbell, failure flag) and one
+//! inbound FIFO per peer. A sender writes into the receiver's FIFO and rings the receiver's
+//! doorbell; a receiver drains its FIFOs straight into the posted buffers and rings the
+//! sender's doorbell so a sender waiting for space goes on. Waiters spin briefly, then sleep
+//! on their own doorbell (see [`super::doorbell`]), so oversubscribed ranks yield their core.
+//!
+//! Slot format: `tag u64 | message length u64 | offset u64 | chunk length u32 | 0 u32 | data`.
+//! The receiver checks tag, length and offset against the receive it posted; a difference
+//! fails both sides (mismatched calls). A rank that fails raises the flag in its control
+//! block and rings every peer, so peers blocked on it report it at once; a rank that dies
+//! is noticed through a pidfd.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+
+use super::doorbell::Doorbell;
+use super::fifo::{Fifo, FifoHeader, RawSlots};
+use super::segment::Segment;
+use super::sync::{AtomicU32, Ordering};
+use crate::error::{Error, Result};
+use crate::region::{MemoryKind, Region, RegionMut};
+use crate::store::Store;
+use crate::transport::{Capabilities, ReqId, Tag, Transport};
+
+const SLOT_HEADER: usize = 32;
+
+/// Settings of the shared-memory transport.
+#[derive(Debug, Clone)]
+pub struct ShmOptions {
+    /// Slots per FIFO (per ordered pair of ranks).
+    pub slots: usize,
+    /// Bytes per slot, header included (a multiple of 64).
+    pub slot_bytes: usize,
+    /// How long a waiter spins before it sleeps.
+    pub spin: Duration,
+}
+
+impl Default for ShmOptions {
+    fn default() -> Self {
+        ShmOptions { slots: 8, slot_bytes: 64 << 10, spin: Duration::from_micros(50) }
+    }
+}
+
+#[repr(C)]
+struct Control {
+    doorbell: Doorbell,
+    failed: CachePadded<AtomicU32>,
+}
+
+struct SendOp {
+    req: u64,
+    tag: Tag,
+    ptr: *const u8,
+    len: usize,
+    off: usize,
+    pushed_any: bool,
+}
+
+struct RecvOp {
+    req: u64,
+    tag: Tag,
+    ptr: *mut u8,
+    len: usize,
+    off: usize,
+}
+
+struct ReqInfo {
+    peer: usize,
+    tag: Tag,
+    is_send: bool,
+}
+
+struct State {
+    sendq: Vec<VecDeque<SendOp>>,
+    recvq: Vec<VecDeque<RecvOp>>,
+    reqs: HashMap<u64, ReqInfo>,
+    next_id: u64,
+    failed: Option<Error>,
+    last_liveness: Instant,
+}
+
+// SAFETY: the raw pointers in queued operations point into regions whose creators promised
+// they stay valid, from any thread, until the request completes or the transport fails.
+unsafe impl Send for State {}
+
+/// One rank's endpoint of a shared-memory world (every rank on this host).
+pub struct ShmTransport {
+    rank: usize,
+    size: usize,
+    opts: ShmOptions,
+    /// `segments[r]`: rank r's segment (this rank's own at `rank`).
+    segments: Vec<Segment>,
+    pidfds: Vec<Option<std::os::fd::OwnedFd>>,
+    fifo_stride: usize,
+    state: Mutex<State>,
+    aborted: AtomicBool,
+}
+
+fn control_bytes() -> usize {
+    std::mem::size_of::<Control>().next_multiple_of(128)
+}
+
+fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscall; on success it returns a new descriptor we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: `fd` is a fresh descriptor.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+impl ShmTransport {
+    /// Builds this rank's segment, publishes it through `store`, and maps every peer's.
+    /// Every rank of the world must be on this host.
+    pub fn connect(
+        rank: usize,
+        size: usize,
+        store: &dyn Store,
+        opts: ShmOptions,
+        deadline: Instant,
+    ) -> Result<ShmTransport> {
+        if size == 0 || rank >= size {
+            return Err(Error::invalid_argument(format!("rank {rank} is not in a world of {size}")));
+        }
+        if opts.slots == 0 || opts.slot_bytes < 128 || opts.slot_bytes % 64 != 0 {
+            return Err(Error::invalid_argument("shm: need at least one slot of at least 128 bytes, a multiple of 64"));
+        }
+        let fifo_stride = std::mem::size_of::<FifoHeader>().next_multiple_of(128) + opts.slots * opts.slot_bytes;
+        let len = control_bytes() + size * fifo_stride;
+        let mine = Segment::create(len)?;
+        let pid = std::process::id();
+        store.set(&format!("shm/{rank}"), format!("{pid}:{}:{len}", mine.raw_fd()).as_bytes())?;
+        let mut segments = Vec::with_capacity(size);
+        let mut pidfds = Vec::with_capacity(size);
+        let mut mine = Some(mine);
+        for peer in 0..size {
+            if peer == rank {
+                segments.push(mine.take().expect("own segment"));
+                pidfds.push(None);
+                continue;
+            }
+            let v = store.get(&format!("shm/{peer}"), deadline).map_err(|e| e.on_rank(rank).with_peer(peer))?;
+            let text = String::from_utf8_lossy(&v).into_owned();
+            let parts: Vec<&str> = text.split(':').collect();
+            let parsed = match parts.as_slice() {
+                [p, f, l] => p.parse::<u32>().ok().zip(f.parse::<i32>().ok()).zip(l.parse::<usize>().ok()),
+                _ => None,
+            };
+            let ((ppid, pfd), plen) =
+                parsed.ok_or_else(|| Error::invalid_usage(format!("shm: rank {peer} published '{text}'")))?;
+            if plen != len {
+                return Err(Error::invalid_usage(format!(
+                    "shm: rank {peer}'s segment is {plen} bytes, this rank's {len} (different settings?)"
+                ))
+                .with_peer(peer));
+            }
+            segments.push(Segment::open(ppid, pfd, len).map_err(|e| e.on_rank(rank).with_peer(peer))?);
+            pidfds.push(if ppid == pid { None } else { pidfd_open(ppid) });
+        }
+        Ok(ShmTransport {
+            rank,
+            size,
+            opts,
+            segments,
+            pidfds,
+            fifo_stride,
+            state: Mutex::new(State {
+                sendq: (0..size).map(|_| VecDeque::new()).collect(),
+                recvq: (0..size).map(|_| VecDeque::new()).collect(),
+                reqs: HashMap::new(),
+                next_id: 1,
+                failed: None,
+                last_liveness: Instant::now(),
+            }),
+            aborted: AtomicBool::new(false),
+        })
+    }
+
+    fn control(&self, r: usize) -> &Control {
+        // SAFETY: every segment starts with a Control (all zero is its initial state, and it
+        // holds only atomics); the mapping lives as long as `self`.
+        unsafe { &*(self.segments[r].ptr() as *const Control) }
+    }
+
+    /// The FIFO from `src` into `dst`'s segment.
+    fn fifo(&self, src: usize, dst: usize) -> Fifo<'_, RawSlots> {
+        let base = self.segments[dst].ptr().wrapping_add(control_bytes() + src * self.fifo_stride);
+        // SAFETY: the FIFO header is the first part of the FIFO's stride within `dst`'s
+        // mapping, which lives as long as `self`; it holds only atomics.
+        let hdr = unsafe { &*(base as *const FifoHeader) };
+        let slots = RawSlots {
+            base: base.wrapping_add(std::mem::size_of::<FifoHeader>().next_multiple_of(128)),
+            bytes: self.opts.slot_bytes,
+            count: self.opts.slots as u64,
+        };
+        Fifo::new(hdr, slots)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_peer(&self, peer: usize) -> Result<()> {
+        if peer >= self.size || peer == self.rank {
+            return Err(Error::invalid_argument(format!(
+                "peer {peer} is not another rank of this world of {}",
+                self.size
+            ))
+            .on_rank(self.rank));
+        }
+        Ok(())
+    }
+
+    fn fail_state(&self, st: &mut State, err: Error) -> Error {
+        let err = err.on_rank(self.rank);
+        if st.failed.is_none() {
+            st.failed = Some(err);
+            self.control(self.rank).failed.store(1, Ordering::Release);
+            for p in (0..self.size).filter(|&p| p != self.rank) {
+                self.control(p).doorbell.ring();
+            }
+        }
+        st.reqs.clear();
+        st.sendq.iter_mut().for_each(VecDeque::clear);
+        st.recvq.iter_mut().for_each(VecDeque::clear);
+        st.failed.clone().expect("set above")
+    }
+
+    fn check(&self, st: &mut State) -> Result<()> {
+        if self.aborted.load(Ordering::Acquire) && st.failed.is_none() {
+            return Err(self.fail_state(st, Error::aborted("the communicator was aborted")));
+        }
+        match &st.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// One pass over every queue; `Ok(true)` if anything moved.
+    fn advance(&self, st: &mut State) -> Result<bool> {
+        let data = self.opts.slot_bytes - SLOT_HEADER;
+        let mut moved = false;
+        let mut done = Vec::new();
+        for peer in 0..self.size {
+            if st.sendq[peer].is_empty() {
+                continue;
+            }
+            let fifo = self.fifo(self.rank, peer);
+            let mut pushed = false;
+            while let Some(op) = st.sendq[peer].front_mut() {
+                let chunk = (op.len - op.off).min(data);
+                let ok = fifo.try_push(|slot| {
+                    // SAFETY: the slot has `slot_bytes` bytes in the peer's mapping and is ours
+                    // until published; the source lies in the posted region.
+                    unsafe {
+                        let h = slot as *mut u64;
+                        h.write_unaligned(op.tag.0);
+                        h.add(1).write_unaligned(op.len as u64);
+                        h.add(2).write_unaligned(op.off as u64);
+                        (slot.add(24) as *mut u64).write_unaligned(chunk as u64);
+                        std::ptr::copy_nonoverlapping(op.ptr.add(op.off), slot.add(SLOT_HEADER), chunk);
+                    }
+                });
+                if !ok {
+                    break;
+                }
+                pushed = true;
+                op.off += chunk;
+                op.pushed_any = true;
+                if op.off == op.len {
+                    done.push(op.req);
+                    st.sendq[peer].pop_front();
+                }
+            }
+            if pushed {
+                moved = true;
+                self.control(peer).doorbell.ring();
+            }
+        }
+        for peer in 0..self.size {
+            if st.recvq[peer].is_empty() {
+                continue;
+            }
+            let fifo = self.fifo(peer, self.rank);
+            let mut popped = false;
+            while let Some(op) = st.recvq[peer].front_mut() {
+                let r = fifo.peek(|slot| {
+                    // SAFETY: a published slot of `slot_bytes` bytes in our own mapping.
+                    let (tag, len, off, chunk) = unsafe {
+                        let h = slot as *const u64;
+                        (h.read_unaligned(), h.add(1).read_unaligned(), h.add(2).read_unaligned(), (slot.add(24) as *const u64).read_unaligned())
+                    };
+                    if Tag(tag) != op.tag || len != op.len as u64 || off != op.off as u64 || chunk as usize > data || off + chunk > len {
+                        return Err(Error::invalid_usage(format!(
+                            "mismatched calls: message with tag {} of {len} bytes (part at {off}) arrived where tag {} of {} bytes (at {}) was expected",
+                            Tag(tag), op.tag, op.len, op.off
+                        ))
+                        .with_peer(peer));
+                    }
+                    // SAFETY: `chunk` bytes after the header, into the posted region, which
+                    // has room for them (checked above).
+                    unsafe { std::ptr::copy_nonoverlapping(slot.add(SLOT_HEADER), op.ptr.add(op.off), chunk as usize) };
+                    Ok(chunk as usize)
+                });
+                let Some(r) = r else { break };
+                let chunk = r?;
+                fifo.pop();
+                popped = true;
+                op.off += chunk;
+                if op.off == op.len {
+                    done.push(op.req);
+                    st.recvq[peer].pop_front();
+                }
+            }
+            if popped {
+                moved = true;
+                self.control(peer).doorbell.ring();
+            }
+        }
+        for id in done {
+            st.reqs.remove(&id);
+        }
+        Ok(moved)
+    }
+
+    /// Whether a pass could move something now (checked after announcing a sleep).
+    fn could_move(&self, st: &State) -> bool {
+        if self.aborted.load(Ordering::Acquire) {
+            return true;
+        }
+        (0..self.size).any(|p| {
+            (!st.sendq[p].is_empty() && self.fifo(self.rank, p).has_space())
+                || (!st.recvq[p].is_empty() && self.fifo(p, self.rank).has_data())
+                || (st.reqs.values().any(|r| r.peer == p) && self.control(p).failed.load(Ordering::Acquire) != 0)
+        })
+    }
+
+    /// Fails with PeerLost or Remote if a peer this rank waits on died or failed.
+    fn check_peers(&self, st: &mut State) -> Result<()> {
+        let mut bad = None;
+        for info in st.reqs.values() {
+            let p = info.peer;
+            let dir = if info.is_send { "send to" } else { "receive from" };
+            if self.control(p).failed.load(Ordering::Acquire) != 0 {
+                bad =
+                    Some(Error::remote(p, format!("peer {p} failed before our {dir} it (tag {}) completed", info.tag)));
+                break;
+            }
+            if let Some(fd) = &self.pidfds[p] {
+                use std::os::fd::AsRawFd;
+                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd, no waiting.
+                if unsafe { libc::poll(&mut pfd, 1, 0) } > 0 {
+                    bad = Some(Error::peer_lost(
+                        p,
+                        format!("peer {p} exited before our {dir} it (tag {}) completed", info.tag),
+                    ));
+                    break;
+                }
+            }
+        }
+        match bad {
+            Some(e) => Err(self.fail_state(st, e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Transport for ShmTransport {
+    fn name(&self) -> &'static str {
+        "shm"
+    }
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { peer_memory_mappable: false, device_memory: false, eager_sends: true, inter_host: false }
+    }
+
+    fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {
+        self.check_peer(peer)?;
+        if buf.kind() != MemoryKind::Host {
+            return Err(Error::unsupported("the shm transport moves host memory only"));
+        }
+        let mut st = self.lock();
+        self.check(&mut st)?;
+        let id = st.next_id;
+        st.next_id += 1;
+        st.reqs.insert(id, ReqInfo { peer, tag, is_send: true });
+        st.sendq[peer].push_back(SendOp { req: id, tag, ptr: buf.as_ptr(), len: buf.len(), off: 0, pushed_any: false });
+        self.advance(&mut st).map_err(|e| self.fail_state(&mut st, e))?;
+        Ok(ReqId(id))
+    }
+
+    fn post_recv(&self, peer: usize, tag: Tag, buf: RegionMut) -> Result<ReqId> {
+        self.check_peer(peer)?;
+        if buf.kind() != MemoryKind::Host {
+            return Err(Error::unsupported("the shm transport moves host memory only"));
+        }
+        let mut st = self.lock();
+        self.check(&mut st)?;
+        let id = st.next_id;
+        st.next_id += 1;
+        st.reqs.insert(id, ReqInfo { peer, tag, is_send: false });
+        st.recvq[peer].push_back(RecvOp { req: id, tag, ptr: buf.as_mut_ptr(), len: buf.len(), off: 0 });
+        self.advance(&mut st).map_err(|e| self.fail_state(&mut st, e))?;
+        Ok(ReqId(id))
+    }
+
+    fn test(&self, req: ReqId) -> Result<bool> {
+        let mut st = self.lock();
+        self.check(&mut st)?;
+        if req.0 == 0 || req.0 >= st.next_id {
+            return Err(Error::internal(format!("unknown request {}", req.0)));
+        }
+        if !st.reqs.contains_key(&req.0) {
+            return Ok(true);
+        }
+        self.advance(&mut st).map_err(|e| self.fail_state(&mut st, e))?;
+        Ok(!st.reqs.contains_key(&req.0))
+    }
+
+    fn wait(&self, req: ReqId, deadline: Instant) -> Result<()> {
+        let start = Instant::now();
+        let spin_until = start + self.opts.spin;
+        let mut st = self.lock();
+        if req.0 == 0 || req.0 >= st.next_id {
+            return Err(Error::internal(format!("unknown request {}", req.0)));
+        }
+        loop {
+            self.check(&mut st)?;
+            if !st.reqs.contains_key(&req.0) {
+                return Ok(());
+            }
+            let moved = self.advance(&mut st).map_err(|e| self.fail_state(&mut st, e))?;
+            if !st.reqs.contains_key(&req.0) {
+                return Ok(());
+            }
+            if moved {
+                continue;
+            }
+            let now = Instant::now();
+            if now < spin_until {
+                std::hint::spin_loop();
+                continue;
+            }
+            if now >= deadline {
+                let info = &st.reqs[&req.0];
+                let dir = if info.is_send { "send to" } else { "receive from" };
+                let e = Error::timeout(
+                    format!("{dir} peer {} (tag {}) did not complete", info.peer, info.tag),
+                    now - start,
+                )
+                .with_peer(info.peer);
+                return Err(self.fail_state(&mut st, e));
+            }
+            if now.duration_since(st.last_liveness) > Duration::from_millis(20) {
+                st.last_liveness = now;
+                self.check_peers(&mut st)?;
+            }
+            let slice = (deadline - now).min(Duration::from_millis(50));
+            self.control(self.rank).doorbell.sleep(|| self.could_move(&st), Some(slice));
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.lock().reqs.len()
+    }
+
+    fn progress(&self, max_wait: Duration) -> Result<()> {
+        let mut st = self.lock();
+        self.check(&mut st)?;
+        let moved = self.advance(&mut st).map_err(|e| self.fail_state(&mut st, e))?;
+        if !moved && !max_wait.is_zero() && !st.reqs.is_empty() {
+            self.check_peers(&mut st)?;
+            self.control(self.rank).doorbell.sleep(|| self.could_move(&st), Some(max_wait));
+        }
+        Ok(())
+    }
+
+    fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        self.control(self.rank).failed.store(1, Ordering::Release);
+        self.control(self.rank).doorbell.ring();
+        for p in (0..self.size).filter(|&p| p != self.rank) {
+            self.control(p).doorbell.ring();
+        }
+    }
+
+    fn fail(&self, err: Error) {
+        let mut st = self.lock();
+        self.fail_state(&mut st, err);
+    }
+}
+
+impl Drop for ShmTransport {
+    fn drop(&mut self) {
+        // Leaving is failing as far as peers still waiting on this rank are concerned.
+        self.control(self.rank).failed.store(1, Ordering::Release);
+        for p in (0..self.size).filter(|&p| p != self.rank) {
+            self.control(p).doorbell.ring();
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use crate::ErrorKind;
+    use std::sync::Arc;
+
+    fn world(p: usize, opts: ShmOptions) -> Vec<ShmTransport> {
+        let store = Arc::new(MemoryStore::new());
+        let hs: Vec<_> = (0..p)
+            .map(|r| {
+                let (s, o) = (store.clone(), opts.clone());
+                std::thread::spawn(move || {
+                    ShmTransport::connect(r, p, &*s, o, Instant::now() + Duration::from_secs(10)).unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn exchanges_messages_larger_than_the_fifo_in_order() {
+        let opts = ShmOptions { slots: 2, slot_bytes: 256, spin: Duration::from_micros(5) };
+        let ts = world(3, opts);
+        std::thread::scope(|s| {
+            for t in &ts {
+                s.spawn(move || {
+                    let r = t.rank();
+                    for len in [0usize, 1, 224, 225, 10_000] {
+                        let send: Vec<u8> = (0..len).map(|i| (i * 3 + r) as u8).collect();
+                        let mut got = vec![vec![0u8; len]; 3];
+                        let mut reqs = vec![];
+                        for (p, g) in got.iter_mut().enumerate().filter(|(p, _)| *p != r) {
+                            // SAFETY: `got` outlives the waits.
+                            reqs.push(t.post_recv(p, Tag(len as u64), unsafe { RegionMut::from_slice(g) }).unwrap());
+                        }
+                        for p in (0..3).filter(|&p| p != r) {
+                            // SAFETY: `send` outlives the waits.
+                            reqs.push(t.post_send(p, Tag(len as u64), unsafe { Region::from_slice(&send) }).unwrap());
+                        }
+                        t.wait_all(&reqs, Instant::now() + Duration::from_secs(10)).unwrap();
+                        for (p, g) in got.iter().enumerate().filter(|(p, _)| *p != r) {
+                            assert!(g.iter().enumerate().all(|(i, &b)| b == (i * 3 + p) as u8), "len {len} from {p}");
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn mismatch_timeout_and_abort() {
+        let ts = world(2, ShmOptions::default());
+        let a = [1u8; 8];
+        let mut b = [0u8; 8];
+        // SAFETY: buffers outlive the waits.
+        let s = ts[0].post_send(1, Tag(1), unsafe { Region::from_slice(&a) }).unwrap();
+        // SAFETY: as above. The mismatch shows at posting (the message is already there) or
+        // at the wait.
+        let e = match ts[1].post_recv(0, Tag(2), unsafe { RegionMut::from_slice(&mut b) }) {
+            Err(e) => e,
+            Ok(r) => ts[1].wait(r, Instant::now() + Duration::from_secs(5)).unwrap_err(),
+        };
+        assert_eq!(e.kind(), ErrorKind::InvalidUsage, "{e}");
+        assert_eq!(b, [0u8; 8], "nothing of a mismatched message is delivered");
+        let _ = ts[0].wait(s, Instant::now() + Duration::from_secs(5));
+        let ts = world(2, ShmOptions::default());
+        let mut c = [0u8; 8];
+        // SAFETY: as above.
+        let r = ts[0].post_recv(1, Tag(1), unsafe { RegionMut::from_slice(&mut c) }).unwrap();
+        let e = ts[0].wait(r, Instant::now() + Duration::from_millis(100)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert_eq!(e.peer(), Some(1));
+        // Rank 1 sees rank 0's failure at once.
+        let mut d = [0u8; 8];
+        // SAFETY: as above.
+        let r = ts[1].post_recv(0, Tag(1), unsafe { RegionMut::from_slice(&mut d) }).unwrap();
+        let t0 = Instant::now();
+        let e = ts[1].wait(r, Instant::now() + Duration::from_secs(10)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Remote, "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(1));
+    }
+}
