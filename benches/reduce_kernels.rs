@@ -1,0 +1,50 @@
+//! Reduction kernels against a plain copy of the same bytes (criterion).
+//!
+//! `cargo bench --bench reduce_kernels`: throughput is reported in bytes of the destination
+//! per second; a reduction reads two buffers and writes one, a copy reads one and writes one.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use half::bf16;
+use oxccl_algorithms::{DataType, HostReducer, ReduceOp, Reducer};
+use oxccl_transport::{MemoryKind, Region, RegionMut};
+
+fn reg<T>(v: &[T]) -> Region {
+    // SAFETY: the vectors outlive every use of the region in the benchmark.
+    unsafe { Region::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v), MemoryKind::Host) }
+}
+
+fn reg_mut<T>(v: &mut [T]) -> RegionMut {
+    // SAFETY: as above.
+    unsafe { RegionMut::from_raw_parts(v.as_mut_ptr().cast(), std::mem::size_of_val(v), MemoryKind::Host) }
+}
+
+fn kernels(c: &mut Criterion) {
+    let r = HostReducer::new();
+    let mut g = c.benchmark_group("reduce");
+    for bytes in [64usize << 10, 1 << 20, 16 << 20] {
+        g.throughput(Throughput::Bytes(bytes as u64));
+        let n = bytes / 4;
+        let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let mut d: Vec<f32> = vec![1.0; n];
+        g.bench_with_input(BenchmarkId::new("f32_sum_in_place", bytes), &bytes, |b, _| {
+            let dr = reg_mut(&mut d);
+            b.iter(|| r.reduce(DataType::F32, ReduceOp::Sum, dr, reg(&a), dr.as_region()).unwrap())
+        });
+        let n = bytes / 2;
+        let a: Vec<bf16> = (0..n).map(|i| bf16::from_f32((i % 100) as f32)).collect();
+        let mut d: Vec<bf16> = vec![bf16::ONE; n];
+        g.bench_with_input(BenchmarkId::new("bf16_sum_in_place", bytes), &bytes, |b, _| {
+            let dr = reg_mut(&mut d);
+            b.iter(|| r.reduce(DataType::Bf16, ReduceOp::Sum, dr, reg(&a), dr.as_region()).unwrap())
+        });
+        let src = vec![7u8; bytes];
+        let mut dst = vec![0u8; bytes];
+        g.bench_with_input(BenchmarkId::new("copy_from_slice", bytes), &bytes, |b, _| {
+            b.iter(|| dst.copy_from_slice(std::hint::black_box(&src)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);
