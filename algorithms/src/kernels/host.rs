@@ -324,8 +324,8 @@ mod tests {
             0.0,
             -0.0,
             1.0,
-            1.00390625,
-            1.01171875,
+            f32::from_bits(0x3f80_8000), // a tie, rounds down to even
+            f32::from_bits(0x3f81_8000), // a tie, rounds up to even
             f32::MAX,
             f32::MIN,
             f32::INFINITY,
