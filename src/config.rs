@@ -14,6 +14,7 @@
 //! | `OXCCL_SPIN_US` | [`Config::spin`] | `50` |
 //! | `OXCCL_SMALL_BYTES` | [`Config::small_bytes`] | `32K` |
 //! | `OXCCL_SHM_SLOTS`, `OXCCL_SHM_SLOT_BYTES` | [`Config::shm_slots`], [`Config::shm_slot_bytes`] | `8`, `64K` |
+//! | `OXCCL_SHM_SINGLE_COPY` | [`Config::shm_single_copy_min`] | `64K`, `off` |
 
 use std::collections::HashMap;
 use std::fmt;
@@ -175,6 +176,10 @@ pub struct Config {
     pub shm_slots: usize,
     /// Shared memory: bytes per slot, header included. Default 64 KiB.
     pub shm_slot_bytes: usize,
+    /// Shared memory: messages of at least this many bytes are copied once, by the receiver
+    /// reading the sender's buffer (process_vm_readv), where the kernel allows it; `None`
+    /// keeps every message in the FIFO. Default 64 KiB.
+    pub shm_single_copy_min: Option<usize>,
 }
 
 impl Default for Config {
@@ -192,6 +197,7 @@ impl Default for Config {
             small_bytes: 32 << 10,
             shm_slots: 8,
             shm_slot_bytes: 64 << 10,
+            shm_single_copy_min: Some(64 << 10),
         }
     }
 }
@@ -279,6 +285,12 @@ impl Config {
                 )));
             }
             self.shm_slot_bytes = b;
+        }
+        if let Some(v) = var("OXCCL_SHM_SINGLE_COPY") {
+            self.shm_single_copy_min = match v.trim() {
+                "off" | "0" => None,
+                other => Some(bytes("OXCCL_SHM_SINGLE_COPY", other.to_string())?),
+            };
         }
         if let Some(v) = var("OXCCL_SMALL_BYTES") {
             self.small_bytes = bytes("OXCCL_SMALL_BYTES", v)?;

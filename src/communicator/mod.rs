@@ -814,7 +814,12 @@ fn build_transport(
     let spin =
         config.spin.unwrap_or_else(|| default_spin(if use_shm { size } else { boot.local_size_hint.unwrap_or(size) }));
     if use_shm {
-        let opts = ShmOptions { slots: config.shm_slots, slot_bytes: config.shm_slot_bytes, spin };
+        let opts = ShmOptions {
+            slots: config.shm_slots,
+            slot_bytes: config.shm_slot_bytes,
+            spin,
+            single_copy_min: config.shm_single_copy_min,
+        };
         let net = ShmTransport::connect(rank, size, &scoped, opts, deadline).map_err(init_err)?;
         tracing::info!(rank, size, "transport: shared memory");
         return Ok(Arc::new(net));

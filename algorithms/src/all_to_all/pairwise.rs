@@ -1,9 +1,12 @@
 //! Pairwise-exchange all-to-all.
 //!
-//! Steps (p ranks, n bytes sent per rank, blocks of n/p): the own block is copied locally;
-//! then every receive (from rank r-k for k = 1..p-1) and every send (to rank r+k) is posted
-//! at once, in that order, so the transport moves all p-1 exchanges side by side. In place,
-//! the input is first copied to scratch so no block is overwritten before it is sent.
+//! Steps (p ranks, n bytes sent per rank, blocks of n/p): out of place, the own block is
+//! copied locally, then every receive (from rank r-k for k = 1..p-1) and every send (to rank
+//! r+k) is posted at once, in that order, so the transport moves all p-1 exchanges side by
+//! side. In place, ranks pair up instead: at step k rank r swaps block j = (k - r) mod p
+//! with rank j (who at the same step pairs with r), sending from a one-block scratch copy
+//! and receiving into the block itself, so no block is overwritten before it is sent and
+//! the scratch is one block, not the whole buffer.
 //!
 //! Bytes on the wire per rank: (p-1)/p · n sent and as many received.
 //!
@@ -22,18 +25,26 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
         return Ok(());
     }
     let blk = |j: usize| bytes(&(j * count..(j + 1) * count), es);
-    let scratch;
-    let src = if a.in_place && p > 1 {
-        scratch = ctx.reducer.scratch(a.send.len())?;
-        let s = scratch.region().slice(0..a.send.len());
-        ctx.reducer.copy(s, a.send)?;
-        s.as_region()
-    } else {
-        a.send
-    };
-    if !a.in_place {
-        ctx.reducer.copy(a.recv.slice(blk(r)), src.slice(blk(r)))?;
+    if a.in_place {
+        if p == 1 {
+            return Ok(());
+        }
+        let scratch = ctx.reducer.scratch(blk(0).len())?;
+        let tmp = scratch.region().slice(0..blk(0).len());
+        for k in 0..p {
+            let j = ring_index(k, -(r as isize), p);
+            if j == r {
+                continue;
+            }
+            ctx.reducer.copy(tmp, a.recv.slice(blk(j)).as_region())?;
+            let rq = ctx.recv(j, k, a.recv.slice(blk(j)))?;
+            let sq = ctx.send(j, k, tmp.as_region())?;
+            ctx.wait(rq)?;
+            ctx.wait(sq)?;
+        }
+        return Ok(());
     }
+    ctx.reducer.copy(a.recv.slice(blk(r)), a.send.slice(blk(r)))?;
     let mut reqs = Vec::with_capacity(2 * (p - 1));
     for k in 1..p {
         let from = ring_index(r, -(k as isize), p);
@@ -41,7 +52,7 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     }
     for k in 1..p {
         let to = ring_index(r, k as isize, p);
-        reqs.push(ctx.send(to, 0, src.slice(blk(to)))?);
+        reqs.push(ctx.send(to, 0, a.send.slice(blk(to)))?);
     }
     ctx.wait_all(&reqs)
 }

@@ -22,7 +22,7 @@ use crossbeam_utils::CachePadded;
 use super::doorbell::Doorbell;
 use super::fifo::{Fifo, FifoHeader, RawSlots};
 use super::segment::Segment;
-use super::sync::{AtomicU32, Ordering};
+use super::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::error::{Error, Result};
 use crate::region::{MemoryKind, Region, RegionMut};
 use crate::store::Store;
@@ -39,12 +39,49 @@ pub struct ShmOptions {
     pub slot_bytes: usize,
     /// How long a waiter spins before it sleeps.
     pub spin: Duration,
+    /// Messages of at least this many bytes are copied once, by the receiver reading the
+    /// sender's buffer with `process_vm_readv` (CMA), where the kernel allows it; `None`
+    /// always uses the FIFO.
+    pub single_copy_min: Option<usize>,
 }
 
 impl Default for ShmOptions {
     fn default() -> Self {
-        ShmOptions { slots: 8, slot_bytes: 64 << 10, spin: Duration::from_micros(50) }
+        ShmOptions { slots: 8, slot_bytes: 64 << 10, spin: Duration::from_micros(50), single_copy_min: Some(64 << 10) }
     }
+}
+
+/// Bytes of a FIFO's header area: the counters, then the acknowledgement counter of
+/// single-copy messages (written by the receiver), each on its own cache lines.
+fn fifo_header_bytes() -> usize {
+    std::mem::size_of::<FifoHeader>().next_multiple_of(128) + 128
+}
+
+const FLAG_SINGLE_COPY: u32 = 1;
+const PROBE_MAGIC: u64 = 0x6f78_6363_6c5f_636d;
+
+/// Reads `len` bytes at `remote` in process `pid` into `local`, with process_vm_readv.
+fn cma_read(pid: u32, local: *mut u8, remote: u64, len: usize) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        let l = libc::iovec { iov_base: local.wrapping_add(done).cast(), iov_len: len - done };
+        let r = libc::iovec { iov_base: (remote as usize + done) as *mut libc::c_void, iov_len: len - done };
+        // SAFETY: the local iovec lies in a posted, writable region; the kernel checks the
+        // remote one against the other process's mappings and fails rather than fault.
+        let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &l, 1, &r, 1, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::Error::other("process_vm_readv read nothing"));
+        }
+        done += n as usize;
+    }
+    Ok(())
 }
 
 #[repr(C)]
@@ -78,6 +115,10 @@ struct ReqInfo {
 
 struct State {
     sendq: Vec<VecDeque<SendOp>>,
+    /// Single-copy sends announced to each peer, waiting for its acknowledgement, in order.
+    acks_due: Vec<VecDeque<u64>>,
+    /// Acknowledgements seen from each peer so far.
+    acks_seen: Vec<u64>,
     recvq: Vec<VecDeque<RecvOp>>,
     reqs: HashMap<u64, ReqInfo>,
     next_id: u64,
@@ -98,6 +139,14 @@ pub struct ShmTransport {
     segments: Vec<Segment>,
     pidfds: Vec<Option<std::os::fd::OwnedFd>>,
     fifo_stride: usize,
+    /// `pids[r]`: rank r's process.
+    pids: Vec<u32>,
+    /// The word peers probe (kept alive while they may still read it).
+    _probe: Box<u64>,
+    /// `single_copy[r]`: this rank may read rank r's memory with process_vm_readv.
+    single_copy: Vec<bool>,
+    /// `send_single[r]`: rank r may read this rank's memory, so large sends to it go single-copy.
+    send_single: Vec<bool>,
     state: Mutex<State>,
     aborted: AtomicBool,
 }
@@ -130,11 +179,17 @@ impl ShmTransport {
         if opts.slots == 0 || opts.slot_bytes < 128 || opts.slot_bytes % 64 != 0 {
             return Err(Error::invalid_argument("shm: need at least one slot of at least 128 bytes, a multiple of 64"));
         }
-        let fifo_stride = std::mem::size_of::<FifoHeader>().next_multiple_of(128) + opts.slots * opts.slot_bytes;
+        let fifo_stride = fifo_header_bytes() + opts.slots * opts.slot_bytes;
         let len = control_bytes() + size * fifo_stride;
         let mine = Segment::create(len)?;
         let pid = std::process::id();
-        store.set(&format!("shm/{rank}"), format!("{pid}:{}:{len}", mine.raw_fd()).as_bytes())?;
+        // A word peers try to read with process_vm_readv, to learn whether single-copy
+        // transfers are allowed (ptrace rules in containers often forbid them).
+        let probe = Box::new(PROBE_MAGIC);
+        let probe_addr = &*probe as *const u64 as u64;
+        store.set(&format!("shm/{rank}"), format!("{pid}:{}:{len}:{probe_addr}", mine.raw_fd()).as_bytes())?;
+        let mut pids = vec![pid; size];
+        let mut single_copy = vec![false; size];
         let mut segments = Vec::with_capacity(size);
         let mut pidfds = Vec::with_capacity(size);
         let mut mine = Some(mine);
@@ -148,11 +203,29 @@ impl ShmTransport {
             let text = String::from_utf8_lossy(&v).into_owned();
             let parts: Vec<&str> = text.split(':').collect();
             let parsed = match parts.as_slice() {
-                [p, f, l] => p.parse::<u32>().ok().zip(f.parse::<i32>().ok()).zip(l.parse::<usize>().ok()),
+                [p, f, l, a] => p
+                    .parse::<u32>()
+                    .ok()
+                    .zip(f.parse::<i32>().ok())
+                    .zip(l.parse::<usize>().ok())
+                    .zip(a.parse::<u64>().ok()),
                 _ => None,
             };
-            let ((ppid, pfd), plen) =
+            let (((ppid, pfd), plen), paddr) =
                 parsed.ok_or_else(|| Error::invalid_usage(format!("shm: rank {peer} published '{text}'")))?;
+            pids[peer] = ppid;
+            if opts.single_copy_min.is_some() {
+                let mut word = 0u64;
+                single_copy[peer] =
+                    cma_read(ppid, (&mut word as *mut u64).cast(), paddr, 8).is_ok() && word == PROBE_MAGIC;
+                if !single_copy[peer] {
+                    tracing::info!(
+                        rank,
+                        peer,
+                        "shm: single-copy reads (process_vm_readv) refused; using the FIFO only"
+                    );
+                }
+            }
             if plen != len {
                 return Err(Error::invalid_usage(format!(
                     "shm: rank {peer}'s segment is {plen} bytes, this rank's {len} (different settings?)"
@@ -162,6 +235,15 @@ impl ShmTransport {
             segments.push(Segment::open(ppid, pfd, len).map_err(|e| e.on_rank(rank).with_peer(peer))?);
             pidfds.push(if ppid == pid { None } else { pidfd_open(ppid) });
         }
+        // Single copy from r to q needs q allowed to read r: publish what this rank may read,
+        // and send single-copy to a peer only if that peer may read this rank.
+        let mine: String = single_copy.iter().map(|&b| if b { '1' } else { '0' }).collect();
+        store.set(&format!("shmread/{rank}"), mine.as_bytes())?;
+        let mut send_single = vec![false; size];
+        for peer in (0..size).filter(|&p| p != rank) {
+            let v = store.get(&format!("shmread/{peer}"), deadline).map_err(|e| e.on_rank(rank).with_peer(peer))?;
+            send_single[peer] = v.get(rank) == Some(&b'1');
+        }
         Ok(ShmTransport {
             rank,
             size,
@@ -169,8 +251,14 @@ impl ShmTransport {
             segments,
             pidfds,
             fifo_stride,
+            pids,
+            _probe: probe,
+            single_copy,
+            send_single,
             state: Mutex::new(State {
                 sendq: (0..size).map(|_| VecDeque::new()).collect(),
+                acks_due: (0..size).map(|_| VecDeque::new()).collect(),
+                acks_seen: vec![0; size],
                 recvq: (0..size).map(|_| VecDeque::new()).collect(),
                 reqs: HashMap::new(),
                 next_id: 1,
@@ -194,11 +282,22 @@ impl ShmTransport {
         // mapping, which lives as long as `self`; it holds only atomics.
         let hdr = unsafe { &*(base as *const FifoHeader) };
         let slots = RawSlots {
-            base: base.wrapping_add(std::mem::size_of::<FifoHeader>().next_multiple_of(128)),
+            base: base.wrapping_add(fifo_header_bytes()),
             bytes: self.opts.slot_bytes,
             count: self.opts.slots as u64,
         };
         Fifo::new(hdr, slots)
+    }
+
+    /// The acknowledgement counter of single-copy messages from `src` into `dst`'s segment
+    /// (written by `dst`, read by `src`).
+    fn acks(&self, src: usize, dst: usize) -> &AtomicU64 {
+        let base = self.segments[dst].ptr().wrapping_add(
+            control_bytes() + src * self.fifo_stride + std::mem::size_of::<FifoHeader>().next_multiple_of(128),
+        );
+        // SAFETY: a 128-byte area reserved for this counter in the FIFO's header, in a
+        // mapping that lives as long as `self`; all zero initially.
+        unsafe { &*(base as *const AtomicU64) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -227,6 +326,7 @@ impl ShmTransport {
         }
         st.reqs.clear();
         st.sendq.iter_mut().for_each(VecDeque::clear);
+        st.acks_due.iter_mut().for_each(VecDeque::clear);
         st.recvq.iter_mut().for_each(VecDeque::clear);
         st.failed.clone().expect("set above")
     }
@@ -251,8 +351,35 @@ impl ShmTransport {
                 continue;
             }
             let fifo = self.fifo(self.rank, peer);
+            let single_min = if self.send_single[peer] { self.opts.single_copy_min } else { None };
             let mut pushed = false;
             while let Some(op) = st.sendq[peer].front_mut() {
+                if op.off == 0 && single_min.is_some_and(|m| op.len >= m) {
+                    // Announce the buffer; the receiver copies it with process_vm_readv and
+                    // acknowledges, which completes the send.
+                    let (tag, len, addr) = (op.tag.0, op.len as u64, op.ptr as u64);
+                    let ok = fifo.try_push(|slot| {
+                        // SAFETY: the slot has `slot_bytes` (at least 128) bytes in the peer's
+                        // mapping and is ours until published.
+                        unsafe {
+                            let h = slot as *mut u64;
+                            h.write_unaligned(tag);
+                            h.add(1).write_unaligned(len);
+                            h.add(2).write_unaligned(0);
+                            (slot.add(24) as *mut u32).write_unaligned(0);
+                            (slot.add(28) as *mut u32).write_unaligned(FLAG_SINGLE_COPY);
+                            (slot.add(SLOT_HEADER) as *mut u64).write_unaligned(addr);
+                        }
+                    });
+                    if !ok {
+                        break;
+                    }
+                    pushed = true;
+                    let req = op.req;
+                    st.sendq[peer].pop_front();
+                    st.acks_due[peer].push_back(req);
+                    continue;
+                }
                 let chunk = (op.len - op.off).min(data);
                 let ok = fifo.try_push(|slot| {
                     // SAFETY: the slot has `slot_bytes` bytes in the peer's mapping and is ours
@@ -262,7 +389,8 @@ impl ShmTransport {
                         h.write_unaligned(op.tag.0);
                         h.add(1).write_unaligned(op.len as u64);
                         h.add(2).write_unaligned(op.off as u64);
-                        (slot.add(24) as *mut u64).write_unaligned(chunk as u64);
+                        (slot.add(24) as *mut u32).write_unaligned(chunk as u32);
+                        (slot.add(28) as *mut u32).write_unaligned(0);
                         std::ptr::copy_nonoverlapping(op.ptr.add(op.off), slot.add(SLOT_HEADER), chunk);
                     }
                 });
@@ -283,17 +411,41 @@ impl ShmTransport {
             }
         }
         for peer in 0..self.size {
+            if st.acks_due[peer].is_empty() {
+                continue;
+            }
+            let acked = self.acks(self.rank, peer).load(Ordering::Acquire);
+            while st.acks_seen[peer] < acked {
+                let Some(req) = st.acks_due[peer].pop_front() else {
+                    return Err(
+                        Error::invalid_usage(format!("peer {peer} acknowledged a message never sent")).with_peer(peer)
+                    );
+                };
+                st.acks_seen[peer] += 1;
+                done.push(req);
+                moved = true;
+            }
+        }
+        for peer in 0..self.size {
             if st.recvq[peer].is_empty() {
                 continue;
             }
             let fifo = self.fifo(peer, self.rank);
             let mut popped = false;
             while let Some(op) = st.recvq[peer].front_mut() {
+                let pid = self.pids[peer];
+                let may_read = self.single_copy[peer];
                 let r = fifo.peek(|slot| {
                     // SAFETY: a published slot of `slot_bytes` bytes in our own mapping.
-                    let (tag, len, off, chunk) = unsafe {
+                    let (tag, len, off, chunk, flags) = unsafe {
                         let h = slot as *const u64;
-                        (h.read_unaligned(), h.add(1).read_unaligned(), h.add(2).read_unaligned(), (slot.add(24) as *const u64).read_unaligned())
+                        (
+                            h.read_unaligned(),
+                            h.add(1).read_unaligned(),
+                            h.add(2).read_unaligned(),
+                            (slot.add(24) as *const u32).read_unaligned() as u64,
+                            (slot.add(28) as *const u32).read_unaligned(),
+                        )
                     };
                     if Tag(tag) != op.tag || len != op.len as u64 || off != op.off as u64 || chunk as usize > data || off + chunk > len {
                         return Err(Error::invalid_usage(format!(
@@ -302,14 +454,29 @@ impl ShmTransport {
                         ))
                         .with_peer(peer));
                     }
+                    if flags == FLAG_SINGLE_COPY {
+                        if !may_read {
+                            return Err(Error::internal(format!("peer {peer} sent a single-copy message this rank cannot read")));
+                        }
+                        // SAFETY: the slot's data starts with the sender's buffer address.
+                        let addr = unsafe { (slot.add(SLOT_HEADER) as *const u64).read_unaligned() };
+                        cma_read(pid, op.ptr, addr, op.len).map_err(|e| {
+                            Error::io(format!("single-copy read of {} bytes from peer {peer}", op.len), e).with_peer(peer)
+                        })?;
+                        return Ok((op.len, true));
+                    }
                     // SAFETY: `chunk` bytes after the header, into the posted region, which
                     // has room for them (checked above).
                     unsafe { std::ptr::copy_nonoverlapping(slot.add(SLOT_HEADER), op.ptr.add(op.off), chunk as usize) };
-                    Ok(chunk as usize)
+                    Ok((chunk as usize, false))
                 });
                 let Some(r) = r else { break };
-                let chunk = r?;
+                let (chunk, single) = r?;
                 fifo.pop();
+                if single {
+                    // The copy is done: the sender may reuse its buffer.
+                    self.acks(peer, self.rank).fetch_add(1, Ordering::Release);
+                }
                 popped = true;
                 op.off += chunk;
                 if op.off == op.len {
@@ -334,7 +501,8 @@ impl ShmTransport {
             return true;
         }
         (0..self.size).any(|p| {
-            (!st.sendq[p].is_empty() && self.fifo(self.rank, p).has_space())
+            (!st.acks_due[p].is_empty() && self.acks(self.rank, p).load(Ordering::Acquire) > st.acks_seen[p])
+                || (!st.sendq[p].is_empty() && self.fifo(self.rank, p).has_space())
                 || (!st.recvq[p].is_empty() && self.fifo(p, self.rank).has_data())
                 || (st.reqs.values().any(|r| r.peer == p) && self.control(p).failed.load(Ordering::Acquire) != 0)
         })
@@ -533,13 +701,18 @@ mod tests {
 
     #[test]
     fn exchanges_messages_larger_than_the_fifo_in_order() {
-        let opts = ShmOptions { slots: 2, slot_bytes: 256, spin: Duration::from_micros(5) };
-        let ts = world(3, opts);
+        for single_copy_min in [None, Some(100)] {
+            let opts = ShmOptions { slots: 2, slot_bytes: 256, spin: Duration::from_micros(5), single_copy_min };
+            exchange_all(&world(3, opts));
+        }
+    }
+
+    fn exchange_all(ts: &[ShmTransport]) {
         std::thread::scope(|s| {
-            for t in &ts {
+            for t in ts {
                 s.spawn(move || {
                     let r = t.rank();
-                    for len in [0usize, 1, 224, 225, 10_000] {
+                    for len in [0usize, 1, 99, 100, 224, 225, 10_000] {
                         let send: Vec<u8> = (0..len).map(|i| (i * 3 + r) as u8).collect();
                         let mut got = vec![vec![0u8; len]; 3];
                         let mut reqs = vec![];
