@@ -46,7 +46,12 @@ pub(crate) fn recv_stream(
     for item in items {
         let (sl, req) = inflight.pop_front().expect("a receive is posted for every item");
         ctx.wait(req)?;
-        on_arrival(item, slot(sl, bytes(&item.1, es).len()).as_region())?;
+        if let Err(e) = on_arrival(item, slot(sl, bytes(&item.1, es).len()).as_region()) {
+            // Receives into the scratch slots may still be posted: fail the transport (which
+            // drops them untouched) before the scratch goes out of scope.
+            ctx.net.fail(e.clone());
+            return Err(e);
+        }
         free.push(sl);
         post(&mut free, &mut inflight)?;
     }

@@ -41,6 +41,7 @@
 
 pub mod auth;
 pub mod error;
+mod ids;
 pub mod loopback;
 pub mod region;
 pub mod router;

@@ -14,7 +14,7 @@
 //! Cost: lg p·(α + n·β + n·γ), plus 2(α + n·β) + n·γ when p is not a power of two.
 //! Latency-optimal: the choice for small vectors.
 
-use oxccl_transport::{Region, Result};
+use oxccl_transport::{MemoryKind, Region, RegionMut, Result};
 
 use crate::ctx::{CollArgs, Ctx};
 
@@ -28,8 +28,18 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     if !a.in_place {
         ctx.reducer.copy(buf, a.send)?;
     }
-    let scratch = ctx.reducer.scratch(buf.len())?;
-    let tmp = scratch.region().slice(0..buf.len());
+    // Small vectors (the case this algorithm is for) use a buffer on the stack: a pooled
+    // scratch costs a lock and an allocation per call, more than the exchange itself.
+    let mut local = [0u64; 32];
+    let scratch;
+    let tmp = if buf.len() <= std::mem::size_of_val(&local) && ctx.reducer.memory_kind() == MemoryKind::Host {
+        // SAFETY: `local` lives until the end of this function, after every request on it
+        // has completed (each step waits for its receive).
+        unsafe { RegionMut::from_raw_parts(local.as_mut_ptr().cast(), buf.len(), MemoryKind::Host) }
+    } else {
+        scratch = ctx.reducer.scratch(buf.len())?;
+        scratch.region().slice(0..buf.len())
+    };
     let q = 1usize << (usize::BITS - 1 - p.leading_zeros());
     let e = p - q;
 

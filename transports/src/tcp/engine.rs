@@ -7,7 +7,9 @@
 //! `readv`, straight into the posted region, so a message costs one system call on each side
 //! and no copy beyond the kernel's.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::ids::IdMap;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -58,7 +60,7 @@ pub(super) struct Engine {
     pub rank: usize,
     /// `conns[peer]`: the connections to `peer` (empty for this rank).
     pub conns: Vec<Vec<Conn>>,
-    pub reqs: HashMap<u64, ReqInfo>,
+    pub reqs: IdMap<ReqInfo>,
     pub next_id: u64,
     pub failed: Option<Error>,
     pollfds: Vec<libc::pollfd>,
@@ -239,7 +241,7 @@ impl Engine {
         Engine {
             rank,
             conns,
-            reqs: HashMap::new(),
+            reqs: IdMap::default(),
             next_id: 1,
             failed: None,
             pollfds: Vec::new(),
