@@ -87,17 +87,6 @@ impl LoopbackTransport {
         self.shared.ranks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn check_peer(&self, peer: usize) -> Result<()> {
-        if peer >= self.size || peer == self.rank {
-            return Err(Error::invalid_argument(format!(
-                "peer {peer} is not another rank of this world of {}",
-                self.size
-            ))
-            .on_rank(self.rank));
-        }
-        Ok(())
-    }
-
     fn fail_rank(ranks: &mut [RankState], rank: usize, err: Error) {
         let r = &mut ranks[rank];
         if r.failed.is_none() {
@@ -178,7 +167,7 @@ impl Transport for LoopbackTransport {
     }
 
     fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {
-        self.check_peer(peer)?;
+        crate::transport::check_peer(self.rank, self.size, peer)?;
         let mut ranks = self.lock();
         if let Some(e) = &ranks[self.rank].failed {
             return Err(e.clone());
@@ -197,7 +186,7 @@ impl Transport for LoopbackTransport {
     }
 
     fn post_recv(&self, peer: usize, tag: Tag, buf: RegionMut) -> Result<ReqId> {
-        self.check_peer(peer)?;
+        crate::transport::check_peer(self.rank, self.size, peer)?;
         let mut ranks = self.lock();
         if let Some(e) = &ranks[self.rank].failed {
             return Err(e.clone());

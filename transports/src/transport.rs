@@ -93,3 +93,12 @@ pub trait Transport: Send + Sync {
     /// that error, and pending requests are dropped without touching their regions again.
     fn fail(&self, err: crate::Error);
 }
+
+/// The check every transport makes of a peer argument: another rank of the world.
+pub(crate) fn check_peer(rank: usize, size: usize, peer: usize) -> Result<()> {
+    if peer >= size || peer == rank {
+        return Err(crate::Error::invalid_argument(format!("peer {peer} is not another rank of this world of {size}"))
+            .on_rank(rank));
+    }
+    Ok(())
+}

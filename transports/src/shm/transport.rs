@@ -98,7 +98,6 @@ struct SendOp {
     ptr: *const u8,
     len: usize,
     off: usize,
-    pushed_any: bool,
 }
 
 struct RecvOp {
@@ -306,17 +305,6 @@ impl ShmTransport {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn check_peer(&self, peer: usize) -> Result<()> {
-        if peer >= self.size || peer == self.rank {
-            return Err(Error::invalid_argument(format!(
-                "peer {peer} is not another rank of this world of {}",
-                self.size
-            ))
-            .on_rank(self.rank));
-        }
-        Ok(())
-    }
-
     fn fail_state(&self, st: &mut State, err: Error) -> Error {
         let err = err.on_rank(self.rank);
         if st.failed.is_none() {
@@ -401,7 +389,6 @@ impl ShmTransport {
                 }
                 pushed = true;
                 op.off += chunk;
-                op.pushed_any = true;
                 if op.off == op.len {
                     done.push(op.req);
                     st.sendq[peer].pop_front();
@@ -556,7 +543,7 @@ impl Transport for ShmTransport {
     }
 
     fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {
-        self.check_peer(peer)?;
+        crate::transport::check_peer(self.rank, self.size, peer)?;
         if buf.kind() != MemoryKind::Host {
             return Err(Error::unsupported("the shm transport moves host memory only"));
         }
@@ -565,13 +552,13 @@ impl Transport for ShmTransport {
         let id = st.next_id;
         st.next_id += 1;
         st.reqs.insert(id, ReqInfo { peer, tag, is_send: true });
-        st.sendq[peer].push_back(SendOp { req: id, tag, ptr: buf.as_ptr(), len: buf.len(), off: 0, pushed_any: false });
+        st.sendq[peer].push_back(SendOp { req: id, tag, ptr: buf.as_ptr(), len: buf.len(), off: 0 });
         self.advance(&mut st).map_err(|e| self.fail_state(&mut st, e))?;
         Ok(ReqId(id))
     }
 
     fn post_recv(&self, peer: usize, tag: Tag, buf: RegionMut) -> Result<ReqId> {
-        self.check_peer(peer)?;
+        crate::transport::check_peer(self.rank, self.size, peer)?;
         if buf.kind() != MemoryKind::Host {
             return Err(Error::unsupported("the shm transport moves host memory only"));
         }

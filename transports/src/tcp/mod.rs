@@ -320,17 +320,6 @@ impl TcpTransport {
         }
     }
 
-    fn check_peer(&self, peer: usize) -> Result<()> {
-        if peer >= self.size || peer == self.rank {
-            return Err(Error::invalid_argument(format!(
-                "peer {peer} is not another rank of this world of {}",
-                self.size
-            ))
-            .on_rank(self.rank));
-        }
-        Ok(())
-    }
-
     fn parts(&self, len: usize) -> usize {
         if self.opts.conns_per_peer > 1 && len >= self.opts.stripe_min_bytes {
             self.opts.conns_per_peer
@@ -367,7 +356,7 @@ impl Transport for TcpTransport {
     }
 
     fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {
-        self.check_peer(peer)?;
+        crate::transport::check_peer(self.rank, self.size, peer)?;
         if buf.kind() != MemoryKind::Host {
             return Err(Error::unsupported("the tcp transport moves host memory only"));
         }
@@ -386,7 +375,7 @@ impl Transport for TcpTransport {
     }
 
     fn post_recv(&self, peer: usize, tag: Tag, buf: RegionMut) -> Result<ReqId> {
-        self.check_peer(peer)?;
+        crate::transport::check_peer(self.rank, self.size, peer)?;
         if buf.kind() != MemoryKind::Host {
             return Err(Error::unsupported("the tcp transport moves host memory only"));
         }
