@@ -15,6 +15,7 @@
 //! | `OXCCL_SMALL_BYTES` | [`Config::small_bytes`] | `32K` |
 //! | `OXCCL_SHM_SLOTS`, `OXCCL_SHM_SLOT_BYTES` | [`Config::shm_slots`], [`Config::shm_slot_bytes`] | `8`, `64K` |
 //! | `OXCCL_SHM_SINGLE_COPY` | [`Config::shm_single_copy_min`] | `64K`, `off` |
+//! | `OXCCL_SHM_YIELD_US` | [`Config::shm_yield`] | `200` |
 
 use std::collections::HashMap;
 use std::fmt;
@@ -180,6 +181,9 @@ pub struct Config {
     /// reading the sender's buffer (process_vm_readv), where the kernel allows it; `None`
     /// keeps every message in the FIFO. Default 64 KiB.
     pub shm_single_copy_min: Option<usize>,
+    /// Shared memory: after spinning, how long a waiter yields its core before it sleeps on
+    /// its futex (a wake-up is slow on a busy machine). Default 200 us.
+    pub shm_yield: Duration,
 }
 
 impl Default for Config {
@@ -198,6 +202,7 @@ impl Default for Config {
             shm_slots: 8,
             shm_slot_bytes: 64 << 10,
             shm_single_copy_min: Some(64 << 10),
+            shm_yield: Duration::from_micros(200),
         }
     }
 }
@@ -291,6 +296,9 @@ impl Config {
                 "off" | "0" => None,
                 other => Some(bytes("OXCCL_SHM_SINGLE_COPY", other.to_string())?),
             };
+        }
+        if let Some(v) = var("OXCCL_SHM_YIELD_US") {
+            self.shm_yield = Duration::from_micros(int("OXCCL_SHM_YIELD_US", v)?);
         }
         if let Some(v) = var("OXCCL_SMALL_BYTES") {
             self.small_bytes = bytes("OXCCL_SMALL_BYTES", v)?;

@@ -818,6 +818,7 @@ fn build_transport(
             slots: config.shm_slots,
             slot_bytes: config.shm_slot_bytes,
             spin,
+            yield_for: config.shm_yield,
             single_copy_min: config.shm_single_copy_min,
         };
         let net = ShmTransport::connect(rank, size, &scoped, opts, deadline).map_err(init_err)?;
