@@ -761,10 +761,14 @@ fn check_world(rank: usize, size: usize) -> Result<()> {
 }
 
 /// The key ranks that can share memory have in common: `OXCCL_HOST_ID` when set (so tests
-/// can pretend to be on several hosts), else this kernel's boot id.
+/// can pretend to be on several hosts), else this kernel's boot id and this process's PID
+/// namespace: peers map each other's segments through `/proc/<pid>`, which only works among
+/// processes that see each other's pids (two containers on one host usually do not).
 fn shm_key() -> String {
     std::env::var("OXCCL_HOST_ID").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let pidns = std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string()).unwrap_or_default();
+        format!("{} {pidns}", boot.trim())
     })
 }
 
