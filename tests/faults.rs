@@ -172,23 +172,33 @@ fn killed_rank(transport: &str) {
     let killed_at = Instant::now();
     children[victim].kill().unwrap();
     let _ = children[victim].wait();
-    for (r, c) in children.into_iter().enumerate().filter(|(r, _)| *r != victim) {
-        let out = c.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let report =
-            text.lines().find(|l| l.starts_with("ERROR-AFTER-MS")).unwrap_or_else(|| panic!("rank {r}: {text}"));
+    let outputs: Vec<(usize, String)> = children
+        .into_iter()
+        .enumerate()
+        .filter(|(r, _)| *r != victim)
+        .map(|(r, c)| (r, String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout).into_owned()))
+        .collect();
+    let all: String = outputs.iter().map(|(r, t)| format!("rank {r}: {t}")).collect();
+    for (r, text) in &outputs {
+        let r = *r;
+        let report = text.lines().find(|l| l.starts_with("ERROR-AFTER-MS")).unwrap_or_else(|| panic!("{all}"));
         let mut parts = report.splitn(3, ' ');
         parts.next();
         let ms: u128 = parts.next().unwrap().parse().unwrap();
         let msg = parts.next().unwrap();
         assert!(msg.contains("peer lost") || msg.contains("remote error"), "{transport} rank {r}: {msg}");
+        if transport == "shm" {
+            assert!(msg.starts_with("peer lost"), "shm rank {r} must name the dead rank as lost: {msg}\n{all}");
+        }
         assert!(msg.contains("all_reduce #"), "rank {r}: {msg}");
         assert!(killed_at.elapsed().as_millis() < 10_000);
         assert!(ms < 2000, "{transport} rank {r} took {ms} ms to notice: {msg}");
-        // The rank that receives from the victim sees it go; the others may see first the
-        // neighbour that gave up (naming the root cause everywhere is the reliability work's).
-        if r == (victim + 1) % p {
-            assert!(msg.contains(&format!("peer {victim}")), "rank {r}: {msg}");
+        // Over shared memory every survivor names the dead rank (failures carry their cause);
+        // over TCP the rank that receives from the victim does, the others may name first the
+        // neighbour that gave up (naming the root cause everywhere there is the reliability
+        // work's).
+        if transport == "shm" || r == (victim + 1) % p {
+            assert!(msg.contains(&format!("peer {victim}")), "{transport} rank {r}: {msg}");
         }
     }
 }

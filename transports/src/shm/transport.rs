@@ -98,6 +98,9 @@ fn cma_read(pid: u32, local: *mut u8, remote: u64, len: usize) -> std::io::Resul
 struct Control {
     doorbell: Doorbell,
     failed: CachePadded<AtomicU32>,
+    /// When this rank failed because a peer died: that peer's rank + 1 (0: no such peer).
+    /// Survivors that see this rank fail name the dead rank, not the messenger.
+    culprit: CachePadded<AtomicU32>,
 }
 
 struct SendOp {
@@ -316,6 +319,12 @@ impl ShmTransport {
     fn fail_state(&self, st: &mut State, err: Error) -> Error {
         let err = err.on_rank(self.rank);
         if st.failed.is_none() {
+            if err.kind() == crate::ErrorKind::PeerLost {
+                if let Some(dead) = err.peer() {
+                    // Published before the failure flag, whose release makes it visible.
+                    self.control(self.rank).culprit.store(dead as u32 + 1, Ordering::Relaxed);
+                }
+            }
             st.failed = Some(err);
             self.control(self.rank).failed.store(1, Ordering::Release);
             for p in (0..self.size).filter(|&p| p != self.rank) {
@@ -457,8 +466,21 @@ impl ShmTransport {
                         }
                         // SAFETY: the slot's data starts with the sender's buffer address.
                         let addr = unsafe { (slot.add(SLOT_HEADER) as *const u64).read_unaligned() };
-                        cma_read(pid, op.ptr, addr, op.len).map_err(|e| {
-                            Error::io(format!("single-copy read of {} bytes from peer {peer}", op.len), e).with_peer(peer)
+                        let read = cma_read(pid, op.ptr, addr, op.len);
+                        // A sender that failed may have abandoned its buffer while it was read:
+                        // trust the bytes only if it had not failed once they were read (it
+                        // raises its flag before it lets go of any buffer).
+                        if let Some(e) = self.peer_failure(peer, "receive from", op.tag) {
+                            return Err(e);
+                        }
+                        read.map_err(|e| {
+                            if e.raw_os_error() == Some(libc::ESRCH) {
+                                // The process is going: its memory is gone before its pidfd says so.
+                                Error::peer_lost(peer, format!("peer {peer} exited during a single-copy read from it"))
+                            } else {
+                                Error::io(format!("single-copy read of {} bytes from peer {peer}", op.len), e)
+                                    .with_peer(peer)
+                            }
                         })?;
                         return Ok((op.len, true));
                     }
@@ -505,30 +527,42 @@ impl ShmTransport {
         })
     }
 
+    /// Whether `peer`'s process has exited (its pidfd is readable).
+    fn peer_exited(&self, peer: usize) -> bool {
+        use std::os::fd::AsRawFd;
+        self.pidfds[peer].as_ref().is_some_and(|fd| {
+            let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd, no waiting.
+            unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+        })
+    }
+
+    /// Why `p` can no longer be waited on, if it cannot: it failed (then, if it failed because
+    /// a rank died, that rank is named) or it exited.
+    fn peer_failure(&self, p: usize, dir: &str, tag: Tag) -> Option<Error> {
+        if self.control(p).failed.load(Ordering::Acquire) != 0 {
+            let culprit = self.control(p).culprit.load(Ordering::Relaxed) as usize;
+            return Some(if culprit != 0 && culprit - 1 != self.rank {
+                let dead = culprit - 1;
+                Error::peer_lost(
+                    dead,
+                    format!("peer {dead} died (peer {p} saw it first) before our {dir} peer {p} (tag {tag}) completed"),
+                )
+            } else {
+                Error::remote(p, format!("peer {p} failed before our {dir} it (tag {tag}) completed"))
+            });
+        }
+        if self.peer_exited(p) {
+            return Some(Error::peer_lost(p, format!("peer {p} exited before our {dir} it (tag {tag}) completed")));
+        }
+        None
+    }
+
     /// Fails with PeerLost or Remote if a peer this rank waits on died or failed.
     fn check_peers(&self, st: &mut State) -> Result<()> {
-        let mut bad = None;
-        for info in st.reqs.values() {
-            let p = info.peer;
-            let dir = if info.is_send { "send to" } else { "receive from" };
-            if self.control(p).failed.load(Ordering::Acquire) != 0 {
-                bad =
-                    Some(Error::remote(p, format!("peer {p} failed before our {dir} it (tag {}) completed", info.tag)));
-                break;
-            }
-            if let Some(fd) = &self.pidfds[p] {
-                use std::os::fd::AsRawFd;
-                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-                // SAFETY: one valid pollfd, no waiting.
-                if unsafe { libc::poll(&mut pfd, 1, 0) } > 0 {
-                    bad = Some(Error::peer_lost(
-                        p,
-                        format!("peer {p} exited before our {dir} it (tag {}) completed", info.tag),
-                    ));
-                    break;
-                }
-            }
-        }
+        let bad = st.reqs.values().find_map(|info| {
+            self.peer_failure(info.peer, if info.is_send { "send to" } else { "receive from" }, info.tag)
+        });
         match bad {
             Some(e) => Err(self.fail_state(st, e)),
             None => Ok(()),
