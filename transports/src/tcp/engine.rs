@@ -16,7 +16,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use crate::error::{Error, Result};
 use crate::transport::Tag;
 
-use super::wire::{FrameHeader, HEADER_LEN, KIND_DATA};
+use super::wire::{
+    decode_last_words, encode_last_words, FrameHeader, HEADER_LEN, KIND_DATA, KIND_ERROR, MAX_LAST_WORDS,
+};
 
 pub(super) struct SendPart {
     pub req: u64,
@@ -123,6 +125,53 @@ impl Conn {
         }
     }
 
+    /// Reads what is left of a peer's last words (already sent in one piece), for at most a
+    /// few milliseconds.
+    fn read_rest(&mut self, mut buf: &mut [u8]) {
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(20);
+        while !buf.is_empty() && std::time::Instant::now() < until {
+            // SAFETY: reads into a live, writable buffer of `buf.len()` bytes.
+            let n =
+                unsafe { libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n > 0 {
+                buf = &mut buf[n as usize..];
+            } else if n == 0 {
+                break;
+            }
+        }
+    }
+
+    /// The error a peer's last words describe: the dead rank it names, or the peer itself.
+    fn last_words(&self, words: &[u8]) -> Error {
+        let (culprit, msg) = decode_last_words(words);
+        match culprit {
+            Some(dead) => Error::peer_lost(dead, format!("peer {dead} died (peer {} saw it first: {msg})", self.peer)),
+            None => Error::remote(self.peer, format!("peer {} failed: {msg}", self.peer)),
+        }
+    }
+
+    /// Best effort, before the connection is shut: if no frame is half sent, tell the peer
+    /// why this rank fails, so ranks further away name the cause and not the messenger.
+    fn say_last_words(&mut self, culprit: Option<usize>, msg: &str) {
+        if self.sendq.front().is_some_and(|p| p.hdr_off > 0) {
+            return;
+        }
+        let words = encode_last_words(culprit, msg);
+        let hdr =
+            FrameHeader { kind: KIND_ERROR, part: 0, seq: self.tx_seq, tag: Tag(0), len: words.len() as u64 }.encode();
+        let iov = [
+            libc::iovec { iov_base: hdr.as_ptr() as *mut libc::c_void, iov_len: HEADER_LEN },
+            libc::iovec { iov_base: words.as_ptr() as *mut libc::c_void, iov_len: words.len() },
+        ];
+        // SAFETY: a zeroed msghdr is valid; we set only the iovecs, which point at live buffers.
+        let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+        m.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        m.msg_iovlen = 2;
+        // SAFETY: valid socket and message; non-blocking, and a short write is harmless: the
+        // connection is shut right after.
+        unsafe { libc::sendmsg(self.sock.as_raw_fd(), &m, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    }
+
     /// Writes as much of the send queue as the socket takes. Returns finished requests' ids.
     fn progress_send(&mut self, done: &mut Vec<u64>) -> Result<bool> {
         let mut progressed = false;
@@ -218,9 +267,19 @@ impl Conn {
                 self.rx_hdr_got += h;
                 n -= h;
                 if self.rx_hdr_got == HEADER_LEN {
-                    FrameHeader::decode(&self.rx_hdr)
-                        .and_then(|hdr| hdr.check(self.rx_seq, p.part, p.tag, p.len))
-                        .map_err(|e| e.with_peer(self.peer))?;
+                    let hdr = FrameHeader::decode(&self.rx_hdr).map_err(|e| e.with_peer(self.peer))?;
+                    if hdr.kind == KIND_ERROR {
+                        // The peer failed and said why; part of what it said may already sit
+                        // in the posted buffer (the speculative read).
+                        let said = (hdr.len as usize).min(MAX_LAST_WORDS);
+                        let mut words = vec![0u8; said];
+                        let have = n.min(said);
+                        // SAFETY: `have` bytes were just read into the posted region.
+                        unsafe { std::ptr::copy_nonoverlapping(p.ptr, words.as_mut_ptr(), have) };
+                        self.read_rest(&mut words[have..]);
+                        return Err(self.last_words(&words));
+                    }
+                    hdr.check(self.rx_seq, p.part, p.tag, p.len).map_err(|e| e.with_peer(self.peer))?;
                     p.hdr_ok = true;
                     self.rx_hdr_got = 0;
                 }
@@ -330,11 +389,17 @@ impl Engine {
             self.failed = Some(err);
         }
         self.reqs.clear();
+        let first = self.failed.clone().expect("set above");
+        let culprit = (first.kind() == crate::ErrorKind::PeerLost).then(|| first.peer()).flatten();
+        let msg = first.to_string();
         for c in self.conns.iter_mut().flatten() {
+            if Some(c.peer) != culprit {
+                c.say_last_words(culprit, &msg);
+            }
             c.sendq.clear();
             c.recvq.clear();
             let _ = c.sock.shutdown(std::net::Shutdown::Both);
         }
-        self.failed.clone().expect("set above")
+        first
     }
 }

@@ -23,6 +23,29 @@ const MAGIC: [u8; 4] = *b"OXFR";
 const VERSION: u8 = 1;
 /// The kind of a data frame.
 pub const KIND_DATA: u8 = 1;
+/// The kind of a rank's last words: it failed, and says why (see [`encode_last_words`]).
+pub const KIND_ERROR: u8 = 2;
+/// The most bytes of last words a receiver accepts.
+pub const MAX_LAST_WORDS: usize = 512;
+
+/// The payload of an error frame: the rank whose death caused the failure (plus one; zero if
+/// none) and the message, at most [`MAX_LAST_WORDS`] bytes in all.
+pub fn encode_last_words(culprit: Option<usize>, msg: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(MAX_LAST_WORDS);
+    b.extend_from_slice(&(culprit.map_or(0, |c| c as u32 + 1)).to_le_bytes());
+    let m = msg.as_bytes();
+    b.extend_from_slice(&m[..m.len().min(MAX_LAST_WORDS - 4)]);
+    b
+}
+
+/// Parses last words: `(culprit, message)`.
+pub fn decode_last_words(b: &[u8]) -> (Option<usize>, String) {
+    if b.len() < 4 {
+        return (None, String::from_utf8_lossy(b).into_owned());
+    }
+    let c = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    ((c > 0).then(|| c - 1), String::from_utf8_lossy(&b[4..]).into_owned())
+}
 
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +87,7 @@ impl FrameHeader {
                 b[4]
             )));
         }
-        if b[5] != KIND_DATA {
+        if b[5] != KIND_DATA && b[5] != KIND_ERROR {
             return Err(Error::invalid_usage(format!("unknown frame kind {}", b[5])));
         }
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
@@ -123,5 +146,9 @@ mod tests {
         let mut bad = b;
         bad[5] = 77;
         assert!(FrameHeader::decode(&bad).is_err());
+        let w = encode_last_words(Some(3), &"x".repeat(2000));
+        assert_eq!(w.len(), MAX_LAST_WORDS);
+        assert_eq!(decode_last_words(&w).0, Some(3));
+        assert_eq!(decode_last_words(&encode_last_words(None, "bye")), (None, "bye".to_string()));
     }
 }
