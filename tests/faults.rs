@@ -83,7 +83,10 @@ fn mismatched_collectives_are_invalid_usage_not_a_hang() {
         let (a, b) = (a.unwrap_err(), b.unwrap_err());
         assert!(start.elapsed() < Duration::from_secs(5), "{name}: took {:?}", start.elapsed());
         assert!(a.kind() == ErrorKind::InvalidUsage || b.kind() == ErrorKind::InvalidUsage, "{name}: {a} / {b}");
-        assert!(format!("{a}{b}").contains("mismatched"), "{name}: {a} / {b}");
+        let both = format!("{a} / {b}");
+        assert!(both.contains("mismatched"), "{name}: {both}");
+        // The message names both calls, not only their tags.
+        assert!(both.contains("= all_reduce #1 step") && both.contains("= all_gather #1 step"), "{name}: {both}");
     }
 }
 

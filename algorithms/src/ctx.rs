@@ -141,6 +141,7 @@ impl Ctx<'_> {
     /// The tag of step `step` of this call: 40 bits of sequence number, 8 of collective, 16 of
     /// step, so a message of another call or collective fails the receiver's tag check.
     pub fn tag(&self, step: usize) -> Tag {
+        // Layout known to `describe_tag`.
         Tag(((self.seq & ((1 << 40) - 1)) << 24) | ((self.collective as u64) << 16) | (step as u64 & 0xffff))
     }
 
@@ -167,6 +168,48 @@ impl Ctx<'_> {
     /// Elements per pipeline chunk for `dtype`.
     pub fn chunk_elems(&self, dtype: DataType) -> usize {
         crate::partition::chunk_elems(self.chunk_bytes, dtype.size())
+    }
+}
+
+/// What a tag made by [`Ctx::tag`] stands for, such as `all_reduce #17 step 2`.
+pub fn describe_tag(tag: u64) -> String {
+    let (seq, kind, step) = (tag >> 24, (tag >> 16) & 0xff, tag & 0xffff);
+    let all = [
+        Collective::AllReduce,
+        Collective::AllGather,
+        Collective::ReduceScatter,
+        Collective::AllToAll,
+        Collective::Broadcast,
+        Collective::Reduce,
+        Collective::Barrier,
+        Collective::SendRecv,
+        Collective::AllToAllV,
+        Collective::Split,
+    ];
+    match all.iter().find(|c| **c as u64 == kind) {
+        Some(Collective::SendRecv) => format!("send/recv message #{seq} of this pair"),
+        Some(c) => format!("{c} #{seq} step {step}"),
+        None => format!("unknown kind {kind} #{seq} step {step}"),
+    }
+}
+
+/// Appends to a message what every `tag 0x...` in it stands for, so a mismatch reads as the
+/// two calls that disagree.
+pub fn explain_tags(msg: &str) -> String {
+    let mut notes = Vec::new();
+    for (i, _) in msg.match_indices("tag 0x") {
+        let hex: String = msg[i + 6..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+        if let Ok(t) = u64::from_str_radix(&hex, 16) {
+            let note = format!("0x{hex} = {}", describe_tag(t));
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
+    }
+    if notes.is_empty() {
+        msg.to_string()
+    } else {
+        format!("{msg} [{}]", notes.join("; "))
     }
 }
 

@@ -374,7 +374,7 @@ impl Communicator {
         guard.armed = false;
         self.collectives.fetch_add(1, Ordering::Relaxed);
         r.map_err(|e| {
-            let e = e.in_collective(coll.name(), seq).on_rank(self.rank);
+            let e = e.in_collective(coll.name(), seq).on_rank(self.rank).map_msg(oxccl_algorithms::ctx::explain_tags);
             self.poison(&mut st, e)
         })
     }

@@ -270,6 +270,23 @@ impl Error {
         self
     }
 
+    /// Rewrites the message (to add detail a lower layer could not know).
+    #[must_use]
+    pub fn map_msg(mut self, f: impl FnOnce(&str) -> String) -> Self {
+        match &mut self {
+            Error::InvalidArgument { msg, .. }
+            | Error::InvalidUsage { msg, .. }
+            | Error::Timeout { msg, .. }
+            | Error::PeerLost { msg, .. }
+            | Error::Remote { msg, .. }
+            | Error::Io { msg, .. }
+            | Error::Unsupported { msg, .. }
+            | Error::Aborted { msg, .. }
+            | Error::Internal { msg, .. } => *msg = f(msg),
+        }
+        self
+    }
+
     /// Fills in this rank where it is not set yet.
     #[must_use]
     pub fn on_rank(mut self, rank: usize) -> Self {
