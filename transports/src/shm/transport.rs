@@ -247,6 +247,9 @@ impl ShmTransport {
             segments.push(Segment::open(ppid, pfd, len).map_err(|e| e.on_rank(rank).with_peer(peer))?);
             pidfds.push(if ppid == pid { None } else { pidfd_open(ppid) });
         }
+        if opts.single_copy_min.is_some() && single_copy.iter().enumerate().all(|(p, &ok)| ok || p == rank) {
+            tracing::info!(rank, min_bytes = opts.single_copy_min, "shm: single-copy reads (process_vm_readv) in use");
+        }
         // Single copy from r to q needs q allowed to read r: publish what this rank may read,
         // and send single-copy to a peer only if that peer may read this rank.
         let mine: String = single_copy.iter().map(|&b| if b { '1' } else { '0' }).collect();
