@@ -174,19 +174,8 @@ impl Ctx<'_> {
 /// What a tag made by [`Ctx::tag`] stands for, such as `all_reduce #17 step 2`.
 pub fn describe_tag(tag: u64) -> String {
     let (seq, kind, step) = (tag >> 24, (tag >> 16) & 0xff, tag & 0xffff);
-    let all = [
-        Collective::AllReduce,
-        Collective::AllGather,
-        Collective::ReduceScatter,
-        Collective::AllToAll,
-        Collective::Broadcast,
-        Collective::Reduce,
-        Collective::Barrier,
-        Collective::SendRecv,
-        Collective::AllToAllV,
-        Collective::Split,
-    ];
-    match all.iter().find(|c| **c as u64 == kind) {
+    let all = Collective::ALL.iter().chain(&[Collective::SendRecv, Collective::AllToAllV, Collective::Split]);
+    match all.copied().find(|c| *c as u64 == kind) {
         Some(Collective::SendRecv) => format!("send/recv message #{seq} of this pair"),
         Some(c) => format!("{c} #{seq} step {step}"),
         None => format!("unknown kind {kind} #{seq} step {step}"),

@@ -110,14 +110,7 @@ fn main() {
 
 fn collectives(spec: &str) -> Result<Vec<Collective>, String> {
     if spec == "all" {
-        return Ok(vec![
-            Collective::AllReduce,
-            Collective::AllGather,
-            Collective::ReduceScatter,
-            Collective::AllToAll,
-            Collective::Broadcast,
-            Collective::Reduce,
-        ]);
+        return Ok(Collective::ALL.iter().copied().filter(|c| *c != Collective::Barrier).collect());
     }
     spec.split(',')
         .map(|c| match Collective::parse(c) {
