@@ -5,7 +5,6 @@ pub use raw::RawP2p;
 mod split;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -64,7 +63,6 @@ pub struct Communicator {
     net: Arc<dyn Transport>,
     reducer: HostReducer,
     state: Mutex<State>,
-    collectives: AtomicU64,
     /// How to build new connections (for `split`); `None` for communicators over a
     /// caller-made transport.
     boot: Option<Boot>,
@@ -215,7 +213,6 @@ impl Communicator {
             net,
             reducer: HostReducer::new(),
             state: Mutex::new(State { seq: 0, poisoned: None, p2p_sent: vec![0; size], p2p_received: vec![0; size] }),
-            collectives: AtomicU64::new(0),
             boot,
         }
     }
@@ -372,7 +369,6 @@ impl Communicator {
             r = Err(Error::internal(format!("{coll} returned with requests pending")));
         }
         guard.armed = false;
-        self.collectives.fetch_add(1, Ordering::Relaxed);
         r.map_err(|e| {
             let e = e.in_collective(coll.name(), seq).on_rank(self.rank).map_msg(oxccl_algorithms::ctx::explain_tags);
             self.poison(&mut st, e)
@@ -399,13 +395,16 @@ impl Communicator {
         Ok(())
     }
 
+    // The typed API checks lengths (the one thing slices add) and hands the buffers to the
+    // untyped entry points in `raw.rs`, which own the in-place conventions and build the
+    // arguments: one path per collective.
+
     /// Sums (or otherwise reduces) `buf` across all ranks, in place: afterwards every rank
     /// holds the same, bitwise identical, result.
     pub fn all_reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<()> {
-        let recv = region_mut(buf);
-        let args =
-            CollArgs { send: recv.as_region(), recv, in_place: true, count: buf.len(), dtype: T::DTYPE, op, root: 0 };
-        self.run(Collective::AllReduce, args)
+        let p = buf.as_mut_ptr().cast::<u8>();
+        // SAFETY: the slice is valid for reads and writes of its length for the whole call.
+        unsafe { self.all_reduce_raw(p, p, buf.len(), T::DTYPE, op) }
     }
 
     /// Reduces `send` across all ranks into `recv` (same length).
@@ -414,16 +413,8 @@ impl Communicator {
             return Err(self
                 .bad(Collective::AllReduce, format!("send has {} elements but recv has {}", send.len(), recv.len())));
         }
-        let args = CollArgs {
-            send: region(send),
-            recv: region_mut(recv),
-            in_place: false,
-            count: send.len(),
-            dtype: T::DTYPE,
-            op,
-            root: 0,
-        };
-        self.run(Collective::AllReduce, args)
+        // SAFETY: both slices are valid for the call; borrows keep them apart.
+        unsafe { self.all_reduce_raw(send.as_ptr().cast(), recv.as_mut_ptr().cast(), send.len(), T::DTYPE, op) }
     }
 
     /// Gathers every rank's `send` into `recv`, in rank order: `recv` holds
@@ -435,40 +426,17 @@ impl Communicator {
                 format!("recv has {} elements, not send's {} times {} ranks", recv.len(), send.len(), self.size),
             ));
         }
-        let args = CollArgs {
-            send: region(send),
-            recv: region_mut(recv),
-            in_place: false,
-            count: send.len(),
-            dtype: T::DTYPE,
-            op: ReduceOp::Sum,
-            root: 0,
-        };
-        self.run(Collective::AllGather, args)
+        // SAFETY: both slices are valid for the call, of the lengths the collective needs.
+        unsafe { self.all_gather_raw(send.as_ptr().cast(), recv.as_mut_ptr().cast(), send.len(), T::DTYPE) }
     }
 
     /// All-gather in place: `buf` holds `size()` blocks, this rank's block (block `rank()`)
     /// is the input, and afterwards every block holds its rank's input.
     pub fn all_gather<T: Element>(&self, buf: &mut [T]) -> Result<()> {
-        if buf.len() % self.size != 0 {
-            return Err(self.bad(
-                Collective::AllGather,
-                format!("buffer of {} elements does not split into {} equal blocks", buf.len(), self.size),
-            ));
-        }
-        let count = buf.len() / self.size;
-        let recv = region_mut(buf);
-        let es = T::DTYPE.size();
-        let args = CollArgs {
-            send: recv.as_region().slice(self.rank * count * es..(self.rank + 1) * count * es),
-            recv,
-            in_place: true,
-            count,
-            dtype: T::DTYPE,
-            op: ReduceOp::Sum,
-            root: 0,
-        };
-        self.run(Collective::AllGather, args)
+        let count = self.blocks(Collective::AllGather, buf.len())?;
+        let p = buf.as_mut_ptr();
+        // SAFETY: the slice is valid for the call; block `rank` lies inside it.
+        unsafe { self.all_gather_raw(p.add(self.rank * count).cast(), p.cast(), count, T::DTYPE) }
     }
 
     /// Reduces `send` (`recv.len() * size()` elements) across ranks and leaves block
@@ -480,40 +448,17 @@ impl Communicator {
                 format!("send has {} elements, not recv's {} times {} ranks", send.len(), recv.len(), self.size),
             ));
         }
-        let args = CollArgs {
-            send: region(send),
-            recv: region_mut(recv),
-            in_place: false,
-            count: recv.len(),
-            dtype: T::DTYPE,
-            op,
-            root: 0,
-        };
-        self.run(Collective::ReduceScatter, args)
+        // SAFETY: both slices are valid for the call, of the lengths the collective needs.
+        unsafe { self.reduce_scatter_raw(send.as_ptr().cast(), recv.as_mut_ptr().cast(), recv.len(), T::DTYPE, op) }
     }
 
     /// Reduce-scatter in place: afterwards block `rank()` of `buf` holds that block of the
     /// reduction; the other blocks are left as they were.
     pub fn reduce_scatter<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<()> {
-        if buf.len() % self.size != 0 {
-            return Err(self.bad(
-                Collective::ReduceScatter,
-                format!("buffer of {} elements does not split into {} equal blocks", buf.len(), self.size),
-            ));
-        }
-        let count = buf.len() / self.size;
-        let whole = region_mut(buf);
-        let es = T::DTYPE.size();
-        let args = CollArgs {
-            send: whole.as_region(),
-            recv: whole.slice(self.rank * count * es..(self.rank + 1) * count * es),
-            in_place: true,
-            count,
-            dtype: T::DTYPE,
-            op,
-            root: 0,
-        };
-        self.run(Collective::ReduceScatter, args)
+        let count = self.blocks(Collective::ReduceScatter, buf.len())?;
+        let p = buf.as_mut_ptr();
+        // SAFETY: the slice is valid for the call; block `rank` lies inside it.
+        unsafe { self.reduce_scatter_raw(p.cast(), p.add(self.rank * count).cast(), count, T::DTYPE, op) }
     }
 
     /// Sends block `j` of `send` to rank `j` and receives rank `j`'s block for this rank into
@@ -530,38 +475,17 @@ impl Communicator {
                 ),
             ));
         }
-        let args = CollArgs {
-            send: region(send),
-            recv: region_mut(recv),
-            in_place: false,
-            count: send.len() / self.size,
-            dtype: T::DTYPE,
-            op: ReduceOp::Sum,
-            root: 0,
-        };
-        self.run(Collective::AllToAll, args)
+        let count = send.len() / self.size;
+        // SAFETY: both slices are valid for the call, of the lengths the collective needs.
+        unsafe { self.all_to_all_raw(send.as_ptr().cast(), recv.as_mut_ptr().cast(), count, T::DTYPE) }
     }
 
     /// All-to-all in place.
     pub fn all_to_all<T: Element>(&self, buf: &mut [T]) -> Result<()> {
-        if buf.len() % self.size != 0 {
-            return Err(self.bad(
-                Collective::AllToAll,
-                format!("buffer of {} elements does not split into {} equal blocks", buf.len(), self.size),
-            ));
-        }
-        let count = buf.len() / self.size;
-        let recv = region_mut(buf);
-        let args = CollArgs {
-            send: recv.as_region(),
-            recv,
-            in_place: true,
-            count,
-            dtype: T::DTYPE,
-            op: ReduceOp::Sum,
-            root: 0,
-        };
-        self.run(Collective::AllToAll, args)
+        let count = self.blocks(Collective::AllToAll, buf.len())?;
+        let p = buf.as_mut_ptr().cast::<u8>();
+        // SAFETY: the slice is valid for the call.
+        unsafe { self.all_to_all_raw(p, p, count, T::DTYPE) }
     }
 
     /// All-to-all with per-peer counts and displacements (in elements): `send_counts[j]`
@@ -578,30 +502,34 @@ impl Communicator {
         recv_counts: &[usize],
         recv_displs: &[usize],
     ) -> Result<()> {
-        use oxccl_algorithms::all_to_all::pairwise_v::{self, Layout};
-        let sl = Layout { counts: send_counts, displs: send_displs };
-        let rl = Layout { counts: recv_counts, displs: recv_displs };
+        use oxccl_algorithms::all_to_all::pairwise_v::Layout;
+        // The raw entry point trusts the extents it is given; slices know theirs.
         let (s, r) = (region(send), region_mut(recv));
-        sl.check("send layout", self.size, s.len(), T::DTYPE)
-            .and_then(|_| rl.check("recv layout", self.size, r.len(), T::DTYPE))
+        Layout { counts: send_counts, displs: send_displs }
+            .check("send layout", self.size, s.len(), T::DTYPE)
+            .and_then(|_| {
+                Layout { counts: recv_counts, displs: recv_displs }.check("recv layout", self.size, r.len(), T::DTYPE)
+            })
             .map_err(|e| e.in_collective("all_to_allv", self.next_seq()).on_rank(self.rank))?;
-        self.execute(Collective::AllToAllV, |ctx| pairwise_v::run(ctx, s, sl, r, rl, T::DTYPE))
+        // SAFETY: both slices are valid for the call and every block lies inside them (checked).
+        unsafe {
+            self.all_to_allv_raw(
+                send.as_ptr().cast(),
+                send_counts,
+                send_displs,
+                recv.as_mut_ptr().cast(),
+                recv_counts,
+                recv_displs,
+                T::DTYPE,
+            )
+        }
     }
 
     /// Copies `root`'s `buf` into every rank's `buf` (same length everywhere).
     pub fn broadcast<T: Element>(&self, buf: &mut [T], root: usize) -> Result<()> {
-        self.check_root(Collective::Broadcast, root)?;
-        let recv = region_mut(buf);
-        let args = CollArgs {
-            send: recv.as_region(),
-            recv,
-            in_place: true,
-            count: buf.len(),
-            dtype: T::DTYPE,
-            op: ReduceOp::Sum,
-            root,
-        };
-        self.run(Collective::Broadcast, args)
+        let p = buf.as_mut_ptr().cast::<u8>();
+        // SAFETY: the slice is valid for the call.
+        unsafe { self.broadcast_raw(p, p, buf.len(), T::DTYPE, root) }
     }
 
     /// Copies `root`'s `send` into every rank's `recv` (`send` is read on the root only; pass
@@ -614,27 +542,17 @@ impl Communicator {
                 format!("at the root, send has {} elements but recv has {}", send.len(), recv.len()),
             ));
         }
-        let send = if self.rank == root { region(send) } else { Region::empty() };
-        let args = CollArgs {
-            send,
-            recv: region_mut(recv),
-            in_place: false,
-            count: recv.len(),
-            dtype: T::DTYPE,
-            op: ReduceOp::Sum,
-            root,
-        };
-        self.run(Collective::Broadcast, args)
+        // SAFETY: both slices are valid for the call; `send` is read on the root only, where
+        // its length was checked.
+        unsafe { self.broadcast_raw(send.as_ptr().cast(), recv.as_mut_ptr().cast(), recv.len(), T::DTYPE, root) }
     }
 
     /// Reduces every rank's `buf` into `root`'s `buf`, in place. Other ranks' buffers are
     /// left as they were.
     pub fn reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp, root: usize) -> Result<()> {
-        self.check_root(Collective::Reduce, root)?;
-        let recv = region_mut(buf);
-        let args =
-            CollArgs { send: recv.as_region(), recv, in_place: true, count: buf.len(), dtype: T::DTYPE, op, root };
-        self.run(Collective::Reduce, args)
+        let p = buf.as_mut_ptr().cast::<u8>();
+        // SAFETY: the slice is valid for the call.
+        unsafe { self.reduce_raw(p, p, buf.len(), T::DTYPE, op, root) }
     }
 
     /// Reduces every rank's `send` into `recv` on `root`. `recv` must have `send.len()`
@@ -647,9 +565,19 @@ impl Communicator {
                 format!("at the root, recv has {} elements but send has {}", recv.len(), send.len()),
             ));
         }
-        let recv = if self.rank == root { region_mut(recv) } else { RegionMut::empty() };
-        let args = CollArgs { send: region(send), recv, in_place: false, count: send.len(), dtype: T::DTYPE, op, root };
-        self.run(Collective::Reduce, args)
+        // SAFETY: both slices are valid for the call; `recv` is written on the root only,
+        // where its length was checked.
+        unsafe { self.reduce_raw(send.as_ptr().cast(), recv.as_mut_ptr().cast(), send.len(), T::DTYPE, op, root) }
+    }
+
+    /// The block count of a buffer of `len` elements split over the ranks.
+    fn blocks(&self, coll: Collective, len: usize) -> Result<usize> {
+        if len % self.size != 0 {
+            return Err(
+                self.bad(coll, format!("buffer of {len} elements does not split into {} equal blocks", self.size))
+            );
+        }
+        Ok(len / self.size)
     }
 
     /// Returns once every rank has called `barrier`.
