@@ -217,6 +217,21 @@ mod tests {
             }
         });
         assert_eq!(a[1].pending() + b[1].pending(), 0);
+        // Prove the routes: with world B aborted on rank 1, its messages to rank 0 (route A)
+        // still post, its messages to rank 2 (route B) do not.
+        b[1].abort();
+        let x = [0u8; 1];
+        // SAFETY: `x` outlives the posts; the transports are failed below, dropping the
+        // request untouched.
+        let (to0, to2) = unsafe {
+            (
+                routers[1].post_send(0, Tag(9), Region::from_slice(&x)),
+                routers[1].post_send(2, Tag(9), Region::from_slice(&x)),
+            )
+        };
+        assert!(to0.is_ok(), "rank 0 is reached through world A");
+        assert_eq!(to2.unwrap_err().kind(), crate::ErrorKind::Aborted, "rank 2 is reached through world B");
+        routers[1].fail(crate::Error::internal("test over"));
         assert!(Router::new(vec![a[0].clone()], vec![0, 5, 0]).is_err());
     }
 }
