@@ -37,6 +37,23 @@ fn loopback_forced_recursive_doubling() {
 }
 
 #[test]
+fn loopback_forced_direct() {
+    // test_config's 4 KiB chunks: every slice spans many chunks, several in flight.
+    let cfg = test_config().with_algorithm("direct").unwrap();
+    for p in SIZES {
+        check(Communicator::local_world(p, cfg.clone()).unwrap(), p == 3);
+    }
+}
+
+#[test]
+fn tcp_forced_direct() {
+    let cfg = test_config().with_algorithm("direct").unwrap();
+    for p in [2, 3, 5] {
+        check(tcp_world(p, cfg.clone()), p == 3);
+    }
+}
+
+#[test]
 fn loopback_default_chunking_and_shallow_pipeline() {
     let cfg = Config { pipeline_depth: 1, ..Config::default() };
     check(Communicator::local_world(3, cfg).unwrap(), true);
@@ -59,6 +76,15 @@ fn tcp_forced_ring_with_two_connections_per_peer() {
 fn shm_threads() {
     for p in SIZES {
         check(shm_world(p, test_config()), p <= 3 || p == 5);
+    }
+}
+
+#[test]
+fn shm_threads_forced_ring() {
+    // The automatic choice on shm is direct; keep the ring covered there too.
+    let cfg = test_config().with_algorithm("ring").unwrap();
+    for p in [2, 3, 4] {
+        check(shm_world(p, cfg.clone()), p == 3);
     }
 }
 

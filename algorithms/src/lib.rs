@@ -19,6 +19,7 @@ pub mod all_to_all;
 pub mod barrier;
 pub mod broadcast;
 pub mod ctx;
+mod direct;
 pub mod dtype;
 pub mod kernels;
 pub mod op;

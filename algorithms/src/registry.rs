@@ -16,12 +16,19 @@ pub enum Algorithm {
     Pairwise,
     /// Dissemination (barrier).
     Dissemination,
+    /// Direct: each rank reduces its own slice from every peer's input at once.
+    Direct,
 }
 
 impl Algorithm {
     /// Every algorithm of this build.
-    pub const ALL: [Algorithm; 4] =
-        [Algorithm::Ring, Algorithm::RecursiveDoubling, Algorithm::Pairwise, Algorithm::Dissemination];
+    pub const ALL: [Algorithm; 5] = [
+        Algorithm::Ring,
+        Algorithm::RecursiveDoubling,
+        Algorithm::Pairwise,
+        Algorithm::Dissemination,
+        Algorithm::Direct,
+    ];
 
     /// The name used in configuration (`OXCCL_ALGO`) and `--algo`.
     pub const fn name(self) -> &'static str {
@@ -30,6 +37,7 @@ impl Algorithm {
             Algorithm::RecursiveDoubling => "recursive_doubling",
             Algorithm::Pairwise => "pairwise",
             Algorithm::Dissemination => "dissemination",
+            Algorithm::Direct => "direct",
         }
     }
 
@@ -50,8 +58,9 @@ impl fmt::Display for Algorithm {
 pub fn algorithms(coll: Collective) -> &'static [Algorithm] {
     use Algorithm::*;
     match coll {
-        Collective::AllReduce => &[Ring, RecursiveDoubling],
-        Collective::AllGather | Collective::ReduceScatter | Collective::Broadcast | Collective::Reduce => &[Ring],
+        Collective::AllReduce => &[Ring, RecursiveDoubling, Direct],
+        Collective::ReduceScatter => &[Ring, Direct],
+        Collective::AllGather | Collective::Broadcast | Collective::Reduce => &[Ring],
         Collective::AllToAll => &[Pairwise],
         Collective::Barrier => &[Dissemination],
         Collective::SendRecv | Collective::AllToAllV | Collective::Split => &[],
@@ -66,6 +75,8 @@ pub fn lookup(coll: Collective, algo: Algorithm) -> Option<AlgoFn> {
         (Collective::AllReduce, RecursiveDoubling) => crate::all_reduce::recursive_doubling::run,
         (Collective::AllGather, Ring) => crate::all_gather::ring::run,
         (Collective::ReduceScatter, Ring) => crate::reduce_scatter::ring::run,
+        (Collective::AllReduce, Direct) => crate::all_reduce::direct::run,
+        (Collective::ReduceScatter, Direct) => crate::reduce_scatter::direct::run,
         (Collective::AllToAll, Pairwise) => crate::all_to_all::pairwise::run,
         (Collective::Broadcast, Ring) => crate::broadcast::ring::run,
         (Collective::Reduce, Ring) => crate::reduce::ring::run,

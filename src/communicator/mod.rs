@@ -12,8 +12,8 @@ use oxccl_algorithms::registry::{self, Algorithm};
 use oxccl_algorithms::{CollArgs, Collective, Ctx, DataType, Element, HostReducer, ReduceOp};
 use oxccl_transport::auth::Secret;
 use oxccl_transport::{
-    LoopbackTransport, MemoryKind, MemoryStore, PrefixStore, Region, RegionMut, ShmOptions, ShmTransport, Store, Tag,
-    TcpOptions, TcpTransport, Transport,
+    Capabilities, LoopbackTransport, MemoryKind, MemoryStore, PrefixStore, Region, RegionMut, ShmOptions, ShmTransport,
+    Store, Tag, TcpOptions, TcpTransport, Transport,
 };
 use sha2::{Digest, Sha256};
 
@@ -61,6 +61,8 @@ pub struct Communicator {
     local_size: usize,
     config: Config,
     net: Arc<dyn Transport>,
+    /// `net`'s capabilities, fixed once it is built (algorithm choice reads them per call).
+    caps: Capabilities,
     reducer: HostReducer,
     state: Mutex<State>,
     /// How to build new connections (for `split`); `None` for communicators over a
@@ -210,6 +212,7 @@ impl Communicator {
             local_rank: rank,
             local_size: size,
             config,
+            caps: net.capabilities(),
             net,
             reducer: HostReducer::new(),
             state: Mutex::new(State { seq: 0, poisoned: None, p2p_sent: vec![0; size], p2p_received: vec![0; size] }),
@@ -323,7 +326,7 @@ impl Communicator {
 
     /// The algorithm a collective of `bytes` bytes would use now.
     pub fn algorithm_for(&self, coll: Collective, bytes: usize) -> Algorithm {
-        select::choose(coll, bytes, self.size, &self.config)
+        select::choose(coll, bytes, self.size, self.caps, &self.config)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -378,7 +381,7 @@ impl Communicator {
     /// Runs one collective with the algorithm the configuration or the size picks.
     fn run(&self, coll: Collective, args: CollArgs) -> Result<()> {
         let bytes = args.count.saturating_mul(args.dtype.size());
-        let algo = select::choose(coll, bytes, self.size, &self.config);
+        let algo = select::choose(coll, bytes, self.size, self.caps, &self.config);
         let f =
             registry::lookup(coll, algo).ok_or_else(|| Error::internal(format!("{coll} has no {algo} algorithm")))?;
         self.execute(coll, |ctx| f(ctx, &args))

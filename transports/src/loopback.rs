@@ -163,7 +163,14 @@ impl Transport for LoopbackTransport {
         self.size
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { peer_memory_mappable: true, device_memory: false, eager_sends: false, inter_host: false }
+        // The receiver copies straight out of the sender's buffer.
+        Capabilities {
+            peer_memory_mappable: true,
+            device_memory: false,
+            eager_sends: false,
+            inter_host: false,
+            single_copy: true,
+        }
     }
 
     fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {

@@ -85,14 +85,20 @@ impl Transport for Router {
     }
     fn capabilities(&self) -> Capabilities {
         // What holds for every peer.
-        let mut c =
-            Capabilities { peer_memory_mappable: true, device_memory: true, eager_sends: true, inter_host: false };
+        let mut c = Capabilities {
+            peer_memory_mappable: true,
+            device_memory: true,
+            eager_sends: true,
+            inter_host: false,
+            single_copy: true,
+        };
         for t in &self.transports {
             let k = t.capabilities();
             c.peer_memory_mappable &= k.peer_memory_mappable;
             c.device_memory &= k.device_memory;
             c.eager_sends &= k.eager_sends;
             c.inter_host |= k.inter_host;
+            c.single_copy &= k.single_copy;
         }
         c
     }

@@ -36,6 +36,10 @@ pub struct Capabilities {
     pub eager_sends: bool,
     /// Reaches peers on other hosts.
     pub inter_host: bool,
+    /// Large messages move with one copy: the receiver reads the sender's buffer directly
+    /// (shared memory with `process_vm_readv`), so a chunk a peer just wrote is read from
+    /// cache and many concurrent messages cost about what one does.
+    pub single_copy: bool,
 }
 
 /// Rank-addressed, tagged, non-blocking point-to-point transfer of byte regions.

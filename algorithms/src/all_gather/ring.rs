@@ -1,7 +1,7 @@
 //! Ring all-gather, pipelined in chunks.
 //!
 //! Steps (p ranks, blocks of n/p bytes, n the gathered size): each rank first places its own
-//! block (a local copy when out of place). In `p-1` steps it sends to its right neighbour the
+//! block (out of place: a local copy, made while the first send of it goes out). In `p-1` steps it sends to its right neighbour the
 //! block it received last (its own at step 0) and receives the next one from its left,
 //! straight into place.
 //!
@@ -12,18 +12,26 @@
 use oxccl_transport::Result;
 
 use crate::ctx::{CollArgs, Ctx};
-use crate::partition::bytes;
-use crate::ring::all_gather_phase;
+use crate::partition::{bytes, chunks, ring_index};
+use crate::ring::{all_gather_phase, SegmentSends};
 
 /// Runs ring all-gather.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     let (p, r, count) = (ctx.size, ctx.rank, a.count);
+    let es = a.dtype.size();
     let seg = move |j: usize| j * count..(j + 1) * count;
-    if !a.in_place {
-        ctx.reducer.copy(a.recv.slice(bytes(&seg(r), a.dtype.size())), a.send)?;
-    }
     if count == 0 || p == 1 {
-        return Ok(());
+        return if a.in_place || count == 0 { Ok(()) } else { ctx.reducer.copy(a.recv, a.send) };
     }
-    all_gather_phase(ctx, a.dtype, &seg, a.recv, r, 0, false, Vec::new())
+    if a.in_place {
+        return all_gather_phase(ctx, a.dtype, &seg, a.recv, r, 0, false, Vec::new());
+    }
+    // Out of place, the own block goes out straight from the input, so the right neighbour
+    // can start reading it while this rank copies it into place.
+    let mut first: SegmentSends = Vec::new();
+    for c in chunks(0..count, ctx.chunk_elems(a.dtype)) {
+        first.push((r, ctx.send(ring_index(r, 1, p), 0, a.send.slice(bytes(&c, es)))?));
+    }
+    ctx.reducer.copy(a.recv.slice(bytes(&seg(r), es)), a.send)?;
+    all_gather_phase(ctx, a.dtype, &seg, a.recv, r, 0, true, first)
 }

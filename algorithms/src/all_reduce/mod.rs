@@ -1,5 +1,6 @@
 //! All-reduce: every rank ends with the element-wise reduction of every rank's vector.
 
+pub mod direct;
 pub mod recursive_doubling;
 pub mod ring;
 

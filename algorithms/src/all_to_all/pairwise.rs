@@ -1,21 +1,23 @@
 //! Pairwise-exchange all-to-all.
 //!
-//! Steps (p ranks, n bytes sent per rank, blocks of n/p): out of place, the own block is
-//! copied locally, then every receive (from rank r-k for k = 1..p-1) and every send (to rank
-//! r+k) is posted at once, in that order, so the transport moves all p-1 exchanges side by
-//! side. In place, ranks pair up instead: at step k rank r swaps block j = (k - r) mod p
-//! with rank j (who at the same step pairs with r), sending from a one-block scratch copy
-//! and receiving into the block itself, so no block is overwritten before it is sent and
-//! the scratch is one block, not the whole buffer.
+//! Steps (p ranks, n bytes sent per rank, blocks of n/p): out of place, every receive (from
+//! rank r-k for k = 1..p-1) and every send (to rank r+k) is posted at once, in that order,
+//! so the transport moves all p-1 exchanges side by side, and the own block is copied while
+//! they go. In place, ranks pair up instead: at step k rank r swaps block j = (k - r) mod p
+//! with rank j (who at the same step pairs with r), chunk by chunk, sending each chunk from
+//! a scratch copy and receiving into the block itself, so no block is overwritten before it
+//! is sent; the scratch is a few chunks, which stay in cache.
 //!
 //! Bytes on the wire per rank: (p-1)/p · n sent and as many received.
 //!
 //! Cost: (p-1)·α + (p-1)/p·n·β.
 
-use oxccl_transport::Result;
+use std::collections::VecDeque;
+
+use oxccl_transport::{ReqId, Result};
 
 use crate::ctx::{CollArgs, Ctx};
-use crate::partition::{bytes, ring_index};
+use crate::partition::{bytes, chunks, ring_index};
 
 /// Runs pairwise all-to-all.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
@@ -26,25 +28,8 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     }
     let blk = |j: usize| bytes(&(j * count..(j + 1) * count), es);
     if a.in_place {
-        if p == 1 {
-            return Ok(());
-        }
-        let scratch = ctx.reducer.scratch(blk(0).len())?;
-        let tmp = scratch.region().slice(0..blk(0).len());
-        for k in 0..p {
-            let j = ring_index(k, -(r as isize), p);
-            if j == r {
-                continue;
-            }
-            ctx.reducer.copy(tmp, a.recv.slice(blk(j)).as_region())?;
-            let rq = ctx.recv(j, k, a.recv.slice(blk(j)))?;
-            let sq = ctx.send(j, k, tmp.as_region())?;
-            ctx.wait(rq)?;
-            ctx.wait(sq)?;
-        }
-        return Ok(());
+        return in_place(ctx, a);
     }
-    ctx.reducer.copy(a.recv.slice(blk(r)), a.send.slice(blk(r)))?;
     let mut reqs = Vec::with_capacity(2 * (p - 1));
     for k in 1..p {
         let from = ring_index(r, -(k as isize), p);
@@ -54,5 +39,50 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
         let to = ring_index(r, k as isize, p);
         reqs.push(ctx.send(to, 0, a.send.slice(blk(to)))?);
     }
+    // Peers read their blocks while the own block is copied.
+    ctx.reducer.copy(a.recv.slice(blk(r)), a.send.slice(blk(r)))?;
     ctx.wait_all(&reqs)
+}
+
+/// In place: at step k swap block (k - r) mod p with its rank, chunk by chunk through a few
+/// scratch chunks that stay in cache (each is reused once its send completed).
+fn in_place(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
+    let (p, r, count) = (ctx.size, ctx.rank, a.count);
+    let es = a.dtype.size();
+    if p == 1 {
+        return Ok(());
+    }
+    let ce = ctx.chunk_elems(a.dtype).min(count);
+    let depth = ctx.pipeline_depth.max(1);
+    let scratch = ctx.reducer.scratch(depth * ce * es)?;
+    let slot = |i: usize, len: usize| scratch.region().slice(i * ce * es..(i * ce + len) * es);
+    let mut inflight: VecDeque<ReqId> = VecDeque::new();
+    let mut n = 0;
+    let mut swap = || -> Result<()> {
+        for k in 0..p {
+            let j = ring_index(k, -(r as isize), p);
+            if j == r {
+                continue;
+            }
+            let mut recvs = Vec::new();
+            for c in chunks(j * count..(j + 1) * count, ce) {
+                if inflight.len() == depth {
+                    ctx.wait(inflight.pop_front().expect("non-empty"))?;
+                }
+                let tmp = slot(n % depth, c.len());
+                n += 1;
+                let block = a.recv.slice(bytes(&c, es));
+                ctx.reducer.copy(tmp, block.as_region())?;
+                recvs.push(ctx.recv(j, k, block)?);
+                inflight.push_back(ctx.send(j, k, tmp.as_region())?);
+            }
+            ctx.wait_all(&recvs)?;
+        }
+        let rest: Vec<ReqId> = inflight.drain(..).collect();
+        ctx.wait_all(&rest)
+    };
+    swap().inspect_err(|e| {
+        // Sends out of scratch may still be queued: fail the transport before it goes.
+        ctx.net.fail(e.clone());
+    })
 }

@@ -1,3 +1,4 @@
 //! Reduce-scatter: rank r ends with block r of the element-wise reduction.
 
+pub mod direct;
 pub mod ring;

@@ -584,7 +584,16 @@ impl Transport for ShmTransport {
         self.size
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { peer_memory_mappable: false, device_memory: false, eager_sends: true, inter_host: false }
+        let peers = (0..self.size).filter(|&p| p != self.rank);
+        let single_copy =
+            self.opts.single_copy_min.is_some() && peers.clone().all(|p| self.single_copy[p] && self.send_single[p]);
+        Capabilities {
+            peer_memory_mappable: false,
+            device_memory: false,
+            eager_sends: true,
+            inter_host: false,
+            single_copy,
+        }
     }
 
     fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {

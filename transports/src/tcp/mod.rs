@@ -352,7 +352,13 @@ impl Transport for TcpTransport {
         self.size
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { peer_memory_mappable: false, device_memory: false, eager_sends: true, inter_host: true }
+        Capabilities {
+            peer_memory_mappable: false,
+            device_memory: false,
+            eager_sends: true,
+            inter_host: true,
+            single_copy: false,
+        }
     }
 
     fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {

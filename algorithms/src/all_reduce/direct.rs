@@ -1,0 +1,29 @@
+//! Direct all-reduce: every rank reduces its own slice from every rank's input at once, then
+//! every finished slice goes straight to every rank (see [`crate::direct`]).
+//!
+//! Steps (p ranks, n bytes), per chunk of each slice: receive the chunk of this rank's slice
+//! from the p-1 peers, reduce it with the local one, send the result to the p-1 peers and
+//! receive theirs into place. Two message steps per chunk whatever p is.
+//!
+//! Bytes on the wire per rank: 2(p-1)/p · n sent and as many received (as the ring).
+//!
+//! Cost: 2·α_concurrent(p-1) + 2(p-1)/p·n·β + (p-1)/p·n·γ, where α_concurrent(p-1) is the
+//! latency of p-1 messages posted at once (on shared memory, close to one α). Best where
+//! peers' buffers are readable directly (shared memory with single-copy reads): each chunk
+//! is read from its peer right after the peer wrote it, while it is still in cache.
+
+use oxccl_transport::Result;
+
+use crate::ctx::{CollArgs, Ctx};
+use crate::partition::{block, bytes};
+
+/// Runs direct all-reduce.
+pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
+    if super::trivial(ctx, a)? {
+        return Ok(());
+    }
+    let (p, count) = (ctx.size, a.count);
+    let seg = move |j: usize| block(count, p, j);
+    let out = a.recv.slice(bytes(&seg(ctx.rank), a.dtype.size()));
+    crate::direct::run(ctx, a.dtype, a.op, &seg, a.send, out, Some(a.recv), a.in_place)
+}

@@ -1,0 +1,30 @@
+//! Direct reduce-scatter: every rank receives its block from each peer and reduces them all
+//! with its own at once (see [`crate::direct`]).
+//!
+//! Steps (p ranks, n bytes of input, blocks of n/p), per chunk of the block: receive the
+//! chunk from the p-1 peers (each sends the chunk of its input that the receiver owns),
+//! reduce them with the local one into the output. One message step per chunk.
+//!
+//! Bytes on the wire per rank: (p-1)/p · n sent and as many received (as the ring).
+//!
+//! Cost: α_concurrent(p-1) + (p-1)/p·n·(β + γ). Unlike the ring, nothing is reduced twice
+//! in scratch and forwarded: each input byte is read once, by its block's owner.
+
+use oxccl_transport::Result;
+
+use crate::ctx::{CollArgs, Ctx};
+use crate::partition::bytes;
+
+/// Runs direct reduce-scatter.
+pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
+    let (p, count) = (ctx.size, a.count);
+    let es = a.dtype.size();
+    let seg = move |j: usize| j * count..(j + 1) * count;
+    if count == 0 {
+        return Ok(());
+    }
+    if p == 1 {
+        return if a.in_place { Ok(()) } else { ctx.reducer.copy(a.recv, a.send.slice(bytes(&seg(0), es))) };
+    }
+    crate::direct::run(ctx, a.dtype, a.op, &seg, a.send, a.recv, None, a.in_place)
+}
