@@ -66,8 +66,9 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
         while mask < q {
             let vp = v ^ mask;
             let peer = if vp < e { vp * 2 + 1 } else { vp + e };
-            let rq = ctx.recv(peer, step, tmp)?;
+            // The send first: it is what the peer is waiting for.
             let sq = ctx.send(peer, step, buf.as_region())?;
+            let rq = ctx.recv(peer, step, tmp)?;
             ctx.wait(rq)?;
             ctx.wait(sq)?;
             let (lo, hi): (Region, Region) =

@@ -6,7 +6,9 @@
 //! sender's doorbell so a sender waiting for space goes on. Waiters spin briefly, then sleep
 //! on their own doorbell (see [`super::doorbell`]), so oversubscribed ranks yield their core.
 //!
-//! Slot format: `tag u64 | message length u64 | offset u64 | chunk length u32 | 0 u32 | data`.
+//! Slot format: `sequence u64 | tag u64 | message length u64 | offset u64 | chunk length u32 |
+//! flags u32 | data` (the sequence word is the FIFO's; up to 24 bytes of data share the
+//! first cache line with it, so a small message costs the receiver one line transfer).
 //! The receiver checks tag, length and offset against the receive it posted; a difference
 //! fails both sides (mismatched calls). A rank that fails raises the flag in its control
 //! block and rings every peer, so peers blocked on it report it at once; a rank that dies
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 
 use super::doorbell::Doorbell;
-use super::fifo::{Fifo, FifoHeader, RawSlots};
+use super::fifo::{Fifo, FifoHeader, RawSlots, SEQ_BYTES};
 use super::segment::Segment;
 use super::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::error::{Error, Result};
@@ -69,6 +71,25 @@ fn fifo_header_bytes() -> usize {
 
 const FLAG_SINGLE_COPY: u32 = 1;
 const PROBE_MAGIC: u64 = 0x6f78_6363_6c5f_636d;
+
+/// Fills a FIFO slot's payload with a header and `chunk` bytes of a message (from `src`,
+/// which points at the message's first byte).
+///
+/// # Safety
+/// `slot` points at a payload of at least `SLOT_HEADER + chunk` writable bytes, not yet
+/// published; `src + off .. src + off + chunk` is readable.
+unsafe fn write_slot(slot: *mut u8, tag: Tag, len: usize, off: usize, src: *const u8, chunk: usize) {
+    // SAFETY: as the caller promised.
+    unsafe {
+        let h = slot as *mut u64;
+        h.write_unaligned(tag.0);
+        h.add(1).write_unaligned(len as u64);
+        h.add(2).write_unaligned(off as u64);
+        (slot.add(24) as *mut u32).write_unaligned(chunk as u32);
+        (slot.add(28) as *mut u32).write_unaligned(0);
+        std::ptr::copy_nonoverlapping(src.add(off), slot.add(SLOT_HEADER), chunk);
+    }
+}
 
 /// Reads `len` bytes at `remote` in process `pid` into `local`, with process_vm_readv.
 fn cma_read(pid: u32, local: *mut u8, remote: u64, len: usize) -> std::io::Result<()> {
@@ -353,7 +374,7 @@ impl ShmTransport {
 
     /// One pass over every queue; `Ok(true)` if anything moved.
     fn advance(&self, st: &mut State) -> Result<bool> {
-        let data = self.opts.slot_bytes - SLOT_HEADER;
+        let data = self.opts.slot_bytes - SEQ_BYTES - SLOT_HEADER;
         let mut moved = false;
         let mut done = Vec::new();
         for peer in 0..self.size {
@@ -391,19 +412,9 @@ impl ShmTransport {
                     continue;
                 }
                 let chunk = (op.len - op.off).min(data);
-                let ok = fifo.try_push(|slot| {
-                    // SAFETY: the slot has `slot_bytes` bytes in the peer's mapping and is ours
-                    // until published; the source lies in the posted region.
-                    unsafe {
-                        let h = slot as *mut u64;
-                        h.write_unaligned(op.tag.0);
-                        h.add(1).write_unaligned(op.len as u64);
-                        h.add(2).write_unaligned(op.off as u64);
-                        (slot.add(24) as *mut u32).write_unaligned(chunk as u32);
-                        (slot.add(28) as *mut u32).write_unaligned(0);
-                        std::ptr::copy_nonoverlapping(op.ptr.add(op.off), slot.add(SLOT_HEADER), chunk);
-                    }
-                });
+                // SAFETY: the slot has room for `chunk <= data` bytes; the source lies in the
+                // posted region.
+                let ok = fifo.try_push(|slot| unsafe { write_slot(slot, op.tag, op.len, op.off, op.ptr, chunk) });
                 if !ok {
                     break;
                 }
@@ -605,6 +616,21 @@ impl Transport for ShmTransport {
         self.check(&mut st)?;
         let id = st.next_id;
         st.next_id += 1;
+        let len = buf.len();
+        if st.sendq[peer].is_empty()
+            && len <= self.opts.slot_bytes - SEQ_BYTES - SLOT_HEADER
+            && !(self.send_single[peer] && self.opts.single_copy_min.is_some_and(|m| len >= m))
+        {
+            // Fast path: nothing queued before it and it fits one slot, so it goes out now
+            // and completes without ever being queued (a request never queued is complete).
+            // SAFETY: the slot has room for `len` bytes (checked); `buf` is readable.
+            let ok =
+                self.fifo(self.rank, peer).try_push(|slot| unsafe { write_slot(slot, tag, len, 0, buf.as_ptr(), len) });
+            if ok {
+                self.control(peer).doorbell.ring();
+                return Ok(ReqId(id));
+            }
+        }
         st.reqs.insert(id, ReqInfo { peer, tag, is_send: true });
         st.sendq[peer].push_back(SendOp { req: id, tag, ptr: buf.as_ptr(), len: buf.len(), off: 0 });
         self.advance(&mut st).map_err(|e| self.fail_state(&mut st, e))?;
@@ -640,9 +666,9 @@ impl Transport for ShmTransport {
     }
 
     fn wait(&self, req: ReqId, deadline: Instant) -> Result<()> {
-        let start = Instant::now();
-        let spin_until = start + self.opts.spin;
-        let yield_until = spin_until + self.opts.yield_for;
+        // The clock is read only once the first 32 rounds found nothing (most small
+        // messages have arrived by then): reading it costs as much as a pass over the queues.
+        let mut start: Option<Instant> = None;
         let mut spins = 0u32;
         let mut st = self.lock();
         if req.0 == 0 || req.0 >= st.next_id {
@@ -660,13 +686,15 @@ impl Transport for ShmTransport {
             if moved {
                 continue;
             }
-            // Reading the clock costs as much as a pass over the queues: do it every 32 rounds.
             spins = spins.wrapping_add(1);
             if spins % 32 != 0 {
                 std::hint::spin_loop();
                 continue;
             }
             let now = Instant::now();
+            let start = *start.get_or_insert(now);
+            let spin_until = start + self.opts.spin;
+            let yield_until = spin_until + self.opts.yield_for;
             if now < spin_until {
                 continue;
             }
