@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use oxccl_transport::{Error, Region, RegionMut, ReqId, Result, Tag, Transport};
+use oxccl_transport::{Error, Region, RegionMut, ReqId, Result, Sink, Tag, Transport};
 
 use crate::dtype::DataType;
 use crate::kernels::Reducer;
@@ -135,6 +135,9 @@ pub struct Ctx<'a> {
     pub chunk_bytes: usize,
     /// Receive buffers in flight per pipelined stream.
     pub pipeline_depth: usize,
+    /// The transport takes receive sinks ([`Transport::post_recv_sink`]), so incoming chunks
+    /// can be reduced where they land.
+    pub recv_sink: bool,
 }
 
 impl Ctx<'_> {
@@ -153,6 +156,33 @@ impl Ctx<'_> {
     /// Posts a receive into `buf` from `peer` at `step`.
     pub fn recv(&self, peer: usize, step: usize, buf: RegionMut) -> Result<ReqId> {
         self.net.post_recv(peer, self.tag(step), buf)
+    }
+
+    /// Posts a receive from `peer` at `step` of `dst.len()` bytes that are reduced as they
+    /// land: `dst = incoming (op) local`, element by element, with no copy of the incoming
+    /// bytes. Only where [`Ctx::recv_sink`] holds. `dst` may be `local`'s memory.
+    #[allow(clippy::too_many_arguments)]
+    pub fn recv_reduce(
+        &self,
+        peer: usize,
+        step: usize,
+        dtype: DataType,
+        op: ReduceOp,
+        dst: RegionMut,
+        local: Region,
+    ) -> Result<ReqId> {
+        let reducer = self.reducer;
+        let kind = dst.kind();
+        let sink = move |off: usize, bytes: &[u8]| {
+            let r = off..off + bytes.len();
+            // SAFETY: `bytes` is valid for this call, which is as long as the region is used.
+            let incoming = unsafe { Region::from_raw_parts(bytes.as_ptr(), bytes.len(), kind) };
+            reducer.reduce(dtype, op, dst.slice(r.clone()), incoming, local.slice(r))
+        };
+        // SAFETY: the sink borrows the reducer, which outlives the call, and regions whose
+        // owners promised they stay valid until the receive completes or the transport fails.
+        let sink = unsafe { Sink::new(sink) };
+        self.net.post_recv_sink(peer, self.tag(step), dst.len(), sink)
     }
 
     /// Waits for `req` until the call's deadline.

@@ -75,7 +75,10 @@ pub(crate) fn run(
         s.start + b.start..s.start + b.end
     };
     let own = seg(r);
-    let slot_elems = max_len.div_ceil(k_total);
+    // With one peer, its chunk is reduced with the local one where it lands (no scratch,
+    // one pass); with more, chunks land in scratch so they are combined in a fixed order.
+    let sink = ctx.recv_sink && p == 2;
+    let slot_elems = if sink { 0 } else { max_len.div_ceil(k_total) };
     let scratch = ctx.reducer.scratch(depth * (p - 1) * slot_elems * es)?;
     let slot = |k: usize, i: usize, len: usize| {
         let at = ((k % depth) * (p - 1) + i) * slot_elems * es;
@@ -92,10 +95,17 @@ pub(crate) fn run(
                 rs_sends[k].push((q, ctx.send(q, STEP_RS, input.slice(bytes(&c, es)))?));
             }
         }
-        let len = chunk(r, k).len();
-        if len > 0 {
+        let c = chunk(r, k);
+        if c.is_empty() {
+            return Ok(());
+        }
+        if sink {
+            let local = c.start - own.start..c.end - own.start;
+            let (dst, src) = (out.slice(bytes(&local, es)), input.slice(bytes(&c, es)));
+            rs_recvs[k].push(ctx.recv_reduce(peers[0], STEP_RS, dtype, op, dst, src)?);
+        } else {
             for (i, &q) in peers.iter().enumerate() {
-                rs_recvs[k].push(ctx.recv(q, STEP_RS, slot(k, i, len))?);
+                rs_recvs[k].push(ctx.recv(q, STEP_RS, slot(k, i, c.len()))?);
             }
         }
         Ok(())
@@ -117,7 +127,7 @@ pub(crate) fn run(
                 let local = c.start - own.start..c.end - own.start;
                 let dst = out.slice(bytes(&local, es));
                 let src = input.slice(bytes(&c, es));
-                for i in 0..p - 1 {
+                for i in (0..p - 1).filter(|_| !sink) {
                     let a = if i == 0 { src } else { dst.as_region() };
                     ctx.reducer.reduce(dtype, op, dst, a, slot(k, i, c.len()).as_region())?;
                 }

@@ -70,6 +70,43 @@ pub(crate) fn reduce_scatter_phase(
 
     let owned_start = seg(owned).start;
     let mut forwarded = Vec::new();
+    if ctx.recv_sink {
+        // Each chunk is reduced where it lands (a shared-memory slot) straight into its
+        // destination: one pass over the bytes, no scratch. Sends of a finished chunk go out
+        // as soon as its receive completes, in order.
+        let dst_of = |s: usize, c: &Range<usize>| {
+            if s == p - 2 {
+                out.slice(bytes(&(c.start - owned_start..c.end - owned_start), es))
+            } else {
+                work.slice(bytes(c, es))
+            }
+        };
+        let mut run = || -> Result<()> {
+            let mut reqs = Vec::with_capacity(items.len());
+            for (s, c) in &items {
+                reqs.push(ctx.recv_reduce(left, *s, dtype, op, dst_of(*s, c), input.slice(bytes(c, es)))?);
+            }
+            for ((s, c), req) in items.iter().zip(reqs) {
+                ctx.wait(req)?;
+                let dst = dst_of(*s, c);
+                if *s == p - 2 {
+                    if op == ReduceOp::Avg {
+                        ctx.reducer.divide(dtype, dst, p)?;
+                    }
+                    if forward_owned {
+                        forwarded.push(ctx.send(right, p - 1, dst.as_region())?);
+                    }
+                } else {
+                    sends.push((recv_seg(*s), ctx.send(right, s + 1, dst.as_region())?));
+                }
+            }
+            Ok(())
+        };
+        // Sinks still posted may write into `work`, which may be scratch the caller drops on
+        // error: fail the transport (which drops them unused) first.
+        run().inspect_err(|e| ctx.net.fail(e.clone()))?;
+        return Ok((sends, forwarded));
+    }
     recv_stream(ctx, left, dtype, &items, |(s, c), incoming| {
         let b = bytes(c, es);
         if *s == p - 2 {

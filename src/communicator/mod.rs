@@ -344,6 +344,7 @@ impl Communicator {
             deadline,
             chunk_bytes: self.config.chunk_bytes,
             pipeline_depth: self.config.pipeline_depth,
+            recv_sink: self.caps.recv_sink,
         }
     }
 

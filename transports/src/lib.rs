@@ -34,8 +34,12 @@
 //! 7. **Abort from anywhere.** [`Transport::abort`] may be called from any thread while another
 //!    thread waits; the waiter returns [`Error::Aborted`] promptly.
 //! 8. **Zero-length messages** are valid and are matched like any other.
-//! 9. **Memory kinds.** A transport refuses regions of a [`MemoryKind`] it cannot move with
-//!    [`Error::Unsupported`]; [`Capabilities`] says in advance what it moves.
+//! 9. **Sinks are optional.** A transport with [`Capabilities::recv_sink`] also takes
+//!    [`Transport::post_recv_sink`]: the message is handed to a [`Sink`] piece by piece where
+//!    it lands, under the same matching, completion and failure rules as a buffer receive.
+//!    Others answer [`Error::Unsupported`], and callers fall back to a buffer.
+//! 10. **Memory kinds.** A transport refuses regions of a [`MemoryKind`] it cannot move with
+//!     [`Error::Unsupported`]; [`Capabilities`] says in advance what it moves.
 
 #![warn(missing_docs)]
 
@@ -46,6 +50,7 @@ pub mod loopback;
 pub mod region;
 pub mod router;
 pub mod shm;
+pub mod sink;
 pub mod store;
 pub mod tcp;
 pub mod transport;
@@ -55,6 +60,7 @@ pub use loopback::LoopbackTransport;
 pub use region::{MemoryKind, Region, RegionMut};
 pub use router::Router;
 pub use shm::{ShmOptions, ShmTransport};
+pub use sink::Sink;
 pub use store::{MemoryStore, PrefixStore, Store};
 pub use tcp::{TcpOptions, TcpTransport};
 pub use transport::{Capabilities, ReqId, Tag, Transport};

@@ -170,6 +170,7 @@ impl Transport for LoopbackTransport {
             eager_sends: false,
             inter_host: false,
             single_copy: true,
+            recv_sink: false,
         }
     }
 

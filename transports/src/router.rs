@@ -91,6 +91,7 @@ impl Transport for Router {
             eager_sends: true,
             inter_host: false,
             single_copy: true,
+            recv_sink: true,
         };
         for t in &self.transports {
             let k = t.capabilities();
@@ -99,6 +100,7 @@ impl Transport for Router {
             c.eager_sends &= k.eager_sends;
             c.inter_host |= k.inter_host;
             c.single_copy &= k.single_copy;
+            c.recv_sink &= k.recv_sink;
         }
         c
     }
@@ -111,6 +113,11 @@ impl Transport for Router {
     fn post_recv(&self, peer: usize, tag: Tag, buf: RegionMut) -> Result<ReqId> {
         let i = self.target(peer)?;
         Self::join(i, self.transports[i].post_recv(peer, tag, buf)?)
+    }
+
+    fn post_recv_sink(&self, peer: usize, tag: Tag, len: usize, sink: crate::Sink) -> Result<ReqId> {
+        let i = self.target(peer)?;
+        Self::join(i, self.transports[i].post_recv_sink(peer, tag, len, sink)?)
     }
 
     fn test(&self, req: ReqId) -> Result<bool> {

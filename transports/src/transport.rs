@@ -40,6 +40,8 @@ pub struct Capabilities {
     /// (shared memory with `process_vm_readv`), so a chunk a peer just wrote is read from
     /// cache and many concurrent messages cost about what one does.
     pub single_copy: bool,
+    /// [`Transport::post_recv_sink`] is supported: a message can be consumed where it lands.
+    pub recv_sink: bool,
 }
 
 /// Rank-addressed, tagged, non-blocking point-to-point transfer of byte regions.
@@ -61,6 +63,15 @@ pub trait Transport: Send + Sync {
 
     /// Posts a receive of exactly `buf.len()` bytes from `peer` into `buf`.
     fn post_recv(&self, peer: usize, tag: Tag, buf: RegionMut) -> Result<ReqId>;
+
+    /// Posts a receive of exactly `len` bytes from `peer`, handed to `sink` piece by piece as
+    /// it arrives (see [`Sink`](crate::Sink)). Matching, completion and failure are those of
+    /// [`Transport::post_recv`]. Transports without [`Capabilities::recv_sink`] return
+    /// [`Error::Unsupported`](crate::Error::Unsupported).
+    fn post_recv_sink(&self, peer: usize, tag: Tag, len: usize, sink: crate::Sink) -> Result<ReqId> {
+        let _ = (peer, tag, len, sink);
+        Err(crate::Error::unsupported(format!("the {} transport does not take receive sinks", self.name())))
+    }
 
     /// Makes progress without blocking; `Ok(true)` once `req` has completed. Testing a
     /// completed request again also gives `Ok(true)`.

@@ -29,6 +29,7 @@ use super::segment::Segment;
 use super::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::error::{Error, Result};
 use crate::region::{MemoryKind, Region, RegionMut};
+use crate::sink::Sink;
 use crate::store::Store;
 use crate::transport::{Capabilities, ReqId, Tag, Transport};
 
@@ -135,10 +136,16 @@ struct SendOp {
 struct RecvOp {
     req: u64,
     tag: Tag,
+    /// Where the message goes: a posted buffer (`ptr`), or a sink (then `ptr` is null).
     ptr: *mut u8,
+    sink: Option<Sink>,
     len: usize,
     off: usize,
 }
+
+/// Bytes a single-copy message for a sink is read in (through the bounce buffer, which
+/// stays in cache); a multiple of 8, so no piece splits an element.
+const BOUNCE_BYTES: usize = 256 << 10;
 
 struct ReqInfo {
     peer: usize,
@@ -153,6 +160,8 @@ struct State {
     /// Acknowledgements seen from each peer so far.
     acks_seen: Vec<u64>,
     recvq: Vec<VecDeque<RecvOp>>,
+    /// Single-copy messages for sinks land here first, a piece at a time.
+    bounce: Vec<u8>,
     reqs: IdMap<ReqInfo>,
     next_id: u64,
     failed: Option<Error>,
@@ -296,6 +305,7 @@ impl ShmTransport {
                 acks_due: (0..size).map(|_| VecDeque::new()).collect(),
                 acks_seen: vec![0; size],
                 recvq: (0..size).map(|_| VecDeque::new()).collect(),
+                bounce: Vec::new(),
                 reqs: IdMap::default(),
                 next_id: 1,
                 failed: None,
@@ -452,6 +462,7 @@ impl ShmTransport {
             }
             let fifo = self.fifo(peer, self.rank);
             let mut popped = false;
+            let mut bounce = std::mem::take(&mut st.bounce);
             while let Some(op) = st.recvq[peer].front_mut() {
                 let pid = self.pids[peer];
                 let may_read = self.single_copy[peer];
@@ -480,31 +491,63 @@ impl ShmTransport {
                         }
                         // SAFETY: the slot's data starts with the sender's buffer address.
                         let addr = unsafe { (slot.add(SLOT_HEADER) as *const u64).read_unaligned() };
-                        let read = cma_read(pid, op.ptr, addr, op.len);
-                        // A sender that failed may have abandoned its buffer while it was read:
-                        // trust the bytes only if it had not failed once they were read (it
-                        // raises its flag before it lets go of any buffer).
-                        if let Some(e) = self.peer_failure(peer, "receive from", op.tag) {
-                            return Err(e);
-                        }
-                        read.map_err(|e| {
-                            if e.raw_os_error() == Some(libc::ESRCH) {
-                                // The process is going: its memory is gone before its pidfd says so.
-                                Error::peer_lost(peer, format!("peer {peer} exited during a single-copy read from it"))
-                            } else {
-                                Error::io(format!("single-copy read of {} bytes from peer {peer}", op.len), e)
-                                    .with_peer(peer)
+                        let (tag, len) = (op.tag, op.len);
+                        let read = |local: *mut u8, at: usize, n: usize| -> Result<()> {
+                            let r = cma_read(pid, local, addr + at as u64, n);
+                            // A sender that failed may have abandoned its buffer while it was
+                            // read: trust the bytes only if it had not failed once they were
+                            // read (it raises its flag before it lets go of any buffer).
+                            if let Some(e) = self.peer_failure(peer, "receive from", tag) {
+                                return Err(e);
                             }
-                        })?;
-                        return Ok((op.len, true));
+                            r.map_err(|e| {
+                                if e.raw_os_error() == Some(libc::ESRCH) {
+                                    // The process is going: its memory is gone before its pidfd says so.
+                                    Error::peer_lost(peer, format!("peer {peer} exited during a single-copy read from it"))
+                                } else {
+                                    Error::io(format!("single-copy read of {len} bytes from peer {peer}"), e)
+                                        .with_peer(peer)
+                                }
+                            })
+                        };
+                        match op.sink.as_mut() {
+                            None => read(op.ptr, 0, len)?,
+                            Some(sink) => {
+                                bounce.resize(len.min(BOUNCE_BYTES), 0);
+                                let mut at = 0;
+                                while at < len {
+                                    let n = (len - at).min(BOUNCE_BYTES);
+                                    read(bounce.as_mut_ptr(), at, n)?;
+                                    sink.consume(at, &bounce[..n])?;
+                                    at += n;
+                                }
+                            }
+                        }
+                        return Ok((len, true));
                     }
-                    // SAFETY: `chunk` bytes after the header, into the posted region, which
-                    // has room for them (checked above).
-                    unsafe { std::ptr::copy_nonoverlapping(slot.add(SLOT_HEADER), op.ptr.add(op.off), chunk as usize) };
+                    match op.sink.as_mut() {
+                        // SAFETY: `chunk` bytes after the header, into the posted region,
+                        // which has room for them (checked above).
+                        None => unsafe {
+                            std::ptr::copy_nonoverlapping(slot.add(SLOT_HEADER), op.ptr.add(op.off), chunk as usize)
+                        },
+                        Some(sink) => {
+                            // SAFETY: `chunk` bytes after the header, in the published slot
+                            // (checked above), which stays ours until popped.
+                            let piece = unsafe { std::slice::from_raw_parts(slot.add(SLOT_HEADER), chunk as usize) };
+                            sink.consume(off as usize, piece)?;
+                        }
+                    }
                     Ok((chunk as usize, false))
                 });
                 let Some(r) = r else { break };
-                let (chunk, single) = r?;
+                let (chunk, single) = match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        st.bounce = bounce;
+                        return Err(e);
+                    }
+                };
                 fifo.pop();
                 if single {
                     // The copy is done: the sender may reuse its buffer.
@@ -517,6 +560,7 @@ impl ShmTransport {
                     st.recvq[peer].pop_front();
                 }
             }
+            st.bounce = bounce;
             if popped {
                 moved = true;
                 self.control(peer).doorbell.ring();
@@ -604,6 +648,7 @@ impl Transport for ShmTransport {
             eager_sends: true,
             inter_host: false,
             single_copy,
+            recv_sink: true,
         }
     }
 
@@ -647,7 +692,19 @@ impl Transport for ShmTransport {
         let id = st.next_id;
         st.next_id += 1;
         st.reqs.insert(id, ReqInfo { peer, tag, is_send: false });
-        st.recvq[peer].push_back(RecvOp { req: id, tag, ptr: buf.as_mut_ptr(), len: buf.len(), off: 0 });
+        st.recvq[peer].push_back(RecvOp { req: id, tag, ptr: buf.as_mut_ptr(), sink: None, len: buf.len(), off: 0 });
+        self.advance(&mut st).map_err(|e| self.fail_state(&mut st, e))?;
+        Ok(ReqId(id))
+    }
+
+    fn post_recv_sink(&self, peer: usize, tag: Tag, len: usize, sink: Sink) -> Result<ReqId> {
+        crate::transport::check_peer(self.rank, self.size, peer)?;
+        let mut st = self.lock();
+        self.check(&mut st)?;
+        let id = st.next_id;
+        st.next_id += 1;
+        st.reqs.insert(id, ReqInfo { peer, tag, is_send: false });
+        st.recvq[peer].push_back(RecvOp { req: id, tag, ptr: std::ptr::null_mut(), sink: Some(sink), len, off: 0 });
         self.advance(&mut st).map_err(|e| self.fail_state(&mut st, e))?;
         Ok(ReqId(id))
     }
@@ -822,6 +879,65 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn sinks_see_every_byte_once_in_order_over_slots_and_single_copy() {
+        // 2 slots of 256 bytes: a 10 000-byte message spans many slots; with single copy it
+        // is read through the bounce buffer in pieces.
+        for single_copy_min in [None, Some(100)] {
+            let opts = ShmOptions { slots: 2, slot_bytes: 256, single_copy_min, ..ShmOptions::default() };
+            let ts = world(2, opts);
+            for len in [0usize, 1, 216, 217, 10_000, 600_000] {
+                let send: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+                let got = Arc::new(Mutex::new((Vec::new(), Vec::new())));
+                let g = got.clone();
+                // SAFETY: the closure owns everything it uses.
+                let sink = unsafe {
+                    Sink::new(move |off, bytes: &[u8]| {
+                        let mut g = g.lock().unwrap();
+                        g.0.push((off, bytes.len()));
+                        g.1.extend_from_slice(bytes);
+                        Ok(())
+                    })
+                };
+                let r = ts[1].post_recv_sink(0, Tag(3), len, sink).unwrap();
+                // SAFETY: `send` outlives the waits.
+                let q = ts[0].post_send(1, Tag(3), unsafe { Region::from_slice(&send) }).unwrap();
+                std::thread::scope(|s| {
+                    s.spawn(|| ts[0].wait(q, Instant::now() + Duration::from_secs(10)).unwrap());
+                    ts[1].wait(r, Instant::now() + Duration::from_secs(10)).unwrap();
+                });
+                let g = got.lock().unwrap();
+                assert_eq!(g.1, send, "len {len}: the bytes, in order, once");
+                let mut at = 0;
+                for &(off, n) in &g.0 {
+                    assert_eq!(off, at, "len {len}: pieces are consecutive");
+                    assert!(n % 8 == 0 || off + n == len, "len {len}: a piece of {n} splits an element");
+                    at += n;
+                }
+                assert_eq!(at, len);
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_sink_fails_both_sides() {
+        let ts = world(2, ShmOptions::default());
+        // SAFETY: the closure borrows nothing.
+        let sink = unsafe { Sink::new(|_, _: &[u8]| Err(Error::internal("sink refused"))) };
+        let r = ts[1].post_recv_sink(0, Tag(1), 8, sink).unwrap();
+        let a = [1u8; 8];
+        // SAFETY: `a` outlives the waits.
+        let q = ts[0].post_send(1, Tag(1), unsafe { Region::from_slice(&a) }).unwrap();
+        let e = ts[1].wait(r, Instant::now() + Duration::from_secs(5)).unwrap_err();
+        assert!(e.to_string().contains("sink refused"), "{e}");
+        let mut b = [0u8; 8];
+        // SAFETY: `b` outlives the wait.
+        let r0 = ts[0].post_recv(1, Tag(2), unsafe { RegionMut::from_slice(&mut b) });
+        let e0 = r0.and_then(|r0| ts[0].wait(r0, Instant::now() + Duration::from_secs(5))).unwrap_err();
+        assert_eq!(e0.kind(), ErrorKind::Remote, "{e0}");
+        let _ = ts[0].wait(q, Instant::now());
     }
 
     #[test]

@@ -358,6 +358,7 @@ impl Transport for TcpTransport {
             eager_sends: true,
             inter_host: true,
             single_copy: false,
+            recv_sink: false,
         }
     }
 
