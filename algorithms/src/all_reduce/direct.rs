@@ -1,5 +1,5 @@
 //! Direct all-reduce: every rank reduces its own slice from every rank's input at once, then
-//! every finished slice goes straight to every rank (see [`crate::direct`]).
+//! every finished slice goes straight to every rank (the schedule lives in `direct.rs` at the crate root).
 //!
 //! Steps (p ranks, n bytes), per chunk of each slice: receive the chunk of this rank's slice
 //! from the p-1 peers, reduce it with the local one, send the result to the p-1 peers and

@@ -1,5 +1,5 @@
 //! Direct reduce-scatter: every rank receives its block from each peer and reduces them all
-//! with its own at once (see [`crate::direct`]).
+//! with its own at once (the schedule lives in `direct.rs` at the crate root).
 //!
 //! Steps (p ranks, n bytes of input, blocks of n/p), per chunk of the block: receive the
 //! chunk from the p-1 peers (each sends the chunk of its input that the receiver owns),
