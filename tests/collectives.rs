@@ -45,6 +45,46 @@ fn loopback_forced_direct() {
     }
 }
 
+/// World sizes for the log-step algorithms: powers of two and the sizes around them.
+const LOG_SIZES: [usize; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+
+#[test]
+fn loopback_forced_tree() {
+    let cfg = test_config().with_algorithm("tree").unwrap();
+    for p in LOG_SIZES {
+        check(Communicator::local_world(p, cfg.clone()).unwrap(), p == 5);
+    }
+}
+
+#[test]
+fn loopback_forced_halving_doubling() {
+    let cfg = test_config().with_algorithm("halving_doubling").unwrap();
+    for p in LOG_SIZES {
+        check(Communicator::local_world(p, cfg.clone()).unwrap(), p == 6);
+    }
+}
+
+#[test]
+fn loopback_forced_bruck_and_recursive_doubling_all_gather() {
+    for spec in ["bruck", "all_gather:recursive_doubling"] {
+        let cfg = test_config().with_algorithm(spec).unwrap();
+        for p in LOG_SIZES {
+            check(Communicator::local_world(p, cfg.clone()).unwrap(), p == 7);
+        }
+    }
+}
+
+#[test]
+fn tcp_and_shm_forced_log_step_algorithms() {
+    for spec in ["tree", "halving_doubling", "bruck", "all_gather:recursive_doubling"] {
+        let cfg = test_config().with_algorithm(spec).unwrap();
+        for p in [3, 4] {
+            check(tcp_world(p, cfg.clone()), false);
+            check(shm_world(p, cfg.clone()), p == 3);
+        }
+    }
+}
+
 #[test]
 fn tcp_forced_direct() {
     let cfg = test_config().with_algorithm("direct").unwrap();

@@ -21,6 +21,8 @@ pub mod broadcast;
 pub mod ctx;
 mod direct;
 pub mod dtype;
+mod fold;
+mod halving_doubling;
 pub mod kernels;
 pub mod op;
 pub mod partition;
@@ -29,6 +31,7 @@ pub mod reduce;
 pub mod reduce_scatter;
 pub mod registry;
 mod ring;
+mod tree;
 
 pub use ctx::{AlgoFn, CollArgs, Collective, Ctx};
 pub use dtype::{DataType, Element};

@@ -18,16 +18,25 @@ pub enum Algorithm {
     Dissemination,
     /// Direct: each rank reduces its own slice from every peer's input at once.
     Direct,
+    /// Trees: double binary tree (all-reduce), binomial tree (broadcast, reduce).
+    Tree,
+    /// Recursive halving, then recursive doubling (Rabenseifner).
+    HalvingDoubling,
+    /// Bruck's log-step algorithms (all-gather, all-to-all).
+    Bruck,
 }
 
 impl Algorithm {
     /// Every algorithm of this build.
-    pub const ALL: [Algorithm; 5] = [
+    pub const ALL: [Algorithm; 8] = [
         Algorithm::Ring,
         Algorithm::RecursiveDoubling,
         Algorithm::Pairwise,
         Algorithm::Dissemination,
         Algorithm::Direct,
+        Algorithm::Tree,
+        Algorithm::HalvingDoubling,
+        Algorithm::Bruck,
     ];
 
     /// The name used in configuration (`OXCCL_ALGO`) and `--algo`.
@@ -38,6 +47,9 @@ impl Algorithm {
             Algorithm::Pairwise => "pairwise",
             Algorithm::Dissemination => "dissemination",
             Algorithm::Direct => "direct",
+            Algorithm::Tree => "tree",
+            Algorithm::HalvingDoubling => "halving_doubling",
+            Algorithm::Bruck => "bruck",
         }
     }
 
@@ -58,10 +70,11 @@ impl fmt::Display for Algorithm {
 pub fn algorithms(coll: Collective) -> &'static [Algorithm] {
     use Algorithm::*;
     match coll {
-        Collective::AllReduce => &[Ring, RecursiveDoubling, Direct],
-        Collective::ReduceScatter => &[Ring, Direct],
-        Collective::AllGather | Collective::Broadcast | Collective::Reduce => &[Ring],
-        Collective::AllToAll => &[Pairwise],
+        Collective::AllReduce => &[Ring, RecursiveDoubling, Direct, Tree, HalvingDoubling],
+        Collective::ReduceScatter => &[Ring, Direct, HalvingDoubling],
+        Collective::AllGather => &[Ring, RecursiveDoubling, Bruck],
+        Collective::Broadcast | Collective::Reduce => &[Ring, Tree],
+        Collective::AllToAll => &[Pairwise, Bruck],
         Collective::Barrier => &[Dissemination],
         Collective::SendRecv | Collective::AllToAllV | Collective::Split => &[],
     }
@@ -77,6 +90,14 @@ pub fn lookup(coll: Collective, algo: Algorithm) -> Option<AlgoFn> {
         (Collective::ReduceScatter, Ring) => crate::reduce_scatter::ring::run,
         (Collective::AllReduce, Direct) => crate::all_reduce::direct::run,
         (Collective::ReduceScatter, Direct) => crate::reduce_scatter::direct::run,
+        (Collective::AllReduce, Tree) => crate::all_reduce::tree::run,
+        (Collective::AllReduce, HalvingDoubling) => crate::all_reduce::halving_doubling::run,
+        (Collective::ReduceScatter, HalvingDoubling) => crate::reduce_scatter::halving_doubling::run,
+        (Collective::AllGather, RecursiveDoubling) => crate::all_gather::recursive_doubling::run,
+        (Collective::AllGather, Bruck) => crate::all_gather::bruck::run,
+        (Collective::AllToAll, Bruck) => crate::all_to_all::bruck::run,
+        (Collective::Broadcast, Tree) => crate::broadcast::tree::run,
+        (Collective::Reduce, Tree) => crate::reduce::tree::run,
         (Collective::AllToAll, Pairwise) => crate::all_to_all::pairwise::run,
         (Collective::Broadcast, Ring) => crate::broadcast::ring::run,
         (Collective::Reduce, Ring) => crate::reduce::ring::run,

@@ -1,3 +1,5 @@
 //! All-gather: every rank ends with every rank's block, in rank order.
 
+pub mod bruck;
+pub mod recursive_doubling;
 pub mod ring;

@@ -1,8 +1,10 @@
 //! All-reduce: every rank ends with the element-wise reduction of every rank's vector.
 
 pub mod direct;
+pub mod halving_doubling;
 pub mod recursive_doubling;
 pub mod ring;
+pub mod tree;
 
 use oxccl_transport::Result;
 

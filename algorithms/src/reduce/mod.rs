@@ -1,3 +1,4 @@
 //! Reduce: the root ends with the element-wise reduction of every rank's vector.
 
 pub mod ring;
+pub mod tree;

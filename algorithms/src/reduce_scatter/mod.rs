@@ -1,4 +1,5 @@
 //! Reduce-scatter: rank r ends with block r of the element-wise reduction.
 
 pub mod direct;
+pub mod halving_doubling;
 pub mod ring;

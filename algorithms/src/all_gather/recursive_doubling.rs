@@ -1,0 +1,62 @@
+//! Recursive-doubling all-gather, for any number of ranks.
+//!
+//! Steps (p ranks, blocks of n/p bytes, n the gathered size; q the largest power of two not
+//! above p, e = p - q; see `fold.rs`):
+//! 1. Fold: of the first 2e ranks, each even rank sends its block to the odd rank above it,
+//!    which then holds both.
+//! 2. lg q exchange steps: at step k a virtual rank swaps everything it holds (2^k virtual
+//!    ranks' blocks, one contiguous range) with the partner whose index differs in bit k.
+//! 3. Unfold: each odd rank of the first 2e sends the whole result to the even rank below.
+//!
+//! Bytes on the wire per rank: (q-1)/q · n (plus n/p and n for folded pairs).
+//!
+//! Cost: lg q·α + (q-1)/q·n·β, plus 2α + (1/p + 1)·n·β when p is not a power of two.
+//! Latency-optimal: for small blocks; the ring wins for large ones.
+
+use oxccl_transport::Result;
+
+use crate::ctx::{CollArgs, Ctx};
+use crate::fold::Fold;
+use crate::partition::bytes;
+
+const UNFOLD: usize = 0xffff;
+
+/// Runs recursive-doubling all-gather.
+pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
+    let (p, r, count) = (ctx.size, ctx.rank, a.count);
+    let es = a.dtype.size();
+    let blocks = |rs: std::ops::Range<usize>| a.recv.slice(bytes(&(rs.start * count..rs.end * count), es));
+    if !a.in_place && count > 0 {
+        ctx.reducer.copy(blocks(r..r + 1), a.send)?;
+    }
+    if count == 0 || p == 1 {
+        return Ok(());
+    }
+    let f = Fold::new(p);
+    let Some(v) = f.virtual_rank(r) else {
+        // The result lands on the block being sent: the send completes first.
+        let s = ctx.send(r + 1, 0, blocks(r..r + 1).as_region())?;
+        ctx.wait(s)?;
+        let q = ctx.recv(r + 1, UNFOLD, a.recv)?;
+        return ctx.wait(q);
+    };
+    if r < 2 * f.e {
+        let q = ctx.recv(r - 1, 0, blocks(r - 1..r))?;
+        ctx.wait(q)?;
+    }
+    for k in 0..f.steps() {
+        let m = 1 << k;
+        let mine = v & !(m - 1);
+        let theirs = (v ^ m) & !(m - 1);
+        let peer = f.real(v ^ m);
+        let sq = ctx.send(peer, 1 + k, blocks(f.real_ranks(mine..mine + m)).as_region())?;
+        let rq = ctx.recv(peer, 1 + k, blocks(f.real_ranks(theirs..theirs + m)))?;
+        ctx.wait(rq)?;
+        ctx.wait(sq)?;
+    }
+    if r < 2 * f.e {
+        let s = ctx.send(r - 1, UNFOLD, a.recv.as_region())?;
+        ctx.wait(s)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Halving-doubling (Rabenseifner) all-reduce, for any number of ranks.
+//!
+//! Steps (p ranks, n bytes; q the largest power of two not above p, e = p - q):
+//! 1. Fold: of the first 2e ranks, each even rank sends its vector to the odd rank above
+//!    it, which reduces it in and stands for both. q virtual ranks remain.
+//! 2. Reduce-scatter by recursive halving over q blocks of n/q (see `halving_doubling.rs`):
+//!    lg q steps, each sending half of what is left, until virtual rank v holds block v.
+//! 3. All-gather by recursive doubling: lg q steps, each swapping everything held with the
+//!    partner whose index differs in that bit.
+//! 4. Unfold: each odd rank of the first 2e sends the result to the even rank below.
+//!
+//! Bytes on the wire per rank: 2(q-1)/q · n (plus 2n for folded pairs).
+//!
+//! Cost: 2 lg q·α + 2(q-1)/q·n·β + (q-1)/q·n·γ, plus 2(α + n·β) + n·γ when p is not a
+//! power of two: the ring's bytes with lg p instead of p-1 latency terms.
+
+use oxccl_transport::Result;
+
+use crate::ctx::{CollArgs, Ctx};
+use crate::fold::Fold;
+use crate::op::ReduceOp;
+use crate::partition::{block, bytes};
+
+const UNFOLD: usize = 0xffff;
+
+/// Runs halving-doubling all-reduce.
+pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
+    if super::trivial(ctx, a)? {
+        return Ok(());
+    }
+    let (p, r, count) = (ctx.size, ctx.rank, a.count);
+    let es = a.dtype.size();
+    let f = Fold::new(p);
+    let range = move |vs: std::ops::Range<usize>| block(count, f.q, vs.start).start..block(count, f.q, vs.end - 1).end;
+    // In place, the halving steps work in the user's buffer: each step writes only the half
+    // it keeps, never the half it is sending.
+    let v = crate::halving_doubling::reduce_scatter(ctx, f, a.dtype, a.op, &range, a.send, a.recv)?;
+    let Some(v) = v else {
+        let q = ctx.recv(r + 1, UNFOLD, a.recv)?;
+        return ctx.wait(q);
+    };
+    let own = bytes(&range(v..v + 1), es);
+    if a.op == ReduceOp::Avg {
+        ctx.reducer.divide(a.dtype, a.recv.slice(own), p)?;
+    }
+    let steps = f.steps();
+    for k in 0..steps {
+        let m = 1 << k;
+        let mine = v & !(m - 1);
+        let theirs = (v ^ m) & !(m - 1);
+        let peer = f.real(v ^ m);
+        let step = crate::halving_doubling::FIRST_STEP + steps + k;
+        let sq = ctx.send(peer, step, a.recv.slice(bytes(&range(mine..mine + m), es)).as_region())?;
+        let rq = ctx.recv(peer, step, a.recv.slice(bytes(&range(theirs..theirs + m), es)))?;
+        ctx.wait(rq)?;
+        ctx.wait(sq)?;
+    }
+    if r < 2 * f.e {
+        let s = ctx.send(r - 1, UNFOLD, a.recv.as_region())?;
+        ctx.wait(s)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! Double binary tree all-reduce (as NCCL's), pipelined in chunks.
+//!
+//! Steps (p ranks, n bytes): two binary trees over the same ranks, built so that every
+//! rank is interior (has children) in at most one of them (see `tree.rs`); each carries
+//! half the vector. Per chunk of its half, each tree reduces toward its root (a rank
+//! receives its children's partial sums, adds its own, sends the result up) and then
+//! broadcasts the root's result back down. The two trees run side by side, so every rank
+//! sends and receives about n bytes each way, and leaves (half the ranks of each tree)
+//! only send their input and receive the result.
+//!
+//! Bytes on the wire per rank: about n sent and n received (2n for the interior ranks of
+//! one tree's half).
+//!
+//! Cost: 2 lg p·α + n·β (pipelined, k chunks: (2 lg p + k)·α) + n/2·γ: latency grows with
+//! lg p like recursive doubling, bandwidth stays near the ring's. The root alone computes
+//! each chunk's final value, so every rank ends with bitwise identical results.
+
+use oxccl_transport::Result;
+
+use crate::ctx::{CollArgs, Ctx};
+use crate::op::ReduceOp;
+use crate::partition::{bytes, chunks};
+use crate::tree::{double_binary, Node};
+
+/// Runs double binary tree all-reduce.
+pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
+    if super::trivial(ctx, a)? {
+        return Ok(());
+    }
+    let (p, r, count) = (ctx.size, ctx.rank, a.count);
+    let es = a.dtype.size();
+    let trees: [Node; 2] = [double_binary(p, 0, r), double_binary(p, 1, r)];
+    let halves = [0..count / 2, count / 2..count];
+    let ce = ctx.chunk_elems(a.dtype);
+    let per_tree: Vec<Vec<std::ops::Range<usize>>> = halves.iter().map(|h| chunks(h.clone(), ce).collect()).collect();
+    let k_total = per_tree.iter().map(Vec::len).max().unwrap_or(0);
+    // Interior non-root ranks keep their partial sums (sent up, so kept whole) in scratch;
+    // children's chunks land in two slots.
+    let acc_scratch = ctx.reducer.scratch(a.recv.len())?;
+    let acc = acc_scratch.region().slice(0..a.recv.len());
+    let slot_bytes = ce.min(count) * es;
+    let tmp = ctx.reducer.scratch(2 * slot_bytes)?;
+    let input = a.send;
+    let mut sends = Vec::new();
+    let mut run = || -> Result<()> {
+        for k in 0..k_total {
+            let mut up_sent = [None, None];
+            // Up: reduce toward each tree's root.
+            for (t, node) in trees.iter().enumerate() {
+                let Some(c) = per_tree[t].get(k) else { continue };
+                let b = bytes(c, es);
+                let dst = if node.parent.is_none() { a.recv.slice(b.clone()) } else { acc.slice(b.clone()) };
+                let mut reqs = Vec::with_capacity(2);
+                for (i, &child) in node.children.iter().enumerate() {
+                    let slot = tmp.region().slice(i * slot_bytes..i * slot_bytes + b.len());
+                    reqs.push((slot, ctx.recv(child, 2 * t, slot)?));
+                }
+                for (i, (slot, req)) in reqs.into_iter().enumerate() {
+                    ctx.wait(req)?;
+                    let mine = if i == 0 { input.slice(b.clone()) } else { dst.as_region() };
+                    ctx.reducer.reduce(a.dtype, a.op, dst, mine, slot.as_region())?;
+                }
+                let up = if node.children.is_empty() { input.slice(b.clone()) } else { dst.as_region() };
+                match node.parent {
+                    Some(parent) => {
+                        let q = ctx.send(parent, 2 * t, up)?;
+                        up_sent[t] = Some(q);
+                        sends.push(q);
+                    }
+                    None if a.op == ReduceOp::Avg => ctx.reducer.divide(a.dtype, dst, p)?,
+                    None => {}
+                }
+            }
+            // Down: the root's result to every rank.
+            for (t, node) in trees.iter().enumerate() {
+                let Some(c) = per_tree[t].get(k) else { continue };
+                let region = a.recv.slice(bytes(c, es));
+                if let Some(parent) = node.parent {
+                    if node.children.is_empty() && a.in_place {
+                        // A leaf sent this chunk of its input up: let that send finish
+                        // before the result overwrites it.
+                        if let Some(q) = up_sent[t] {
+                            ctx.wait(q)?;
+                        }
+                    }
+                    let q = ctx.recv(parent, 2 * t + 1, region)?;
+                    ctx.wait(q)?;
+                }
+                for &child in &node.children {
+                    sends.push(ctx.send(child, 2 * t + 1, region.as_region())?);
+                }
+            }
+        }
+        ctx.wait_all(&sends)
+    };
+    run().inspect_err(|e| {
+        // Requests on scratch may still be posted: fail the transport before it goes.
+        ctx.net.fail(e.clone());
+    })
+}
