@@ -75,6 +75,17 @@ fn loopback_forced_bruck_and_recursive_doubling_all_gather() {
 }
 
 #[test]
+fn loopback_hierarchical_on_simulated_hosts() {
+    // Equal and unequal hosts, ranks interleaved across hosts, one rank per host, one host.
+    let layouts: [&[usize]; 7] =
+        [&[0, 0, 1, 1], &[0, 1, 0, 1], &[0, 0, 0, 1, 1], &[0, 1, 2], &[0, 0, 0], &[1, 0, 0, 2, 2, 2, 1, 0, 2], &[0, 1]];
+    let cfg = test_config().with_algorithm("hierarchical").unwrap();
+    for (i, hosts) in layouts.iter().enumerate() {
+        check(Communicator::local_world_on_hosts(hosts, cfg.clone()).unwrap(), i == 2);
+    }
+}
+
+#[test]
 fn tcp_and_shm_forced_log_step_algorithms() {
     for spec in ["tree", "halving_doubling", "bruck", "all_gather:recursive_doubling"] {
         let cfg = test_config().with_algorithm(spec).unwrap();

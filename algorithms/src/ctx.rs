@@ -138,6 +138,9 @@ pub struct Ctx<'a> {
     /// The transport takes receive sinks ([`Transport::post_recv_sink`]), so incoming chunks
     /// can be reduced where they land.
     pub recv_sink: bool,
+    /// The host of every rank (`hosts[r]`, numbered from 0 in order of first appearance);
+    /// empty when unknown. Hierarchical algorithms group ranks by it.
+    pub hosts: &'a [usize],
 }
 
 impl Ctx<'_> {

@@ -22,6 +22,8 @@ pub mod ctx;
 mod direct;
 pub mod dtype;
 mod fold;
+mod group;
+mod hier;
 mod halving_doubling;
 pub mod kernels;
 pub mod op;

@@ -24,11 +24,13 @@ pub enum Algorithm {
     HalvingDoubling,
     /// Bruck's log-step algorithms (all-gather, all-to-all).
     Bruck,
+    /// Two levels: within each host, then across hosts.
+    Hierarchical,
 }
 
 impl Algorithm {
     /// Every algorithm of this build.
-    pub const ALL: [Algorithm; 8] = [
+    pub const ALL: [Algorithm; 9] = [
         Algorithm::Ring,
         Algorithm::RecursiveDoubling,
         Algorithm::Pairwise,
@@ -37,6 +39,7 @@ impl Algorithm {
         Algorithm::Tree,
         Algorithm::HalvingDoubling,
         Algorithm::Bruck,
+        Algorithm::Hierarchical,
     ];
 
     /// The name used in configuration (`OXCCL_ALGO`) and `--algo`.
@@ -50,6 +53,7 @@ impl Algorithm {
             Algorithm::Tree => "tree",
             Algorithm::HalvingDoubling => "halving_doubling",
             Algorithm::Bruck => "bruck",
+            Algorithm::Hierarchical => "hierarchical",
         }
     }
 
@@ -70,7 +74,7 @@ impl fmt::Display for Algorithm {
 pub fn algorithms(coll: Collective) -> &'static [Algorithm] {
     use Algorithm::*;
     match coll {
-        Collective::AllReduce => &[Ring, RecursiveDoubling, Direct, Tree, HalvingDoubling],
+        Collective::AllReduce => &[Ring, RecursiveDoubling, Direct, Tree, HalvingDoubling, Hierarchical],
         Collective::ReduceScatter => &[Ring, Direct, HalvingDoubling],
         Collective::AllGather => &[Ring, RecursiveDoubling, Bruck],
         Collective::Broadcast | Collective::Reduce => &[Ring, Tree],
@@ -91,6 +95,7 @@ pub fn lookup(coll: Collective, algo: Algorithm) -> Option<AlgoFn> {
         (Collective::AllReduce, Direct) => crate::all_reduce::direct::run,
         (Collective::ReduceScatter, Direct) => crate::reduce_scatter::direct::run,
         (Collective::AllReduce, Tree) => crate::all_reduce::tree::run,
+        (Collective::AllReduce, Hierarchical) => crate::all_reduce::hierarchical::run,
         (Collective::AllReduce, HalvingDoubling) => crate::all_reduce::halving_doubling::run,
         (Collective::ReduceScatter, HalvingDoubling) => crate::reduce_scatter::halving_doubling::run,
         (Collective::AllGather, RecursiveDoubling) => crate::all_gather::recursive_doubling::run,

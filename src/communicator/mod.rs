@@ -59,6 +59,8 @@ pub struct Communicator {
     size: usize,
     local_rank: usize,
     local_size: usize,
+    /// The host of every rank, numbered from 0 in order of first appearance.
+    hosts: Vec<usize>,
     config: Config,
     net: Arc<dyn Transport>,
     /// `net`'s capabilities, fixed once it is built (algorithm choice reads them per call).
@@ -105,6 +107,20 @@ fn host_key() -> u64 {
     });
     let d = Sha256::digest(id.as_bytes());
     u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// Numbers hosts from 0 in order of first appearance: `keys[r]` is rank r's host key.
+fn host_indices(keys: &[u64]) -> Vec<usize> {
+    let mut seen: Vec<u64> = Vec::new();
+    keys.iter()
+        .map(|k| match seen.iter().position(|s| s == k) {
+            Some(i) => i,
+            None => {
+                seen.push(*k);
+                seen.len() - 1
+            }
+        })
+        .collect()
 }
 
 fn cores() -> usize {
@@ -211,6 +227,7 @@ impl Communicator {
             size,
             local_rank: rank,
             local_size: size,
+            hosts: vec![0; size],
             config,
             caps: net.capabilities(),
             net,
@@ -244,7 +261,29 @@ impl Communicator {
         })?;
         self.local_rank = all[..self.rank].iter().filter(|&&h| h == mine[0]).count();
         self.local_size = all.iter().filter(|&&h| h == mine[0]).count();
+        self.hosts = host_indices(&all);
         Ok(())
+    }
+
+    /// A world of `hosts.len()` ranks as threads of this process, over the in-process
+    /// transport, that behaves as if rank r ran on host `hosts[r]`: hierarchical algorithms
+    /// group ranks by those hosts. For testing multi-host behaviour on one machine.
+    ///
+    /// ```
+    /// # use oxccl::{Communicator, Config};
+    /// let comms = Communicator::local_world_on_hosts(&[0, 0, 1], Config::default()).unwrap();
+    /// assert_eq!(comms[2].local_size(), 1);
+    /// ```
+    pub fn local_world_on_hosts(hosts: &[usize], config: Config) -> Result<Vec<Communicator>> {
+        let mut comms = Communicator::local_world(hosts.len(), config)?;
+        let keys: Vec<u64> = hosts.iter().map(|&h| h as u64).collect();
+        let idx = host_indices(&keys);
+        for c in &mut comms {
+            c.local_rank = hosts[..c.rank].iter().filter(|&&h| h == hosts[c.rank]).count();
+            c.local_size = hosts.iter().filter(|&&h| h == hosts[c.rank]).count();
+            c.hosts = idx.clone();
+        }
+        Ok(comms)
     }
 
     /// A world of `size` ranks as threads of this process, over the in-process transport:
@@ -345,6 +384,7 @@ impl Communicator {
             chunk_bytes: self.config.chunk_bytes,
             pipeline_depth: self.config.pipeline_depth,
             recv_sink: self.caps.recv_sink,
+            hosts: &self.hosts,
         }
     }
 
