@@ -1,6 +1,8 @@
-//! Two hosts on one machine: network namespaces joined by a veth pair, one `oxrun` per
-//! "host" (`--nnodes 2`), every collective of `oxccl-bench` checked across them. Needs root
-//! and iproute2 (CI has both; elsewhere the test says it was skipped).
+//! Two hosts on one machine: network namespaces joined by a veth pair, each with its own
+//! host name (`unshare --uts`), one `oxrun` of two ranks per "host" (`--nnodes 2`), every
+//! collective of `oxccl-bench` checked across them: shared memory within a host, TCP between
+//! them, hierarchical all-reduce. Needs root, iproute2 and util-linux (CI has them;
+//! elsewhere the test says it was skipped).
 
 use std::process::{Command, Stdio};
 
@@ -63,13 +65,17 @@ fn two_hosts_over_veth_run_every_collective() {
     let master = format!("{ipa}:29611");
     let secret = "0123456789abcdef0123456789abcdef";
     let node = |ns: &str, k: usize| {
+        // A host of its own: its network namespace and its host name.
+        let run = format!(
+            "hostname {ns} && exec {} -n 2 --nnodes 2 --node-rank {k} --master {master} {} \
+             -b 8 -e 4M -f 32 -n 3 -w 1 -c 1 --collective all --algo hierarchical",
+            env!("CARGO_BIN_EXE_oxrun"),
+            env!("CARGO_BIN_EXE_oxccl-bench"),
+        );
         Command::new("ip")
-            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_oxrun")])
-            .args(["-n", "2", "--nnodes", "2", "--node-rank", &k.to_string(), "--master", &master])
-            .arg(env!("CARGO_BIN_EXE_oxccl-bench"))
-            .args(["-b", "8", "-e", "4M", "-f", "32", "-n", "3", "-w", "1", "-c", "1", "--collective", "all"])
+            .args(["netns", "exec", ns, "unshare", "--uts", "sh", "-c", &run])
             .env("OXCCL_SECRET", secret)
-            .env("OXCCL_HOST_ID", ns)
+            .env_remove("OXCCL_HOST_ID")
             .env("OXCCL_TIMEOUT_MS", "30000")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -84,6 +90,7 @@ fn two_hosts_over_veth_run_every_collective() {
     };
     assert!(a.status.success() && b.status.success(), "host a:\n{}\nhost b:\n{}", text(&a), text(&b));
     let out = text(&a);
-    assert!(out.contains("4 ranks over tcp"), "{out}");
+    assert!(out.contains("4 ranks over router"), "shm within each host, tcp between:\n{out}");
+    assert!(out.contains("algorithm hierarchical"), "{out}");
     assert_eq!(out.matches("# Out of bounds values : 0 OK").count(), 6, "{out}");
 }

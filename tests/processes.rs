@@ -11,6 +11,10 @@ use common::{on_all, sweep, tcp_world, test_config};
 use oxccl::Communicator;
 
 fn run_world(p: usize, transport: &str) {
+    run_world_with(p, transport, &[]);
+}
+
+fn run_world_with(p: usize, transport: &str, env: &[(&str, &str)]) {
     let me = std::env::current_exe().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_oxrun"))
         .args(["-n", &p.to_string(), "--tag-output"])
@@ -19,13 +23,15 @@ fn run_world(p: usize, transport: &str) {
         .env("OXCCL_TEST_RANK_SWEEP", "1")
         .env("OXCCL_TIMEOUT_MS", "120000")
         .env("OXCCL_TRANSPORT", transport)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "world of {p} processes over {transport} failed:\n{text}");
     // Every rank must have run and passed the sweep (not merely exited 0).
+    let label = if transport == "auto" { "router" } else { transport };
     for r in 0..p {
-        let want = format!("[{r}] RANK-SWEEP-OK {r}/{p} {transport}");
+        let want = format!("[{r}] RANK-SWEEP-OK {r}/{p} {label}");
         assert!(text.contains(&want), "rank {r} of {p} over {transport} did not finish:\n{text}");
     }
 }
@@ -46,13 +52,32 @@ fn process_worlds_over_shared_memory() {
 }
 
 #[test]
+fn process_worlds_on_two_pretend_hosts_mix_shared_memory_and_tcp() {
+    // Ranks 0,2,4 on one pretend host and 1,3 on another: shared memory within each, TCP
+    // between them, behind one router; automatic algorithms, then hierarchical all-reduce.
+    let hosts = [("OXCCL_TEST_PRETEND_HOSTS", "2")];
+    run_world_with(5, "auto", &hosts);
+    run_world_with(5, "auto", &[hosts[0], ("OXCCL_ALGO", "all_reduce:hierarchical")]);
+}
+
+#[test]
 fn sweep_rank() {
     if std::env::var("OXCCL_TEST_RANK_SWEEP").is_ok() {
+        if let Ok(n) = std::env::var("OXCCL_TEST_PRETEND_HOSTS") {
+            let rank: usize = std::env::var("OXCCL_RANK").unwrap().parse().unwrap();
+            let n: usize = n.parse().unwrap();
+            // Set before anything reads it, in this single-threaded test process.
+            std::env::set_var("OXCCL_HOST_ID", format!("pretend-host-{}", rank % n));
+        }
         let comm = Communicator::from_env().expect("launcher environment");
         let big = comm.size() <= 4;
         let fails = sweep(&comm, big);
         assert!(fails.is_empty(), "{}", fails.join("\n"));
-        let transport = std::env::var("OXCCL_TRANSPORT").unwrap_or_default();
+        let mut transport = std::env::var("OXCCL_TRANSPORT").unwrap_or_default();
+        if transport == "auto" {
+            // Several pretend hosts with more than one rank each: a router over shm and TCP.
+            transport = "router".into();
+        }
         assert!(
             comm.size() == 1 || comm.transport_name() == transport,
             "asked for {transport}, got {}",

@@ -26,9 +26,10 @@ impl<'a> GroupNet<'a> {
     }
 
     fn world(&self, peer: usize) -> Result<usize> {
-        self.members.get(peer).copied().ok_or_else(|| {
-            Error::internal(format!("peer {peer} is not in a group of {} ranks", self.members.len()))
-        })
+        self.members
+            .get(peer)
+            .copied()
+            .ok_or_else(|| Error::internal(format!("peer {peer} is not in a group of {} ranks", self.members.len())))
     }
 
     /// A context for running an algorithm on this group, inheriting `ctx`'s call.

@@ -12,8 +12,8 @@ use oxccl_algorithms::registry::{self, Algorithm};
 use oxccl_algorithms::{CollArgs, Collective, Ctx, DataType, Element, HostReducer, ReduceOp};
 use oxccl_transport::auth::Secret;
 use oxccl_transport::{
-    Capabilities, LoopbackTransport, MemoryKind, MemoryStore, PrefixStore, Region, RegionMut, ShmOptions, ShmTransport,
-    Store, Tag, TcpOptions, TcpTransport, Transport,
+    Capabilities, LoopbackTransport, MemoryKind, MemoryStore, PrefixStore, Region, RegionMut, Router, ShmOptions,
+    ShmTransport, Store, Tag, TcpOptions, TcpTransport, Transport,
 };
 use sha2::{Digest, Sha256};
 
@@ -733,14 +733,17 @@ fn check_world(rank: usize, size: usize) -> Result<()> {
 }
 
 /// The key ranks that can share memory have in common: `OXCCL_HOST_ID` when set (so tests
-/// can pretend to be on several hosts), else this kernel's boot id and this process's PID
-/// namespace: peers map each other's segments through `/proc/<pid>`, which only works among
-/// processes that see each other's pids (two containers on one host usually do not).
+/// can pretend to be on several hosts), else this kernel's boot id, this process's PID
+/// namespace and the host name: peers map each other's segments through `/proc/<pid>`,
+/// which only works among processes that see each other's pids (two containers on one host
+/// usually do not), and ranks whose host names differ are treated as different hosts even
+/// where they could share memory (network namespaces standing in for hosts).
 fn shm_key() -> String {
     std::env::var("OXCCL_HOST_ID").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
         let pidns = std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string()).unwrap_or_default();
-        format!("{} {pidns}", boot.trim())
+        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        format!("{} {pidns} {host}", boot.trim())
     })
 }
 
@@ -755,6 +758,8 @@ fn build_transport(
 ) -> Result<Arc<dyn Transport>> {
     let scoped = PrefixStore::new(boot.prefix.clone(), boot.store.clone());
     let init_err = |e: Error| e.in_collective("init", 0).on_rank(rank);
+    // The ranks sharing this host's memory (this one included), when shm is wanted at all.
+    let mut local: Vec<usize> = vec![rank];
     let use_shm = match config.transport {
         TransportKind::Tcp => false,
         TransportKind::Shm | TransportKind::Auto => {
@@ -764,6 +769,7 @@ fn build_transport(
             for r in 0..size {
                 match scoped.get(&format!("host/{r}"), deadline) {
                     Ok(k) if k != me.as_bytes() => elsewhere.push(r),
+                    Ok(_) if r != rank => local.push(r),
                     Ok(_) => {}
                     Err(e) if e.kind() == crate::ErrorKind::Timeout => {
                         // Name every rank that is missing, not only the first.
@@ -787,17 +793,19 @@ fn build_transport(
             elsewhere.is_empty() && size > 1
         }
     };
-    let spin =
-        config.spin.unwrap_or_else(|| default_spin(if use_shm { size } else { boot.local_size_hint.unwrap_or(size) }));
+    local.sort_unstable();
+    let ranks_here =
+        if config.transport == TransportKind::Tcp { boot.local_size_hint.unwrap_or(size) } else { local.len() };
+    let spin = config.spin.unwrap_or_else(|| default_spin(ranks_here));
+    let shm_opts = ShmOptions {
+        slots: config.shm_slots,
+        slot_bytes: config.shm_slot_bytes,
+        spin,
+        yield_for: config.shm_yield,
+        single_copy_min: config.shm_single_copy_min,
+    };
     if use_shm {
-        let opts = ShmOptions {
-            slots: config.shm_slots,
-            slot_bytes: config.shm_slot_bytes,
-            spin,
-            yield_for: config.shm_yield,
-            single_copy_min: config.shm_single_copy_min,
-        };
-        let net = ShmTransport::connect(rank, size, &scoped, opts, deadline).map_err(init_err)?;
+        let net = ShmTransport::connect(rank, size, &scoped, shm_opts, deadline).map_err(init_err)?;
         tracing::info!(rank, size, "transport: shared memory");
         return Ok(Arc::new(net));
     }
@@ -808,9 +816,19 @@ fn build_transport(
         stripe_min_bytes: TcpOptions::default().stripe_min_bytes,
         spin,
     };
-    let net = TcpTransport::connect(rank, size, &scoped, boot.secret, opts, deadline).map_err(init_err)?;
-    tracing::info!(rank, size, "transport: tcp");
-    Ok(Arc::new(net))
+    let tcp: Arc<dyn Transport> =
+        Arc::new(TcpTransport::connect(rank, size, &scoped, boot.secret, opts, deadline).map_err(init_err)?);
+    if config.transport != TransportKind::Auto || local.len() < 2 {
+        tracing::info!(rank, size, "transport: tcp");
+        return Ok(tcp);
+    }
+    // Several hosts, and peers on this one: shared memory to them, TCP to the rest.
+    let shm_store = PrefixStore::new(format!("{}/h{}", boot.prefix, local[0]), boot.store.clone());
+    let shm: Arc<dyn Transport> =
+        Arc::new(ShmTransport::connect_members(rank, size, &local, &shm_store, shm_opts, deadline).map_err(init_err)?);
+    let route: Vec<usize> = (0..size).map(|p| usize::from(local.binary_search(&p).is_ok())).collect();
+    tracing::info!(rank, size, local = ?local, "transport: shared memory on this host, tcp to other hosts");
+    Ok(Arc::new(Router::new(vec![tcp, shm], route).map_err(init_err)?))
 }
 
 /// Spin briefly when every rank has a core; barely at all when ranks outnumber cores, where a

@@ -78,7 +78,8 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
                 .collect();
             let inter = GroupNet::new(ctx.net, owners)?;
             let region = a.recv.slice(bytes(&piece, es));
-            let args = CollArgs { send: region.as_region(), recv: region, in_place: true, count: piece.len(), op, ..*a };
+            let args =
+                CollArgs { send: region.as_region(), recv: region, in_place: true, count: piece.len(), op, ..*a };
             if region.len() <= SMALL_PIECE {
                 super::recursive_doubling::run(&inter.ctx(ctx), &args)?;
             } else {
@@ -90,7 +91,16 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
         ctx.reducer.divide(a.dtype, out, p)?;
     }
     if l > 1 {
-        crate::ring::all_gather_phase(&ictx, a.dtype, &|j| block(count, l, j), a.recv, topo.local, 0x100, false, Vec::new())?;
+        crate::ring::all_gather_phase(
+            &ictx,
+            a.dtype,
+            &|j| block(count, l, j),
+            a.recv,
+            topo.local,
+            0x100,
+            false,
+            Vec::new(),
+        )?;
     }
     Ok(())
 }

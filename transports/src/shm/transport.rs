@@ -177,8 +177,13 @@ pub struct ShmTransport {
     rank: usize,
     size: usize,
     opts: ShmOptions,
-    /// `segments[r]`: rank r's segment (this rank's own at `rank`).
-    segments: Vec<Segment>,
+    /// The ranks this transport reaches (this rank's host), ascending, this rank included.
+    members: Vec<usize>,
+    /// `pos[r]`: rank r's index in `members` (its FIFO's place in each segment); usize::MAX
+    /// for ranks outside.
+    pos: Vec<usize>,
+    /// `segments[r]`: rank r's segment (this rank's own at `rank`), for members.
+    segments: Vec<Option<Segment>>,
     pidfds: Vec<Option<std::os::fd::OwnedFd>>,
     fifo_stride: usize,
     /// `pids[r]`: rank r's process.
@@ -215,14 +220,38 @@ impl ShmTransport {
         opts: ShmOptions,
         deadline: Instant,
     ) -> Result<ShmTransport> {
+        let all: Vec<usize> = (0..size).collect();
+        ShmTransport::connect_members(rank, size, &all, store, opts, deadline)
+    }
+
+    /// As [`ShmTransport::connect`], for the ranks `members` of a larger world (those on
+    /// this host; ascending, this rank among them): it reaches exactly those peers, by their
+    /// world ranks, and refuses the others. Every member must pass the same list.
+    pub fn connect_members(
+        rank: usize,
+        size: usize,
+        members: &[usize],
+        store: &dyn Store,
+        opts: ShmOptions,
+        deadline: Instant,
+    ) -> Result<ShmTransport> {
         if size == 0 || rank >= size {
             return Err(Error::invalid_argument(format!("rank {rank} is not in a world of {size}")));
+        }
+        if !members.contains(&rank) || members.windows(2).any(|w| w[0] >= w[1]) || members.iter().any(|&m| m >= size) {
+            return Err(Error::invalid_argument(format!(
+                "shm members {members:?} must be ascending ranks of the world of {size}, {rank} among them"
+            )));
+        }
+        let mut pos = vec![usize::MAX; size];
+        for (i, &m) in members.iter().enumerate() {
+            pos[m] = i;
         }
         if opts.slots == 0 || opts.slot_bytes < 128 || opts.slot_bytes % 64 != 0 {
             return Err(Error::invalid_argument("shm: need at least one slot of at least 128 bytes, a multiple of 64"));
         }
         let fifo_stride = fifo_header_bytes() + opts.slots * opts.slot_bytes;
-        let len = control_bytes() + size * fifo_stride;
+        let len = control_bytes() + members.len() * fifo_stride;
         let mine = Segment::create(len)?;
         let pid = std::process::id();
         // A word peers try to read with process_vm_readv, to learn whether single-copy
@@ -232,15 +261,10 @@ impl ShmTransport {
         store.set(&format!("shm/{rank}"), format!("{pid}:{}:{len}:{probe_addr}", mine.raw_fd()).as_bytes())?;
         let mut pids = vec![pid; size];
         let mut single_copy = vec![false; size];
-        let mut segments = Vec::with_capacity(size);
-        let mut pidfds = Vec::with_capacity(size);
-        let mut mine = Some(mine);
-        for peer in 0..size {
-            if peer == rank {
-                segments.push(mine.take().expect("own segment"));
-                pidfds.push(None);
-                continue;
-            }
+        let mut segments: Vec<Option<Segment>> = (0..size).map(|_| None).collect();
+        let mut pidfds: Vec<Option<std::os::fd::OwnedFd>> = (0..size).map(|_| None).collect();
+        segments[rank] = Some(mine);
+        for &peer in members.iter().filter(|&&p| p != rank) {
             let v = store.get(&format!("shm/{peer}"), deadline).map_err(|e| e.on_rank(rank).with_peer(peer))?;
             let text = String::from_utf8_lossy(&v).into_owned();
             let parts: Vec<&str> = text.split(':').collect();
@@ -274,10 +298,10 @@ impl ShmTransport {
                 ))
                 .with_peer(peer));
             }
-            segments.push(Segment::open(ppid, pfd, len).map_err(|e| e.on_rank(rank).with_peer(peer))?);
-            pidfds.push(if ppid == pid { None } else { pidfd_open(ppid) });
+            segments[peer] = Some(Segment::open(ppid, pfd, len).map_err(|e| e.on_rank(rank).with_peer(peer))?);
+            pidfds[peer] = if ppid == pid { None } else { pidfd_open(ppid) };
         }
-        if opts.single_copy_min.is_some() && single_copy.iter().enumerate().all(|(p, &ok)| ok || p == rank) {
+        if opts.single_copy_min.is_some() && members.iter().all(|&p| single_copy[p] || p == rank) {
             tracing::info!(rank, min_bytes = opts.single_copy_min, "shm: single-copy reads (process_vm_readv) in use");
         }
         // Single copy from r to q needs q allowed to read r: publish what this rank may read,
@@ -285,13 +309,15 @@ impl ShmTransport {
         let mine: String = single_copy.iter().map(|&b| if b { '1' } else { '0' }).collect();
         store.set(&format!("shmread/{rank}"), mine.as_bytes())?;
         let mut send_single = vec![false; size];
-        for peer in (0..size).filter(|&p| p != rank) {
+        for &peer in members.iter().filter(|&&p| p != rank) {
             let v = store.get(&format!("shmread/{peer}"), deadline).map_err(|e| e.on_rank(rank).with_peer(peer))?;
             send_single[peer] = v.get(rank) == Some(&b'1');
         }
         Ok(ShmTransport {
             rank,
             size,
+            members: members.to_vec(),
+            pos,
             opts,
             segments,
             pidfds,
@@ -315,15 +341,38 @@ impl ShmTransport {
         })
     }
 
+    /// Member `r`'s segment.
+    fn segment(&self, r: usize) -> &Segment {
+        self.segments[r].as_ref().expect("a member's segment (peers are checked to be members)")
+    }
+
+    /// The other members.
+    fn peers(&self) -> impl Iterator<Item = usize> + '_ {
+        self.members.iter().copied().filter(move |&p| p != self.rank)
+    }
+
+    /// Checks `peer` is another member.
+    fn check_member(&self, peer: usize) -> Result<()> {
+        crate::transport::check_peer(self.rank, self.size, peer)?;
+        if self.pos[peer] == usize::MAX {
+            return Err(Error::invalid_argument(format!(
+                "peer {peer} is not on this host (the shared-memory transport reaches ranks {:?})",
+                self.members
+            ))
+            .on_rank(self.rank));
+        }
+        Ok(())
+    }
+
     fn control(&self, r: usize) -> &Control {
         // SAFETY: every segment starts with a Control (all zero is its initial state, and it
         // holds only atomics); the mapping lives as long as `self`.
-        unsafe { &*(self.segments[r].ptr() as *const Control) }
+        unsafe { &*(self.segment(r).ptr() as *const Control) }
     }
 
     /// The FIFO from `src` into `dst`'s segment.
     fn fifo(&self, src: usize, dst: usize) -> Fifo<'_, RawSlots> {
-        let base = self.segments[dst].ptr().wrapping_add(control_bytes() + src * self.fifo_stride);
+        let base = self.segment(dst).ptr().wrapping_add(control_bytes() + self.pos[src] * self.fifo_stride);
         // SAFETY: the FIFO header is the first part of the FIFO's stride within `dst`'s
         // mapping, which lives as long as `self`; it holds only atomics.
         let hdr = unsafe { &*(base as *const FifoHeader) };
@@ -338,8 +387,10 @@ impl ShmTransport {
     /// The acknowledgement counter of single-copy messages from `src` into `dst`'s segment
     /// (written by `dst`, read by `src`).
     fn acks(&self, src: usize, dst: usize) -> &AtomicU64 {
-        let base = self.segments[dst].ptr().wrapping_add(
-            control_bytes() + src * self.fifo_stride + std::mem::size_of::<FifoHeader>().next_multiple_of(128),
+        let base = self.segment(dst).ptr().wrapping_add(
+            control_bytes()
+                + self.pos[src] * self.fifo_stride
+                + std::mem::size_of::<FifoHeader>().next_multiple_of(128),
         );
         // SAFETY: a 128-byte area reserved for this counter in the FIFO's header, in a
         // mapping that lives as long as `self`; all zero initially.
@@ -361,7 +412,7 @@ impl ShmTransport {
             }
             st.failed = Some(err);
             self.control(self.rank).failed.store(1, Ordering::Release);
-            for p in (0..self.size).filter(|&p| p != self.rank) {
+            for p in self.peers() {
                 self.control(p).doorbell.ring();
             }
         }
@@ -387,7 +438,7 @@ impl ShmTransport {
         let data = self.opts.slot_bytes - SEQ_BYTES - SLOT_HEADER;
         let mut moved = false;
         let mut done = Vec::new();
-        for peer in 0..self.size {
+        for &peer in &self.members {
             if st.sendq[peer].is_empty() {
                 continue;
             }
@@ -440,7 +491,7 @@ impl ShmTransport {
                 self.control(peer).doorbell.ring();
             }
         }
-        for peer in 0..self.size {
+        for &peer in &self.members {
             if st.acks_due[peer].is_empty() {
                 continue;
             }
@@ -456,7 +507,7 @@ impl ShmTransport {
                 moved = true;
             }
         }
-        for peer in 0..self.size {
+        for &peer in &self.members {
             if st.recvq[peer].is_empty() {
                 continue;
             }
@@ -577,7 +628,7 @@ impl ShmTransport {
         if self.aborted.load(Ordering::Acquire) {
             return true;
         }
-        (0..self.size).any(|p| {
+        self.members.iter().any(|&p| {
             (!st.acks_due[p].is_empty() && self.acks(self.rank, p).load(Ordering::Acquire) > st.acks_seen[p])
                 || (!st.sendq[p].is_empty() && self.fifo(self.rank, p).has_space())
                 || (!st.recvq[p].is_empty() && self.fifo(p, self.rank).has_data())
@@ -639,9 +690,8 @@ impl Transport for ShmTransport {
         self.size
     }
     fn capabilities(&self) -> Capabilities {
-        let peers = (0..self.size).filter(|&p| p != self.rank);
         let single_copy =
-            self.opts.single_copy_min.is_some() && peers.clone().all(|p| self.single_copy[p] && self.send_single[p]);
+            self.opts.single_copy_min.is_some() && self.peers().all(|p| self.single_copy[p] && self.send_single[p]);
         Capabilities {
             peer_memory_mappable: false,
             device_memory: false,
@@ -653,7 +703,7 @@ impl Transport for ShmTransport {
     }
 
     fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {
-        crate::transport::check_peer(self.rank, self.size, peer)?;
+        self.check_member(peer)?;
         if buf.kind() != MemoryKind::Host {
             return Err(Error::unsupported("the shm transport moves host memory only"));
         }
@@ -683,7 +733,7 @@ impl Transport for ShmTransport {
     }
 
     fn post_recv(&self, peer: usize, tag: Tag, buf: RegionMut) -> Result<ReqId> {
-        crate::transport::check_peer(self.rank, self.size, peer)?;
+        self.check_member(peer)?;
         if buf.kind() != MemoryKind::Host {
             return Err(Error::unsupported("the shm transport moves host memory only"));
         }
@@ -698,7 +748,7 @@ impl Transport for ShmTransport {
     }
 
     fn post_recv_sink(&self, peer: usize, tag: Tag, len: usize, sink: Sink) -> Result<ReqId> {
-        crate::transport::check_peer(self.rank, self.size, peer)?;
+        self.check_member(peer)?;
         let mut st = self.lock();
         self.check(&mut st)?;
         let id = st.next_id;
@@ -799,7 +849,7 @@ impl Transport for ShmTransport {
         self.aborted.store(true, Ordering::Release);
         self.control(self.rank).failed.store(1, Ordering::Release);
         self.control(self.rank).doorbell.ring();
-        for p in (0..self.size).filter(|&p| p != self.rank) {
+        for p in self.peers() {
             self.control(p).doorbell.ring();
         }
     }
@@ -814,7 +864,7 @@ impl Drop for ShmTransport {
     fn drop(&mut self) {
         // Leaving is failing as far as peers still waiting on this rank are concerned.
         self.control(self.rank).failed.store(1, Ordering::Release);
-        for p in (0..self.size).filter(|&p| p != self.rank) {
+        for p in self.peers() {
             self.control(p).doorbell.ring();
         }
     }
