@@ -12,7 +12,7 @@
 //! | `OXCCL_TCP_CONNS` | [`Config::tcp_conns_per_peer`] | `2` |
 //! | `OXCCL_SOCKET_BUF` | [`Config::socket_buffer`] | `4M` |
 //! | `OXCCL_SPIN_US` | [`Config::spin`] | `50` |
-//! | `OXCCL_SMALL_BYTES` | [`Config::small_bytes`] | `32K` |
+//! | `OXCCL_SMALL_BYTES` | [`Config::small_bytes`] | the selection table's |
 //! | `OXCCL_SHM_SLOTS`, `OXCCL_SHM_SLOT_BYTES` | [`Config::shm_slots`], [`Config::shm_slot_bytes`] | `8`, `64K` |
 //! | `OXCCL_SHM_SINGLE_COPY` | [`Config::shm_single_copy_min`] | `64K`, `off` |
 //! | `OXCCL_SHM_YIELD_US` | [`Config::shm_yield`] | `200` |
@@ -171,8 +171,9 @@ pub struct Config {
     /// How long a waiter spins before it sleeps; `None` picks by ranks per core.
     pub spin: Option<Duration>,
     /// All-reduces of at most this many bytes use recursive doubling (latency-bound), larger
-    /// ones the ring (bandwidth-bound), unless an algorithm is forced. Default 32 KiB.
-    pub small_bytes: usize,
+    /// ones a bandwidth-bound algorithm, unless an algorithm is forced. `None` (the default):
+    /// the selection table's threshold (32 KiB over shared memory, 128 KiB over TCP).
+    pub small_bytes: Option<usize>,
     /// Shared memory: slots per FIFO (per ordered pair of ranks). Default 8.
     pub shm_slots: usize,
     /// Shared memory: bytes per slot, header included. Default 64 KiB.
@@ -198,7 +199,7 @@ impl Default for Config {
             tcp_conns_per_peer: 1,
             socket_buffer: None,
             spin: None,
-            small_bytes: 32 << 10,
+            small_bytes: None,
             shm_slots: 8,
             shm_slot_bytes: 64 << 10,
             shm_single_copy_min: Some(64 << 10),
@@ -301,7 +302,7 @@ impl Config {
             self.shm_yield = Duration::from_micros(int("OXCCL_SHM_YIELD_US", v)?);
         }
         if let Some(v) = var("OXCCL_SMALL_BYTES") {
-            self.small_bytes = bytes("OXCCL_SMALL_BYTES", v)?;
+            self.small_bytes = Some(bytes("OXCCL_SMALL_BYTES", v)?);
         }
         Ok(self)
     }

@@ -1,36 +1,135 @@
 //! Choosing an algorithm for a call: apart from running it, so the rule is one place.
 //!
-//! A forced algorithm ([`Config::algorithms`]) always wins. Otherwise all-reduce takes
-//! recursive doubling up to [`Config::small_bytes`] (latency-bound: lg p messages instead of
-//! 2(p-1)) and, above it, the ring (bandwidth-bound: 2(p-1)/p of the bytes instead of lg p
-//! times them) or, where the transport moves messages with one copy read by the receiver
-//! (shared memory), the direct algorithm. Reduce-scatter takes direct on such transports
-//! and the ring elsewhere.
+//! A forced algorithm ([`Config::algorithms`]) always wins. Otherwise the first row of
+//! [`TABLE`] that matches the collective, the fabric, the world size and the message size
+//! picks. The table was measured on the 2-core development VM with every algorithm forced
+//! (`oxccl-bench --algo NAME --collective all` at 3, 4 and 8 ranks over shared memory and
+//! TCP, 8 B to 32 MiB; `benches/RESULTS.md` has the figures). In short:
 //!
-//! Measured on the 2-core development VM over shared memory (float sum, busbw, see
-//! `benches/RESULTS.md`): direct reduce-scatter beats the ring by 1.3-2x from 64 KiB at 2
-//! and 4 ranks (each input byte is read once, by its owner, instead of partials making
-//! p-1 trips); direct all-reduce matches the ring at 2 ranks and beats it by 1.2-1.9x at 4
-//! ranks from 256 KiB (two message steps instead of 2(p-1)).
+//! * **small messages** are latency-bound: log-step algorithms (recursive doubling, Bruck,
+//!   halving-doubling, trees) beat the ring's p-1 steps;
+//! * **shared memory with single-copy reads**: direct all-reduce and reduce-scatter (two
+//!   message steps, each input byte read once, by its owner);
+//! * **TCP**: halving-doubling between the latency and bandwidth regimes when p is a power
+//!   of two (no fold), the ring for the largest messages;
+//! * **several hosts**: hierarchical all-reduce (shared memory inside, TCP between).
+//!
+//! The cost-model issue replaces these thresholds with predicted times.
 
 use oxccl_algorithms::registry::{self, Algorithm};
 use oxccl_algorithms::Collective;
 
-use oxccl_transport::Capabilities;
-
 use crate::config::Config;
 
-/// The algorithm for `coll` on `bytes` bytes in a world of `size`, over a transport with
-/// `caps`.
-pub fn choose(coll: Collective, bytes: usize, size: usize, caps: Capabilities, cfg: &Config) -> Algorithm {
+/// What the ranks of a communicator are connected by, as far as choosing goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fabric {
+    /// One host, shared memory with single-copy reads (or the in-process transport).
+    SharedMemory,
+    /// Sockets between every pair (or shared memory without single-copy reads).
+    Network,
+    /// Several hosts with several ranks on at least one: shared memory inside, TCP between.
+    MultiHost,
+}
+
+/// Which world sizes a row applies to.
+#[derive(Debug, Clone, Copy)]
+enum Ranks {
+    Any,
+    /// Powers of two of at least this many.
+    PowerOfTwoFrom(usize),
+    /// At least this many.
+    From(usize),
+    /// At most this many.
+    UpTo(usize),
+}
+
+impl Ranks {
+    fn matches(self, p: usize) -> bool {
+        match self {
+            Ranks::Any => true,
+            Ranks::PowerOfTwoFrom(n) => p >= n && p.is_power_of_two(),
+            Ranks::From(n) => p >= n,
+            Ranks::UpTo(n) => p <= n,
+        }
+    }
+}
+
+/// One row: for `coll` on `fabric` (None: any) with `ranks`, messages up to `max_bytes`
+/// use `algo`.
+struct Row {
+    coll: Collective,
+    fabric: Option<Fabric>,
+    ranks: Ranks,
+    max_bytes: usize,
+    algo: Algorithm,
+}
+
+const K: usize = 1 << 10;
+const M: usize = 1 << 20;
+const ALL: usize = usize::MAX;
+
+const fn row(coll: Collective, fabric: Option<Fabric>, ranks: Ranks, max_bytes: usize, algo: Algorithm) -> Row {
+    Row { coll, fabric, ranks, max_bytes, algo }
+}
+
+use Algorithm::*;
+use Collective as C;
+use Fabric::*;
+
+/// The selection table: the first matching row wins; every collective ends with a row
+/// that matches everything. Sizes are the call's bytes (per rank's input for all-reduce,
+/// reduce, broadcast; the gathered or scattered total for the others).
+const TABLE: &[Row] = &[
+    // All-reduce (the small-message threshold is `Config::small_bytes` when set).
+    row(C::AllReduce, Some(SharedMemory), Ranks::Any, 32 * K, RecursiveDoubling),
+    row(C::AllReduce, Some(SharedMemory), Ranks::Any, ALL, Direct),
+    row(C::AllReduce, Some(MultiHost), Ranks::Any, 32 * K, RecursiveDoubling),
+    row(C::AllReduce, Some(MultiHost), Ranks::Any, ALL, Hierarchical),
+    row(C::AllReduce, None, Ranks::Any, 128 * K, RecursiveDoubling),
+    row(C::AllReduce, None, Ranks::PowerOfTwoFrom(4), 8 * M, HalvingDoubling),
+    row(C::AllReduce, None, Ranks::Any, ALL, Ring),
+    // All-gather.
+    row(C::AllGather, Some(SharedMemory), Ranks::UpTo(3), 8 * K, RecursiveDoubling),
+    row(C::AllGather, Some(SharedMemory), Ranks::From(4), 32 * K, Bruck),
+    row(C::AllGather, None, Ranks::UpTo(3), ALL, Ring),
+    row(C::AllGather, None, Ranks::PowerOfTwoFrom(4), 8 * M, RecursiveDoubling),
+    row(C::AllGather, None, Ranks::Any, 128 * K, Bruck),
+    row(C::AllGather, None, Ranks::Any, ALL, Ring),
+    // Reduce-scatter.
+    row(C::ReduceScatter, Some(Network), Ranks::PowerOfTwoFrom(8), 32 * K, HalvingDoubling),
+    row(C::ReduceScatter, None, Ranks::Any, ALL, Direct),
+    // All-to-all.
+    row(C::AllToAll, Some(Network), Ranks::From(4), 32 * K, Bruck),
+    row(C::AllToAll, None, Ranks::Any, ALL, Pairwise),
+    // Broadcast and reduce.
+    row(C::Broadcast, None, Ranks::From(4), ALL, Tree),
+    row(C::Broadcast, None, Ranks::Any, ALL, Ring),
+    row(C::Reduce, None, Ranks::From(4), ALL, Tree),
+    row(C::Reduce, None, Ranks::Any, ALL, Ring),
+];
+
+/// The algorithm for `coll` on `bytes` bytes in a world of `size` connected by `fabric`.
+pub fn choose(coll: Collective, bytes: usize, size: usize, fabric: Fabric, cfg: &Config) -> Algorithm {
     if let Some(a) = cfg.algorithms.get(coll) {
         return a;
     }
-    match coll {
-        Collective::AllReduce if size > 1 && bytes <= cfg.small_bytes => Algorithm::RecursiveDoubling,
-        Collective::AllReduce | Collective::ReduceScatter if caps.single_copy => Algorithm::Direct,
-        _ => registry::algorithms(coll)[0],
+    // A configured small-message threshold replaces the table's recursive-doubling rows.
+    let small = if coll == C::AllReduce { cfg.small_bytes } else { None };
+    if small.is_some_and(|s| size > 1 && bytes <= s) {
+        return RecursiveDoubling;
     }
+    TABLE
+        .iter()
+        .find(|r| {
+            r.coll == coll
+                && r.fabric.is_none_or(|f| f == fabric)
+                && r.ranks.matches(size)
+                && bytes <= r.max_bytes
+                && !(small.is_some() && r.algo == RecursiveDoubling)
+        })
+        .map(|r| r.algo)
+        .unwrap_or_else(|| registry::algorithms(coll)[0])
 }
 
 #[cfg(test)]
@@ -38,19 +137,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn size_rule_and_overrides() {
+    fn every_collective_has_a_choice_that_it_implements() {
         let c = Config::default();
-        let tcp = Capabilities { inter_host: true, ..Capabilities::default() };
-        let shm = Capabilities { single_copy: true, ..Capabilities::default() };
-        assert_eq!(choose(Collective::AllReduce, 8, 4, tcp, &c), Algorithm::RecursiveDoubling);
-        assert_eq!(choose(Collective::AllReduce, 8, 4, shm, &c), Algorithm::RecursiveDoubling);
-        assert_eq!(choose(Collective::AllReduce, 1 << 20, 4, tcp, &c), Algorithm::Ring);
-        assert_eq!(choose(Collective::AllReduce, 1 << 20, 4, shm, &c), Algorithm::Direct);
-        assert_eq!(choose(Collective::ReduceScatter, 8, 4, shm, &c), Algorithm::Direct);
-        assert_eq!(choose(Collective::ReduceScatter, 8, 4, tcp, &c), Algorithm::Ring);
-        assert_eq!(choose(Collective::AllToAll, 8, 4, shm, &c), Algorithm::Pairwise);
+        for coll in C::ALL {
+            for fabric in [SharedMemory, Network, MultiHost] {
+                for p in 1..=9 {
+                    for bytes in [0, 8, 32 * K, 128 * K, M, 64 * M] {
+                        let a = choose(coll, bytes, p, fabric, &c);
+                        assert!(
+                            registry::algorithms(coll).is_empty() || registry::lookup(coll, a).is_some(),
+                            "{coll} {fabric:?} p {p} {bytes} B: {a} is not implemented"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn table_rows_and_overrides() {
+        let c = Config::default();
+        assert_eq!(choose(C::AllReduce, 8, 4, Network, &c), RecursiveDoubling);
+        assert_eq!(choose(C::AllReduce, 8, 4, SharedMemory, &c), RecursiveDoubling);
+        assert_eq!(choose(C::AllReduce, M, 4, Network, &c), HalvingDoubling);
+        assert_eq!(choose(C::AllReduce, M, 3, Network, &c), Ring);
+        assert_eq!(choose(C::AllReduce, 64 * M, 8, Network, &c), Ring);
+        assert_eq!(choose(C::AllReduce, M, 4, SharedMemory, &c), Direct);
+        assert_eq!(choose(C::AllReduce, M, 4, MultiHost, &c), Hierarchical);
+        assert_eq!(choose(C::ReduceScatter, 8, 4, SharedMemory, &c), Direct);
+        assert_eq!(choose(C::ReduceScatter, 8, 8, Network, &c), HalvingDoubling);
+        assert_eq!(choose(C::AllGather, 8, 8, SharedMemory, &c), Bruck);
+        assert_eq!(choose(C::AllToAll, 8, 8, Network, &c), Bruck);
+        assert_eq!(choose(C::AllToAll, 8, 8, SharedMemory, &c), Pairwise);
+        assert_eq!(choose(C::Broadcast, 8, 8, Network, &c), Tree);
+        assert_eq!(choose(C::Broadcast, 8, 3, Network, &c), Ring);
         let forced = Config::default().with_algorithm("ring").unwrap();
-        assert_eq!(choose(Collective::AllReduce, 8, 4, shm, &forced), Algorithm::Ring);
-        assert_eq!(choose(Collective::ReduceScatter, 8, 4, shm, &forced), Algorithm::Ring);
+        assert_eq!(choose(C::AllReduce, 8, 4, SharedMemory, &forced), Ring);
+        assert_eq!(choose(C::ReduceScatter, 8, 4, SharedMemory, &forced), Ring);
+        let small = Config { small_bytes: Some(M), ..Config::default() };
+        assert_eq!(choose(C::AllReduce, M, 4, SharedMemory, &small), RecursiveDoubling);
+        assert_eq!(choose(C::AllReduce, 2 * M, 4, SharedMemory, &small), Direct);
+        assert_eq!(choose(C::AllReduce, 64 * K, 4, Network, &small), RecursiveDoubling);
+        assert_eq!(choose(C::AllReduce, 2 * M, 4, Network, &small), HalvingDoubling);
     }
 }

@@ -21,7 +21,7 @@ use crate::bootstrap::env::{LaunchEnv, StoreHost};
 use crate::bootstrap::tcp_store::{TcpStore, TcpStoreServer};
 use crate::config::{Config, TransportKind};
 use crate::error::{Error, Result};
-use crate::select;
+use crate::select::{self, Fabric};
 use crate::UniqueId;
 
 struct State {
@@ -63,8 +63,10 @@ pub struct Communicator {
     hosts: Vec<usize>,
     config: Config,
     net: Arc<dyn Transport>,
-    /// `net`'s capabilities, fixed once it is built (algorithm choice reads them per call).
+    /// `net`'s capabilities, fixed once it is built.
     caps: Capabilities,
+    /// What connects the ranks, as algorithm choice sees it (set with the hosts).
+    fabric: Fabric,
     reducer: HostReducer,
     state: Mutex<State>,
     /// How to build new connections (for `split`); `None` for communicators over a
@@ -222,7 +224,7 @@ impl Communicator {
     }
 
     fn assemble(rank: usize, size: usize, config: Config, net: Arc<dyn Transport>, boot: Option<Boot>) -> Communicator {
-        Communicator {
+        let mut c = Communicator {
             rank,
             size,
             local_rank: rank,
@@ -230,11 +232,14 @@ impl Communicator {
             hosts: vec![0; size],
             config,
             caps: net.capabilities(),
+            fabric: Fabric::Network,
             net,
             reducer: HostReducer::new(),
             state: Mutex::new(State { seq: 0, poisoned: None, p2p_sent: vec![0; size], p2p_received: vec![0; size] }),
             boot,
-        }
+        };
+        c.fabric = c.fabric();
+        c
     }
 
     /// Gathers every rank's host key (sequence number 0, before any user call), to learn the
@@ -262,6 +267,7 @@ impl Communicator {
         self.local_rank = all[..self.rank].iter().filter(|&&h| h == mine[0]).count();
         self.local_size = all.iter().filter(|&&h| h == mine[0]).count();
         self.hosts = host_indices(&all);
+        self.fabric = self.fabric();
         Ok(())
     }
 
@@ -282,6 +288,7 @@ impl Communicator {
             c.local_rank = hosts[..c.rank].iter().filter(|&&h| h == hosts[c.rank]).count();
             c.local_size = hosts.iter().filter(|&&h| h == hosts[c.rank]).count();
             c.hosts = idx.clone();
+            c.fabric = c.fabric();
         }
         Ok(comms)
     }
@@ -365,7 +372,20 @@ impl Communicator {
 
     /// The algorithm a collective of `bytes` bytes would use now.
     pub fn algorithm_for(&self, coll: Collective, bytes: usize) -> Algorithm {
-        select::choose(coll, bytes, self.size, self.caps, &self.config)
+        select::choose(coll, bytes, self.size, self.fabric, &self.config)
+    }
+
+    /// What connects the ranks, from the hosts and the transport.
+    fn fabric(&self) -> Fabric {
+        let hosts = self.hosts.iter().max().map_or(1, |m| m + 1);
+        let most_on_one = (0..hosts).map(|h| self.hosts.iter().filter(|&&x| x == h).count()).max().unwrap_or(1);
+        if hosts > 1 && most_on_one > 1 {
+            Fabric::MultiHost
+        } else if self.caps.single_copy {
+            Fabric::SharedMemory
+        } else {
+            Fabric::Network
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -422,7 +442,7 @@ impl Communicator {
     /// Runs one collective with the algorithm the configuration or the size picks.
     fn run(&self, coll: Collective, args: CollArgs) -> Result<()> {
         let bytes = args.count.saturating_mul(args.dtype.size());
-        let algo = select::choose(coll, bytes, self.size, self.caps, &self.config);
+        let algo = select::choose(coll, bytes, self.size, self.fabric, &self.config);
         let f =
             registry::lookup(coll, algo).ok_or_else(|| Error::internal(format!("{coll} has no {algo} algorithm")))?;
         self.execute(coll, |ctx| f(ctx, &args))
