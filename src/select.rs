@@ -12,7 +12,9 @@
 //!   message steps, each input byte read once, by its owner);
 //! * **TCP**: halving-doubling between the latency and bandwidth regimes when p is a power
 //!   of two (no fold), the ring for the largest messages;
-//! * **several hosts**: hierarchical all-reduce (shared memory inside, TCP between).
+//! * **several hosts**: the hierarchical algorithms (shared memory inside, TCP between;
+//!   all-to-all only for small blocks). These rows follow the algorithms' costs: one
+//!   machine cannot measure real hosts.
 //!
 //! The cost-model issue replaces these thresholds with predicted times.
 
@@ -90,6 +92,7 @@ const TABLE: &[Row] = &[
     row(C::AllReduce, None, Ranks::PowerOfTwoFrom(4), 8 * M, HalvingDoubling),
     row(C::AllReduce, None, Ranks::Any, ALL, Ring),
     // All-gather.
+    row(C::AllGather, Some(MultiHost), Ranks::Any, ALL, Hierarchical),
     row(C::AllGather, Some(SharedMemory), Ranks::UpTo(3), 8 * K, RecursiveDoubling),
     row(C::AllGather, Some(SharedMemory), Ranks::From(4), 32 * K, Bruck),
     row(C::AllGather, None, Ranks::UpTo(3), ALL, Ring),
@@ -97,9 +100,12 @@ const TABLE: &[Row] = &[
     row(C::AllGather, None, Ranks::Any, 128 * K, Bruck),
     row(C::AllGather, None, Ranks::Any, ALL, Ring),
     // Reduce-scatter.
+    row(C::ReduceScatter, Some(MultiHost), Ranks::Any, ALL, Hierarchical),
     row(C::ReduceScatter, Some(Network), Ranks::PowerOfTwoFrom(8), 32 * K, HalvingDoubling),
     row(C::ReduceScatter, None, Ranks::Any, ALL, Direct),
-    // All-to-all.
+    // All-to-all (across hosts, gathering small blocks saves inter-host messages; large
+    // ones go straight to their destinations).
+    row(C::AllToAll, Some(MultiHost), Ranks::Any, 32 * K, Hierarchical),
     row(C::AllToAll, Some(Network), Ranks::From(4), 32 * K, Bruck),
     row(C::AllToAll, None, Ranks::Any, ALL, Pairwise),
     // Broadcast and reduce.
@@ -164,6 +170,10 @@ mod tests {
         assert_eq!(choose(C::AllReduce, 64 * M, 8, Network, &c), Ring);
         assert_eq!(choose(C::AllReduce, M, 4, SharedMemory, &c), Direct);
         assert_eq!(choose(C::AllReduce, M, 4, MultiHost, &c), Hierarchical);
+        assert_eq!(choose(C::AllGather, 8, 4, MultiHost, &c), Hierarchical);
+        assert_eq!(choose(C::ReduceScatter, 8, 4, MultiHost, &c), Hierarchical);
+        assert_eq!(choose(C::AllToAll, 8, 4, MultiHost, &c), Hierarchical);
+        assert_eq!(choose(C::AllToAll, M, 4, MultiHost, &c), Pairwise);
         assert_eq!(choose(C::ReduceScatter, 8, 4, SharedMemory, &c), Direct);
         assert_eq!(choose(C::ReduceScatter, 8, 8, Network, &c), HalvingDoubling);
         assert_eq!(choose(C::AllGather, 8, 8, SharedMemory, &c), Bruck);

@@ -75,10 +75,10 @@ pub fn algorithms(coll: Collective) -> &'static [Algorithm] {
     use Algorithm::*;
     match coll {
         Collective::AllReduce => &[Ring, RecursiveDoubling, Direct, Tree, HalvingDoubling, Hierarchical],
-        Collective::ReduceScatter => &[Ring, Direct, HalvingDoubling],
-        Collective::AllGather => &[Ring, RecursiveDoubling, Bruck],
+        Collective::ReduceScatter => &[Ring, Direct, HalvingDoubling, Hierarchical],
+        Collective::AllGather => &[Ring, RecursiveDoubling, Bruck, Hierarchical],
         Collective::Broadcast | Collective::Reduce => &[Ring, Tree],
-        Collective::AllToAll => &[Pairwise, Bruck],
+        Collective::AllToAll => &[Pairwise, Bruck, Hierarchical],
         Collective::Barrier => &[Dissemination],
         Collective::SendRecv | Collective::AllToAllV | Collective::Split => &[],
     }
@@ -100,7 +100,10 @@ pub fn lookup(coll: Collective, algo: Algorithm) -> Option<AlgoFn> {
         (Collective::ReduceScatter, HalvingDoubling) => crate::reduce_scatter::halving_doubling::run,
         (Collective::AllGather, RecursiveDoubling) => crate::all_gather::recursive_doubling::run,
         (Collective::AllGather, Bruck) => crate::all_gather::bruck::run,
+        (Collective::AllGather, Hierarchical) => crate::all_gather::hierarchical::run,
+        (Collective::ReduceScatter, Hierarchical) => crate::reduce_scatter::hierarchical::run,
         (Collective::AllToAll, Bruck) => crate::all_to_all::bruck::run,
+        (Collective::AllToAll, Hierarchical) => crate::all_to_all::hierarchical::run,
         (Collective::Broadcast, Tree) => crate::broadcast::tree::run,
         (Collective::Reduce, Tree) => crate::reduce::tree::run,
         (Collective::AllToAll, Pairwise) => crate::all_to_all::pairwise::run,

@@ -2,5 +2,6 @@
 //! block j. [`pairwise_v`] is the variable-count form (all-to-all-v).
 
 pub mod bruck;
+pub mod hierarchical;
 pub mod pairwise;
 pub mod pairwise_v;

@@ -2,4 +2,5 @@
 
 pub mod direct;
 pub mod halving_doubling;
+pub mod hierarchical;
 pub mod ring;
