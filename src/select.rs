@@ -111,6 +111,8 @@ const TABLE: &[Row] = &[
     // Broadcast and reduce.
     row(C::Broadcast, None, Ranks::From(4), ALL, Tree),
     row(C::Broadcast, None, Ranks::Any, ALL, Ring),
+    // Up to 128 KiB a vector is one chunk, so the chain's p-1 hops are not pipelined.
+    row(C::Reduce, None, Ranks::Any, 128 * K, Tree),
     row(C::Reduce, None, Ranks::From(4), ALL, Tree),
     row(C::Reduce, None, Ranks::Any, ALL, Ring),
 ];

@@ -16,8 +16,8 @@ fn check(comms: Vec<Communicator>, big: bool) {
 
 #[test]
 fn loopback_auto_algorithms() {
-    for p in SIZES {
-        check(Communicator::local_world(p, test_config()).unwrap(), true);
+    for p in 1..=9 {
+        check(Communicator::local_world(p, test_config()).unwrap(), p <= 5 || p == 8);
     }
 }
 
