@@ -2,7 +2,7 @@
 //! so it crosses each host boundary once, as one partial sum.
 //!
 //! Steps (p ranks on H hosts, host h with ranks G_h[0..L_h], blocks of n/p bytes): block b
-//! belongs to rank G_g[j]; on host h its aggregator is G_g[j] itself when h = g, else the
+//! belongs to rank `G_g[j]`; on host h its aggregator is `G_g[j]` itself when h = g, else the
 //! rank at local index j mod L_h (as in hierarchical all-gather).
 //! 1. Within the host: every rank sends each block to that block's aggregator on its host,
 //!    which reduces the L_h contributions (its own first, then by local index).
