@@ -1,8 +1,8 @@
 //! Choosing an algorithm for a call: apart from running it, so the rule is one place.
 //!
 //! A forced algorithm ([`Config::algorithms`]) always wins. Otherwise the first row of
-//! [`TABLE`] that matches the collective, the fabric, the world size and the message size
-//! picks. The table was measured on the 2-core development VM with every algorithm forced
+//! the table that matches the collective, the fabric, the world size and the message size
+//! picks (`TABLE` below). The table was measured on the 2-core development VM with every algorithm forced
 //! (`oxccl-bench --algo NAME --collective all` at 3, 4 and 8 ranks over shared memory and
 //! TCP, 8 B to 32 MiB; `benches/RESULTS.md` has the figures). In short:
 //!
