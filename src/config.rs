@@ -137,6 +137,23 @@ impl AlgoOverrides {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+
+    /// The overrides packed in one word (4 bits per collective: 0 for none, else the
+    /// algorithm's index in [`Algorithm::ALL`] plus one), for lock-free reads per call.
+    pub(crate) fn pack(&self) -> u64 {
+        self.map.iter().fold(0, |w, (&c, &a)| {
+            let i = Algorithm::ALL.iter().position(|&x| x == a).expect("a known algorithm") as u64 + 1;
+            w | (i << (4 * c as u64))
+        })
+    }
+
+    /// The override for `coll` in a word made by [`AlgoOverrides::pack`].
+    pub(crate) fn unpack(word: u64, coll: Collective) -> Option<Algorithm> {
+        match (word >> (4 * coll as u64)) & 0xf {
+            0 => None,
+            i => Algorithm::ALL.get(i as usize - 1).copied(),
+        }
+    }
 }
 
 /// How a communicator runs.

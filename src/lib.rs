@@ -43,6 +43,17 @@ pub use config::{Config, TransportKind};
 pub use error::{Error, ErrorKind, Result};
 pub use oxccl_algorithms::{Algorithm, Collective, DataType, Element, ReduceOp};
 
+/// The algorithms this build has for `coll`: what `--algo`, `OXCCL_ALGO` and
+/// [`Communicator::set_algorithms`] accept for it.
+///
+/// ```
+/// use oxccl::{algorithms_of, Algorithm, Collective};
+/// assert!(algorithms_of(Collective::AllGather).contains(&Algorithm::Bruck));
+/// ```
+pub fn algorithms_of(coll: Collective) -> &'static [Algorithm] {
+    oxccl_algorithms::registry::algorithms(coll)
+}
+
 /// Turns on `tracing` output as `OXCCL_DEBUG` asks: `WARN` (the default), `INFO`, `DEBUG`,
 /// `TRACE`, or a full `tracing` filter. Call once at start-up; later calls do nothing.
 pub fn init_logging() {

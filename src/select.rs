@@ -44,6 +44,8 @@ enum Ranks {
     From(usize),
     /// At most this many.
     UpTo(usize),
+    /// Not a power of two.
+    NotPowerOfTwo,
 }
 
 impl Ranks {
@@ -53,6 +55,7 @@ impl Ranks {
             Ranks::PowerOfTwoFrom(n) => p >= n && p.is_power_of_two(),
             Ranks::From(n) => p >= n,
             Ranks::UpTo(n) => p <= n,
+            Ranks::NotPowerOfTwo => !p.is_power_of_two(),
         }
     }
 }
@@ -85,15 +88,20 @@ use Fabric::*;
 const TABLE: &[Row] = &[
     // All-reduce (the small-message threshold is `Config::small_bytes` when set).
     row(C::AllReduce, Some(SharedMemory), Ranks::Any, 32 * K, RecursiveDoubling),
+    row(C::AllReduce, Some(SharedMemory), Ranks::PowerOfTwoFrom(4), 512 * K, HalvingDoubling),
     row(C::AllReduce, Some(SharedMemory), Ranks::Any, ALL, Direct),
     row(C::AllReduce, Some(MultiHost), Ranks::Any, 32 * K, RecursiveDoubling),
     row(C::AllReduce, Some(MultiHost), Ranks::Any, ALL, Hierarchical),
+    // Folding costs recursive doubling two extra steps when p is not a power of two; over
+    // sockets the double binary tree's pipelined halves win there.
+    row(C::AllReduce, Some(Network), Ranks::NotPowerOfTwo, 128 * K, Tree),
     row(C::AllReduce, None, Ranks::Any, 128 * K, RecursiveDoubling),
     row(C::AllReduce, None, Ranks::PowerOfTwoFrom(4), 8 * M, HalvingDoubling),
     row(C::AllReduce, None, Ranks::Any, ALL, Ring),
     // All-gather.
     row(C::AllGather, Some(MultiHost), Ranks::Any, ALL, Hierarchical),
     row(C::AllGather, Some(SharedMemory), Ranks::UpTo(3), 8 * K, RecursiveDoubling),
+    row(C::AllGather, Some(SharedMemory), Ranks::PowerOfTwoFrom(4), 32 * K, RecursiveDoubling),
     row(C::AllGather, Some(SharedMemory), Ranks::From(4), 32 * K, Bruck),
     row(C::AllGather, None, Ranks::UpTo(3), ALL, Ring),
     row(C::AllGather, None, Ranks::PowerOfTwoFrom(4), 8 * M, RecursiveDoubling),
@@ -109,6 +117,8 @@ const TABLE: &[Row] = &[
     row(C::AllToAll, Some(Network), Ranks::From(4), 32 * K, Bruck),
     row(C::AllToAll, None, Ranks::Any, ALL, Pairwise),
     // Broadcast and reduce.
+    row(C::Broadcast, Some(Network), Ranks::Any, 32 * K, Ring),
+    row(C::Broadcast, Some(SharedMemory), Ranks::Any, 32 * K, Tree),
     row(C::Broadcast, None, Ranks::From(4), ALL, Tree),
     row(C::Broadcast, None, Ranks::Any, ALL, Ring),
     // Up to 128 KiB a vector is one chunk, so the chain's p-1 hops are not pipelined.
@@ -117,9 +127,17 @@ const TABLE: &[Row] = &[
     row(C::Reduce, None, Ranks::Any, ALL, Ring),
 ];
 
-/// The algorithm for `coll` on `bytes` bytes in a world of `size` connected by `fabric`.
-pub fn choose(coll: Collective, bytes: usize, size: usize, fabric: Fabric, cfg: &Config) -> Algorithm {
-    if let Some(a) = cfg.algorithms.get(coll) {
+/// The algorithm for `coll` on `bytes` bytes in a world of `size` connected by `fabric`:
+/// `forced` if set, else the table's (with `cfg`'s small-message threshold).
+pub fn choose(
+    coll: Collective,
+    bytes: usize,
+    size: usize,
+    fabric: Fabric,
+    forced: Option<Algorithm>,
+    cfg: &Config,
+) -> Algorithm {
+    if let Some(a) = forced {
         return a;
     }
     // A configured small-message threshold replaces the table's recursive-doubling rows.
@@ -144,6 +162,10 @@ pub fn choose(coll: Collective, bytes: usize, size: usize, fabric: Fabric, cfg: 
 mod tests {
     use super::*;
 
+    fn pick(coll: Collective, bytes: usize, p: usize, fabric: Fabric, cfg: &Config) -> Algorithm {
+        choose(coll, bytes, p, fabric, cfg.algorithms.get(coll), cfg)
+    }
+
     #[test]
     fn every_collective_has_a_choice_that_it_implements() {
         let c = Config::default();
@@ -151,7 +173,7 @@ mod tests {
             for fabric in [SharedMemory, Network, MultiHost] {
                 for p in 1..=9 {
                     for bytes in [0, 8, 32 * K, 128 * K, M, 64 * M] {
-                        let a = choose(coll, bytes, p, fabric, &c);
+                        let a = pick(coll, bytes, p, fabric, &c);
                         assert!(
                             registry::algorithms(coll).is_empty() || registry::lookup(coll, a).is_some(),
                             "{coll} {fabric:?} p {p} {bytes} B: {a} is not implemented"
@@ -165,31 +187,35 @@ mod tests {
     #[test]
     fn table_rows_and_overrides() {
         let c = Config::default();
-        assert_eq!(choose(C::AllReduce, 8, 4, Network, &c), RecursiveDoubling);
-        assert_eq!(choose(C::AllReduce, 8, 4, SharedMemory, &c), RecursiveDoubling);
-        assert_eq!(choose(C::AllReduce, M, 4, Network, &c), HalvingDoubling);
-        assert_eq!(choose(C::AllReduce, M, 3, Network, &c), Ring);
-        assert_eq!(choose(C::AllReduce, 64 * M, 8, Network, &c), Ring);
-        assert_eq!(choose(C::AllReduce, M, 4, SharedMemory, &c), Direct);
-        assert_eq!(choose(C::AllReduce, M, 4, MultiHost, &c), Hierarchical);
-        assert_eq!(choose(C::AllGather, 8, 4, MultiHost, &c), Hierarchical);
-        assert_eq!(choose(C::ReduceScatter, 8, 4, MultiHost, &c), Hierarchical);
-        assert_eq!(choose(C::AllToAll, 8, 4, MultiHost, &c), Hierarchical);
-        assert_eq!(choose(C::AllToAll, M, 4, MultiHost, &c), Pairwise);
-        assert_eq!(choose(C::ReduceScatter, 8, 4, SharedMemory, &c), Direct);
-        assert_eq!(choose(C::ReduceScatter, 8, 8, Network, &c), HalvingDoubling);
-        assert_eq!(choose(C::AllGather, 8, 8, SharedMemory, &c), Bruck);
-        assert_eq!(choose(C::AllToAll, 8, 8, Network, &c), Bruck);
-        assert_eq!(choose(C::AllToAll, 8, 8, SharedMemory, &c), Pairwise);
-        assert_eq!(choose(C::Broadcast, 8, 8, Network, &c), Tree);
-        assert_eq!(choose(C::Broadcast, 8, 3, Network, &c), Ring);
+        assert_eq!(pick(C::AllReduce, 8, 4, Network, &c), RecursiveDoubling);
+        assert_eq!(pick(C::AllReduce, 8, 4, SharedMemory, &c), RecursiveDoubling);
+        assert_eq!(pick(C::AllReduce, M, 4, Network, &c), HalvingDoubling);
+        assert_eq!(pick(C::AllReduce, M, 3, Network, &c), Ring);
+        assert_eq!(pick(C::AllReduce, 64 * M, 8, Network, &c), Ring);
+        assert_eq!(pick(C::AllReduce, M, 4, SharedMemory, &c), Direct);
+        assert_eq!(pick(C::AllReduce, 256 * K, 4, SharedMemory, &c), HalvingDoubling);
+        assert_eq!(pick(C::AllReduce, M, 4, MultiHost, &c), Hierarchical);
+        assert_eq!(pick(C::AllGather, 8, 4, MultiHost, &c), Hierarchical);
+        assert_eq!(pick(C::ReduceScatter, 8, 4, MultiHost, &c), Hierarchical);
+        assert_eq!(pick(C::AllToAll, 8, 4, MultiHost, &c), Hierarchical);
+        assert_eq!(pick(C::AllToAll, M, 4, MultiHost, &c), Pairwise);
+        assert_eq!(pick(C::ReduceScatter, 8, 4, SharedMemory, &c), Direct);
+        assert_eq!(pick(C::ReduceScatter, 8, 8, Network, &c), HalvingDoubling);
+        assert_eq!(pick(C::AllGather, 8, 8, SharedMemory, &c), RecursiveDoubling);
+        assert_eq!(pick(C::AllGather, 8, 6, SharedMemory, &c), Bruck);
+        assert_eq!(pick(C::AllReduce, 8, 3, Network, &c), Tree);
+        assert_eq!(pick(C::AllToAll, 8, 8, Network, &c), Bruck);
+        assert_eq!(pick(C::AllToAll, 8, 8, SharedMemory, &c), Pairwise);
+        assert_eq!(pick(C::Broadcast, M, 8, Network, &c), Tree);
+        assert_eq!(pick(C::Broadcast, 8, 8, Network, &c), Ring);
+        assert_eq!(pick(C::Broadcast, 8, 3, Network, &c), Ring);
         let forced = Config::default().with_algorithm("ring").unwrap();
-        assert_eq!(choose(C::AllReduce, 8, 4, SharedMemory, &forced), Ring);
-        assert_eq!(choose(C::ReduceScatter, 8, 4, SharedMemory, &forced), Ring);
+        assert_eq!(pick(C::AllReduce, 8, 4, SharedMemory, &forced), Ring);
+        assert_eq!(pick(C::ReduceScatter, 8, 4, SharedMemory, &forced), Ring);
         let small = Config { small_bytes: Some(M), ..Config::default() };
-        assert_eq!(choose(C::AllReduce, M, 4, SharedMemory, &small), RecursiveDoubling);
-        assert_eq!(choose(C::AllReduce, 2 * M, 4, SharedMemory, &small), Direct);
-        assert_eq!(choose(C::AllReduce, 64 * K, 4, Network, &small), RecursiveDoubling);
-        assert_eq!(choose(C::AllReduce, 2 * M, 4, Network, &small), HalvingDoubling);
+        assert_eq!(pick(C::AllReduce, M, 4, SharedMemory, &small), RecursiveDoubling);
+        assert_eq!(pick(C::AllReduce, 2 * M, 4, SharedMemory, &small), Direct);
+        assert_eq!(pick(C::AllReduce, 64 * K, 4, Network, &small), RecursiveDoubling);
+        assert_eq!(pick(C::AllReduce, 2 * M, 4, Network, &small), HalvingDoubling);
     }
 }

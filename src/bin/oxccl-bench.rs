@@ -19,7 +19,7 @@ use half::{bf16, f16};
 use oxccl::bootstrap::env::LaunchEnv;
 use oxccl::check::{self, CheckElem};
 use oxccl::config::{parse_bytes, AlgoOverrides, TransportKind};
-use oxccl::{Collective, Communicator, Config, DataType, ReduceOp};
+use oxccl::{Algorithm, Collective, Communicator, Config, DataType, ReduceOp};
 
 /// Collective bandwidth benchmark (nccl-tests' columns).
 #[derive(Parser, Debug, Clone)]
@@ -58,6 +58,11 @@ struct Args {
     /// Force an algorithm (as OXCCL_ALGO: a name, or COLLECTIVE:NAME;...).
     #[arg(long)]
     algo: Option<String>,
+    /// Compare algorithms in one run: at each size, each of these (comma-separated names,
+    /// `auto` for the automatic choice) in turn, one row each, the algorithm last on the row.
+    /// Names a collective does not have are skipped for it.
+    #[arg(long, value_delimiter = ',')]
+    compare: Vec<String>,
     /// tcp, shm or auto.
     #[arg(long)]
     transport: Option<String>,
@@ -298,6 +303,39 @@ fn count_wrong<T: CheckElem>(
     }
 }
 
+/// Times one size out of place and in place (the slowest rank's mean per iteration) and
+/// counts wrong elements when checking.
+fn measure<T: CheckElem>(
+    comm: &Communicator,
+    args: &Args,
+    coll: Collective,
+    b: &mut Bufs<T>,
+    op: ReduceOp,
+) -> oxccl::Result<([f64; 2], [u64; 2])> {
+    let mut times = [0f64; 2];
+    let mut wrong = [0u64; 2];
+    for (k, in_place) in [false, true].into_iter().enumerate() {
+        fill(comm, coll, b, op, args.root, in_place);
+        for _ in 0..args.warmup {
+            run_once(comm, coll, b, op, args.root, in_place)?;
+        }
+        comm.barrier()?;
+        let t0 = Instant::now();
+        for _ in 0..args.iters {
+            run_once(comm, coll, b, op, args.root, in_place)?;
+        }
+        times[k] = t0.elapsed().as_secs_f64() / args.iters.max(1) as f64;
+        if args.check != 0 {
+            fill(comm, coll, b, op, args.root, in_place);
+            run_once(comm, coll, b, op, args.root, in_place)?;
+            wrong[k] = count_wrong(comm, coll, b, op, args.root, in_place) as u64;
+        }
+    }
+    comm.all_reduce(&mut times, ReduceOp::Max)?;
+    comm.all_reduce(&mut wrong, ReduceOp::Sum)?;
+    Ok((times, wrong))
+}
+
 fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: ReduceOp) -> oxccl::Result<usize> {
     let (r, p) = (comm.rank(), comm.size());
     let reduces = matches!(coll, Collective::AllReduce | Collective::ReduceScatter | Collective::Reduce);
@@ -310,6 +348,11 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
     };
     if r == 0 {
         let forced = comm.config().algorithms.get(coll);
+        let algo_label = if args.compare.is_empty() {
+            forced.map(|a| a.name().to_string()).unwrap_or_else(|| "auto".into())
+        } else {
+            format!("compare {}", args.compare.join(","))
+        };
         println!(
             "# oxccl-bench {}: {} ranks over {}, type {}, op {}, iters {}, warmup {}, check {}, algorithm {}",
             coll,
@@ -320,7 +363,7 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
             args.iters,
             args.warmup,
             args.check,
-            forced.map(|a| a.name().to_string()).unwrap_or_else(|| "auto".into()),
+            algo_label,
         );
         println!("#");
         println!("#                                                              out-of-place                       in-place          ");
@@ -331,32 +374,47 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
     let mut bus_n = 0usize;
     let mut wrong_total = 0usize;
     let mut bytes = args.min_bytes.max(1);
+    // Compare mode: the algorithms this collective has (and `auto`), else one unnamed run.
+    let variants: Vec<Option<String>> = if args.compare.is_empty() {
+        vec![None]
+    } else {
+        args.compare
+            .iter()
+            .filter(|n| {
+                n.as_str() == "auto" || Algorithm::parse(n).is_some_and(|a| oxccl::algorithms_of(coll).contains(&a))
+            })
+            .map(|n| Some(n.clone()))
+            .collect()
+    };
+    // Compare mode measures every variant twice, interleaved, and keeps each one's best:
+    // on a busy machine the first runs after a size change pay for fresh buffers.
+    let rounds = if args.compare.is_empty() { 1 } else { 2 };
     while bytes <= args.max_bytes {
         let mut b = Bufs::<T>::new(coll, bytes, p);
         let size = b.total * T::DTYPE.size();
-        let mut times = [0f64; 2];
-        let mut wrong = [0u64; 2];
-        for (k, in_place) in [false, true].into_iter().enumerate() {
-            fill(comm, coll, &mut b, op, args.root, in_place);
-            for _ in 0..args.warmup {
-                run_once(comm, coll, &mut b, op, args.root, in_place)?;
-            }
-            comm.barrier()?;
-            let t0 = Instant::now();
-            for _ in 0..args.iters {
-                run_once(comm, coll, &mut b, op, args.root, in_place)?;
-            }
-            times[k] = t0.elapsed().as_secs_f64() / args.iters.max(1) as f64;
-            if args.check != 0 {
-                fill(comm, coll, &mut b, op, args.root, in_place);
-                run_once(comm, coll, &mut b, op, args.root, in_place)?;
-                wrong[k] = count_wrong(comm, coll, &b, op, args.root, in_place) as u64;
+        let mut results = vec![([f64::INFINITY; 2], [0u64; 2]); variants.len()];
+        for _ in 0..rounds {
+            for (v, variant) in variants.iter().enumerate() {
+                if let Some(name) = variant {
+                    let spec = if name == "auto" { "auto".to_string() } else { format!("{coll}:{name}") };
+                    comm.set_algorithms(&spec)?;
+                }
+                let (times, wrong) = measure(comm, args, coll, &mut b, op)?;
+                let best = &mut results[v];
+                for k in 0..2 {
+                    best.0[k] = best.0[k].min(times[k]);
+                    best.1[k] = best.1[k].max(wrong[k]);
+                }
             }
         }
-        comm.all_reduce(&mut times, ReduceOp::Max)?;
-        comm.all_reduce(&mut wrong, ReduceOp::Sum)?;
-        wrong_total += (wrong[0] + wrong[1]) as usize;
-        if r == 0 {
+        if !args.compare.is_empty() {
+            comm.set_algorithms("auto")?;
+        }
+        for (variant, (times, wrong)) in variants.iter().zip(results) {
+            wrong_total += (wrong[0] + wrong[1]) as usize;
+            if r != 0 {
+                continue;
+            }
             let mut line = format!(
                 "{:>12}  {:>12}  {:>8}  {:>6}  {:>6}",
                 size,
@@ -372,6 +430,13 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
                 bus_n += 1;
                 let w = if args.check != 0 { wrong[k].to_string() } else { "N/A".into() };
                 line.push_str(&format!("  {:>7.2}  {:>6.3}  {:>6.3}  {:>5}", times[k] * 1e6, algbw, busbw, w));
+            }
+            if let Some(name) = variant {
+                if name == "auto" {
+                    line.push_str(&format!("  auto({})", comm.algorithm_for(coll, size)));
+                } else {
+                    line.push_str(&format!("  {name}"));
+                }
             }
             println!("{line}");
         }

@@ -5,6 +5,7 @@ pub use raw::RawP2p;
 mod split;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bootstrap::env::{LaunchEnv, StoreHost};
 use crate::bootstrap::tcp_store::{TcpStore, TcpStoreServer};
-use crate::config::{Config, TransportKind};
+use crate::config::{AlgoOverrides, Config, TransportKind};
 use crate::error::{Error, Result};
 use crate::select::{self, Fabric};
 use crate::UniqueId;
@@ -67,6 +68,9 @@ pub struct Communicator {
     caps: Capabilities,
     /// What connects the ranks, as algorithm choice sees it (set with the hosts).
     fabric: Fabric,
+    /// Forced algorithms (`AlgoOverrides::pack`): the configuration's, changed by
+    /// [`Communicator::set_algorithms`].
+    forced: AtomicU64,
     reducer: HostReducer,
     state: Mutex<State>,
     /// How to build new connections (for `split`); `None` for communicators over a
@@ -233,12 +237,14 @@ impl Communicator {
             config,
             caps: net.capabilities(),
             fabric: Fabric::Network,
+            forced: AtomicU64::new(0),
             net,
             reducer: HostReducer::new(),
             state: Mutex::new(State { seq: 0, poisoned: None, p2p_sent: vec![0; size], p2p_received: vec![0; size] }),
             boot,
         };
         c.fabric = c.fabric();
+        c.forced = AtomicU64::new(c.config.algorithms.pack());
         c
     }
 
@@ -370,9 +376,31 @@ impl Communicator {
         self.lock().poisoned.clone()
     }
 
+    /// Forces algorithms from now on, as `OXCCL_ALGO` does at start (`ring`, or
+    /// `all_reduce:tree;all_gather:bruck`); an empty spec or `auto` lets the selection table
+    /// choose again. Takes effect for the next call; every rank must make the same change
+    /// between the same two calls (ranks running different algorithms fail with a mismatch).
+    ///
+    /// ```
+    /// # use oxccl::{Communicator, Config, Collective};
+    /// let comms = Communicator::local_world(1, Config::default()).unwrap();
+    /// comms[0].set_algorithms("all_reduce:tree").unwrap();
+    /// assert_eq!(comms[0].algorithm_for(Collective::AllReduce, 1 << 20).name(), "tree");
+    /// comms[0].set_algorithms("auto").unwrap();
+    /// ```
+    pub fn set_algorithms(&self, spec: &str) -> Result<()> {
+        let o = if spec.trim() == "auto" { AlgoOverrides::default() } else { AlgoOverrides::parse(spec)? };
+        self.forced.store(o.pack(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn forced(&self, coll: Collective) -> Option<Algorithm> {
+        AlgoOverrides::unpack(self.forced.load(Ordering::Relaxed), coll)
+    }
+
     /// The algorithm a collective of `bytes` bytes would use now.
     pub fn algorithm_for(&self, coll: Collective, bytes: usize) -> Algorithm {
-        select::choose(coll, bytes, self.size, self.fabric, &self.config)
+        select::choose(coll, bytes, self.size, self.fabric, self.forced(coll), &self.config)
     }
 
     /// What connects the ranks, from the hosts and the transport.
@@ -442,7 +470,7 @@ impl Communicator {
     /// Runs one collective with the algorithm the configuration or the size picks.
     fn run(&self, coll: Collective, args: CollArgs) -> Result<()> {
         let bytes = args.count.saturating_mul(args.dtype.size());
-        let algo = select::choose(coll, bytes, self.size, self.fabric, &self.config);
+        let algo = select::choose(coll, bytes, self.size, self.fabric, self.forced(coll), &self.config);
         let f =
             registry::lookup(coll, algo).ok_or_else(|| Error::internal(format!("{coll} has no {algo} algorithm")))?;
         self.execute(coll, |ctx| f(ctx, &args))
