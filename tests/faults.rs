@@ -104,6 +104,84 @@ fn mismatched_counts_are_detected() {
     }
 }
 
+/// Two ranks make calls that move the same bytes but mean different things: the
+/// fingerprint in every tag turns each into a mismatch naming both calls, on both ranks.
+#[test]
+fn same_bytes_different_meaning_is_a_mismatch_naming_both_calls() {
+    type Call = Box<dyn Fn(&Communicator) -> oxccl::Result<()> + Sync>;
+    let cases: Vec<(&str, Call, Call, [&str; 2])> = vec![
+        (
+            "element type",
+            Box::new(|c| c.all_reduce(&mut vec![1f32; 1000], ReduceOp::Sum)),
+            Box::new(|c| c.all_reduce(&mut vec![1i32; 1000], ReduceOp::Sum)),
+            ["(float, sum, 1000 elements)", "(int32, sum, 1000 elements)"],
+        ),
+        (
+            "operator",
+            Box::new(|c| c.all_reduce(&mut vec![1f32; 1000], ReduceOp::Sum)),
+            Box::new(|c| c.all_reduce(&mut vec![1f32; 1000], ReduceOp::Max)),
+            ["(float, sum, 1000 elements)", "(float, max, 1000 elements)"],
+        ),
+        (
+            "count at equal bytes",
+            Box::new(|c| c.all_reduce(&mut vec![1f32; 1000], ReduceOp::Sum)),
+            Box::new(|c| c.all_reduce(&mut vec![1f64; 500], ReduceOp::Sum)),
+            ["(float, sum, 1000 elements)", "(double, sum, 500 elements)"],
+        ),
+    ];
+    for (what, call0, call1, names) in &cases {
+        for (name, comms) in worlds(2, short(10_000)) {
+            let start = Instant::now();
+            let (a, b) = std::thread::scope(|s| {
+                let h0 = s.spawn(|| call0(&comms[0]));
+                let h1 = s.spawn(|| call1(&comms[1]));
+                (h0.join().unwrap(), h1.join().unwrap())
+            });
+            assert!(start.elapsed() < Duration::from_secs(5), "{what} over {name}: took {:?}", start.elapsed());
+            let (Err(a), Err(b)) = (a, b) else { panic!("{what} over {name}: a call succeeded") };
+            for e in [&a, &b] {
+                assert!(matches!(e.kind(), ErrorKind::InvalidUsage | ErrorKind::Remote), "{what} over {name}: {e}");
+            }
+            let both = format!("{a} / {b}");
+            assert!(a.kind() == ErrorKind::InvalidUsage || b.kind() == ErrorKind::InvalidUsage, "{both}");
+            for n in names {
+                assert!(both.contains(n), "{what} over {name}: no '{n}' in: {both}");
+            }
+        }
+    }
+}
+
+/// Ranks that disagree on the root: a message meant for another root's tree fails the rank
+/// that receives it with both calls named (at the latest in the next call, which runs into
+/// the stray message), and no rank goes on as if nothing happened. (Two ranks that both
+/// believe they are the root only send: that shows in the next call, or at the timeout.)
+#[test]
+fn disagreeing_roots_are_a_mismatch() {
+    for (name, comms) in worlds(3, short(10_000)) {
+        let results: Vec<oxccl::Result<()>> = std::thread::scope(|s| {
+            let hs: Vec<_> = comms
+                .iter()
+                .map(|c| {
+                    s.spawn(move || {
+                        let root = if c.rank() == 2 { 1 } else { 0 };
+                        c.broadcast(&mut vec![1u8; 64], root)?;
+                        c.barrier()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(results.iter().all(|r| r.is_err()), "{name}: {results:?}");
+        let text: Vec<String> = results.iter().map(|r| r.as_ref().unwrap_err().to_string()).collect();
+        // Which message shows the disagreement first depends on the tree; it names a
+        // broadcast with its root and the call it ran into.
+        let named = text
+            .iter()
+            .any(|t| t.contains("mismatched") && t.contains("= broadcast #1 step 0 (uint8, 64 elements, root "));
+        assert!(named, "{name}: {text:?}");
+    }
+}
+
 #[test]
 fn bad_arguments_are_invalid_argument_never_a_panic() {
     let comms = Communicator::local_world(3, short(1000)).unwrap();

@@ -141,14 +141,32 @@ pub struct Ctx<'a> {
     /// The host of every rank (`hosts[r]`, numbered from 0 in order of first appearance);
     /// empty when unknown. Hierarchical algorithms group ranks by it.
     pub hosts: &'a [usize],
+    /// What every rank must agree on besides the collective and its sequence number (see
+    /// [`fingerprint`]); part of every tag.
+    pub fingerprint: u64,
+}
+
+/// The fingerprint of a call: the low 32 bits of the element count, the element type, the
+/// operator (reducing collectives) and the root (rooted ones), packed in 64 bits. It rides
+/// in the high half of every tag, so ranks that disagree on any of them fail with a
+/// mismatch naming both calls (`describe_tag` spells a fingerprint out) instead of
+/// exchanging bytes of the right length and the wrong meaning.
+pub fn fingerprint(coll: Collective, count: usize, dtype: DataType, op: ReduceOp, root: usize) -> u64 {
+    let reduces = matches!(coll, Collective::AllReduce | Collective::ReduceScatter | Collective::Reduce);
+    let rooted = matches!(coll, Collective::Broadcast | Collective::Reduce);
+    let op = if reduces { ReduceOp::ALL.iter().position(|&o| o == op).map_or(0, |i| i as u64 + 1) } else { 0 };
+    let root = if rooted { (root as u64 & 0xffff) + 1 } else { 0 };
+    (count as u64 & 0xffff_ffff) | ((dtype as u64 & 0xff) << 32) | (op << 40) | (root << 48)
 }
 
 impl Ctx<'_> {
     /// The tag of step `step` of this call: 40 bits of sequence number, 8 of collective, 16 of
-    /// step, so a message of another call or collective fails the receiver's tag check.
+    /// step, and above them the call's fingerprint, so a message of another call, collective
+    /// or signature fails the receiver's tag check.
     pub fn tag(&self, step: usize) -> Tag {
         // Layout known to `describe_tag`.
-        Tag(((self.seq & ((1 << 40) - 1)) << 24) | ((self.collective as u64) << 16) | (step as u64 & 0xffff))
+        let low = ((self.seq & ((1 << 40) - 1)) << 24) | ((self.collective as u64) << 16) | (step as u64 & 0xffff);
+        Tag(((self.fingerprint as u128) << 64) | low as u128)
     }
 
     /// Posts a send of `buf` to `peer` at `step`.
@@ -205,14 +223,32 @@ impl Ctx<'_> {
 }
 
 /// What a tag made by [`Ctx::tag`] stands for, such as `all_reduce #17 step 2`.
-pub fn describe_tag(tag: u64) -> String {
-    let (seq, kind, step) = (tag >> 24, (tag >> 16) & 0xff, tag & 0xffff);
+pub fn describe_tag(tag: u128) -> String {
+    let (fp, low) = ((tag >> 64) as u64, tag as u64);
+    let (seq, kind, step) = (low >> 24, (low >> 16) & 0xff, low & 0xffff);
     let all = Collective::ALL.iter().chain(&[Collective::SendRecv, Collective::AllToAllV, Collective::Split]);
-    match all.copied().find(|c| *c as u64 == kind) {
+    let call = match all.copied().find(|c| *c as u64 == kind) {
         Some(Collective::SendRecv) => format!("send/recv message #{seq} of this pair"),
         Some(c) => format!("{c} #{seq} step {step}"),
         None => format!("unknown kind {kind} #{seq} step {step}"),
+    };
+    if fp == 0 {
+        return call;
     }
+    let mut parts = Vec::new();
+    let dtype = (fp >> 32) & 0xff;
+    match DataType::ALL.iter().find(|d| **d as u64 == dtype) {
+        Some(d) => parts.push(d.name().to_string()),
+        None => parts.push(format!("type {dtype}")),
+    }
+    if let Some(op) = ((fp >> 40) & 0xff).checked_sub(1).and_then(|i| ReduceOp::ALL.get(i as usize)) {
+        parts.push(op.name().to_string());
+    }
+    parts.push(format!("{} elements", fp & 0xffff_ffff));
+    if let Some(root) = (fp >> 48).checked_sub(1) {
+        parts.push(format!("root {root}"));
+    }
+    format!("{call} ({})", parts.join(", "))
 }
 
 /// Appends to a message what every `tag 0x...` in it stands for, so a mismatch reads as the
@@ -221,7 +257,7 @@ pub fn explain_tags(msg: &str) -> String {
     let mut notes = Vec::new();
     for (i, _) in msg.match_indices("tag 0x") {
         let hex: String = msg[i + 6..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
-        if let Ok(t) = u64::from_str_radix(&hex, 16) {
+        if let Ok(t) = u128::from_str_radix(&hex, 16) {
             let note = format!("0x{hex} = {}", describe_tag(t));
             if !notes.contains(&note) {
                 notes.push(note);

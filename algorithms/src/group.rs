@@ -46,6 +46,7 @@ impl<'a> GroupNet<'a> {
             pipeline_depth: ctx.pipeline_depth,
             recv_sink: ctx.recv_sink,
             hosts: &[],
+            fingerprint: ctx.fingerprint,
         }
     }
 }

@@ -263,7 +263,7 @@ impl Communicator {
             op: ReduceOp::Sum,
             root: 0,
         };
-        let ctx = self.ctx(Collective::AllGather, 0, deadline);
+        let ctx = self.ctx(Collective::AllGather, 0, deadline, 0);
         let r = oxccl_algorithms::all_gather::ring::run(&ctx, &args);
         r.map_err(|e| {
             let e = e.in_collective("init", 0).on_rank(self.rank);
@@ -420,7 +420,7 @@ impl Communicator {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn ctx(&self, collective: Collective, seq: u64, deadline: Instant) -> Ctx<'_> {
+    fn ctx(&self, collective: Collective, seq: u64, deadline: Instant, fingerprint: u64) -> Ctx<'_> {
         Ctx {
             net: &*self.net,
             reducer: &self.reducer,
@@ -433,6 +433,7 @@ impl Communicator {
             pipeline_depth: self.config.pipeline_depth,
             recv_sink: self.caps.recv_sink,
             hosts: &self.hosts,
+            fingerprint,
         }
     }
 
@@ -446,15 +447,16 @@ impl Communicator {
     }
 
     /// Runs one collective: numbers it, runs `body` under the deadline, checks nothing was
-    /// left pending, and poisons the communicator on failure.
-    fn execute(&self, coll: Collective, body: impl FnOnce(&Ctx<'_>) -> Result<()>) -> Result<()> {
+    /// left pending, and poisons the communicator on failure. `fingerprint` (see
+    /// [`oxccl_algorithms::ctx::fingerprint`]) goes into every tag of the call.
+    fn execute(&self, coll: Collective, fingerprint: u64, body: impl FnOnce(&Ctx<'_>) -> Result<()>) -> Result<()> {
         let mut st = self.lock();
         if let Some(e) = &st.poisoned {
             return Err(e.clone());
         }
         st.seq += 1;
         let seq = st.seq;
-        let ctx = self.ctx(coll, seq, Instant::now() + self.config.timeout);
+        let ctx = self.ctx(coll, seq, Instant::now() + self.config.timeout, fingerprint);
         let mut guard = FailOnUnwind { net: &*self.net, armed: true };
         let mut r = body(&ctx);
         if r.is_ok() && self.net.pending() != 0 {
@@ -473,7 +475,8 @@ impl Communicator {
         let algo = select::choose(coll, bytes, self.size, self.fabric, self.forced(coll), &self.config);
         let f =
             registry::lookup(coll, algo).ok_or_else(|| Error::internal(format!("{coll} has no {algo} algorithm")))?;
-        self.execute(coll, |ctx| f(ctx, &args))
+        let fp = oxccl_algorithms::ctx::fingerprint(coll, args.count, args.dtype, args.op, args.root);
+        self.execute(coll, fp, |ctx| f(ctx, &args))
     }
 
     fn bad(&self, coll: Collective, msg: String) -> Error {
@@ -687,7 +690,7 @@ impl Communicator {
     }
 
     fn p2p_tag(counter: u64) -> Tag {
-        Tag(((counter & ((1 << 40) - 1)) << 24) | ((Collective::SendRecv as u64) << 16))
+        Tag((((counter & ((1 << 40) - 1)) << 24) | ((Collective::SendRecv as u64) << 16)) as u128)
     }
 
     fn check_peer(&self, what: &'static str, peer: usize) -> Result<()> {

@@ -203,7 +203,9 @@ impl Communicator {
         }
         let sl = Layout { counts: send_counts, displs: send_displs };
         let rl = Layout { counts: recv_counts, displs: recv_displs };
-        self.execute(c, |ctx| pairwise_v::run(ctx, s, sl, r, rl, dtype))
+        // Counts differ per peer: the fingerprint holds the element type only.
+        let fp = oxccl_algorithms::ctx::fingerprint(c, 0, dtype, ReduceOp::Sum, 0);
+        self.execute(c, fp, |ctx| pairwise_v::run(ctx, s, sl, r, rl, dtype))
     }
 
     /// Broadcast of `count` elements from `root`'s `send` into every rank's `recv`; `send`

@@ -54,7 +54,7 @@ impl Communicator {
             root: 0,
         };
         let seq = self.next_seq();
-        self.execute(Collective::Split, |ctx| oxccl_algorithms::all_gather::ring::run(ctx, &args))?;
+        self.execute(Collective::Split, 0, |ctx| oxccl_algorithms::all_gather::ring::run(ctx, &args))?;
         let Some(color) = color else { return Ok(None) };
         let mut members: Vec<(i64, usize)> =
             (0..self.size).filter(|&j| all[2 * j] == u64::from(color)).map(|j| (all[2 * j + 1] as i64, j)).collect();

@@ -8,10 +8,12 @@ use crate::region::{Region, RegionMut};
 
 /// A message tag. Transports match the tag of each arriving message against the tag of the
 /// receive it lands in and fail both sides when they differ, so mismatched collectives become
-/// an error instead of corrupted data. The layout of the 64 bits is the caller's business;
-/// oxccl's algorithms put the collective's sequence number, kind and step in it.
+/// an error instead of corrupted data. The layout of the 128 bits is the caller's business;
+/// oxccl's algorithms put the collective's sequence number, kind and step in the low 64 and
+/// a fingerprint of the call (element type, count, operator, root) in the high 64, so ranks
+/// that disagree on any of them fail instead of exchanging bytes that happen to fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Tag(pub u64);
+pub struct Tag(pub u128);
 
 impl fmt::Display for Tag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

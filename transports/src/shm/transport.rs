@@ -6,9 +6,9 @@
 //! sender's doorbell so a sender waiting for space goes on. Waiters spin briefly, then sleep
 //! on their own doorbell (see [`super::doorbell`]), so oversubscribed ranks yield their core.
 //!
-//! Slot format: `sequence u64 | tag u64 | message length u64 | offset u64 | chunk length u32 |
-//! flags u32 | data` (the sequence word is the FIFO's; up to 24 bytes of data share the
-//! first cache line with it, so a small message costs the receiver one line transfer).
+//! Slot format: `sequence u64 | tag u128 | message length u64 | offset u64 | chunk length
+//! u32 | flags u32 | data` (the sequence word is the FIFO's; up to 16 bytes of data share
+//! the first cache line with it, so a small message costs the receiver one line transfer).
 //! The receiver checks tag, length and offset against the receive it posted; a difference
 //! fails both sides (mismatched calls). A rank that fails raises the flag in its control
 //! block and rings every peer, so peers blocked on it report it at once; a rank that dies
@@ -33,7 +33,7 @@ use crate::sink::Sink;
 use crate::store::Store;
 use crate::transport::{Capabilities, ReqId, Tag, Transport};
 
-const SLOT_HEADER: usize = 32;
+const SLOT_HEADER: usize = 40;
 
 /// Settings of the shared-memory transport.
 #[derive(Debug, Clone)]
@@ -73,6 +73,38 @@ fn fifo_header_bytes() -> usize {
 const FLAG_SINGLE_COPY: u32 = 1;
 const PROBE_MAGIC: u64 = 0x6f78_6363_6c5f_636d;
 
+/// Writes a slot header.
+///
+/// # Safety
+/// `slot` points at at least `SLOT_HEADER` writable bytes.
+unsafe fn write_header(slot: *mut u8, tag: Tag, len: u64, off: u64, chunk: u32, flags: u32) {
+    // SAFETY: as the caller promised; unaligned writes need no alignment.
+    unsafe {
+        (slot as *mut u128).write_unaligned(tag.0);
+        (slot.add(16) as *mut u64).write_unaligned(len);
+        (slot.add(24) as *mut u64).write_unaligned(off);
+        (slot.add(32) as *mut u32).write_unaligned(chunk);
+        (slot.add(36) as *mut u32).write_unaligned(flags);
+    }
+}
+
+/// Reads a slot header: `(tag, len, off, chunk, flags)`.
+///
+/// # Safety
+/// `slot` points at at least `SLOT_HEADER` readable bytes.
+unsafe fn read_header(slot: *const u8) -> (Tag, u64, u64, u64, u32) {
+    // SAFETY: as the caller promised; unaligned reads need no alignment.
+    unsafe {
+        (
+            Tag((slot as *const u128).read_unaligned()),
+            (slot.add(16) as *const u64).read_unaligned(),
+            (slot.add(24) as *const u64).read_unaligned(),
+            (slot.add(32) as *const u32).read_unaligned() as u64,
+            (slot.add(36) as *const u32).read_unaligned(),
+        )
+    }
+}
+
 /// Fills a FIFO slot's payload with a header and `chunk` bytes of a message (from `src`,
 /// which points at the message's first byte).
 ///
@@ -82,12 +114,7 @@ const PROBE_MAGIC: u64 = 0x6f78_6363_6c5f_636d;
 unsafe fn write_slot(slot: *mut u8, tag: Tag, len: usize, off: usize, src: *const u8, chunk: usize) {
     // SAFETY: as the caller promised.
     unsafe {
-        let h = slot as *mut u64;
-        h.write_unaligned(tag.0);
-        h.add(1).write_unaligned(len as u64);
-        h.add(2).write_unaligned(off as u64);
-        (slot.add(24) as *mut u32).write_unaligned(chunk as u32);
-        (slot.add(28) as *mut u32).write_unaligned(0);
+        write_header(slot, tag, len as u64, off as u64, chunk as u32, 0);
         std::ptr::copy_nonoverlapping(src.add(off), slot.add(SLOT_HEADER), chunk);
     }
 }
@@ -449,17 +476,12 @@ impl ShmTransport {
                 if op.off == 0 && single_min.is_some_and(|m| op.len >= m) {
                     // Announce the buffer; the receiver copies it with process_vm_readv and
                     // acknowledges, which completes the send.
-                    let (tag, len, addr) = (op.tag.0, op.len as u64, op.ptr as u64);
+                    let (tag, len, addr) = (op.tag, op.len as u64, op.ptr as u64);
                     let ok = fifo.try_push(|slot| {
                         // SAFETY: the slot has `slot_bytes` (at least 128) bytes in the peer's
                         // mapping and is ours until published.
                         unsafe {
-                            let h = slot as *mut u64;
-                            h.write_unaligned(tag);
-                            h.add(1).write_unaligned(len);
-                            h.add(2).write_unaligned(0);
-                            (slot.add(24) as *mut u32).write_unaligned(0);
-                            (slot.add(28) as *mut u32).write_unaligned(FLAG_SINGLE_COPY);
+                            write_header(slot, tag, len, 0, 0, FLAG_SINGLE_COPY);
                             (slot.add(SLOT_HEADER) as *mut u64).write_unaligned(addr);
                         }
                     });
@@ -519,20 +541,11 @@ impl ShmTransport {
                 let may_read = self.single_copy[peer];
                 let r = fifo.peek(|slot| {
                     // SAFETY: a published slot of `slot_bytes` bytes in our own mapping.
-                    let (tag, len, off, chunk, flags) = unsafe {
-                        let h = slot as *const u64;
-                        (
-                            h.read_unaligned(),
-                            h.add(1).read_unaligned(),
-                            h.add(2).read_unaligned(),
-                            (slot.add(24) as *const u32).read_unaligned() as u64,
-                            (slot.add(28) as *const u32).read_unaligned(),
-                        )
-                    };
-                    if Tag(tag) != op.tag || len != op.len as u64 || off != op.off as u64 || chunk as usize > data || off + chunk > len {
+                    let (tag, len, off, chunk, flags) = unsafe { read_header(slot) };
+                    if tag != op.tag || len != op.len as u64 || off != op.off as u64 || chunk as usize > data || off + chunk > len {
                         return Err(Error::invalid_usage(format!(
                             "mismatched calls: message with tag {} of {len} bytes (part at {off}) arrived where tag {} of {} bytes (at {}) was expected",
-                            Tag(tag), op.tag, op.len, op.off
+                            tag, op.tag, op.len, op.off
                         ))
                         .with_peer(peer));
                     }
@@ -915,11 +928,11 @@ mod tests {
                         let mut reqs = vec![];
                         for (p, g) in got.iter_mut().enumerate().filter(|(p, _)| *p != r) {
                             // SAFETY: `got` outlives the waits.
-                            reqs.push(t.post_recv(p, Tag(len as u64), unsafe { RegionMut::from_slice(g) }).unwrap());
+                            reqs.push(t.post_recv(p, Tag(len as u128), unsafe { RegionMut::from_slice(g) }).unwrap());
                         }
                         for p in (0..3).filter(|&p| p != r) {
                             // SAFETY: `send` outlives the waits.
-                            reqs.push(t.post_send(p, Tag(len as u64), unsafe { Region::from_slice(&send) }).unwrap());
+                            reqs.push(t.post_send(p, Tag(len as u128), unsafe { Region::from_slice(&send) }).unwrap());
                         }
                         t.wait_all(&reqs, Instant::now() + Duration::from_secs(10)).unwrap();
                         for (p, g) in got.iter().enumerate().filter(|(p, _)| *p != r) {

@@ -3,13 +3,13 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic "OXFR"
-//!      4     1  version (1)
+//!      4     1  version (2)
 //!      5     1  kind (1 = data)
 //!      6     2  part index (striping across connections)
 //!      8     4  sequence number of this frame on this connection
 //!     12     4  reserved, zero
-//!     16     8  tag
-//!     24     8  length of the payload that follows, in bytes
+//!     16    16  tag
+//!     32     8  length of the payload that follows, in bytes
 //! ```
 //! All integers are little-endian. A receiver checks every field against the receive it
 //! posted, so a lying or corrupted header can neither overrun a buffer nor go unnoticed.
@@ -18,9 +18,9 @@ use crate::error::{Error, Result};
 use crate::transport::Tag;
 
 /// Bytes in a frame header.
-pub const HEADER_LEN: usize = 32;
+pub const HEADER_LEN: usize = 40;
 const MAGIC: [u8; 4] = *b"OXFR";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// The kind of a data frame.
 pub const KIND_DATA: u8 = 1;
 /// The kind of a rank's last words: it failed, and says why (see [`encode_last_words`]).
@@ -71,8 +71,8 @@ impl FrameHeader {
         b[5] = self.kind;
         b[6..8].copy_from_slice(&self.part.to_le_bytes());
         b[8..12].copy_from_slice(&self.seq.to_le_bytes());
-        b[16..24].copy_from_slice(&self.tag.0.to_le_bytes());
-        b[24..32].copy_from_slice(&self.len.to_le_bytes());
+        b[16..32].copy_from_slice(&self.tag.0.to_le_bytes());
+        b[32..40].copy_from_slice(&self.len.to_le_bytes());
         b
     }
 
@@ -95,8 +95,8 @@ impl FrameHeader {
             kind: b[5],
             part: u16::from_le_bytes([b[6], b[7]]),
             seq: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
-            tag: Tag(u64_at(16)),
-            len: u64_at(24),
+            tag: Tag(u128::from_le_bytes(b[16..32].try_into().expect("16 bytes"))),
+            len: u64_at(32),
         })
     }
 
@@ -130,18 +130,24 @@ mod tests {
 
     #[test]
     fn roundtrip_and_rejections() {
-        let h = FrameHeader { kind: KIND_DATA, part: 3, seq: 9, tag: Tag(0xabc), len: 1 << 40 };
+        let h = FrameHeader { kind: KIND_DATA, part: 3, seq: 9, tag: Tag(0xabc | (7 << 100)), len: 1 << 40 };
         let b = h.encode();
         assert_eq!(FrameHeader::decode(&b).unwrap(), h);
-        h.check(9, 3, Tag(0xabc), 1 << 40).unwrap();
-        assert!(h.check(8, 3, Tag(0xabc), 1 << 40).is_err());
-        assert!(h.check(9, 3, Tag(0xabd), 1 << 40).unwrap_err().to_string().contains("tag 0xabc"));
-        assert!(h.check(9, 3, Tag(0xabc), 5).is_err());
+        h.check(9, 3, h.tag, 1 << 40).unwrap();
+        assert!(h.check(8, 3, h.tag, 1 << 40).is_err());
+        assert!(h
+            .check(9, 3, Tag(0xabd), 1 << 40)
+            .unwrap_err()
+            .to_string()
+            .contains(&format!("tag {:#x}", 0xabc | (7u128 << 100))));
+        // The high half (the fingerprint) counts as much as the low half.
+        assert!(h.check(9, 3, Tag(0xabc), 1 << 40).is_err());
+        assert!(h.check(9, 3, h.tag, 5).is_err());
         let mut bad = b;
         bad[0] = b'X';
         assert!(FrameHeader::decode(&bad).is_err());
         let mut bad = b;
-        bad[4] = 2;
+        bad[4] = 1;
         assert!(FrameHeader::decode(&bad).unwrap_err().to_string().contains("version"));
         let mut bad = b;
         bad[5] = 77;
