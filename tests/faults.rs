@@ -164,7 +164,7 @@ fn disagreeing_roots_are_a_mismatch() {
                 .map(|c| {
                     s.spawn(move || {
                         let root = if c.rank() == 2 { 1 } else { 0 };
-                        c.broadcast(&mut vec![1u8; 64], root)?;
+                        c.broadcast(&mut [1u8; 64], root)?;
                         c.barrier()
                     })
                 })
