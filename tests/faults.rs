@@ -33,10 +33,48 @@ fn stuck_peer_times_out_naming_it_and_the_communicator_stays_failed() {
         assert!(start.elapsed() < Duration::from_secs(3), "{name}");
         let text = e.to_string();
         assert!(text.contains("all_reduce #1") && text.contains("rank 0") && text.contains("peer 1"), "{name}: {text}");
+        // The peer never started the call: the message says so (over TCP, as of the peer's
+        // last frame, which it never sent: progress 0).
+        assert!(text.contains("not seen in this call: peers [1]"), "{name}: {text}");
         // Poisoned: the same error at once, even for another collective.
         let again = comms[0].barrier().unwrap_err();
         assert_eq!(again.to_string(), text, "{name}");
         assert_eq!(comms[0].error().map(|e| e.to_string()), Some(text));
+    }
+}
+
+/// Three ranks: two finish a call and start the next, the third sleeps after the first.
+/// The timeout names it as the one not in the call, and shows everyone's progress.
+#[test]
+fn timeout_names_the_rank_that_stopped_calling() {
+    for (name, comms) in worlds(3, short(400)) {
+        let errs: Vec<Option<String>> = std::thread::scope(|s| {
+            let hs: Vec<_> = comms
+                .iter()
+                .map(|c| {
+                    s.spawn(move || {
+                        let mut v = vec![1u32; 100];
+                        c.all_reduce(&mut v, ReduceOp::Sum).unwrap();
+                        if c.rank() == 2 {
+                            return None; // stops calling
+                        }
+                        Some(c.all_reduce(&mut v, ReduceOp::Sum).unwrap_err().to_string())
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (r, e) in errs.iter().enumerate().take(2) {
+            let e = e.as_ref().unwrap();
+            assert!(e.contains("all_reduce #2") && e.contains(&format!("rank {r}")), "{name}: {e}");
+            // Over TCP progress is as of each peer's last frame here: a peer that has not
+            // sent in this call yet is listed too.
+            let exact = if name == "tcp" { "" } else { "not seen in this call: peers [2]" };
+            assert!(e.contains("not seen in this call: peers [") && e.contains(exact), "{name}: {e}");
+            let listed = e.split("not seen in this call: peers [").nth(1).unwrap().split(']').next().unwrap();
+            assert!(listed.split(", ").any(|p| p == "2"), "{name}: {e}");
+            assert!(e.contains("2: done with #1") || (name == "tcp" && e.contains("2: in #1")), "{name}: {e}");
+        }
     }
 }
 

@@ -94,4 +94,10 @@ impl Transport for GroupNet<'_> {
     fn fail(&self, err: Error) {
         self.inner.fail(err)
     }
+    fn set_progress(&self, marker: u64) {
+        self.inner.set_progress(marker)
+    }
+    fn peer_progress(&self, peer: usize) -> Option<u64> {
+        self.inner.peer_progress(self.world(peer).ok()?)
+    }
 }

@@ -456,6 +456,8 @@ impl Communicator {
         }
         st.seq += 1;
         let seq = st.seq;
+        // Peers read this to tell a stuck rank from a slow one: 2s+1 inside call s, 2s after.
+        self.net.set_progress(2 * seq + 1);
         let ctx = self.ctx(coll, seq, Instant::now() + self.config.timeout, fingerprint);
         let mut guard = FailOnUnwind { net: &*self.net, armed: true };
         let mut r = body(&ctx);
@@ -463,10 +465,47 @@ impl Communicator {
             r = Err(Error::internal(format!("{coll} returned with requests pending")));
         }
         guard.armed = false;
+        if r.is_ok() {
+            self.net.set_progress(2 * seq);
+        }
         r.map_err(|e| {
-            let e = e.in_collective(coll.name(), seq).on_rank(self.rank).map_msg(oxccl_algorithms::ctx::explain_tags);
+            let mut e =
+                e.in_collective(coll.name(), seq).on_rank(self.rank).map_msg(oxccl_algorithms::ctx::explain_tags);
+            // A timeout here, or a peer's relayed from there: say where everyone is.
+            if matches!(e.kind(), crate::ErrorKind::Timeout | crate::ErrorKind::Remote) {
+                if let Some(report) = self.progress_report(seq) {
+                    e = e.map_msg(|m| format!("{m}; {report}"));
+                }
+            }
             self.poison(&mut st, e)
         })
+    }
+
+    /// Where every peer is, for a timeout in call `seq`: inside it, or done with an earlier
+    /// one (then it never started this call: the stuck rank). Over shared memory this is the
+    /// peer's state now; over TCP as of its last frame to this rank, so a peer that sent
+    /// nothing in this call yet also shows as not seen. `None` when the transport carries no
+    /// progress.
+    fn progress_report(&self, seq: u64) -> Option<String> {
+        let mut parts = Vec::new();
+        let mut absent = Vec::new();
+        for p in (0..self.size).filter(|&p| p != self.rank) {
+            let m = self.net.peer_progress(p)?;
+            let (s, inside) = (m / 2, m % 2 == 1);
+            // Over TCP markers are 32 bits: compare in that width.
+            let here = (2 * seq + 1) & u64::from(u32::MAX);
+            if !(inside && (m == 2 * seq + 1 || m == here)) {
+                absent.push(p);
+            }
+            parts.push(format!("{p}: {} #{s}", if inside { "in" } else { "done with" }));
+        }
+        let who = if absent.is_empty() {
+            "every peer was seen in this call".to_string()
+        } else {
+            format!("not seen in this call: peers {absent:?}")
+        };
+        // Shared memory shows a peer's progress as it is; TCP as of its last frame here.
+        Some(format!("{who} (peers' progress as last heard: {})", parts.join(", ")))
     }
 
     /// Runs one collective with the algorithm the configuration or the size picks.

@@ -57,6 +57,8 @@ impl RankState {
 struct Shared {
     ranks: Mutex<Vec<RankState>>,
     changed: Condvar,
+    /// Every rank's progress marker.
+    progress: Vec<std::sync::atomic::AtomicU64>,
 }
 
 /// One rank's endpoint of an in-process world. Create a world with [`LoopbackTransport::world`].
@@ -79,7 +81,8 @@ impl LoopbackTransport {
                 posted_recvs: (0..size).map(|_| VecDeque::new()).collect(),
             })
             .collect();
-        let shared = Arc::new(Shared { ranks: Mutex::new(ranks), changed: Condvar::new() });
+        let progress = (0..size).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
+        let shared = Arc::new(Shared { ranks: Mutex::new(ranks), changed: Condvar::new(), progress });
         (0..size).map(|rank| LoopbackTransport { shared: shared.clone(), rank, size }).collect()
     }
 
@@ -281,6 +284,14 @@ impl Transport for LoopbackTransport {
             ranks[self.rank].alive = false;
         }
         self.shared.changed.notify_all();
+    }
+
+    fn set_progress(&self, marker: u64) {
+        self.shared.progress[self.rank].store(marker, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn peer_progress(&self, peer: usize) -> Option<u64> {
+        self.shared.progress.get(peer).map(|p| p.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 

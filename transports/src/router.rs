@@ -120,6 +120,16 @@ impl Transport for Router {
         Self::join(i, self.transports[i].post_recv_sink(peer, tag, len, sink)?)
     }
 
+    fn set_progress(&self, marker: u64) {
+        for t in &self.transports {
+            t.set_progress(marker);
+        }
+    }
+
+    fn peer_progress(&self, peer: usize) -> Option<u64> {
+        self.transports[self.target(peer).ok()?].peer_progress(peer)
+    }
+
     fn test(&self, req: ReqId) -> Result<bool> {
         let (i, inner) = Self::split(req);
         let t = self.transports.get(i).ok_or_else(|| Error::internal(format!("unknown request {}", req.0)))?;

@@ -109,6 +109,20 @@ pub trait Transport: Send + Sync {
     /// Fails the transport with `err` (if it has not failed yet): every later call returns
     /// that error, and pending requests are dropped without touching their regions again.
     fn fail(&self, err: crate::Error);
+
+    /// Records the caller's progress marker (oxccl: the sequence number of the last call this
+    /// rank completed), which peers can read with [`Transport::peer_progress`] to tell a
+    /// stuck rank from a slow one. Transports that cannot carry it ignore it.
+    fn set_progress(&self, marker: u64) {
+        let _ = marker;
+    }
+
+    /// The last progress marker `peer` recorded, as far as this rank knows (over TCP: as of
+    /// its last frame here, low 32 bits); `None` when the transport does not carry them.
+    fn peer_progress(&self, peer: usize) -> Option<u64> {
+        let _ = peer;
+        None
+    }
 }
 
 /// The check every transport makes of a peer argument: another rank of the world.

@@ -150,6 +150,8 @@ struct Control {
     /// When this rank failed because a peer died: that peer's rank + 1 (0: no such peer).
     /// Survivors that see this rank fail name the dead rank, not the messenger.
     culprit: CachePadded<AtomicU32>,
+    /// The caller's progress marker (see `Transport::set_progress`).
+    progress: CachePadded<AtomicU64>,
 }
 
 struct SendOp {
@@ -870,6 +872,15 @@ impl Transport for ShmTransport {
     fn fail(&self, err: Error) {
         let mut st = self.lock();
         self.fail_state(&mut st, err);
+    }
+
+    fn set_progress(&self, marker: u64) {
+        self.control(self.rank).progress.store(marker, Ordering::Relaxed);
+    }
+
+    fn peer_progress(&self, peer: usize) -> Option<u64> {
+        self.check_member(peer).ok()?;
+        Some(self.control(peer).progress.load(Ordering::Relaxed))
     }
 }
 

@@ -48,6 +48,8 @@ pub(super) struct Conn {
     pub rx_seq: u32,
     rx_hdr: [u8; HEADER_LEN],
     rx_hdr_got: usize,
+    /// The peer's progress marker from its latest frame on this connection.
+    pub peer_progress: u32,
 }
 
 pub(super) struct ReqInfo {
@@ -89,6 +91,7 @@ impl Conn {
             rx_seq: 0,
             rx_hdr: [0; HEADER_LEN],
             rx_hdr_got: 0,
+            peer_progress: 0,
         }
     }
 
@@ -96,8 +99,9 @@ impl Conn {
         self.sock.as_raw_fd()
     }
 
-    pub fn push_send(&mut self, req: u64, tag: Tag, part: u16, ptr: *const u8, len: usize) {
-        let hdr = FrameHeader { kind: KIND_DATA, part, seq: self.tx_seq, tag, len: len as u64 }.encode();
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_send(&mut self, req: u64, tag: Tag, part: u16, ptr: *const u8, len: usize, progress: u32) {
+        let hdr = FrameHeader { kind: KIND_DATA, part, seq: self.tx_seq, tag, progress, len: len as u64 }.encode();
         self.tx_seq = self.tx_seq.wrapping_add(1);
         self.sendq.push_back(SendPart { req, hdr, hdr_off: 0, ptr, len, off: 0 });
     }
@@ -157,8 +161,15 @@ impl Conn {
             return;
         }
         let words = encode_last_words(culprit, msg);
-        let hdr =
-            FrameHeader { kind: KIND_ERROR, part: 0, seq: self.tx_seq, tag: Tag(0), len: words.len() as u64 }.encode();
+        let hdr = FrameHeader {
+            kind: KIND_ERROR,
+            part: 0,
+            seq: self.tx_seq,
+            tag: Tag(0),
+            progress: 0,
+            len: words.len() as u64,
+        }
+        .encode();
         let iov = [
             libc::iovec { iov_base: hdr.as_ptr() as *mut libc::c_void, iov_len: HEADER_LEN },
             libc::iovec { iov_base: words.as_ptr() as *mut libc::c_void, iov_len: words.len() },
@@ -279,6 +290,7 @@ impl Conn {
                         self.read_rest(&mut words[have..]);
                         return Err(self.last_words(&words));
                     }
+                    self.peer_progress = self.peer_progress.max(hdr.progress);
                     hdr.check(self.rx_seq, p.part, p.tag, p.len).map_err(|e| e.with_peer(self.peer))?;
                     p.hdr_ok = true;
                     self.rx_hdr_got = 0;

@@ -15,7 +15,7 @@ pub mod wire;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,8 @@ pub struct TcpTransport {
     wake: OwnedFd,
     aborted: AtomicBool,
     socket_fds: Vec<RawFd>,
+    /// This rank's progress marker, stamped on every frame it sends.
+    progress: AtomicU64,
 }
 
 fn new_eventfd() -> Result<OwnedFd> {
@@ -303,6 +305,7 @@ impl TcpTransport {
             wake: new_eventfd()?,
             aborted: AtomicBool::new(false),
             socket_fds,
+            progress: AtomicU64::new(0),
         })
     }
 
@@ -374,7 +377,8 @@ impl Transport for TcpTransport {
         let n = self.parts(buf.len());
         for i in 0..n {
             let (start, len) = part_range(buf.len(), n, i);
-            e.conns[peer][i].push_send(id, tag, i as u16, buf.as_ptr().wrapping_add(start), len);
+            let progress = self.progress.load(Ordering::Relaxed) as u32;
+            e.conns[peer][i].push_send(id, tag, i as u16, buf.as_ptr().wrapping_add(start), len, progress);
         }
         e.reqs.insert(id, ReqInfo { peer, tag, is_send: true, parts_left: n as u32 });
         self.advance(&mut e)?;
@@ -496,6 +500,16 @@ impl Transport for TcpTransport {
     fn fail(&self, err: Error) {
         let mut e = self.lock();
         e.fail(err);
+    }
+
+    fn set_progress(&self, marker: u64) {
+        self.progress.store(marker, Ordering::Relaxed);
+    }
+
+    fn peer_progress(&self, peer: usize) -> Option<u64> {
+        let e = self.lock();
+        let conns = e.conns.get(peer)?;
+        conns.iter().map(|c| c.peer_progress as u64).max()
     }
 }
 

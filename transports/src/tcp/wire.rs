@@ -7,7 +7,7 @@
 //!      5     1  kind (1 = data)
 //!      6     2  part index (striping across connections)
 //!      8     4  sequence number of this frame on this connection
-//!     12     4  reserved, zero
+//!     12     4  the sender's progress marker (low 32 bits; see `Transport::set_progress`)
 //!     16    16  tag
 //!     32     8  length of the payload that follows, in bytes
 //! ```
@@ -58,6 +58,8 @@ pub struct FrameHeader {
     pub seq: u32,
     /// The message tag.
     pub tag: Tag,
+    /// The sender's progress marker when it queued the frame.
+    pub progress: u32,
     /// Payload length in bytes.
     pub len: u64,
 }
@@ -71,6 +73,7 @@ impl FrameHeader {
         b[5] = self.kind;
         b[6..8].copy_from_slice(&self.part.to_le_bytes());
         b[8..12].copy_from_slice(&self.seq.to_le_bytes());
+        b[12..16].copy_from_slice(&self.progress.to_le_bytes());
         b[16..32].copy_from_slice(&self.tag.0.to_le_bytes());
         b[32..40].copy_from_slice(&self.len.to_le_bytes());
         b
@@ -95,6 +98,7 @@ impl FrameHeader {
             kind: b[5],
             part: u16::from_le_bytes([b[6], b[7]]),
             seq: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+            progress: u32::from_le_bytes([b[12], b[13], b[14], b[15]]),
             tag: Tag(u128::from_le_bytes(b[16..32].try_into().expect("16 bytes"))),
             len: u64_at(32),
         })
@@ -130,7 +134,8 @@ mod tests {
 
     #[test]
     fn roundtrip_and_rejections() {
-        let h = FrameHeader { kind: KIND_DATA, part: 3, seq: 9, tag: Tag(0xabc | (7 << 100)), len: 1 << 40 };
+        let h =
+            FrameHeader { kind: KIND_DATA, part: 3, seq: 9, tag: Tag(0xabc | (7 << 100)), progress: 77, len: 1 << 40 };
         let b = h.encode();
         assert_eq!(FrameHeader::decode(&b).unwrap(), h);
         h.check(9, 3, h.tag, 1 << 40).unwrap();
