@@ -316,6 +316,12 @@ fn killed_rank(transport: &str) {
             assert!(msg.contains(&format!("peer {victim}")), "{transport} rank {r}: {msg}");
         }
     }
+    // Nothing of oxccl's is left in /dev/shm (segments are memfds, never named there), and
+    // no process of the world still holds one.
+    let leftovers: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(!leftovers.iter().any(|n| n.contains("oxccl")), "{transport}: left in /dev/shm: {leftovers:?}");
 }
 
 /// The body of the worker processes of the test above. Run directly (not as a worker), it
