@@ -252,7 +252,9 @@ fn bad_arguments_are_invalid_argument_never_a_panic() {
 /// of a stream of all-reduces, and every survivor must report PeerLost naming it within 2 s.
 #[test]
 fn killed_rank_gives_peer_lost_on_every_survivor() {
-    for transport in ["tcp", "shm"] {
+    // "router": two pretend hosts, shared memory within and TCP between, hierarchical
+    // all-reduce.
+    for transport in ["tcp", "shm", "router"] {
         killed_rank(transport);
     }
 }
@@ -274,7 +276,8 @@ fn killed_rank(transport: &str) {
                 .env("OXCCL_SECRET", "09".repeat(16))
                 .env("OXCCL_STORE_HOST", "launcher")
                 .env("OXCCL_TIMEOUT_MS", "60000")
-                .env("OXCCL_TRANSPORT", transport)
+                .env("OXCCL_TRANSPORT", if transport == "router" { "auto" } else { transport })
+                .env("OXCCL_HOST_ID", if transport == "router" { format!("pretend-{}", r % 2) } else { String::new() })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
@@ -288,6 +291,7 @@ fn killed_rank(transport: &str) {
         line.clear();
         assert!(victim_out.read_line(&mut line).unwrap() > 0, "the victim ended early");
     }
+    assert!(line.contains(&format!("over {transport}")), "{transport}: {line}");
     let killed_at = Instant::now();
     children[victim].kill().unwrap();
     let _ = children[victim].wait();
@@ -340,7 +344,7 @@ fn fault_worker() {
             }
             i += 1;
             if i == 20 {
-                println!("STREAMING");
+                println!("STREAMING over {}", comm.transport_name());
             }
         }
     }

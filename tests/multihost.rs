@@ -22,9 +22,10 @@ fn ip(args: &[&str]) -> bool {
 }
 
 impl Hosts {
-    /// Namespaces `a` (10.77.N.1) and `b` (10.77.N.2), N from the process id.
-    fn new() -> Option<(Hosts, String, String)> {
-        let id = std::process::id() % 250;
+    /// Namespaces `a` (10.77.N.1) and `b` (10.77.N.2), N from the process id and `salt`
+    /// (tests of one process run side by side). Also returns the veth end in `a`.
+    fn new(salt: u32) -> Option<(Hosts, String, String)> {
+        let id = (std::process::id() + salt * 101) % 250;
         let h = Hosts { a: format!("oxa{id}"), b: format!("oxb{id}") };
         let (va, vb) = (format!("oxva{id}"), format!("oxvb{id}"));
         let (ipa, ipb) = (format!("10.77.{id}.1"), format!("10.77.{id}.2"));
@@ -57,7 +58,7 @@ impl Drop for Hosts {
 
 #[test]
 fn two_hosts_over_veth_run_every_collective() {
-    let Some((hosts, ipa, _)) = Hosts::new() else {
+    let Some((hosts, ipa, _)) = Hosts::new(0) else {
         assert!(std::env::var("CI").is_err(), "CI must be able to create network namespaces (root, iproute2)");
         eprintln!("skipped: cannot create network namespaces here");
         return;
@@ -93,4 +94,53 @@ fn two_hosts_over_veth_run_every_collective() {
     assert!(out.contains("4 ranks over router"), "shm within each host, tcp between:\n{out}");
     assert!(out.contains("algorithm hierarchical"), "{out}");
     assert_eq!(out.matches("# Out of bounds values : 0 OK").count(), 6, "{out}");
+}
+
+/// The link between the hosts goes down in the middle of a stream of all-reduces: every
+/// rank gets an error (a timeout naming the peer it waited for), never a hang.
+#[test]
+fn link_down_mid_collective_is_an_error_not_a_hang() {
+    let Some((hosts, ipa, _)) = Hosts::new(1) else {
+        assert!(std::env::var("CI").is_err(), "CI must be able to create network namespaces (root, iproute2)");
+        eprintln!("skipped: cannot create network namespaces here");
+        return;
+    };
+    let id = (std::process::id() + 101) % 250;
+    let master = format!("{ipa}:29612");
+    let node = |ns: &str, k: usize| {
+        let run = format!(
+            "hostname {ns} && exec {} -n 1 --nnodes 2 --node-rank {k} --master {master} {} \
+             -b 4M -e 4M -n 100000 -w 1 -c 0 --transport tcp",
+            env!("CARGO_BIN_EXE_oxrun"),
+            env!("CARGO_BIN_EXE_oxccl-bench"),
+        );
+        Command::new("ip")
+            .args(["netns", "exec", ns, "unshare", "--uts", "sh", "-c", &run])
+            .env("OXCCL_SECRET", "0123456789abcdef0123456789abcdef")
+            .env("OXCCL_TIMEOUT_MS", "3000")
+            .env_remove("OXCCL_HOST_ID")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = node(&hosts.a, 0);
+    let b = node(&hosts.b, 1);
+    // Let the stream run, then cut the wire.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let cut = std::time::Instant::now();
+    assert!(ip(&["-n", &hosts.a, "link", "set", &format!("oxva{id}"), "down"]), "could not take the link down");
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let took = cut.elapsed();
+    let text = |o: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    let (ta, tb) = (text(&a), text(&b));
+    assert!(!a.status.success() && !b.status.success(), "host a:\n{ta}\nhost b:\n{tb}");
+    for t in [&ta, &tb] {
+        assert!(t.contains("timed out") || t.contains("peer lost"), "{t}");
+        assert!(t.contains("all_reduce #"), "{t}");
+    }
+    // The 3 s timeout, plus the launchers winding down.
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
 }
