@@ -5,7 +5,9 @@
 //! starts each rank with `OXCCL_RANK`, `OXCCL_WORLD_SIZE`, `OXCCL_LOCAL_RANK`,
 //! `OXCCL_LOCAL_WORLD_SIZE`, `OXCCL_ADDR`, `OXCCL_SECRET` and `OXCCL_STORE_HOST=launcher`.
 //! Ranks die with the launcher (`PR_SET_PDEATHSIG`). When a rank exits non-zero or is
-//! killed, the launcher says which rank and how, stops the others and exits non-zero.
+//! killed, the launcher says which rank and how, gives the others up to
+//! `OXRUN_FAILURE_GRACE_MS` (default 3000) to report the lost peer and exit on their own,
+//! stops those still running, and exits non-zero.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
@@ -228,7 +230,16 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32> {
             }
         }
         if let Some((rank, st)) = failed {
-            eprintln!("oxrun: rank {rank} {}; stopping the other ranks", describe(st));
+            // The others learn of the failure themselves (an oxccl rank reports the lost peer
+            // within 2 s): give them time to say so and exit before they are stopped.
+            let grace = std::env::var("OXRUN_FAILURE_GRACE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+            eprintln!("oxrun: rank {rank} {}; stopping the other ranks within {grace} ms", describe(st));
+            let until = Instant::now() + Duration::from_millis(grace);
+            while Instant::now() < until
+                && children.iter_mut().enumerate().any(|(i, (_, c))| !done[i] && matches!(c.try_wait(), Ok(None)))
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             terminate(&mut children);
             break exit_code(st);
         }

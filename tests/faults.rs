@@ -328,12 +328,98 @@ fn killed_rank(transport: &str) {
     assert!(!leftovers.iter().any(|n| n.contains("oxccl")), "{transport}: left in /dev/shm: {leftovers:?}");
 }
 
+/// Chaos: under `oxrun -n 4`, a random rank is killed with SIGKILL at a random moment of a
+/// long stream of all-reduces, again and again (over TCP and shared memory in turn). Every
+/// time the survivors report PeerLost naming it within 2 s, oxrun names the dead rank and
+/// its signal, and nothing is left in /dev/shm. `OXCCL_CHAOS` rounds (default 6).
+#[test]
+fn chaos_random_kills_under_oxrun() {
+    let rounds: usize = std::env::var("OXCCL_CHAOS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let me = std::env::current_exe().unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1du64 ^ std::process::id() as u64;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut slowest = [0u128; 2];
+    for round in 0..rounds {
+        let transport = ["tcp", "shm"][round % 2];
+        let victim = rand(4) as usize;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_oxrun"))
+            .args(["-n", "4", "--tag-output"])
+            .arg(&me)
+            .args(["fault_worker", "--exact", "--nocapture", "--test-threads=1"])
+            .env("OXCCL_FAULT_WORKER", "1")
+            .env("OXCCL_TIMEOUT_MS", "60000")
+            .env("OXCCL_TRANSPORT", transport)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut pids = [0i32; 4];
+        let mut streaming = false;
+        let mut seen = String::new();
+        let mut line = String::new();
+        while pids.contains(&0) || !streaming {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "round {round}: the world ended early:\n{seen}");
+            seen.push_str(&line);
+            let Some((tag, rest)) = line.trim().split_once("] ") else { continue };
+            let Ok(r) = tag.trim_start_matches('[').parse::<usize>() else { continue };
+            // (libtest's "test fault_worker ... " may start the line.)
+            if let Some(i) = rest.find("PID ") {
+                pids[r] = rest[i + 4..].trim().parse().unwrap();
+            }
+            streaming |= r == victim && rest.contains("STREAMING");
+        }
+        std::thread::sleep(Duration::from_millis(rand(300)));
+        // SAFETY: plain syscall on a child's child we just read the pid of.
+        assert_eq!(unsafe { libc::kill(pids[victim], libc::SIGKILL) }, 0);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let all = format!("{seen}{rest}{stderr}");
+        assert!(!output.status.success(), "round {round}: oxrun succeeded:\n{all}");
+        assert!(
+            stderr.contains(&format!("rank {victim}")) && stderr.contains("SIGKILL"),
+            "round {round}: oxrun must name rank {victim} and its signal:\n{all}"
+        );
+        for r in (0..4).filter(|&r| r != victim) {
+            let report = rest
+                .lines()
+                .filter(|l| l.starts_with(&format!("[{r}] ")))
+                .find_map(|l| l.find("ERROR-AFTER-MS").map(|i| &l[i..]))
+                .unwrap_or_else(|| panic!("round {round} ({transport}): no report from rank {r}:\n{all}"));
+            let mut parts = report.splitn(3, ' ');
+            parts.next();
+            let ms: u128 = parts.next().unwrap().parse().unwrap();
+            let msg = parts.next().unwrap();
+            assert!(
+                msg.starts_with("peer lost") && msg.contains(&format!("peer {victim}")),
+                "round {round} ({transport}) rank {r}: {msg}"
+            );
+            assert!(ms < 2000, "round {round} ({transport}) rank {r} took {ms} ms: {msg}");
+            slowest[round % 2] = slowest[round % 2].max(ms);
+        }
+        let leftovers: Vec<String> = std::fs::read_dir("/dev/shm")
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        assert!(!leftovers.iter().any(|n| n.contains("oxccl")), "round {round}: {leftovers:?}");
+    }
+    println!("chaos: {rounds} kills; slowest detection by a survivor: tcp {} ms, shm {} ms", slowest[0], slowest[1]);
+}
+
 /// The body of the worker processes of the test above. Run directly (not as a worker), it
 /// checks the same thing with threads: a rank that drops out mid-stream is reported as lost.
 #[test]
 fn fault_worker() {
     if std::env::var("OXCCL_FAULT_WORKER").is_ok() {
         let comm = Communicator::from_env().unwrap();
+        println!("PID {}", std::process::id());
         let mut v = vec![1.0f32; 1 << 16];
         let mut i = 0u64;
         loop {
