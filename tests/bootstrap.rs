@@ -203,3 +203,47 @@ fn runs_under_real_mpirun() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("# Out of bounds values : 0 OK"), "{text}");
 }
+
+/// Strangers sending garbage to the store (random bytes, random lengths, some starting like
+/// a real greeting) are refused one by one, and an authenticated client still works
+/// between them and after them.
+#[test]
+fn store_survives_garbage_from_strangers() {
+    use oxccl::bootstrap::tcp_store::{TcpStore, TcpStoreServer};
+    use oxccl_transport::Store;
+    use std::io::{Read, Write};
+    let secret = [7u8; 16];
+    let server = TcpStoreServer::start("127.0.0.1:0".parse().unwrap(), secret).unwrap();
+    let addr = server.addr();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..60 {
+        let len = (next() % 300) as usize;
+        let mut junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if round % 3 == 0 && junk.len() >= 8 {
+            // Looks like the start of a real exchange, lies afterwards.
+            junk[..4].copy_from_slice(b"OXHS");
+        }
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            let _ = s.write_all(&junk);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+        if round % 10 == 0 {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let store = TcpStore::connect(addr, secret, Some(0), deadline).unwrap();
+            store.set(&format!("k{round}"), b"v").unwrap();
+            assert_eq!(store.get(&format!("k{round}"), deadline).unwrap(), b"v");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let store = TcpStore::connect(addr, secret, Some(1), deadline).unwrap();
+    assert_eq!(store.get("k50", deadline).unwrap(), b"v");
+}
