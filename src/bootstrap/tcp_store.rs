@@ -354,4 +354,41 @@ mod tests {
         s.read_exact(&mut h).unwrap();
         assert_eq!(h[0], ST_REFUSED);
     }
+
+    /// Authenticated clients sending random requests (any op byte, lengths in and out of
+    /// bounds, truncated bodies) never bring the server down: a well-behaved client keeps
+    /// working between them.
+    #[test]
+    fn authenticated_garbage_never_stops_the_server() {
+        let secret = [5u8; 16];
+        let server = TcpStoreServer::start("127.0.0.1:0".parse().unwrap(), secret).unwrap();
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..40 {
+            let mut s = TcpStream::connect(server.addr()).unwrap();
+            let hello = Hello { purpose: Purpose::Store, from: 0, to: u32::MAX, index: 0, world: 0 };
+            auth::connect_handshake(&mut s, &secret, hello).unwrap();
+            let mut req = vec![(next() % 6) as u8];
+            let klen = if next() % 4 == 0 { u16::MAX } else { (next() % 64) as u16 };
+            let vlen = if next() % 4 == 0 { u32::MAX } else { (next() % 256) as u32 };
+            req.extend_from_slice(&klen.to_le_bytes());
+            req.extend_from_slice(&vlen.to_le_bytes());
+            req.extend_from_slice(&((next() % 50) as u32).to_le_bytes());
+            let body = (next() % 400) as usize;
+            req.extend((0..body).map(|_| next() as u8));
+            let _ = s.write_all(&req);
+            drop(s);
+            if round % 8 == 0 {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let store = TcpStore::connect(server.addr(), secret, Some(0), deadline).unwrap();
+                store.set(&format!("ok{round}"), b"yes").unwrap();
+                assert_eq!(store.get(&format!("ok{round}"), deadline).unwrap(), b"yes");
+            }
+        }
+    }
 }
