@@ -5,7 +5,7 @@
 //! picks (`TABLE` below). The table was measured on the 2-core development VM with every
 //! algorithm side by side (`oxccl-bench --compare ... --collective all` at 3, 4 and 8 ranks
 //! over shared memory and TCP, 8 B to 64 MiB; `benches/SELECTION.md` has every figure: the
-//! choice is within 10% of the fastest algorithm in 89% of the cells). In short:
+//! choice is within 10% of the fastest algorithm in 88% of the cells). In short:
 //!
 //! * **small messages** are latency-bound: log-step algorithms (recursive doubling, Bruck,
 //!   halving-doubling, trees) beat the ring's p-1 steps;
@@ -94,9 +94,12 @@ const TABLE: &[Row] = &[
     row(C::AllReduce, Some(MultiHost), Ranks::Any, 32 * K, RecursiveDoubling),
     row(C::AllReduce, Some(MultiHost), Ranks::Any, ALL, Hierarchical),
     // Folding costs recursive doubling two extra steps when p is not a power of two; over
-    // sockets the double binary tree's pipelined halves win there.
+    // sockets direct exchange (3 ranks) and the double binary tree's halves win there.
+    row(C::AllReduce, Some(Network), Ranks::UpTo(3), 128 * K, Direct),
     row(C::AllReduce, Some(Network), Ranks::NotPowerOfTwo, 128 * K, Tree),
     row(C::AllReduce, None, Ranks::Any, 128 * K, RecursiveDoubling),
+    // Few ranks over sockets: all peers at once beats p-1 ring steps (5-10% from 512 KiB).
+    row(C::AllReduce, Some(Network), Ranks::UpTo(4), ALL, Direct),
     row(C::AllReduce, None, Ranks::PowerOfTwoFrom(4), 8 * M, HalvingDoubling),
     row(C::AllReduce, None, Ranks::Any, ALL, Ring),
     // All-gather.
@@ -190,8 +193,10 @@ mod tests {
         let c = Config::default();
         assert_eq!(pick(C::AllReduce, 8, 4, Network, &c), RecursiveDoubling);
         assert_eq!(pick(C::AllReduce, 8, 4, SharedMemory, &c), RecursiveDoubling);
-        assert_eq!(pick(C::AllReduce, M, 4, Network, &c), HalvingDoubling);
-        assert_eq!(pick(C::AllReduce, M, 3, Network, &c), Ring);
+        assert_eq!(pick(C::AllReduce, M, 4, Network, &c), Direct);
+        assert_eq!(pick(C::AllReduce, M, 8, Network, &c), HalvingDoubling);
+        assert_eq!(pick(C::AllReduce, M, 3, Network, &c), Direct);
+        assert_eq!(pick(C::AllReduce, M, 6, Network, &c), Ring);
         assert_eq!(pick(C::AllReduce, 64 * M, 8, Network, &c), Ring);
         assert_eq!(pick(C::AllReduce, M, 4, SharedMemory, &c), Direct);
         assert_eq!(pick(C::AllReduce, 256 * K, 4, SharedMemory, &c), HalvingDoubling);
@@ -204,7 +209,8 @@ mod tests {
         assert_eq!(pick(C::ReduceScatter, 8, 8, Network, &c), HalvingDoubling);
         assert_eq!(pick(C::AllGather, 8, 8, SharedMemory, &c), RecursiveDoubling);
         assert_eq!(pick(C::AllGather, 8, 6, SharedMemory, &c), Bruck);
-        assert_eq!(pick(C::AllReduce, 8, 3, Network, &c), Tree);
+        assert_eq!(pick(C::AllReduce, 8, 3, Network, &c), Direct);
+        assert_eq!(pick(C::AllReduce, 8, 5, Network, &c), Tree);
         assert_eq!(pick(C::AllToAll, 8, 8, Network, &c), Bruck);
         assert_eq!(pick(C::AllToAll, 8, 8, SharedMemory, &c), Pairwise);
         assert_eq!(pick(C::Broadcast, M, 8, Network, &c), Tree);
@@ -217,6 +223,7 @@ mod tests {
         assert_eq!(pick(C::AllReduce, M, 4, SharedMemory, &small), RecursiveDoubling);
         assert_eq!(pick(C::AllReduce, 2 * M, 4, SharedMemory, &small), Direct);
         assert_eq!(pick(C::AllReduce, 64 * K, 4, Network, &small), RecursiveDoubling);
-        assert_eq!(pick(C::AllReduce, 2 * M, 4, Network, &small), HalvingDoubling);
+        assert_eq!(pick(C::AllReduce, 2 * M, 8, Network, &small), HalvingDoubling);
+        assert_eq!(pick(C::AllReduce, 2 * M, 4, Network, &small), Direct);
     }
 }
