@@ -47,6 +47,8 @@ enum Ranks {
     UpTo(usize),
     /// Not a power of two.
     NotPowerOfTwo,
+    /// Exactly this many.
+    Exactly(usize),
 }
 
 impl Ranks {
@@ -57,6 +59,7 @@ impl Ranks {
             Ranks::From(n) => p >= n,
             Ranks::UpTo(n) => p <= n,
             Ranks::NotPowerOfTwo => !p.is_power_of_two(),
+            Ranks::Exactly(n) => p == n,
         }
     }
 }
@@ -95,7 +98,7 @@ const TABLE: &[Row] = &[
     row(C::AllReduce, Some(MultiHost), Ranks::Any, ALL, Hierarchical),
     // Folding costs recursive doubling two extra steps when p is not a power of two; over
     // sockets direct exchange (3 ranks) and the double binary tree's halves win there.
-    row(C::AllReduce, Some(Network), Ranks::UpTo(3), 128 * K, Direct),
+    row(C::AllReduce, Some(Network), Ranks::Exactly(3), 128 * K, Direct),
     row(C::AllReduce, Some(Network), Ranks::NotPowerOfTwo, 128 * K, Tree),
     row(C::AllReduce, None, Ranks::Any, 128 * K, RecursiveDoubling),
     // Few ranks over sockets: all peers at once beats p-1 ring steps (5-10% from 512 KiB).
@@ -210,6 +213,8 @@ mod tests {
         assert_eq!(pick(C::AllGather, 8, 8, SharedMemory, &c), RecursiveDoubling);
         assert_eq!(pick(C::AllGather, 8, 6, SharedMemory, &c), Bruck);
         assert_eq!(pick(C::AllReduce, 8, 3, Network, &c), Direct);
+        // Two ranks: one exchange of recursive doubling, not two rounds of direct.
+        assert_eq!(pick(C::AllReduce, 8, 2, Network, &c), RecursiveDoubling);
         assert_eq!(pick(C::AllReduce, 8, 5, Network, &c), Tree);
         assert_eq!(pick(C::AllToAll, 8, 8, Network, &c), Bruck);
         assert_eq!(pick(C::AllToAll, 8, 8, SharedMemory, &c), Pairwise);
