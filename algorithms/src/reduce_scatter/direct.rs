@@ -13,18 +13,13 @@
 use oxccl_transport::Result;
 
 use crate::ctx::{CollArgs, Ctx};
-use crate::partition::bytes;
 
 /// Runs direct reduce-scatter.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
-    let (p, count) = (ctx.size, a.count);
-    let es = a.dtype.size();
-    let seg = move |j: usize| j * count..(j + 1) * count;
-    if count == 0 {
+    if super::trivial(ctx, a)? {
         return Ok(());
     }
-    if p == 1 {
-        return if a.in_place { Ok(()) } else { ctx.reducer.copy(a.recv, a.send.slice(bytes(&seg(0), es))) };
-    }
+    let count = a.count;
+    let seg = move |j: usize| j * count..(j + 1) * count;
     crate::direct::run(ctx, a.dtype, a.op, &seg, a.send, a.recv, None, a.in_place)
 }

@@ -29,13 +29,10 @@ const UNFOLD: usize = 0xffff;
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     let (p, r, count) = (ctx.size, ctx.rank, a.count);
     let es = a.dtype.size();
-    if count == 0 {
+    if super::trivial(ctx, a)? {
         return Ok(());
     }
     let blk = |j: usize| bytes(&(j * count..(j + 1) * count), es);
-    if p == 1 {
-        return if a.in_place { Ok(()) } else { ctx.reducer.copy(a.recv, a.send.slice(blk(0))) };
-    }
     let f = Fold::new(p);
     let range = move |vs: std::ops::Range<usize>| {
         let rs = f.real_ranks(vs);

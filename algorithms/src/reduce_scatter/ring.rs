@@ -12,20 +12,15 @@
 use oxccl_transport::Result;
 
 use crate::ctx::{CollArgs, Ctx};
-use crate::partition::bytes;
 use crate::ring::reduce_scatter_phase;
 
 /// Runs ring reduce-scatter.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
-    let (p, r, count) = (ctx.size, ctx.rank, a.count);
-    let es = a.dtype.size();
-    let seg = move |j: usize| j * count..(j + 1) * count;
-    if count == 0 {
+    if super::trivial(ctx, a)? {
         return Ok(());
     }
-    if p == 1 {
-        return if a.in_place { Ok(()) } else { ctx.reducer.copy(a.recv, a.send.slice(bytes(&seg(0), es))) };
-    }
+    let (r, count) = (ctx.rank, a.count);
+    let seg = move |j: usize| j * count..(j + 1) * count;
     let scratch = ctx.reducer.scratch(a.send.len())?;
     let work = scratch.region().slice(0..a.send.len());
     let (sends, _) = reduce_scatter_phase(ctx, a.dtype, a.op, &seg, a.send, work, a.recv, r, false)?;
