@@ -79,3 +79,36 @@ pub(crate) fn reduce_scatter(
     }
     Ok(Some(v))
 }
+
+/// The recursive-doubling all-gather over virtual ranks, then the unfold: at step k virtual
+/// rank `v` swaps everything it holds (2^k virtual ranks' pieces, `region(range)` for a run
+/// of virtual ranks) with the partner whose index differs in bit k, tagged `first_step + k`;
+/// afterwards each odd rank of the first 2e sends `whole` to the even rank below it, which
+/// waits for it with the same `UNFOLD` tag.
+pub(crate) fn all_gather_unfold(
+    ctx: &Ctx<'_>,
+    f: Fold,
+    v: usize,
+    first_step: usize,
+    region: &dyn Fn(Range<usize>) -> RegionMut,
+    whole: RegionMut,
+) -> Result<()> {
+    for k in 0..f.steps() {
+        let m = 1 << k;
+        let mine = v & !(m - 1);
+        let theirs = (v ^ m) & !(m - 1);
+        let peer = f.real(v ^ m);
+        let sq = ctx.send(peer, first_step + k, region(mine..mine + m).as_region())?;
+        let rq = ctx.recv(peer, first_step + k, region(theirs..theirs + m))?;
+        ctx.wait(rq)?;
+        ctx.wait(sq)?;
+    }
+    if ctx.rank < 2 * f.e {
+        let s = ctx.send(ctx.rank - 1, UNFOLD, whole.as_region())?;
+        ctx.wait(s)?;
+    }
+    Ok(())
+}
+
+/// The tag step of the unfold (the fold is step 0).
+pub(crate) const UNFOLD: usize = 0xffff;

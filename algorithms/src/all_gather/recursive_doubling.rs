@@ -19,7 +19,7 @@ use crate::ctx::{CollArgs, Ctx};
 use crate::fold::Fold;
 use crate::partition::bytes;
 
-const UNFOLD: usize = 0xffff;
+use crate::halving_doubling::UNFOLD;
 
 /// Runs recursive-doubling all-gather.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
@@ -44,19 +44,6 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
         let q = ctx.recv(r - 1, 0, blocks(r - 1..r))?;
         ctx.wait(q)?;
     }
-    for k in 0..f.steps() {
-        let m = 1 << k;
-        let mine = v & !(m - 1);
-        let theirs = (v ^ m) & !(m - 1);
-        let peer = f.real(v ^ m);
-        let sq = ctx.send(peer, 1 + k, blocks(f.real_ranks(mine..mine + m)).as_region())?;
-        let rq = ctx.recv(peer, 1 + k, blocks(f.real_ranks(theirs..theirs + m)))?;
-        ctx.wait(rq)?;
-        ctx.wait(sq)?;
-    }
-    if r < 2 * f.e {
-        let s = ctx.send(r - 1, UNFOLD, a.recv.as_region())?;
-        ctx.wait(s)?;
-    }
-    Ok(())
+    let region = |vs: std::ops::Range<usize>| blocks(f.real_ranks(vs));
+    crate::halving_doubling::all_gather_unfold(ctx, f, v, 1, &region, a.recv)
 }

@@ -21,7 +21,7 @@ use crate::fold::Fold;
 use crate::op::ReduceOp;
 use crate::partition::{block, bytes};
 
-const UNFOLD: usize = 0xffff;
+use crate::halving_doubling::UNFOLD;
 
 /// Runs halving-doubling all-reduce.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
@@ -43,21 +43,7 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     if a.op == ReduceOp::Avg {
         ctx.reducer.divide(a.dtype, a.recv.slice(own), p)?;
     }
-    let steps = f.steps();
-    for k in 0..steps {
-        let m = 1 << k;
-        let mine = v & !(m - 1);
-        let theirs = (v ^ m) & !(m - 1);
-        let peer = f.real(v ^ m);
-        let step = crate::halving_doubling::FIRST_STEP + steps + k;
-        let sq = ctx.send(peer, step, a.recv.slice(bytes(&range(mine..mine + m), es)).as_region())?;
-        let rq = ctx.recv(peer, step, a.recv.slice(bytes(&range(theirs..theirs + m), es)))?;
-        ctx.wait(rq)?;
-        ctx.wait(sq)?;
-    }
-    if r < 2 * f.e {
-        let s = ctx.send(r - 1, UNFOLD, a.recv.as_region())?;
-        ctx.wait(s)?;
-    }
-    Ok(())
+    let region = |vs: std::ops::Range<usize>| a.recv.slice(bytes(&range(vs), es));
+    let first = crate::halving_doubling::FIRST_STEP + f.steps();
+    crate::halving_doubling::all_gather_unfold(ctx, f, v, first, &region, a.recv)
 }

@@ -23,7 +23,7 @@ use crate::fold::Fold;
 use crate::op::ReduceOp;
 use crate::partition::bytes;
 
-const UNFOLD: usize = 0xffff;
+use crate::halving_doubling::UNFOLD;
 
 /// Runs recursive-halving reduce-scatter.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
