@@ -370,6 +370,18 @@ impl ShmTransport {
         })
     }
 
+    /// Queues a receive (into `ptr`, or for `sink`) and makes what progress it can.
+    fn enqueue_recv(&self, peer: usize, tag: Tag, ptr: *mut u8, sink: Option<Sink>, len: usize) -> Result<ReqId> {
+        let mut st = self.lock();
+        self.check(&mut st)?;
+        let id = st.next_id;
+        st.next_id += 1;
+        st.reqs.insert(id, ReqInfo { peer, tag, is_send: false });
+        st.recvq[peer].push_back(RecvOp { req: id, tag, ptr, sink, len, off: 0 });
+        self.advance(&mut st).map_err(|e| self.fail_state(&mut st, e))?;
+        Ok(ReqId(id))
+    }
+
     /// Member `r`'s segment.
     fn segment(&self, r: usize) -> &Segment {
         self.segments[r].as_ref().expect("a member's segment (peers are checked to be members)")
@@ -752,26 +764,12 @@ impl Transport for ShmTransport {
         if buf.kind() != MemoryKind::Host {
             return Err(Error::unsupported("the shm transport moves host memory only"));
         }
-        let mut st = self.lock();
-        self.check(&mut st)?;
-        let id = st.next_id;
-        st.next_id += 1;
-        st.reqs.insert(id, ReqInfo { peer, tag, is_send: false });
-        st.recvq[peer].push_back(RecvOp { req: id, tag, ptr: buf.as_mut_ptr(), sink: None, len: buf.len(), off: 0 });
-        self.advance(&mut st).map_err(|e| self.fail_state(&mut st, e))?;
-        Ok(ReqId(id))
+        self.enqueue_recv(peer, tag, buf.as_mut_ptr(), None, buf.len())
     }
 
     fn post_recv_sink(&self, peer: usize, tag: Tag, len: usize, sink: Sink) -> Result<ReqId> {
         self.check_member(peer)?;
-        let mut st = self.lock();
-        self.check(&mut st)?;
-        let id = st.next_id;
-        st.next_id += 1;
-        st.reqs.insert(id, ReqInfo { peer, tag, is_send: false });
-        st.recvq[peer].push_back(RecvOp { req: id, tag, ptr: std::ptr::null_mut(), sink: Some(sink), len, off: 0 });
-        self.advance(&mut st).map_err(|e| self.fail_state(&mut st, e))?;
-        Ok(ReqId(id))
+        self.enqueue_recv(peer, tag, std::ptr::null_mut(), Some(sink), len)
     }
 
     fn test(&self, req: ReqId) -> Result<bool> {
