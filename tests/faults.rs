@@ -358,6 +358,23 @@ fn chaos_random_kills_under_oxrun() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // A deadline on the whole round: if the world hangs, the watchdog stops oxrun (its
+        // ranks die with it), the reads below see end of file and the round fails.
+        let launcher = child.id() as libc::pid_t;
+        let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watchdog = {
+            let finished = finished.clone();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while Instant::now() < deadline && !finished.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                if !finished.load(std::sync::atomic::Ordering::Relaxed) {
+                    // SAFETY: plain kill(2) of the launcher we started and have not reaped.
+                    unsafe { libc::kill(launcher, libc::SIGKILL) };
+                }
+            })
+        };
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut pids = [0i32; 4];
         let mut streaming = false;
@@ -381,6 +398,8 @@ fn chaos_random_kills_under_oxrun() {
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
         let output = child.wait_with_output().unwrap();
+        finished.store(true, std::sync::atomic::Ordering::Relaxed);
+        watchdog.join().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         let all = format!("{seen}{rest}{stderr}");
         assert!(!output.status.success(), "round {round}: oxrun succeeded:\n{all}");

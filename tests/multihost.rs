@@ -56,6 +56,32 @@ impl Drop for Hosts {
     }
 }
 
+/// Starts host `k` of two in namespace `ns`, with its own host name: `oxrun` with `ranks`
+/// ranks (node 0 serves the store at `master`) running `oxccl-bench` with `bench_args`.
+fn start_host(
+    ns: &str,
+    k: usize,
+    ranks: usize,
+    master: &str,
+    bench_args: &str,
+    timeout_ms: u32,
+) -> std::process::Child {
+    let run = format!(
+        "hostname {ns} && exec {} -n {ranks} --nnodes 2 --node-rank {k} --master {master} {} {bench_args}",
+        env!("CARGO_BIN_EXE_oxrun"),
+        env!("CARGO_BIN_EXE_oxccl-bench"),
+    );
+    Command::new("ip")
+        .args(["netns", "exec", ns, "unshare", "--uts", "sh", "-c", &run])
+        .env("OXCCL_SECRET", "0123456789abcdef0123456789abcdef")
+        .env("OXCCL_TIMEOUT_MS", timeout_ms.to_string())
+        .env_remove("OXCCL_HOST_ID")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn two_hosts_over_veth_run_every_collective() {
     let Some((hosts, ipa, _)) = Hosts::new(0) else {
@@ -64,24 +90,8 @@ fn two_hosts_over_veth_run_every_collective() {
         return;
     };
     let master = format!("{ipa}:29611");
-    let secret = "0123456789abcdef0123456789abcdef";
     let node = |ns: &str, k: usize| {
-        // A host of its own: its network namespace and its host name.
-        let run = format!(
-            "hostname {ns} && exec {} -n 2 --nnodes 2 --node-rank {k} --master {master} {} \
-             -b 8 -e 4M -f 32 -n 3 -w 1 -c 1 --collective all --algo hierarchical",
-            env!("CARGO_BIN_EXE_oxrun"),
-            env!("CARGO_BIN_EXE_oxccl-bench"),
-        );
-        Command::new("ip")
-            .args(["netns", "exec", ns, "unshare", "--uts", "sh", "-c", &run])
-            .env("OXCCL_SECRET", secret)
-            .env_remove("OXCCL_HOST_ID")
-            .env("OXCCL_TIMEOUT_MS", "30000")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        start_host(ns, k, 2, &master, "-b 8 -e 4M -f 32 -n 3 -w 1 -c 1 --collective all --algo hierarchical", 30000)
     };
     let a = node(&hosts.a, 0);
     let b = node(&hosts.b, 1);
@@ -107,23 +117,8 @@ fn link_down_mid_collective_is_an_error_not_a_hang() {
     };
     let id = (std::process::id() + 101) % 250;
     let master = format!("{ipa}:29612");
-    let node = |ns: &str, k: usize| {
-        let run = format!(
-            "hostname {ns} && exec {} -n 1 --nnodes 2 --node-rank {k} --master {master} {} \
-             -b 4M -e 4M -n 100000 -w 1 -c 0 --transport tcp",
-            env!("CARGO_BIN_EXE_oxrun"),
-            env!("CARGO_BIN_EXE_oxccl-bench"),
-        );
-        Command::new("ip")
-            .args(["netns", "exec", ns, "unshare", "--uts", "sh", "-c", &run])
-            .env("OXCCL_SECRET", "0123456789abcdef0123456789abcdef")
-            .env("OXCCL_TIMEOUT_MS", "3000")
-            .env_remove("OXCCL_HOST_ID")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let node =
+        |ns: &str, k: usize| start_host(ns, k, 1, &master, "-b 4M -e 4M -n 100000 -w 1 -c 0 --transport tcp", 3000);
     let a = node(&hosts.a, 0);
     let b = node(&hosts.b, 1);
     // Let the stream run, then cut the wire.
@@ -173,23 +168,8 @@ fn delay_and_loss_still_give_correct_results() {
         }
     }
     let master = format!("{ipa}:29613");
-    let node = |ns: &str, k: usize| {
-        let run = format!(
-            "hostname {ns} && exec {} -n 2 --nnodes 2 --node-rank {k} --master {master} {} \
-             -b 8 -e 1M -f 32 -n 3 -w 1 -c 1 --collective all",
-            env!("CARGO_BIN_EXE_oxrun"),
-            env!("CARGO_BIN_EXE_oxccl-bench"),
-        );
-        Command::new("ip")
-            .args(["netns", "exec", ns, "unshare", "--uts", "sh", "-c", &run])
-            .env("OXCCL_SECRET", "0123456789abcdef0123456789abcdef")
-            .env("OXCCL_TIMEOUT_MS", "60000")
-            .env_remove("OXCCL_HOST_ID")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let node =
+        |ns: &str, k: usize| start_host(ns, k, 2, &master, "-b 8 -e 1M -f 32 -n 3 -w 1 -c 1 --collective all", 60000);
     let a = node(&hosts.a, 0);
     let b = node(&hosts.b, 1);
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
