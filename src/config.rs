@@ -12,7 +12,9 @@
 //! | `OXCCL_TCP_CONNS` | [`Config::tcp_conns_per_peer`] | `2` |
 //! | `OXCCL_SOCKET_BUF` | [`Config::socket_buffer`] | `4M` |
 //! | `OXCCL_SPIN_US` | [`Config::spin`] | `50` |
-//! | `OXCCL_SMALL_BYTES` | [`Config::small_bytes`] | the selection table's |
+//! | `OXCCL_SMALL_BYTES` | [`Config::small_bytes`] | the cost model's choice |
+//! | `OXCCL_TUNING_FILE` | [`Config::tuning_file`] | `/etc/oxccl/tuning.json` |
+//! | `OXCCL_TUNE` | [`Config::tune_at_init`] | `quick`, `off` |
 //! | `OXCCL_SHM_SLOTS`, `OXCCL_SHM_SLOT_BYTES` | [`Config::shm_slots`], [`Config::shm_slot_bytes`] | `8`, `64K` |
 //! | `OXCCL_SHM_SINGLE_COPY` | [`Config::shm_single_copy_min`] | `64K`, `off` |
 //! | `OXCCL_SHM_YIELD_US` | [`Config::shm_yield`] | `200` |
@@ -177,6 +179,15 @@ pub struct Config {
     pub timeout: Duration,
     /// Pipeline chunk size in bytes. Default 512 KiB.
     pub chunk_bytes: usize,
+    /// Whether the cost model may choose the chunk size of pipelined chains and trees (true
+    /// by default; [`Config::with_chunk_bytes`] and `OXCCL_CHUNK_BYTES` fix it).
+    pub chunk_auto: bool,
+    /// The tuning file (from `oxccl-bench --calibrate`) whose profile prices the algorithms;
+    /// `None`: the built-in profile. Rank 0's profile is used by every rank.
+    pub tuning_file: Option<std::path::PathBuf>,
+    /// Calibrate the transport between ranks 0 and 1 at start-up (`OXCCL_TUNE=quick`, under
+    /// 200 ms) and price with that instead of the file's link figures.
+    pub tune_at_init: bool,
     /// Chunks in flight per pipelined stream. Default 4.
     pub pipeline_depth: usize,
     /// Network interfaces to listen on, in `NCCL_SOCKET_IFNAME` syntax.
@@ -188,8 +199,8 @@ pub struct Config {
     /// How long a waiter spins before it sleeps; `None` picks by ranks per core.
     pub spin: Option<Duration>,
     /// All-reduces of at most this many bytes use recursive doubling (latency-bound), larger
-    /// ones a bandwidth-bound algorithm, unless an algorithm is forced. `None` (the default):
-    /// the selection table's threshold (32 KiB over shared memory, 128 KiB over TCP).
+    /// ones another algorithm, unless an algorithm is forced. `None` (the default): the cost
+    /// model decides.
     pub small_bytes: Option<usize>,
     /// Shared memory: slots per FIFO (per ordered pair of ranks). Default 8.
     pub shm_slots: usize,
@@ -211,6 +222,9 @@ impl Default for Config {
             algorithms: AlgoOverrides::default(),
             timeout: Duration::from_secs(600),
             chunk_bytes: 512 << 10,
+            chunk_auto: true,
+            tuning_file: None,
+            tune_at_init: false,
             pipeline_depth: 4,
             socket_ifname: None,
             tcp_conns_per_peer: 1,
@@ -318,6 +332,16 @@ impl Config {
         if let Some(v) = var("OXCCL_SHM_YIELD_US") {
             self.shm_yield = Duration::from_micros(int("OXCCL_SHM_YIELD_US", v)?);
         }
+        if let Some(v) = var("OXCCL_TUNING_FILE") {
+            self.tuning_file = Some(v.into());
+        }
+        if let Some(v) = var("OXCCL_TUNE") {
+            self.tune_at_init = match v.trim().to_ascii_lowercase().as_str() {
+                "quick" | "1" | "on" => true,
+                "off" | "0" => false,
+                _ => return Err(Error::invalid_argument(format!("OXCCL_TUNE='{v}' is not quick or off"))),
+            };
+        }
         if let Some(v) = var("OXCCL_SMALL_BYTES") {
             self.small_bytes = Some(bytes("OXCCL_SMALL_BYTES", v)?);
         }
@@ -335,6 +359,7 @@ impl Config {
     #[must_use]
     pub fn with_chunk_bytes(mut self, b: usize) -> Self {
         self.chunk_bytes = b.max(64);
+        self.chunk_auto = false;
         self
     }
 

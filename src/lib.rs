@@ -31,6 +31,7 @@ pub mod bootstrap;
 pub mod check;
 mod communicator;
 pub mod config;
+pub mod cost;
 pub mod error;
 pub mod launch;
 pub mod select;

@@ -1,190 +1,148 @@
-//! Choosing an algorithm for a call: apart from running it, so the rule is one place.
+//! Choosing an algorithm, and a chunk size, for a call: apart from running it, so the rule
+//! is one place.
 //!
-//! A forced algorithm ([`Config::algorithms`]) always wins. Otherwise the first row of
-//! the table that matches the collective, the fabric, the world size and the message size
-//! picks (`TABLE` below). The table was measured on the 2-core development VM with every
-//! algorithm side by side (`oxccl-bench --compare ... --collective all` at 3, 4 and 8 ranks
-//! over shared memory and TCP, 8 B to 64 MiB; `benches/SELECTION.md` has every figure: the
-//! choice is within 10% of the fastest algorithm in 88% of the cells). In short:
+//! A forced algorithm ([`Config::algorithms`], `OXCCL_ALGO`, [`Communicator::set_algorithms`])
+//! always wins. Otherwise every algorithm the collective has is priced with the cost model
+//! ([`crate::cost`]: each algorithm's alpha-beta-gamma formula, the world's hosts and the
+//! communicator's [`Profile`]) and the least predicted time wins; the hierarchical algorithms
+//! are candidates only on several hosts. For the pipelined chains and trees (broadcast,
+//! reduce, tree all-reduce) the chunk size is chosen the same way, among powers of two from
+//! 64 KiB to 4 MiB, unless the configuration fixes it (`OXCCL_CHUNK_BYTES`).
 //!
-//! * **small messages** are latency-bound: log-step algorithms (recursive doubling, Bruck,
-//!   halving-doubling, trees) beat the ring's p-1 steps;
-//! * **shared memory with single-copy reads**: direct all-reduce and reduce-scatter (two
-//!   message steps, each input byte read once, by its owner);
-//! * **TCP**: halving-doubling between the latency and bandwidth regimes when p is a power
-//!   of two (no fold), the ring for the largest messages;
-//! * **several hosts**: the hierarchical algorithms (shared memory inside, TCP between;
-//!   all-to-all only for small blocks). These rows follow the algorithms' costs: one
-//!   machine cannot measure real hosts.
-//!
-//! The cost-model issue replaces these thresholds with predicted times.
+//! [`Communicator::set_algorithms`]: crate::Communicator::set_algorithms
 
-use oxccl_algorithms::registry::{self, Algorithm};
-use oxccl_algorithms::Collective;
+use oxccl_algorithms::registry::Algorithm;
+use oxccl_algorithms::{Collective, DataType, ReduceOp};
 
 use crate::config::Config;
+use crate::cost::{self, Call, Cost, Profile};
 
-/// What the ranks of a communicator are connected by, as far as choosing goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fabric {
-    /// One host, shared memory with single-copy reads (or the in-process transport).
-    SharedMemory,
-    /// Sockets between every pair (or shared memory without single-copy reads).
-    Network,
-    /// Several hosts with several ranks on at least one: shared memory inside, TCP between.
-    MultiHost,
+/// What a call will run with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Choice {
+    /// The algorithm.
+    pub algo: Algorithm,
+    /// The pipeline chunk size in bytes.
+    pub chunk_bytes: usize,
+    /// Its predicted time.
+    pub predicted: Cost,
 }
 
-/// Which world sizes a row applies to.
-#[derive(Debug, Clone, Copy)]
-enum Ranks {
-    Any,
-    /// Powers of two of at least this many.
-    PowerOfTwoFrom(usize),
-    /// At least this many.
-    From(usize),
-    /// At most this many.
-    UpTo(usize),
-    /// Not a power of two.
-    NotPowerOfTwo,
-    /// Exactly this many.
-    Exactly(usize),
+/// Chunk sizes the model chooses among.
+const CHUNKS: [usize; 7] = [64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20];
+
+/// Whether `algo`'s time for `coll` depends on the chunk size through its pipeline (chains
+/// and trees fill and drain a pipeline; the others only pay a gap per chunk).
+fn pipelined(coll: Collective, algo: Algorithm) -> bool {
+    matches!(coll, Collective::Broadcast | Collective::Reduce)
+        || (coll, algo) == (Collective::AllReduce, Algorithm::Tree)
 }
 
-impl Ranks {
-    fn matches(self, p: usize) -> bool {
-        match self {
-            Ranks::Any => true,
-            Ranks::PowerOfTwoFrom(n) => p >= n && p.is_power_of_two(),
-            Ranks::From(n) => p >= n,
-            Ranks::UpTo(n) => p <= n,
-            Ranks::NotPowerOfTwo => !p.is_power_of_two(),
-            Ranks::Exactly(n) => p == n,
+/// `algo` priced at its best chunk size (or the configured one).
+fn priced(call: &Call, algo: Algorithm, hosts: &[usize], profile: &Profile, cfg: &Config) -> Option<Choice> {
+    let at = |chunk_bytes: usize| {
+        let c = Call { chunk_bytes, ..*call };
+        cost::predict(&c, algo, hosts, profile).map(|predicted| Choice { algo, chunk_bytes, predicted })
+    };
+    if cfg.chunk_auto && pipelined(call.coll, algo) {
+        let mut best = at(cfg.chunk_bytes)?;
+        for c in CHUNKS {
+            let x = at(c)?;
+            if x.predicted.total() < best.predicted.total() * (1.0 - 1e-9) {
+                best = x;
+            }
         }
+        Some(best)
+    } else {
+        at(cfg.chunk_bytes)
     }
 }
 
-/// One row: for `coll` on `fabric` (None: any) with `ranks`, messages up to `max_bytes`
-/// use `algo`.
-struct Row {
+/// Every candidate for the call, priced, fastest first (what `oxccl-bench --explain` prints).
+pub fn candidates(
     coll: Collective,
-    fabric: Option<Fabric>,
-    ranks: Ranks,
-    max_bytes: usize,
-    algo: Algorithm,
+    bytes: usize,
+    dtype: DataType,
+    op: ReduceOp,
+    hosts: &[usize],
+    profile: &Profile,
+    cfg: &Config,
+) -> Vec<Choice> {
+    let call = Call { coll, bytes, dtype, op, chunk_bytes: cfg.chunk_bytes };
+    let small = if coll == Collective::AllReduce { cfg.small_bytes } else { None };
+    let mut v: Vec<Choice> = oxccl_algorithms::registry::algorithms(coll)
+        .iter()
+        .filter(|&&a| cost::applies(a, hosts))
+        // A configured small-message threshold: recursive doubling at or below, never above.
+        .filter(|&&a| match small {
+            Some(s) if hosts.len() > 1 => (a == Algorithm::RecursiveDoubling) == (bytes <= s),
+            _ => true,
+        })
+        .filter_map(|&a| priced(&call, a, hosts, profile, cfg))
+        .collect();
+    v.sort_by(|a, b| a.predicted.total().total_cmp(&b.predicted.total()));
+    v
 }
 
-const K: usize = 1 << 10;
-const M: usize = 1 << 20;
-const ALL: usize = usize::MAX;
-
-const fn row(coll: Collective, fabric: Option<Fabric>, ranks: Ranks, max_bytes: usize, algo: Algorithm) -> Row {
-    Row { coll, fabric, ranks, max_bytes, algo }
-}
-
-use Algorithm::*;
-use Collective as C;
-use Fabric::*;
-
-/// The selection table: the first matching row wins; every collective ends with a row
-/// that matches everything. Sizes are the call's bytes (per rank's input for all-reduce,
-/// reduce, broadcast; the gathered or scattered total for the others).
-const TABLE: &[Row] = &[
-    // All-reduce (the small-message threshold is `Config::small_bytes` when set).
-    row(C::AllReduce, Some(SharedMemory), Ranks::Any, 32 * K, RecursiveDoubling),
-    row(C::AllReduce, Some(SharedMemory), Ranks::PowerOfTwoFrom(4), 512 * K, HalvingDoubling),
-    row(C::AllReduce, Some(SharedMemory), Ranks::Any, ALL, Direct),
-    row(C::AllReduce, Some(MultiHost), Ranks::Any, 32 * K, RecursiveDoubling),
-    row(C::AllReduce, Some(MultiHost), Ranks::Any, ALL, Hierarchical),
-    // Folding costs recursive doubling two extra steps when p is not a power of two; over
-    // sockets direct exchange (3 ranks) and the double binary tree's halves win there.
-    row(C::AllReduce, Some(Network), Ranks::Exactly(3), 128 * K, Direct),
-    row(C::AllReduce, Some(Network), Ranks::NotPowerOfTwo, 128 * K, Tree),
-    row(C::AllReduce, None, Ranks::Any, 128 * K, RecursiveDoubling),
-    // Few ranks over sockets: all peers at once beats p-1 ring steps (5-10% from 512 KiB).
-    row(C::AllReduce, Some(Network), Ranks::UpTo(4), ALL, Direct),
-    row(C::AllReduce, None, Ranks::PowerOfTwoFrom(4), 8 * M, HalvingDoubling),
-    row(C::AllReduce, None, Ranks::Any, ALL, Ring),
-    // All-gather.
-    row(C::AllGather, Some(MultiHost), Ranks::Any, ALL, Hierarchical),
-    row(C::AllGather, Some(SharedMemory), Ranks::UpTo(3), 8 * K, RecursiveDoubling),
-    row(C::AllGather, Some(SharedMemory), Ranks::PowerOfTwoFrom(4), 32 * K, RecursiveDoubling),
-    row(C::AllGather, Some(SharedMemory), Ranks::From(4), 32 * K, Bruck),
-    row(C::AllGather, None, Ranks::UpTo(3), ALL, Ring),
-    row(C::AllGather, None, Ranks::PowerOfTwoFrom(4), 8 * M, RecursiveDoubling),
-    row(C::AllGather, None, Ranks::Any, 128 * K, Bruck),
-    row(C::AllGather, None, Ranks::Any, ALL, Ring),
-    // Reduce-scatter.
-    row(C::ReduceScatter, Some(MultiHost), Ranks::Any, ALL, Hierarchical),
-    row(C::ReduceScatter, Some(Network), Ranks::PowerOfTwoFrom(8), 32 * K, HalvingDoubling),
-    row(C::ReduceScatter, None, Ranks::Any, ALL, Direct),
-    // All-to-all (across hosts, gathering small blocks saves inter-host messages; large
-    // ones go straight to their destinations).
-    row(C::AllToAll, Some(MultiHost), Ranks::Any, 32 * K, Hierarchical),
-    row(C::AllToAll, Some(Network), Ranks::From(4), 32 * K, Bruck),
-    row(C::AllToAll, None, Ranks::Any, ALL, Pairwise),
-    // Broadcast and reduce.
-    row(C::Broadcast, Some(Network), Ranks::Any, 32 * K, Ring),
-    row(C::Broadcast, Some(SharedMemory), Ranks::Any, 32 * K, Tree),
-    row(C::Broadcast, None, Ranks::From(4), ALL, Tree),
-    row(C::Broadcast, None, Ranks::Any, ALL, Ring),
-    // Up to 128 KiB a vector is one chunk, so the chain's p-1 hops are not pipelined.
-    row(C::Reduce, None, Ranks::Any, 128 * K, Tree),
-    row(C::Reduce, None, Ranks::From(4), ALL, Tree),
-    row(C::Reduce, None, Ranks::Any, ALL, Ring),
-];
-
-/// The algorithm for `coll` on `bytes` bytes in a world of `size` connected by `fabric`:
-/// `forced` if set, else the table's (with `cfg`'s small-message threshold).
+/// The algorithm and chunk size for `coll` on `bytes` bytes (see [`cost::Call::bytes`]) in
+/// a world whose rank r runs on host `hosts[r]`: `forced` if set, else the least predicted
+/// time's.
+#[allow(clippy::too_many_arguments)]
 pub fn choose(
     coll: Collective,
     bytes: usize,
-    size: usize,
-    fabric: Fabric,
+    dtype: DataType,
+    op: ReduceOp,
+    hosts: &[usize],
+    profile: &Profile,
     forced: Option<Algorithm>,
     cfg: &Config,
-) -> Algorithm {
+) -> Choice {
+    let call = Call { coll, bytes, dtype, op, chunk_bytes: cfg.chunk_bytes };
     if let Some(a) = forced {
-        return a;
+        return priced(&call, a, hosts, profile, cfg).unwrap_or(Choice {
+            algo: a,
+            chunk_bytes: cfg.chunk_bytes,
+            predicted: Cost::default(),
+        });
     }
-    // A configured small-message threshold replaces the table's recursive-doubling rows.
-    let small = if coll == C::AllReduce { cfg.small_bytes } else { None };
-    if small.is_some_and(|s| size > 1 && bytes <= s) {
-        return RecursiveDoubling;
-    }
-    TABLE
-        .iter()
-        .find(|r| {
-            r.coll == coll
-                && r.fabric.is_none_or(|f| f == fabric)
-                && r.ranks.matches(size)
-                && bytes <= r.max_bytes
-                && !(small.is_some() && r.algo == RecursiveDoubling)
-        })
-        .map(|r| r.algo)
-        .unwrap_or_else(|| registry::algorithms(coll)[0])
+    candidates(coll, bytes, dtype, op, hosts, profile, cfg).into_iter().next().unwrap_or(Choice {
+        algo: oxccl_algorithms::registry::algorithms(coll).first().copied().unwrap_or(Algorithm::Ring),
+        chunk_bytes: cfg.chunk_bytes,
+        predicted: Cost::default(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cost::TuningFile;
+    use Algorithm::*;
+    use Collective as C;
 
-    fn pick(coll: Collective, bytes: usize, p: usize, fabric: Fabric, cfg: &Config) -> Algorithm {
-        choose(coll, bytes, p, fabric, cfg.algorithms.get(coll), cfg)
+    const K: usize = 1 << 10;
+    const M: usize = 1 << 20;
+
+    fn pick(coll: Collective, bytes: usize, hosts: &[usize], intra: &str, cfg: &Config) -> Algorithm {
+        let profile = TuningFile::builtin().profile("h", intra);
+        choose(coll, bytes, DataType::F32, ReduceOp::Sum, hosts, &profile, cfg.algorithms.get(coll), cfg).algo
     }
 
     #[test]
     fn every_collective_has_a_choice_that_it_implements() {
         let c = Config::default();
         for coll in C::ALL {
-            for fabric in [SharedMemory, Network, MultiHost] {
+            for intra in ["shm", "tcp"] {
                 for p in 1..=9 {
-                    for bytes in [0, 8, 32 * K, 128 * K, M, 64 * M] {
-                        let a = pick(coll, bytes, p, fabric, &c);
-                        assert!(
-                            registry::algorithms(coll).is_empty() || registry::lookup(coll, a).is_some(),
-                            "{coll} {fabric:?} p {p} {bytes} B: {a} is not implemented"
-                        );
+                    for hosts in [vec![0; p], (0..p).map(|r| r % 2).collect()] {
+                        for bytes in [0, 8, 32 * K, 128 * K, M, 64 * M] {
+                            let a = pick(coll, bytes, &hosts, intra, &c);
+                            assert!(
+                                oxccl_algorithms::registry::lookup(coll, a).is_some(),
+                                "{coll} {intra} hosts {hosts:?} {bytes} B: {a} is not implemented"
+                            );
+                            assert!(cost::applies(a, &hosts) || p == 1, "{a} on {hosts:?}");
+                        }
                     }
                 }
             }
@@ -192,43 +150,50 @@ mod tests {
     }
 
     #[test]
-    fn table_rows_and_overrides() {
+    fn the_model_picks_by_regime() {
         let c = Config::default();
-        assert_eq!(pick(C::AllReduce, 8, 4, Network, &c), RecursiveDoubling);
-        assert_eq!(pick(C::AllReduce, 8, 4, SharedMemory, &c), RecursiveDoubling);
-        assert_eq!(pick(C::AllReduce, M, 4, Network, &c), Direct);
-        assert_eq!(pick(C::AllReduce, M, 8, Network, &c), HalvingDoubling);
-        assert_eq!(pick(C::AllReduce, M, 3, Network, &c), Direct);
-        assert_eq!(pick(C::AllReduce, M, 6, Network, &c), Ring);
-        assert_eq!(pick(C::AllReduce, 64 * M, 8, Network, &c), Ring);
-        assert_eq!(pick(C::AllReduce, M, 4, SharedMemory, &c), Direct);
-        assert_eq!(pick(C::AllReduce, 256 * K, 4, SharedMemory, &c), HalvingDoubling);
-        assert_eq!(pick(C::AllReduce, M, 4, MultiHost, &c), Hierarchical);
-        assert_eq!(pick(C::AllGather, 8, 4, MultiHost, &c), Hierarchical);
-        assert_eq!(pick(C::ReduceScatter, 8, 4, MultiHost, &c), Hierarchical);
-        assert_eq!(pick(C::AllToAll, 8, 4, MultiHost, &c), Hierarchical);
-        assert_eq!(pick(C::AllToAll, M, 4, MultiHost, &c), Pairwise);
-        assert_eq!(pick(C::ReduceScatter, 8, 4, SharedMemory, &c), Direct);
-        assert_eq!(pick(C::ReduceScatter, 8, 8, Network, &c), HalvingDoubling);
-        assert_eq!(pick(C::AllGather, 8, 8, SharedMemory, &c), RecursiveDoubling);
-        assert_eq!(pick(C::AllGather, 8, 6, SharedMemory, &c), Bruck);
-        assert_eq!(pick(C::AllReduce, 8, 3, Network, &c), Direct);
-        // Two ranks: one exchange of recursive doubling, not two rounds of direct.
-        assert_eq!(pick(C::AllReduce, 8, 2, Network, &c), RecursiveDoubling);
-        assert_eq!(pick(C::AllReduce, 8, 5, Network, &c), Tree);
-        assert_eq!(pick(C::AllToAll, 8, 8, Network, &c), Bruck);
-        assert_eq!(pick(C::AllToAll, 8, 8, SharedMemory, &c), Pairwise);
-        assert_eq!(pick(C::Broadcast, M, 8, Network, &c), Tree);
-        assert_eq!(pick(C::Broadcast, 8, 8, Network, &c), Ring);
-        assert_eq!(pick(C::Broadcast, 8, 3, Network, &c), Ring);
+        let one = |p: usize| vec![0usize; p];
+        // Latency-bound: log-step algorithms; bandwidth-bound: the ring's bytes.
+        assert_eq!(pick(C::AllReduce, 8, &one(4), "tcp", &c), RecursiveDoubling);
+        assert_eq!(pick(C::AllReduce, 8, &one(2), "shm", &c), RecursiveDoubling);
+        let big = pick(C::AllReduce, 256 * M, &one(8), "tcp", &c);
+        assert!(matches!(big, Ring | Direct | HalvingDoubling), "{big}");
+        assert_ne!(pick(C::AllGather, 8, &one(8), "tcp", &c), Ring);
+        // Several hosts with several ranks each: the two-level algorithms for large calls.
+        let two_hosts = [0, 0, 0, 0, 1, 1, 1, 1];
+        assert_eq!(pick(C::AllReduce, 64 * M, &two_hosts, "shm", &c), Hierarchical);
+        assert_eq!(pick(C::ReduceScatter, 64 * M, &two_hosts, "shm", &c), Hierarchical);
+        // One host: never hierarchical.
+        for coll in [C::AllReduce, C::AllGather, C::ReduceScatter, C::AllToAll] {
+            assert_ne!(pick(coll, 64 * M, &one(8), "shm", &c), Hierarchical);
+        }
+    }
+
+    #[test]
+    fn overrides_and_thresholds_win() {
         let forced = Config::default().with_algorithm("ring").unwrap();
-        assert_eq!(pick(C::AllReduce, 8, 4, SharedMemory, &forced), Ring);
-        assert_eq!(pick(C::ReduceScatter, 8, 4, SharedMemory, &forced), Ring);
+        assert_eq!(pick(C::AllReduce, 8, &[0; 4], "shm", &forced), Ring);
+        assert_eq!(pick(C::ReduceScatter, 8, &[0; 4], "shm", &forced), Ring);
         let small = Config { small_bytes: Some(M), ..Config::default() };
-        assert_eq!(pick(C::AllReduce, M, 4, SharedMemory, &small), RecursiveDoubling);
-        assert_eq!(pick(C::AllReduce, 2 * M, 4, SharedMemory, &small), Direct);
-        assert_eq!(pick(C::AllReduce, 64 * K, 4, Network, &small), RecursiveDoubling);
-        assert_eq!(pick(C::AllReduce, 2 * M, 8, Network, &small), HalvingDoubling);
-        assert_eq!(pick(C::AllReduce, 2 * M, 4, Network, &small), Direct);
+        assert_eq!(pick(C::AllReduce, M, &[0; 4], "shm", &small), RecursiveDoubling);
+        assert_ne!(pick(C::AllReduce, 2 * M, &[0; 4], "shm", &small), RecursiveDoubling);
+    }
+
+    #[test]
+    fn chunk_sizes_follow_the_pipeline() {
+        let profile = TuningFile::builtin().profile("h", "tcp");
+        let c = Config::default();
+        let at = |bytes: usize, p: usize| {
+            choose(C::Broadcast, bytes, DataType::F32, ReduceOp::Sum, &vec![0; p], &profile, Some(Ring), &c)
+        };
+        // A longer chain wants smaller chunks (the pipeline fill costs hops x chunk time).
+        assert!(at(64 * M, 8).chunk_bytes <= at(64 * M, 2).chunk_bytes);
+        // A chunk size the configuration fixes is kept.
+        let fixed = Config::default().with_chunk_bytes(300 * K);
+        let x = choose(C::Broadcast, 64 * M, DataType::F32, ReduceOp::Sum, &[0; 8], &profile, Some(Ring), &fixed);
+        assert_eq!(x.chunk_bytes, 300 * K);
+        // Non-pipelined algorithms keep the configured chunk.
+        let y = choose(C::AllReduce, 64 * M, DataType::F32, ReduceOp::Sum, &[0; 8], &profile, Some(Ring), &c);
+        assert_eq!(y.chunk_bytes, c.chunk_bytes);
     }
 }

@@ -18,6 +18,7 @@ pub mod all_reduce;
 pub mod all_to_all;
 pub mod barrier;
 pub mod broadcast;
+pub mod cost;
 pub mod ctx;
 mod direct;
 pub mod dtype;
@@ -35,6 +36,7 @@ pub mod registry;
 mod ring;
 mod tree;
 
+pub use cost::{Cost, Link, Model, Profile};
 pub use ctx::{AlgoFn, CollArgs, Collective, Ctx};
 pub use dtype::{DataType, Element};
 pub use kernels::{HostReducer, Reducer, Scratch};

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::cost::{Cost, CostFn, Model};
 use crate::ctx::{AlgoFn, Collective};
 
 /// An algorithm, by name.
@@ -114,6 +115,52 @@ pub fn lookup(coll: Collective, algo: Algorithm) -> Option<AlgoFn> {
     })
 }
 
+/// The cost formula of `algo` for `coll`, if there is such an algorithm.
+pub fn cost_formula(coll: Collective, algo: Algorithm) -> Option<CostFn> {
+    use Algorithm::*;
+    Some(match (coll, algo) {
+        (Collective::AllReduce, Ring) => crate::all_reduce::ring::cost,
+        (Collective::AllReduce, RecursiveDoubling) => crate::all_reduce::recursive_doubling::cost,
+        (Collective::AllReduce, Direct) => crate::all_reduce::direct::cost,
+        (Collective::AllReduce, Tree) => crate::all_reduce::tree::cost,
+        (Collective::AllReduce, HalvingDoubling) => crate::all_reduce::halving_doubling::cost,
+        (Collective::AllReduce, Hierarchical) => crate::all_reduce::hierarchical::cost,
+        (Collective::AllGather, Ring) => crate::all_gather::ring::cost,
+        (Collective::AllGather, RecursiveDoubling) => crate::all_gather::recursive_doubling::cost,
+        (Collective::AllGather, Bruck) => crate::all_gather::bruck::cost,
+        (Collective::AllGather, Hierarchical) => crate::all_gather::hierarchical::cost,
+        (Collective::ReduceScatter, Ring) => crate::reduce_scatter::ring::cost,
+        (Collective::ReduceScatter, Direct) => crate::reduce_scatter::direct::cost,
+        (Collective::ReduceScatter, HalvingDoubling) => crate::reduce_scatter::halving_doubling::cost,
+        (Collective::ReduceScatter, Hierarchical) => crate::reduce_scatter::hierarchical::cost,
+        (Collective::AllToAll, Pairwise) => crate::all_to_all::pairwise::cost,
+        (Collective::AllToAll, Bruck) => crate::all_to_all::bruck::cost,
+        (Collective::AllToAll, Hierarchical) => crate::all_to_all::hierarchical::cost,
+        (Collective::Broadcast, Ring) => crate::broadcast::ring::cost,
+        (Collective::Broadcast, Tree) => crate::broadcast::tree::cost,
+        (Collective::Reduce, Ring) => crate::reduce::ring::cost,
+        (Collective::Reduce, Tree) => crate::reduce::tree::cost,
+        (Collective::Barrier, Dissemination) => crate::barrier::dissemination::cost,
+        _ => return None,
+    })
+}
+
+/// The predicted time of `algo` for the call `m` describes, with the profile's efficiency
+/// factors for it (those measured between hosts when `m` spans several); `None` if `m.coll`
+/// has no such algorithm. A world of one rank and an empty call cost nothing (a barrier of one
+/// likewise).
+pub fn predict(algo: Algorithm, m: &Model<'_>) -> Option<Cost> {
+    let f = cost_formula(m.coll, algo)?;
+    if m.p() <= 1 || (m.bytes == 0 && m.coll != Collective::Barrier) {
+        return Some(Cost::default());
+    }
+    let c = f(m);
+    Some(match m.profile.efficiency(m.coll, algo, m.p(), m.num_hosts() > 1) {
+        Some(e) => e.apply(c, m.footprint()),
+        None => c,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +171,7 @@ mod tests {
             assert!(!algorithms(c).is_empty(), "{c} has no algorithm");
             for a in Algorithm::ALL {
                 assert_eq!(lookup(c, a).is_some(), algorithms(c).contains(&a), "{c} {a}");
+                assert_eq!(cost_formula(c, a).is_some(), algorithms(c).contains(&a), "{c} {a}: cost");
             }
         }
         for a in Algorithm::ALL {

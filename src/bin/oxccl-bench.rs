@@ -69,6 +69,16 @@ struct Args {
     /// Start this many local ranks when not under a launcher (default 2).
     #[arg(long)]
     ranks: Option<usize>,
+    /// Print the cost model's reasoning: at each size every algorithm is measured (as with
+    /// `--compare`) and each row ends with the algorithm and its predicted time; the `auto`
+    /// row names the choice.
+    #[arg(long)]
+    explain: bool,
+    /// Measure this host's transport and kernels (see `oxccl::cost::calibrate`) and add the
+    /// entry to this tuning file (created if missing; an entry for the same host and
+    /// transport is replaced). Load it with `OXCCL_TUNING_FILE`.
+    #[arg(long, value_name = "FILE")]
+    calibrate: Option<PathBuf>,
 }
 
 fn bytes_arg(s: &str) -> Result<usize, String> {
@@ -141,6 +151,35 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
         return Err(bad("-f must be at least 2".into()));
     }
     let comm = Communicator::from_launch_env(env, config)?;
+    if let Some(path) = &args.calibrate {
+        let t0 = Instant::now();
+        let mut file = if path.exists() {
+            oxccl::cost::TuningFile::load(path)?
+        } else {
+            oxccl::cost::TuningFile { oxccl_tuning: 1, entries: Vec::new() }
+        };
+        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let base = file.entries.iter().find(|e| e.host == host && e.transport == comm.transport_name()).cloned();
+        let entry = oxccl::cost::calibrate(&comm, oxccl::cost::Effort::Full, base.as_ref())?;
+        if comm.rank() == 0 {
+            println!(
+                "# calibrated {} over {} ranks in {:.1} s: alpha {:.2} us, gap {:.3} us, wake {:.2} us, {:.2} GB/s, copy {:.2} GB/s, f32 sum {:.2} GB/s",
+                entry.transport,
+                comm.size(),
+                t0.elapsed().as_secs_f64(),
+                entry.alpha_us,
+                entry.gap_us,
+                entry.wake_us,
+                entry.bandwidth_gbs,
+                entry.copy_gbs,
+                entry.reduce_gbs.get("float.sum").copied().unwrap_or(0.0)
+            );
+            file.upsert(entry);
+            file.save(path)?;
+            println!("# written to {}", path.display());
+        }
+        return Ok(0);
+    }
     if args.root >= comm.size() {
         return Err(bad(format!("root {} is not a rank of this world of {}", args.root, comm.size())));
     }
@@ -348,7 +387,9 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
     };
     if r == 0 {
         let forced = comm.config().algorithms.get(coll);
-        let algo_label = if args.compare.is_empty() {
+        let algo_label = if args.explain {
+            "explain (every algorithm, measured and predicted)".to_string()
+        } else if args.compare.is_empty() {
             forced.map(|a| a.name().to_string()).unwrap_or_else(|| "auto".into())
         } else {
             format!("compare {}", args.compare.join(","))
@@ -375,7 +416,17 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
     let mut wrong_total = 0usize;
     let mut bytes = args.min_bytes.max(1);
     // Compare mode: the algorithms this collective has (and `auto`), else one unnamed run.
-    let variants: Vec<Option<String>> = if args.compare.is_empty() {
+    let variants: Vec<Option<String>> = if args.explain {
+        std::iter::once("auto".to_string())
+            .chain(
+                oxccl::algorithms_of(coll)
+                    .iter()
+                    .filter(|a| oxccl::cost::applies(**a, comm.hosts()))
+                    .map(|a| a.name().to_string()),
+            )
+            .map(Some)
+            .collect()
+    } else if args.compare.is_empty() {
         vec![None]
     } else {
         args.compare
@@ -388,7 +439,8 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
     };
     // Compare mode measures every variant twice, interleaved, and keeps each one's best:
     // on a busy machine the first runs after a size change pay for fresh buffers.
-    let rounds = if args.compare.is_empty() { 1 } else { 2 };
+    let comparing = args.explain || !args.compare.is_empty();
+    let rounds = if comparing { 2 } else { 1 };
     while bytes <= args.max_bytes {
         let mut b = Bufs::<T>::new(coll, bytes, p);
         let size = b.total * T::DTYPE.size();
@@ -407,9 +459,14 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
                 }
             }
         }
-        if !args.compare.is_empty() {
+        if comparing {
             comm.set_algorithms("auto")?;
         }
+        let priced = oxccl::select::candidates(coll, size, T::DTYPE, op, comm.hosts(), comm.profile(), comm.config());
+        let predicted = |name: &str| {
+            let a = if name == "auto" { comm.algorithm_for(coll, size) } else { Algorithm::parse(name)? };
+            priced.iter().find(|c| c.algo == a).map(|c| c.predicted.total() * 1e6)
+        };
         for (variant, (times, wrong)) in variants.iter().zip(results) {
             wrong_total += (wrong[0] + wrong[1]) as usize;
             if r != 0 {
@@ -436,6 +493,12 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
                     line.push_str(&format!("  auto({})", comm.algorithm_for(coll, size)));
                 } else {
                     line.push_str(&format!("  {name}"));
+                }
+                if args.explain {
+                    match predicted(name) {
+                        Some(us) => line.push_str(&format!("  predicted {us:.2}")),
+                        None => line.push_str("  predicted -"),
+                    }
                 }
             }
             println!("{line}");

@@ -4,6 +4,7 @@ mod raw;
 pub use raw::RawP2p;
 mod split;
 
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,9 +22,17 @@ use sha2::{Digest, Sha256};
 use crate::bootstrap::env::{LaunchEnv, StoreHost};
 use crate::bootstrap::tcp_store::{TcpStore, TcpStoreServer};
 use crate::config::{AlgoOverrides, Config, TransportKind};
+use crate::cost::{self, Profile, TuningFile};
 use crate::error::{Error, Result};
-use crate::select::{self, Fabric};
+use crate::select::{self, Choice};
 use crate::UniqueId;
+
+/// Cached choices, and the (collective, size class) pairs already logged.
+#[derive(Default)]
+struct Choices {
+    made: HashMap<(Collective, usize, DataType, ReduceOp, u64), Choice>,
+    logged: HashSet<(Collective, u32)>,
+}
 
 struct State {
     seq: u64,
@@ -66,8 +75,11 @@ pub struct Communicator {
     net: Arc<dyn Transport>,
     /// `net`'s capabilities, fixed once it is built.
     caps: Capabilities,
-    /// What connects the ranks, as algorithm choice sees it (set with the hosts).
-    fabric: Fabric,
+    /// What the machine's links and kernels cost: the algorithm choice prices with it. Rank
+    /// 0's, so every rank chooses alike.
+    profile: Profile,
+    /// Choices made so far, by call shape (the cost model is priced once per shape).
+    choices: Mutex<Choices>,
     /// Forced algorithms (`AlgoOverrides::pack`): the configuration's, changed by
     /// [`Communicator::set_algorithms`].
     forced: AtomicU64,
@@ -127,6 +139,19 @@ fn host_indices(keys: &[u64]) -> Vec<usize> {
             }
         })
         .collect()
+}
+
+/// The profile a communicator over `transport` starts with: from the tuning file the
+/// configuration names, else the built-in one (rank 0's then replaces every rank's).
+fn initial_profile(config: &Config, transport: &str) -> Result<Profile> {
+    let file = match &config.tuning_file {
+        Some(p) => TuningFile::load(p)?,
+        None => TuningFile::builtin(),
+    };
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    // Behind a router, ranks of one host share memory.
+    let intra = if transport == "router" { "shm" } else { transport };
+    Ok(file.profile(&host, intra))
 }
 
 fn cores() -> usize {
@@ -222,12 +247,21 @@ impl Communicator {
 
     fn connect(boot: Boot, rank: usize, size: usize, config: Config, deadline: Instant) -> Result<Communicator> {
         let net = build_transport(&boot, rank, size, &config, deadline)?;
-        let mut comm = Communicator::assemble(rank, size, config, net, Some(boot));
+        let profile = initial_profile(&config, net.name()).map_err(|e| e.on_rank(rank))?;
+        let mut comm = Communicator::assemble(rank, size, config, net, Some(boot), profile);
         comm.discover_hosts(deadline)?;
+        comm.tune_at_init()?;
         Ok(comm)
     }
 
-    fn assemble(rank: usize, size: usize, config: Config, net: Arc<dyn Transport>, boot: Option<Boot>) -> Communicator {
+    fn assemble(
+        rank: usize,
+        size: usize,
+        config: Config,
+        net: Arc<dyn Transport>,
+        boot: Option<Boot>,
+        profile: Profile,
+    ) -> Communicator {
         let mut c = Communicator {
             rank,
             size,
@@ -236,15 +270,16 @@ impl Communicator {
             hosts: vec![0; size],
             config,
             caps: net.capabilities(),
-            fabric: Fabric::Network,
+            profile: Profile::clone(&TuningFile::builtin().profile("", "shm")),
+            choices: Mutex::new(Choices::default()),
             forced: AtomicU64::new(0),
             net,
             reducer: HostReducer::new(),
             state: Mutex::new(State { seq: 0, poisoned: None, p2p_sent: vec![0; size], p2p_received: vec![0; size] }),
             boot,
         };
-        c.fabric = c.fabric();
         c.forced = AtomicU64::new(c.config.algorithms.pack());
+        c.profile = profile;
         c
     }
 
@@ -263,7 +298,7 @@ impl Communicator {
             op: ReduceOp::Sum,
             root: 0,
         };
-        let ctx = self.ctx(Collective::AllGather, 0, deadline, 0);
+        let ctx = self.ctx(Collective::AllGather, 0, deadline, 0, self.config.chunk_bytes);
         let r = oxccl_algorithms::all_gather::ring::run(&ctx, &args);
         r.map_err(|e| {
             let e = e.in_collective("init", 0).on_rank(self.rank);
@@ -273,7 +308,52 @@ impl Communicator {
         self.local_rank = all[..self.rank].iter().filter(|&&h| h == mine[0]).count();
         self.local_size = all.iter().filter(|&&h| h == mine[0]).count();
         self.hosts = host_indices(&all);
-        self.fabric = self.fabric();
+        // Rank 0's profile is the one every rank prices with, so all choose alike.
+        let mut words = cost::to_words(&self.profile);
+        let buf = region_mut(&mut words);
+        let args = CollArgs {
+            send: if self.rank == 0 { buf.as_region() } else { Region::empty() },
+            recv: buf,
+            in_place: self.rank == 0,
+            count: cost::PROFILE_WORDS,
+            dtype: DataType::U64,
+            op: ReduceOp::Sum,
+            root: 0,
+        };
+        let ctx = self.ctx(Collective::Broadcast, 0, deadline, 0, self.config.chunk_bytes);
+        oxccl_algorithms::broadcast::tree::run(&ctx, &args).map_err(|e| {
+            let e = e.in_collective("init", 0).on_rank(self.rank);
+            self.net.fail(e.clone());
+            e
+        })?;
+        self.profile = cost::from_words(&words);
+        Ok(())
+    }
+
+    /// With `OXCCL_TUNE=quick`: measures the link between ranks 0 and 1 and the f32 kernel
+    /// (rank 0's figures for every rank) and prices with them from now on.
+    fn tune_at_init(&mut self) -> Result<()> {
+        if !self.config.tune_at_init || self.size < 2 {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let e = cost::calibrate(self, cost::Effort::Quick, None)?;
+        let link = e.link();
+        if self.hosts[0] == self.hosts[1] {
+            self.profile.intra = link;
+        } else {
+            self.profile.inter = link;
+        }
+        self.profile.copy = 1e-9 / e.copy_gbs;
+        for d in DataType::ALL {
+            for o in ReduceOp::ALL {
+                if let Some(g) = e.reduce_gbs.get(&format!("{}.{}", d.name(), o.name())) {
+                    self.profile.set_gamma(d, o, 1e-9 / g);
+                }
+            }
+        }
+        *self.choices.lock().unwrap_or_else(|e| e.into_inner()) = Choices::default();
+        tracing::info!(rank = self.rank, "quick calibration in {:?}: {e:?}", t0.elapsed());
         Ok(())
     }
 
@@ -294,7 +374,6 @@ impl Communicator {
             c.local_rank = hosts[..c.rank].iter().filter(|&&h| h == hosts[c.rank]).count();
             c.local_size = hosts.iter().filter(|&&h| h == hosts[c.rank]).count();
             c.hosts = idx.clone();
-            c.fabric = c.fabric();
         }
         Ok(comms)
     }
@@ -315,10 +394,13 @@ impl Communicator {
             local_size_hint: Some(size),
             _server: None,
         };
+        let profile = initial_profile(&config, "loopback")?;
         Ok(LoopbackTransport::world(size)
             .into_iter()
             .enumerate()
-            .map(|(rank, t)| Communicator::assemble(rank, size, config.clone(), Arc::new(t), Some(boot.clone())))
+            .map(|(rank, t)| {
+                Communicator::assemble(rank, size, config.clone(), Arc::new(t), Some(boot.clone()), profile.clone())
+            })
             .collect())
     }
 
@@ -329,9 +411,11 @@ impl Communicator {
     pub fn from_transport(net: Arc<dyn Transport>, config: Config) -> Result<Communicator> {
         let (rank, size) = (net.rank(), net.size());
         check_world(rank, size)?;
-        let mut comm = Communicator::assemble(rank, size, config, net, None);
+        let profile = initial_profile(&config, net.name()).map_err(|e| e.on_rank(rank))?;
+        let mut comm = Communicator::assemble(rank, size, config, net, None, profile);
         let deadline = Instant::now() + comm.config.timeout;
         comm.discover_hosts(deadline)?;
+        comm.tune_at_init()?;
         Ok(comm)
     }
 
@@ -394,33 +478,73 @@ impl Communicator {
         Ok(())
     }
 
-    fn forced(&self, coll: Collective) -> Option<Algorithm> {
-        AlgoOverrides::unpack(self.forced.load(Ordering::Relaxed), coll)
-    }
-
-    /// The algorithm a collective of `bytes` bytes would use now.
+    /// The algorithm an f32 sum collective of `bytes` bytes would use now (see
+    /// [`Communicator::choice_for`]).
     pub fn algorithm_for(&self, coll: Collective, bytes: usize) -> Algorithm {
-        select::choose(coll, bytes, self.size, self.fabric, self.forced(coll), &self.config)
+        self.choice_for(coll, bytes, DataType::F32, ReduceOp::Sum).algo
     }
 
-    /// What connects the ranks, from the hosts and the transport.
-    fn fabric(&self) -> Fabric {
-        let hosts = self.hosts.iter().max().map_or(1, |m| m + 1);
-        let most_on_one = (0..hosts).map(|h| self.hosts.iter().filter(|&&x| x == h).count()).max().unwrap_or(1);
-        if hosts > 1 && most_on_one > 1 {
-            Fabric::MultiHost
-        } else if self.caps.single_copy {
-            Fabric::SharedMemory
-        } else {
-            Fabric::Network
+    /// The algorithm, chunk size and predicted time a collective of `bytes` bytes (nccl-tests'
+    /// size: the gathered or scattered total for all-gather, reduce-scatter and all-to-all)
+    /// would run with now: the forced algorithm, else the cost model's fastest
+    /// ([`crate::select`]).
+    pub fn choice_for(&self, coll: Collective, bytes: usize, dtype: DataType, op: ReduceOp) -> Choice {
+        let forced = self.forced.load(Ordering::Relaxed);
+        let key = (coll, bytes, dtype, op, forced);
+        let mut cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.made.get(&key) {
+            return *c;
         }
+        let c = select::choose(
+            coll,
+            bytes,
+            dtype,
+            op,
+            &self.hosts,
+            &self.profile,
+            AlgoOverrides::unpack(forced, coll),
+            &self.config,
+        );
+        // Bounded: a program with endlessly many sizes re-prices instead of growing.
+        if cache.made.len() >= 4096 {
+            cache.made.clear();
+        }
+        cache.made.insert(key, c);
+        let class = usize::BITS - bytes.leading_zeros();
+        if cache.logged.insert((coll, class)) {
+            tracing::info!(
+                rank = self.rank,
+                "{coll} of {bytes} B ({dtype}, {op}): {} with {} KiB chunks, predicted {}",
+                c.algo,
+                c.chunk_bytes >> 10,
+                c.predicted
+            );
+        }
+        c
+    }
+
+    /// The machine profile this communicator prices algorithms with (rank 0's).
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// The host of every rank, numbered from 0 in order of first appearance.
+    pub fn hosts(&self) -> &[usize] {
+        &self.hosts
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn ctx(&self, collective: Collective, seq: u64, deadline: Instant, fingerprint: u64) -> Ctx<'_> {
+    fn ctx(
+        &self,
+        collective: Collective,
+        seq: u64,
+        deadline: Instant,
+        fingerprint: u64,
+        chunk_bytes: usize,
+    ) -> Ctx<'_> {
         Ctx {
             net: &*self.net,
             reducer: &self.reducer,
@@ -429,7 +553,7 @@ impl Communicator {
             seq,
             collective,
             deadline,
-            chunk_bytes: self.config.chunk_bytes,
+            chunk_bytes,
             pipeline_depth: self.config.pipeline_depth,
             recv_sink: self.caps.recv_sink,
             hosts: &self.hosts,
@@ -449,7 +573,13 @@ impl Communicator {
     /// Runs one collective: numbers it, runs `body` under the deadline, checks nothing was
     /// left pending, and poisons the communicator on failure. `fingerprint` (see
     /// [`oxccl_algorithms::ctx::fingerprint`]) goes into every tag of the call.
-    fn execute(&self, coll: Collective, fingerprint: u64, body: impl FnOnce(&Ctx<'_>) -> Result<()>) -> Result<()> {
+    fn execute(
+        &self,
+        coll: Collective,
+        fingerprint: u64,
+        chunk_bytes: usize,
+        body: impl FnOnce(&Ctx<'_>) -> Result<()>,
+    ) -> Result<()> {
         let mut st = self.lock();
         if let Some(e) = &st.poisoned {
             return Err(e.clone());
@@ -458,7 +588,7 @@ impl Communicator {
         let seq = st.seq;
         // Peers read this to tell a stuck rank from a slow one: 2s+1 inside call s, 2s after.
         self.net.set_progress(2 * seq + 1);
-        let ctx = self.ctx(coll, seq, Instant::now() + self.config.timeout, fingerprint);
+        let ctx = self.ctx(coll, seq, Instant::now() + self.config.timeout, fingerprint, chunk_bytes);
         let mut guard = FailOnUnwind { net: &*self.net, armed: true };
         let mut r = body(&ctx);
         if r.is_ok() && self.net.pending() != 0 {
@@ -510,12 +640,18 @@ impl Communicator {
 
     /// Runs one collective with the algorithm the configuration or the size picks.
     fn run(&self, coll: Collective, args: CollArgs) -> Result<()> {
-        let bytes = args.count.saturating_mul(args.dtype.size());
-        let algo = select::choose(coll, bytes, self.size, self.fabric, self.forced(coll), &self.config);
+        // The size as nccl-tests counts it (and the cost formulas take it).
+        let per = match coll {
+            Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll => self.size,
+            _ => 1,
+        };
+        let bytes = args.count.saturating_mul(args.dtype.size()).saturating_mul(per);
+        let choice = self.choice_for(coll, bytes, args.dtype, args.op);
+        let algo = choice.algo;
         let f =
             registry::lookup(coll, algo).ok_or_else(|| Error::internal(format!("{coll} has no {algo} algorithm")))?;
         let fp = oxccl_algorithms::ctx::fingerprint(coll, args.count, args.dtype, args.op, args.root);
-        self.execute(coll, fp, |ctx| f(ctx, &args))
+        self.execute(coll, fp, choice.chunk_bytes, |ctx| f(ctx, &args))
     }
 
     fn bad(&self, coll: Collective, msg: String) -> Error {

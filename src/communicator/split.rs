@@ -54,7 +54,9 @@ impl Communicator {
             root: 0,
         };
         let seq = self.next_seq();
-        self.execute(Collective::Split, 0, |ctx| oxccl_algorithms::all_gather::ring::run(ctx, &args))?;
+        self.execute(Collective::Split, 0, self.config.chunk_bytes, |ctx| {
+            oxccl_algorithms::all_gather::ring::run(ctx, &args)
+        })?;
         let Some(color) = color else { return Ok(None) };
         let mut members: Vec<(i64, usize)> =
             (0..self.size).filter(|&j| all[2 * j] == u64::from(color)).map(|j| (all[2 * j + 1] as i64, j)).collect();
@@ -67,7 +69,7 @@ impl Communicator {
         let deadline = Instant::now() + self.config.timeout;
         let net = build_transport(&boot, rank, size, &self.config, deadline)
             .map_err(|e| e.in_collective("split", seq).on_rank(self.rank))?;
-        let mut child = Communicator::assemble(rank, size, self.config.clone(), net, Some(boot));
+        let mut child = Communicator::assemble(rank, size, self.config.clone(), net, Some(boot), self.profile.clone());
         child.discover_hosts(deadline)?;
         Ok(Some(child))
     }

@@ -13,8 +13,17 @@
 
 use oxccl_transport::Result;
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::partition::{bytes, ring_index};
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let (p, n) = (m.p() as f64, m.n());
+    let lg = m.log2_ceil();
+    m.steps(Level::Flat, lg, 1.0, (p - 1.0) / p * n / lg) + m.copy(2.0 * n)
+}
 
 /// Runs Bruck all-gather.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

@@ -17,6 +17,7 @@
 
 use oxccl_transport::{ReqId, Result};
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::hier::Topology;
 use crate::partition::bytes;
@@ -35,6 +36,18 @@ fn held(topo: &Topology, host: usize, i: usize) -> Vec<usize> {
         }
     }
     v
+}
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let (p, n) = (m.p() as f64, m.n());
+    let (l, h) = (m.max_local() as f64, m.num_hosts() as f64);
+    let mut c = m.steps(Level::Intra, 1.0, l - 1.0, (l - 1.0) / l * n);
+    if h > 1.0 {
+        c += m.steps(Level::Inter, 1.0, h - 1.0, (p - l) / l * n / p);
+    }
+    c
 }
 
 /// Runs hierarchical all-gather.

@@ -19,7 +19,20 @@ use crate::ctx::{CollArgs, Ctx};
 use crate::fold::Fold;
 use crate::partition::bytes;
 
+use crate::cost::{Cost, Level, Model};
 use crate::halving_doubling::UNFOLD;
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let ((q, pow2), n, p) = (m.pow2(), m.n(), m.p() as f64);
+    let lg = q.log2();
+    let mut c = m.steps(Level::Flat, lg, 1.0, (q - 1.0) / q * n / lg);
+    if !pow2 {
+        c += m.steps(Level::Flat, 2.0, 1.0, (1.0 / p + 1.0) * n / 2.0);
+    }
+    c
+}
 
 /// Runs recursive-doubling all-gather.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

@@ -11,9 +11,18 @@
 
 use oxccl_transport::Result;
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::partition::{bytes, chunks, ring_index};
 use crate::ring::{all_gather_phase, SegmentSends};
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let (p, n) = (m.p() as f64, m.n());
+    let block = n / p;
+    m.steps(Level::Flat, p - 1.0, m.chunks(block), block) + m.copy(block)
+}
 
 /// Runs ring all-gather.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

@@ -21,7 +21,21 @@ use crate::fold::Fold;
 use crate::op::ReduceOp;
 use crate::partition::{block, bytes};
 
+use crate::cost::{Cost, Level, Model};
 use crate::halving_doubling::UNFOLD;
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let ((q, pow2), n) = (m.pow2(), m.n());
+    let lg = q.log2();
+    let part = (q - 1.0) / q * n;
+    let mut c = m.steps(Level::Flat, 2.0 * lg, 1.0, part / lg) + m.reduce(part);
+    if !pow2 {
+        c += m.steps(Level::Flat, 2.0, 1.0, n) + m.reduce(n);
+    }
+    c
+}
 
 /// Runs halving-doubling all-reduce.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

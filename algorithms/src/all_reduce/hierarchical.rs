@@ -18,6 +18,7 @@
 
 use oxccl_transport::Result;
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::group::GroupNet;
 use crate::hier::Topology;
@@ -26,6 +27,22 @@ use crate::partition::{block, bytes};
 
 /// Pieces up to this size go across hosts by recursive doubling, larger ones by the ring.
 const SMALL_PIECE: usize = 32 << 10;
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let n = m.n();
+    let (l, h) = (m.max_local() as f64, m.num_hosts() as f64);
+    let piece = n / l;
+    // Intra-host direct reduce-scatter, inter-host ring over each local rank's piece,
+    // intra-host ring all-gather.
+    let mut c =
+        m.steps(Level::Intra, 1.0, (l - 1.0) * m.chunks(piece), (l - 1.0) * piece) + m.reduce((l - 1.0) * piece);
+    if h > 1.0 {
+        c += m.steps(Level::Inter, 2.0 * (h - 1.0), m.chunks(piece / h), piece / h) + m.reduce((h - 1.0) / h * piece);
+    }
+    c + m.steps(Level::Intra, l - 1.0, m.chunks(piece), piece)
+}
 
 /// Runs hierarchical all-reduce.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

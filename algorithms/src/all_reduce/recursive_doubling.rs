@@ -16,7 +16,20 @@
 
 use oxccl_transport::{MemoryKind, Region, RegionMut, Result};
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let ((q, pow2), n) = (m.pow2(), m.n());
+    let lg = q.log2();
+    let mut c = m.steps(Level::Flat, lg, 1.0, n) + m.reduce(lg * n);
+    if !pow2 {
+        c += m.steps(Level::Flat, 2.0, 1.0, n) + m.reduce(n);
+    }
+    c
+}
 
 /// Runs recursive-doubling all-reduce.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

@@ -14,9 +14,18 @@
 
 use oxccl_transport::Result;
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::partition::{block, bytes, ring_index};
 use crate::ring::{all_gather_phase, reduce_scatter_phase};
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let (p, n) = (m.p() as f64, m.n());
+    let seg = n / p;
+    m.steps(Level::Flat, 2.0 * (p - 1.0), m.chunks(seg), seg) + m.reduce((p - 1.0) / p * n)
+}
 
 /// Runs ring all-reduce.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

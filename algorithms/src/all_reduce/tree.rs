@@ -11,16 +11,29 @@
 //! Bytes on the wire per rank: about n sent and n received (2n for the interior ranks of
 //! one tree's half).
 //!
-//! Cost: 2 lg p·α + n·β (pipelined, k chunks: (2 lg p + k)·α) + n/2·γ: latency grows with
-//! lg p like recursive doubling, bandwidth stays near the ring's. The root alone computes
+//! Cost: 2 lg p·α + 2n·β at an interior rank (per chunk of its tree's half it receives two
+//! and sends one going up, receives one and sends two coming down, and moves one each way
+//! as a leaf of the other tree; pipelined in k chunks: (2 lg p + k)·α) + n·γ: latency grows
+//! with lg p like recursive doubling, bandwidth stays near the ring's. The root alone computes
 //! each chunk's final value, so every rank ends with bitwise identical results.
 
 use oxccl_transport::Result;
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::op::ReduceOp;
 use crate::partition::{bytes, chunks};
 use crate::tree::{double_binary, Node};
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let n = m.n();
+    // Depth of a binary tree over p ranks; up then down, each half pipelined; an interior
+    // rank moves four chunks of its half per chunk time.
+    let depth = ((m.p() + 1) as f64).log2().ceil() - 1.0;
+    m.pipeline(Level::Flat, 2.0 * depth.max(1.0), 4.0, n / 2.0) + m.reduce(n)
+}
 
 /// Runs double binary tree all-reduce.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

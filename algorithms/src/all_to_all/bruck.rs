@@ -15,8 +15,18 @@
 
 use oxccl_transport::Result;
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::partition::ring_index;
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let n = m.n();
+    let lg = m.log2_ceil();
+    // Per step: pack the outgoing slots, send about half the blocks, unpack what arrived.
+    m.steps(Level::Flat, lg, 1.0, n / 2.0) + m.copy(lg * n + 2.0 * n)
+}
 
 /// Runs Bruck all-to-all.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

@@ -19,6 +19,7 @@
 
 use oxccl_transport::{RegionMut, ReqId, Result};
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::hier::Topology;
 
@@ -26,6 +27,21 @@ const STEP_DIRECT: usize = 0;
 const STEP_GATHER: usize = 1;
 const STEP_ACROSS: usize = 2;
 const STEP_SCATTER: usize = 3;
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let (p, n) = (m.p() as f64, m.n());
+    let (l, h) = (m.max_local() as f64, m.num_hosts() as f64);
+    let away = (p - l) / p * n;
+    // Blocks for the own host directly; the rest gathered at gateways, across, scattered.
+    let mut c = m.steps(Level::Intra, 1.0, (l - 1.0).max(1.0), (l - 1.0) / p * n);
+    if h > 1.0 {
+        c += m.steps(Level::Intra, 2.0, (h - 1.0).max(1.0), away);
+        c += m.steps(Level::Inter, 1.0, (h - 1.0).max(1.0), away);
+    }
+    c
+}
 
 /// Runs hierarchical all-to-all.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

@@ -16,8 +16,16 @@ use std::collections::VecDeque;
 
 use oxccl_transport::{ReqId, Result};
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::partition::{bytes, chunks, ring_index};
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let (p, n) = (m.p() as f64, m.n());
+    m.steps(Level::Flat, 1.0, (p - 1.0) * m.chunks(n / p), (p - 1.0) / p * n) + m.copy(n / p)
+}
 
 /// Runs pairwise all-to-all.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

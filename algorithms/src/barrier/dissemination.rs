@@ -10,8 +10,15 @@
 
 use oxccl_transport::{Region, RegionMut, Result};
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::partition::ring_index;
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    m.steps(Level::Flat, m.log2_ceil(), 1.0, 0.0)
+}
 
 /// Runs the dissemination barrier.
 pub fn run(ctx: &Ctx<'_>, _a: &CollArgs) -> Result<()> {

@@ -12,10 +12,17 @@
 
 use oxccl_transport::Result;
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::op::ReduceOp;
 use crate::partition::{bytes, chunks, ring_index};
 use crate::pipeline::recv_stream;
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    m.pipeline(Level::Flat, m.p() as f64 - 1.0, 1.0, m.n()) + m.reduce(m.n())
+}
 
 /// Runs chain reduce.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

@@ -12,10 +12,18 @@
 
 use oxccl_transport::Result;
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::op::ReduceOp;
 use crate::partition::{bytes, chunks};
 use crate::tree::binomial;
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let lg = m.log2_ceil();
+    m.pipeline(Level::Flat, lg, lg, m.n()) + m.reduce(lg * m.n())
+}
 
 /// Runs binomial-tree reduce.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

@@ -12,7 +12,16 @@
 
 use oxccl_transport::Result;
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let (p, n) = (m.p() as f64, m.n());
+    let part = (p - 1.0) / p * n;
+    m.steps(Level::Flat, 1.0, (p - 1.0) * m.chunks(n / p), part) + m.reduce(part)
+}
 
 /// Runs direct reduce-scatter.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

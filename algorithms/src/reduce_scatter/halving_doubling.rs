@@ -23,7 +23,21 @@ use crate::fold::Fold;
 use crate::op::ReduceOp;
 use crate::partition::bytes;
 
+use crate::cost::{Cost, Level, Model};
 use crate::halving_doubling::UNFOLD;
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let ((q, pow2), n, p) = (m.pow2(), m.n(), m.p() as f64);
+    let lg = q.log2();
+    let part = (q - 1.0) / q * n;
+    let mut c = m.steps(Level::Flat, lg, 1.0, part / lg) + m.reduce(part);
+    if !pow2 {
+        c += m.steps(Level::Flat, 2.0, 1.0, (1.0 + 1.0 / p) * n / 2.0) + m.reduce(n);
+    }
+    c
+}
 
 /// Runs recursive-halving reduce-scatter.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

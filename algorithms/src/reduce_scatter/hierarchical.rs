@@ -16,12 +16,25 @@
 
 use oxccl_transport::{Region, ReqId, Result};
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::hier::Topology;
 use crate::op::ReduceOp;
 
 const STEP_INTRA: usize = 0;
 const STEP_INTER: usize = 1;
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let (p, n) = (m.p() as f64, m.n());
+    let (l, h) = (m.max_local() as f64, m.num_hosts() as f64);
+    let mut c = m.steps(Level::Intra, 1.0, l - 1.0, (l - 1.0) / l * n) + m.reduce((l - 1.0) / l * n);
+    if h > 1.0 {
+        c += m.steps(Level::Inter, 1.0, h - 1.0, (h - 1.0) * n / p) + m.reduce((h - 1.0) * n / p);
+    }
+    c
+}
 
 /// Runs hierarchical reduce-scatter.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

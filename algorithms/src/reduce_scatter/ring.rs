@@ -11,8 +11,17 @@
 
 use oxccl_transport::Result;
 
+use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::ring::reduce_scatter_phase;
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let (p, n) = (m.p() as f64, m.n());
+    let block = n / p;
+    m.steps(Level::Flat, p - 1.0, m.chunks(block), block) + m.reduce((p - 1.0) * block)
+}
 
 /// Runs ring reduce-scatter.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {

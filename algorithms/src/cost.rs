@@ -1,0 +1,420 @@
+//! The alpha-beta-gamma cost model: what an algorithm's run should take, from the world's
+//! shape, the message size and a [`Profile`] of the machine.
+//!
+//! Every algorithm file exposes `cost(&Model) -> Cost`, the formula its opening comment
+//! gives, written with the helpers here so that all of them count the same way:
+//!
+//! * a **message step** on a [`Link`] costs `alpha` (latency of one message, ping-pong half
+//!   round trip), plus `gap` for each further message the same rank has in flight in that
+//!   step (posted at once to several peers, or the chunks of a pipelined step), plus
+//!   `bytes * beta` for the bytes the rank moves, while every rank moves data at once;
+//! * a **reduction** of `bytes` costs `bytes * gamma(dtype, op)`;
+//! * a **local copy** of `bytes` costs `bytes * copy`;
+//! * with more ranks on a host than it has cores ([`Profile::cores`]), the per-byte work of
+//!   the ranks on one core is serialised: beta, gamma and copy terms are multiplied by
+//!   `ranks_per_host / cores` (at least 1), and each message step costs an extra
+//!   `wake` (a descheduled receiver must be woken and scheduled).
+//!
+//! Predictions are seconds. The selection in the `oxccl` crate takes the algorithm (and,
+//! for the pipelined chains and trees, the chunk size) of least predicted time; `oxccl::cost`
+//! exposes the same for planning.
+
+use std::fmt;
+
+use crate::ctx::Collective;
+use crate::dtype::DataType;
+use crate::op::ReduceOp;
+
+/// One level of the machine: between ranks of one host, or between hosts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Link {
+    /// Seconds from posting a small message to its arrival (half a ping-pong round trip).
+    pub alpha: f64,
+    /// Seconds per further message a rank has in flight in the same step (the streaming
+    /// gap between small messages).
+    pub gap: f64,
+    /// Seconds per byte a rank moves while every rank moves data at once, for data far
+    /// larger than the caches.
+    pub beta: f64,
+    /// Seconds per byte for data that stays in cache.
+    pub beta_cache: f64,
+    /// Bytes touched per core at which the time per byte is halfway between `beta_cache`
+    /// and `beta`: the effective per-byte time for a footprint of `w` bytes is
+    /// `beta_cache + (beta - beta_cache) * w / (w + cache_bytes)`.
+    pub cache_bytes: f64,
+    /// Seconds a message step costs extra per unit of oversubscription (ranks per core above
+    /// one): waking and scheduling a receiver that was not running.
+    pub wake: f64,
+}
+
+impl Link {
+    /// Bytes per second at which this link moves large messages.
+    pub fn bandwidth(&self) -> f64 {
+        1.0 / self.beta
+    }
+
+    /// Seconds per byte when each core touches `footprint` bytes.
+    pub fn beta_at(&self, footprint: f64) -> f64 {
+        let x = footprint / (footprint + self.cache_bytes.max(1.0));
+        self.beta_cache + (self.beta - self.beta_cache) * x
+    }
+}
+
+/// A machine's costs: two links, the reduction kernels and the cores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    /// Between ranks of one host (shared memory, or TCP on loopback when that is the
+    /// transport).
+    pub intra: Link,
+    /// Between hosts (TCP).
+    pub inter: Link,
+    /// Seconds per byte of input reduced, per data type and operator, indexed as
+    /// [`DataType::ALL`] and [`ReduceOp::ALL`].
+    pub gamma: [[f64; 5]; 10],
+    /// Seconds per byte of a local copy (memcpy).
+    pub copy: f64,
+    /// Cores per host that the ranks share (a fraction where a group of ranks gets only its
+    /// share of a host that other groups keep busy at the same time).
+    pub cores: f64,
+    /// Measured efficiency of each implementation: the formulas give how an algorithm's
+    /// time scales with ranks and bytes; these factors, fitted by calibration to the
+    /// algorithm's measured times, give what its implementation achieves on this machine
+    /// (as NCCL's tuning tables carry a latency and a bandwidth per algorithm).
+    pub efficiency: Vec<Efficiency>,
+}
+
+/// Correction factors for one algorithm at one world size (see [`Profile::efficiency`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Efficiency {
+    /// The collective.
+    pub coll: Collective,
+    /// The algorithm.
+    pub algo: crate::registry::Algorithm,
+    /// The world size it was measured at.
+    pub ranks: usize,
+    /// Measured over the link between hosts (it then applies to worlds of several hosts),
+    /// rather than the one inside a host.
+    pub inter: bool,
+    /// Factor on the latency terms.
+    pub latency: f64,
+    /// Factor on the transfer and reduction terms when the call's data stays in cache.
+    pub bandwidth_cache: f64,
+    /// Factor on the transfer and reduction terms when it does not.
+    pub bandwidth: f64,
+    /// The footprint per core ([`Model::footprint`]) halfway between the two: the factor
+    /// for footprint `w` is `bandwidth_cache + (bandwidth - bandwidth_cache) * w / (w +
+    /// cache_bytes)`, as [`Link::beta_at`] blends per-byte times.
+    pub cache_bytes: f64,
+}
+
+impl Efficiency {
+    /// Applies the factors to `c`, a prediction for a call whose footprint per core is
+    /// `footprint` bytes.
+    pub fn apply(&self, c: Cost, footprint: f64) -> Cost {
+        let x = footprint / (footprint + self.cache_bytes.max(1.0));
+        let b = self.bandwidth_cache * (1.0 - x) + self.bandwidth * x;
+        Cost { latency: c.latency * self.latency, transfer: c.transfer * b, reduce: c.reduce * b }
+    }
+}
+
+impl Profile {
+    /// Seconds per byte reduced for `dtype` and `op`.
+    pub fn gamma(&self, dtype: DataType, op: ReduceOp) -> f64 {
+        self.gamma[dtype_index(dtype)][op_index(op)]
+    }
+
+    /// The efficiency factors of `algo` for `coll` measured over the inter-host link
+    /// (`inter`) or the intra-host one, at the world size nearest `p` (the smaller on a
+    /// tie), if any were.
+    pub fn efficiency(
+        &self,
+        coll: Collective,
+        algo: crate::registry::Algorithm,
+        p: usize,
+        inter: bool,
+    ) -> Option<&Efficiency> {
+        self.efficiency
+            .iter()
+            .filter(|e| e.coll == coll && e.algo == algo && e.inter == inter)
+            .min_by_key(|e| (e.ranks.abs_diff(p), e.ranks))
+    }
+
+    /// Sets the reduction cost of `dtype` and `op`.
+    pub fn set_gamma(&mut self, dtype: DataType, op: ReduceOp, secs_per_byte: f64) {
+        self.gamma[dtype_index(dtype)][op_index(op)] = secs_per_byte;
+    }
+}
+
+/// Position of `d` in [`DataType::ALL`].
+pub fn dtype_index(d: DataType) -> usize {
+    DataType::ALL.iter().position(|&x| x == d).expect("every data type is in ALL")
+}
+
+/// Position of `o` in [`ReduceOp::ALL`].
+pub fn op_index(o: ReduceOp) -> usize {
+    ReduceOp::ALL.iter().position(|&x| x == o).expect("every operator is in ALL")
+}
+
+/// A prediction, in seconds, split by what the time goes to.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Cost {
+    /// Message latencies (alpha, gap and wake terms).
+    pub latency: f64,
+    /// Moving bytes (beta and copy terms).
+    pub transfer: f64,
+    /// Reducing (gamma terms).
+    pub reduce: f64,
+}
+
+impl Cost {
+    /// The predicted time in seconds.
+    pub fn total(&self) -> f64 {
+        self.latency + self.transfer + self.reduce
+    }
+}
+
+impl std::ops::Add for Cost {
+    type Output = Cost;
+    fn add(self, o: Cost) -> Cost {
+        Cost { latency: self.latency + o.latency, transfer: self.transfer + o.transfer, reduce: self.reduce + o.reduce }
+    }
+}
+
+impl std::ops::AddAssign for Cost {
+    fn add_assign(&mut self, o: Cost) {
+        *self = *self + o;
+    }
+}
+
+impl std::ops::Mul<f64> for Cost {
+    type Output = Cost;
+    fn mul(self, k: f64) -> Cost {
+        Cost { latency: self.latency * k, transfer: self.transfer * k, reduce: self.reduce * k }
+    }
+}
+
+impl fmt::Display for Cost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:.1} us (latency {:.1}, transfer {:.1}, reduce {:.1})",
+            self.total() * 1e6,
+            self.latency * 1e6,
+            self.transfer * 1e6,
+            self.reduce * 1e6
+        )
+    }
+}
+
+/// Which link a term is priced on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Between ranks of one host.
+    Intra,
+    /// Between hosts.
+    Inter,
+    /// The slowest link any pair of ranks uses: what a flat (host-unaware) algorithm sees.
+    Flat,
+}
+
+/// One call to price: the collective, its size, the world and the machine.
+#[derive(Debug, Clone)]
+pub struct Model<'a> {
+    /// The collective.
+    pub coll: Collective,
+    /// The call's bytes: per rank's vector for all-reduce, broadcast and reduce; the gathered
+    /// (all-gather) or scattered (reduce-scatter input, all-to-all send) total otherwise.
+    pub bytes: usize,
+    /// The element type (reduction cost).
+    pub dtype: DataType,
+    /// The operator (reduction cost).
+    pub op: ReduceOp,
+    /// The host of every rank (`hosts.len()` is the world size).
+    pub hosts: &'a [usize],
+    /// The machine.
+    pub profile: &'a Profile,
+    /// The pipeline chunk size in bytes.
+    pub chunk_bytes: usize,
+}
+
+impl Model<'_> {
+    /// The world size.
+    pub fn p(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// `n` of the formulas, as a float.
+    pub fn n(&self) -> f64 {
+        self.bytes as f64
+    }
+
+    /// The number of ranks on each host, hosts in order of first appearance.
+    pub fn host_sizes(&self) -> Vec<usize> {
+        let h = self.hosts.iter().max().map_or(0, |m| m + 1);
+        let mut sizes = vec![0; h];
+        for &x in self.hosts {
+            sizes[x] += 1;
+        }
+        sizes.retain(|&s| s > 0);
+        sizes
+    }
+
+    /// The number of hosts.
+    pub fn num_hosts(&self) -> usize {
+        self.host_sizes().len().max(1)
+    }
+
+    /// The most ranks on one host.
+    pub fn max_local(&self) -> usize {
+        self.host_sizes().into_iter().max().unwrap_or(1)
+    }
+
+    /// Bytes each core touches in the call: a rank's input and output, times the ranks
+    /// sharing a core. What decides whether the data stays in cache.
+    pub fn footprint(&self) -> f64 {
+        let (n, p) = (self.n(), self.p().max(1) as f64);
+        let per_rank = match self.coll {
+            Collective::AllGather | Collective::ReduceScatter => n + n / p,
+            _ => 2.0 * n,
+        };
+        per_rank * self.oversubscription()
+    }
+
+    /// How oversubscribed the busiest host is: ranks per core, at least 1.
+    pub fn oversubscription(&self) -> f64 {
+        (self.max_local() as f64 / self.profile.cores.max(1e-3)).max(1.0)
+    }
+
+    /// The link of `level`.
+    pub fn link(&self, level: Level) -> Link {
+        match level {
+            Level::Intra => self.profile.intra,
+            Level::Inter => self.profile.inter,
+            Level::Flat if self.num_hosts() > 1 => self.profile.inter,
+            Level::Flat => self.profile.intra,
+        }
+    }
+
+    /// `steps` message steps on `level`, each with `msgs` messages in flight per rank and
+    /// `bytes` moved per rank (in all of them together).
+    pub fn steps(&self, level: Level, steps: f64, msgs: f64, bytes: f64) -> Cost {
+        let l = self.link(level);
+        let f = self.oversubscription();
+        Cost {
+            latency: steps * (l.alpha + (msgs - 1.0).max(0.0) * l.gap + (f - 1.0) * l.wake),
+            transfer: steps * bytes * l.beta_at(self.footprint()) * f,
+            reduce: 0.0,
+        }
+    }
+
+    /// Reducing `bytes` bytes of input.
+    pub fn reduce(&self, bytes: f64) -> Cost {
+        Cost { reduce: bytes * self.profile.gamma(self.dtype, self.op) * self.oversubscription(), ..Cost::default() }
+    }
+
+    /// Copying `bytes` bytes locally.
+    pub fn copy(&self, bytes: f64) -> Cost {
+        Cost { transfer: bytes * self.profile.copy * self.oversubscription(), ..Cost::default() }
+    }
+
+    /// How many chunks of at most `chunk_bytes` a message of `bytes` is cut into (at least 1).
+    pub fn chunks(&self, bytes: f64) -> f64 {
+        (bytes / self.chunk_bytes.max(1) as f64).ceil().max(1.0)
+    }
+
+    /// A pipeline of `hops` hops on `level` carrying `bytes` in chunks, each chunk forwarded
+    /// as soon as it arrives, with `fanout` sends of each chunk per forwarding rank: the first
+    /// chunk crosses every hop, then the others follow one per chunk time.
+    pub fn pipeline(&self, level: Level, hops: f64, fanout: f64, bytes: f64) -> Cost {
+        if hops <= 0.0 {
+            return Cost::default();
+        }
+        let k = self.chunks(bytes);
+        let c = bytes / k;
+        let l = self.link(level);
+        let f = self.oversubscription();
+        Cost {
+            latency: hops * (l.alpha + (f - 1.0) * l.wake) + (k - 1.0) * fanout * l.gap,
+            transfer: (hops + (k - 1.0) * fanout) * c * l.beta_at(self.footprint()) * f,
+            reduce: 0.0,
+        }
+    }
+
+    /// `ceil(lg p)`.
+    pub fn log2_ceil(&self) -> f64 {
+        ceil_log2(self.p()) as f64
+    }
+
+    /// The largest power of two not above p, and whether p is one.
+    pub fn pow2(&self) -> (f64, bool) {
+        let p = self.p().max(1);
+        let q = 1usize << (usize::BITS - 1 - p.leading_zeros());
+        (q as f64, q == p)
+    }
+}
+
+/// `ceil(lg p)` (0 for p <= 1).
+pub fn ceil_log2(p: usize) -> u32 {
+    if p <= 1 {
+        0
+    } else {
+        usize::BITS - (p - 1).leading_zeros()
+    }
+}
+
+/// A cost formula, one per algorithm of each collective.
+pub type CostFn = fn(&Model<'_>) -> Cost;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn profile() -> Profile {
+        let link = Link { alpha: 1e-6, gap: 0.2e-6, beta: 1e-10, beta_cache: 1e-10, cache_bytes: 1e6, wake: 5e-6 };
+        Profile {
+            intra: link,
+            inter: Link { alpha: 10e-6, beta: 1e-9, ..link },
+            gamma: [[2e-11; 5]; 10],
+            copy: 5e-11,
+            cores: 2.0,
+            efficiency: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn helpers_count_as_documented() {
+        let pr = profile();
+        let hosts = [0, 0];
+        let m = Model {
+            coll: Collective::AllReduce,
+            bytes: 1 << 20,
+            dtype: DataType::F32,
+            op: ReduceOp::Sum,
+            hosts: &hosts,
+            profile: &pr,
+            chunk_bytes: 1 << 18,
+        };
+        assert_eq!(m.oversubscription(), 1.0);
+        let s = m.steps(Level::Intra, 2.0, 3.0, 1000.0);
+        assert!((s.latency - 2.0 * (1e-6 + 2.0 * 0.2e-6)).abs() < 1e-15);
+        assert!((s.transfer - 2.0 * 1000.0 * 1e-10).abs() < 1e-18);
+        assert_eq!(m.chunks(1.0), 1.0);
+        assert_eq!(m.chunks((1 << 20) as f64), 4.0);
+        let p = m.pipeline(Level::Intra, 3.0, 1.0, (1 << 20) as f64);
+        // First chunk over 3 hops, then 3 more chunks one chunk time each.
+        let c = (1 << 18) as f64;
+        assert!((p.transfer - 6.0 * c * 1e-10).abs() < 1e-15);
+        assert_eq!(ceil_log2(1), 0);
+        assert_eq!(ceil_log2(5), 3);
+        assert_eq!(ceil_log2(8), 3);
+        let four = [0, 0, 0, 0];
+        let m4 = Model { hosts: &four, ..m.clone() };
+        assert_eq!(m4.oversubscription(), 2.0);
+        assert_eq!(m4.pow2(), (4.0, true));
+        let two_hosts = [0, 1, 0, 1, 1];
+        let mh = Model { hosts: &two_hosts, ..m };
+        assert_eq!(mh.host_sizes(), vec![2, 3]);
+        assert_eq!(mh.link(Level::Flat), pr.inter);
+        assert_eq!(mh.pow2(), (4.0, false));
+    }
+}

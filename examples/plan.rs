@@ -1,0 +1,311 @@
+//! `plan`: how long a transformer's training step spends communicating, for each way of
+//! laying it out over a cluster, predicted with oxccl's cost model; and, under a launcher,
+//! the same collectives replayed with oxccl to check the prediction.
+//!
+//! ```text
+//! # A 7B model on 4 hosts of 8 ranks, priced with the built-in profile:
+//! cargo run --release --example plan -- --params 7e9 --layers 32 --hidden 4096 --hosts 4 --ranks-per-host 8
+//! # Validate at small scale on this machine: predicted next to measured, every layout of 4 ranks.
+//! cargo build --release --example plan
+//! oxrun -n 4 target/release/examples/plan --params 50e6 --layers 8 --hidden 1024 --seq 512 --replay
+//! ```
+//!
+//! Layouts (W ranks = hosts x ranks per host; T tensor-parallel ranks inside a host, D = W/T
+//! data-parallel replicas):
+//! * **data parallel** (T = 1): the gradients, all-reduced across the W ranks in buckets;
+//! * **ZeRO-3 / FSDP** (T = 1, sharded): per layer, the parameters all-gathered for the
+//!   forward and again for the backward pass, and the gradients reduce-scattered;
+//! * **tensor parallel** (T > 1): per layer two all-reduces of the activations forward and
+//!   two backward among the T ranks, and the gradients of the 1/T shard all-reduced across the
+//!   D replicas (or, with FSDP over the replicas, gathered and scattered per layer).
+//!
+//! The time is communication only, one collective after another, as if nothing overlapped
+//! with compute: an upper bound on what communication adds to a step, and the figure to
+//! compare layouts by. A group that shares its hosts with other groups working at the same
+//! time (the T-rank groups of tensor parallelism, say) is priced with its share of the host's
+//! cores.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use half::bf16;
+use oxccl::cost::{self, Call, Profile, TuningFile};
+use oxccl::{Collective, Communicator, DataType, ReduceOp};
+
+/// Communication planner for transformer training.
+#[derive(Parser, Debug)]
+#[command(name = "plan", about)]
+struct Args {
+    /// Parameters of the model.
+    #[arg(long, default_value = "7e9")]
+    params: f64,
+    /// Transformer layers.
+    #[arg(long, default_value_t = 32)]
+    layers: usize,
+    /// Hidden size.
+    #[arg(long, default_value_t = 4096)]
+    hidden: usize,
+    /// Sequence length.
+    #[arg(long, default_value_t = 4096)]
+    seq: usize,
+    /// Micro-batch (sequences per rank per step).
+    #[arg(long, default_value_t = 1)]
+    micro_batch: usize,
+    /// Hosts (under `--replay`: the launcher's).
+    #[arg(long, default_value_t = 1)]
+    hosts: usize,
+    /// Ranks per host (under `--replay`: the launcher's).
+    #[arg(long, default_value_t = 4)]
+    ranks_per_host: usize,
+    /// Gradient bucket size in bytes for data parallelism.
+    #[arg(long, default_value_t = 25 << 20)]
+    bucket: usize,
+    /// A tuning file (`oxccl-bench --calibrate`); default: the built-in profile (under
+    /// `--replay`: the communicator's).
+    #[arg(long)]
+    tuning: Option<PathBuf>,
+    /// The transport between ranks of one host, for the profile: shm or tcp.
+    #[arg(long, default_value = "shm")]
+    intra: String,
+    /// Run every layout's collectives with oxccl (under oxrun, mpirun, torchrun, srun) and
+    /// print measured next to predicted.
+    #[arg(long)]
+    replay: bool,
+    /// Steps replayed per layout (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+}
+
+/// Which ranks a collective runs among.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Group {
+    /// Every rank.
+    World,
+    /// The T ranks of one tensor-parallel group (consecutive ranks of one host).
+    Tensor,
+    /// The D replicas of one shard (ranks with the same tensor-parallel index).
+    Data,
+}
+
+/// One kind of call in a step: `times` calls of `coll` on `bytes` (nccl-tests' size) among
+/// `group`.
+#[derive(Debug, Clone, Copy)]
+struct Op {
+    group: Group,
+    coll: Collective,
+    bytes: usize,
+    times: usize,
+}
+
+struct Layout {
+    name: String,
+    tp: usize,
+    ops: Vec<Op>,
+}
+
+const ES: usize = 2; // bf16
+
+fn round_to(x: usize, m: usize) -> usize {
+    (x / m).max(1) * m
+}
+
+/// The collectives of one training step for tensor parallelism `tp` over `w` ranks.
+fn layout(a: &Args, w: usize, tp: usize, fsdp: bool) -> Layout {
+    let d = w / tp;
+    let shard = (a.params / tp as f64) as usize * ES;
+    let mut ops = Vec::new();
+    if tp > 1 {
+        let act = a.micro_batch * a.seq * a.hidden * ES;
+        ops.push(Op { group: Group::Tensor, coll: Collective::AllReduce, bytes: act, times: 4 * a.layers });
+    }
+    let group = if tp == 1 { Group::World } else { Group::Data };
+    if d > 1 && fsdp {
+        let per_layer = round_to(shard / a.layers, d * ES);
+        ops.push(Op { group, coll: Collective::AllGather, bytes: per_layer, times: 2 * a.layers });
+        ops.push(Op { group, coll: Collective::ReduceScatter, bytes: per_layer, times: a.layers });
+    } else if d > 1 {
+        let full = shard / a.bucket;
+        if full > 0 {
+            ops.push(Op { group, coll: Collective::AllReduce, bytes: a.bucket, times: full });
+        }
+        let rest = round_to(shard - full * a.bucket, ES);
+        if rest > 0 && shard % a.bucket != 0 {
+            ops.push(Op { group, coll: Collective::AllReduce, bytes: rest, times: 1 });
+        }
+    }
+    let name = match (tp, fsdp && d > 1) {
+        (1, false) => "data parallel".to_string(),
+        (1, true) => "ZeRO-3/FSDP".to_string(),
+        (t, false) => format!("TP{t} x DP{d}"),
+        (t, true) => format!("TP{t} x FSDP{d}"),
+    };
+    Layout { name, tp, ops }
+}
+
+/// Every layout of `w` ranks with `rph` per host: tensor parallelism over divisors of the
+/// ranks per host, each with plain and sharded data parallelism.
+fn layouts(a: &Args, w: usize, rph: usize) -> Vec<Layout> {
+    let mut v = Vec::new();
+    for tp in (1..=rph).filter(|t| rph % t == 0) {
+        v.push(layout(a, w, tp, false));
+        if w / tp > 1 {
+            v.push(layout(a, w, tp, true));
+        }
+    }
+    v
+}
+
+/// The host of each rank of `group` (rank 0's group; all are alike) in a world of `hosts`
+/// hosts of `rph` ranks with tensor parallelism `tp`.
+fn group_hosts(group: Group, hosts: usize, rph: usize, tp: usize) -> Vec<usize> {
+    match group {
+        Group::World => (0..hosts * rph).map(|r| r / rph).collect(),
+        Group::Tensor => vec![0; tp],
+        Group::Data => (0..hosts * rph / tp).map(|i| i * tp / rph).collect(),
+    }
+}
+
+/// Seconds the ops of a layout are predicted to take per step.
+fn predict(l: &Layout, profile: &Profile, hosts: usize, rph: usize) -> f64 {
+    l.ops
+        .iter()
+        .map(|op| {
+            let gh = group_hosts(op.group, hosts, rph, l.tp);
+            let local = gh.iter().filter(|&&h| h == 0).count();
+            // A group gets its share of a host whose other ranks are busy at the same time.
+            let mut p = profile.clone();
+            p.cores = profile.cores * local as f64 / rph as f64;
+            let call = Call::new(op.coll, op.bytes, DataType::Bf16, ReduceOp::Sum);
+            cost::best(&call, &gh, &p).1.total() * op.times as f64
+        })
+        .sum()
+}
+
+fn describe(l: &Layout) -> (usize, f64) {
+    let calls = l.ops.iter().map(|o| o.times).sum();
+    let bytes = l.ops.iter().map(|o| o.bytes as f64 * o.times as f64).sum();
+    (calls, bytes)
+}
+
+fn main() {
+    oxccl::init_logging();
+    let a = Args::parse();
+    let r = if a.replay { replay(&a) } else { plan(&a) };
+    if let Err(e) = r {
+        eprintln!("plan: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn header(a: &Args, w: usize, hosts: usize, rph: usize) {
+    println!(
+        "# {:.3e} parameters, {} layers, hidden {}, sequence {}, micro-batch {}, bf16; {} ranks = {} hosts x {}",
+        a.params, a.layers, a.hidden, a.seq, a.micro_batch, w, hosts, rph
+    );
+}
+
+fn plan(a: &Args) -> oxccl::Result<()> {
+    let file = match &a.tuning {
+        Some(p) => TuningFile::load(p)?,
+        None => TuningFile::builtin(),
+    };
+    let host = nix_hostname();
+    let profile = file.profile(&host, &a.intra);
+    let (hosts, rph) = (a.hosts.max(1), a.ranks_per_host.max(1));
+    let w = hosts * rph;
+    header(a, w, hosts, rph);
+    let mut ranked: Vec<(f64, Layout)> =
+        layouts(a, w, rph).into_iter().map(|l| (predict(&l, &profile, hosts, rph), l)).collect();
+    ranked.sort_by(|x, y| x.0.total_cmp(&y.0));
+    println!("# {:>3}  {:<16} {:>8} {:>12} {:>14}", "", "layout", "calls", "GB moved", "comm ms/step");
+    for (i, (t, l)) in ranked.iter().enumerate() {
+        let (calls, bytes) = describe(l);
+        println!("  {:>3}  {:<16} {:>8} {:>12.2} {:>14.2}", i + 1, l.name, calls, bytes / 1e9, t * 1e3);
+    }
+    Ok(())
+}
+
+fn nix_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Runs each layout's step with oxccl and prints measured next to predicted.
+fn replay(a: &Args) -> oxccl::Result<()> {
+    let world = Communicator::from_env()?;
+    let w = world.size();
+    let hosts = world.hosts().iter().max().map_or(1, |m| m + 1);
+    let rph = w / hosts;
+    if rph * hosts != w {
+        return Err(oxccl::Error::invalid_argument("replay needs the same number of ranks on every host"));
+    }
+    let profile = match &a.tuning {
+        Some(p) => TuningFile::load(p)?.profile(&nix_hostname(), world.transport_name()),
+        None => world.profile().clone(),
+    };
+    if world.rank() == 0 {
+        header(a, w, hosts, rph);
+        println!(
+            "# {:<16} {:>8} {:>12} {:>14} {:>14} {:>7}",
+            "layout", "calls", "GB moved", "predicted ms", "measured ms", "ratio"
+        );
+    }
+    for l in layouts(a, w, rph) {
+        let tp = l.tp;
+        // Tensor groups: consecutive ranks; data groups: equal index within them.
+        let tcomm = world.split(Some((world.rank() / tp) as u32), world.rank() as i64)?.expect("a color");
+        let dcomm = world.split(Some((world.rank() % tp) as u32), world.rank() as i64)?.expect("a color");
+        let comm_of = |g: Group| match g {
+            Group::World => &world,
+            Group::Tensor => &tcomm,
+            Group::Data => &dcomm,
+        };
+        let max = l.ops.iter().map(|o| o.bytes).max().unwrap_or(0) / ES;
+        let send = vec![bf16::from_f32(1.0); max];
+        let mut recv = vec![bf16::ZERO; max];
+        let mut step = || -> oxccl::Result<()> {
+            for op in &l.ops {
+                let c = comm_of(op.group);
+                let n = op.bytes / ES;
+                let per = n / c.size();
+                for _ in 0..op.times {
+                    match op.coll {
+                        Collective::AllReduce => c.all_reduce_into(&send[..n], &mut recv[..n], ReduceOp::Sum)?,
+                        Collective::AllGather => c.all_gather_into(&send[..per], &mut recv[..per * c.size()])?,
+                        Collective::ReduceScatter => {
+                            c.reduce_scatter_into(&send[..per * c.size()], &mut recv[..per], ReduceOp::Sum)?
+                        }
+                        _ => unreachable!("the planner uses all-reduce, all-gather and reduce-scatter"),
+                    }
+                }
+            }
+            Ok(())
+        };
+        step()?;
+        let mut times = Vec::new();
+        for _ in 0..a.steps.max(1) {
+            world.barrier()?;
+            let t0 = Instant::now();
+            step()?;
+            let mut t = [t0.elapsed().as_secs_f64()];
+            world.all_reduce(&mut t, ReduceOp::Max)?;
+            times.push(t[0]);
+        }
+        times.sort_by(f64::total_cmp);
+        let measured = times[times.len() / 2];
+        let predicted = predict(&l, &profile, hosts, rph);
+        if world.rank() == 0 {
+            let (calls, bytes) = describe(&l);
+            println!(
+                "  {:<16} {:>8} {:>12.3} {:>14.2} {:>14.2} {:>7.2}",
+                l.name,
+                calls,
+                bytes / 1e9,
+                predicted * 1e3,
+                measured * 1e3,
+                predicted / measured
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,947 @@
+//! Predicting collectives without running them: the alpha-beta-gamma model of
+//! [`oxccl_algorithms::cost`], the machine profiles it is priced with, and their calibration.
+//!
+//! A [`Profile`] holds what a machine's links and kernels cost: for the link between ranks
+//! of one host and the link between hosts, `alpha` (latency of a message), `gap` (each
+//! further message in flight), `beta` (seconds per byte) and `wake` (scheduling a descheduled
+//! receiver when ranks outnumber cores); `gamma` per data type and operator (reduction), a
+//! copy cost and the cores. Profiles are measured by `oxccl-bench --calibrate`, which writes
+//! a [`TuningFile`] (JSON, one entry per host and transport); a communicator loads the file
+//! named by `OXCCL_TUNING_FILE`, else the built-in profile measured on the development
+//! machine ([`TuningFile::builtin`]), and every rank uses rank 0's profile so that all
+//! choose alike.
+//!
+//! ```
+//! use oxccl::cost::{self, TuningFile};
+//! use oxccl::{Collective, DataType, ReduceOp};
+//!
+//! // 8 ranks on 2 hosts of 4, priced with the built-in profile.
+//! let profile = TuningFile::builtin().profile("any-host", "shm");
+//! let hosts = [0, 0, 0, 0, 1, 1, 1, 1];
+//! let call = cost::Call::new(Collective::AllReduce, 64 << 20, DataType::F32, ReduceOp::Sum);
+//! let (algo, t) = cost::best(&call, &hosts, &profile);
+//! assert_eq!(algo.name(), "hierarchical");
+//! let ring = cost::predict(&call, oxccl::Algorithm::Ring, &hosts, &profile).unwrap();
+//! assert!(t.total() < ring.total());
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+pub use oxccl_algorithms::cost::{ceil_log2, Cost, Efficiency, Level, Link, Model, Profile};
+use oxccl_algorithms::registry;
+use oxccl_algorithms::{Algorithm, Collective, DataType, ReduceOp};
+use serde::{Deserialize, Serialize};
+
+use crate::communicator::Communicator;
+use crate::error::{Error, Result};
+
+/// One collective call to price.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Call {
+    /// The collective.
+    pub coll: Collective,
+    /// Its bytes: per rank's vector for all-reduce, broadcast and reduce; the gathered or
+    /// scattered total for all-gather, reduce-scatter and all-to-all (nccl-tests' size).
+    pub bytes: usize,
+    /// The element type.
+    pub dtype: DataType,
+    /// The operator (ignored by collectives that do not reduce).
+    pub op: ReduceOp,
+    /// Pipeline chunk size in bytes.
+    pub chunk_bytes: usize,
+}
+
+impl Call {
+    /// A call with the default chunk size (512 KiB).
+    pub fn new(coll: Collective, bytes: usize, dtype: DataType, op: ReduceOp) -> Call {
+        Call { coll, bytes, dtype, op, chunk_bytes: crate::Config::default().chunk_bytes }
+    }
+
+    fn model<'a>(&self, hosts: &'a [usize], profile: &'a Profile) -> Model<'a> {
+        Model {
+            coll: self.coll,
+            bytes: self.bytes,
+            dtype: self.dtype,
+            op: self.op,
+            hosts,
+            profile,
+            chunk_bytes: self.chunk_bytes,
+        }
+    }
+}
+
+/// The predicted time of `algo` for `call` in a world whose rank r runs on host `hosts[r]`;
+/// `None` if the collective has no such algorithm.
+pub fn predict(call: &Call, algo: Algorithm, hosts: &[usize], profile: &Profile) -> Option<Cost> {
+    registry::predict(algo, &call.model(hosts, profile))
+}
+
+/// Whether `algo` is a candidate on this world: the hierarchical algorithms only where
+/// there are several hosts (on one they are a slower flat algorithm).
+pub fn applies(algo: Algorithm, hosts: &[usize]) -> bool {
+    algo != Algorithm::Hierarchical || hosts.iter().any(|&h| h != hosts[0])
+}
+
+/// Every candidate algorithm of `call.coll` with its predicted time, fastest first.
+pub fn rank_algorithms(call: &Call, hosts: &[usize], profile: &Profile) -> Vec<(Algorithm, Cost)> {
+    let mut v: Vec<(Algorithm, Cost)> = registry::algorithms(call.coll)
+        .iter()
+        .filter(|&&a| applies(a, hosts))
+        .filter_map(|&a| predict(call, a, hosts, profile).map(|c| (a, c)))
+        .collect();
+    // Stable: equal predictions keep the registry's order (the default first).
+    v.sort_by(|a, b| a.1.total().total_cmp(&b.1.total()));
+    v
+}
+
+/// The algorithm of least predicted time for `call`, and that time.
+pub fn best(call: &Call, hosts: &[usize], profile: &Profile) -> (Algorithm, Cost) {
+    rank_algorithms(call, hosts, profile)
+        .into_iter()
+        .next()
+        .unwrap_or((registry::algorithms(call.coll).first().copied().unwrap_or(Algorithm::Ring), Cost::default()))
+}
+
+/// A tuning file: measured profiles, one entry per host and transport.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TuningFile {
+    /// The format version (1).
+    pub oxccl_tuning: u32,
+    /// The entries.
+    pub entries: Vec<TuningEntry>,
+}
+
+/// What one transport on one host costs, as measured by [`calibrate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TuningEntry {
+    /// The host name (`*`: any host).
+    pub host: String,
+    /// The transport: `shm`, `tcp`, `loopback`.
+    pub transport: String,
+    /// Cores the host's ranks share.
+    pub cores: usize,
+    /// Latency of a small message, microseconds (half a ping-pong round trip).
+    pub alpha_us: f64,
+    /// Each further small message in flight, microseconds.
+    pub gap_us: f64,
+    /// Extra per message step per unit of oversubscription, microseconds.
+    pub wake_us: f64,
+    /// The world size `wake_us` was measured at (0: not measured, a default).
+    #[serde(default)]
+    pub wake_ranks: usize,
+    /// Bytes per second (in GB/s) one rank moves while its peer moves as many back, for
+    /// messages far larger than the caches.
+    pub bandwidth_gbs: f64,
+    /// The same for messages that stay in cache.
+    pub cache_bandwidth_gbs: f64,
+    /// Footprint per core (KiB) halfway between the two bandwidths (see [`Link::beta_at`]).
+    pub cache_kib: f64,
+    /// Local copy speed, GB/s.
+    pub copy_gbs: f64,
+    /// Reduction speed in GB/s of input, keyed `type.op` (`float.sum`, `bfloat16.max`).
+    pub reduce_gbs: BTreeMap<String, f64>,
+    /// Measured efficiency of each algorithm (see [`Profile::efficiency`]), keyed
+    /// `collective.algorithm`: `[ranks, latency factor, in-cache bandwidth factor,
+    /// out-of-cache bandwidth factor, halfway footprint in bytes]` per world size calibrated.
+    #[serde(default)]
+    pub efficiency: BTreeMap<String, Vec<[f64; 5]>>,
+    /// How and when it was measured.
+    #[serde(default)]
+    pub measured: String,
+}
+
+fn gamma_key(d: DataType, o: ReduceOp) -> String {
+    format!("{}.{}", d.name(), o.name())
+}
+
+impl TuningEntry {
+    /// The efficiency table as the model takes it (unknown names are skipped). Keys ending
+    /// in `@hosts` were measured on worlds of several hosts.
+    pub fn efficiencies(&self) -> Vec<Efficiency> {
+        let mut v = Vec::new();
+        for (k, rows) in &self.efficiency {
+            let (k, inter) = match k.strip_suffix("@hosts") {
+                Some(k) => (k, true),
+                None => (k.as_str(), false),
+            };
+            let Some((c, a)) = k.split_once('.') else { continue };
+            let (Some(coll), Some(algo)) = (Collective::parse(c), Algorithm::parse(a)) else { continue };
+            for &[ranks, latency, bandwidth_cache, bandwidth, cache_bytes] in rows {
+                v.push(Efficiency {
+                    coll,
+                    algo,
+                    ranks: ranks as usize,
+                    inter,
+                    latency,
+                    bandwidth_cache,
+                    bandwidth,
+                    cache_bytes,
+                });
+            }
+        }
+        v
+    }
+
+    /// Records `e`, replacing a row of the same collective, algorithm and world size.
+    pub fn set_efficiency(&mut self, e: &Efficiency) {
+        let hosts = if e.inter { "@hosts" } else { "" };
+        let rows = self.efficiency.entry(format!("{}.{}{hosts}", e.coll.name(), e.algo.name())).or_default();
+        rows.retain(|r| r[0] as usize != e.ranks);
+        rows.push([e.ranks as f64, e.latency, e.bandwidth_cache, e.bandwidth, e.cache_bytes]);
+        rows.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    }
+
+    /// The link this entry describes.
+    pub fn link(&self) -> Link {
+        Link {
+            alpha: self.alpha_us * 1e-6,
+            gap: self.gap_us * 1e-6,
+            beta: 1e-9 / self.bandwidth_gbs.max(1e-9),
+            beta_cache: 1e-9 / self.cache_bandwidth_gbs.max(1e-9),
+            cache_bytes: self.cache_kib * 1024.0,
+            wake: self.wake_us * 1e-6,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let nums = [
+            self.alpha_us,
+            self.gap_us,
+            self.wake_us,
+            self.bandwidth_gbs,
+            self.cache_bandwidth_gbs,
+            self.cache_kib,
+            self.copy_gbs,
+        ];
+        let factors = self.efficiency.values().flatten().flatten();
+        if nums.iter().chain(self.reduce_gbs.values()).chain(factors).any(|x| !x.is_finite() || *x < 0.0)
+            || self.bandwidth_gbs <= 0.0
+            || self.cache_bandwidth_gbs <= 0.0
+            || self.copy_gbs <= 0.0
+            || self.cores == 0
+        {
+            return Err(Error::invalid_argument(format!(
+                "tuning entry for host '{}' transport '{}' has a negative, zero or non-finite figure",
+                self.host, self.transport
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl TuningFile {
+    /// The built-in profile, measured on the 2-core development VM (`benches/tuning.json`).
+    pub fn builtin() -> TuningFile {
+        serde_json::from_str(include_str!("../benches/tuning.json")).expect("the built-in tuning file parses")
+    }
+
+    /// Parses a tuning file's text.
+    pub fn parse(text: &str) -> Result<TuningFile> {
+        let f: TuningFile =
+            serde_json::from_str(text).map_err(|e| Error::invalid_argument(format!("tuning file: {e}")))?;
+        if f.oxccl_tuning != 1 {
+            return Err(Error::invalid_argument(format!(
+                "tuning file: version {} (this build reads version 1)",
+                f.oxccl_tuning
+            )));
+        }
+        f.entries.iter().try_for_each(TuningEntry::check)?;
+        Ok(f)
+    }
+
+    /// Reads a tuning file.
+    pub fn load(path: &Path) -> Result<TuningFile> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::invalid_argument(format!("tuning file {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| e.map_msg(|m| format!("{m} ({})", path.display())))
+    }
+
+    /// Writes the file (pretty JSON).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("a tuning file serialises");
+        std::fs::write(path, text + "\n")
+            .map_err(|e| Error::invalid_argument(format!("tuning file {}: {e}", path.display())))
+    }
+
+    /// Adds `e`, replacing an entry of the same host and transport.
+    pub fn upsert(&mut self, e: TuningEntry) {
+        self.entries.retain(|x| !(x.host == e.host && x.transport == e.transport));
+        self.entries.push(e);
+    }
+
+    /// The entry for `transport` on `host`: that host's, else one for any host (`*`), else
+    /// any entry for the transport.
+    pub fn entry(&self, host: &str, transport: &str) -> Option<&TuningEntry> {
+        let of =
+            |h: Option<&str>| self.entries.iter().find(|e| e.transport == transport && h.is_none_or(|h| e.host == h));
+        of(Some(host)).or_else(|| of(Some("*"))).or_else(|| of(None))
+    }
+
+    /// The profile of `host` whose ranks talk over `intra` (`shm`, `tcp`, `loopback`) among
+    /// themselves and over TCP between hosts. Missing entries fall back to the built-in
+    /// file's (loopback to shared memory).
+    pub fn profile(&self, host: &str, intra: &str) -> Profile {
+        let builtin = TuningFile::builtin();
+        let find = |t: &str| self.entry(host, t).or_else(|| builtin.entry(host, t)).cloned();
+        let intra_e = find(intra).or_else(|| find("shm")).expect("the built-in file has a shm entry");
+        let inter_e = find("tcp").expect("the built-in file has a tcp entry");
+        let mut p = Profile {
+            intra: intra_e.link(),
+            inter: inter_e.link(),
+            gamma: [[0.0; 5]; 10],
+            copy: 1e-9 / intra_e.copy_gbs.max(1e-9),
+            cores: intra_e.cores.max(1) as f64,
+            // Measured on one host: the intra transport's entry. Measured across hosts (a
+            // calibration over the router that joins shared memory and TCP): that entry's.
+            // Worlds of several hosts without such figures are priced by the formulas alone,
+            // never with factors measured for another link.
+            efficiency: intra_e
+                .efficiencies()
+                .into_iter()
+                .chain(find("router").map(|e| e.efficiencies()).unwrap_or_default())
+                .collect(),
+        };
+        // Reduction speeds: this entry's, else the built-in shm entry's, else f32 sum's.
+        let fallback = builtin.entry(host, "shm").expect("the built-in file has a shm entry");
+        let base = intra_e.reduce_gbs.get("float.sum").copied().unwrap_or(5.0);
+        for d in DataType::ALL {
+            for o in ReduceOp::ALL {
+                let k = gamma_key(d, o);
+                let gbs = intra_e.reduce_gbs.get(&k).or_else(|| fallback.reduce_gbs.get(&k)).copied().unwrap_or(base);
+                p.set_gamma(d, o, 1e-9 / gbs.max(1e-9));
+            }
+        }
+        p
+    }
+}
+
+/// The profile as words, to send rank 0's to every rank at start-up.
+pub(crate) fn to_words(p: &Profile) -> Vec<u64> {
+    let mut w = Vec::new();
+    for l in [p.intra, p.inter] {
+        w.extend([l.alpha, l.gap, l.beta, l.beta_cache, l.cache_bytes, l.wake].map(f64::to_bits));
+    }
+    w.push(p.copy.to_bits());
+    w.push(p.cores.to_bits());
+    w.extend(p.gamma.iter().flatten().map(|g| g.to_bits()));
+    let eff = &p.efficiency[..p.efficiency.len().min(MAX_EFFICIENCY)];
+    w.push(eff.len() as u64);
+    for e in eff {
+        let a = Algorithm::ALL.iter().position(|&x| x == e.algo).expect("a known algorithm") as u64;
+        w.extend([
+            u64::from(e.inter),
+            e.coll as u64,
+            a,
+            e.ranks as u64,
+            e.latency.to_bits(),
+            e.bandwidth_cache.to_bits(),
+            e.bandwidth.to_bits(),
+            e.cache_bytes.to_bits(),
+        ]);
+    }
+    w.resize(PROFILE_WORDS, 0);
+    w
+}
+
+/// Efficiency rows a profile carries at most when it is sent to every rank.
+const MAX_EFFICIENCY: usize = 512;
+
+/// The number of words [`to_words`] makes.
+pub(crate) const PROFILE_WORDS: usize = 12 + 2 + 50 + 1 + 8 * MAX_EFFICIENCY;
+
+/// The inverse of [`to_words`].
+pub(crate) fn from_words(w: &[u64]) -> Profile {
+    let f = |i: usize| f64::from_bits(w[i]);
+    let link = |o: usize| Link {
+        alpha: f(o),
+        gap: f(o + 1),
+        beta: f(o + 2),
+        beta_cache: f(o + 3),
+        cache_bytes: f(o + 4),
+        wake: f(o + 5),
+    };
+    let mut gamma = [[0.0; 5]; 10];
+    for (i, g) in gamma.iter_mut().flatten().enumerate() {
+        *g = f(14 + i);
+    }
+    let n = (w[64] as usize).min(MAX_EFFICIENCY);
+    let efficiency = (0..n)
+        .filter_map(|i| {
+            let (inter, e) = (w[65 + 8 * i] == 1, &w[66 + 8 * i..73 + 8 * i]);
+            let coll = Collective::ALL.into_iter().find(|&c| c as u64 == e[0])?;
+            let algo = *Algorithm::ALL.get(e[1] as usize)?;
+            Some(Efficiency {
+                coll,
+                algo,
+                ranks: e[2] as usize,
+                inter,
+                latency: f64::from_bits(e[3]),
+                bandwidth_cache: f64::from_bits(e[4]),
+                bandwidth: f64::from_bits(e[5]),
+                cache_bytes: f64::from_bits(e[6]),
+            })
+        })
+        .collect();
+    Profile { intra: link(0), inter: link(6), gamma, copy: f(12), cores: f(13), efficiency }
+}
+
+/// Least-squares line through `(x, y)` points: `(intercept, slope)`.
+pub fn fit_line(points: &[(f64, f64)]) -> (f64, f64) {
+    let n = points.len() as f64;
+    if points.is_empty() {
+        return (0.0, 0.0);
+    }
+    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), &(x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let sxx: f64 = points.iter().map(|&(x, _)| (x - mx) * (x - mx)).sum();
+    let sxy: f64 = points.iter().map(|&(x, y)| (x - mx) * (y - my)).sum();
+    let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    (my - slope * mx, slope)
+}
+
+/// Fits `y = bc + (b - bc) * w / (w + c)` to `(w, y)` points (per-byte time against the
+/// footprint): least squares in relative error over `bc` and `b` for each `c` among powers
+/// of two, the best `c` kept. Returns `(bc, b, c)`.
+pub fn fit_cache_curve(points: &[(f64, f64)]) -> (f64, f64, f64) {
+    let mut best = (f64::INFINITY, 0.0, 0.0, 0.0);
+    for k in 14..=30 {
+        let c = f64::from(1u32 << k);
+        // Weighted (1/y^2) normal equations for y = bc (1 - x) + b x.
+        let (mut s11, mut s12, mut s22, mut t1, mut t2) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for &(w, y) in points {
+            let x = w / (w + c);
+            let wt = 1.0 / (y * y);
+            let (u, v) = (1.0 - x, x);
+            s11 += wt * u * u;
+            s12 += wt * u * v;
+            s22 += wt * v * v;
+            t1 += wt * u * y;
+            t2 += wt * v * y;
+        }
+        let det = s11 * s22 - s12 * s12;
+        if det.abs() < 1e-300 {
+            continue;
+        }
+        let bc = ((t1 * s22 - t2 * s12) / det).max(1e-13);
+        let b = ((s11 * t2 - s12 * t1) / det).max(bc);
+        let err: f64 = points
+            .iter()
+            .map(|&(w, y)| {
+                let x = w / (w + c);
+                ((bc * (1.0 - x) + b * x) / y - 1.0).powi(2)
+            })
+            .sum();
+        if err < best.0 {
+            best = (err, bc, b, c);
+        }
+    }
+    (best.1, best.2, best.3)
+}
+
+/// How much [`calibrate`] measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effort {
+    /// Every data type and operator, more sizes and repetitions: a few seconds.
+    Full,
+    /// A few sizes, f32 sum only (other kernels scaled from the built-in table): well under
+    /// 200 ms, for calibrating at start-up (`OXCCL_TUNE=quick`).
+    Quick,
+}
+
+fn secs_per_iter(iters: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        f()?;
+    }
+    Ok(t0.elapsed().as_secs_f64() / iters.max(1) as f64)
+}
+
+/// Measures this communicator's transport between ranks 0 and 1 (ping-pong for alpha, a
+/// burst of small messages for the gap, both ranks streaming at once for beta at sizes from
+/// 64 KiB to 64 MiB, fitted to the cache curve of [`Link::beta_at`]), its oversubscription
+/// cost with a barrier of every rank (when ranks outnumber cores), this host's reduction
+/// and copy kernels, and (full effort) every algorithm of every collective at five sizes
+/// from 8 B to 16 MiB, whose times against the formulas give each algorithm's efficiency at
+/// this world size ([`Profile::efficiency`]).
+///
+/// When ranks outnumber cores, the link between ranks 0 and 1 is disturbed by the idle
+/// ranks; with a `base` entry (rank 0's, measured with fewer ranks: `oxccl-bench --ranks 2
+/// --calibrate FILE` first) its link figures are kept and only the wake cost and the
+/// efficiencies are measured. Collective: every rank must call it; rank 0's return value is
+/// the complete entry. Needs at least two ranks.
+pub fn calibrate(comm: &Communicator, effort: Effort, base: Option<&TuningEntry>) -> Result<TuningEntry> {
+    let (r, p) = (comm.rank(), comm.size());
+    if p < 2 {
+        return Err(Error::invalid_argument("calibration needs at least two ranks"));
+    }
+    let quick = effort == Effort::Quick;
+    let mut figures = [0f64; 6]; // alpha, gap, beta, barrier, beta_cache, cache_bytes
+                                 // Rank 0 decides whether the link figures come from the base entry.
+    let mut reuse = [u8::from(p > cores() && base.is_some())];
+    comm.broadcast(&mut reuse, 0)?;
+    let reuse = reuse[0] == 1;
+    if let (true, Some(b)) = (reuse, base.filter(|_| r == 0)) {
+        let l = b.link();
+        figures = [l.alpha, l.gap, l.beta, 0.0, l.beta_cache, l.cache_bytes];
+    }
+    comm.barrier()?;
+    if r < 2 && !reuse {
+        let peer = 1 - r;
+        // Ping-pong: half a round trip against the message size.
+        let sizes: &[usize] = if quick { &[8, 1024] } else { &[8, 64, 512, 4096] };
+        let reps = if quick { 40 } else { 400 };
+        let mut pts = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        for &s in sizes {
+            let mut pp = || -> Result<()> {
+                if r == 0 {
+                    comm.send(&buf[..s], peer)?;
+                    comm.recv(&mut buf[..s], peer)
+                } else {
+                    comm.recv(&mut buf[..s], peer)?;
+                    comm.send(&buf[..s], peer)
+                }
+            };
+            secs_per_iter(reps / 10, &mut pp)?;
+            // Best of three rounds: a round the scheduler disturbed says nothing of the link.
+            let mut t = f64::INFINITY;
+            for _ in 0..3 {
+                t = t.min(secs_per_iter(reps / 3, &mut pp)? / 2.0);
+            }
+            pts.push((s as f64, t));
+        }
+        let (alpha, _) = fit_line(&pts);
+        figures[0] = alpha.max(pts[0].1 * 0.5);
+        // Gap: a burst of small messages, then one back; per message beyond the round trip.
+        let burst = if quick { 32 } else { 256 };
+        let mut one = || -> Result<()> {
+            if r == 0 {
+                for _ in 0..burst {
+                    comm.send(&buf[..8], peer)?;
+                }
+                comm.recv(&mut buf[..8], peer)
+            } else {
+                for _ in 0..burst {
+                    comm.recv(&mut buf[..8], peer)?;
+                }
+                comm.send(&buf[..8], peer)
+            }
+        };
+        one()?;
+        let t = secs_per_iter(if quick { 2 } else { 10 }, &mut one)?;
+        figures[1] = ((t - 2.0 * pts[0].1) / burst as f64).max(0.0);
+        // Streaming both ways at once: time per exchange against its size.
+        let big: &[usize] = if quick {
+            &[64 << 10, 1 << 20, 8 << 20]
+        } else {
+            &[64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
+        };
+        let max = *big.last().expect("sizes");
+        let send = vec![1u8; max];
+        let mut recv = vec![0u8; max];
+        let mut pts = Vec::new();
+        for &s in big {
+            let reps = if quick { 2 } else { ((256 << 20) / s).clamp(3, 200) };
+            let mut x = || comm.sendrecv(&send[..s], peer, &mut recv[..s], peer);
+            x()?;
+            // Best of a few rounds: the figure is what the link can do, not the noise.
+            let mut t = f64::INFINITY;
+            for _ in 0..3 {
+                t = t.min(secs_per_iter(reps, &mut x)?);
+            }
+            pts.push((s as f64, t));
+        }
+        // Per byte, after the message latency, against the footprint (send and receive
+        // buffers: 2s per rank).
+        let per_byte: Vec<(f64, f64)> =
+            pts.iter().map(|&(s, t)| (2.0 * s, ((t - figures[0]) / s).max(t / s * 0.5))).collect();
+        let (bc, b, c) = fit_cache_curve(&per_byte);
+        figures[2] = b;
+        figures[4] = bc;
+        figures[5] = c;
+    }
+    comm.barrier()?;
+    if p > cores() {
+        let reps = if quick { 20 } else { 500 };
+        figures[3] = secs_per_iter(reps, &mut || comm.barrier())?;
+    }
+    comm.broadcast(&mut figures, 0)?;
+    let [alpha, gap, beta, barrier, beta_cache, cache_bytes] = figures;
+    let over = (p as f64 / cores() as f64).max(1.0);
+    // Measured once, at the first calibration with more ranks than cores, and kept after
+    // (the efficiencies of every world size are fitted against the same figure).
+    let measure_wake = over > 1.0 && base.is_none_or(|b| b.wake_ranks == 0);
+    let mut wake = [if measure_wake {
+        ((barrier / f64::from(ceil_log2(p)) - alpha) / (over - 1.0)).max(0.0)
+    } else {
+        base.or(TuningFile::builtin().entry("", comm.transport_name())).map_or(0.0, |e| e.wake_us * 1e-6)
+    }];
+    comm.broadcast(&mut wake, 0)?;
+    let wake = wake[0];
+    let wake_ranks = if measure_wake { p } else { base.map_or(0, |b| b.wake_ranks) };
+    let mut kernels = [0f64; 51];
+    if r == 0 {
+        match base.filter(|_| reuse) {
+            Some(b) => {
+                for d in DataType::ALL {
+                    for o in ReduceOp::ALL {
+                        kernels[dtype_op_index(d, o)] = b.reduce_gbs.get(&gamma_key(d, o)).copied().unwrap_or(5.0);
+                    }
+                }
+                kernels[50] = b.copy_gbs;
+            }
+            None => measure_kernels(effort, &mut kernels),
+        }
+    }
+    comm.broadcast(&mut kernels, 0)?;
+    let mut reduce_gbs = BTreeMap::new();
+    let builtin = TuningFile::builtin();
+    let builtin_shm = builtin.entry("", "shm").expect("the built-in file has a shm entry");
+    let f32_sum = kernels[crate::cost::dtype_op_index(DataType::F32, ReduceOp::Sum)];
+    for d in DataType::ALL {
+        for o in ReduceOp::ALL {
+            let k = gamma_key(d, o);
+            let gbs = match effort {
+                Effort::Full => kernels[dtype_op_index(d, o)],
+                // Scale the built-in table by how this host's f32 sum compares.
+                Effort::Quick => {
+                    builtin_shm.reduce_gbs.get(&k).copied().unwrap_or(5.0) * f32_sum
+                        / builtin_shm.reduce_gbs.get("float.sum").copied().unwrap_or(5.0)
+                }
+            };
+            reduce_gbs.insert(k, gbs);
+        }
+    }
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "*".into());
+    let mut entry = TuningEntry {
+        host,
+        transport: comm.transport_name().to_string(),
+        cores: cores(),
+        alpha_us: alpha * 1e6,
+        gap_us: gap * 1e6,
+        wake_us: wake * 1e6,
+        wake_ranks,
+        bandwidth_gbs: 1e-9 / beta.max(1e-15),
+        cache_bandwidth_gbs: 1e-9 / beta_cache.max(1e-15),
+        cache_kib: cache_bytes / 1024.0,
+        copy_gbs: kernels[50],
+        reduce_gbs,
+        efficiency: base.map(|b| b.efficiency.clone()).unwrap_or_default(),
+        measured: format!("{effort:?} calibration, {p} ranks over {}", comm.transport_name()),
+    };
+    if effort == Effort::Full {
+        measure_algorithms(comm, &mut entry)?;
+    }
+    Ok(entry)
+}
+
+/// Runs every algorithm of every collective at a few sizes and records, in `entry`, the
+/// factors that best bring the formulas' latency and bandwidth terms to the measured times
+/// (least squares in relative error).
+fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()> {
+    let p = comm.size();
+    let mut bare = entry.clone();
+    bare.efficiency.clear();
+    let profile = TuningFile { oxccl_tuning: 1, entries: vec![bare] }.profile(&entry.host, &entry.transport);
+    let hosts = comm.hosts().to_vec();
+    let sizes = [8usize, 1 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20];
+    let colls = [
+        Collective::AllReduce,
+        Collective::AllGather,
+        Collective::ReduceScatter,
+        Collective::AllToAll,
+        Collective::Broadcast,
+        Collective::Reduce,
+    ];
+    let mut bufs = (Vec::<f32>::new(), Vec::<f32>::new());
+    for coll in colls {
+        for &algo in registry::algorithms(coll).iter().filter(|&&a| applies(a, &hosts)) {
+            comm.set_algorithms(&format!("{coll}:{algo}"))?;
+            let mut pts = Vec::new();
+            for &size in &sizes {
+                let (bytes, t) = time_collective(comm, coll, size, &mut bufs, &profile, algo)?;
+                let call = Call::new(coll, bytes, DataType::F32, ReduceOp::Sum);
+                if let Some(c) = predict(&call, algo, &hosts, &profile) {
+                    pts.push((c, call.model(&hosts, &profile).footprint(), t));
+                }
+            }
+            let (cache_bytes, [latency, bandwidth_cache, bandwidth]) = fit_efficiency(&pts);
+            entry.set_efficiency(&Efficiency {
+                coll,
+                algo,
+                ranks: p,
+                inter: hosts.iter().any(|&h| h != hosts[0]),
+                latency,
+                bandwidth_cache,
+                bandwidth,
+                cache_bytes,
+            });
+        }
+    }
+    comm.set_algorithms("auto")
+}
+
+/// Fits an algorithm's efficiency to points `(cost, footprint, measured seconds)`: for each
+/// halfway footprint `c` among powers of two from 16 KiB to 1 GiB, the factors of
+/// [`fit_factors`] with `x = footprint / (footprint + c)`; the `c` of least relative error
+/// wins. Returns `(c, [latency, in-cache, out-of-cache])`.
+pub fn fit_efficiency(points: &[(Cost, f64, f64)]) -> (f64, [f64; 3]) {
+    let mut best = (f64::INFINITY, 1.0, [1.0; 3]);
+    for k in 14..=30 {
+        let c = f64::from(1u32 << k);
+        let with_x: Vec<(Cost, f64, f64)> = points.iter().map(|&(cost, w, t)| (cost, w / (w + c), t)).collect();
+        let f = fit_factors(&with_x);
+        let err: f64 = with_x
+            .iter()
+            .filter(|(_, _, t)| *t > 0.0)
+            .map(|(cost, x, t)| {
+                let b = f[1] * (1.0 - x) + f[2] * x;
+                ((f[0] * cost.latency + b * (cost.transfer + cost.reduce)) / t - 1.0).powi(2)
+            })
+            .sum();
+        if err < best.0 {
+            best = (err, c, f);
+        }
+    }
+    (best.1, best.2)
+}
+
+/// `[a, b1, b2]` minimising the sum over points `(cost, x, t)` of
+/// `((a * latency + (b1 (1 - x) + b2 x) * (transfer + reduce)) / t - 1)^2`, each clamped to
+/// [0.05, 50]. Where the points cannot tell factors apart (all latency-bound, say), fewer
+/// factors are fitted and shared.
+pub fn fit_factors(points: &[(Cost, f64, f64)]) -> [f64; 3] {
+    let rows: Vec<[f64; 3]> = points
+        .iter()
+        .filter(|(_, _, t)| *t > 0.0)
+        .map(|(c, x, t)| {
+            let w = (c.transfer + c.reduce) / t;
+            [c.latency / t, w * (1.0 - x), w * x]
+        })
+        .collect();
+    let clamp = |x: f64| if x.is_finite() { x.clamp(0.05, 50.0) } else { 1.0 };
+    if let Some(f) = least_squares::<3>(&rows) {
+        if f.iter().all(|&v| v > 0.0) {
+            return f.map(clamp);
+        }
+    }
+    // Latency and one bandwidth factor.
+    let two: Vec<[f64; 2]> = rows.iter().map(|r| [r[0], r[1] + r[2]]).collect();
+    if let Some([a, b]) = least_squares::<2>(&two) {
+        if a > 0.0 && b > 0.0 {
+            return [clamp(a), clamp(b), clamp(b)];
+        }
+    }
+    let one: Vec<[f64; 1]> = rows.iter().map(|r| [r[0] + r[1] + r[2]]).collect();
+    let k = least_squares::<1>(&one).map_or(1.0, |[k]| clamp(k));
+    [k, k, k]
+}
+
+/// Solves `min sum_i (sum_j f_j r_ij - 1)^2` by the normal equations (Gaussian elimination
+/// with partial pivoting); `None` when they are singular.
+fn least_squares<const N: usize>(rows: &[[f64; N]]) -> Option<[f64; N]> {
+    let mut a = [[0.0; N]; N];
+    let mut b = [0.0; N];
+    for r in rows {
+        for i in 0..N {
+            b[i] += r[i];
+            for j in 0..N {
+                a[i][j] += r[i] * r[j];
+            }
+        }
+    }
+    let scale = (0..N).map(|i| a[i][i]).fold(0.0f64, f64::max);
+    for col in 0..N {
+        let piv = (col..N).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))?;
+        if a[piv][col].abs() <= 1e-12 * scale.max(1e-300) {
+            return None;
+        }
+        a.swap(col, piv);
+        b.swap(col, piv);
+        let (pivot_row, b_col) = (a[col], b[col]);
+        for (row, (ar, br)) in a.iter_mut().zip(b.iter_mut()).enumerate() {
+            if row != col {
+                let k = ar[col] / pivot_row[col];
+                for (x, p) in ar.iter_mut().zip(pivot_row.iter()).skip(col) {
+                    *x -= k * p;
+                }
+                *br -= k * b_col;
+            }
+        }
+    }
+    Some(std::array::from_fn(|i| b[i] / a[i][i]))
+}
+
+/// Times one collective of about `size` bytes (f32 sum, out of place, the slowest rank's
+/// median of three rounds): returns the exact size and the seconds per call.
+fn time_collective(
+    comm: &Communicator,
+    coll: Collective,
+    size: usize,
+    bufs: &mut (Vec<f32>, Vec<f32>),
+    profile: &Profile,
+    algo: Algorithm,
+) -> Result<(usize, f64)> {
+    let p = comm.size();
+    let split = matches!(coll, Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll);
+    let total = if split { (size / 4 / p).max(1) * p } else { (size / 4).max(1) };
+    let (send, recv) = match coll {
+        Collective::AllGather => (total / p, total),
+        Collective::ReduceScatter => (total, total / p),
+        _ => (total, total),
+    };
+    bufs.0.resize(send, 1.0);
+    bufs.1.resize(recv, 0.0);
+    let (s, d) = (&bufs.0[..send], &mut bufs.1[..recv]);
+    let bytes = total * 4;
+    // Iterations from the uncorrected prediction, the same on every rank: about 8 ms a round.
+    let guess = predict(&Call::new(coll, bytes, DataType::F32, ReduceOp::Sum), algo, comm.hosts(), profile)
+        .map_or(1e-3, |c| c.total());
+    let iters = ((8e-3 / guess.max(1e-7)) as usize).clamp(3, 500);
+    let mut one = || -> Result<()> {
+        match coll {
+            Collective::AllReduce => comm.all_reduce_into(s, d, ReduceOp::Sum),
+            Collective::AllGather => comm.all_gather_into(s, d),
+            Collective::ReduceScatter => comm.reduce_scatter_into(s, d, ReduceOp::Sum),
+            Collective::AllToAll => comm.all_to_all_into(s, d),
+            Collective::Broadcast => comm.broadcast(d, 0),
+            _ => comm.reduce_into(s, &mut d[..if comm.rank() == 0 { recv } else { 0 }], ReduceOp::Sum, 0),
+        }
+    };
+    one()?;
+    // The median of three rounds: what a caller typically sees, not the luckiest round.
+    let mut rounds = [0.0; 3];
+    for r in &mut rounds {
+        comm.barrier()?;
+        *r = secs_per_iter(iters, &mut one)?;
+    }
+    rounds.sort_by(f64::total_cmp);
+    let mut t = [rounds[1]];
+    comm.all_reduce(&mut t, ReduceOp::Max)?;
+    Ok((bytes, t[0]))
+}
+
+fn dtype_op_index(d: DataType, o: ReduceOp) -> usize {
+    oxccl_algorithms::cost::dtype_index(d) * 5 + oxccl_algorithms::cost::op_index(o)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Times the reduction kernels (GB/s of input, into `out[dtype*5+op]`) and a copy
+/// (`out[50]`) on buffers larger than the caches, as the collectives see them.
+fn measure_kernels(effort: Effort, out: &mut [f64; 51]) {
+    use oxccl_algorithms::{HostReducer, Reducer};
+    use oxccl_transport::{MemoryKind, Region, RegionMut};
+    let bytes = if effort == Effort::Quick { 4 << 20 } else { 16 << 20 };
+    let a = vec![1u64; bytes / 8];
+    let mut dst = vec![0u64; bytes / 8];
+    let red = HostReducer::new();
+    // SAFETY: both vectors live, unaliased, until the end of this function, and the regions
+    // are used only within it.
+    let (ra, rd) = unsafe {
+        (
+            Region::from_raw_parts(a.as_ptr().cast(), bytes, MemoryKind::Host),
+            RegionMut::from_raw_parts(dst.as_mut_ptr().cast(), bytes, MemoryKind::Host),
+        )
+    };
+    let time = |f: &mut dyn FnMut()| {
+        f();
+        let reps = if effort == Effort::Quick { 2 } else { 4 };
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        bytes as f64 * reps as f64 / t0.elapsed().as_secs_f64() / 1e9
+    };
+    let ops: Vec<(DataType, ReduceOp)> = match effort {
+        Effort::Full => DataType::ALL.iter().flat_map(|&d| ReduceOp::ALL.map(|o| (d, o))).collect(),
+        Effort::Quick => vec![(DataType::F32, ReduceOp::Sum)],
+    };
+    for (d, o) in ops {
+        // dst = dst op a: the in-place form the algorithms use most.
+        out[dtype_op_index(d, o)] = time(&mut || {
+            red.reduce(d, o, rd, rd.as_region(), ra).expect("aligned, equal lengths");
+        });
+    }
+    out[50] = time(&mut || red.copy(rd, ra).expect("equal lengths"));
+    drop(dst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_parses_and_words_round_trip() {
+        let f = TuningFile::builtin();
+        assert_eq!(TuningFile::parse(&serde_json::to_string(&f).unwrap()).unwrap(), f);
+        for t in ["shm", "tcp", "loopback", "nonexistent"] {
+            let p = f.profile("some-host", t);
+            assert_eq!(from_words(&to_words(&p)), p);
+            assert_eq!(to_words(&p).len(), PROFILE_WORDS);
+            assert!(p.intra.beta > 0.0 && p.inter.alpha > 0.0 && p.gamma(DataType::Bf16, ReduceOp::Max) > 0.0);
+        }
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_reasons() {
+        let e = TuningFile::parse("{\"oxccl_tuning\": 2, \"entries\": []}").unwrap_err().to_string();
+        assert!(e.contains("version 2"), "{e}");
+        let mut f = TuningFile::builtin();
+        f.entries[0].bandwidth_gbs = -1.0;
+        let e = TuningFile::parse(&serde_json::to_string(&f).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("negative"), "{e}");
+        assert!(TuningFile::parse("not json").is_err());
+    }
+
+    #[test]
+    fn entries_fall_back_from_host_to_any() {
+        let mut f = TuningFile::builtin();
+        let mut mine = f.entry("x", "tcp").unwrap().clone();
+        mine.host = "big-box".into();
+        mine.alpha_us = 123.0;
+        f.upsert(mine.clone());
+        assert_eq!(f.entry("big-box", "tcp").unwrap().alpha_us, 123.0);
+        assert_ne!(f.entry("other", "tcp").unwrap().alpha_us, 123.0);
+        f.upsert(mine);
+        assert_eq!(f.entries.iter().filter(|e| e.host == "big-box").count(), 1);
+        assert!((f.profile("big-box", "tcp").intra.alpha - 123e-6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn cache_curve_fit_recovers_its_parameters() {
+        let (bc, b, c) = (1e-10, 4e-10, f64::from(1u32 << 21));
+        let pts: Vec<(f64, f64)> = (16..28)
+            .map(|k| {
+                let w = f64::from(1u32 << k);
+                (w, bc + (b - bc) * w / (w + c))
+            })
+            .collect();
+        let (fbc, fb, fc) = fit_cache_curve(&pts);
+        assert!((fbc / bc - 1.0).abs() < 1e-6 && (fb / b - 1.0).abs() < 1e-6 && fc == c, "{fbc} {fb} {fc}");
+    }
+
+    #[test]
+    fn factor_fit_recovers_its_factors() {
+        let c = |l: f64, w: f64| Cost { latency: l, transfer: w, reduce: 0.0 };
+        let pts: Vec<(Cost, f64, f64)> = [(1e-6, 0.0, 0.0), (1e-6, 1e-5, 0.1), (2e-6, 1e-3, 0.5), (1e-6, 1e-2, 0.9)]
+            .iter()
+            .map(|&(l, w, x)| (c(l, w), x, 3.0 * l + (0.5 * (1.0 - x) + 2.0 * x) * w))
+            .collect();
+        let [a, b1, b2] = fit_factors(&pts);
+        assert!((a - 3.0).abs() < 1e-6 && (b1 - 0.5).abs() < 1e-6 && (b2 - 2.0).abs() < 1e-6, "{a} {b1} {b2}");
+        // Only latency-bound points: one factor for all.
+        let [a, b1, b2] = fit_factors(&[(c(1e-6, 0.0), 0.0, 2e-6), (c(2e-6, 0.0), 0.0, 4e-6)]);
+        assert!((a - 2.0).abs() < 1e-9 && a == b1 && a == b2, "{a} {b1} {b2}");
+    }
+
+    #[test]
+    fn line_fit() {
+        let (a, b) = fit_line(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]);
+        assert!((a - 1.0).abs() < 1e-12 && (b - 2.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,220 @@
+//! The cost model in use: profiles from tuning files, rank 0's profile on every rank,
+//! calibration at start-up and by `oxccl-bench --calibrate`, and `--explain`.
+
+mod common;
+
+use std::process::Command;
+
+use common::{on_all, test_config};
+use oxccl::cost::{self, TuningFile};
+use oxccl::{Algorithm, Collective, Communicator, Config, DataType, ReduceOp, TransportKind, UniqueId};
+
+fn temp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("oxccl-cost-{}-{name}", std::process::id()))
+}
+
+/// A tuning file whose links make every message step and every message in flight cost a
+/// second, so the fewest messages must win at every size: for all-reduce over 4 ranks,
+/// recursive doubling's two exchanges.
+fn latency_bound_file() -> TuningFile {
+    let mut f = TuningFile::builtin();
+    for e in &mut f.entries {
+        e.alpha_us = 1e6;
+        e.gap_us = 1e6;
+        e.efficiency.clear();
+    }
+    f
+}
+
+fn init_world(p: usize, config_of: impl Fn(usize) -> Config) -> Vec<Communicator> {
+    let id = UniqueId::new().unwrap();
+    let hs: Vec<_> = (0..p)
+        .map(|r| {
+            let c = config_of(r);
+            std::thread::spawn(move || Communicator::init(&id, r, p, c))
+        })
+        .collect();
+    hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+}
+
+#[test]
+fn every_rank_prices_with_rank_0s_profile() {
+    let path = temp("latency.json");
+    latency_bound_file().save(&path).unwrap();
+    // Only rank 0 reads the latency-bound file; the others start from the built-in one.
+    let comms = init_world(4, |r| {
+        let c = test_config().with_transport(TransportKind::Tcp);
+        if r == 0 {
+            Config { tuning_file: Some(path.clone()), ..c }
+        } else {
+            c
+        }
+    });
+    let p0 = comms[0].profile().clone();
+    assert!((p0.intra.alpha - 1.0).abs() < 1e-9, "rank 0 read its file: alpha {}", p0.intra.alpha);
+    for c in &comms {
+        assert_eq!(c.profile(), &p0, "rank {} prices with rank 0's profile", c.rank());
+        // With a second per message, recursive doubling's 2 exchanges beat everything else
+        // even at 64 MiB.
+        assert_eq!(c.algorithm_for(Collective::AllReduce, 64 << 20), Algorithm::RecursiveDoubling);
+    }
+    // And the choice runs: every rank the same algorithm, every element right.
+    let fails = on_all(&comms, |c| {
+        let mut v = vec![c.rank() as f64 + 1.0; 100_003];
+        match c.all_reduce(&mut v, ReduceOp::Sum) {
+            Ok(()) => v.iter().filter(|&&x| x != 10.0).map(|x| format!("rank {}: {x}", c.rank())).take(3).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    });
+    assert!(fails.is_empty(), "{fails:?}");
+    let _ = std::fs::remove_file(&path);
+}
+
+fn refused(r: oxccl::Result<Vec<Communicator>>) -> String {
+    match r {
+        Ok(_) => panic!("a bad tuning file was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_bad_tuning_file_is_an_error_naming_it() {
+    let path = temp("bad.json");
+    std::fs::write(&path, "{\"oxccl_tuning\": 7, \"entries\": []}").unwrap();
+    let cfg = Config { tuning_file: Some(path.clone()), ..test_config() };
+    let e = refused(Communicator::local_world(2, cfg));
+    assert!(e.contains("version 7") && e.contains(&path.display().to_string()), "{e}");
+    let missing = Config { tuning_file: Some(temp("missing.json")), ..test_config() };
+    let e = refused(Communicator::local_world(2, missing));
+    assert!(e.contains("missing.json"), "{e}");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn tuning_file_from_the_environment() {
+    let path = temp("env.json");
+    latency_bound_file().save(&path).unwrap();
+    let p = path.display().to_string();
+    let c = Config::default().overlay(&|k| (k == "OXCCL_TUNING_FILE").then(|| p.clone())).unwrap();
+    assert_eq!(c.tuning_file.as_deref(), Some(path.as_path()));
+    let c = Config::default().overlay(&|k| (k == "OXCCL_TUNE").then(|| "quick".into())).unwrap();
+    assert!(c.tune_at_init);
+    let e = Config::default().overlay(&|k| (k == "OXCCL_TUNE").then(|| "maybe".into())).unwrap_err();
+    assert!(e.to_string().contains("OXCCL_TUNE"), "{e}");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn quick_calibration_at_start_up_replaces_the_link_figures() {
+    let builtin = TuningFile::builtin().profile("", "tcp");
+    let comms = init_world(2, |_| Config { tune_at_init: true, ..test_config().with_transport(TransportKind::Tcp) });
+    let p0 = comms[0].profile().clone();
+    assert_eq!(comms[1].profile(), &p0, "both ranks keep rank 0's figures");
+    assert_ne!(p0.intra, builtin.intra, "the link was measured");
+    assert!(p0.intra.alpha > 0.0 && p0.intra.beta > 0.0 && p0.intra.alpha < 0.01, "{:?}", p0.intra);
+    let fails = on_all(&comms, |c| {
+        let mut v = vec![1u32; 4099];
+        match c.all_reduce(&mut v, ReduceOp::Sum) {
+            Ok(()) => v.iter().filter(|&&x| x != 2).map(|x| format!("{x}")).take(3).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    });
+    assert!(fails.is_empty(), "{fails:?}");
+}
+
+#[test]
+fn choices_are_priced_and_pipelines_get_their_chunk() {
+    let comms = Communicator::local_world(8, Config::default()).unwrap();
+    let c = &comms[0];
+    let big = c.choice_for(Collective::Broadcast, 64 << 20, DataType::F32, ReduceOp::Sum);
+    assert!(big.predicted.total() > 0.0);
+    let hosts = vec![0; 8];
+    let again = cost::predict(
+        &cost::Call {
+            chunk_bytes: big.chunk_bytes,
+            ..cost::Call::new(Collective::Broadcast, 64 << 20, DataType::F32, ReduceOp::Sum)
+        },
+        big.algo,
+        &hosts,
+        c.profile(),
+    )
+    .unwrap();
+    assert_eq!(again, big.predicted, "the communicator's prediction is the public model's");
+    // Nothing forced: the choice is the cheapest candidate.
+    for coll in [Collective::AllReduce, Collective::AllGather, Collective::ReduceScatter, Collective::AllToAll] {
+        for bytes in [8, 64 << 10, 16 << 20] {
+            let ch = c.choice_for(coll, bytes, DataType::F32, ReduceOp::Sum);
+            let all =
+                oxccl::select::candidates(coll, bytes, DataType::F32, ReduceOp::Sum, &hosts, c.profile(), c.config());
+            let min = all.iter().map(|x| x.predicted.total()).fold(f64::INFINITY, f64::min);
+            assert_eq!(ch.predicted.total(), min, "{coll} {bytes}");
+        }
+    }
+    // Forced: that algorithm, whatever it costs.
+    c.set_algorithms("all_reduce:tree").unwrap();
+    assert_eq!(c.choice_for(Collective::AllReduce, 8, DataType::F32, ReduceOp::Sum).algo, Algorithm::Tree);
+}
+
+fn bench() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_oxccl-bench"));
+    c.env("OXCCL_TIMEOUT_MS", "120000");
+    c
+}
+
+#[test]
+fn bench_calibrates_and_explains() {
+    let path = temp("bench.json");
+    let _ = std::fs::remove_file(&path);
+    let out = bench().args(["--ranks", "2", "--transport", "shm", "--calibrate"]).arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("# calibrated shm over 2 ranks"), "{text}");
+    let f = TuningFile::load(&path).unwrap();
+    let e = f.entries.iter().find(|e| e.transport == "shm").expect("a shm entry");
+    assert!(e.alpha_us > 0.0 && e.bandwidth_gbs > 0.0 && e.reduce_gbs.len() == 50, "{e:?}");
+    // Every algorithm of the six collectives got its efficiency at 2 ranks.
+    for coll in [Collective::AllReduce, Collective::AllGather, Collective::ReduceScatter, Collective::AllToAll] {
+        for a in oxccl::algorithms_of(coll).iter().filter(|a| **a != Algorithm::Hierarchical) {
+            let rows = e.efficiency.get(&format!("{}.{}", coll.name(), a.name()));
+            assert!(rows.is_some_and(|r| r.iter().any(|r| r[0] == 2.0)), "{coll} {a}: {:?}", e.efficiency.keys());
+        }
+    }
+    // A second run keeps one entry per host and transport.
+    let out = bench().args(["--ranks", "2", "--transport", "shm", "--calibrate"]).arg(&path).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(TuningFile::load(&path).unwrap().entries.len(), 1);
+
+    let out = bench()
+        .args([
+            "--ranks",
+            "3",
+            "--transport",
+            "shm",
+            "-b",
+            "8",
+            "-e",
+            "32K",
+            "-f",
+            "64",
+            "-n",
+            "2",
+            "-w",
+            "1",
+            "--explain",
+        ])
+        .env("OXCCL_TUNING_FILE", &path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    // Each size: the automatic choice and every all-reduce algorithm but hierarchical.
+    assert_eq!(rows.len(), 3 * 6, "{text}");
+    for r in &rows {
+        let f: Vec<&str> = r.split_whitespace().collect();
+        assert_eq!(f[f.len() - 2], "predicted", "{r}");
+        assert!(f[f.len() - 1].parse::<f64>().unwrap() > 0.0, "{r}");
+        assert_eq!(f[8], "0", "wrong elements: {r}");
+    }
+    let _ = std::fs::remove_file(&path);
+}
