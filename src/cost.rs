@@ -15,8 +15,12 @@
 //! use oxccl::cost::{self, TuningFile};
 //! use oxccl::{Collective, DataType, ReduceOp};
 //!
-//! // 8 ranks on 2 hosts of 4, priced with the built-in profile.
-//! let profile = TuningFile::builtin().profile("any-host", "shm");
+//! // 8 ranks on 2 hosts of 4: this machine's shared memory inside each host (the built-in
+//! // profile), and between hosts a network with a tenth of its bandwidth and 20 us latency.
+//! let mut profile = TuningFile::builtin().profile("any-host", "shm");
+//! profile.inter.alpha = 20e-6;
+//! profile.inter.beta = 10.0 * profile.intra.beta;
+//! profile.inter.beta_cache = 10.0 * profile.intra.beta_cache;
 //! let hosts = [0, 0, 0, 0, 1, 1, 1, 1];
 //! let call = cost::Call::new(Collective::AllReduce, 64 << 20, DataType::F32, ReduceOp::Sum);
 //! let (algo, t) = cost::best(&call, &hosts, &profile);

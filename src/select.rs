@@ -159,10 +159,17 @@ mod tests {
         let big = pick(C::AllReduce, 256 * M, &one(8), "tcp", &c);
         assert!(matches!(big, Ring | Direct | HalvingDoubling), "{big}");
         assert_ne!(pick(C::AllGather, 8, &one(8), "tcp", &c), Ring);
-        // Several hosts with several ranks each: the two-level algorithms for large calls.
+        // Several hosts with several ranks each, the link between hosts ten times slower than
+        // shared memory (a real network; the built-in profile's "between hosts" is TCP on
+        // loopback, as fast as shared memory here): the two-level algorithms for large calls.
+        let mut slow = TuningFile::builtin().profile("h", "shm");
+        slow.inter.beta = 10.0 * slow.intra.beta;
+        slow.inter.beta_cache = 10.0 * slow.intra.beta_cache;
         let two_hosts = [0, 0, 0, 0, 1, 1, 1, 1];
-        assert_eq!(pick(C::AllReduce, 64 * M, &two_hosts, "shm", &c), Hierarchical);
-        assert_eq!(pick(C::ReduceScatter, 64 * M, &two_hosts, "shm", &c), Hierarchical);
+        for coll in [C::AllReduce, C::ReduceScatter, C::AllGather] {
+            let x = choose(coll, 64 * M, DataType::F32, ReduceOp::Sum, &two_hosts, &slow, None, &c);
+            assert_eq!(x.algo, Hierarchical, "{coll}");
+        }
         // One host: never hierarchical.
         for coll in [C::AllReduce, C::AllGather, C::ReduceScatter, C::AllToAll] {
             assert_ne!(pick(coll, 64 * M, &one(8), "shm", &c), Hierarchical);
