@@ -30,9 +30,14 @@ use crate::UniqueId;
 /// Cached choices, and the (collective, size class) pairs already logged.
 #[derive(Default)]
 struct Choices {
-    made: HashMap<(Collective, usize, DataType, ReduceOp, u64), Choice>,
+    /// The last call's shape and choice: a loop of equal calls skips the hashing.
+    last: Option<(ChoiceKey, Choice)>,
+    made: HashMap<ChoiceKey, Choice>,
     logged: HashSet<(Collective, u32)>,
 }
+
+/// A call's shape, as far as choosing goes: collective, bytes, type, operator, overrides.
+type ChoiceKey = (Collective, usize, DataType, ReduceOp, u64);
 
 struct State {
     seq: u64,
@@ -492,8 +497,14 @@ impl Communicator {
         let forced = self.forced.load(Ordering::Relaxed);
         let key = (coll, bytes, dtype, op, forced);
         let mut cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = cache.made.get(&key) {
-            return *c;
+        if let Some((k, c)) = cache.last {
+            if k == key {
+                return c;
+            }
+        }
+        if let Some(&c) = cache.made.get(&key) {
+            cache.last = Some((key, c));
+            return c;
         }
         let c = select::choose(
             coll,
@@ -510,6 +521,7 @@ impl Communicator {
             cache.made.clear();
         }
         cache.made.insert(key, c);
+        cache.last = Some((key, c));
         let class = usize::BITS - bytes.leading_zeros();
         if cache.logged.insert((coll, class)) {
             tracing::info!(
