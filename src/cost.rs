@@ -88,16 +88,15 @@ pub fn applies(algo: Algorithm, hosts: &[usize]) -> bool {
     algo != Algorithm::Hierarchical || hosts.iter().any(|&h| h != hosts[0])
 }
 
-/// Every candidate algorithm of `call.coll` with its predicted time, fastest first.
+/// Every candidate algorithm of `call.coll` with its predicted time at `call.chunk_bytes`,
+/// fastest first (the communicator's choice, [`crate::select::candidates`], with that
+/// chunk size fixed).
 pub fn rank_algorithms(call: &Call, hosts: &[usize], profile: &Profile) -> Vec<(Algorithm, Cost)> {
-    let mut v: Vec<(Algorithm, Cost)> = registry::algorithms(call.coll)
-        .iter()
-        .filter(|&&a| applies(a, hosts))
-        .filter_map(|&a| predict(call, a, hosts, profile).map(|c| (a, c)))
-        .collect();
-    // Stable: equal predictions keep the registry's order (the default first).
-    v.sort_by(|a, b| a.1.total().total_cmp(&b.1.total()));
-    v
+    let cfg = crate::Config::default().with_chunk_bytes(call.chunk_bytes);
+    crate::select::candidates(call.coll, call.bytes, call.dtype, call.op, hosts, profile, &cfg)
+        .into_iter()
+        .map(|c| (c.algo, c.predicted))
+        .collect()
 }
 
 /// The algorithm of least predicted time for `call`, and that time.
@@ -238,7 +237,12 @@ impl TuningEntry {
 impl TuningFile {
     /// The built-in profile, measured on the 2-core development VM (`benches/tuning.json`).
     pub fn builtin() -> TuningFile {
-        serde_json::from_str(include_str!("../benches/tuning.json")).expect("the built-in tuning file parses")
+        static BUILTIN: std::sync::OnceLock<TuningFile> = std::sync::OnceLock::new();
+        BUILTIN
+            .get_or_init(|| {
+                serde_json::from_str(include_str!("../benches/tuning.json")).expect("the built-in tuning file parses")
+            })
+            .clone()
     }
 
     /// Parses a tuning file's text.
@@ -412,24 +416,17 @@ pub fn fit_cache_curve(points: &[(f64, f64)]) -> (f64, f64, f64) {
     let mut best = (f64::INFINITY, 0.0, 0.0, 0.0);
     for k in 14..=30 {
         let c = f64::from(1u32 << k);
-        // Weighted (1/y^2) normal equations for y = bc (1 - x) + b x.
-        let (mut s11, mut s12, mut s22, mut t1, mut t2) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        for &(w, y) in points {
-            let x = w / (w + c);
-            let wt = 1.0 / (y * y);
-            let (u, v) = (1.0 - x, x);
-            s11 += wt * u * u;
-            s12 += wt * u * v;
-            s22 += wt * v * v;
-            t1 += wt * u * y;
-            t2 += wt * v * y;
-        }
-        let det = s11 * s22 - s12 * s12;
-        if det.abs() < 1e-300 {
-            continue;
-        }
-        let bc = ((t1 * s22 - t2 * s12) / det).max(1e-13);
-        let b = ((s11 * t2 - s12 * t1) / det).max(bc);
+        // Relative error of y = bc (1 - x) + b x: rows scaled by 1/y.
+        let rows: Vec<[f64; 2]> = points
+            .iter()
+            .map(|&(w, y)| {
+                let x = w / (w + c);
+                [(1.0 - x) / y, x / y]
+            })
+            .collect();
+        let Some([bc, b]) = least_squares::<2>(&rows) else { continue };
+        let bc = bc.max(1e-13);
+        let b = b.max(bc);
         let err: f64 = points
             .iter()
             .map(|&(w, y)| {
@@ -651,14 +648,7 @@ fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()
     let profile = TuningFile { oxccl_tuning: 1, entries: vec![bare] }.profile(&entry.host, &entry.transport);
     let hosts = comm.hosts().to_vec();
     let sizes = [8usize, 1 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20];
-    let colls = [
-        Collective::AllReduce,
-        Collective::AllGather,
-        Collective::ReduceScatter,
-        Collective::AllToAll,
-        Collective::Broadcast,
-        Collective::Reduce,
-    ];
+    let colls = Collective::ALL.into_iter().filter(|&c| c != Collective::Barrier);
     let mut bufs = (Vec::<f32>::new(), Vec::<f32>::new());
     for coll in colls {
         for &algo in registry::algorithms(coll).iter().filter(|&&a| applies(a, &hosts)) {

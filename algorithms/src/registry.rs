@@ -85,64 +85,51 @@ pub fn algorithms(coll: Collective) -> &'static [Algorithm] {
     }
 }
 
-/// The implementation of `algo` for `coll`, if there is one.
-pub fn lookup(coll: Collective, algo: Algorithm) -> Option<AlgoFn> {
-    use Algorithm::*;
-    Some(match (coll, algo) {
-        (Collective::AllReduce, Ring) => crate::all_reduce::ring::run,
-        (Collective::AllReduce, RecursiveDoubling) => crate::all_reduce::recursive_doubling::run,
-        (Collective::AllGather, Ring) => crate::all_gather::ring::run,
-        (Collective::ReduceScatter, Ring) => crate::reduce_scatter::ring::run,
-        (Collective::AllReduce, Direct) => crate::all_reduce::direct::run,
-        (Collective::ReduceScatter, Direct) => crate::reduce_scatter::direct::run,
-        (Collective::AllReduce, Tree) => crate::all_reduce::tree::run,
-        (Collective::AllReduce, Hierarchical) => crate::all_reduce::hierarchical::run,
-        (Collective::AllReduce, HalvingDoubling) => crate::all_reduce::halving_doubling::run,
-        (Collective::ReduceScatter, HalvingDoubling) => crate::reduce_scatter::halving_doubling::run,
-        (Collective::AllGather, RecursiveDoubling) => crate::all_gather::recursive_doubling::run,
-        (Collective::AllGather, Bruck) => crate::all_gather::bruck::run,
-        (Collective::AllGather, Hierarchical) => crate::all_gather::hierarchical::run,
-        (Collective::ReduceScatter, Hierarchical) => crate::reduce_scatter::hierarchical::run,
-        (Collective::AllToAll, Bruck) => crate::all_to_all::bruck::run,
-        (Collective::AllToAll, Hierarchical) => crate::all_to_all::hierarchical::run,
-        (Collective::Broadcast, Tree) => crate::broadcast::tree::run,
-        (Collective::Reduce, Tree) => crate::reduce::tree::run,
-        (Collective::AllToAll, Pairwise) => crate::all_to_all::pairwise::run,
-        (Collective::Broadcast, Ring) => crate::broadcast::ring::run,
-        (Collective::Reduce, Ring) => crate::reduce::ring::run,
-        (Collective::Barrier, Dissemination) => crate::barrier::dissemination::run,
-        _ => return None,
-    })
+/// Declares the one table of (collective, algorithm) pairs: each names the module holding
+/// that algorithm's `run` and `cost`, so an algorithm and its formula are found together.
+macro_rules! implementations {
+    ($($coll:ident, $algo:ident => $module:path;)*) => {
+        /// The implementation of `algo` for `coll`, if there is one.
+        pub fn lookup(coll: Collective, algo: Algorithm) -> Option<AlgoFn> {
+            match (coll, algo) {
+                $((Collective::$coll, Algorithm::$algo) => Some({ use $module as m; m::run }),)*
+                _ => None,
+            }
+        }
+
+        /// The cost formula of `algo` for `coll`, if there is such an algorithm.
+        pub fn cost_formula(coll: Collective, algo: Algorithm) -> Option<CostFn> {
+            match (coll, algo) {
+                $((Collective::$coll, Algorithm::$algo) => Some({ use $module as m; m::cost }),)*
+                _ => None,
+            }
+        }
+    };
 }
 
-/// The cost formula of `algo` for `coll`, if there is such an algorithm.
-pub fn cost_formula(coll: Collective, algo: Algorithm) -> Option<CostFn> {
-    use Algorithm::*;
-    Some(match (coll, algo) {
-        (Collective::AllReduce, Ring) => crate::all_reduce::ring::cost,
-        (Collective::AllReduce, RecursiveDoubling) => crate::all_reduce::recursive_doubling::cost,
-        (Collective::AllReduce, Direct) => crate::all_reduce::direct::cost,
-        (Collective::AllReduce, Tree) => crate::all_reduce::tree::cost,
-        (Collective::AllReduce, HalvingDoubling) => crate::all_reduce::halving_doubling::cost,
-        (Collective::AllReduce, Hierarchical) => crate::all_reduce::hierarchical::cost,
-        (Collective::AllGather, Ring) => crate::all_gather::ring::cost,
-        (Collective::AllGather, RecursiveDoubling) => crate::all_gather::recursive_doubling::cost,
-        (Collective::AllGather, Bruck) => crate::all_gather::bruck::cost,
-        (Collective::AllGather, Hierarchical) => crate::all_gather::hierarchical::cost,
-        (Collective::ReduceScatter, Ring) => crate::reduce_scatter::ring::cost,
-        (Collective::ReduceScatter, Direct) => crate::reduce_scatter::direct::cost,
-        (Collective::ReduceScatter, HalvingDoubling) => crate::reduce_scatter::halving_doubling::cost,
-        (Collective::ReduceScatter, Hierarchical) => crate::reduce_scatter::hierarchical::cost,
-        (Collective::AllToAll, Pairwise) => crate::all_to_all::pairwise::cost,
-        (Collective::AllToAll, Bruck) => crate::all_to_all::bruck::cost,
-        (Collective::AllToAll, Hierarchical) => crate::all_to_all::hierarchical::cost,
-        (Collective::Broadcast, Ring) => crate::broadcast::ring::cost,
-        (Collective::Broadcast, Tree) => crate::broadcast::tree::cost,
-        (Collective::Reduce, Ring) => crate::reduce::ring::cost,
-        (Collective::Reduce, Tree) => crate::reduce::tree::cost,
-        (Collective::Barrier, Dissemination) => crate::barrier::dissemination::cost,
-        _ => return None,
-    })
+implementations! {
+    AllReduce, Ring => crate::all_reduce::ring;
+    AllReduce, RecursiveDoubling => crate::all_reduce::recursive_doubling;
+    AllReduce, Direct => crate::all_reduce::direct;
+    AllReduce, Tree => crate::all_reduce::tree;
+    AllReduce, HalvingDoubling => crate::all_reduce::halving_doubling;
+    AllReduce, Hierarchical => crate::all_reduce::hierarchical;
+    AllGather, Ring => crate::all_gather::ring;
+    AllGather, RecursiveDoubling => crate::all_gather::recursive_doubling;
+    AllGather, Bruck => crate::all_gather::bruck;
+    AllGather, Hierarchical => crate::all_gather::hierarchical;
+    ReduceScatter, Ring => crate::reduce_scatter::ring;
+    ReduceScatter, Direct => crate::reduce_scatter::direct;
+    ReduceScatter, HalvingDoubling => crate::reduce_scatter::halving_doubling;
+    ReduceScatter, Hierarchical => crate::reduce_scatter::hierarchical;
+    AllToAll, Pairwise => crate::all_to_all::pairwise;
+    AllToAll, Bruck => crate::all_to_all::bruck;
+    AllToAll, Hierarchical => crate::all_to_all::hierarchical;
+    Broadcast, Ring => crate::broadcast::ring;
+    Broadcast, Tree => crate::broadcast::tree;
+    Reduce, Ring => crate::reduce::ring;
+    Reduce, Tree => crate::reduce::tree;
+    Barrier, Dissemination => crate::barrier::dissemination;
 }
 
 /// The predicted time of `algo` for the call `m` describes, with the profile's efficiency

@@ -462,9 +462,14 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
         if comparing {
             comm.set_algorithms("auto")?;
         }
-        let priced = oxccl::select::candidates(coll, size, T::DTYPE, op, comm.hosts(), comm.profile(), comm.config());
+        let chosen = comm.choice_for(coll, size, T::DTYPE, op).algo;
+        let priced = if args.explain {
+            oxccl::select::candidates(coll, size, T::DTYPE, op, comm.hosts(), comm.profile(), comm.config())
+        } else {
+            Vec::new()
+        };
         let predicted = |name: &str| {
-            let a = if name == "auto" { comm.algorithm_for(coll, size) } else { Algorithm::parse(name)? };
+            let a = if name == "auto" { chosen } else { Algorithm::parse(name)? };
             priced.iter().find(|c| c.algo == a).map(|c| c.predicted.total() * 1e6)
         };
         for (variant, (times, wrong)) in variants.iter().zip(results) {
@@ -490,7 +495,7 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
             }
             if let Some(name) = variant {
                 if name == "auto" {
-                    line.push_str(&format!("  auto({})", comm.algorithm_for(coll, size)));
+                    line.push_str(&format!("  auto({chosen})"));
                 } else {
                     line.push_str(&format!("  {name}"));
                 }
