@@ -351,6 +351,22 @@ oxcclResult_t oxcclRecv(void *recvbuff,
                         void *stream);
 
 /*
+ Allocates `size` zeroed bytes (page-aligned) that the other ranks on this host map
+ directly, and writes their address to `*ptr`. Collectives whose buffers lie in such memory
+ on every rank move their bytes with plain loads and stores (the `mapped` algorithms);
+ ordinary memory works too, through the other algorithms. Free with `oxcclMemFree`. As
+ NCCL's `ncclMemAlloc`. Thread-safe.
+ */
+oxcclResult_t oxcclMemAlloc(void **ptr,
+                            size_t size);
+
+/*
+ Frees memory from `oxcclMemAlloc` (NULL does nothing). The memory must not be in use by a
+ collective. Thread-safe.
+ */
+oxcclResult_t oxcclMemFree(void *ptr);
+
+/*
  Starts a group (groups nest): sends and receives issued until the matching
  `oxcclGroupEnd` are queued and then posted together, so ranks can exchange in any order
  without deadlock. Collectives inside a group run at once, in order. Per thread.

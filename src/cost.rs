@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::SharedBuffer;
 pub use oxccl_algorithms::cost::{ceil_log2, Cost, Efficiency, Level, Link, Model, Profile};
 use oxccl_algorithms::registry;
 use oxccl_algorithms::{Algorithm, Collective, DataType, ReduceOp};
@@ -83,9 +84,15 @@ pub fn predict(call: &Call, algo: Algorithm, hosts: &[usize], profile: &Profile)
 }
 
 /// Whether `algo` is a candidate on this world: the hierarchical algorithms only where
-/// there are several hosts (on one they are a slower flat algorithm).
-pub fn applies(algo: Algorithm, hosts: &[usize]) -> bool {
-    algo != Algorithm::Hierarchical || hosts.iter().any(|&h| h != hosts[0])
+/// there are several hosts (on one they are a slower flat algorithm), the mapped ones only
+/// on one host whose transport maps peers' memory ([`Profile::peer_memory`]).
+pub fn applies(algo: Algorithm, hosts: &[usize], profile: &Profile) -> bool {
+    let one_host = hosts.iter().all(|&h| h == hosts[0]);
+    match algo {
+        Algorithm::Hierarchical => !one_host,
+        Algorithm::Mapped => one_host && profile.peer_memory,
+        _ => true,
+    }
 }
 
 /// Every candidate algorithm of `call.coll` with its predicted time at `call.chunk_bytes`,
@@ -310,6 +317,9 @@ impl TuningFile {
                 .into_iter()
                 .chain(find("router").map(|e| e.efficiencies()).unwrap_or_default())
                 .collect(),
+            // Shared memory and threads of one process map peers' memory; a communicator
+            // sets this from its transport in the end.
+            peer_memory: matches!(intra, "shm" | "loopback"),
         };
         // Reduction speeds: this entry's, else the built-in shm entry's, else f32 sum's.
         let fallback = builtin.entry(host, "shm").expect("the built-in file has a shm entry");
@@ -392,7 +402,8 @@ pub(crate) fn from_words(w: &[u64]) -> Profile {
             })
         })
         .collect();
-    Profile { intra: link(0), inter: link(6), gamma, copy: f(12), cores: f(13), efficiency }
+    // Whether peers' memory maps is the receiving communicator's transport's business.
+    Profile { intra: link(0), inter: link(6), gamma, copy: f(12), cores: f(13), efficiency, peer_memory: false }
 }
 
 /// Least-squares line through `(x, y)` points: `(intercept, slope)`.
@@ -645,13 +656,15 @@ fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()
     let p = comm.size();
     let mut bare = entry.clone();
     bare.efficiency.clear();
-    let profile = TuningFile { oxccl_tuning: 1, entries: vec![bare] }.profile(&entry.host, &entry.transport);
+    let mut profile = TuningFile { oxccl_tuning: 1, entries: vec![bare] }.profile(&entry.host, &entry.transport);
+    profile.peer_memory = comm.profile().peer_memory;
     let hosts = comm.hosts().to_vec();
     let sizes = [8usize, 1 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20];
     let colls = Collective::ALL.into_iter().filter(|&c| c != Collective::Barrier);
-    let mut bufs = (Vec::<f32>::new(), Vec::<f32>::new());
+    // Shared buffers, so that the mapped algorithms are measured as they run on them.
+    let mut bufs: (Option<SharedBuffer<f32>>, Option<SharedBuffer<f32>>) = (None, None);
     for coll in colls {
-        for &algo in registry::algorithms(coll).iter().filter(|&&a| applies(a, &hosts)) {
+        for &algo in registry::algorithms(coll).iter().filter(|&&a| applies(a, &hosts, &profile)) {
             comm.set_algorithms(&format!("{coll}:{algo}"))?;
             let mut pts = Vec::new();
             for &size in &sizes {
@@ -773,13 +786,24 @@ fn least_squares<const N: usize>(rows: &[[f64; N]]) -> Option<[f64; N]> {
     Some(std::array::from_fn(|i| b[i] / a[i][i]))
 }
 
+/// `slot` holding at least `len` elements, filled with `value` (a shared buffer, so that
+/// the mapped algorithms are measured as they run on such memory; the others do not mind).
+fn shared_at_least(slot: &mut Option<SharedBuffer<f32>>, len: usize, value: f32) -> Result<&mut [f32]> {
+    if slot.as_ref().is_none_or(|b| b.len() < len) {
+        *slot = Some(SharedBuffer::new(len)?);
+    }
+    let b = &mut slot.as_mut().expect("just made")[..len];
+    b.fill(value);
+    Ok(b)
+}
+
 /// Times one collective of about `size` bytes (f32 sum, out of place, the slowest rank's
 /// best of three rounds): returns the exact size and the seconds per call.
 fn time_collective(
     comm: &Communicator,
     coll: Collective,
     size: usize,
-    bufs: &mut (Vec<f32>, Vec<f32>),
+    bufs: &mut (Option<SharedBuffer<f32>>, Option<SharedBuffer<f32>>),
     profile: &Profile,
     algo: Algorithm,
 ) -> Result<(usize, f64)> {
@@ -791,9 +815,8 @@ fn time_collective(
         Collective::ReduceScatter => (total, total / p),
         _ => (total, total),
     };
-    bufs.0.resize(send, 1.0);
-    bufs.1.resize(recv, 0.0);
-    let (s, d) = (&bufs.0[..send], &mut bufs.1[..recv]);
+    let s: &[f32] = shared_at_least(&mut bufs.0, send, 1.0)?;
+    let d = shared_at_least(&mut bufs.1, recv, 0.0)?;
     let bytes = total * 4;
     // Iterations from the uncorrected prediction, the same on every rank: about 8 ms a round.
     let guess = predict(&Call::new(coll, bytes, DataType::F32, ReduceOp::Sum), algo, comm.hosts(), profile)
@@ -881,7 +904,8 @@ mod tests {
         assert_eq!(TuningFile::parse(&serde_json::to_string(&f).unwrap()).unwrap(), f);
         for t in ["shm", "tcp", "loopback", "nonexistent"] {
             let p = f.profile("some-host", t);
-            assert_eq!(from_words(&to_words(&p)), p);
+            // Whether peers' memory maps is each rank's own transport's, not rank 0's word.
+            assert_eq!(Profile { peer_memory: p.peer_memory, ..from_words(&to_words(&p)) }, p);
             assert_eq!(to_words(&p).len(), PROFILE_WORDS);
             assert!(p.intra.beta > 0.0 && p.inter.alpha > 0.0 && p.gamma(DataType::Bf16, ReduceOp::Max) > 0.0);
         }

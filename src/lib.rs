@@ -35,6 +35,7 @@ pub mod cost;
 pub mod error;
 pub mod launch;
 pub mod select;
+pub mod shared;
 
 pub use bootstrap::file_store::FileStore;
 pub use bootstrap::tcp_store::{TcpStore, TcpStoreServer};
@@ -43,6 +44,7 @@ pub use communicator::{Communicator, RawP2p};
 pub use config::{Config, TransportKind};
 pub use error::{Error, ErrorKind, Result};
 pub use oxccl_algorithms::{Algorithm, Collective, DataType, Element, ReduceOp};
+pub use shared::SharedBuffer;
 
 /// The algorithms this build has for `coll`: what `--algo`, `OXCCL_ALGO` and
 /// [`Communicator::set_algorithms`] accept for it.

@@ -26,6 +26,22 @@ pub struct Choice {
     pub chunk_bytes: usize,
     /// Its predicted time.
     pub predicted: Cost,
+    /// What runs when `algo` cannot: for [`Algorithm::Mapped`], the best other candidate
+    /// (taken when some rank's buffers cannot be mapped, with `chunk_bytes` its chunk
+    /// size); for every other algorithm, `algo` itself.
+    pub fallback: Algorithm,
+}
+
+/// `best` with its fallback: the best candidate in `ranked` (fastest first) other than
+/// [`Algorithm::Mapped`], whose chunk size it takes.
+fn with_fallback(best: Choice, ranked: &[Choice]) -> Choice {
+    if best.algo != Algorithm::Mapped {
+        return best;
+    }
+    match ranked.iter().find(|c| c.algo != Algorithm::Mapped) {
+        Some(f) => Choice { fallback: f.algo, chunk_bytes: f.chunk_bytes, ..best },
+        None => best,
+    }
 }
 
 /// Chunk sizes the model chooses among.
@@ -42,7 +58,7 @@ fn pipelined(coll: Collective, algo: Algorithm) -> bool {
 fn priced(call: &Call, algo: Algorithm, hosts: &[usize], profile: &Profile, cfg: &Config) -> Option<Choice> {
     let at = |chunk_bytes: usize| {
         let c = Call { chunk_bytes, ..*call };
-        cost::predict(&c, algo, hosts, profile).map(|predicted| Choice { algo, chunk_bytes, predicted })
+        cost::predict(&c, algo, hosts, profile).map(|predicted| Choice { algo, chunk_bytes, predicted, fallback: algo })
     };
     if cfg.chunk_auto && pipelined(call.coll, algo) {
         let mut best = at(cfg.chunk_bytes)?;
@@ -72,7 +88,7 @@ pub fn candidates(
     let small = if coll == Collective::AllReduce { cfg.small_bytes } else { None };
     let mut v: Vec<Choice> = oxccl_algorithms::registry::algorithms(coll)
         .iter()
-        .filter(|&&a| cost::applies(a, hosts))
+        .filter(|&&a| cost::applies(a, hosts, profile))
         // A configured small-message threshold: recursive doubling at or below, never above.
         .filter(|&&a| match small {
             Some(s) if hosts.len() > 1 => (a == Algorithm::RecursiveDoubling) == (bytes <= s),
@@ -81,6 +97,9 @@ pub fn candidates(
         .filter_map(|&a| priced(&call, a, hosts, profile, cfg))
         .collect();
     v.sort_by(|a, b| a.predicted.total().total_cmp(&b.predicted.total()));
+    if let Some(&first) = v.first() {
+        v[0] = with_fallback(first, &v);
+    }
     v
 }
 
@@ -99,17 +118,19 @@ pub fn choose(
     cfg: &Config,
 ) -> Choice {
     let call = Call { coll, bytes, dtype, op, chunk_bytes: cfg.chunk_bytes };
+    let ranked = candidates(coll, bytes, dtype, op, hosts, profile, cfg);
     if let Some(a) = forced {
-        return priced(&call, a, hosts, profile, cfg).unwrap_or(Choice {
+        let c = priced(&call, a, hosts, profile, cfg).unwrap_or(Choice {
             algo: a,
             chunk_bytes: cfg.chunk_bytes,
             predicted: Cost::default(),
+            fallback: a,
         });
+        return with_fallback(c, &ranked);
     }
-    candidates(coll, bytes, dtype, op, hosts, profile, cfg).into_iter().next().unwrap_or(Choice {
-        algo: oxccl_algorithms::registry::algorithms(coll).first().copied().unwrap_or(Algorithm::Ring),
-        chunk_bytes: cfg.chunk_bytes,
-        predicted: Cost::default(),
+    ranked.into_iter().next().unwrap_or_else(|| {
+        let algo = oxccl_algorithms::registry::algorithms(coll).first().copied().unwrap_or(Algorithm::Ring);
+        Choice { algo, chunk_bytes: cfg.chunk_bytes, predicted: Cost::default(), fallback: algo }
     })
 }
 
@@ -141,7 +162,10 @@ mod tests {
                                 oxccl_algorithms::registry::lookup(coll, a).is_some(),
                                 "{coll} {intra} hosts {hosts:?} {bytes} B: {a} is not implemented"
                             );
-                            assert!(cost::applies(a, &hosts) || p == 1, "{a} on {hosts:?}");
+                            assert!(
+                                cost::applies(a, &hosts, &TuningFile::builtin().profile("h", intra)) || p == 1,
+                                "{a} on {hosts:?}"
+                            );
                         }
                     }
                 }

@@ -45,6 +45,25 @@ fn loopback_forced_direct() {
     }
 }
 
+#[test]
+fn loopback_and_shm_threads_forced_mapped() {
+    // Threads of one process map each other's memory whatever it is: the mapped schedules
+    // run (the counter says so), over the in-process transport and over shared memory.
+    let cfg = test_config().with_algorithm("mapped").unwrap();
+    for p in SIZES {
+        let before = oxccl_algorithms::mapped::schedules_run();
+        check(Communicator::local_world(p, cfg.clone()).unwrap(), p == 3);
+        if p > 1 {
+            assert!(oxccl_algorithms::mapped::schedules_run() > before + 100, "{p} ranks: mapped never ran");
+        }
+    }
+    for p in [2, 5] {
+        let before = oxccl_algorithms::mapped::schedules_run();
+        check(shm_world(p, cfg.clone()), p == 2);
+        assert!(oxccl_algorithms::mapped::schedules_run() > before + 100, "{p} ranks over shm: mapped never ran");
+    }
+}
+
 /// World sizes for the log-step algorithms: powers of two and the sizes around them.
 const LOG_SIZES: [usize; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
 

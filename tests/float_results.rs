@@ -62,7 +62,7 @@ fn check(p: usize, what: &str, results: &[Vec<(f64, u64)>], rounded: impl Fn(f64
 #[test]
 fn every_all_reduce_algorithm_agrees_bitwise_and_within_rounding() {
     let count = 1009; // prime: blocks and chunks of uneven sizes
-    for algo in ["ring", "recursive_doubling", "direct", "tree", "halving_doubling", "hierarchical"] {
+    for algo in ["ring", "recursive_doubling", "direct", "tree", "halving_doubling", "hierarchical", "mapped"] {
         for p in [2, 3, 4, 5, 7, 8, 9] {
             let cfg = test_config().with_algorithm(&format!("all_reduce:{algo}")).unwrap();
             // Hierarchical on pretend hosts of unequal size; the others on one.

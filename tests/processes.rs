@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{on_all, sweep, tcp_world, test_config};
+use common::{on_all, sweep, sweep_buffers, tcp_world, test_config};
 use oxccl::Communicator;
 
 fn run_world(p: usize, transport: &str) {
@@ -71,6 +71,51 @@ fn process_worlds_on_two_pretend_hosts_mix_shared_memory_and_tcp() {
     run_world_with(5, "auto", &[hosts[0], ("OXCCL_ALGO", "hierarchical")]);
 }
 
+/// The number of mapped schedules each rank of `text` reported.
+fn mapped_runs(text: &str, p: usize) -> Vec<u64> {
+    (0..p)
+        .map(|r| {
+            let key = format!("MAPPED-RUNS {r} ");
+            let at = text.find(&key).unwrap_or_else(|| panic!("rank {r} reported no mapped runs:\n{text}"));
+            text[at + key.len()..].split_whitespace().next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+fn run_world_output(p: usize, env: &[(&str, &str)]) -> String {
+    let me = std::env::current_exe().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_oxrun"))
+        .args(["-n", &p.to_string()])
+        .arg(&me)
+        .args(["sweep_rank", "--exact", "--nocapture", "--test-threads=1"])
+        .env("OXCCL_TEST_RANK_SWEEP", "1")
+        .env("OXCCL_TIMEOUT_MS", "120000")
+        .env("OXCCL_TRANSPORT", "shm")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "world of {p} processes with {env:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn shared_buffers_let_processes_map_each_other() {
+    // Every rank's buffers shared: the mapped algorithms (forced for the four collectives that
+    // have one) run on every rank, for every type, operator and count of the sweep.
+    for p in [2, 3, 5, 8] {
+        let text = run_world_output(p, &[("OXCCL_ALGO", "mapped"), ("OXCCL_TEST_SHARED_BUFFERS", "all")]);
+        let runs = mapped_runs(&text, p);
+        assert!(runs.iter().all(|&n| n > 100), "{p} ranks: mapped schedules per rank {runs:?}");
+    }
+    // Only odd ranks' buffers shared (or none): every call falls back on every rank, and the
+    // results are still right.
+    for (p, which) in [(3, "odd"), (4, "odd"), (2, "none")] {
+        let text = run_world_output(p, &[("OXCCL_ALGO", "mapped"), ("OXCCL_TEST_SHARED_BUFFERS", which)]);
+        assert_eq!(mapped_runs(&text, p), vec![0; p], "{p} ranks, {which} shared:\n{text}");
+    }
+}
+
 #[test]
 fn sweep_rank() {
     if std::env::var("OXCCL_TEST_RANK_SWEEP").is_ok() {
@@ -82,8 +127,16 @@ fn sweep_rank() {
         }
         let comm = Communicator::from_env().expect("launcher environment");
         let big = comm.size() <= 4;
-        let fails = sweep(&comm, big);
+        // Shared buffers on every rank ("all") or on odd ranks only ("odd": every call must
+        // fall back, on every rank alike).
+        let shared = match std::env::var("OXCCL_TEST_SHARED_BUFFERS").as_deref() {
+            Ok("all") => true,
+            Ok("odd") => comm.rank() % 2 == 1,
+            _ => false,
+        };
+        let fails = sweep_buffers(&comm, big, shared);
         assert!(fails.is_empty(), "{}", fails.join("\n"));
+        println!("\nMAPPED-RUNS {} {}", comm.rank(), oxccl_algorithms::mapped::schedules_run());
         let mut transport = std::env::var("OXCCL_TRANSPORT").unwrap_or_default();
         if transport == "auto" {
             // Several pretend hosts with more than one rank each: a router over shm and TCP.

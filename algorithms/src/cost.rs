@@ -81,6 +81,10 @@ pub struct Profile {
     /// algorithm's measured times, give what its implementation achieves on this machine
     /// (as NCCL's tuning tables carry a latency and a bandwidth per algorithm).
     pub efficiency: Vec<Efficiency>,
+    /// Peers' buffers can be mapped into each rank (the transport says so), which makes the
+    /// `mapped` algorithms candidates. Not part of tuning files: a communicator sets it from
+    /// its transport.
+    pub peer_memory: bool,
 }
 
 /// Correction factors for one algorithm at one world size (see [`Profile::efficiency`]).
@@ -378,6 +382,7 @@ mod tests {
             copy: 5e-11,
             cores: 2.0,
             efficiency: Vec::new(),
+            peer_memory: false,
         }
     }
 

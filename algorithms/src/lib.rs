@@ -27,6 +27,7 @@ mod group;
 mod halving_doubling;
 mod hier;
 pub mod kernels;
+pub mod mapped;
 pub mod op;
 pub mod partition;
 mod pipeline;

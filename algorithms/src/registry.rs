@@ -27,11 +27,14 @@ pub enum Algorithm {
     Bruck,
     /// Two levels: within each host, then across hosts.
     Hierarchical,
+    /// Peers' buffers mapped into each rank, moved with loads and stores (falls back to
+    /// another algorithm where some rank's buffers cannot be mapped).
+    Mapped,
 }
 
 impl Algorithm {
     /// Every algorithm of this build.
-    pub const ALL: [Algorithm; 9] = [
+    pub const ALL: [Algorithm; 10] = [
         Algorithm::Ring,
         Algorithm::RecursiveDoubling,
         Algorithm::Pairwise,
@@ -41,6 +44,7 @@ impl Algorithm {
         Algorithm::HalvingDoubling,
         Algorithm::Bruck,
         Algorithm::Hierarchical,
+        Algorithm::Mapped,
     ];
 
     /// The name used in configuration (`OXCCL_ALGO`) and `--algo`.
@@ -55,6 +59,7 @@ impl Algorithm {
             Algorithm::HalvingDoubling => "halving_doubling",
             Algorithm::Bruck => "bruck",
             Algorithm::Hierarchical => "hierarchical",
+            Algorithm::Mapped => "mapped",
         }
     }
 
@@ -75,11 +80,11 @@ impl fmt::Display for Algorithm {
 pub fn algorithms(coll: Collective) -> &'static [Algorithm] {
     use Algorithm::*;
     match coll {
-        Collective::AllReduce => &[Ring, RecursiveDoubling, Direct, Tree, HalvingDoubling, Hierarchical],
-        Collective::ReduceScatter => &[Ring, Direct, HalvingDoubling, Hierarchical],
-        Collective::AllGather => &[Ring, RecursiveDoubling, Bruck, Hierarchical],
+        Collective::AllReduce => &[Ring, RecursiveDoubling, Direct, Tree, HalvingDoubling, Hierarchical, Mapped],
+        Collective::ReduceScatter => &[Ring, Direct, HalvingDoubling, Hierarchical, Mapped],
+        Collective::AllGather => &[Ring, RecursiveDoubling, Bruck, Hierarchical, Mapped],
         Collective::Broadcast | Collective::Reduce => &[Ring, Tree],
-        Collective::AllToAll => &[Pairwise, Bruck, Hierarchical],
+        Collective::AllToAll => &[Pairwise, Bruck, Hierarchical, Mapped],
         Collective::Barrier => &[Dissemination],
         Collective::SendRecv | Collective::AllToAllV | Collective::Split => &[],
     }
@@ -114,17 +119,21 @@ implementations! {
     AllReduce, Tree => crate::all_reduce::tree;
     AllReduce, HalvingDoubling => crate::all_reduce::halving_doubling;
     AllReduce, Hierarchical => crate::all_reduce::hierarchical;
+    AllReduce, Mapped => crate::all_reduce::mapped;
     AllGather, Ring => crate::all_gather::ring;
     AllGather, RecursiveDoubling => crate::all_gather::recursive_doubling;
     AllGather, Bruck => crate::all_gather::bruck;
     AllGather, Hierarchical => crate::all_gather::hierarchical;
+    AllGather, Mapped => crate::all_gather::mapped;
     ReduceScatter, Ring => crate::reduce_scatter::ring;
     ReduceScatter, Direct => crate::reduce_scatter::direct;
     ReduceScatter, HalvingDoubling => crate::reduce_scatter::halving_doubling;
     ReduceScatter, Hierarchical => crate::reduce_scatter::hierarchical;
+    ReduceScatter, Mapped => crate::reduce_scatter::mapped;
     AllToAll, Pairwise => crate::all_to_all::pairwise;
     AllToAll, Bruck => crate::all_to_all::bruck;
     AllToAll, Hierarchical => crate::all_to_all::hierarchical;
+    AllToAll, Mapped => crate::all_to_all::mapped;
     Broadcast, Ring => crate::broadcast::ring;
     Broadcast, Tree => crate::broadcast::tree;
     Reduce, Ring => crate::reduce::ring;

@@ -534,6 +534,51 @@ pub unsafe extern "C" fn oxcclRecv(
     })
 }
 
+/// Shared buffers handed out by `oxcclMemAlloc`, by address.
+static SHARED: std::sync::Mutex<Option<std::collections::HashMap<usize, oxccl_rs::SharedBuffer<u8>>>> =
+    std::sync::Mutex::new(None);
+
+/// Allocates `size` zeroed bytes (page-aligned) that the other ranks on this host map
+/// directly, and writes their address to `*ptr`. Collectives whose buffers lie in such memory
+/// on every rank move their bytes with plain loads and stores (the `mapped` algorithms);
+/// ordinary memory works too, through the other algorithms. Free with `oxcclMemFree`. As
+/// NCCL's `ncclMemAlloc`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn oxcclMemAlloc(ptr: *mut *mut c_void, size: usize) -> oxcclResult_t {
+    guard(None, || {
+        let p = out(ptr, "ptr")?;
+        let mut buf = oxccl_rs::SharedBuffer::<u8>::new(size)?;
+        let addr = buf.as_mut_ptr();
+        SHARED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(Default::default)
+            .insert(addr as usize, buf);
+        // SAFETY: non-NULL, and the caller passes a writable pointer.
+        unsafe { *p = addr.cast() };
+        Ok(())
+    })
+}
+
+/// Frees memory from `oxcclMemAlloc` (NULL does nothing). The memory must not be in use by a
+/// collective. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn oxcclMemFree(ptr: *mut c_void) -> oxcclResult_t {
+    guard(None, || {
+        if ptr.is_null() {
+            return Ok(());
+        }
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        match shared.as_mut().and_then(|m| m.remove(&(ptr as usize))) {
+            Some(buf) => {
+                drop(buf);
+                Ok(())
+            }
+            None => Err(Error::invalid_argument(format!("{ptr:p} was not returned by oxcclMemAlloc (or is freed)"))),
+        }
+    })
+}
+
 /// Starts a group (groups nest): sends and receives issued until the matching
 /// `oxcclGroupEnd` are queued and then posted together, so ranks can exchange in any order
 /// without deadlock. Collectives inside a group run at once, in order. Per thread.

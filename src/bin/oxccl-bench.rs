@@ -79,6 +79,11 @@ struct Args {
     /// transport is replaced). Load it with `OXCCL_TUNING_FILE`.
     #[arg(long, value_name = "FILE")]
     calibrate: Option<PathBuf>,
+    /// Buffers from `oxccl::SharedBuffer` (1), which the other ranks on this host map, so the
+    /// `mapped` algorithms run; or plain heap memory (0). As nccl-tests' `-R` (user buffer
+    /// registration).
+    #[arg(short = 'R', long = "registered", default_value_t = 0)]
+    registered: u8,
 }
 
 fn bytes_arg(s: &str) -> Result<usize, String> {
@@ -210,10 +215,47 @@ fn bus_factor(coll: Collective, p: usize) -> f64 {
     }
 }
 
+/// One buffer: plain heap memory, or memory peers map (`-R 1`).
+enum Storage<T: CheckElem> {
+    Heap(Vec<T>),
+    Shared(oxccl::SharedBuffer<T>),
+}
+
+impl<T: CheckElem> Storage<T> {
+    fn new(len: usize, shared: bool) -> Storage<T> {
+        if shared {
+            match oxccl::SharedBuffer::new(len) {
+                Ok(b) => return Storage::Shared(b),
+                Err(e) => eprintln!("# shared buffer of {len} elements: {e}; using heap memory"),
+            }
+        }
+        Storage::Heap(vec![zero(); len])
+    }
+}
+
+impl<T: CheckElem> std::ops::Deref for Storage<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Storage::Heap(v) => v,
+            Storage::Shared(b) => b,
+        }
+    }
+}
+
+impl<T: CheckElem> std::ops::DerefMut for Storage<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match self {
+            Storage::Heap(v) => v,
+            Storage::Shared(b) => b,
+        }
+    }
+}
+
 /// Buffers for one size of one collective.
-struct Bufs<T> {
-    send: Vec<T>,
-    recv: Vec<T>,
+struct Bufs<T: CheckElem> {
+    send: Storage<T>,
+    recv: Storage<T>,
     /// Elements of the size column (the full vector).
     total: usize,
 }
@@ -223,7 +265,7 @@ fn zero<T: CheckElem>() -> T {
 }
 
 impl<T: CheckElem> Bufs<T> {
-    fn new(coll: Collective, bytes: usize, p: usize) -> Bufs<T> {
+    fn new(coll: Collective, bytes: usize, p: usize, shared: bool) -> Bufs<T> {
         let es = T::DTYPE.size();
         let mut total = bytes / es;
         let (send, recv) = match coll {
@@ -241,7 +283,7 @@ impl<T: CheckElem> Bufs<T> {
             }
             _ => (total, total),
         };
-        Bufs { send: vec![zero(); send], recv: vec![zero(); recv], total }
+        Bufs { send: Storage::new(send, shared), recv: Storage::new(recv, shared), total }
     }
 }
 
@@ -395,7 +437,7 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
             format!("compare {}", args.compare.join(","))
         };
         println!(
-            "# oxccl-bench {}: {} ranks over {}, type {}, op {}, iters {}, warmup {}, check {}, algorithm {}",
+            "# oxccl-bench {}: {} ranks over {}, type {}, op {}, iters {}, warmup {}, check {}, algorithm {}, buffers {}",
             coll,
             p,
             comm.transport_name(),
@@ -405,6 +447,7 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
             args.warmup,
             args.check,
             algo_label,
+            if args.registered != 0 { "shared (-R 1)" } else { "heap" },
         );
         println!("#");
         println!("#                                                              out-of-place                       in-place          ");
@@ -421,7 +464,7 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
             .chain(
                 oxccl::algorithms_of(coll)
                     .iter()
-                    .filter(|a| oxccl::cost::applies(**a, comm.hosts()))
+                    .filter(|a| oxccl::cost::applies(**a, comm.hosts(), comm.profile()))
                     .map(|a| a.name().to_string()),
             )
             .map(Some)
@@ -442,7 +485,7 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
     let comparing = args.explain || !args.compare.is_empty();
     let rounds = if comparing { 2 } else { 1 };
     while bytes <= args.max_bytes {
-        let mut b = Bufs::<T>::new(coll, bytes, p);
+        let mut b = Bufs::<T>::new(coll, bytes, p, args.registered != 0);
         let size = b.total * T::DTYPE.size();
         let mut results = vec![([f64::INFINITY; 2], [0u64; 2]); variants.len()];
         for _ in 0..rounds {

@@ -285,6 +285,7 @@ impl Communicator {
         };
         c.forced = AtomicU64::new(c.config.algorithms.pack());
         c.profile = profile;
+        c.profile.peer_memory = c.caps.peer_memory_mappable;
         c
     }
 
@@ -332,6 +333,7 @@ impl Communicator {
             e
         })?;
         self.profile = cost::from_words(&words);
+        self.profile.peer_memory = self.caps.peer_memory_mappable;
         Ok(())
     }
 
@@ -659,10 +661,16 @@ impl Communicator {
         };
         let bytes = args.count.saturating_mul(args.dtype.size()).saturating_mul(per);
         let choice = self.choice_for(coll, bytes, args.dtype, args.op);
-        let algo = choice.algo;
-        let f =
-            registry::lookup(coll, algo).ok_or_else(|| Error::internal(format!("{coll} has no {algo} algorithm")))?;
+        let find = |algo: Algorithm| {
+            registry::lookup(coll, algo).ok_or_else(|| Error::internal(format!("{coll} has no {algo} algorithm")))
+        };
+        let (f, fallback) = (find(choice.algo)?, find(choice.fallback)?);
         let fp = oxccl_algorithms::ctx::fingerprint(coll, args.count, args.dtype, args.op, args.root);
+        if choice.algo == Algorithm::Mapped && choice.fallback != Algorithm::Mapped {
+            return self.execute(coll, fp, choice.chunk_bytes, |ctx| {
+                oxccl_algorithms::mapped::run_with_fallback(ctx, &args, fallback)
+            });
+        }
         self.execute(coll, fp, choice.chunk_bytes, |ctx| f(ctx, &args))
     }
 

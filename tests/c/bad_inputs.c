@@ -38,6 +38,8 @@ int main(void) {
   EXPECT_CODE(oxcclAllReduce(buf, buf, 4, oxcclFloat, oxcclSum, (oxcclComm_t)&not_a_comm, NULL), oxcclInvalidArgument,
               "not a live oxccl communicator");
   EXPECT_CODE(oxcclCommCount(comm, NULL), oxcclInvalidArgument, "count is NULL");
+  EXPECT_CODE(oxcclMemAlloc(NULL, 64), oxcclInvalidArgument, "ptr is NULL");
+  EXPECT_CODE(oxcclMemFree(buf), oxcclInvalidArgument, "was not returned by oxcclMemAlloc");
   EXPECT_CODE(oxcclGetVersion(NULL), oxcclInvalidArgument, "version is NULL");
   EXPECT_CODE(oxcclCommInitFromEnv(NULL), oxcclInvalidArgument, "comm is NULL");
 

@@ -148,6 +148,48 @@ static void test_split(oxcclComm_t comm, int rank, int p) {
   OK(oxcclCommDestroy(sub));
 }
 
+/* Buffers from oxcclMemAlloc, which the other ranks map: the four collectives with a mapped
+ * algorithm, in and out of place, at sizes where it is chosen. */
+static void test_shared_buffers(oxcclComm_t comm, int rank, int p) {
+  static const size_t sizes[] = {1031, 262147};
+  for (size_t k = 0; k < 2; k++) {
+    size_t n = sizes[k], total = n * (size_t)p;
+    float *a = NULL, *b = NULL;
+    OK(oxcclMemAlloc((void **)&a, total * sizeof *a));
+    OK(oxcclMemAlloc((void **)&b, total * sizeof *b));
+    if (!a || !b) return;
+    for (size_t i = 0; i < n; i++) a[i] = (float)contribution(rank, i);
+    OK(oxcclAllReduce(a, b, n, oxcclFloat, oxcclSum, comm, NULL));
+    OK(oxcclAllReduce(a, a, n, oxcclFloat, oxcclSum, comm, NULL));
+    for (size_t i = 0; i < n; i++) {
+      EXPECT(b[i] == (float)sum_over(p, i), "shared all_reduce n=%zu i=%zu: %f", n, i, (double)b[i]);
+      EXPECT(a[i] == (float)sum_over(p, i), "shared all_reduce in place n=%zu i=%zu: %f", n, i, (double)a[i]);
+    }
+    int32_t *s = (int32_t *)a, *r = (int32_t *)b;
+    for (size_t i = 0; i < n; i++) s[i] = (int32_t)pattern(rank, 0, i);
+    OK(oxcclAllGather(s, r, n, oxcclInt32, comm, NULL));
+    for (int j = 0; j < p; j++)
+      for (size_t i = 0; i < n; i++)
+        EXPECT(r[(size_t)j * n + i] == (int32_t)pattern(j, 0, i), "shared all_gather n=%zu block %d i=%zu", n, j, i);
+    for (int j = 0; j < p; j++)
+      for (size_t i = 0; i < n; i++) s[(size_t)j * n + i] = (int32_t)pattern(rank, j, i);
+    OK(oxcclAlltoAll(s, r, n, oxcclInt32, comm, NULL));
+    OK(oxcclAlltoAll(s, s, n, oxcclInt32, comm, NULL));
+    for (int j = 0; j < p; j++)
+      for (size_t i = 0; i < n; i++) {
+        EXPECT(r[(size_t)j * n + i] == (int32_t)pattern(j, rank, i), "shared alltoall n=%zu from %d i=%zu", n, j, i);
+        EXPECT(s[(size_t)j * n + i] == (int32_t)pattern(j, rank, i), "shared alltoall in place n=%zu from %d", n, j);
+      }
+    for (size_t i = 0; i < total; i++) a[i] = (float)contribution(rank, i);
+    OK(oxcclReduceScatter(a, b, n, oxcclFloat, oxcclSum, comm, NULL));
+    for (size_t i = 0; i < n; i++)
+      EXPECT(b[i] == (float)sum_over(p, (size_t)rank * n + i), "shared reduce_scatter n=%zu i=%zu", n, i);
+    OK(oxcclMemFree(a));
+    OK(oxcclMemFree(b));
+  }
+  OK(oxcclMemFree(NULL));
+}
+
 int main(void) {
   oxcclComm_t comm;
   OK(oxcclCommInitFromEnv(&comm));
@@ -161,6 +203,7 @@ int main(void) {
   test_rooted(comm, rank, p);
   test_p2p_and_groups(comm, rank, p);
   test_split(comm, rank, p);
+  test_shared_buffers(comm, rank, p);
   OK(oxcclBarrier(comm, NULL));
   oxcclResult_t async = oxcclInternalError;
   OK(oxcclCommGetAsyncError(comm, &async));

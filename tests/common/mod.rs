@@ -49,9 +49,36 @@ pub fn test_config() -> Config {
     Config::default().with_timeout(Duration::from_secs(60)).with_chunk_bytes(4096)
 }
 
+/// A test buffer: heap memory, or an [`oxccl::SharedBuffer`] that peers map.
+pub enum TestBuf<T: CheckElem> {
+    Heap(Vec<T>),
+    Shared(oxccl::SharedBuffer<T>),
+}
+
+impl<T: CheckElem> std::ops::Deref for TestBuf<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            TestBuf::Heap(v) => v,
+            TestBuf::Shared(b) => b,
+        }
+    }
+}
+
+impl<T: CheckElem> std::ops::DerefMut for TestBuf<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match self {
+            TestBuf::Heap(v) => v,
+            TestBuf::Shared(b) => b,
+        }
+    }
+}
+
 struct Sweep<'a> {
     comm: &'a Communicator,
     fails: Vec<String>,
+    /// Collective buffers are shared buffers (the `mapped` algorithms can run).
+    shared: bool,
 }
 
 macro_rules! attempt {
@@ -64,6 +91,16 @@ macro_rules! attempt {
 }
 
 impl Sweep<'_> {
+    fn buf<T: CheckElem>(&self, value: T, n: usize) -> TestBuf<T> {
+        if self.shared {
+            let mut b = oxccl::SharedBuffer::new(n).expect("shared buffer");
+            b.fill(value);
+            TestBuf::Shared(b)
+        } else {
+            TestBuf::Heap(vec![value; n])
+        }
+    }
+
     fn wrong(&mut self, what: String, n: usize) {
         if n > 0 {
             self.fails.push(format!("rank {}: {what}: {n} wrong elements", self.comm.rank()));
@@ -75,21 +112,21 @@ impl Sweep<'_> {
         let name = format!("{} {op} count {count}", T::DTYPE);
         let sentinel = T::from_i64(77);
         // all-reduce, out of place and in place
-        let mut send = vec![sentinel; count];
+        let mut send = self.buf(sentinel, count);
         check::fill_contribution(&mut send, r, op, 0);
-        let mut recv = vec![sentinel; count];
+        let mut recv = self.buf(sentinel, count);
         attempt!(self, format!("all_reduce_into {name}"), self.comm.all_reduce_into(&send, &mut recv, op));
         self.wrong(format!("all_reduce_into {name}"), check::wrong_reduced(&recv, p, op, 0));
         attempt!(self, format!("all_reduce {name}"), self.comm.all_reduce(&mut send, op));
         self.wrong(format!("all_reduce {name}"), check::wrong_reduced(&send, p, op, 0));
 
         // reduce-scatter, out of place and in place (count per rank)
-        let mut input = vec![sentinel; count * p];
+        let mut input = self.buf(sentinel, count * p);
         check::fill_contribution(&mut input, r, op, 0);
-        let mut out = vec![sentinel; count];
+        let mut out = self.buf(sentinel, count);
         attempt!(self, format!("reduce_scatter_into {name}"), self.comm.reduce_scatter_into(&input, &mut out, op));
         self.wrong(format!("reduce_scatter_into {name}"), check::wrong_reduced(&out, p, op, r * count));
-        let before = input.clone();
+        let before = input.to_vec();
         attempt!(self, format!("reduce_scatter {name}"), self.comm.reduce_scatter(&mut input, op));
         self.wrong(
             format!("reduce_scatter {name}"),
@@ -103,9 +140,9 @@ impl Sweep<'_> {
 
         // reduce to the first and the last rank, out of place and in place
         for root in [0, p - 1] {
-            let mut send = vec![sentinel; count];
+            let mut send = self.buf(sentinel, count);
             check::fill_contribution(&mut send, r, op, 0);
-            let mut recv = vec![sentinel; if r == root { count } else { 0 }];
+            let mut recv = self.buf(sentinel, if r == root { count } else { 0 });
             attempt!(
                 self,
                 format!("reduce_into root {root} {name}"),
@@ -114,9 +151,9 @@ impl Sweep<'_> {
             if r == root {
                 self.wrong(format!("reduce_into root {root} {name}"), check::wrong_reduced(&recv, p, op, 0));
             }
-            let keep = send.clone();
+            let keep = send.to_vec();
             attempt!(self, format!("reduce root {root} {name}"), self.comm.reduce(&mut send, op, root));
-            let n = if r == root { check::wrong_reduced(&send, p, op, 0) } else { (send != keep) as usize };
+            let n = if r == root { check::wrong_reduced(&send, p, op, 0) } else { (send[..] != keep[..]) as usize };
             self.wrong(format!("reduce root {root} {name}"), n);
         }
         true
@@ -127,24 +164,24 @@ impl Sweep<'_> {
         let name = format!("{} count {count}", T::DTYPE);
         let sentinel = T::from_i64(0);
         // all-gather
-        let mut send = vec![sentinel; count];
+        let mut send = self.buf(sentinel, count);
         check::fill_pattern(&mut send, r, 0);
-        let mut recv = vec![sentinel; count * p];
+        let mut recv = self.buf(sentinel, count * p);
         attempt!(self, format!("all_gather_into {name}"), self.comm.all_gather_into(&send, &mut recv));
         let n = (0..p).map(|j| check::wrong_pattern(&recv[j * count..(j + 1) * count], j, 0)).sum();
         self.wrong(format!("all_gather_into {name}"), n);
-        let mut buf = vec![sentinel; count * p];
+        let mut buf = self.buf(sentinel, count * p);
         check::fill_pattern(&mut buf[r * count..(r + 1) * count], r, 0);
         attempt!(self, format!("all_gather {name}"), self.comm.all_gather(&mut buf));
         let n = (0..p).map(|j| check::wrong_pattern(&buf[j * count..(j + 1) * count], j, 0)).sum();
         self.wrong(format!("all_gather {name}"), n);
 
         // all-to-all: block j of rank r carries pattern(r, j); rank r receives pattern(j, r)
-        let mut send = vec![sentinel; count * p];
+        let mut send = self.buf(sentinel, count * p);
         for j in 0..p {
             check::fill_pattern(&mut send[j * count..(j + 1) * count], r, j);
         }
-        let mut recv = vec![sentinel; count * p];
+        let mut recv = self.buf(sentinel, count * p);
         attempt!(self, format!("all_to_all_into {name}"), self.comm.all_to_all_into(&send, &mut recv));
         let n = (0..p).map(|j| check::wrong_pattern(&recv[j * count..(j + 1) * count], j, r)).sum();
         self.wrong(format!("all_to_all_into {name}"), n);
@@ -154,15 +191,15 @@ impl Sweep<'_> {
 
         // broadcast from the first and the last rank
         for root in [0, p - 1] {
-            let mut buf = vec![sentinel; count];
+            let mut buf = self.buf(sentinel, count);
             if r == root {
                 check::fill_pattern(&mut buf, root, 3);
             }
             attempt!(self, format!("broadcast root {root} {name}"), self.comm.broadcast(&mut buf, root));
             self.wrong(format!("broadcast root {root} {name}"), check::wrong_pattern(&buf, root, 3));
-            let mut src = vec![sentinel; if r == root { count } else { 0 }];
+            let mut src = self.buf(sentinel, if r == root { count } else { 0 });
             check::fill_pattern(&mut src, root, 4);
-            let mut dst = vec![sentinel; count];
+            let mut dst = self.buf(sentinel, count);
             attempt!(
                 self,
                 format!("broadcast_into root {root} {name}"),
@@ -212,7 +249,12 @@ impl Sweep<'_> {
 /// (all ten types and five operators on small counts; a few on [`BIG`] when `big`).
 /// Returns the failures, each naming rank, collective, type, operator and count.
 pub fn sweep(comm: &Communicator, big: bool) -> Vec<String> {
-    let mut s = Sweep { comm, fails: Vec::new() };
+    sweep_buffers(comm, big, false)
+}
+
+/// [`sweep`], with the collectives' buffers in shared buffers when `shared`.
+pub fn sweep_buffers(comm: &Communicator, big: bool, shared: bool) -> Vec<String> {
+    let mut s = Sweep { comm, fails: Vec::new(), shared };
     macro_rules! all_types {
         ($f:ident, $($arg:expr),*) => {
             s.$f::<i8>($($arg),*) && s.$f::<u8>($($arg),*) && s.$f::<i32>($($arg),*) && s.$f::<u32>($($arg),*)

@@ -40,6 +40,11 @@
 //!    Others answer [`Error::Unsupported`], and callers fall back to a buffer.
 //! 10. **Memory kinds.** A transport refuses regions of a [`MemoryKind`] it cannot move with
 //!     [`Error::Unsupported`]; [`Capabilities`] says in advance what it moves.
+//! 11. **Peer memory is optional.** A transport with [`Capabilities::peer_memory_mappable`]
+//!     names a region of this rank to its peers with [`Transport::memory_key`] and maps a
+//!     peer's named region with [`Transport::map_peer_memory`]; the caller then reads and
+//!     writes it directly, and orders those accesses with messages of its own (a mapped
+//!     region carries no completion). Others answer `None` and [`Error::Unsupported`].
 
 #![warn(missing_docs)]
 
@@ -59,7 +64,7 @@ pub use error::{Context, Error, ErrorKind, Result};
 pub use loopback::LoopbackTransport;
 pub use region::{MemoryKind, Region, RegionMut};
 pub use router::Router;
-pub use shm::{ShmOptions, ShmTransport};
+pub use shm::{MemoryKey, SharedBuffer, ShmOptions, ShmTransport};
 pub use sink::Sink;
 pub use store::{MemoryStore, PrefixStore, Store};
 pub use tcp::{TcpOptions, TcpTransport};

@@ -177,6 +177,16 @@ impl Transport for LoopbackTransport {
         }
     }
 
+    fn memory_key(&self, buf: Region) -> Option<crate::MemoryKey> {
+        // Every rank is a thread of this process: an address is all a peer needs.
+        (buf.kind() == crate::MemoryKind::Host).then(|| crate::MemoryKey::process_address(buf))
+    }
+
+    fn map_peer_memory(&self, peer: usize, key: &crate::MemoryKey) -> Result<RegionMut> {
+        crate::transport::check_peer(self.rank, self.size, peer)?;
+        crate::shm::PeerMappings::default().map(key)
+    }
+
     fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {
         crate::transport::check_peer(self.rank, self.size, peer)?;
         let mut ranks = self.lock();

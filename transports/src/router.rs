@@ -105,6 +105,15 @@ impl Transport for Router {
         c
     }
 
+    fn memory_key(&self, buf: Region) -> Option<crate::MemoryKey> {
+        self.transports.iter().find_map(|t| t.memory_key(buf))
+    }
+
+    fn map_peer_memory(&self, peer: usize, key: &crate::MemoryKey) -> Result<RegionMut> {
+        let t = self.target(peer)?;
+        self.transports[t].map_peer_memory(peer, key)
+    }
+
     fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {
         let i = self.target(peer)?;
         Self::join(i, self.transports[i].post_send(peer, tag, buf)?)

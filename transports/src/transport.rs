@@ -110,6 +110,22 @@ pub trait Transport: Send + Sync {
     /// that error, and pending requests are dropped without touching their regions again.
     fn fail(&self, err: crate::Error);
 
+    /// A key that lets peers map `buf` ([`Transport::map_peer_memory`]), or `None` when this
+    /// transport cannot share it (then peers cannot map it whatever they try).
+    fn memory_key(&self, buf: Region) -> Option<crate::MemoryKey> {
+        let _ = buf;
+        None
+    }
+
+    /// Maps the region `peer` named with `key` into this process. The region is valid while
+    /// `peer` keeps its buffer alive, which callers ensure by using it only inside a call in
+    /// which the peer holds it (and synchronising with messages). A key this transport cannot
+    /// map gives [`Error::Unsupported`](crate::Error::Unsupported) or an error saying why.
+    fn map_peer_memory(&self, peer: usize, key: &crate::MemoryKey) -> Result<RegionMut> {
+        let _ = (peer, key);
+        Err(crate::Error::unsupported(format!("the {} transport does not map peer memory", self.name())))
+    }
+
     /// Records the caller's progress marker (oxccl: the sequence number of the last call this
     /// rank completed), which peers can read with [`Transport::peer_progress`] to tell a
     /// stuck rank from a slow one. Transports that cannot carry it ignore it.

@@ -2,5 +2,6 @@
 
 pub mod bruck;
 pub mod hierarchical;
+pub mod mapped;
 pub mod recursive_doubling;
 pub mod ring;

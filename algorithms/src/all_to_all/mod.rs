@@ -3,5 +3,6 @@
 
 pub mod bruck;
 pub mod hierarchical;
+pub mod mapped;
 pub mod pairwise;
 pub mod pairwise_v;

@@ -354,3 +354,57 @@ mod tests {
         }
     }
 }
+
+/// Copies `n` bytes from `src` to `dst` with non-temporal stores where the CPU has AVX2:
+/// the destination's lines are written without being read first and without evicting what
+/// the cache holds (for large outputs that nobody reads soon). Ends with a store fence, so
+/// the bytes are visible to whoever synchronises with this thread afterwards.
+///
+/// # Safety
+/// `n` bytes valid for reads at `src` and for writes at `dst`, not overlapping.
+pub(crate) unsafe fn copy_streaming(dst: *mut u8, src: *const u8, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && n >= 256 {
+        // SAFETY: AVX2 present; the rest is the caller's contract.
+        unsafe { copy_streaming_avx2(dst, src, n) };
+        return;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, n) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn copy_streaming_avx2(dst: *mut u8, src: *const u8, n: usize) {
+    use std::arch::x86_64::*;
+    // Head: plain copy up to the first 32-byte boundary of the destination.
+    let head = (dst as usize).next_multiple_of(32) - dst as usize;
+    // SAFETY: head < 32 <= n bytes, inside both spans.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, head) };
+    let body = (n - head) / 128 * 128;
+    let mut i = head;
+    while i < head + body {
+        // SAFETY: 128 bytes at i are inside both spans; the stores are 32-byte aligned.
+        unsafe {
+            let s = src.add(i).cast::<__m256i>();
+            let d = dst.add(i).cast::<__m256i>();
+            let (a, b, c, e) = (
+                _mm256_loadu_si256(s),
+                _mm256_loadu_si256(s.add(1)),
+                _mm256_loadu_si256(s.add(2)),
+                _mm256_loadu_si256(s.add(3)),
+            );
+            _mm256_stream_si256(d, a);
+            _mm256_stream_si256(d.add(1), b);
+            _mm256_stream_si256(d.add(2), c);
+            _mm256_stream_si256(d.add(3), e);
+        }
+        i += 128;
+    }
+    // SAFETY: the tail is inside both spans; the fence orders the streaming stores before
+    // whatever this thread does next.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), n - i);
+        _mm_sfence();
+    }
+}

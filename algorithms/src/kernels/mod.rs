@@ -38,6 +38,14 @@ pub trait Reducer: Send + Sync {
     /// Copies `src` into `dst` (same length).
     fn copy(&self, dst: RegionMut, src: Region) -> Result<()>;
 
+    /// Copies `src` into `dst` (same length, not overlapping), bypassing the cache where the
+    /// memory kind allows it: for large outputs nobody reads soon, so they neither cost a read
+    /// of every destination line nor push the working set out of the cache. The bytes are
+    /// visible to a peer that synchronises with this rank after the call returns.
+    fn copy_streaming(&self, dst: RegionMut, src: Region) -> Result<()> {
+        self.copy(dst, src)
+    }
+
     /// Divides every element of `buf` by `divisor` (the last step of `Avg`).
     fn divide(&self, dtype: DataType, buf: RegionMut, divisor: usize) -> Result<()>;
 
@@ -157,6 +165,22 @@ impl Reducer for HostReducer {
             // promise; `copy` tolerates overlap.
             unsafe { std::ptr::copy(src.as_ptr(), dst.as_mut_ptr(), dst.len()) };
         }
+        Ok(())
+    }
+
+    fn copy_streaming(&self, dst: RegionMut, src: Region) -> Result<()> {
+        check_host(dst.kind(), "a destination")?;
+        check_host(src.kind(), "a source")?;
+        if dst.len() != src.len() || dst.overlaps(&src) {
+            return Err(Error::internal(format!(
+                "streaming copy of {} bytes into {} (or overlapping)",
+                src.len(),
+                dst.len()
+            )));
+        }
+        // SAFETY: both host regions are valid for `len` bytes under their constructors'
+        // promise and do not overlap (checked).
+        unsafe { host::copy_streaming(dst.as_mut_ptr(), src.as_ptr(), dst.len()) };
         Ok(())
     }
 
@@ -292,6 +316,21 @@ mod tests {
         );
         assert!(e.unwrap_err().to_string().contains("aligned"));
         assert!(r.copy(whole.slice(0..4), whole.slice(0..8).as_region()).is_err());
+    }
+
+    #[test]
+    fn streaming_copy_moves_every_byte_at_any_alignment() {
+        let r = HostReducer::new();
+        let src: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 3) as u8).collect();
+        for (off, n) in [(0, 0), (1, 1), (3, 255), (5, 256), (31, 1000), (32, 4000), (7, 4993)] {
+            let mut dst = vec![0u8; 5000];
+            r.copy_streaming(reg_mut(&mut dst[off..off + n]), reg(&src[..n])).unwrap();
+            assert_eq!(&dst[off..off + n], &src[..n], "offset {off}, {n} bytes");
+            assert!(dst[..off].iter().chain(&dst[off + n..]).all(|&b| b == 0), "offset {off}: bytes outside written");
+        }
+        let mut v = vec![0u8; 64];
+        let w = reg_mut(&mut v);
+        assert!(r.copy_streaming(w.slice(0..32), w.slice(16..48).as_region()).is_err());
     }
 
     #[test]

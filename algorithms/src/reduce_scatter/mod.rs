@@ -3,6 +3,7 @@
 pub mod direct;
 pub mod halving_doubling;
 pub mod hierarchical;
+pub mod mapped;
 pub mod ring;
 
 use oxccl_transport::Result;

@@ -6,7 +6,9 @@
 pub mod doorbell;
 pub mod fifo;
 pub mod segment;
+pub mod shared;
 pub(crate) mod sync;
 pub mod transport;
 
+pub use shared::{MemoryKey, PeerMappings, SharedBuffer};
 pub use transport::{ShmOptions, ShmTransport};

@@ -225,6 +225,8 @@ pub struct ShmTransport {
     send_single: Vec<bool>,
     state: Mutex<State>,
     aborted: AtomicBool,
+    /// Peers' shared buffers mapped here.
+    mapped: super::shared::PeerMappings,
 }
 
 fn control_bytes() -> usize {
@@ -367,6 +369,7 @@ impl ShmTransport {
                 last_liveness: Instant::now(),
             }),
             aborted: AtomicBool::new(false),
+            mapped: Default::default(),
         })
     }
 
@@ -720,13 +723,35 @@ impl Transport for ShmTransport {
         let single_copy =
             self.opts.single_copy_min.is_some() && self.peers().all(|p| self.single_copy[p] && self.send_single[p]);
         Capabilities {
-            peer_memory_mappable: false,
+            peer_memory_mappable: true,
             device_memory: false,
             eager_sends: true,
             inter_host: false,
             single_copy,
             recv_sink: true,
         }
+    }
+
+    fn memory_key(&self, buf: Region) -> Option<super::MemoryKey> {
+        if buf.kind() != MemoryKind::Host {
+            return None;
+        }
+        // Any address serves peers that are threads of this process.
+        Some(super::shared::registered_key(buf).unwrap_or_else(|| super::MemoryKey::process_address(buf)))
+    }
+
+    fn map_peer_memory(&self, peer: usize, key: &super::MemoryKey) -> Result<RegionMut> {
+        self.check_member(peer)?;
+        // Only the peer's own process: a key may not make this rank open another one's files.
+        if key.pid != self.pids[peer] {
+            return Err(Error::invalid_usage(format!(
+                "rank {peer} named memory of process {}, not its own ({})",
+                key.pid, self.pids[peer]
+            ))
+            .on_rank(self.rank)
+            .with_peer(peer));
+        }
+        self.mapped.map(key).map_err(|e| e.on_rank(self.rank).with_peer(peer))
     }
 
     fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {

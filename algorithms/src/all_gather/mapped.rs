@@ -1,0 +1,53 @@
+//! Mapped all-gather: every rank writes its block straight into every rank's output, through
+//! peer memory the transport maps (the handshake around it is in `mapped.rs` at the crate
+//! root).
+//!
+//! Steps (p ranks, n bytes gathered, blocks of n/p): keys and ready rounds; then rank r,
+//! piece by piece (64 KiB, so a piece read once stays in cache for its p copies), copies its
+//! input into block r of every output; then a done round. Outputs over 16 MiB are
+//! written with streaming stores.
+//!
+//! Memory traffic per rank: n/p read, n written (the receivers' reads are gone: the sender
+//! pushes). Falls back to the ring when some rank's buffers cannot be mapped.
+//!
+//! Cost: 3 rounds of p-1 concurrent messages + n·β_copy.
+
+use oxccl_transport::Result;
+
+use crate::cost::{Cost, Level, Model};
+use crate::ctx::{CollArgs, Ctx};
+use crate::mapped::PeerBuffers;
+use crate::partition::chunks;
+
+/// Bytes per piece.
+const PIECE: usize = 64 << 10;
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let (p, n) = (m.p() as f64, m.n());
+    m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.copy(n)
+}
+
+/// Runs mapped all-gather, falling back to the ring.
+pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
+    crate::mapped::run(ctx, a, schedule, super::ring::run)
+}
+
+/// The schedule over mapped buffers.
+pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Result<()> {
+    let (r, es) = (ctx.rank, a.dtype.size());
+    let block = a.count * es;
+    let streaming = crate::mapped::streaming(block * ctx.size, false);
+    for c in chunks(0..block, PIECE) {
+        let src = a.send.slice(c.clone());
+        let at = r * block + c.start..r * block + c.end;
+        for (j, out) in bufs.recv.iter().enumerate() {
+            if j == r && a.in_place {
+                continue;
+            }
+            crate::mapped::copy(ctx, streaming, out.slice(at.clone()), src)?;
+        }
+    }
+    Ok(())
+}

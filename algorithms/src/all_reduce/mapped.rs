@@ -1,0 +1,58 @@
+//! Mapped all-reduce: every rank reduces its own slice straight from every rank's input and
+//! writes the result straight into every rank's output, through peer memory the transport
+//! maps (the handshake around it is in `mapped.rs` at the crate root).
+//!
+//! Steps (p ranks, n bytes): keys and ready rounds; then rank r, piece by piece (16 KiB, so
+//! a piece stays in L1), reads slice r of the p inputs, reduces them in rank order into the
+//! piece, and copies it into slice r of the p outputs; then a done round. Outputs over 16 MiB
+//! are written with streaming stores out of place.
+//!
+//! Memory traffic per rank: n read (n/p from each input) and n written (n/p into each
+//! output): the least any all-reduce can move, and no bytes through a FIFO or the kernel.
+//! Falls back to another algorithm when some rank's buffers cannot be mapped (processes
+//! whose buffers are not from `alloc_shared`).
+//!
+//! Cost: 3 rounds of p-1 concurrent messages + n·β_copy + (p-1)/p·n·γ.
+
+use oxccl_transport::Result;
+
+use crate::cost::{Cost, Level, Model};
+use crate::ctx::{CollArgs, Ctx};
+use crate::mapped::{PeerBuffers, PIECE_BYTES};
+use crate::op::ReduceOp;
+use crate::partition::{block, bytes, chunks};
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let (p, n) = (m.p() as f64, m.n());
+    m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.copy(n) + m.reduce((p - 1.0) / p * n)
+}
+
+/// Runs mapped all-reduce, falling back to direct all-reduce.
+pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
+    crate::mapped::run(ctx, a, schedule, super::direct::run)
+}
+
+/// The schedule over mapped buffers.
+pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Result<()> {
+    let (p, es) = (ctx.size, a.dtype.size());
+    let streaming = crate::mapped::streaming(a.count * es, a.in_place);
+    let piece = ctx.reducer.scratch(PIECE_BYTES)?;
+    let per = (PIECE_BYTES / es).max(1);
+    for c in chunks(block(a.count, p, ctx.rank), per) {
+        let b = bytes(&c, es);
+        let acc = piece.region().slice(0..b.len());
+        ctx.reducer.reduce(a.dtype, a.op, acc, bufs.send[0].slice(b.clone()), bufs.send[1].slice(b.clone()))?;
+        for j in 2..p {
+            ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), bufs.send[j].slice(b.clone()))?;
+        }
+        if a.op == ReduceOp::Avg {
+            ctx.reducer.divide(a.dtype, acc, p)?;
+        }
+        for out in &bufs.recv {
+            crate::mapped::copy(ctx, streaming, out.slice(b.clone()), acc.as_region())?;
+        }
+    }
+    Ok(())
+}

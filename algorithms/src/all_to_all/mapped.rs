@@ -1,0 +1,71 @@
+//! Mapped all-to-all: every rank writes each block of its input straight into its place in
+//! the receiver's output, through peer memory the transport maps (the handshake around it is
+//! in `mapped.rs` at the crate root).
+//!
+//! Steps (p ranks, n bytes per rank, blocks of n/p): keys and ready rounds; then out of
+//! place, rank r copies its block j into block r of rank j's output, for every j; in place,
+//! each pair of blocks (block j of rank r, block r of rank j) is swapped through a 16 KiB
+//! piece by one rank of the pair (alternating, so the work is even); then a done round.
+//! Outputs over 16 MiB are written with streaming stores out of place.
+//!
+//! Memory traffic per rank: n read, n written. Falls back to pairwise exchange when some
+//! rank's buffers cannot be mapped.
+//!
+//! Cost: 3 rounds of p-1 concurrent messages + n·β_copy.
+
+use oxccl_transport::Result;
+
+use crate::cost::{Cost, Level, Model};
+use crate::ctx::{CollArgs, Ctx};
+use crate::mapped::{PeerBuffers, PIECE_BYTES};
+use crate::partition::chunks;
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let (p, n) = (m.p() as f64, m.n());
+    m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.copy(n)
+}
+
+/// Runs mapped all-to-all, falling back to pairwise exchange.
+pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
+    crate::mapped::run(ctx, a, schedule, super::pairwise::run)
+}
+
+/// Which rank of the pair (r, q) swaps their blocks in place: the lower when r + q is even.
+fn swapper(r: usize, q: usize) -> usize {
+    if (r + q) % 2 == 0 {
+        r.min(q)
+    } else {
+        r.max(q)
+    }
+}
+
+/// The schedule over mapped buffers.
+pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Result<()> {
+    let (p, r) = (ctx.size, ctx.rank);
+    let block = a.count * a.dtype.size();
+    let streaming = crate::mapped::streaming(block * p, a.in_place);
+    let at = |j: usize, c: &std::ops::Range<usize>| j * block + c.start..j * block + c.end;
+    if !a.in_place {
+        for d in 0..p {
+            // Start with the next rank, so ranks do not all write into one output at once.
+            let j = (r + d) % p;
+            for c in chunks(0..block, PIECE_BYTES) {
+                crate::mapped::copy(ctx, streaming, bufs.recv[j].slice(at(r, &c)), a.send.slice(at(j, &c)))?;
+            }
+        }
+        return Ok(());
+    }
+    let piece = ctx.reducer.scratch(PIECE_BYTES)?;
+    for q in (0..p).filter(|&q| q != r && swapper(r, q) == r) {
+        for c in chunks(0..block, PIECE_BYTES) {
+            let (mine, theirs) = (bufs.recv[r].slice(at(q, &c)), bufs.recv[q].slice(at(r, &c)));
+            let tmp = piece.region().slice(0..c.len());
+            ctx.reducer.copy(tmp, mine.as_region())?;
+            ctx.reducer.copy(mine, theirs.as_region())?;
+            ctx.reducer.copy(theirs, tmp.as_region())?;
+        }
+    }
+    Ok(())
+}

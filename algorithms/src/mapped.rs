@@ -1,0 +1,193 @@
+//! What the `mapped` algorithms share: every rank maps every peer's input and output into its
+//! own address space ([`Transport::map_peer_memory`]) and moves the bytes itself, with plain
+//! loads and stores, instead of through messages. Each collective's schedule is in its own
+//! file (`all_reduce/mapped.rs`, ...); this is the handshake around them.
+//!
+//! 1. **Keys** (one round, all peers at once): every rank sends every peer the keys of its
+//!    input and output ([`Transport::memory_key`]). With every key in hand, every rank knows
+//!    the same thing: whether some key cannot be mapped by some rank (an address in another
+//!    process: a buffer not allocated with oxccl's `alloc_shared`, or no key at all). Then
+//!    every rank runs the fallback algorithm, having paid this one round.
+//! 2. **Ready** (one round): each rank maps the peers' keys and tells them whether it could.
+//!    Unless every rank could, every rank runs the fallback. Once a rank has seen every
+//!    rank's keys, every rank is inside this call, so its buffers may be read and written.
+//! 3. The collective's schedule: each rank reads and writes only the parts of the buffers it
+//!    owns for this call, so no two ranks touch the same bytes and nothing waits in between.
+//! 4. **Done** (one round of empty messages): a rank returns only when every rank has
+//!    finished writing into its output and reading its input. Large outputs are written with
+//!    streaming stores, fenced before this round's messages go out.
+//!
+//! Cost: 3 rounds of p-1 concurrent small messages, plus the memory traffic of the schedule
+//! (each file gives its own), with no system call and no copy through a FIFO.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use oxccl_transport::{Error, MemoryKey, Region, RegionMut, ReqId, Result};
+
+use crate::ctx::{AlgoFn, CollArgs, Ctx};
+
+const STEP_KEYS: usize = 0xfff0;
+const STEP_READY: usize = 0xfff1;
+const STEP_DONE: usize = 0xfff2;
+const KEYS_BYTES: usize = 8 + 2 * MemoryKey::BYTES;
+
+/// Bytes a schedule moves per piece: small enough that a reduced piece is still in the L1
+/// cache when it is copied to every output.
+pub(crate) const PIECE_BYTES: usize = 16 << 10;
+
+/// Calls that write more than this many bytes per rank use streaming stores where the
+/// destination was not just read (out of place): the outputs would not stay in cache anyway,
+/// and skipping the read of every destination line saves a third of the traffic. In place,
+/// the lines written are in cache already (the schedule read them), and streaming stores
+/// would only evict them.
+pub(crate) const STREAMING_MIN_BYTES: usize = 16 << 20;
+
+/// Whether a call writing `bytes` per rank streams its stores (see [`STREAMING_MIN_BYTES`]).
+pub(crate) fn streaming(bytes: usize, in_place: bool) -> bool {
+    !in_place && bytes > STREAMING_MIN_BYTES
+}
+
+static SCHEDULES_RUN: AtomicU64 = AtomicU64::new(0);
+
+/// How many calls in this process ran a mapped schedule (rather than falling back): for
+/// diagnostics and for tests that must know which path ran.
+pub fn schedules_run() -> u64 {
+    SCHEDULES_RUN.load(Ordering::Relaxed)
+}
+
+/// Every rank's input and output, mapped here (this rank's own are the call's regions).
+pub(crate) struct PeerBuffers {
+    /// `send[j]`: rank j's input.
+    pub send: Vec<Region>,
+    /// `recv[j]`: rank j's output.
+    pub recv: Vec<RegionMut>,
+}
+
+/// Sends `mine` to every peer and receives each peer's message of the same length, at `step`.
+fn swap_all(ctx: &Ctx<'_>, step: usize, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let (p, r) = (ctx.size, ctx.rank);
+    let mut got = vec![vec![0u8; mine.len()]; p];
+    let mut exchange = || -> Result<()> {
+        let mut reqs: Vec<ReqId> = Vec::with_capacity(2 * p);
+        for (q, buf) in got.iter_mut().enumerate().filter(|(q, _)| *q != r) {
+            // SAFETY: `got` outlives the waits below; on any error the transport is failed
+            // (below), which drops the receive before `got` goes.
+            let region = unsafe { RegionMut::from_slice(buf) };
+            reqs.push(ctx.recv(q, step, region)?);
+        }
+        // SAFETY: as above, for `mine`.
+        let src = unsafe { Region::from_slice(mine) };
+        for q in (0..p).filter(|&q| q != r) {
+            reqs.push(ctx.send(q, step, src)?);
+        }
+        ctx.wait_all(&reqs)
+    };
+    exchange().inspect_err(|e| ctx.net.fail(e.clone()))?;
+    got[r] = mine.to_vec();
+    Ok(got)
+}
+
+/// Rounds 1 and 2 of the module docs: every rank's buffers mapped here, or `None` (on every
+/// rank alike) when some rank cannot map some other rank's.
+pub(crate) fn exchange(ctx: &Ctx<'_>, send: Region, recv: RegionMut) -> Result<Option<PeerBuffers>> {
+    let (p, r) = (ctx.size, ctx.rank);
+    let mut mine = [0u8; KEYS_BYTES];
+    if let (Some(s), Some(d)) = (ctx.net.memory_key(send), ctx.net.memory_key(recv.as_region())) {
+        mine[0] = 1;
+        mine[8..8 + MemoryKey::BYTES].copy_from_slice(&s.to_bytes());
+        mine[8 + MemoryKey::BYTES..].copy_from_slice(&d.to_bytes());
+    }
+    let all = swap_all(ctx, STEP_KEYS, &mine)?;
+    let key = |m: &Vec<u8>, i: usize| {
+        let at = 8 + i * MemoryKey::BYTES;
+        MemoryKey::from_bytes(m[at..at + MemoryKey::BYTES].try_into().expect("key bytes"))
+    };
+    if all.iter().any(|m| m[0] != 1) {
+        return Ok(None);
+    }
+    let keys: Vec<(MemoryKey, MemoryKey)> = all.iter().map(|m| (key(m, 0), key(m, 1))).collect();
+    // A plain address (fd < 0) is mappable only by ranks of the same process: every rank sees
+    // every key, so every rank reaches the same answer here.
+    let pid = |j: usize| keys[j].0.pid;
+    let unmappable =
+        (0..p).any(|i| (0..p).any(|j| i != j && (keys[j].0.fd < 0 || keys[j].1.fd < 0) && pid(i) != pid(j)));
+    if unmappable {
+        return Ok(None);
+    }
+    let mut bufs = PeerBuffers { send: vec![send; p], recv: vec![recv; p] };
+    let mut ok = true;
+    for q in (0..p).filter(|&q| q != r) {
+        let (ks, kr) = keys[q];
+        if ks.len as usize != send.len() || kr.len as usize != recv.len() {
+            return Err(Error::invalid_usage(format!(
+                "rank {q} passed buffers of {} and {} bytes where this rank has {} and {}",
+                ks.len,
+                kr.len,
+                send.len(),
+                recv.len()
+            ))
+            .with_peer(q));
+        }
+        match (ctx.net.map_peer_memory(q, &ks), ctx.net.map_peer_memory(q, &kr)) {
+            (Ok(s), Ok(d)) => {
+                bufs.send[q] = s.as_region();
+                bufs.recv[q] = d;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(rank = r, peer = q, error = %e, "mapped: cannot map a peer's buffer; falling back");
+                ok = false;
+            }
+        }
+    }
+    let ready = swap_all(ctx, STEP_READY, &[u8::from(ok)])?;
+    Ok(ready.iter().all(|m| m[0] == 1).then_some(bufs))
+}
+
+/// Round 4 of the module docs: returns once every rank has finished with every buffer.
+pub(crate) fn done(ctx: &Ctx<'_>) -> Result<()> {
+    swap_all(ctx, STEP_DONE, &[]).map(|_| ())
+}
+
+/// Runs `schedule` over the mapped buffers when every rank can map every other's, else
+/// `fallback` (the same on every rank).
+pub(crate) fn run(
+    ctx: &Ctx<'_>,
+    a: &CollArgs,
+    schedule: fn(&Ctx<'_>, &CollArgs, &PeerBuffers) -> Result<()>,
+    fallback: AlgoFn,
+) -> Result<()> {
+    if a.count == 0 || ctx.size == 1 {
+        return fallback(ctx, a);
+    }
+    match exchange(ctx, a.send, a.recv)? {
+        Some(bufs) => {
+            SCHEDULES_RUN.fetch_add(1, Ordering::Relaxed);
+            schedule(ctx, a, &bufs)?;
+            done(ctx)
+        }
+        None => fallback(ctx, a),
+    }
+}
+
+/// Copies with streaming stores when `streaming`, else plainly.
+pub(crate) fn copy(ctx: &Ctx<'_>, streaming: bool, dst: RegionMut, src: Region) -> Result<()> {
+    if streaming {
+        ctx.reducer.copy_streaming(dst, src)
+    } else {
+        ctx.reducer.copy(dst, src)
+    }
+}
+
+/// Runs the mapped algorithm of `ctx.collective` with `fallback` for worlds whose buffers
+/// cannot all be mapped (the communicator passes the best algorithm after `mapped`).
+pub fn run_with_fallback(ctx: &Ctx<'_>, a: &CollArgs, fallback: AlgoFn) -> Result<()> {
+    use crate::ctx::Collective as C;
+    let schedule = match ctx.collective {
+        C::AllReduce => crate::all_reduce::mapped::schedule,
+        C::AllGather => crate::all_gather::mapped::schedule,
+        C::ReduceScatter => crate::reduce_scatter::mapped::schedule,
+        C::AllToAll => crate::all_to_all::mapped::schedule,
+        c => return Err(Error::internal(format!("{c} has no mapped algorithm"))),
+    };
+    run(ctx, a, schedule, fallback)
+}

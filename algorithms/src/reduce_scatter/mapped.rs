@@ -1,0 +1,55 @@
+//! Mapped reduce-scatter: every rank reduces its block straight from every rank's input,
+//! through peer memory the transport maps (the handshake around it is in `mapped.rs` at the
+//! crate root).
+//!
+//! Steps (p ranks, n bytes of input, blocks of n/p): keys and ready rounds; then rank r,
+//! piece by piece (16 KiB), reads block r of the p inputs, reduces them in rank order and
+//! writes the piece into its output; then a done round (peers read this rank's input).
+//!
+//! Memory traffic per rank: n/p read from each of the p inputs, n/p written.
+//! Falls back to direct reduce-scatter when some rank's buffers cannot be mapped.
+//!
+//! Cost: 3 rounds of p-1 concurrent messages + n/p·β_copy + (p-1)/p·n·γ.
+
+use oxccl_transport::Result;
+
+use crate::cost::{Cost, Level, Model};
+use crate::ctx::{CollArgs, Ctx};
+use crate::mapped::{PeerBuffers, PIECE_BYTES};
+use crate::op::ReduceOp;
+use crate::partition::{bytes, chunks};
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let (p, n) = (m.p() as f64, m.n());
+    m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.copy(n / p) + m.reduce((p - 1.0) / p * n)
+}
+
+/// Runs mapped reduce-scatter, falling back to direct reduce-scatter.
+pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
+    crate::mapped::run(ctx, a, schedule, super::direct::run)
+}
+
+/// The schedule over mapped buffers.
+pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Result<()> {
+    let (p, r, es) = (ctx.size, ctx.rank, a.dtype.size());
+    let streaming = crate::mapped::streaming(a.count * es, a.in_place);
+    let piece = ctx.reducer.scratch(PIECE_BYTES)?;
+    let per = (PIECE_BYTES / es).max(1);
+    let out = bufs.recv[r];
+    for c in chunks(0..a.count, per) {
+        let local = bytes(&c, es);
+        let at = bytes(&(r * a.count + c.start..r * a.count + c.end), es);
+        let acc = piece.region().slice(0..local.len());
+        ctx.reducer.reduce(a.dtype, a.op, acc, bufs.send[0].slice(at.clone()), bufs.send[1].slice(at.clone()))?;
+        for j in 2..p {
+            ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), bufs.send[j].slice(at.clone()))?;
+        }
+        if a.op == ReduceOp::Avg {
+            ctx.reducer.divide(a.dtype, acc, p)?;
+        }
+        crate::mapped::copy(ctx, streaming, out.slice(local), acc.as_region())?;
+    }
+    Ok(())
+}
