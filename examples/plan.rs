@@ -130,7 +130,7 @@ fn layout(a: &Args, w: usize, tp: usize, fsdp: bool) -> Layout {
             ops.push(Op { group, coll: Collective::AllReduce, bytes: a.bucket, times: full });
         }
         let rest = round_to(shard - full * a.bucket, ES);
-        if rest > 0 && shard % a.bucket != 0 {
+        if rest > 0 && !shard.is_multiple_of(a.bucket) {
             ops.push(Op { group, coll: Collective::AllReduce, bytes: rest, times: 1 });
         }
     }
@@ -147,7 +147,7 @@ fn layout(a: &Args, w: usize, tp: usize, fsdp: bool) -> Layout {
 /// ranks per host, each with plain and sharded data parallelism.
 fn layouts(a: &Args, w: usize, rph: usize) -> Vec<Layout> {
     let mut v = Vec::new();
-    for tp in (1..=rph).filter(|t| rph % t == 0) {
+    for tp in (1..=rph).filter(|t| rph.is_multiple_of(*t)) {
         v.push(layout(a, w, tp, false));
         if w / tp > 1 {
             v.push(layout(a, w, tp, true));

@@ -754,7 +754,7 @@ impl Communicator {
     /// Sends block `j` of `send` to rank `j` and receives rank `j`'s block for this rank into
     /// block `j` of `recv`. Both hold `size()` equal blocks.
     pub fn all_to_all_into<T: Element>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
-        if send.len() != recv.len() || send.len() % self.size != 0 {
+        if send.len() != recv.len() || !send.len().is_multiple_of(self.size) {
             return Err(self.bad(
                 Collective::AllToAll,
                 format!(
@@ -862,7 +862,7 @@ impl Communicator {
 
     /// The block count of a buffer of `len` elements split over the ranks.
     fn blocks(&self, coll: Collective, len: usize) -> Result<usize> {
-        if len % self.size != 0 {
+        if !len.is_multiple_of(self.size) {
             return Err(
                 self.bad(coll, format!("buffer of {len} elements does not split into {} equal blocks", self.size))
             );

@@ -3,8 +3,9 @@
 //! maps (the handshake around it is in `mapped.rs` at the crate root).
 //!
 //! Steps (p ranks, n bytes): keys and ready rounds; then rank r, piece by piece (16 KiB, so
-//! a piece stays in L1), reads slice r of the p inputs, reduces them in rank order into the
-//! piece, and copies it into slice r of the p outputs; then a done round. Outputs over 16 MiB
+//! a piece stays in L1), reads slice r of the p inputs and reduces them in rank order, the
+//! first p-1 into the piece and the last straight into slice r of the p outputs (a 64-byte
+//! line at a time, from registers); then a done round. Outputs over 16 MiB
 //! are written with streaming stores out of place.
 //!
 //! Memory traffic per rank: n read (n/p from each input) and n written (n/p into each
@@ -40,19 +41,40 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     let streaming = crate::mapped::streaming(a.count * es, a.in_place);
     let piece = ctx.reducer.scratch(PIECE_BYTES)?;
     let per = (PIECE_BYTES / es).max(1);
+    let mut outs = bufs.recv.clone();
     for c in chunks(block(a.count, p, ctx.rank), per) {
         let b = bytes(&c, es);
-        let acc = piece.region().slice(0..b.len());
-        ctx.reducer.reduce(a.dtype, a.op, acc, bufs.send[0].slice(b.clone()), bufs.send[1].slice(b.clone()))?;
-        for j in 2..p {
-            ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), bufs.send[j].slice(b.clone()))?;
+        for (o, r) in outs.iter_mut().zip(&bufs.recv) {
+            *o = r.slice(b.clone());
         }
+        let input = |j: usize| bufs.send[j].slice(b.clone());
         if a.op == ReduceOp::Avg {
+            // Reduce, divide, then copy out.
+            let acc = piece.region().slice(0..b.len());
+            ctx.reducer.reduce(a.dtype, a.op, acc, input(0), input(1))?;
+            for j in 2..p {
+                ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), input(j))?;
+            }
             ctx.reducer.divide(a.dtype, acc, p)?;
+            for out in &outs {
+                crate::mapped::copy(ctx, streaming, *out, acc.as_region())?;
+            }
+            continue;
         }
-        for out in &bufs.recv {
-            crate::mapped::copy(ctx, streaming, out.slice(b.clone()), acc.as_region())?;
-        }
+        // The first p-1 inputs into the piece (none for two ranks), then the last step
+        // straight into every output: each input byte read once, each output byte written
+        // once.
+        let last = if p == 2 {
+            input(0)
+        } else {
+            let acc = piece.region().slice(0..b.len());
+            ctx.reducer.reduce(a.dtype, a.op, acc, input(0), input(1))?;
+            for j in 2..p - 1 {
+                ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), input(j))?;
+            }
+            acc.as_region()
+        };
+        ctx.reducer.reduce_into_all(a.dtype, a.op, &outs, last, input(p - 1), streaming)?;
     }
     Ok(())
 }

@@ -34,7 +34,7 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
 
 /// Which rank of the pair (r, q) swaps their blocks in place: the lower when r + q is even.
 fn swapper(r: usize, q: usize) -> usize {
-    if (r + q) % 2 == 0 {
+    if (r + q).is_multiple_of(2) {
         r.min(q)
     } else {
         r.max(q)
@@ -50,10 +50,10 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     if !a.in_place {
         for d in 0..p {
             // Start with the next rank, so ranks do not all write into one output at once.
+            // Each block is read once and written once: one copy, no pieces.
             let j = (r + d) % p;
-            for c in chunks(0..block, PIECE_BYTES) {
-                crate::mapped::copy(ctx, streaming, bufs.recv[j].slice(at(r, &c)), a.send.slice(at(j, &c)))?;
-            }
+            let whole = 0..block;
+            crate::mapped::copy(ctx, streaming, bufs.recv[j].slice(at(r, &whole)), a.send.slice(at(j, &whole)))?;
         }
         return Ok(());
     }

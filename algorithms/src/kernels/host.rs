@@ -313,6 +313,277 @@ pub(crate) unsafe fn divide_bytes(dtype: crate::DataType, p: *mut u8, n: usize, 
     }
 }
 
+/// Copies `n` bytes from `src` to `dst` with non-temporal stores where the CPU has AVX2:
+/// the destination's lines are written without being read first and without evicting what
+/// the cache holds (for large outputs that nobody reads soon). Ends with a store fence, so
+/// the bytes are visible to whoever synchronises with this thread afterwards.
+///
+/// # Safety
+/// `n` bytes valid for reads at `src` and for writes at `dst`, not overlapping.
+pub(crate) unsafe fn copy_streaming(dst: *mut u8, src: *const u8, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() && n >= 256 {
+        // SAFETY: AVX-512F present; the rest is the caller's contract.
+        unsafe { copy_streaming_avx512(dst, src, n) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && n >= 256 {
+        // SAFETY: AVX2 present; the rest is the caller's contract.
+        unsafe { copy_streaming_avx2(dst, src, n) };
+        return;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, n) }
+}
+
+/// Whether AVX-512F may run here (detected once): a non-temporal store of a whole cache
+/// line is one instruction, which streams about a fifth faster than two 32-byte halves.
+#[inline]
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_streaming_avx512(dst: *mut u8, src: *const u8, n: usize) {
+    use std::arch::x86_64::*;
+    // Head: plain copy up to the first 64-byte boundary of the destination.
+    let head = (dst as usize).next_multiple_of(64) - dst as usize;
+    // SAFETY: head < 64 <= n bytes, inside both spans.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, head) };
+    let body = (n - head) / 256 * 256;
+    let mut i = head;
+    while i < head + body {
+        // SAFETY: 256 bytes at i are inside both spans; the stores are 64-byte aligned.
+        unsafe {
+            let s = src.add(i);
+            let d = dst.add(i);
+            let (a, b, c, e) = (
+                _mm512_loadu_si512(s.cast()),
+                _mm512_loadu_si512(s.add(64).cast()),
+                _mm512_loadu_si512(s.add(128).cast()),
+                _mm512_loadu_si512(s.add(192).cast()),
+            );
+            _mm512_stream_si512(d.cast(), a);
+            _mm512_stream_si512(d.add(64).cast(), b);
+            _mm512_stream_si512(d.add(128).cast(), c);
+            _mm512_stream_si512(d.add(192).cast(), e);
+        }
+        i += 256;
+    }
+    // SAFETY: the tail is inside both spans; the fence orders the streaming stores before
+    // whatever this thread does next.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), n - i);
+        _mm_sfence();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn copy_streaming_avx2(dst: *mut u8, src: *const u8, n: usize) {
+    use std::arch::x86_64::*;
+    // Head: plain copy up to the first 32-byte boundary of the destination.
+    let head = (dst as usize).next_multiple_of(32) - dst as usize;
+    // SAFETY: head < 32 <= n bytes, inside both spans.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, head) };
+    let body = (n - head) / 128 * 128;
+    let mut i = head;
+    while i < head + body {
+        // SAFETY: 128 bytes at i are inside both spans; the stores are 32-byte aligned.
+        unsafe {
+            let s = src.add(i).cast::<__m256i>();
+            let d = dst.add(i).cast::<__m256i>();
+            let (a, b, c, e) = (
+                _mm256_loadu_si256(s),
+                _mm256_loadu_si256(s.add(1)),
+                _mm256_loadu_si256(s.add(2)),
+                _mm256_loadu_si256(s.add(3)),
+            );
+            _mm256_stream_si256(d, a);
+            _mm256_stream_si256(d.add(1), b);
+            _mm256_stream_si256(d.add(2), c);
+            _mm256_stream_si256(d.add(3), e);
+        }
+        i += 128;
+    }
+    // SAFETY: the tail is inside both spans; the fence orders the streaming stores before
+    // whatever this thread does next.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), n - i);
+        _mm_sfence();
+    }
+}
+
+/// `d[i] = a[i] op b[i]` for every destination `d` in `dsts` (byte addresses of `n`-element
+/// spans), one 64-byte line at a time: both operands are read once and every destination is
+/// written once, straight from registers, with non-temporal stores when `nt` (then every
+/// destination must have the same address modulo 32, and a store fence ends the call).
+///
+/// # Safety
+/// `n` valid elements at `a` and `b`; `n` writable elements at every destination, aligned
+/// for `T`; a destination overlaps another destination or an operand only by being exactly
+/// that operand (and then not with `nt`); the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn reduce_lines<T: Arith>(
+    op: ReduceOp,
+    dsts: &[*mut u8],
+    a: *const T,
+    b: *const T,
+    n: usize,
+    nt: bool,
+) {
+    if nt && has_avx512() && dsts.iter().all(|&d| d as usize % 64 == dsts[0] as usize % 64) {
+        // SAFETY: AVX-512F present, destinations share their alignment mod 64; the rest is
+        // the caller's contract.
+        unsafe { reduce_lines_avx512(op, dsts, a, b, n) };
+        return;
+    }
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        match op {
+            ReduceOp::Sum | ReduceOp::Avg => lines_body(T::sum, dsts, a, b, n, nt),
+            ReduceOp::Prod => lines_body(T::prod, dsts, a, b, n, nt),
+            ReduceOp::Min => lines_body(T::min, dsts, a, b, n, nt),
+            ReduceOp::Max => lines_body(T::max, dsts, a, b, n, nt),
+        }
+    }
+}
+
+/// [`reduce_lines`] with non-temporal stores of whole 64-byte lines (one instruction each).
+///
+/// # Safety
+/// As [`reduce_lines`] with `nt`, destinations sharing their address modulo 64; AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f")]
+unsafe fn reduce_lines_avx512<T: Arith>(op: ReduceOp, dsts: &[*mut u8], a: *const T, b: *const T, n: usize) {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        match op {
+            ReduceOp::Sum | ReduceOp::Avg => lines_body_512(T::sum, dsts, a, b, n),
+            ReduceOp::Prod => lines_body_512(T::prod, dsts, a, b, n),
+            ReduceOp::Min => lines_body_512(T::min, dsts, a, b, n),
+            ReduceOp::Max => lines_body_512(T::max, dsts, a, b, n),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[repr(C, align(64))]
+struct Line64([u8; 64]);
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn lines_body_512<T: Arith>(f: impl Fn(T, T) -> T, dsts: &[*mut u8], a: *const T, b: *const T, n: usize) {
+    use std::arch::x86_64::*;
+    let es = std::mem::size_of::<T>();
+    let per = 64 / es;
+    let scalar = |from: usize, to: usize| {
+        for k in from..to {
+            // SAFETY: k < n: inside every span (the caller's contract).
+            unsafe {
+                let v = f(*a.add(k), *b.add(k));
+                for &d in dsts {
+                    *d.cast::<T>().add(k) = v;
+                }
+            }
+        }
+    };
+    // Plain stores up to the first 64-byte boundary, which every destination shares.
+    let mis = dsts[0] as usize % 64;
+    let mut i = if mis == 0 { 0 } else { ((64 - mis) / es).min(n) };
+    scalar(0, i);
+    let mut line = Line64([0; 64]);
+    let lp = line.0.as_mut_ptr().cast::<T>();
+    while i + per <= n {
+        // SAFETY: the line [i, i + per) is inside every span; `line` holds `per` elements;
+        // the stores go to 64-byte aligned addresses (the shared boundary, whole lines on).
+        unsafe {
+            for k in 0..per {
+                *lp.add(k) = f(*a.add(i + k), *b.add(i + k));
+            }
+            let v = _mm512_load_si512(line.0.as_ptr().cast());
+            for &d in dsts {
+                _mm512_stream_si512(d.add(i * es).cast(), v);
+            }
+        }
+        i += per;
+    }
+    scalar(i, n);
+    // SAFETY: a fence, no memory touched.
+    unsafe { _mm_sfence() };
+}
+
+#[cfg(target_arch = "x86_64")]
+#[repr(C, align(32))]
+struct Line([u8; 64]);
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn lines_body<T: Arith>(f: impl Fn(T, T) -> T, dsts: &[*mut u8], a: *const T, b: *const T, n: usize, nt: bool) {
+    use std::arch::x86_64::*;
+    let es = std::mem::size_of::<T>();
+    let per = 64 / es;
+    let scalar = |from: usize, to: usize| {
+        for k in from..to {
+            // SAFETY: k < n: inside every span (the caller's contract). The value is read
+            // before any destination is written, so an exact alias reads the old element.
+            unsafe {
+                let v = f(*a.add(k), *b.add(k));
+                for &d in dsts {
+                    *d.cast::<T>().add(k) = v;
+                }
+            }
+        }
+    };
+    let mut i = 0;
+    if nt {
+        // Plain stores up to the first 32-byte boundary, which every destination shares.
+        let mis = dsts[0] as usize % 32;
+        i = if mis == 0 { 0 } else { ((32 - mis) / es).min(n) };
+        scalar(0, i);
+    }
+    let mut line = Line([0; 64]);
+    let lp = line.0.as_mut_ptr().cast::<T>();
+    while i + per <= n {
+        // SAFETY: the line [i, i + per) is inside every span; `line` holds `per` elements;
+        // non-temporal stores go to 32-byte aligned addresses (all destinations share the
+        // first one's alignment, and i advanced from its boundary in whole lines).
+        unsafe {
+            for k in 0..per {
+                *lp.add(k) = f(*a.add(i + k), *b.add(i + k));
+            }
+            let lo = _mm256_load_si256(line.0.as_ptr().cast());
+            let hi = _mm256_load_si256(line.0.as_ptr().add(32).cast());
+            for &d in dsts {
+                let p = d.add(i * es).cast::<__m256i>();
+                if nt {
+                    _mm256_stream_si256(p, lo);
+                    _mm256_stream_si256(p.add(1), hi);
+                } else {
+                    _mm256_storeu_si256(p, lo);
+                    _mm256_storeu_si256(p.add(1), hi);
+                }
+            }
+        }
+        i += per;
+    }
+    scalar(i, n);
+    if nt {
+        // SAFETY: a fence, no memory touched.
+        unsafe { _mm_sfence() };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,59 +623,5 @@ mod tests {
         for (o, b) in ours.iter().zip(&back) {
             assert_eq!(b.to_bits(), o.to_f32().to_bits());
         }
-    }
-}
-
-/// Copies `n` bytes from `src` to `dst` with non-temporal stores where the CPU has AVX2:
-/// the destination's lines are written without being read first and without evicting what
-/// the cache holds (for large outputs that nobody reads soon). Ends with a store fence, so
-/// the bytes are visible to whoever synchronises with this thread afterwards.
-///
-/// # Safety
-/// `n` bytes valid for reads at `src` and for writes at `dst`, not overlapping.
-pub(crate) unsafe fn copy_streaming(dst: *mut u8, src: *const u8, n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() && n >= 256 {
-        // SAFETY: AVX2 present; the rest is the caller's contract.
-        unsafe { copy_streaming_avx2(dst, src, n) };
-        return;
-    }
-    // SAFETY: the caller's contract.
-    unsafe { std::ptr::copy_nonoverlapping(src, dst, n) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn copy_streaming_avx2(dst: *mut u8, src: *const u8, n: usize) {
-    use std::arch::x86_64::*;
-    // Head: plain copy up to the first 32-byte boundary of the destination.
-    let head = (dst as usize).next_multiple_of(32) - dst as usize;
-    // SAFETY: head < 32 <= n bytes, inside both spans.
-    unsafe { std::ptr::copy_nonoverlapping(src, dst, head) };
-    let body = (n - head) / 128 * 128;
-    let mut i = head;
-    while i < head + body {
-        // SAFETY: 128 bytes at i are inside both spans; the stores are 32-byte aligned.
-        unsafe {
-            let s = src.add(i).cast::<__m256i>();
-            let d = dst.add(i).cast::<__m256i>();
-            let (a, b, c, e) = (
-                _mm256_loadu_si256(s),
-                _mm256_loadu_si256(s.add(1)),
-                _mm256_loadu_si256(s.add(2)),
-                _mm256_loadu_si256(s.add(3)),
-            );
-            _mm256_stream_si256(d, a);
-            _mm256_stream_si256(d.add(1), b);
-            _mm256_stream_si256(d.add(2), c);
-            _mm256_stream_si256(d.add(3), e);
-        }
-        i += 128;
-    }
-    // SAFETY: the tail is inside both spans; the fence orders the streaming stores before
-    // whatever this thread does next.
-    unsafe {
-        std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), n - i);
-        _mm_sfence();
     }
 }

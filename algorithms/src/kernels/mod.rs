@@ -46,6 +46,31 @@ pub trait Reducer: Send + Sync {
         self.copy(dst, src)
     }
 
+    /// `d = a op b` for every `d` in `dsts` (each of `a`'s length; `Avg` reduces as `Sum`),
+    /// with streaming stores when `streaming` (see [`Reducer::copy_streaming`]). A
+    /// destination may be exactly `a` or `b` when not streaming; any other overlap is refused.
+    /// Reads each operand once however many destinations there are.
+    fn reduce_into_all(
+        &self,
+        dtype: DataType,
+        op: ReduceOp,
+        dsts: &[RegionMut],
+        a: Region,
+        b: Region,
+        streaming: bool,
+    ) -> Result<()> {
+        let Some((first, rest)) = dsts.split_first() else { return Ok(()) };
+        self.reduce(dtype, op, *first, a, b)?;
+        for d in rest {
+            if streaming {
+                self.copy_streaming(*d, first.as_region())?;
+            } else {
+                self.copy(*d, first.as_region())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Divides every element of `buf` by `divisor` (the last step of `Avg`).
     fn divide(&self, dtype: DataType, buf: RegionMut, divisor: usize) -> Result<()>;
 
@@ -108,7 +133,7 @@ fn check_host(r: MemoryKind, what: &str) -> Result<()> {
 }
 
 fn check_aligned(p: *const u8, dtype: DataType) -> Result<()> {
-    if (p as usize) % dtype.size() != 0 {
+    if !(p as usize).is_multiple_of(dtype.size()) {
         return Err(Error::invalid_argument(format!(
             "buffer at {p:p} is not aligned to its element size ({} bytes for {dtype})",
             dtype.size()
@@ -126,7 +151,7 @@ impl Reducer for HostReducer {
         check_host(dst.kind(), "a destination")?;
         check_host(a.kind(), "an operand")?;
         check_host(b.kind(), "an operand")?;
-        if dst.len() != a.len() || dst.len() != b.len() || dst.len() % dtype.size() != 0 {
+        if dst.len() != a.len() || dst.len() != b.len() || !dst.len().is_multiple_of(dtype.size()) {
             return Err(Error::internal(format!(
                 "reduce over regions of {}, {} and {} bytes of {dtype}",
                 dst.len(),
@@ -181,6 +206,85 @@ impl Reducer for HostReducer {
         // SAFETY: both host regions are valid for `len` bytes under their constructors'
         // promise and do not overlap (checked).
         unsafe { host::copy_streaming(dst.as_mut_ptr(), src.as_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    fn reduce_into_all(
+        &self,
+        dtype: DataType,
+        op: ReduceOp,
+        dsts: &[RegionMut],
+        a: Region,
+        b: Region,
+        streaming: bool,
+    ) -> Result<()> {
+        let n = a.len();
+        if n == 0 && b.is_empty() && dsts.iter().all(|d| d.is_empty()) {
+            return Ok(());
+        }
+        let same = |x: *const u8, y: *const u8| std::ptr::eq(x, y);
+        for (i, d) in dsts.iter().enumerate() {
+            check_host(d.kind(), "a destination")?;
+            check_aligned(d.as_mut_ptr(), dtype)?;
+            let exact = same(d.as_mut_ptr(), a.as_ptr()) || same(d.as_mut_ptr(), b.as_ptr());
+            if d.len() != n
+                || (exact && streaming)
+                || (!exact && (d.overlaps(&a) || d.overlaps(&b)))
+                || dsts[..i].iter().any(|e| d.overlaps(&e.as_region()))
+            {
+                return Err(Error::internal(format!(
+                    "reduce into {} destinations of {n} bytes: a length differs or they overlap",
+                    dsts.len()
+                )));
+            }
+        }
+        check_host(a.kind(), "an operand")?;
+        check_host(b.kind(), "an operand")?;
+        if b.len() != n || !n.is_multiple_of(dtype.size()) {
+            return Err(Error::internal(format!("reduce of {n} and {} bytes of {dtype}", b.len())));
+        }
+        for p in [a.as_ptr(), b.as_ptr()] {
+            check_aligned(p, dtype)?;
+        }
+        let nt = streaming && dsts.iter().all(|d| d.as_mut_ptr() as usize % 32 == dsts[0].as_mut_ptr() as usize % 32);
+        let half = matches!(dtype, DataType::F16 | DataType::Bf16);
+        #[cfg(target_arch = "x86_64")]
+        if host::has_avx2() && !half && !dsts.is_empty() && (nt || !streaming) {
+            let ptrs: Vec<*mut u8> = dsts.iter().map(|d| d.as_mut_ptr()).collect();
+            let count = n / dtype.size();
+            macro_rules! run {
+                ($t:ty) => {
+                    // SAFETY: host regions valid under their constructors' promise, of equal
+                    // length, aligned, overlapping only exactly and not when streaming
+                    // (checked above); destinations share their alignment mod 32 when
+                    // streaming (`nt`); AVX2 present.
+                    unsafe { host::reduce_lines::<$t>(op, &ptrs, a.as_ptr().cast(), b.as_ptr().cast(), count, nt) }
+                };
+            }
+            match dtype {
+                DataType::I8 => run!(i8),
+                DataType::U8 => run!(u8),
+                DataType::I32 => run!(i32),
+                DataType::U32 => run!(u32),
+                DataType::I64 => run!(i64),
+                DataType::U64 => run!(u64),
+                DataType::F32 => run!(f32),
+                DataType::F64 => run!(f64),
+                DataType::F16 | DataType::Bf16 => unreachable!("half types take the block path"),
+            }
+            return Ok(());
+        }
+        // Half types, CPUs without AVX2, destinations of different alignments: reduce into
+        // the first, copy to the others.
+        let Some((first, rest)) = dsts.split_first() else { return Ok(()) };
+        self.reduce(dtype, op, *first, a, b)?;
+        for d in rest {
+            if streaming {
+                self.copy_streaming(*d, first.as_region())?;
+            } else {
+                self.copy(*d, first.as_region())?;
+            }
+        }
         Ok(())
     }
 
@@ -331,6 +435,53 @@ mod tests {
         let mut v = vec![0u8; 64];
         let w = reg_mut(&mut v);
         assert!(r.copy_streaming(w.slice(0..32), w.slice(16..48).as_region()).is_err());
+    }
+
+    #[test]
+    fn reduce_into_all_matches_reduce_for_every_type_alignment_and_store_kind() {
+        let r = HostReducer::new();
+        for n in [0usize, 1, 15, 16, 17, 100, 1031] {
+            for streaming in [false, true] {
+                for shift in [0usize, 1, 3] {
+                    let a: Vec<i32> = (0..n as i32).map(|i| i * 3 - 7).collect();
+                    let b: Vec<i32> = (0..n as i32).map(|i| 1000 - i).collect();
+                    let want: Vec<i32> = a.iter().zip(&b).map(|(x, y)| x.wrapping_mul(*y)).collect();
+                    let mut d0 = vec![0i32; n + 8];
+                    let mut d1 = vec![0i32; n + 8];
+                    let (s0, s1) = (reg_mut(&mut d0[shift..shift + n]), reg_mut(&mut d1[..n]));
+                    r.reduce_into_all(DataType::I32, ReduceOp::Prod, &[s0, s1], reg(&a), reg(&b), streaming).unwrap();
+                    assert_eq!(&d0[shift..shift + n], &want[..], "n {n} streaming {streaming} shift {shift}");
+                    assert_eq!(&d1[..n], &want[..]);
+                    assert!(d0[..shift].iter().chain(&d0[shift + n..]).all(|&x| x == 0), "bytes outside written");
+                }
+                let a: Vec<f64> = (0..n).map(|i| i as f64 * 0.25).collect();
+                let b: Vec<f64> = (0..n).map(|i| (n - i) as f64).collect();
+                let mut d: Vec<Vec<f64>> = vec![vec![0.0; n]; 3];
+                let regs: Vec<RegionMut> = d.iter_mut().map(|v| reg_mut(v)).collect();
+                r.reduce_into_all(DataType::F64, ReduceOp::Max, &regs, reg(&a), reg(&b), streaming).unwrap();
+                for v in &d {
+                    assert!(v.iter().enumerate().all(|(i, x)| *x == a[i].max(b[i])));
+                }
+                let a: Vec<bf16> = (0..n).map(|i| bf16::from_f32(i as f32)).collect();
+                let mut d: Vec<bf16> = vec![bf16::ZERO; n];
+                r.reduce_into_all(DataType::Bf16, ReduceOp::Sum, &[reg_mut(&mut d)], reg(&a), reg(&a), streaming)
+                    .unwrap();
+                assert!(d.iter().enumerate().all(|(i, x)| *x == bf16::from_f32(2.0 * i as f32)));
+            }
+            // In place: the destination is an operand (plain stores only).
+            let mut a: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let b: Vec<u8> = vec![200; n];
+            let mut other = vec![0u8; n];
+            let ra = reg_mut(&mut a);
+            r.reduce_into_all(DataType::U8, ReduceOp::Sum, &[ra, reg_mut(&mut other)], ra.as_region(), reg(&b), false)
+                .unwrap();
+            assert!(a.iter().enumerate().all(|(i, x)| *x == (i as u8).wrapping_add(200)));
+            assert_eq!(a, other);
+            if n > 0 {
+                let ra = reg_mut(&mut a);
+                assert!(r.reduce_into_all(DataType::U8, ReduceOp::Sum, &[ra], ra.as_region(), reg(&b), true).is_err());
+            }
+        }
     }
 
     #[test]

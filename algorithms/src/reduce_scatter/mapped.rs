@@ -41,15 +41,31 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     for c in chunks(0..a.count, per) {
         let local = bytes(&c, es);
         let at = bytes(&(r * a.count + c.start..r * a.count + c.end), es);
+        let input = |j: usize| bufs.send[j].slice(at.clone());
         let acc = piece.region().slice(0..local.len());
-        ctx.reducer.reduce(a.dtype, a.op, acc, bufs.send[0].slice(at.clone()), bufs.send[1].slice(at.clone()))?;
-        for j in 2..p {
-            ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), bufs.send[j].slice(at.clone()))?;
+        // In place the output is this rank's input block: reduce through the piece so that
+        // no input is overwritten before it is read.
+        if a.op == ReduceOp::Avg || a.in_place {
+            ctx.reducer.reduce(a.dtype, a.op, acc, input(0), input(1))?;
+            for j in 2..p {
+                ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), input(j))?;
+            }
+            if a.op == ReduceOp::Avg {
+                ctx.reducer.divide(a.dtype, acc, p)?;
+            }
+            crate::mapped::copy(ctx, streaming, out.slice(local), acc.as_region())?;
+            continue;
         }
-        if a.op == ReduceOp::Avg {
-            ctx.reducer.divide(a.dtype, acc, p)?;
-        }
-        crate::mapped::copy(ctx, streaming, out.slice(local), acc.as_region())?;
+        let last = if p == 2 {
+            input(0)
+        } else {
+            ctx.reducer.reduce(a.dtype, a.op, acc, input(0), input(1))?;
+            for j in 2..p - 1 {
+                ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), input(j))?;
+            }
+            acc.as_region()
+        };
+        ctx.reducer.reduce_into_all(a.dtype, a.op, &[out.slice(local)], last, input(p - 1), streaming)?;
     }
     Ok(())
 }

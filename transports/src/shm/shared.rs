@@ -346,7 +346,7 @@ fn open(key: &MemoryKey) -> Result<Mapping> {
         return Err(os("shared buffer: fstat".into()));
     }
     let map_len = st.st_size as usize;
-    if map_len < 2 * PAGE || map_len % PAGE != 0 {
+    if map_len < 2 * PAGE || !map_len.is_multiple_of(PAGE) {
         return Err(Error::invalid_usage(format!("{path} is not an oxccl shared buffer ({map_len} bytes)")));
     }
     let base = map(&fd, map_len, "shared buffer of a peer")?;

@@ -278,7 +278,7 @@ impl ShmTransport {
         for (i, &m) in members.iter().enumerate() {
             pos[m] = i;
         }
-        if opts.slots == 0 || opts.slot_bytes < 128 || opts.slot_bytes % 64 != 0 {
+        if opts.slots == 0 || opts.slot_bytes < 128 || !opts.slot_bytes.is_multiple_of(64) {
             return Err(Error::invalid_argument("shm: need at least one slot of at least 128 bytes, a multiple of 64"));
         }
         let fifo_stride = fifo_header_bytes() + opts.slots * opts.slot_bytes;
@@ -832,7 +832,7 @@ impl Transport for ShmTransport {
                 continue;
             }
             spins = spins.wrapping_add(1);
-            if spins % 32 != 0 {
+            if !spins.is_multiple_of(32) {
                 std::hint::spin_loop();
                 continue;
             }

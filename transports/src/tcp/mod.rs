@@ -447,7 +447,7 @@ impl Transport for TcpTransport {
             }
             // A pass is a few system calls; read the clock every 4 of them.
             spins = spins.wrapping_add(1);
-            if spins % 4 != 0 {
+            if !spins.is_multiple_of(4) {
                 std::hint::spin_loop();
                 continue;
             }
