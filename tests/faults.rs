@@ -256,7 +256,9 @@ fn bad_arguments_are_invalid_argument_never_a_panic() {
 fn killed_rank_gives_peer_lost_on_every_survivor() {
     // "router": two pretend hosts, shared memory within and TCP between, hierarchical
     // all-reduce.
-    for transport in ["tcp", "shm", "router"] {
+    // "shm-shared": shared memory with buffers the peers map (the mapped all-reduce, whose
+    // schedule moves bytes without messages until its done round).
+    for transport in ["tcp", "shm", "router", "shm-shared"] {
         killed_rank(transport);
     }
 }
@@ -278,7 +280,15 @@ fn killed_rank(transport: &str) {
                 .env("OXCCL_SECRET", "09".repeat(16))
                 .env("OXCCL_STORE_HOST", "launcher")
                 .env("OXCCL_TIMEOUT_MS", "60000")
-                .env("OXCCL_TRANSPORT", if transport == "router" { "auto" } else { transport })
+                .env(
+                    "OXCCL_TRANSPORT",
+                    match transport {
+                        "router" => "auto",
+                        "shm-shared" => "shm",
+                        t => t,
+                    },
+                )
+                .env("OXCCL_TEST_SHARED_BUFFERS", if transport == "shm-shared" { "all" } else { "" })
                 .env("OXCCL_HOST_ID", if transport == "router" { format!("pretend-{}", r % 2) } else { String::new() })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
@@ -293,7 +303,7 @@ fn killed_rank(transport: &str) {
         line.clear();
         assert!(victim_out.read_line(&mut line).unwrap() > 0, "the victim ended early");
     }
-    assert!(line.contains(&format!("over {transport}")), "{transport}: {line}");
+    assert!(line.contains(&format!("over {}", transport.trim_end_matches("-shared"))), "{transport}: {line}");
     let killed_at = Instant::now();
     children[victim].kill().unwrap();
     let _ = children[victim].wait();
@@ -441,11 +451,14 @@ fn fault_worker() {
     if std::env::var("OXCCL_FAULT_WORKER").is_ok() {
         let comm = Communicator::from_env().unwrap();
         println!("PID {}", std::process::id());
-        let mut v = vec![1.0f32; 1 << 16];
+        let shared = std::env::var("OXCCL_TEST_SHARED_BUFFERS").as_deref() == Ok("all");
+        let mut heap = vec![1.0f32; 1 << 16];
+        let mut mapped = oxccl::SharedBuffer::<f32>::new(if shared { 1 << 20 } else { 0 }).unwrap();
+        let v: &mut [f32] = if shared { &mut mapped } else { &mut heap };
         let mut i = 0u64;
         loop {
             let t = Instant::now();
-            if let Err(e) = comm.all_reduce(&mut v, ReduceOp::Sum) {
+            if let Err(e) = comm.all_reduce(v, ReduceOp::Sum) {
                 println!("ERROR-AFTER-MS {} {e}", t.elapsed().as_millis());
                 return;
             }
