@@ -2,10 +2,10 @@
 //! writes the result straight into every rank's output, through peer memory the transport
 //! maps (the handshake around it is in `mapped.rs` at the crate root).
 //!
-//! Steps (p ranks, n bytes): keys and ready rounds; then rank r, piece by piece (16 KiB, so
-//! a piece stays in L1), reads slice r of the p inputs and reduces them in rank order, the
-//! first p-1 into the piece and the last straight into slice r of the p outputs (a 64-byte
-//! line at a time, from registers); then a done round. Outputs over 16 MiB
+//! Steps (p ranks, n bytes): keys and ready rounds; then rank r, a 64-byte line at a time,
+//! reads slice r of the p inputs, reduces them in rank order in registers and stores the
+//! line into slice r of the p outputs (`Avg` goes through a 16 KiB piece, to divide); then a
+//! done round. Outputs over 16 MiB
 //! are written with streaming stores out of place.
 //!
 //! Memory traffic per rank: n read (n/p from each input) and n written (n/p into each
@@ -40,7 +40,10 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     let (p, es) = (ctx.size, a.dtype.size());
     let streaming = crate::mapped::streaming(a.count * es, a.in_place);
     let piece = ctx.reducer.scratch(PIECE_BYTES)?;
-    let per = (PIECE_BYTES / es).max(1);
+    // Pieces: in cache for `Avg`, which divides a reduced piece before copying it out;
+    // otherwise large, as the kernel works a line at a time anyway.
+    let piece_bytes = if a.op == ReduceOp::Avg { PIECE_BYTES } else { 1 << 20 };
+    let per = (piece_bytes / es).max(1);
     let mut outs = bufs.recv.clone();
     for c in chunks(block(a.count, p, ctx.rank), per) {
         let b = bytes(&c, es);
@@ -61,20 +64,9 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
             }
             continue;
         }
-        // The first p-1 inputs into the piece (none for two ranks), then the last step
-        // straight into every output: each input byte read once, each output byte written
-        // once.
-        let last = if p == 2 {
-            input(0)
-        } else {
-            let acc = piece.region().slice(0..b.len());
-            ctx.reducer.reduce(a.dtype, a.op, acc, input(0), input(1))?;
-            for j in 2..p - 1 {
-                ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), input(j))?;
-            }
-            acc.as_region()
-        };
-        ctx.reducer.reduce_into_all(a.dtype, a.op, &outs, last, input(p - 1), streaming)?;
+        // Every input read once and every output written once, a line at a time.
+        let inputs: Vec<_> = (0..p).map(input).collect();
+        ctx.reducer.reduce_into_all(a.dtype, a.op, &outs, &inputs, streaming)?;
     }
     Ok(())
 }

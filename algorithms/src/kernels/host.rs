@@ -423,38 +423,32 @@ unsafe fn copy_streaming_avx2(dst: *mut u8, src: *const u8, n: usize) {
     }
 }
 
-/// `d[i] = a[i] op b[i]` for every destination `d` in `dsts` (byte addresses of `n`-element
-/// spans), one 64-byte line at a time: both operands are read once and every destination is
-/// written once, straight from registers, with non-temporal stores when `nt` (then every
-/// destination must have the same address modulo 32, and a store fence ends the call).
+/// `d[i] = s0[i] op s1[i] op ...` (the sources in order) for every destination `d` in
+/// `dsts` (byte addresses of `n`-element spans), one 64-byte line at a time: every source is
+/// read once and every destination written once, straight from registers, with
+/// non-temporal stores when `nt` (then every destination must have the same address modulo
+/// 32, and a store fence ends the call).
 ///
 /// # Safety
-/// `n` valid elements at `a` and `b`; `n` writable elements at every destination, aligned
-/// for `T`; a destination overlaps another destination or an operand only by being exactly
-/// that operand (and then not with `nt`); the CPU has AVX2.
+/// At least two sources; `n` valid elements at every source; `n` writable elements at every
+/// destination, aligned for `T`; a destination overlaps another destination or a source only
+/// by being exactly that source (and then not with `nt`); the CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn reduce_lines<T: Arith>(
-    op: ReduceOp,
-    dsts: &[*mut u8],
-    a: *const T,
-    b: *const T,
-    n: usize,
-    nt: bool,
-) {
+pub(crate) unsafe fn reduce_lines<T: Arith>(op: ReduceOp, dsts: &[*mut u8], srcs: &[*const T], n: usize, nt: bool) {
     if nt && has_avx512() && dsts.iter().all(|&d| d as usize % 64 == dsts[0] as usize % 64) {
         // SAFETY: AVX-512F present, destinations share their alignment mod 64; the rest is
         // the caller's contract.
-        unsafe { reduce_lines_avx512(op, dsts, a, b, n) };
+        unsafe { reduce_lines_avx512(op, dsts, srcs, n) };
         return;
     }
     // SAFETY: forwarded caller contract.
     unsafe {
         match op {
-            ReduceOp::Sum | ReduceOp::Avg => lines_body(T::sum, dsts, a, b, n, nt),
-            ReduceOp::Prod => lines_body(T::prod, dsts, a, b, n, nt),
-            ReduceOp::Min => lines_body(T::min, dsts, a, b, n, nt),
-            ReduceOp::Max => lines_body(T::max, dsts, a, b, n, nt),
+            ReduceOp::Sum | ReduceOp::Avg => lines_body::<T, false>(T::sum, dsts, srcs, n, nt),
+            ReduceOp::Prod => lines_body::<T, false>(T::prod, dsts, srcs, n, nt),
+            ReduceOp::Min => lines_body::<T, false>(T::min, dsts, srcs, n, nt),
+            ReduceOp::Max => lines_body::<T, false>(T::max, dsts, srcs, n, nt),
         }
     }
 }
@@ -465,80 +459,46 @@ pub(crate) unsafe fn reduce_lines<T: Arith>(
 /// As [`reduce_lines`] with `nt`, destinations sharing their address modulo 64; AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avx512f")]
-unsafe fn reduce_lines_avx512<T: Arith>(op: ReduceOp, dsts: &[*mut u8], a: *const T, b: *const T, n: usize) {
+unsafe fn reduce_lines_avx512<T: Arith>(op: ReduceOp, dsts: &[*mut u8], srcs: &[*const T], n: usize) {
     // SAFETY: forwarded caller contract.
     unsafe {
         match op {
-            ReduceOp::Sum | ReduceOp::Avg => lines_body_512(T::sum, dsts, a, b, n),
-            ReduceOp::Prod => lines_body_512(T::prod, dsts, a, b, n),
-            ReduceOp::Min => lines_body_512(T::min, dsts, a, b, n),
-            ReduceOp::Max => lines_body_512(T::max, dsts, a, b, n),
+            ReduceOp::Sum | ReduceOp::Avg => lines_body::<T, true>(T::sum, dsts, srcs, n, true),
+            ReduceOp::Prod => lines_body::<T, true>(T::prod, dsts, srcs, n, true),
+            ReduceOp::Min => lines_body::<T, true>(T::min, dsts, srcs, n, true),
+            ReduceOp::Max => lines_body::<T, true>(T::max, dsts, srcs, n, true),
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[repr(C, align(64))]
-struct Line64([u8; 64]);
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn lines_body_512<T: Arith>(f: impl Fn(T, T) -> T, dsts: &[*mut u8], a: *const T, b: *const T, n: usize) {
-    use std::arch::x86_64::*;
-    let es = std::mem::size_of::<T>();
-    let per = 64 / es;
-    let scalar = |from: usize, to: usize| {
-        for k in from..to {
-            // SAFETY: k < n: inside every span (the caller's contract).
-            unsafe {
-                let v = f(*a.add(k), *b.add(k));
-                for &d in dsts {
-                    *d.cast::<T>().add(k) = v;
-                }
-            }
-        }
-    };
-    // Plain stores up to the first 64-byte boundary, which every destination shares.
-    let mis = dsts[0] as usize % 64;
-    let mut i = if mis == 0 { 0 } else { ((64 - mis) / es).min(n) };
-    scalar(0, i);
-    let mut line = Line64([0; 64]);
-    let lp = line.0.as_mut_ptr().cast::<T>();
-    while i + per <= n {
-        // SAFETY: the line [i, i + per) is inside every span; `line` holds `per` elements;
-        // the stores go to 64-byte aligned addresses (the shared boundary, whole lines on).
-        unsafe {
-            for k in 0..per {
-                *lp.add(k) = f(*a.add(i + k), *b.add(i + k));
-            }
-            let v = _mm512_load_si512(line.0.as_ptr().cast());
-            for &d in dsts {
-                _mm512_stream_si512(d.add(i * es).cast(), v);
-            }
-        }
-        i += per;
-    }
-    scalar(i, n);
-    // SAFETY: a fence, no memory touched.
-    unsafe { _mm_sfence() };
-}
-
-#[cfg(target_arch = "x86_64")]
-#[repr(C, align(32))]
 struct Line([u8; 64]);
 
+/// The loop of [`reduce_lines`]; `WIDE`: whole-line AVX-512 stores (64-byte boundaries),
+/// else two 32-byte AVX2 stores per line.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn lines_body<T: Arith>(f: impl Fn(T, T) -> T, dsts: &[*mut u8], a: *const T, b: *const T, n: usize, nt: bool) {
+unsafe fn lines_body<T: Arith, const WIDE: bool>(
+    f: impl Fn(T, T) -> T,
+    dsts: &[*mut u8],
+    srcs: &[*const T],
+    n: usize,
+    nt: bool,
+) {
     use std::arch::x86_64::*;
     let es = std::mem::size_of::<T>();
     let per = 64 / es;
+    let (s0, s1, rest) = (srcs[0], srcs[1], &srcs[2..]);
     let scalar = |from: usize, to: usize| {
         for k in from..to {
-            // SAFETY: k < n: inside every span (the caller's contract). The value is read
+            // SAFETY: k < n: inside every span (the caller's contract). Every source is read
             // before any destination is written, so an exact alias reads the old element.
             unsafe {
-                let v = f(*a.add(k), *b.add(k));
+                let mut v = f(*s0.add(k), *s1.add(k));
+                for s in rest {
+                    v = f(v, *s.add(k));
+                }
                 for &d in dsts {
                     *d.cast::<T>().add(k) = v;
                 }
@@ -547,31 +507,44 @@ unsafe fn lines_body<T: Arith>(f: impl Fn(T, T) -> T, dsts: &[*mut u8], a: *cons
     };
     let mut i = 0;
     if nt {
-        // Plain stores up to the first 32-byte boundary, which every destination shares.
-        let mis = dsts[0] as usize % 32;
-        i = if mis == 0 { 0 } else { ((32 - mis) / es).min(n) };
+        // Plain stores up to the first store boundary, which every destination shares.
+        let align = if WIDE { 64 } else { 32 };
+        let mis = dsts[0] as usize % align;
+        i = if mis == 0 { 0 } else { ((align - mis) / es).min(n) };
         scalar(0, i);
     }
     let mut line = Line([0; 64]);
     let lp = line.0.as_mut_ptr().cast::<T>();
     while i + per <= n {
         // SAFETY: the line [i, i + per) is inside every span; `line` holds `per` elements;
-        // non-temporal stores go to 32-byte aligned addresses (all destinations share the
-        // first one's alignment, and i advanced from its boundary in whole lines).
+        // non-temporal stores go to addresses aligned as they need (every destination shares
+        // the first one's alignment, and i advanced from its boundary in whole lines).
         unsafe {
             for k in 0..per {
-                *lp.add(k) = f(*a.add(i + k), *b.add(i + k));
+                *lp.add(k) = f(*s0.add(i + k), *s1.add(i + k));
             }
-            let lo = _mm256_load_si256(line.0.as_ptr().cast());
-            let hi = _mm256_load_si256(line.0.as_ptr().add(32).cast());
-            for &d in dsts {
-                let p = d.add(i * es).cast::<__m256i>();
-                if nt {
-                    _mm256_stream_si256(p, lo);
-                    _mm256_stream_si256(p.add(1), hi);
-                } else {
-                    _mm256_storeu_si256(p, lo);
-                    _mm256_storeu_si256(p.add(1), hi);
+            for s in rest {
+                for k in 0..per {
+                    *lp.add(k) = f(*lp.add(k), *s.add(i + k));
+                }
+            }
+            if WIDE {
+                let v = _mm512_load_si512(line.0.as_ptr().cast());
+                for &d in dsts {
+                    _mm512_stream_si512(d.add(i * es).cast(), v);
+                }
+            } else {
+                let lo = _mm256_load_si256(line.0.as_ptr().cast());
+                let hi = _mm256_load_si256(line.0.as_ptr().add(32).cast());
+                for &d in dsts {
+                    let p = d.add(i * es).cast::<__m256i>();
+                    if nt {
+                        _mm256_stream_si256(p, lo);
+                        _mm256_stream_si256(p.add(1), hi);
+                    } else {
+                        _mm256_storeu_si256(p, lo);
+                        _mm256_storeu_si256(p.add(1), hi);
+                    }
                 }
             }
         }
@@ -581,47 +554,5 @@ unsafe fn lines_body<T: Arith>(f: impl Fn(T, T) -> T, dsts: &[*mut u8], a: *cons
     if nt {
         // SAFETY: a fence, no memory touched.
         unsafe { _mm_sfence() };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bf16_conversions_match_half_bit_for_bit() {
-        // Ties, near-overflow, infinities, NaNs, subnormals, and a sweep of bit patterns.
-        let mut xs: Vec<f32> = vec![
-            0.0,
-            -0.0,
-            1.0,
-            f32::from_bits(0x3f80_8000), // a tie, rounds down to even
-            f32::from_bits(0x3f81_8000), // a tie, rounds up to even
-            f32::MAX,
-            f32::MIN,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-            -f32::NAN,
-            f32::MIN_POSITIVE,
-            1e-40,
-            -1e-41,
-            3.3895314e38,
-        ];
-        let mut bits = 0x1234_5677u32;
-        for _ in 0..100_000 {
-            bits = bits.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            xs.push(f32::from_bits(bits));
-        }
-        let mut ours = vec![bf16::ZERO; xs.len()];
-        <bf16 as HalfLike>::from_f32s(&mut ours, &xs);
-        for (x, o) in xs.iter().zip(&ours) {
-            assert_eq!(o.to_bits(), bf16::from_f32(*x).to_bits(), "{x:e} ({:#x})", x.to_bits());
-        }
-        let mut back = vec![0f32; ours.len()];
-        <bf16 as HalfLike>::to_f32s(&ours, &mut back);
-        for (o, b) in ours.iter().zip(&back) {
-            assert_eq!(b.to_bits(), o.to_f32().to_bits());
-        }
     }
 }

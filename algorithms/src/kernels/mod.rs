@@ -46,29 +46,20 @@ pub trait Reducer: Send + Sync {
         self.copy(dst, src)
     }
 
-    /// `d = a op b` for every `d` in `dsts` (each of `a`'s length; `Avg` reduces as `Sum`),
-    /// with streaming stores when `streaming` (see [`Reducer::copy_streaming`]). A
-    /// destination may be exactly `a` or `b` when not streaming; any other overlap is refused.
-    /// Reads each operand once however many destinations there are.
+    /// `d = s0 op s1 op ...` (the sources in order) for every `d` in `dsts`, each of the
+    /// sources' length (`Avg` reduces as `Sum`), with streaming stores when `streaming` (see
+    /// [`Reducer::copy_streaming`]). A destination may be exactly one of the sources when
+    /// not streaming; any other overlap is refused. Reads each source once however many
+    /// destinations there are. At least two sources.
     fn reduce_into_all(
         &self,
         dtype: DataType,
         op: ReduceOp,
         dsts: &[RegionMut],
-        a: Region,
-        b: Region,
+        srcs: &[Region],
         streaming: bool,
     ) -> Result<()> {
-        let Some((first, rest)) = dsts.split_first() else { return Ok(()) };
-        self.reduce(dtype, op, *first, a, b)?;
-        for d in rest {
-            if streaming {
-                self.copy_streaming(*d, first.as_region())?;
-            } else {
-                self.copy(*d, first.as_region())?;
-            }
-        }
-        Ok(())
+        reduce_then_copy(self, dtype, op, dsts, srcs, streaming)
     }
 
     /// Divides every element of `buf` by `divisor` (the last step of `Avg`).
@@ -76,6 +67,43 @@ pub trait Reducer: Send + Sync {
 
     /// At least `bytes` of scratch memory, aligned to 8 bytes (enough for every element type).
     fn scratch(&self, bytes: usize) -> Result<Scratch>;
+}
+
+/// [`Reducer::reduce_into_all`] from the other operations: the sources reduced in order
+/// through a small scratch piece, which is copied to every destination (so a destination
+/// that is one of the sources is read whole, piece by piece, before it is written).
+fn reduce_then_copy<R: Reducer + ?Sized>(
+    r: &R,
+    dtype: DataType,
+    op: ReduceOp,
+    dsts: &[RegionMut],
+    srcs: &[Region],
+    streaming: bool,
+) -> Result<()> {
+    if srcs.len() < 2 {
+        return Err(Error::internal("reduce into all needs two sources"));
+    }
+    let n = srcs[0].len();
+    let piece_bytes = (16usize << 10).next_multiple_of(dtype.size());
+    let piece = r.scratch(piece_bytes.min(n.max(dtype.size())))?;
+    let mut at = 0;
+    while at < n {
+        let b = at..(at + piece_bytes).min(n);
+        let acc = piece.region().slice(0..b.len());
+        r.reduce(dtype, op, acc, srcs[0].slice(b.clone()), srcs[1].slice(b.clone()))?;
+        for s in &srcs[2..] {
+            r.reduce(dtype, op, acc, acc.as_region(), s.slice(b.clone()))?;
+        }
+        for d in dsts {
+            if streaming {
+                r.copy_streaming(d.slice(b.clone()), acc.as_region())?;
+            } else {
+                r.copy(d.slice(b.clone()), acc.as_region())?;
+            }
+        }
+        at = b.end;
+    }
+    Ok(())
 }
 
 type Pool = Arc<Mutex<Vec<Vec<u64>>>>;
@@ -214,22 +242,32 @@ impl Reducer for HostReducer {
         dtype: DataType,
         op: ReduceOp,
         dsts: &[RegionMut],
-        a: Region,
-        b: Region,
+        srcs: &[Region],
         streaming: bool,
     ) -> Result<()> {
-        let n = a.len();
-        if n == 0 && b.is_empty() && dsts.iter().all(|d| d.is_empty()) {
+        let Some(n) = srcs.first().map(|s| s.len()) else {
+            return Err(Error::internal("reduce into all without sources"));
+        };
+        if srcs.len() < 2 || srcs.iter().any(|s| s.len() != n) || n % dtype.size() != 0 {
+            return Err(Error::internal(format!(
+                "reduce of {} sources of unequal or partial {dtype} lengths",
+                srcs.len()
+            )));
+        }
+        if n == 0 && dsts.iter().all(|d| d.is_empty()) {
             return Ok(());
         }
-        let same = |x: *const u8, y: *const u8| std::ptr::eq(x, y);
+        for s in srcs {
+            check_host(s.kind(), "an operand")?;
+            check_aligned(s.as_ptr(), dtype)?;
+        }
         for (i, d) in dsts.iter().enumerate() {
             check_host(d.kind(), "a destination")?;
             check_aligned(d.as_mut_ptr(), dtype)?;
-            let exact = same(d.as_mut_ptr(), a.as_ptr()) || same(d.as_mut_ptr(), b.as_ptr());
+            let exact = srcs.iter().any(|s| std::ptr::eq(d.as_mut_ptr(), s.as_ptr()));
             if d.len() != n
                 || (exact && streaming)
-                || (!exact && (d.overlaps(&a) || d.overlaps(&b)))
+                || (!exact && srcs.iter().any(|s| d.overlaps(s)))
                 || dsts[..i].iter().any(|e| d.overlaps(&e.as_region()))
             {
                 return Err(Error::internal(format!(
@@ -238,14 +276,6 @@ impl Reducer for HostReducer {
                 )));
             }
         }
-        check_host(a.kind(), "an operand")?;
-        check_host(b.kind(), "an operand")?;
-        if b.len() != n || !n.is_multiple_of(dtype.size()) {
-            return Err(Error::internal(format!("reduce of {n} and {} bytes of {dtype}", b.len())));
-        }
-        for p in [a.as_ptr(), b.as_ptr()] {
-            check_aligned(p, dtype)?;
-        }
         let nt = streaming && dsts.iter().all(|d| d.as_mut_ptr() as usize % 32 == dsts[0].as_mut_ptr() as usize % 32);
         let half = matches!(dtype, DataType::F16 | DataType::Bf16);
         #[cfg(target_arch = "x86_64")]
@@ -253,13 +283,14 @@ impl Reducer for HostReducer {
             let ptrs: Vec<*mut u8> = dsts.iter().map(|d| d.as_mut_ptr()).collect();
             let count = n / dtype.size();
             macro_rules! run {
-                ($t:ty) => {
+                ($t:ty) => {{
+                    let s: Vec<*const $t> = srcs.iter().map(|s| s.as_ptr().cast()).collect();
                     // SAFETY: host regions valid under their constructors' promise, of equal
                     // length, aligned, overlapping only exactly and not when streaming
-                    // (checked above); destinations share their alignment mod 32 when
-                    // streaming (`nt`); AVX2 present.
-                    unsafe { host::reduce_lines::<$t>(op, &ptrs, a.as_ptr().cast(), b.as_ptr().cast(), count, nt) }
-                };
+                    // (checked above); at least two sources; destinations share their
+                    // alignment mod 32 when streaming (`nt`); AVX2 present.
+                    unsafe { host::reduce_lines::<$t>(op, &ptrs, &s, count, nt) }
+                }};
             }
             match dtype {
                 DataType::I8 => run!(i8),
@@ -274,18 +305,8 @@ impl Reducer for HostReducer {
             }
             return Ok(());
         }
-        // Half types, CPUs without AVX2, destinations of different alignments: reduce into
-        // the first, copy to the others.
-        let Some((first, rest)) = dsts.split_first() else { return Ok(()) };
-        self.reduce(dtype, op, *first, a, b)?;
-        for d in rest {
-            if streaming {
-                self.copy_streaming(*d, first.as_region())?;
-            } else {
-                self.copy(*d, first.as_region())?;
-            }
-        }
-        Ok(())
+        // Half types, CPUs without AVX2, destinations of different alignments.
+        reduce_then_copy(self, dtype, op, dsts, srcs, streaming)
     }
 
     fn divide(&self, dtype: DataType, buf: RegionMut, divisor: usize) -> Result<()> {
@@ -449,7 +470,8 @@ mod tests {
                     let mut d0 = vec![0i32; n + 8];
                     let mut d1 = vec![0i32; n + 8];
                     let (s0, s1) = (reg_mut(&mut d0[shift..shift + n]), reg_mut(&mut d1[..n]));
-                    r.reduce_into_all(DataType::I32, ReduceOp::Prod, &[s0, s1], reg(&a), reg(&b), streaming).unwrap();
+                    r.reduce_into_all(DataType::I32, ReduceOp::Prod, &[s0, s1], &[reg(&a), reg(&b)], streaming)
+                        .unwrap();
                     assert_eq!(&d0[shift..shift + n], &want[..], "n {n} streaming {streaming} shift {shift}");
                     assert_eq!(&d1[..n], &want[..]);
                     assert!(d0[..shift].iter().chain(&d0[shift + n..]).all(|&x| x == 0), "bytes outside written");
@@ -458,13 +480,21 @@ mod tests {
                 let b: Vec<f64> = (0..n).map(|i| (n - i) as f64).collect();
                 let mut d: Vec<Vec<f64>> = vec![vec![0.0; n]; 3];
                 let regs: Vec<RegionMut> = d.iter_mut().map(|v| reg_mut(v)).collect();
-                r.reduce_into_all(DataType::F64, ReduceOp::Max, &regs, reg(&a), reg(&b), streaming).unwrap();
+                r.reduce_into_all(DataType::F64, ReduceOp::Max, &regs, &[reg(&a), reg(&b)], streaming).unwrap();
                 for v in &d {
                     assert!(v.iter().enumerate().all(|(i, x)| *x == a[i].max(b[i])));
                 }
+                // Four sources, in order (prod of integers is exact; min of floats too).
+                let srcs: Vec<Vec<u64>> = (0..4u64).map(|j| (0..n as u64).map(|i| i % 7 + j + 1).collect()).collect();
+                let want: Vec<u64> = (0..n).map(|i| srcs.iter().map(|s| s[i]).product()).collect();
+                let mut d: Vec<Vec<u64>> = vec![vec![0; n]; 4];
+                let regs: Vec<RegionMut> = d.iter_mut().map(|v| reg_mut(v)).collect();
+                let rs: Vec<Region> = srcs.iter().map(|s| reg(s)).collect();
+                r.reduce_into_all(DataType::U64, ReduceOp::Prod, &regs, &rs, streaming).unwrap();
+                assert!(d.iter().all(|v| *v == want), "four sources, n {n}");
                 let a: Vec<bf16> = (0..n).map(|i| bf16::from_f32(i as f32)).collect();
                 let mut d: Vec<bf16> = vec![bf16::ZERO; n];
-                r.reduce_into_all(DataType::Bf16, ReduceOp::Sum, &[reg_mut(&mut d)], reg(&a), reg(&a), streaming)
+                r.reduce_into_all(DataType::Bf16, ReduceOp::Sum, &[reg_mut(&mut d)], &[reg(&a), reg(&a)], streaming)
                     .unwrap();
                 assert!(d.iter().enumerate().all(|(i, x)| *x == bf16::from_f32(2.0 * i as f32)));
             }
@@ -473,13 +503,21 @@ mod tests {
             let b: Vec<u8> = vec![200; n];
             let mut other = vec![0u8; n];
             let ra = reg_mut(&mut a);
-            r.reduce_into_all(DataType::U8, ReduceOp::Sum, &[ra, reg_mut(&mut other)], ra.as_region(), reg(&b), false)
-                .unwrap();
+            r.reduce_into_all(
+                DataType::U8,
+                ReduceOp::Sum,
+                &[ra, reg_mut(&mut other)],
+                &[ra.as_region(), reg(&b)],
+                false,
+            )
+            .unwrap();
             assert!(a.iter().enumerate().all(|(i, x)| *x == (i as u8).wrapping_add(200)));
             assert_eq!(a, other);
             if n > 0 {
                 let ra = reg_mut(&mut a);
-                assert!(r.reduce_into_all(DataType::U8, ReduceOp::Sum, &[ra], ra.as_region(), reg(&b), true).is_err());
+                assert!(r
+                    .reduce_into_all(DataType::U8, ReduceOp::Sum, &[ra], &[ra.as_region(), reg(&b)], true)
+                    .is_err());
             }
         }
     }

@@ -2,9 +2,10 @@
 //! through peer memory the transport maps (the handshake around it is in `mapped.rs` at the
 //! crate root).
 //!
-//! Steps (p ranks, n bytes of input, blocks of n/p): keys and ready rounds; then rank r,
-//! piece by piece (16 KiB), reads block r of the p inputs, reduces them in rank order and
-//! writes the piece into its output; then a done round (peers read this rank's input).
+//! Steps (p ranks, n bytes of input, blocks of n/p): keys and ready rounds; then rank r, a
+//! 64-byte line at a time, reads block r of the p inputs, reduces them in rank order in
+//! registers and stores the line into its output (`Avg` goes through a 16 KiB piece, to
+//! divide); then a done round (peers read this rank's input).
 //!
 //! Memory traffic per rank: n/p read from each of the p inputs, n/p written.
 //! Falls back to direct reduce-scatter when some rank's buffers cannot be mapped.
@@ -36,36 +37,29 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     let (p, r, es) = (ctx.size, ctx.rank, a.dtype.size());
     let streaming = crate::mapped::streaming(a.count * es, a.in_place);
     let piece = ctx.reducer.scratch(PIECE_BYTES)?;
-    let per = (PIECE_BYTES / es).max(1);
+    // Pieces: in cache for `Avg`, which divides a reduced piece before copying it out;
+    // otherwise large, as the kernel works a line at a time anyway.
+    let piece_bytes = if a.op == ReduceOp::Avg { PIECE_BYTES } else { 1 << 20 };
+    let per = (piece_bytes / es).max(1);
     let out = bufs.recv[r];
     for c in chunks(0..a.count, per) {
         let local = bytes(&c, es);
         let at = bytes(&(r * a.count + c.start..r * a.count + c.end), es);
         let input = |j: usize| bufs.send[j].slice(at.clone());
-        let acc = piece.region().slice(0..local.len());
-        // In place the output is this rank's input block: reduce through the piece so that
-        // no input is overwritten before it is read.
-        if a.op == ReduceOp::Avg || a.in_place {
+        if a.op == ReduceOp::Avg {
+            let acc = piece.region().slice(0..local.len());
             ctx.reducer.reduce(a.dtype, a.op, acc, input(0), input(1))?;
             for j in 2..p {
                 ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), input(j))?;
             }
-            if a.op == ReduceOp::Avg {
-                ctx.reducer.divide(a.dtype, acc, p)?;
-            }
+            ctx.reducer.divide(a.dtype, acc, p)?;
             crate::mapped::copy(ctx, streaming, out.slice(local), acc.as_region())?;
             continue;
         }
-        let last = if p == 2 {
-            input(0)
-        } else {
-            ctx.reducer.reduce(a.dtype, a.op, acc, input(0), input(1))?;
-            for j in 2..p - 1 {
-                ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), input(j))?;
-            }
-            acc.as_region()
-        };
-        ctx.reducer.reduce_into_all(a.dtype, a.op, &[out.slice(local)], last, input(p - 1), streaming)?;
+        // Every input read once, the output written once, a line at a time (in place the
+        // output is this rank's input block: each line is read before it is written).
+        let inputs: Vec<_> = (0..p).map(input).collect();
+        ctx.reducer.reduce_into_all(a.dtype, a.op, &[out.slice(local)], &inputs, streaming)?;
     }
     Ok(())
 }
