@@ -156,16 +156,28 @@ pub(crate) fn run(
     schedule: fn(&Ctx<'_>, &CollArgs, &PeerBuffers) -> Result<()>,
     fallback: AlgoFn,
 ) -> Result<()> {
+    run_or_fall_back(ctx, a, schedule, fallback).map(|_| ())
+}
+
+/// [`run`], saying which ran: `Ok(Some(true))` the mapped schedule, `Ok(Some(false))` the
+/// fallback because some rank's buffers could not be mapped (the same answer on every rank),
+/// `Ok(None)` the fallback for a call with nothing to map (empty, or a world of one).
+fn run_or_fall_back(
+    ctx: &Ctx<'_>,
+    a: &CollArgs,
+    schedule: fn(&Ctx<'_>, &CollArgs, &PeerBuffers) -> Result<()>,
+    fallback: AlgoFn,
+) -> Result<Option<bool>> {
     if a.count == 0 || ctx.size == 1 {
-        return fallback(ctx, a);
+        return fallback(ctx, a).map(|_| None);
     }
     match exchange(ctx, a.send, a.recv)? {
         Some(bufs) => {
             SCHEDULES_RUN.fetch_add(1, Ordering::Relaxed);
             schedule(ctx, a, &bufs)?;
-            done(ctx)
+            done(ctx).map(|_| Some(true))
         }
-        None => fallback(ctx, a),
+        None => fallback(ctx, a).map(|_| Some(false)),
     }
 }
 
@@ -179,8 +191,11 @@ pub(crate) fn copy(ctx: &Ctx<'_>, streaming: bool, dst: RegionMut, src: Region) 
 }
 
 /// Runs the mapped algorithm of `ctx.collective` with `fallback` for worlds whose buffers
-/// cannot all be mapped (the communicator passes the best algorithm after `mapped`).
-pub fn run_with_fallback(ctx: &Ctx<'_>, a: &CollArgs, fallback: AlgoFn) -> Result<()> {
+/// cannot all be mapped (the communicator passes the best algorithm after `mapped`). Says
+/// whether the mapped schedule ran (`Some(true)`), or the fallback because some rank's
+/// buffers could not be mapped (`Some(false)`, the same on every rank, so callers may adapt
+/// in step), or because there was nothing to map (`None`: an empty call, a world of one).
+pub fn run_with_fallback(ctx: &Ctx<'_>, a: &CollArgs, fallback: AlgoFn) -> Result<Option<bool>> {
     use crate::ctx::Collective as C;
     let schedule = match ctx.collective {
         C::AllReduce => crate::all_reduce::mapped::schedule,
@@ -189,5 +204,5 @@ pub fn run_with_fallback(ctx: &Ctx<'_>, a: &CollArgs, fallback: AlgoFn) -> Resul
         C::AllToAll => crate::all_to_all::mapped::schedule,
         c => return Err(Error::internal(format!("{c} has no mapped algorithm"))),
     };
-    run(ctx, a, schedule, fallback)
+    run_or_fall_back(ctx, a, schedule, fallback)
 }

@@ -27,6 +27,22 @@ use crate::error::{Error, Result};
 use crate::select::{self, Choice};
 use crate::UniqueId;
 
+/// After a mapped call falls back (some rank's buffers are ordinary memory), the next
+/// `skip` calls that would run it go straight to the fallback, without the round of keys;
+/// `window` doubles with each fallback in a row, up to [`MAX_BACKOFF`], and a mapped call
+/// resets it. Every rank sees the same fallbacks (the keys decide them for all), so every
+/// rank skips the same calls.
+#[derive(Default)]
+struct Backoff {
+    skip: u32,
+    window: u32,
+}
+
+/// The most calls skipped after a fallback: a program that moves to shared buffers pays at
+/// most this many calls of the slower path; one that never does pays a round of keys once
+/// per this many calls.
+const MAX_BACKOFF: u32 = 64;
+
 /// Cached choices, and the (collective, size class) pairs already logged.
 #[derive(Default)]
 struct Choices {
@@ -85,6 +101,8 @@ pub struct Communicator {
     profile: Profile,
     /// Choices made so far, by call shape (the cost model is priced once per shape).
     choices: Mutex<Choices>,
+    /// Calls that would run `mapped` but go straight to its fallback (see `run`).
+    mapped_backoff: Mutex<Backoff>,
     /// Forced algorithms (`AlgoOverrides::pack`): the configuration's, changed by
     /// [`Communicator::set_algorithms`].
     forced: AtomicU64,
@@ -277,6 +295,7 @@ impl Communicator {
             caps: net.capabilities(),
             profile: Profile::clone(&TuningFile::builtin().profile("", "shm")),
             choices: Mutex::new(Choices::default()),
+            mapped_backoff: Mutex::new(Backoff::default()),
             forced: AtomicU64::new(0),
             net,
             reducer: HostReducer::new(),
@@ -667,9 +686,29 @@ impl Communicator {
         let (f, fallback) = (find(choice.algo)?, find(choice.fallback)?);
         let fp = oxccl_algorithms::ctx::fingerprint(coll, args.count, args.dtype, args.op, args.root);
         if choice.algo == Algorithm::Mapped && choice.fallback != Algorithm::Mapped {
-            return self.execute(coll, fp, choice.chunk_bytes, |ctx| {
-                oxccl_algorithms::mapped::run_with_fallback(ctx, &args, fallback)
-            });
+            let probe = {
+                let mut b = self.mapped_backoff.lock().unwrap_or_else(|e| e.into_inner());
+                b.skip = b.skip.saturating_sub(1);
+                b.skip == 0
+            };
+            if !probe {
+                return self.execute(coll, fp, choice.chunk_bytes, |ctx| fallback(ctx, &args));
+            }
+            let mut ran = None;
+            self.execute(coll, fp, choice.chunk_bytes, |ctx| {
+                ran = oxccl_algorithms::mapped::run_with_fallback(ctx, &args, fallback)?;
+                Ok(())
+            })?;
+            let mut b = self.mapped_backoff.lock().unwrap_or_else(|e| e.into_inner());
+            match ran {
+                Some(true) => *b = Backoff::default(),
+                Some(false) => {
+                    b.window = (b.window * 2).clamp(1, MAX_BACKOFF);
+                    b.skip = b.window + 1;
+                }
+                None => {}
+            }
+            return Ok(());
         }
         self.execute(coll, fp, choice.chunk_bytes, |ctx| f(ctx, &args))
     }
