@@ -1,10 +1,10 @@
 //! What the `mapped` algorithms share: every rank maps every peer's input and output into its
-//! own address space ([`Transport::map_peer_memory`]) and moves the bytes itself, with plain
+//! own address space ([`Transport::map_peer_memory`](oxccl_transport::Transport::map_peer_memory)) and moves the bytes itself, with plain
 //! loads and stores, instead of through messages. Each collective's schedule is in its own
 //! file (`all_reduce/mapped.rs`, ...); this is the handshake around them.
 //!
 //! 1. **Keys** (one round, all peers at once): every rank sends every peer the keys of its
-//!    input and output ([`Transport::memory_key`]). With every key in hand, every rank knows
+//!    input and output ([`Transport::memory_key`](oxccl_transport::Transport::memory_key)). With every key in hand, every rank knows
 //!    the same thing: whether some key cannot be mapped by some rank (an address in another
 //!    process: a buffer not allocated with oxccl's `alloc_shared`, or no key at all). Then
 //!    every rank runs the fallback algorithm, having paid this one round.
