@@ -841,8 +841,15 @@ fn time_collective(
         comm.barrier()?;
         best = best.min(secs_per_iter(iters, &mut one)?);
     }
+    // The slowest rank's time, by whatever algorithm suits this small call (a forced mapped
+    // all-reduce would refuse this stack buffer), then the algorithm under test again.
+    let forced = registry::algorithms(coll).contains(&algo).then(|| format!("{coll}:{algo}"));
     let mut t = [best];
+    comm.set_algorithms("auto")?;
     comm.all_reduce(&mut t, ReduceOp::Max)?;
+    if let Some(spec) = forced {
+        comm.set_algorithms(&spec)?;
+    }
     Ok((bytes, t[0]))
 }
 

@@ -71,13 +71,14 @@ fn process_worlds_on_two_pretend_hosts_mix_shared_memory_and_tcp() {
     run_world_with(5, "auto", &[hosts[0], ("OXCCL_ALGO", "hierarchical")]);
 }
 
-/// The number of mapped schedules each rank of `text` reported.
-fn mapped_runs(text: &str, p: usize) -> Vec<u64> {
+/// The mapped schedules and the fallbacks each rank of `text` reported.
+fn mapped_runs(text: &str, p: usize) -> Vec<(u64, u64)> {
     (0..p)
         .map(|r| {
             let key = format!("MAPPED-RUNS {r} ");
             let at = text.find(&key).unwrap_or_else(|| panic!("rank {r} reported no mapped runs:\n{text}"));
-            text[at + key.len()..].split_whitespace().next().unwrap().parse().unwrap()
+            let mut w = text[at + key.len()..].split_whitespace().map(|x| x.parse::<u64>().unwrap());
+            (w.next().unwrap(), w.next().unwrap())
         })
         .collect()
 }
@@ -106,13 +107,23 @@ fn shared_buffers_let_processes_map_each_other() {
     for p in [2, 3, 5, 8] {
         let text = run_world_output(p, &[("OXCCL_ALGO", "mapped"), ("OXCCL_TEST_SHARED_BUFFERS", "all")]);
         let runs = mapped_runs(&text, p);
-        assert!(runs.iter().all(|&n| n > 100), "{p} ranks: mapped schedules per rank {runs:?}");
+        assert!(runs.iter().all(|&(n, f)| n > 100 && f == 0), "{p} ranks: mapped schedules per rank {runs:?}");
     }
-    // Only odd ranks' buffers shared (or none): every call falls back on every rank, and the
+    // Only odd ranks' buffers shared (or none), automatic choice: wherever mapped is chosen it
+    // falls back, on every rank alike (else the ranks would disagree and fail), and the
     // results are still right.
     for (p, which) in [(3, "odd"), (4, "odd"), (2, "none")] {
-        let text = run_world_output(p, &[("OXCCL_ALGO", "mapped"), ("OXCCL_TEST_SHARED_BUFFERS", which)]);
-        assert_eq!(mapped_runs(&text, p), vec![0; p], "{p} ranks, {which} shared:\n{text}");
+        let text = run_world_output(p, &[("OXCCL_TEST_SHARED_BUFFERS", which)]);
+        let runs = mapped_runs(&text, p);
+        assert!(runs.iter().all(|&(n, f)| n == 0 && f > 0), "{p} ranks, {which} shared: {runs:?}\n{text}");
+    }
+    // Forced on heap buffers: InvalidUsage on every rank, saying why.
+    for p in [2, 3] {
+        let text = run_world_output(p, &[("OXCCL_ALGO", "mapped"), ("OXCCL_TEST_EXPECT_FORCED_ERROR", "1")]);
+        for r in 0..p {
+            assert!(text.contains(&format!("FORCED-ERROR-OK {r} ")), "rank {r} of {p}:\n{text}");
+        }
+        assert!(text.contains("ordinary memory"), "{text}");
     }
 }
 
@@ -126,6 +137,16 @@ fn sweep_rank() {
             std::env::set_var("OXCCL_HOST_ID", format!("pretend-host-{}", rank % n));
         }
         let comm = Communicator::from_env().expect("launcher environment");
+        if std::env::var("OXCCL_TEST_EXPECT_FORCED_ERROR").is_ok() {
+            // Forced mapped on heap buffers: an error on every rank that says why, not a hang
+            // and not a silent switch.
+            let e = comm.all_reduce(&mut vec![1f32; 1000], oxccl::ReduceOp::Sum).unwrap_err();
+            assert_eq!(e.kind(), oxccl::ErrorKind::InvalidUsage, "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains("mapped algorithm was forced") && msg.contains("SharedBuffer"), "{msg}");
+            println!("\nFORCED-ERROR-OK {} {msg}", comm.rank());
+            return;
+        }
         let big = comm.size() <= 4;
         // Shared buffers on every rank ("all") or on odd ranks only ("odd": every call must
         // fall back, on every rank alike).
@@ -136,7 +157,12 @@ fn sweep_rank() {
         };
         let fails = sweep_buffers(&comm, big, shared);
         assert!(fails.is_empty(), "{}", fails.join("\n"));
-        println!("\nMAPPED-RUNS {} {}", comm.rank(), oxccl_algorithms::mapped::schedules_run());
+        println!(
+            "\nMAPPED-RUNS {} {} {}",
+            comm.rank(),
+            oxccl_algorithms::mapped::schedules_run(),
+            oxccl_algorithms::mapped::fallbacks()
+        );
         let mut transport = std::env::var("OXCCL_TRANSPORT").unwrap_or_default();
         if transport == "auto" {
             // Several pretend hosts with more than one rank each: a router over shm and TCP.

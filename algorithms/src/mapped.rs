@@ -48,6 +48,13 @@ pub(crate) fn streaming(bytes: usize, in_place: bool) -> bool {
 }
 
 static SCHEDULES_RUN: AtomicU64 = AtomicU64::new(0);
+static FALLBACKS: AtomicU64 = AtomicU64::new(0);
+
+/// How many calls in this process chose the mapped algorithm and ran its fallback because
+/// some rank's buffers could not be mapped: for diagnostics and tests.
+pub fn fallbacks() -> u64 {
+    FALLBACKS.load(Ordering::Relaxed)
+}
 
 /// How many calls in this process ran a mapped schedule (rather than falling back): for
 /// diagnostics and for tests that must know which path ran.
@@ -87,9 +94,13 @@ fn swap_all(ctx: &Ctx<'_>, step: usize, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
     Ok(got)
 }
 
-/// Rounds 1 and 2 of the module docs: every rank's buffers mapped here, or `None` (on every
-/// rank alike) when some rank cannot map some other rank's.
-pub(crate) fn exchange(ctx: &Ctx<'_>, send: Region, recv: RegionMut) -> Result<Option<PeerBuffers>> {
+/// Rounds 1 and 2 of the module docs: every rank's buffers mapped here, or (on every rank
+/// alike) why some rank cannot map some other rank's.
+pub(crate) fn exchange(
+    ctx: &Ctx<'_>,
+    send: Region,
+    recv: RegionMut,
+) -> Result<std::result::Result<PeerBuffers, String>> {
     let (p, r) = (ctx.size, ctx.rank);
     let mut mine = [0u8; KEYS_BYTES];
     if let (Some(s), Some(d)) = (ctx.net.memory_key(send), ctx.net.memory_key(recv.as_region())) {
@@ -102,17 +113,21 @@ pub(crate) fn exchange(ctx: &Ctx<'_>, send: Region, recv: RegionMut) -> Result<O
         let at = 8 + i * MemoryKey::BYTES;
         MemoryKey::from_bytes(m[at..at + MemoryKey::BYTES].try_into().expect("key bytes"))
     };
-    if all.iter().any(|m| m[0] != 1) {
-        return Ok(None);
+    let keyless: Vec<usize> = (0..p).filter(|&j| all[j][0] != 1).collect();
+    if !keyless.is_empty() {
+        return Ok(Err(format!("the transport of rank(s) {keyless:?} cannot share their buffers")));
     }
     let keys: Vec<(MemoryKey, MemoryKey)> = all.iter().map(|m| (key(m, 0), key(m, 1))).collect();
     // A plain address (fd < 0) is mappable only by ranks of the same process: every rank sees
     // every key, so every rank reaches the same answer here.
     let pid = |j: usize| keys[j].0.pid;
-    let unmappable =
-        (0..p).any(|i| (0..p).any(|j| i != j && (keys[j].0.fd < 0 || keys[j].1.fd < 0) && pid(i) != pid(j)));
-    if unmappable {
-        return Ok(None);
+    let unmappable: Vec<usize> = (0..p)
+        .filter(|&j| (0..p).any(|i| i != j && (keys[j].0.fd < 0 || keys[j].1.fd < 0) && pid(i) != pid(j)))
+        .collect();
+    if !unmappable.is_empty() {
+        return Ok(Err(format!(
+            "rank(s) {unmappable:?} passed ordinary memory, which ranks in other processes cannot map"
+        )));
     }
     let mut bufs = PeerBuffers { send: vec![send; p], recv: vec![recv; p] };
     let mut ok = true;
@@ -140,7 +155,15 @@ pub(crate) fn exchange(ctx: &Ctx<'_>, send: Region, recv: RegionMut) -> Result<O
         }
     }
     let ready = swap_all(ctx, STEP_READY, &[u8::from(ok)])?;
-    Ok(ready.iter().all(|m| m[0] == 1).then_some(bufs))
+    let failed: Vec<usize> = (0..p).filter(|&j| ready[j][0] != 1).collect();
+    if failed.is_empty() {
+        Ok(Ok(bufs))
+    } else {
+        Ok(Err(format!(
+            "rank(s) {failed:?} could not map every peer's shared buffers (same user, ptrace allowed? see their \
+             OXCCL_DEBUG=DEBUG log)"
+        )))
+    }
 }
 
 /// Round 4 of the module docs: returns once every rank has finished with every buffer.
@@ -150,16 +173,36 @@ pub(crate) fn done(ctx: &Ctx<'_>) -> Result<()> {
 
 /// Runs `schedule` over the mapped buffers when every rank can map every other's, else
 /// `fallback` (the same on every rank).
-pub(crate) fn run(
+/// Runs `schedule` over the mapped buffers, or fails with InvalidUsage (on every rank alike)
+/// saying why they cannot be mapped: what a forced `mapped` does, as a forced algorithm that
+/// cannot run a call is an error, never a silent switch.
+pub(crate) fn run_forced(
     ctx: &Ctx<'_>,
     a: &CollArgs,
     schedule: fn(&Ctx<'_>, &CollArgs, &PeerBuffers) -> Result<()>,
-    fallback: AlgoFn,
 ) -> Result<()> {
-    run_or_fall_back(ctx, a, schedule, fallback).map(|_| ())
+    if a.count == 0 || ctx.size == 1 {
+        // Nothing to map: the trivial cases of any algorithm.
+        return crate::registry::lookup(ctx.collective, crate::registry::Algorithm::Ring)
+            .or_else(|| crate::registry::lookup(ctx.collective, crate::registry::Algorithm::Pairwise))
+            .map_or_else(|| Err(Error::internal("no algorithm for a trivial call")), |f| f(ctx, a));
+    }
+    match exchange(ctx, a.send, a.recv)? {
+        Ok(bufs) => {
+            SCHEDULES_RUN.fetch_add(1, Ordering::Relaxed);
+            schedule(ctx, a, &bufs)?;
+            done(ctx)
+        }
+        Err(why) => Err(Error::invalid_usage(format!(
+            "the mapped algorithm was forced for {}, but {why}: allocate the buffers with \
+             oxccl::SharedBuffer (oxcclMemAlloc in C) on every rank, or let oxccl choose",
+            ctx.collective
+        ))),
+    }
 }
 
-/// [`run`], saying which ran: `Ok(Some(true))` the mapped schedule, `Ok(Some(false))` the
+/// Runs `schedule` over the mapped buffers when every rank can map every other's, else
+/// `fallback` (the same on every rank), saying which ran: `Ok(Some(true))` the mapped schedule, `Ok(Some(false))` the
 /// fallback because some rank's buffers could not be mapped (the same answer on every rank),
 /// `Ok(None)` the fallback for a call with nothing to map (empty, or a world of one).
 fn run_or_fall_back(
@@ -172,12 +215,16 @@ fn run_or_fall_back(
         return fallback(ctx, a).map(|_| None);
     }
     match exchange(ctx, a.send, a.recv)? {
-        Some(bufs) => {
+        Ok(bufs) => {
             SCHEDULES_RUN.fetch_add(1, Ordering::Relaxed);
             schedule(ctx, a, &bufs)?;
             done(ctx).map(|_| Some(true))
         }
-        None => fallback(ctx, a).map(|_| Some(false)),
+        Err(why) => {
+            FALLBACKS.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(rank = ctx.rank, "{} #{}: mapped falls back: {why}", ctx.collective, ctx.seq);
+            fallback(ctx, a).map(|_| Some(false))
+        }
     }
 }
 

@@ -465,6 +465,9 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
                 oxccl::algorithms_of(coll)
                     .iter()
                     .filter(|a| oxccl::cost::applies(**a, comm.hosts(), comm.profile()))
+                    // Forced, mapped needs buffers every rank can map: shared ones (-R 1), or
+                    // ranks that are threads of one process.
+                    .filter(|a| **a != Algorithm::Mapped || args.registered != 0 || p == 1)
                     .map(|a| a.name().to_string()),
             )
             .map(Some)

@@ -685,7 +685,8 @@ impl Communicator {
         };
         let (f, fallback) = (find(choice.algo)?, find(choice.fallback)?);
         let fp = oxccl_algorithms::ctx::fingerprint(coll, args.count, args.dtype, args.op, args.root);
-        if choice.algo == Algorithm::Mapped && choice.fallback != Algorithm::Mapped {
+        let forced = AlgoOverrides::unpack(self.forced.load(Ordering::Relaxed), coll).is_some();
+        if choice.algo == Algorithm::Mapped && choice.fallback != Algorithm::Mapped && !forced {
             let probe = {
                 let mut b = self.mapped_backoff.lock().unwrap_or_else(|e| e.into_inner());
                 b.skip = b.skip.saturating_sub(1);

@@ -8,7 +8,8 @@
 //! written with streaming stores.
 //!
 //! Memory traffic per rank: n/p read, n written (the receivers' reads are gone: the sender
-//! pushes). Falls back to the ring when some rank's buffers cannot be mapped.
+//! pushes). Where some rank's buffers cannot be mapped, the automatic choice runs the next-best
+//! algorithm instead; forced, it is an error.
 //!
 //! Cost: 3 rounds of p-1 concurrent messages + n·β_copy.
 
@@ -29,9 +30,10 @@ pub fn cost(m: &Model<'_>) -> Cost {
     m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.copy(n)
 }
 
-/// Runs mapped all-gather, falling back to the ring.
+/// Runs mapped all-gather; an InvalidUsage error on every rank when some rank's buffers cannot be
+/// mapped (a forced algorithm that cannot run is an error; the automatic choice falls back).
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
-    crate::mapped::run(ctx, a, schedule, super::ring::run)
+    crate::mapped::run_forced(ctx, a, schedule)
 }
 
 /// The schedule over mapped buffers.

@@ -10,8 +10,9 @@
 //!
 //! Memory traffic per rank: n read (n/p from each input) and n written (n/p into each
 //! output): the least any all-reduce can move, and no bytes through a FIFO or the kernel.
-//! Falls back to another algorithm when some rank's buffers cannot be mapped (processes
-//! whose buffers are not from `alloc_shared`).
+//! Where some rank's buffers cannot be mapped (processes whose buffers are not
+//! `SharedBuffer`s), the automatic choice runs the next-best algorithm instead; forced, it is
+//! an error.
 //!
 //! Cost: 3 rounds of p-1 concurrent messages + n·β_copy + (p-1)/p·n·γ.
 
@@ -30,9 +31,10 @@ pub fn cost(m: &Model<'_>) -> Cost {
     m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.copy(n) + m.reduce((p - 1.0) / p * n)
 }
 
-/// Runs mapped all-reduce, falling back to direct all-reduce.
+/// Runs mapped all-reduce; an InvalidUsage error on every rank when some rank's buffers cannot be
+/// mapped (a forced algorithm that cannot run is an error; the automatic choice falls back).
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
-    crate::mapped::run(ctx, a, schedule, super::direct::run)
+    crate::mapped::run_forced(ctx, a, schedule)
 }
 
 /// The schedule over mapped buffers.

@@ -8,8 +8,8 @@
 //! piece by one rank of the pair (alternating, so the work is even); then a done round.
 //! Outputs over 16 MiB are written with streaming stores out of place.
 //!
-//! Memory traffic per rank: n read, n written. Falls back to pairwise exchange when some
-//! rank's buffers cannot be mapped.
+//! Memory traffic per rank: n read, n written. Where some rank's buffers cannot be mapped, the
+//! automatic choice runs the next-best algorithm instead; forced, it is an error.
 //!
 //! Cost: 3 rounds of p-1 concurrent messages + n·β_copy.
 
@@ -27,9 +27,10 @@ pub fn cost(m: &Model<'_>) -> Cost {
     m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.copy(n)
 }
 
-/// Runs mapped all-to-all, falling back to pairwise exchange.
+/// Runs mapped all-to-all; an InvalidUsage error on every rank when some rank's buffers cannot be
+/// mapped (a forced algorithm that cannot run is an error; the automatic choice falls back).
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
-    crate::mapped::run(ctx, a, schedule, super::pairwise::run)
+    crate::mapped::run_forced(ctx, a, schedule)
 }
 
 /// Which rank of the pair (r, q) swaps their blocks in place: the lower when r + q is even.

@@ -8,7 +8,8 @@
 //! divide); then a done round (peers read this rank's input).
 //!
 //! Memory traffic per rank: n/p read from each of the p inputs, n/p written.
-//! Falls back to direct reduce-scatter when some rank's buffers cannot be mapped.
+//! Where some rank's buffers cannot be mapped, the automatic choice runs the next-best
+//! algorithm instead; forced, it is an error.
 //!
 //! Cost: 3 rounds of p-1 concurrent messages + n/p·β_copy + (p-1)/p·n·γ.
 
@@ -27,9 +28,10 @@ pub fn cost(m: &Model<'_>) -> Cost {
     m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.copy(n / p) + m.reduce((p - 1.0) / p * n)
 }
 
-/// Runs mapped reduce-scatter, falling back to direct reduce-scatter.
+/// Runs mapped reduce-scatter; an InvalidUsage error on every rank when some rank's buffers cannot be
+/// mapped (a forced algorithm that cannot run is an error; the automatic choice falls back).
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
-    crate::mapped::run(ctx, a, schedule, super::direct::run)
+    crate::mapped::run_forced(ctx, a, schedule)
 }
 
 /// The schedule over mapped buffers.
