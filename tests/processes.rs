@@ -117,6 +117,19 @@ fn shared_buffers_let_processes_map_each_other() {
         let runs = mapped_runs(&text, p);
         assert!(runs.iter().all(|&(n, f)| n == 0 && f > 0), "{p} ranks, {which} shared: {runs:?}\n{text}");
     }
+    // From heap to shared buffers (1 MiB all-reduces, where the automatic choice is mapped):
+    // the fallback backs off, and the mapped path comes back at the next probe.
+    let text = run_world_output(2, &[("OXCCL_TEST_SWITCH_TO_SHARED", "1")]);
+    for r in 0..2 {
+        let key = format!("SWITCH {r} fallbacks ");
+        let at = text.find(&key).unwrap_or_else(|| panic!("rank {r}:\n{text}"));
+        let w: Vec<&str> = text[at + key.len()..].split_whitespace().collect();
+        let (fell_back, mapped): (u64, u64) = (w[0].parse().unwrap(), w[3].parse().unwrap());
+        // Heap calls 1, 3 and 6 probe and fall back (windows of 1, 2 and 4 skipped calls
+        // after them); the first shared call is a probe, maps, and resets the window.
+        assert_eq!(fell_back, 3, "rank {r}: fallbacks in 10 heap calls:\n{text}");
+        assert_eq!(mapped, 80, "rank {r}: mapped of 80 shared calls:\n{text}");
+    }
     // Forced on heap buffers: InvalidUsage on every rank, saying why.
     for p in [2, 3] {
         let text = run_world_output(p, &[("OXCCL_ALGO", "mapped"), ("OXCCL_TEST_EXPECT_FORCED_ERROR", "1")]);
@@ -137,6 +150,29 @@ fn sweep_rank() {
             std::env::set_var("OXCCL_HOST_ID", format!("pretend-host-{}", rank % n));
         }
         let comm = Communicator::from_env().expect("launcher environment");
+        if std::env::var("OXCCL_TEST_SWITCH_TO_SHARED").is_ok() {
+            // Heap buffers first (the automatic mapped choice falls back and backs off), then
+            // shared ones: the mapped path must come back within the backoff window.
+            let p = comm.size() as f32;
+            let n = 1 << 18;
+            let mut heap = vec![1f32; n];
+            for _ in 0..10 {
+                heap.fill(1.0);
+                comm.all_reduce(&mut heap, oxccl::ReduceOp::Sum).unwrap();
+                assert!(heap.iter().all(|&x| x == p));
+            }
+            let fell_back = oxccl_algorithms::mapped::fallbacks();
+            let before = oxccl_algorithms::mapped::schedules_run();
+            let mut shared = oxccl::SharedBuffer::<f32>::new(n).unwrap();
+            for _ in 0..80 {
+                shared.fill(1.0);
+                comm.all_reduce(&mut shared, oxccl::ReduceOp::Sum).unwrap();
+                assert!(shared.iter().all(|&x| x == p));
+            }
+            let mapped = oxccl_algorithms::mapped::schedules_run() - before;
+            println!("\nSWITCH {} fallbacks {fell_back} then mapped {mapped} of 80", comm.rank());
+            return;
+        }
         if std::env::var("OXCCL_TEST_EXPECT_FORCED_ERROR").is_ok() {
             // Forced mapped on heap buffers: an error on every rank that says why, not a hang
             // and not a silent switch.
