@@ -687,29 +687,29 @@ impl Communicator {
         let fp = oxccl_algorithms::ctx::fingerprint(coll, args.count, args.dtype, args.op, args.root);
         let forced = AlgoOverrides::unpack(self.forced.load(Ordering::Relaxed), coll).is_some();
         if choice.algo == Algorithm::Mapped && choice.fallback != Algorithm::Mapped && !forced {
-            let probe = {
-                let mut b = self.mapped_backoff.lock().unwrap_or_else(|e| e.into_inner());
-                b.skip = b.skip.saturating_sub(1);
-                b.skip == 0
-            };
-            if !probe {
-                return self.execute(coll, fp, choice.chunk_bytes, |ctx| fallback(ctx, &args));
-            }
-            let mut ran = None;
-            self.execute(coll, fp, choice.chunk_bytes, |ctx| {
-                ran = oxccl_algorithms::mapped::run_with_fallback(ctx, &args, fallback)?;
-                Ok(())
-            })?;
-            let mut b = self.mapped_backoff.lock().unwrap_or_else(|e| e.into_inner());
-            match ran {
-                Some(true) => *b = Backoff::default(),
-                Some(false) => {
-                    b.window = (b.window * 2).clamp(1, MAX_BACKOFF);
-                    b.skip = b.window + 1;
+            // Decided inside the call, under its sequence number, so that calls from several
+            // threads take the same decisions in the same order on every rank.
+            return self.execute(coll, fp, choice.chunk_bytes, |ctx| {
+                let probe = {
+                    let mut b = self.mapped_backoff.lock().unwrap_or_else(|e| e.into_inner());
+                    b.skip = b.skip.saturating_sub(1);
+                    b.skip == 0
+                };
+                if !probe {
+                    return fallback(ctx, &args);
                 }
-                None => {}
-            }
-            return Ok(());
+                let ran = oxccl_algorithms::mapped::run_with_fallback(ctx, &args, fallback)?;
+                let mut b = self.mapped_backoff.lock().unwrap_or_else(|e| e.into_inner());
+                match ran {
+                    Some(true) => *b = Backoff::default(),
+                    Some(false) => {
+                        b.window = (b.window * 2).clamp(1, MAX_BACKOFF);
+                        b.skip = b.window + 1;
+                    }
+                    None => {}
+                }
+                Ok(())
+            });
         }
         self.execute(coll, fp, choice.chunk_bytes, |ctx| f(ctx, &args))
     }
