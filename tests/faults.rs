@@ -105,6 +105,38 @@ fn abort_from_another_thread_returns_promptly() {
 }
 
 #[test]
+fn abort_ends_a_long_mapped_schedule_promptly() {
+    // Both ranks inside a 1 GiB mapped all-reduce (over 100 ms of loads and
+    // stores, no message until its done round): an abort of one rank ends its call within
+    // 100 ms, and the other's soon after.
+    let cfg = short(30_000).with_algorithm("mapped").unwrap();
+    let comms = Communicator::local_world(2, cfg).unwrap();
+    let mut bufs: Vec<Vec<f32>> = (0..2).map(|_| vec![1.0f32; 256 << 20]).collect();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = comms
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|(c, v)| {
+                s.spawn(move || {
+                    let r = c.all_reduce(v, ReduceOp::Sum);
+                    (r, Instant::now())
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(30));
+        let t = Instant::now();
+        comms[0].abort();
+        let ends: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        let (r0, end0) = &ends[0];
+        assert_eq!(r0.as_ref().unwrap_err().kind(), ErrorKind::Aborted, "{r0:?}");
+        assert!(end0.duration_since(t) < Duration::from_millis(100), "abort took {:?}", end0.duration_since(t));
+        let (r1, end1) = &ends[1];
+        assert!(r1.is_err(), "the peer of an aborted rank must fail too");
+        assert!(end1.duration_since(t) < Duration::from_secs(2), "the peer took {:?}", end1.duration_since(t));
+    });
+}
+
+#[test]
 fn mismatched_collectives_are_invalid_usage_not_a_hang() {
     for (name, comms) in worlds(2, short(10_000)) {
         let start = Instant::now();

@@ -228,6 +228,16 @@ fn run_or_fall_back(
     }
 }
 
+/// Bytes a schedule moves between looks at the transport ([`still_on`]).
+pub(crate) const CHECK_BYTES: usize = 1 << 20;
+
+/// Fails if the transport has (an abort from another thread, a peer found dead): a schedule
+/// moves bytes without waiting on any message, so it looks every [`CHECK_BYTES`], and an
+/// abort ends even a call of gigabytes within a fraction of a millisecond.
+pub(crate) fn still_on(ctx: &Ctx<'_>) -> Result<()> {
+    ctx.net.progress(std::time::Duration::ZERO)
+}
+
 /// Copies with streaming stores when `streaming`, else plainly.
 pub(crate) fn copy(ctx: &Ctx<'_>, streaming: bool, dst: RegionMut, src: Region) -> Result<()> {
     if streaming {

@@ -41,7 +41,10 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     let (r, es) = (ctx.rank, a.dtype.size());
     let block = a.count * es;
     let streaming = crate::mapped::streaming(block * ctx.size, false);
-    for c in chunks(0..block, PIECE) {
+    for (i, c) in chunks(0..block, PIECE).enumerate() {
+        if i % (crate::mapped::CHECK_BYTES / PIECE) == 0 {
+            crate::mapped::still_on(ctx)?;
+        }
         let src = a.send.slice(c.clone());
         let at = r * block + c.start..r * block + c.end;
         for (j, out) in bufs.recv.iter().enumerate() {

@@ -44,10 +44,11 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     let piece = ctx.reducer.scratch(PIECE_BYTES)?;
     // Pieces: in cache for `Avg`, which divides a reduced piece before copying it out;
     // otherwise large, as the kernel works a line at a time anyway.
-    let piece_bytes = if a.op == ReduceOp::Avg { PIECE_BYTES } else { 1 << 20 };
+    let piece_bytes = if a.op == ReduceOp::Avg { PIECE_BYTES } else { crate::mapped::CHECK_BYTES };
     let per = (piece_bytes / es).max(1);
     let mut outs = bufs.recv.clone();
     for c in chunks(block(a.count, p, ctx.rank), per) {
+        crate::mapped::still_on(ctx)?;
         let b = bytes(&c, es);
         for (o, r) in outs.iter_mut().zip(&bufs.recv) {
             *o = r.slice(b.clone());

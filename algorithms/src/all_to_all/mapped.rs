@@ -51,16 +51,21 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     if !a.in_place {
         for d in 0..p {
             // Start with the next rank, so ranks do not all write into one output at once.
-            // Each block is read once and written once: one copy, no pieces.
+            // Each block is read once and written once, in large pieces.
             let j = (r + d) % p;
-            let whole = 0..block;
-            crate::mapped::copy(ctx, streaming, bufs.recv[j].slice(at(r, &whole)), a.send.slice(at(j, &whole)))?;
+            for c in chunks(0..block, crate::mapped::CHECK_BYTES) {
+                crate::mapped::still_on(ctx)?;
+                crate::mapped::copy(ctx, streaming, bufs.recv[j].slice(at(r, &c)), a.send.slice(at(j, &c)))?;
+            }
         }
         return Ok(());
     }
     let piece = ctx.reducer.scratch(PIECE_BYTES)?;
     for q in (0..p).filter(|&q| q != r && swapper(r, q) == r) {
-        for c in chunks(0..block, PIECE_BYTES) {
+        for (i, c) in chunks(0..block, PIECE_BYTES).enumerate() {
+            if i % (crate::mapped::CHECK_BYTES / PIECE_BYTES) == 0 {
+                crate::mapped::still_on(ctx)?;
+            }
             let (mine, theirs) = (bufs.recv[r].slice(at(q, &c)), bufs.recv[q].slice(at(r, &c)));
             let tmp = piece.region().slice(0..c.len());
             ctx.reducer.copy(tmp, mine.as_region())?;

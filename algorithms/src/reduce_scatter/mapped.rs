@@ -41,10 +41,11 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     let piece = ctx.reducer.scratch(PIECE_BYTES)?;
     // Pieces: in cache for `Avg`, which divides a reduced piece before copying it out;
     // otherwise large, as the kernel works a line at a time anyway.
-    let piece_bytes = if a.op == ReduceOp::Avg { PIECE_BYTES } else { 1 << 20 };
+    let piece_bytes = if a.op == ReduceOp::Avg { PIECE_BYTES } else { crate::mapped::CHECK_BYTES };
     let per = (piece_bytes / es).max(1);
     let out = bufs.recv[r];
     for c in chunks(0..a.count, per) {
+        crate::mapped::still_on(ctx)?;
         let local = bytes(&c, es);
         let at = bytes(&(r * a.count + c.start..r * a.count + c.end), es);
         let input = |j: usize| bufs.send[j].slice(at.clone());
