@@ -96,12 +96,17 @@ fn swap_all(ctx: &Ctx<'_>, step: usize, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
 
 /// Rounds 1 and 2 of the module docs: every rank's buffers mapped here, or (on every rank
 /// alike) why some rank cannot map some other rank's.
-pub(crate) fn exchange(
-    ctx: &Ctx<'_>,
-    send: Region,
-    recv: RegionMut,
-) -> Result<std::result::Result<PeerBuffers, String>> {
+pub(crate) fn exchange(ctx: &Ctx<'_>, a: &CollArgs) -> Result<std::result::Result<PeerBuffers, String>> {
     let (p, r) = (ctx.size, ctx.rank);
+    let (send, recv) = (a.send, a.recv);
+    // What each rank's regions must hold: the root alone reads a broadcast's input and
+    // writes a reduction's output; the other collectives have the same shapes everywhere.
+    let n = a.count * a.dtype.size();
+    let expected = |q: usize| match ctx.collective {
+        crate::ctx::Collective::Broadcast => (if q == a.root { n } else { 0 }, n),
+        crate::ctx::Collective::Reduce => (n, if q == a.root { n } else { 0 }),
+        _ => (send.len(), recv.len()),
+    };
     let mut mine = [0u8; KEYS_BYTES];
     if let (Some(s), Some(d)) = (ctx.net.memory_key(send), ctx.net.memory_key(recv.as_region())) {
         mine[0] = 1;
@@ -120,9 +125,11 @@ pub(crate) fn exchange(
     let keys: Vec<(MemoryKey, MemoryKey)> = all.iter().map(|m| (key(m, 0), key(m, 1))).collect();
     // A plain address (fd < 0) is mappable only by ranks of the same process: every rank sees
     // every key, so every rank reaches the same answer here.
+    // Empty regions (a broadcast's input off the root, a reduction's output) need no mapping.
     let pid = |j: usize| keys[j].0.pid;
+    let plain = |k: &MemoryKey| k.fd < 0 && k.len > 0;
     let unmappable: Vec<usize> = (0..p)
-        .filter(|&j| (0..p).any(|i| i != j && (keys[j].0.fd < 0 || keys[j].1.fd < 0) && pid(i) != pid(j)))
+        .filter(|&j| (0..p).any(|i| i != j && (plain(&keys[j].0) || plain(&keys[j].1)) && pid(i) != pid(j)))
         .collect();
     if !unmappable.is_empty() {
         return Ok(Err(format!(
@@ -133,17 +140,22 @@ pub(crate) fn exchange(
     let mut ok = true;
     for q in (0..p).filter(|&q| q != r) {
         let (ks, kr) = keys[q];
-        if ks.len as usize != send.len() || kr.len as usize != recv.len() {
+        let (want_s, want_r) = expected(q);
+        if ks.len as usize != want_s || kr.len as usize != want_r {
             return Err(Error::invalid_usage(format!(
-                "rank {q} passed buffers of {} and {} bytes where this rank has {} and {}",
-                ks.len,
-                kr.len,
-                send.len(),
-                recv.len()
+                "rank {q} passed buffers of {} and {} bytes where this rank expects {want_s} and {want_r}",
+                ks.len, kr.len
             ))
             .with_peer(q));
         }
-        match (ctx.net.map_peer_memory(q, &ks), ctx.net.map_peer_memory(q, &kr)) {
+        let map = |k: &MemoryKey| {
+            if k.len == 0 {
+                Ok(RegionMut::empty())
+            } else {
+                ctx.net.map_peer_memory(q, k)
+            }
+        };
+        match (map(&ks), map(&kr)) {
             (Ok(s), Ok(d)) => {
                 bufs.send[q] = s.as_region();
                 bufs.recv[q] = d;
@@ -185,9 +197,10 @@ pub(crate) fn run_forced(
         // Nothing to map: the trivial cases of any algorithm.
         return crate::registry::lookup(ctx.collective, crate::registry::Algorithm::Ring)
             .or_else(|| crate::registry::lookup(ctx.collective, crate::registry::Algorithm::Pairwise))
+            .or_else(|| crate::registry::lookup(ctx.collective, crate::registry::Algorithm::Tree))
             .map_or_else(|| Err(Error::internal("no algorithm for a trivial call")), |f| f(ctx, a));
     }
-    match exchange(ctx, a.send, a.recv)? {
+    match exchange(ctx, a)? {
         Ok(bufs) => {
             SCHEDULES_RUN.fetch_add(1, Ordering::Relaxed);
             schedule(ctx, a, &bufs)?;
@@ -214,7 +227,7 @@ fn run_or_fall_back(
     if a.count == 0 || ctx.size == 1 {
         return fallback(ctx, a).map(|_| None);
     }
-    match exchange(ctx, a.send, a.recv)? {
+    match exchange(ctx, a)? {
         Ok(bufs) => {
             SCHEDULES_RUN.fetch_add(1, Ordering::Relaxed);
             schedule(ctx, a, &bufs)?;
@@ -259,6 +272,8 @@ pub fn run_with_fallback(ctx: &Ctx<'_>, a: &CollArgs, fallback: AlgoFn) -> Resul
         C::AllGather => crate::all_gather::mapped::schedule,
         C::ReduceScatter => crate::reduce_scatter::mapped::schedule,
         C::AllToAll => crate::all_to_all::mapped::schedule,
+        C::Broadcast => crate::broadcast::mapped::schedule,
+        C::Reduce => crate::reduce::mapped::schedule,
         c => return Err(Error::internal(format!("{c} has no mapped algorithm"))),
     };
     run_or_fall_back(ctx, a, schedule, fallback)

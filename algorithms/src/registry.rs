@@ -83,7 +83,7 @@ pub fn algorithms(coll: Collective) -> &'static [Algorithm] {
         Collective::AllReduce => &[Ring, RecursiveDoubling, Direct, Tree, HalvingDoubling, Hierarchical, Mapped],
         Collective::ReduceScatter => &[Ring, Direct, HalvingDoubling, Hierarchical, Mapped],
         Collective::AllGather => &[Ring, RecursiveDoubling, Bruck, Hierarchical, Mapped],
-        Collective::Broadcast | Collective::Reduce => &[Ring, Tree],
+        Collective::Broadcast | Collective::Reduce => &[Ring, Tree, Mapped],
         Collective::AllToAll => &[Pairwise, Bruck, Hierarchical, Mapped],
         Collective::Barrier => &[Dissemination],
         Collective::SendRecv | Collective::AllToAllV | Collective::Split => &[],
@@ -136,8 +136,10 @@ implementations! {
     AllToAll, Mapped => crate::all_to_all::mapped;
     Broadcast, Ring => crate::broadcast::ring;
     Broadcast, Tree => crate::broadcast::tree;
+    Broadcast, Mapped => crate::broadcast::mapped;
     Reduce, Ring => crate::reduce::ring;
     Reduce, Tree => crate::reduce::tree;
+    Reduce, Mapped => crate::reduce::mapped;
     Barrier, Dissemination => crate::barrier::dissemination;
 }
 

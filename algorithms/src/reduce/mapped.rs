@@ -1,0 +1,65 @@
+//! Mapped reduce: every rank reduces one slice of the vector straight from every rank's
+//! input into the root's output, through peer memory the transport maps (the handshake
+//! around it is in `mapped.rs` at the crate root), so the p ranks share the reduction.
+//!
+//! Steps (p ranks, n bytes): keys and ready rounds; then rank r, a 64-byte line at a time,
+//! reads slice r of the p inputs, reduces them in rank order in registers and stores the
+//! line into slice r of the root's output (`Avg` goes through a 16 KiB piece, to divide);
+//! then a done round.
+//!
+//! Memory traffic per rank: n read (n/p from each input), n/p written. Where some rank's
+//! buffers cannot be mapped, the automatic choice runs the next-best algorithm instead;
+//! forced, it is an error.
+//!
+//! Cost: 3 rounds of p-1 concurrent messages + n/p·β_copy + (p-1)/p·n·γ.
+
+use oxccl_transport::Result;
+
+use crate::cost::{Cost, Level, Model};
+use crate::ctx::{CollArgs, Ctx};
+use crate::mapped::{PeerBuffers, CHECK_BYTES, PIECE_BYTES};
+use crate::op::ReduceOp;
+use crate::partition::{block, bytes, chunks};
+
+/// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
+/// and a non-empty call.
+pub fn cost(m: &Model<'_>) -> Cost {
+    let (p, n) = (m.p() as f64, m.n());
+    m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.copy(n / p) + m.reduce((p - 1.0) / p * n)
+}
+
+/// Runs mapped reduce; an InvalidUsage error on every rank when some rank's buffers cannot be
+/// mapped (a forced algorithm that cannot run is an error; the automatic choice falls back).
+pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
+    crate::mapped::run_forced(ctx, a, schedule)
+}
+
+/// The schedule over mapped buffers.
+pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Result<()> {
+    let (p, es) = (ctx.size, a.dtype.size());
+    let out = bufs.recv[a.root];
+    // In place at the root, its output is its input: each line is read before it is written
+    // (plain stores); otherwise the output was not just read, and large ones stream.
+    let in_place = std::ptr::eq(out.as_mut_ptr().cast_const(), bufs.send[a.root].as_ptr());
+    let streaming = crate::mapped::streaming(a.count * es, in_place);
+    let piece = ctx.reducer.scratch(PIECE_BYTES)?;
+    let piece_bytes = if a.op == ReduceOp::Avg { PIECE_BYTES } else { CHECK_BYTES };
+    for c in chunks(block(a.count, p, ctx.rank), (piece_bytes / es).max(1)) {
+        crate::mapped::still_on(ctx)?;
+        let b = bytes(&c, es);
+        let input = |j: usize| bufs.send[j].slice(b.clone());
+        if a.op == ReduceOp::Avg {
+            let acc = piece.region().slice(0..b.len());
+            ctx.reducer.reduce(a.dtype, a.op, acc, input(0), input(1))?;
+            for j in 2..p {
+                ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), input(j))?;
+            }
+            ctx.reducer.divide(a.dtype, acc, p)?;
+            crate::mapped::copy(ctx, streaming, out.slice(b), acc.as_region())?;
+            continue;
+        }
+        let inputs: Vec<_> = (0..p).map(input).collect();
+        ctx.reducer.reduce_into_all(a.dtype, a.op, &[out.slice(b)], &inputs, streaming)?;
+    }
+    Ok(())
+}
