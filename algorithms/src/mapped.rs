@@ -251,6 +251,43 @@ pub(crate) fn still_on(ctx: &Ctx<'_>) -> Result<()> {
     ctx.net.progress(std::time::Duration::ZERO)
 }
 
+/// Reduces `inputs` (one span of every rank's input, in rank order) into every destination:
+/// a line at a time from registers ([`Reducer::reduce_into_all`](crate::kernels::Reducer::reduce_into_all)),
+/// or for `Avg`, through `piece` (at least the span's length), which is divided before it is
+/// copied out.
+pub(crate) fn reduce_into(
+    ctx: &Ctx<'_>,
+    a: &CollArgs,
+    dsts: &[RegionMut],
+    inputs: &[Region],
+    piece: RegionMut,
+    streaming: bool,
+) -> Result<()> {
+    if a.op != crate::op::ReduceOp::Avg {
+        return ctx.reducer.reduce_into_all(a.dtype, a.op, dsts, inputs, streaming);
+    }
+    let acc = piece.slice(0..inputs[0].len());
+    ctx.reducer.reduce(a.dtype, a.op, acc, inputs[0], inputs[1])?;
+    for input in &inputs[2..] {
+        ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), *input)?;
+    }
+    ctx.reducer.divide(a.dtype, acc, inputs.len())?;
+    for d in dsts {
+        copy(ctx, streaming, *d, acc.as_region())?;
+    }
+    Ok(())
+}
+
+/// The bytes a reducing schedule takes at a time: a piece that stays in cache for `Avg`,
+/// which goes through [`reduce_into`]'s piece, else [`CHECK_BYTES`].
+pub(crate) fn reduce_piece_bytes(op: crate::op::ReduceOp) -> usize {
+    if op == crate::op::ReduceOp::Avg {
+        PIECE_BYTES
+    } else {
+        CHECK_BYTES
+    }
+}
+
 /// Copies with streaming stores when `streaming`, else plainly.
 pub(crate) fn copy(ctx: &Ctx<'_>, streaming: bool, dst: RegionMut, src: Region) -> Result<()> {
     if streaming {

@@ -21,7 +21,6 @@ use oxccl_transport::Result;
 use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::mapped::{PeerBuffers, PIECE_BYTES};
-use crate::op::ReduceOp;
 use crate::partition::{block, bytes, chunks};
 
 /// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
@@ -42,34 +41,14 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     let (p, es) = (ctx.size, a.dtype.size());
     let streaming = crate::mapped::streaming(a.count * es, a.in_place);
     let piece = ctx.reducer.scratch(PIECE_BYTES)?;
-    // Pieces: in cache for `Avg`, which divides a reduced piece before copying it out;
-    // otherwise large, as the kernel works a line at a time anyway.
-    let piece_bytes = if a.op == ReduceOp::Avg { PIECE_BYTES } else { crate::mapped::CHECK_BYTES };
-    let per = (piece_bytes / es).max(1);
-    let mut outs = bufs.recv.clone();
+    let per = (crate::mapped::reduce_piece_bytes(a.op) / es).max(1);
     for c in chunks(block(a.count, p, ctx.rank), per) {
         crate::mapped::still_on(ctx)?;
         let b = bytes(&c, es);
-        for (o, r) in outs.iter_mut().zip(&bufs.recv) {
-            *o = r.slice(b.clone());
-        }
-        let input = |j: usize| bufs.send[j].slice(b.clone());
-        if a.op == ReduceOp::Avg {
-            // Reduce, divide, then copy out.
-            let acc = piece.region().slice(0..b.len());
-            ctx.reducer.reduce(a.dtype, a.op, acc, input(0), input(1))?;
-            for j in 2..p {
-                ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), input(j))?;
-            }
-            ctx.reducer.divide(a.dtype, acc, p)?;
-            for out in &outs {
-                crate::mapped::copy(ctx, streaming, *out, acc.as_region())?;
-            }
-            continue;
-        }
-        // Every input read once and every output written once, a line at a time.
-        let inputs: Vec<_> = (0..p).map(input).collect();
-        ctx.reducer.reduce_into_all(a.dtype, a.op, &outs, &inputs, streaming)?;
+        // Every input read once and every output written once.
+        let outs: Vec<_> = bufs.recv.iter().map(|r| r.slice(b.clone())).collect();
+        let inputs: Vec<_> = bufs.send.iter().map(|s| s.slice(b.clone())).collect();
+        crate::mapped::reduce_into(ctx, a, &outs, &inputs, piece.region(), streaming)?;
     }
     Ok(())
 }

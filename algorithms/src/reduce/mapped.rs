@@ -17,8 +17,7 @@ use oxccl_transport::Result;
 
 use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
-use crate::mapped::{PeerBuffers, CHECK_BYTES, PIECE_BYTES};
-use crate::op::ReduceOp;
+use crate::mapped::{PeerBuffers, PIECE_BYTES};
 use crate::partition::{block, bytes, chunks};
 
 /// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
@@ -43,23 +42,12 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     let in_place = std::ptr::eq(out.as_mut_ptr().cast_const(), bufs.send[a.root].as_ptr());
     let streaming = crate::mapped::streaming(a.count * es, in_place);
     let piece = ctx.reducer.scratch(PIECE_BYTES)?;
-    let piece_bytes = if a.op == ReduceOp::Avg { PIECE_BYTES } else { CHECK_BYTES };
-    for c in chunks(block(a.count, p, ctx.rank), (piece_bytes / es).max(1)) {
+    let per = (crate::mapped::reduce_piece_bytes(a.op) / es).max(1);
+    for c in chunks(block(a.count, p, ctx.rank), per) {
         crate::mapped::still_on(ctx)?;
         let b = bytes(&c, es);
-        let input = |j: usize| bufs.send[j].slice(b.clone());
-        if a.op == ReduceOp::Avg {
-            let acc = piece.region().slice(0..b.len());
-            ctx.reducer.reduce(a.dtype, a.op, acc, input(0), input(1))?;
-            for j in 2..p {
-                ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), input(j))?;
-            }
-            ctx.reducer.divide(a.dtype, acc, p)?;
-            crate::mapped::copy(ctx, streaming, out.slice(b), acc.as_region())?;
-            continue;
-        }
-        let inputs: Vec<_> = (0..p).map(input).collect();
-        ctx.reducer.reduce_into_all(a.dtype, a.op, &[out.slice(b)], &inputs, streaming)?;
+        let inputs: Vec<_> = bufs.send.iter().map(|s| s.slice(b.clone())).collect();
+        crate::mapped::reduce_into(ctx, a, &[out.slice(b)], &inputs, piece.region(), streaming)?;
     }
     Ok(())
 }

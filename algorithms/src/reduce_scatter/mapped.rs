@@ -18,7 +18,6 @@ use oxccl_transport::Result;
 use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
 use crate::mapped::{PeerBuffers, PIECE_BYTES};
-use crate::op::ReduceOp;
 use crate::partition::{bytes, chunks};
 
 /// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
@@ -36,33 +35,18 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
 
 /// The schedule over mapped buffers.
 pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Result<()> {
-    let (p, r, es) = (ctx.size, ctx.rank, a.dtype.size());
+    let (r, es) = (ctx.rank, a.dtype.size());
     let streaming = crate::mapped::streaming(a.count * es, a.in_place);
     let piece = ctx.reducer.scratch(PIECE_BYTES)?;
-    // Pieces: in cache for `Avg`, which divides a reduced piece before copying it out;
-    // otherwise large, as the kernel works a line at a time anyway.
-    let piece_bytes = if a.op == ReduceOp::Avg { PIECE_BYTES } else { crate::mapped::CHECK_BYTES };
-    let per = (piece_bytes / es).max(1);
+    let per = (crate::mapped::reduce_piece_bytes(a.op) / es).max(1);
     let out = bufs.recv[r];
     for c in chunks(0..a.count, per) {
         crate::mapped::still_on(ctx)?;
-        let local = bytes(&c, es);
         let at = bytes(&(r * a.count + c.start..r * a.count + c.end), es);
-        let input = |j: usize| bufs.send[j].slice(at.clone());
-        if a.op == ReduceOp::Avg {
-            let acc = piece.region().slice(0..local.len());
-            ctx.reducer.reduce(a.dtype, a.op, acc, input(0), input(1))?;
-            for j in 2..p {
-                ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), input(j))?;
-            }
-            ctx.reducer.divide(a.dtype, acc, p)?;
-            crate::mapped::copy(ctx, streaming, out.slice(local), acc.as_region())?;
-            continue;
-        }
-        // Every input read once, the output written once, a line at a time (in place the
-        // output is this rank's input block: each line is read before it is written).
-        let inputs: Vec<_> = (0..p).map(input).collect();
-        ctx.reducer.reduce_into_all(a.dtype, a.op, &[out.slice(local)], &inputs, streaming)?;
+        // In place the output is this rank's input block: each line (or `Avg` piece) is read
+        // before it is written.
+        let inputs: Vec<_> = bufs.send.iter().map(|s| s.slice(at.clone())).collect();
+        crate::mapped::reduce_into(ctx, a, &[out.slice(bytes(&c, es))], &inputs, piece.region(), streaming)?;
     }
     Ok(())
 }
