@@ -76,3 +76,22 @@ impl<T: Element> std::fmt::Debug for SharedBuffer<T> {
         f.debug_struct("SharedBuffer").field("len", &self.len).field("type", &T::DTYPE).finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_what_it_was_given_and_any_length() {
+        let src: Vec<u64> = (0..1000).map(|i| i * 7 + 1).collect();
+        let b = SharedBuffer::from_slice(&src).unwrap();
+        assert_eq!(&b[..], &src[..]);
+        assert_eq!(b.as_ptr() as usize % 4096, 0, "page-aligned");
+        for len in [0usize, 1, 4095, 4097] {
+            let z = SharedBuffer::<u8>::new(len).unwrap();
+            assert_eq!(z.len(), len);
+            assert!(z.iter().all(|&x| x == 0));
+        }
+        assert!(SharedBuffer::<u64>::new(usize::MAX / 4).is_err(), "an overflowing size is an error, not a panic");
+    }
+}
