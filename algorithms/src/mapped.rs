@@ -6,10 +6,11 @@
 //! 1. **Keys** (one round, all peers at once): every rank sends every peer the keys of its
 //!    input and output ([`Transport::memory_key`](oxccl_transport::Transport::memory_key)). With every key in hand, every rank knows
 //!    the same thing: whether some key cannot be mapped by some rank (an address in another
-//!    process: a buffer not allocated with oxccl's `alloc_shared`, or no key at all). Then
-//!    every rank runs the fallback algorithm, having paid this one round.
+//!    process: a buffer that is not an oxccl `SharedBuffer`, or no key at all). Then every
+//!    rank runs the fallback algorithm (or, where `mapped` was forced, fails with the reason),
+//!    having paid this one round.
 //! 2. **Ready** (one round): each rank maps the peers' keys and tells them whether it could.
-//!    Unless every rank could, every rank runs the fallback. Once a rank has seen every
+//!    Unless every rank could, every rank falls back (or fails) alike. Once a rank has seen every
 //!    rank's keys, every rank is inside this call, so its buffers may be read and written.
 //! 3. The collective's schedule: each rank reads and writes only the parts of the buffers it
 //!    owns for this call, so no two ranks touch the same bytes and nothing waits in between.
@@ -31,8 +32,8 @@ const STEP_READY: usize = 0xfff1;
 const STEP_DONE: usize = 0xfff2;
 const KEYS_BYTES: usize = 8 + 2 * MemoryKey::BYTES;
 
-/// Bytes a schedule moves per piece: small enough that a reduced piece is still in the L1
-/// cache when it is copied to every output.
+/// Bytes an all-to-all swap or an all-gather takes at a time: small enough that a piece read
+/// once is still in cache when it is written out.
 pub(crate) const PIECE_BYTES: usize = 16 << 10;
 
 /// Calls that write more than this many bytes per rank use streaming stores where the
@@ -183,8 +184,23 @@ pub(crate) fn done(ctx: &Ctx<'_>) -> Result<()> {
     swap_all(ctx, STEP_DONE, &[]).map(|_| ())
 }
 
-/// Runs `schedule` over the mapped buffers when every rank can map every other's, else
-/// `fallback` (the same on every rank).
+/// Rounds 1 to 4 of the module docs: `Ok(Ok(()))` once `schedule` ran over the mapped
+/// buffers, `Ok(Err(why))` (on every rank alike) when some rank cannot map another's.
+fn try_run(
+    ctx: &Ctx<'_>,
+    a: &CollArgs,
+    schedule: fn(&Ctx<'_>, &CollArgs, &PeerBuffers) -> Result<()>,
+) -> Result<std::result::Result<(), String>> {
+    match exchange(ctx, a)? {
+        Ok(bufs) => {
+            SCHEDULES_RUN.fetch_add(1, Ordering::Relaxed);
+            schedule(ctx, a, &bufs)?;
+            done(ctx).map(Ok)
+        }
+        Err(why) => Ok(Err(why)),
+    }
+}
+
 /// Runs `schedule` over the mapped buffers, or fails with InvalidUsage (on every rank alike)
 /// saying why they cannot be mapped: what a forced `mapped` does, as a forced algorithm that
 /// cannot run a call is an error, never a silent switch.
@@ -193,31 +209,25 @@ pub(crate) fn run_forced(
     a: &CollArgs,
     schedule: fn(&Ctx<'_>, &CollArgs, &PeerBuffers) -> Result<()>,
 ) -> Result<()> {
-    if a.count == 0 || ctx.size == 1 {
-        // Nothing to map: the trivial cases of any algorithm.
-        return crate::registry::lookup(ctx.collective, crate::registry::Algorithm::Ring)
-            .or_else(|| crate::registry::lookup(ctx.collective, crate::registry::Algorithm::Pairwise))
-            .or_else(|| crate::registry::lookup(ctx.collective, crate::registry::Algorithm::Tree))
-            .map_or_else(|| Err(Error::internal("no algorithm for a trivial call")), |f| f(ctx, a));
+    // Nothing to map in an empty call or a world of one: every collective's result there is
+    // all-reduce's (nothing, or the input copied to the output).
+    if crate::all_reduce::trivial(ctx, a)? {
+        return Ok(());
     }
-    match exchange(ctx, a)? {
-        Ok(bufs) => {
-            SCHEDULES_RUN.fetch_add(1, Ordering::Relaxed);
-            schedule(ctx, a, &bufs)?;
-            done(ctx)
-        }
-        Err(why) => Err(Error::invalid_usage(format!(
+    try_run(ctx, a, schedule)?.map_err(|why| {
+        Error::invalid_usage(format!(
             "the mapped algorithm was forced for {}, but {why}: allocate the buffers with \
              oxccl::SharedBuffer (oxcclMemAlloc in C) on every rank, or let oxccl choose",
             ctx.collective
-        ))),
-    }
+        ))
+    })
 }
 
 /// Runs `schedule` over the mapped buffers when every rank can map every other's, else
-/// `fallback` (the same on every rank), saying which ran: `Ok(Some(true))` the mapped schedule, `Ok(Some(false))` the
-/// fallback because some rank's buffers could not be mapped (the same answer on every rank),
-/// `Ok(None)` the fallback for a call with nothing to map (empty, or a world of one).
+/// `fallback` (the same on every rank), saying which ran: `Ok(Some(true))` the mapped
+/// schedule, `Ok(Some(false))` the fallback because some rank's buffers could not be mapped
+/// (the same answer on every rank), `Ok(None)` the fallback for a call with nothing to map
+/// (empty, or a world of one).
 fn run_or_fall_back(
     ctx: &Ctx<'_>,
     a: &CollArgs,
@@ -227,12 +237,8 @@ fn run_or_fall_back(
     if a.count == 0 || ctx.size == 1 {
         return fallback(ctx, a).map(|_| None);
     }
-    match exchange(ctx, a)? {
-        Ok(bufs) => {
-            SCHEDULES_RUN.fetch_add(1, Ordering::Relaxed);
-            schedule(ctx, a, &bufs)?;
-            done(ctx).map(|_| Some(true))
-        }
+    match try_run(ctx, a, schedule)? {
+        Ok(()) => Ok(Some(true)),
         Err(why) => {
             FALLBACKS.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(rank = ctx.rank, "{} #{}: mapped falls back: {why}", ctx.collective, ctx.seq);
@@ -249,43 +255,6 @@ pub(crate) const CHECK_BYTES: usize = 1 << 20;
 /// abort ends even a call of gigabytes within a fraction of a millisecond.
 pub(crate) fn still_on(ctx: &Ctx<'_>) -> Result<()> {
     ctx.net.progress(std::time::Duration::ZERO)
-}
-
-/// Reduces `inputs` (one span of every rank's input, in rank order) into every destination:
-/// a line at a time from registers ([`Reducer::reduce_into_all`](crate::kernels::Reducer::reduce_into_all)),
-/// or for `Avg`, through `piece` (at least the span's length), which is divided before it is
-/// copied out.
-pub(crate) fn reduce_into(
-    ctx: &Ctx<'_>,
-    a: &CollArgs,
-    dsts: &[RegionMut],
-    inputs: &[Region],
-    piece: RegionMut,
-    streaming: bool,
-) -> Result<()> {
-    if a.op != crate::op::ReduceOp::Avg {
-        return ctx.reducer.reduce_into_all(a.dtype, a.op, dsts, inputs, streaming);
-    }
-    let acc = piece.slice(0..inputs[0].len());
-    ctx.reducer.reduce(a.dtype, a.op, acc, inputs[0], inputs[1])?;
-    for input in &inputs[2..] {
-        ctx.reducer.reduce(a.dtype, a.op, acc, acc.as_region(), *input)?;
-    }
-    ctx.reducer.divide(a.dtype, acc, inputs.len())?;
-    for d in dsts {
-        copy(ctx, streaming, *d, acc.as_region())?;
-    }
-    Ok(())
-}
-
-/// The bytes a reducing schedule takes at a time: a piece that stays in cache for `Avg`,
-/// which goes through [`reduce_into`]'s piece, else [`CHECK_BYTES`].
-pub(crate) fn reduce_piece_bytes(op: crate::op::ReduceOp) -> usize {
-    if op == crate::op::ReduceOp::Avg {
-        PIECE_BYTES
-    } else {
-        CHECK_BYTES
-    }
 }
 
 /// Copies with streaming stores when `streaming`, else plainly.

@@ -4,9 +4,8 @@
 //!
 //! Steps (p ranks, n bytes): keys and ready rounds; then rank r, a 64-byte line at a time,
 //! reads slice r of the p inputs, reduces them in rank order in registers and stores the
-//! line into slice r of the p outputs (`Avg` goes through a 16 KiB piece, to divide); then a
-//! done round. Outputs over 16 MiB
-//! are written with streaming stores out of place.
+//! line into slice r of the p outputs (`Avg` divided by p on the way); then a done round.
+//! Outputs over 16 MiB are written with streaming stores out of place.
 //!
 //! Memory traffic per rank: n read (n/p from each input) and n written (n/p into each
 //! output): the least any all-reduce can move, and no bytes through a FIFO or the kernel.
@@ -20,7 +19,7 @@ use oxccl_transport::Result;
 
 use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
-use crate::mapped::{PeerBuffers, PIECE_BYTES};
+use crate::mapped::PeerBuffers;
 use crate::partition::{block, bytes, chunks};
 
 /// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
@@ -40,15 +39,14 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
 pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Result<()> {
     let (p, es) = (ctx.size, a.dtype.size());
     let streaming = crate::mapped::streaming(a.count * es, a.in_place);
-    let piece = ctx.reducer.scratch(PIECE_BYTES)?;
-    let per = (crate::mapped::reduce_piece_bytes(a.op) / es).max(1);
+    let per = (crate::mapped::CHECK_BYTES / es).max(1);
     for c in chunks(block(a.count, p, ctx.rank), per) {
         crate::mapped::still_on(ctx)?;
         let b = bytes(&c, es);
         // Every input read once and every output written once.
         let outs: Vec<_> = bufs.recv.iter().map(|r| r.slice(b.clone())).collect();
         let inputs: Vec<_> = bufs.send.iter().map(|s| s.slice(b.clone())).collect();
-        crate::mapped::reduce_into(ctx, a, &outs, &inputs, piece.region(), streaming)?;
+        ctx.reducer.reduce_into_all(a.dtype, a.op, &outs, &inputs, streaming)?;
     }
     Ok(())
 }

@@ -436,6 +436,8 @@ unsafe fn copy_streaming_avx2(dst: *mut u8, src: *const u8, n: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn reduce_lines<T: Arith>(op: ReduceOp, dsts: &[*mut u8], srcs: &[*const T], n: usize, nt: bool) {
+    // `Avg`: the sum, divided by the number of sources before it is stored.
+    let avg = (op == ReduceOp::Avg).then_some(srcs.len());
     if nt && has_avx512() && dsts.iter().all(|&d| d as usize % 64 == dsts[0] as usize % 64) {
         // SAFETY: AVX-512F present, destinations share their alignment mod 64; the rest is
         // the caller's contract.
@@ -445,10 +447,10 @@ pub(crate) unsafe fn reduce_lines<T: Arith>(op: ReduceOp, dsts: &[*mut u8], srcs
     // SAFETY: forwarded caller contract.
     unsafe {
         match op {
-            ReduceOp::Sum | ReduceOp::Avg => lines_body::<T, false>(T::sum, dsts, srcs, n, nt),
-            ReduceOp::Prod => lines_body::<T, false>(T::prod, dsts, srcs, n, nt),
-            ReduceOp::Min => lines_body::<T, false>(T::min, dsts, srcs, n, nt),
-            ReduceOp::Max => lines_body::<T, false>(T::max, dsts, srcs, n, nt),
+            ReduceOp::Sum | ReduceOp::Avg => lines_body::<T, false>(T::sum, avg, dsts, srcs, n, nt),
+            ReduceOp::Prod => lines_body::<T, false>(T::prod, None, dsts, srcs, n, nt),
+            ReduceOp::Min => lines_body::<T, false>(T::min, None, dsts, srcs, n, nt),
+            ReduceOp::Max => lines_body::<T, false>(T::max, None, dsts, srcs, n, nt),
         }
     }
 }
@@ -460,13 +462,14 @@ pub(crate) unsafe fn reduce_lines<T: Arith>(op: ReduceOp, dsts: &[*mut u8], srcs
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avx512f")]
 unsafe fn reduce_lines_avx512<T: Arith>(op: ReduceOp, dsts: &[*mut u8], srcs: &[*const T], n: usize) {
+    let avg = (op == ReduceOp::Avg).then_some(srcs.len());
     // SAFETY: forwarded caller contract.
     unsafe {
         match op {
-            ReduceOp::Sum | ReduceOp::Avg => lines_body::<T, true>(T::sum, dsts, srcs, n, true),
-            ReduceOp::Prod => lines_body::<T, true>(T::prod, dsts, srcs, n, true),
-            ReduceOp::Min => lines_body::<T, true>(T::min, dsts, srcs, n, true),
-            ReduceOp::Max => lines_body::<T, true>(T::max, dsts, srcs, n, true),
+            ReduceOp::Sum | ReduceOp::Avg => lines_body::<T, true>(T::sum, avg, dsts, srcs, n, true),
+            ReduceOp::Prod => lines_body::<T, true>(T::prod, None, dsts, srcs, n, true),
+            ReduceOp::Min => lines_body::<T, true>(T::min, None, dsts, srcs, n, true),
+            ReduceOp::Max => lines_body::<T, true>(T::max, None, dsts, srcs, n, true),
         }
     }
 }
@@ -476,11 +479,13 @@ unsafe fn reduce_lines_avx512<T: Arith>(op: ReduceOp, dsts: &[*mut u8], srcs: &[
 struct Line([u8; 64]);
 
 /// The loop of [`reduce_lines`]; `WIDE`: whole-line AVX-512 stores (64-byte boundaries),
-/// else two 32-byte AVX2 stores per line.
+/// else two 32-byte AVX2 stores per line; `avg`: divide the result by it (as
+/// [`divide_native`] does) before storing.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn lines_body<T: Arith, const WIDE: bool>(
     f: impl Fn(T, T) -> T,
+    avg: Option<usize>,
     dsts: &[*mut u8],
     srcs: &[*const T],
     n: usize,
@@ -498,6 +503,9 @@ unsafe fn lines_body<T: Arith, const WIDE: bool>(
                 let mut v = f(*s0.add(k), *s1.add(k));
                 for s in rest {
                     v = f(v, *s.add(k));
+                }
+                if let Some(d) = avg {
+                    v = T::div(v, d);
                 }
                 for &d in dsts {
                     *d.cast::<T>().add(k) = v;
@@ -526,6 +534,11 @@ unsafe fn lines_body<T: Arith, const WIDE: bool>(
             for s in rest {
                 for k in 0..per {
                     *lp.add(k) = f(*lp.add(k), *s.add(i + k));
+                }
+            }
+            if let Some(d) = avg {
+                for k in 0..per {
+                    *lp.add(k) = T::div(*lp.add(k), d);
                 }
             }
             if WIDE {

@@ -47,7 +47,8 @@ pub trait Reducer: Send + Sync {
     }
 
     /// `d = s0 op s1 op ...` (the sources in order) for every `d` in `dsts`, each of the
-    /// sources' length (`Avg` reduces as `Sum`), with streaming stores when `streaming` (see
+    /// sources' length (`Avg`: the sum divided by the number of sources, as [`Reducer::divide`]
+    /// divides), with streaming stores when `streaming` (see
     /// [`Reducer::copy_streaming`]). A destination may be exactly one of the sources when
     /// not streaming; any other overlap is refused. Reads each source once however many
     /// destinations there are. At least two sources.
@@ -70,8 +71,9 @@ pub trait Reducer: Send + Sync {
 }
 
 /// [`Reducer::reduce_into_all`] from the other operations: the sources reduced in order
-/// through a small scratch piece, which is copied to every destination (so a destination
-/// that is one of the sources is read whole, piece by piece, before it is written).
+/// through a small scratch piece (divided for `Avg`), which is copied to every destination
+/// (so a destination that is one of the sources is read whole, piece by piece, before it is
+/// written).
 fn reduce_then_copy<R: Reducer + ?Sized>(
     r: &R,
     dtype: DataType,
@@ -93,6 +95,9 @@ fn reduce_then_copy<R: Reducer + ?Sized>(
         r.reduce(dtype, op, acc, srcs[0].slice(b.clone()), srcs[1].slice(b.clone()))?;
         for s in &srcs[2..] {
             r.reduce(dtype, op, acc, acc.as_region(), s.slice(b.clone()))?;
+        }
+        if op == ReduceOp::Avg {
+            r.divide(dtype, acc, srcs.len())?;
         }
         for d in dsts {
             if streaming {
@@ -492,6 +497,26 @@ mod tests {
                 let rs: Vec<Region> = srcs.iter().map(|s| reg(s)).collect();
                 r.reduce_into_all(DataType::U64, ReduceOp::Prod, &regs, &rs, streaming).unwrap();
                 assert!(d.iter().all(|v| *v == want), "four sources, n {n}");
+                // Avg: the sum of the sources divided by their number, as `divide` does (i32
+                // truncates; f32 rounds once after the sum).
+                let want: Vec<i32> = (0..n).map(|i| (0..3).map(|j| i as i32 * 5 - j * 11).sum::<i32>() / 3).collect();
+                let srcs: Vec<Vec<i32>> = (0..3).map(|j| (0..n as i32).map(|i| i * 5 - j * 11).collect()).collect();
+                let rs: Vec<Region> = srcs.iter().map(|s| reg(s)).collect();
+                let mut d = vec![0i32; n];
+                r.reduce_into_all(DataType::I32, ReduceOp::Avg, &[reg_mut(&mut d)], &rs, streaming).unwrap();
+                assert_eq!(d, want, "avg, n {n}");
+                let fs: Vec<Vec<f32>> = (0..3).map(|j| (0..n).map(|i| i as f32 * 0.3 + j as f32).collect()).collect();
+                let rs: Vec<Region> = fs.iter().map(|s| reg(s)).collect();
+                let mut d = vec![0f32; n];
+                r.reduce_into_all(DataType::F32, ReduceOp::Avg, &[reg_mut(&mut d)], &rs, streaming).unwrap();
+                assert!(d.iter().enumerate().all(|(i, x)| *x == (fs[0][i] + fs[1][i] + fs[2][i]) / 3.0), "f32 avg");
+                let halves: Vec<Vec<bf16>> =
+                    (0..2).map(|j| (0..n).map(|i| bf16::from_f32((i + j) as f32)).collect()).collect();
+                let rs: Vec<Region> = halves.iter().map(|s| reg(s)).collect();
+                let mut d = vec![bf16::ZERO; n];
+                r.reduce_into_all(DataType::Bf16, ReduceOp::Avg, &[reg_mut(&mut d)], &rs, streaming).unwrap();
+                let sum = |i: usize| bf16::from_f32(halves[0][i].to_f32() + halves[1][i].to_f32());
+                assert!(d.iter().enumerate().all(|(i, x)| *x == bf16::from_f32(sum(i).to_f32() / 2.0)), "bf16 avg");
                 let a: Vec<bf16> = (0..n).map(|i| bf16::from_f32(i as f32)).collect();
                 let mut d: Vec<bf16> = vec![bf16::ZERO; n];
                 r.reduce_into_all(DataType::Bf16, ReduceOp::Sum, &[reg_mut(&mut d)], &[reg(&a), reg(&a)], streaming)

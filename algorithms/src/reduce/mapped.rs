@@ -4,8 +4,8 @@
 //!
 //! Steps (p ranks, n bytes): keys and ready rounds; then rank r, a 64-byte line at a time,
 //! reads slice r of the p inputs, reduces them in rank order in registers and stores the
-//! line into slice r of the root's output (`Avg` goes through a 16 KiB piece, to divide);
-//! then a done round.
+//! line into slice r of the root's output (`Avg` divided by p on the way); then a done
+//! round.
 //!
 //! Memory traffic per rank: n read (n/p from each input), n/p written. Where some rank's
 //! buffers cannot be mapped, the automatic choice runs the next-best algorithm instead;
@@ -17,7 +17,7 @@ use oxccl_transport::Result;
 
 use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
-use crate::mapped::{PeerBuffers, PIECE_BYTES};
+use crate::mapped::PeerBuffers;
 use crate::partition::{block, bytes, chunks};
 
 /// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
@@ -41,13 +41,12 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     // (plain stores); otherwise the output was not just read, and large ones stream.
     let in_place = std::ptr::eq(out.as_mut_ptr().cast_const(), bufs.send[a.root].as_ptr());
     let streaming = crate::mapped::streaming(a.count * es, in_place);
-    let piece = ctx.reducer.scratch(PIECE_BYTES)?;
-    let per = (crate::mapped::reduce_piece_bytes(a.op) / es).max(1);
+    let per = (crate::mapped::CHECK_BYTES / es).max(1);
     for c in chunks(block(a.count, p, ctx.rank), per) {
         crate::mapped::still_on(ctx)?;
         let b = bytes(&c, es);
         let inputs: Vec<_> = bufs.send.iter().map(|s| s.slice(b.clone())).collect();
-        crate::mapped::reduce_into(ctx, a, &[out.slice(b)], &inputs, piece.region(), streaming)?;
+        ctx.reducer.reduce_into_all(a.dtype, a.op, &[out.slice(b)], &inputs, streaming)?;
     }
     Ok(())
 }

@@ -4,8 +4,8 @@
 //!
 //! Steps (p ranks, n bytes of input, blocks of n/p): keys and ready rounds; then rank r, a
 //! 64-byte line at a time, reads block r of the p inputs, reduces them in rank order in
-//! registers and stores the line into its output (`Avg` goes through a 16 KiB piece, to
-//! divide); then a done round (peers read this rank's input).
+//! registers and stores the line into its output (`Avg` divided by p on the way); then a
+//! done round (peers read this rank's input).
 //!
 //! Memory traffic per rank: n/p read from each of the p inputs, n/p written.
 //! Where some rank's buffers cannot be mapped, the automatic choice runs the next-best
@@ -17,7 +17,7 @@ use oxccl_transport::Result;
 
 use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
-use crate::mapped::{PeerBuffers, PIECE_BYTES};
+use crate::mapped::PeerBuffers;
 use crate::partition::{bytes, chunks};
 
 /// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
@@ -37,16 +37,15 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
 pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Result<()> {
     let (r, es) = (ctx.rank, a.dtype.size());
     let streaming = crate::mapped::streaming(a.count * es, a.in_place);
-    let piece = ctx.reducer.scratch(PIECE_BYTES)?;
-    let per = (crate::mapped::reduce_piece_bytes(a.op) / es).max(1);
+    let per = (crate::mapped::CHECK_BYTES / es).max(1);
     let out = bufs.recv[r];
     for c in chunks(0..a.count, per) {
         crate::mapped::still_on(ctx)?;
         let at = bytes(&(r * a.count + c.start..r * a.count + c.end), es);
-        // In place the output is this rank's input block: each line (or `Avg` piece) is read
+        // In place the output is this rank's input block: each line is read
         // before it is written.
         let inputs: Vec<_> = bufs.send.iter().map(|s| s.slice(at.clone())).collect();
-        crate::mapped::reduce_into(ctx, a, &[out.slice(bytes(&c, es))], &inputs, piece.region(), streaming)?;
+        ctx.reducer.reduce_into_all(a.dtype, a.op, &[out.slice(bytes(&c, es))], &inputs, streaming)?;
     }
     Ok(())
 }

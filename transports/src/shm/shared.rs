@@ -1,5 +1,5 @@
 //! Memory that peers on this host map into their own address space: [`SharedBuffer`]
-//! (oxccl's `alloc_shared`, the C ABI's `oxcclMemAlloc`), the [`MemoryKey`] that names a
+//! (under oxccl's `SharedBuffer<T>` and the C ABI's `oxcclMemAlloc`), the [`MemoryKey`] that names a
 //! span of it to a peer, and [`PeerMappings`], the peer side's cache of what it mapped.
 //!
 //! Why: a buffer of ordinary process memory can only reach a peer through a copy (the FIFO)
@@ -108,7 +108,8 @@ pub struct SharedBuffer {
     base: *mut u8,
     map_len: usize,
     len: usize,
-    fd: OwnedFd,
+    /// Held open for the buffer's life: peers open it through `/proc/<pid>/fd/<fd>`.
+    _fd: OwnedFd,
 }
 
 // SAFETY: the buffer is plain memory owned by this value; access goes through `&self` /
@@ -153,7 +154,7 @@ impl SharedBuffer {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(start, Registered { end: start + data, fd: fd.as_raw_fd(), id });
-        Ok(SharedBuffer { base, map_len, len, fd })
+        Ok(SharedBuffer { base, map_len, len, _fd: fd })
     }
 
     /// The first byte.
@@ -199,7 +200,6 @@ impl Drop for SharedBuffer {
         unsafe { (*self.base.cast::<Header>()).freed.store(1, Ordering::Release) };
         // SAFETY: unmaps exactly our mapping; nothing uses it after drop.
         unsafe { libc::munmap(self.base.cast(), self.map_len) };
-        let _ = self.fd.as_raw_fd();
     }
 }
 
@@ -291,7 +291,7 @@ impl PeerMappings {
         if key.fd < 0 {
             if key.pid != std::process::id() || key.id != 0 {
                 return Err(Error::unsupported(format!(
-                    "memory of process {} is not a shared buffer (allocate it with oxccl's alloc_shared)",
+                    "memory of process {} is not a shared buffer (allocate it as an oxccl SharedBuffer)",
                     key.pid
                 )));
             }
