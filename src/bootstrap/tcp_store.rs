@@ -112,6 +112,12 @@ fn serve(mut s: TcpStream, secret: &Secret, table: &Table) -> Result<()> {
     }
     s.set_read_timeout(None).map_err(|e| Error::io("store: socket", e))?;
     let _ = s.set_nodelay(true);
+    serve_requests(&mut s, table, Duration::MAX)
+}
+
+/// Serves one authenticated client's requests until it closes the stream. A get waits at
+/// most what the client asked for and at most `max_wait`.
+fn serve_requests<S: Read + Write>(s: &mut S, table: &Table, max_wait: Duration) -> Result<()> {
     loop {
         let mut h = [0u8; 11];
         match s.read_exact(&mut h) {
@@ -124,7 +130,7 @@ fn serve(mut s: TcpStream, secret: &Secret, table: &Table) -> Result<()> {
         let vlen = u32::from_le_bytes([h[3], h[4], h[5], h[6]]) as usize;
         let wait_ms = u32::from_le_bytes([h[7], h[8], h[9], h[10]]);
         if klen > MAX_KEY || vlen > MAX_VALUE || !(OP_SET..=OP_ADD).contains(&op) {
-            respond(&mut s, ST_REFUSED, b"request refused: bad op or length")?;
+            respond(s, ST_REFUSED, b"request refused: bad op or length")?;
             return Err(Error::invalid_usage(format!("store: bad request (op {op}, key {klen} B, value {vlen} B)")));
         }
         let mut kv = vec![0u8; klen + vlen];
@@ -137,21 +143,21 @@ fn serve(mut s: TcpStream, secret: &Secret, table: &Table) -> Result<()> {
                 map.insert(key, value.to_vec());
                 table.changed.notify_all();
                 drop(map);
-                respond(&mut s, ST_OK, &[])?;
+                respond(s, ST_OK, &[])?;
             }
             OP_GET => {
-                let deadline = Instant::now() + Duration::from_millis(wait_ms as u64);
+                let deadline = Instant::now() + Duration::from_millis(wait_ms as u64).min(max_wait);
                 loop {
                     if let Some(v) = map.get(&key) {
                         let v = v.clone();
                         drop(map);
-                        respond(&mut s, ST_OK, &v)?;
+                        respond(s, ST_OK, &v)?;
                         break;
                     }
                     let now = Instant::now();
                     if now >= deadline {
                         drop(map);
-                        respond(&mut s, ST_MISSING, &[])?;
+                        respond(s, ST_MISSING, &[])?;
                         break;
                     }
                     map = table.changed.wait_timeout(map, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
@@ -162,7 +168,7 @@ fn serve(mut s: TcpStream, secret: &Secret, table: &Table) -> Result<()> {
                     Ok(b) => i64::from_le_bytes(b),
                     Err(_) => {
                         drop(map);
-                        respond(&mut s, ST_REFUSED, b"add needs an 8-byte value")?;
+                        respond(s, ST_REFUSED, b"add needs an 8-byte value")?;
                         continue;
                     }
                 };
@@ -170,7 +176,7 @@ fn serve(mut s: TcpStream, secret: &Secret, table: &Table) -> Result<()> {
                     Ok(c) => c.unwrap_or(0),
                     Err(e) => {
                         drop(map);
-                        respond(&mut s, ST_REFUSED, e.to_string().as_bytes())?;
+                        respond(s, ST_REFUSED, e.to_string().as_bytes())?;
                         continue;
                     }
                 };
@@ -178,18 +184,46 @@ fn serve(mut s: TcpStream, secret: &Secret, table: &Table) -> Result<()> {
                 map.insert(key, new.to_string().into_bytes());
                 table.changed.notify_all();
                 drop(map);
-                respond(&mut s, ST_OK, &new.to_le_bytes())?;
+                respond(s, ST_OK, &new.to_le_bytes())?;
             }
         }
     }
 }
 
-fn respond(s: &mut TcpStream, status: u8, payload: &[u8]) -> Result<()> {
+fn respond<S: Write>(s: &mut S, status: u8, payload: &[u8]) -> Result<()> {
     let mut b = Vec::with_capacity(5 + payload.len());
     b.push(status);
     b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     b.extend_from_slice(payload);
     s.write_all(&b).map_err(|e| Error::io("store: writing a response", e))
+}
+
+/// The fuzzer's way in (`fuzz/fuzz_targets/store_requests.rs`): serves `input` as the
+/// request stream of one authenticated client against an empty table, gets never waiting,
+/// and returns what the server wrote back.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub fn fuzz_serve_requests(input: &[u8]) -> (Result<()>, Vec<u8>) {
+    struct Session<'a> {
+        input: &'a [u8],
+        output: Vec<u8>,
+    }
+    impl Read for Session<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+    impl Write for Session<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.output.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut session = Session { input, output: Vec::new() };
+    let r = serve_requests(&mut session, &Table::default(), Duration::ZERO);
+    (r, session.output)
 }
 
 /// A client of a [`TcpStoreServer`]. Thread-safe; requests are serialised on one connection.
