@@ -18,6 +18,7 @@
 //! | `OXCCL_SHM_SLOTS`, `OXCCL_SHM_SLOT_BYTES` | [`Config::shm_slots`], [`Config::shm_slot_bytes`] | `8`, `64K` |
 //! | `OXCCL_SHM_SINGLE_COPY` | [`Config::shm_single_copy_min`] | `64K`, `off` |
 //! | `OXCCL_SHM_YIELD_US` | [`Config::shm_yield`] | `200` |
+//! | `OXCCL_VERIFY_CALLS` | [`Config::verify_calls`] | `1`, `0` (the default) |
 
 use std::collections::HashMap;
 use std::fmt;
@@ -213,6 +214,14 @@ pub struct Config {
     /// Shared memory: after spinning, how long a waiter yields its core before it sleeps on
     /// its futex (a wake-up is slow on a busy machine). Default 200 us.
     pub shm_yield: Duration,
+    /// Before every collective, the ranks exchange what they are calling (collective, count,
+    /// type, operator, root) and fail together, naming each call and its ranks, if they
+    /// disagree ([`oxccl_algorithms::verify`]). Off by default: it costs ceil(lg p) message
+    /// latencies per call, and the fingerprint in every message already catches a
+    /// disagreement wherever a rank receives; what only verification catches in the call
+    /// itself is ranks that only send in it, such as two roots of one broadcast (otherwise
+    /// caught in their next call).
+    pub verify_calls: bool,
 }
 
 impl Default for Config {
@@ -235,6 +244,7 @@ impl Default for Config {
             shm_slot_bytes: 64 << 10,
             shm_single_copy_min: Some(64 << 10),
             shm_yield: Duration::from_micros(200),
+            verify_calls: false,
         }
     }
 }
@@ -342,6 +352,13 @@ impl Config {
                 _ => return Err(Error::invalid_argument(format!("OXCCL_TUNE='{v}' is not quick or off"))),
             };
         }
+        if let Some(v) = var("OXCCL_VERIFY_CALLS") {
+            self.verify_calls = match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "on" | "yes" => true,
+                "0" | "off" | "no" => false,
+                _ => return Err(Error::invalid_argument(format!("OXCCL_VERIFY_CALLS='{v}' is not 1 or 0"))),
+            };
+        }
         if let Some(v) = var("OXCCL_SMALL_BYTES") {
             self.small_bytes = Some(bytes("OXCCL_SMALL_BYTES", v)?);
         }
@@ -376,6 +393,13 @@ impl Config {
         Ok(self)
     }
 
+    /// Turns call verification on or off (see [`Config::verify_calls`]).
+    #[must_use]
+    pub fn with_verify_calls(mut self, on: bool) -> Self {
+        self.verify_calls = on;
+        self
+    }
+
     /// Sets the TCP connections per pair of ranks (1 to 16).
     #[must_use]
     pub fn with_tcp_conns(mut self, n: usize) -> Self {
@@ -401,11 +425,14 @@ mod tests {
         assert_eq!(c.chunk_bytes, 1 << 20);
         assert_eq!(c.tcp_conns_per_peer, 2);
         assert_eq!(Config::default().timeout, Duration::from_secs(600));
+        assert!(!Config::default().verify_calls);
+        assert!(with(&[("OXCCL_VERIFY_CALLS", "1")]).unwrap().verify_calls);
         for (k, v) in [
             ("OXCCL_TIMEOUT_MS", "soon"),
             ("OXCCL_CHUNK_BYTES", "big"),
             ("OXCCL_TCP_CONNS", "99"),
             ("OXCCL_TRANSPORT", "carrier-pigeon"),
+            ("OXCCL_VERIFY_CALLS", "maybe"),
         ] {
             let e = with(&[(k, v)]).unwrap_err();
             assert!(e.to_string().contains(k), "{e}");

@@ -226,7 +226,7 @@ fn same_bytes_different_meaning_is_a_mismatch_naming_both_calls() {
 /// Ranks that disagree on the root: a message meant for another root's tree fails the rank
 /// that receives it with both calls named (at the latest in the next call, which runs into
 /// the stray message), and no rank goes on as if nothing happened. (Two ranks that both
-/// believe they are the root only send: that shows in the next call, or at the timeout.)
+/// believe they are the root only send: see `two_roots_of_one_broadcast`.)
 #[test]
 fn disagreeing_roots_are_a_mismatch() {
     for (name, comms) in worlds(3, short(10_000)) {
@@ -251,6 +251,137 @@ fn disagreeing_roots_are_a_mismatch() {
             .iter()
             .any(|t| t.contains("mismatched") && t.contains("= broadcast #1 step 0 (uint8, 64 elements, root "));
         assert!(named, "{name}: {text:?}");
+    }
+}
+
+/// Two ranks that both call a small broadcast as its root only send. By default that shows
+/// one call late: each broadcast returns, and the next call runs into the other root's
+/// message, naming both broadcasts. With call verification it fails in the broadcast
+/// itself, on every rank, naming each call and the ranks that made it.
+#[test]
+fn two_roots_of_one_broadcast() {
+    let run = |comms: &[Communicator], roots: &[usize]| -> Vec<(oxccl::Result<()>, oxccl::Result<()>)> {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = comms
+                .iter()
+                .map(|c| {
+                    let root = roots[c.rank()];
+                    s.spawn(move || {
+                        let mut v = vec![c.rank() as u8; 64];
+                        let b = c.broadcast(&mut v, root);
+                        (b, c.barrier())
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    for (name, comms) in worlds(2, short(1000)) {
+        let got = run(&comms, &[0, 1]);
+        for (r, (b, next)) in got.iter().enumerate() {
+            if name == "loopback" {
+                // Its sends complete only when received: each root waits out the timeout.
+                let e = b.as_ref().unwrap_err().to_string();
+                assert!(e.contains("timed out") && e.contains("broadcast #1"), "{name}: rank {r}: {e}");
+                continue;
+            }
+            assert!(b.is_ok(), "{name}: rank {r}: without verification each root's broadcast returns: {b:?}");
+            let e = next.as_ref().unwrap_err().to_string();
+            assert!(e.contains("broadcast #1 step 0 (uint8, 64 elements, root "), "{name}: rank {r}: {e}");
+        }
+    }
+    let verified = short(10_000).with_verify_calls(true);
+    for (p, roots) in [(2, vec![0, 1]), (5, vec![0, 0, 3, 0, 3])] {
+        for (name, comms) in worlds(p, verified.clone()) {
+            let start = Instant::now();
+            let got = run(&comms, &roots);
+            assert!(start.elapsed() < Duration::from_secs(5), "{name}: took {:?}", start.elapsed());
+            let texts: Vec<String> = got
+                .iter()
+                .enumerate()
+                .map(|(r, (b, _))| {
+                    let e = b.as_ref().expect_err(&format!("{name}: rank {r}'s broadcast succeeded"));
+                    assert_eq!(e.kind(), ErrorKind::InvalidUsage, "{name}: rank {r}: {e}");
+                    e.to_string()
+                })
+                .collect();
+            let want = if p == 2 {
+                "broadcast #1 (uint8, 64 elements, root 0) on rank 0; broadcast #1 (uint8, 64 elements, root 1) on rank 1"
+            } else {
+                "broadcast #1 (uint8, 64 elements, root 0) on ranks 0-1, 3; broadcast #1 (uint8, 64 elements, root 3) on ranks 2, 4"
+            };
+            for (r, t) in texts.iter().enumerate() {
+                assert!(t.contains(want) && t.contains(&format!("rank {r}")), "{name}: rank {r}: {t}");
+            }
+        }
+    }
+}
+
+/// Call verification names every disagreement (collective, count, type, operator) on every
+/// rank before any data moves, and agreeing calls run as usual with it on.
+#[test]
+fn verified_calls_name_every_disagreement_and_agreeing_calls_run() {
+    type Call = Box<dyn Fn(&Communicator) -> oxccl::Result<()> + Sync>;
+    let cases: Vec<(Call, Call, &str)> = vec![
+        (
+            Box::new(|c| c.all_reduce(&mut [1f32; 10], ReduceOp::Sum)),
+            Box::new(|c| c.all_gather(&mut [1f32; 30])),
+            "all_reduce #1 (float, sum, 10 elements) on ranks 0-1; all_gather #1 (float, 10 elements) on rank 2",
+        ),
+        (
+            Box::new(|c| c.all_reduce(&mut [1u64; 7], ReduceOp::Max)),
+            Box::new(|c| c.all_reduce(&mut [1u64; 7], ReduceOp::Min)),
+            "all_reduce #1 (uint64, max, 7 elements) on ranks 0-1; all_reduce #1 (uint64, min, 7 elements) on rank 2",
+        ),
+        (
+            Box::new(|c| c.reduce(&mut [1i32; 0], ReduceOp::Sum, 1)),
+            Box::new(|c| c.reduce(&mut [1i32; 1], ReduceOp::Sum, 1)),
+            "reduce #1 (int32, sum, 0 elements, root 1) on ranks 0-1; reduce #1 (int32, sum, 1 elements, root 1) on rank 2",
+        ),
+    ];
+    let cfg = short(10_000).with_verify_calls(true);
+    for (call, odd, want) in &cases {
+        for (name, comms) in worlds(3, cfg.clone()) {
+            let results: Vec<oxccl::Result<()>> = std::thread::scope(|s| {
+                let hs: Vec<_> =
+                    comms.iter().map(|c| s.spawn(move || if c.rank() == 2 { odd(c) } else { call(c) })).collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for (r, res) in results.iter().enumerate() {
+                let e = res.as_ref().expect_err(&format!("{name}: rank {r} succeeded"));
+                assert_eq!(e.kind(), ErrorKind::InvalidUsage, "{name}: rank {r}: {e}");
+                assert!(e.to_string().contains(want), "{name}: rank {r}: {e}");
+            }
+        }
+    }
+    // Agreeing calls: every collective, checked, with verification on.
+    for (name, comms) in worlds(4, cfg) {
+        let fails = common::on_all(&comms, |c| {
+            let (p, r) = (c.size(), c.rank());
+            let mut bad = Vec::new();
+            for count in [0usize, 1, 13] {
+                let mut v: Vec<u32> = (0..count).map(|i| (r * 100 + i) as u32).collect();
+                c.all_reduce(&mut v, ReduceOp::Sum).unwrap();
+                let want: Vec<u32> = (0..count).map(|i| (0..p).map(|q| (q * 100 + i) as u32).sum()).collect();
+                if v != want {
+                    bad.push(format!("all_reduce {count}: {v:?}"));
+                }
+                let mut b: Vec<u32> = (0..count).map(|i| if r == 2 { i as u32 + 7 } else { 0 }).collect();
+                c.broadcast(&mut b, 2).unwrap();
+                if b.iter().enumerate().any(|(i, &x)| x != i as u32 + 7) {
+                    bad.push(format!("broadcast {count}: {b:?}"));
+                }
+                let mut g = vec![0u32; count * p];
+                g[r * count..(r + 1) * count].iter_mut().enumerate().for_each(|(i, x)| *x = (r * 1000 + i) as u32);
+                c.all_gather(&mut g).unwrap();
+                if (0..p * count).any(|k| g[k] != ((k / count) * 1000 + k % count) as u32) {
+                    bad.push(format!("all_gather {count}: {g:?}"));
+                }
+            }
+            c.barrier().unwrap();
+            bad
+        });
+        assert!(fails.is_empty(), "{name}: {fails:?}");
     }
 }
 

@@ -226,14 +226,28 @@ impl Ctx<'_> {
 pub fn describe_tag(tag: u128) -> String {
     let (fp, low) = ((tag >> 64) as u64, tag as u64);
     let (seq, kind, step) = (low >> 24, (low >> 16) & 0xff, low & 0xffff);
+    describe(kind, seq, Some(step), fp)
+}
+
+/// A call as ranks compare it: collective, sequence number and fingerprint spelled out,
+/// such as `broadcast #3 (uint8, 64 elements, root 1)`.
+pub fn describe_call(coll: Collective, seq: u64, fingerprint: u64) -> String {
+    describe(coll as u64, seq, None, fingerprint)
+}
+
+pub(crate) fn describe(kind: u64, seq: u64, step: Option<u64>, fp: u64) -> String {
     let all = Collective::ALL.iter().chain(&[Collective::SendRecv, Collective::AllToAllV, Collective::Split]);
+    let step = step.map(|s| format!(" step {s}")).unwrap_or_default();
     let call = match all.copied().find(|c| *c as u64 == kind) {
         Some(Collective::SendRecv) => format!("send/recv message #{seq} of this pair"),
-        Some(c) => format!("{c} #{seq} step {step}"),
-        None => format!("unknown kind {kind} #{seq} step {step}"),
+        Some(c) => format!("{c} #{seq}{step}"),
+        None => format!("unknown kind {kind} #{seq}{step}"),
     };
     if fp == 0 {
         return call;
+    }
+    if fp == crate::verify::VERIFY_FINGERPRINT {
+        return format!("{call} (call verification)");
     }
     let mut parts = Vec::new();
     let dtype = (fp >> 32) & 0xff;

@@ -36,6 +36,7 @@ pub mod reduce_scatter;
 pub mod registry;
 mod ring;
 mod tree;
+pub mod verify;
 
 pub use cost::{Cost, Link, Model, Profile};
 pub use ctx::{AlgoFn, CollArgs, Collective, Ctx};

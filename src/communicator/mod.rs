@@ -623,7 +623,11 @@ impl Communicator {
         self.net.set_progress(2 * seq + 1);
         let ctx = self.ctx(coll, seq, Instant::now() + self.config.timeout, fingerprint, chunk_bytes);
         let mut guard = FailOnUnwind { net: &*self.net, armed: true };
-        let mut r = body(&ctx);
+        let mut r = if self.config.verify_calls {
+            oxccl_algorithms::verify::verify_call(&ctx).and_then(|()| body(&ctx))
+        } else {
+            body(&ctx)
+        };
         if r.is_ok() && self.net.pending() != 0 {
             r = Err(Error::internal(format!("{coll} returned with requests pending")));
         }
