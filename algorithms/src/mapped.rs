@@ -128,13 +128,22 @@ pub(crate) fn exchange(ctx: &Ctx<'_>, a: &CollArgs) -> Result<std::result::Resul
     // every key, so every rank reaches the same answer here.
     // Empty regions (a broadcast's input off the root, a reduction's output) need no mapping.
     let pid = |j: usize| keys[j].0.pid;
-    let plain = |k: &MemoryKey| k.fd < 0 && k.len > 0;
+    let plain = |k: &MemoryKey| k.fd < 0 && k.len > 0 && k.device.is_none();
     let unmappable: Vec<usize> = (0..p)
         .filter(|&j| (0..p).any(|i| i != j && (plain(&keys[j].0) || plain(&keys[j].1)) && pid(i) != pid(j)))
         .collect();
     if !unmappable.is_empty() {
         return Ok(Err(format!(
             "rank(s) {unmappable:?} passed ordinary memory, which ranks in other processes cannot map"
+        )));
+    }
+    // Host memory on some ranks and GPU memory on others: no reducer touches both.
+    let on_gpu = |j: usize| [keys[j].0, keys[j].1].iter().any(|k| k.device.is_some());
+    let gpu: Vec<usize> = (0..p).filter(|&j| on_gpu(j)).collect();
+    let sized = |j: usize| keys[j].0.len > 0 || keys[j].1.len > 0;
+    if !gpu.is_empty() && (0..p).any(|j| sized(j) && !on_gpu(j)) {
+        return Err(Error::invalid_usage(format!(
+            "rank(s) {gpu:?} passed GPU memory and the others host memory: every rank must pass the same kind"
         )));
     }
     let mut bufs = PeerBuffers { send: vec![send; p], recv: vec![recv; p] };
@@ -179,8 +188,10 @@ pub(crate) fn exchange(ctx: &Ctx<'_>, a: &CollArgs) -> Result<std::result::Resul
     }
 }
 
-/// Round 4 of the module docs: returns once every rank has finished with every buffer.
+/// Round 4 of the module docs: returns once every rank has finished with every buffer
+/// (its own work on them first: a GPU's queued kernels and copies).
 pub(crate) fn done(ctx: &Ctx<'_>) -> Result<()> {
+    ctx.reducer.fence(ctx.deadline).inspect_err(|e| ctx.net.fail(e.clone()))?;
     swap_all(ctx, STEP_DONE, &[]).map(|_| ())
 }
 
@@ -249,6 +260,28 @@ fn run_or_fall_back(
 
 /// Bytes a schedule moves between looks at the transport ([`still_on`]).
 pub(crate) const CHECK_BYTES: usize = 1 << 20;
+
+/// Whether this call's buffers are GPU memory (the reducer is the device's).
+fn on_device(ctx: &Ctx<'_>) -> bool {
+    ctx.reducer.memory_kind() != oxccl_transport::MemoryKind::Host
+}
+
+/// How many bytes a schedule hands the reducer at a time, where it would take `host` bytes
+/// of host memory: GPU memory goes whole, as one kernel or copy is queued per piece and
+/// the GPU runs them without looking at the transport (a kernel ends on its own: every
+/// input is in place before the schedule starts).
+pub(crate) fn piece(ctx: &Ctx<'_>, host: usize) -> usize {
+    if on_device(ctx) {
+        usize::MAX / 2
+    } else {
+        host
+    }
+}
+
+/// Pieces of `piece` bytes between looks at the transport.
+pub(crate) fn pieces_per_check(piece: usize) -> usize {
+    (CHECK_BYTES / piece).max(1)
+}
 
 /// Fails if the transport has (an abort from another thread, a peer found dead): a schedule
 /// moves bytes without waiting on any message, so it looks every [`CHECK_BYTES`], and an

@@ -45,10 +45,14 @@
 //!     peer's named region with [`Transport::map_peer_memory`]; the caller then reads and
 //!     writes it directly, and orders those accesses with messages of its own (a mapped
 //!     region carries no completion). Others answer `None` and [`Error::Unsupported`].
+//!     Device memory is named by its CUDA IPC handle ([`cuda::DeviceKey`]) where ranks share
+//!     a host, and mapped into the CUDA context current on the mapping thread; such a region
+//!     is [`MemoryKind::Device`] and only the device reducer touches it.
 
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cuda;
 pub mod error;
 mod ids;
 pub mod loopback;

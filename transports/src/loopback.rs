@@ -179,7 +179,10 @@ impl Transport for LoopbackTransport {
 
     fn memory_key(&self, buf: Region) -> Option<crate::MemoryKey> {
         // Every rank is a thread of this process: an address is all a peer needs.
-        (buf.kind() == crate::MemoryKind::Host).then(|| crate::MemoryKey::process_address(buf))
+        match buf.kind() {
+            crate::MemoryKind::Host => Some(crate::MemoryKey::process_address(buf)),
+            crate::MemoryKind::Device { .. } => crate::MemoryKey::device_memory(buf),
+        }
     }
 
     fn map_peer_memory(&self, peer: usize, key: &crate::MemoryKey) -> Result<RegionMut> {

@@ -41,8 +41,9 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     let (r, es) = (ctx.rank, a.dtype.size());
     let block = a.count * es;
     let streaming = crate::mapped::streaming(block * ctx.size, false);
-    for (i, c) in chunks(0..block, PIECE).enumerate() {
-        if i % (crate::mapped::CHECK_BYTES / PIECE) == 0 {
+    let piece = crate::mapped::piece(ctx, PIECE);
+    for (i, c) in chunks(0..block, piece).enumerate() {
+        if i % crate::mapped::pieces_per_check(piece) == 0 {
             crate::mapped::still_on(ctx)?;
         }
         let src = a.send.slice(c.clone());

@@ -39,7 +39,7 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
 pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Result<()> {
     let (p, es) = (ctx.size, a.dtype.size());
     let streaming = crate::mapped::streaming(a.count * es, a.in_place);
-    let per = (crate::mapped::CHECK_BYTES / es).max(1);
+    let per = (crate::mapped::piece(ctx, crate::mapped::CHECK_BYTES) / es).max(1);
     for c in chunks(block(a.count, p, ctx.rank), per) {
         crate::mapped::still_on(ctx)?;
         let b = bytes(&c, es);

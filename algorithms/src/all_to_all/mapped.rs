@@ -53,17 +53,18 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
             // Start with the next rank, so ranks do not all write into one output at once.
             // Each block is read once and written once, in large pieces.
             let j = (r + d) % p;
-            for c in chunks(0..block, crate::mapped::CHECK_BYTES) {
+            for c in chunks(0..block, crate::mapped::piece(ctx, crate::mapped::CHECK_BYTES)) {
                 crate::mapped::still_on(ctx)?;
                 crate::mapped::copy(ctx, streaming, bufs.recv[j].slice(at(r, &c)), a.send.slice(at(j, &c)))?;
             }
         }
         return Ok(());
     }
-    let piece = ctx.reducer.scratch(PIECE_BYTES)?;
+    let size = crate::mapped::piece(ctx, PIECE_BYTES).min(block);
+    let piece = ctx.reducer.scratch(size)?;
     for q in (0..p).filter(|&q| q != r && swapper(r, q) == r) {
-        for (i, c) in chunks(0..block, PIECE_BYTES).enumerate() {
-            if i % (crate::mapped::CHECK_BYTES / PIECE_BYTES) == 0 {
+        for (i, c) in chunks(0..block, size).enumerate() {
+            if i % crate::mapped::pieces_per_check(size) == 0 {
                 crate::mapped::still_on(ctx)?;
             }
             let (mine, theirs) = (bufs.recv[r].slice(at(q, &c)), bufs.recv[q].slice(at(r, &c)));

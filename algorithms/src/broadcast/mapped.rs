@@ -41,7 +41,7 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     }
     let src = bufs.send[a.root];
     let streaming = crate::mapped::streaming(a.recv.len(), false);
-    for c in chunks(0..a.recv.len(), CHECK_BYTES) {
+    for c in chunks(0..a.recv.len(), crate::mapped::piece(ctx, CHECK_BYTES)) {
         crate::mapped::still_on(ctx)?;
         crate::mapped::copy(ctx, streaming, a.recv.slice(c.clone()), src.slice(c))?;
     }

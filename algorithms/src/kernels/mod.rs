@@ -4,6 +4,9 @@
 
 pub(crate) mod host;
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
 use std::sync::{Arc, Mutex};
 
 use oxccl_transport::{Error, MemoryKind, Region, RegionMut, Result};
@@ -68,6 +71,14 @@ pub trait Reducer: Send + Sync {
 
     /// At least `bytes` of scratch memory, aligned to 8 bytes (enough for every element type).
     fn scratch(&self, bytes: usize) -> Result<Scratch>;
+
+    /// Returns once every operation asked of this reducer so far has finished and its
+    /// writes are visible to peers (or fails at `deadline`). The host reducer's operations
+    /// finish before they return; a GPU's are queued on a stream, and this waits for it.
+    fn fence(&self, deadline: std::time::Instant) -> Result<()> {
+        let _ = deadline;
+        Ok(())
+    }
 }
 
 /// [`Reducer::reduce_into_all`] from the other operations: the sources reduced in order

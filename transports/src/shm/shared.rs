@@ -39,28 +39,65 @@ struct Header {
 }
 
 /// Names `len` bytes at `offset` of a peer-mappable buffer, or (`fd < 0`) an address in
-/// the owner's process, usable by peers in that same process only.
+/// the owner's process, usable by peers in that same process only, or (`device`) a span of
+/// GPU memory: its allocation's CUDA IPC handle and the span's offset in it (or, for peers in
+/// the owner's process, its address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MemoryKey {
     /// The owner's process id.
     pub pid: u32,
-    /// The owner's descriptor of the buffer's file, or -1 for a plain address.
+    /// The owner's descriptor of the buffer's file, or -1 for a plain address or device
+    /// memory.
     pub fd: i32,
-    /// The buffer's id (unique in its process), 0 for a plain address.
+    /// The buffer's id (unique in its process), 0 for a plain address or device memory.
     pub id: u64,
-    /// Byte offset of the span in the buffer's data, or its address when `fd < 0`.
+    /// Byte offset of the span in the buffer's data (or in the device allocation), or its
+    /// address when `fd < 0` and there is no device part.
     pub offset: u64,
     /// The span's length.
     pub len: u64,
+    /// For device memory: the allocation, named for other processes.
+    pub device: Option<crate::cuda::DeviceKey>,
 }
 
 impl MemoryKey {
     /// Its size on the wire.
-    pub const BYTES: usize = 32;
+    pub const BYTES: usize = 112;
 
     /// The key of an address in this process (`region` must be host memory).
     pub fn process_address(region: Region) -> MemoryKey {
-        MemoryKey { pid: std::process::id(), fd: -1, id: 0, offset: region.as_ptr() as u64, len: region.len() as u64 }
+        MemoryKey {
+            pid: std::process::id(),
+            fd: -1,
+            id: 0,
+            offset: region.as_ptr() as u64,
+            len: region.len() as u64,
+            device: None,
+        }
+    }
+
+    /// The key of a span of device memory, for peers in this process (by address) and in
+    /// other processes (by CUDA IPC handle); `None` for host memory or where CUDA cannot
+    /// name it.
+    pub fn device_memory(region: Region) -> Option<MemoryKey> {
+        let MemoryKind::Device { ordinal } = region.kind() else { return None };
+        if region.is_empty() {
+            return Some(MemoryKey { pid: std::process::id(), fd: -1, ..MemoryKey::default() });
+        }
+        match crate::cuda::device_key(ordinal, region.as_ptr()) {
+            Ok((dk, offset)) => Some(MemoryKey {
+                pid: std::process::id(),
+                fd: -1,
+                id: 0,
+                offset,
+                len: region.len() as u64,
+                device: Some(dk),
+            }),
+            Err(e) => {
+                tracing::debug!(error = %e, "device memory cannot be named for peers");
+                None
+            }
+        }
     }
 
     /// Little-endian encoding.
@@ -71,6 +108,12 @@ impl MemoryKey {
         b[8..16].copy_from_slice(&self.id.to_le_bytes());
         b[16..24].copy_from_slice(&self.offset.to_le_bytes());
         b[24..32].copy_from_slice(&self.len.to_le_bytes());
+        if let Some(d) = &self.device {
+            b[32..36].copy_from_slice(&1u32.to_le_bytes());
+            b[36..40].copy_from_slice(&d.ordinal.to_le_bytes());
+            b[40..48].copy_from_slice(&d.base.to_le_bytes());
+            b[48..112].copy_from_slice(&d.handle);
+        }
         b
     }
 
@@ -78,12 +121,18 @@ impl MemoryKey {
     pub fn from_bytes(b: &[u8; Self::BYTES]) -> MemoryKey {
         let w4 = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
         let w8 = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let device = (u32::from_le_bytes(w4(32)) == 1).then(|| crate::cuda::DeviceKey {
+            ordinal: u32::from_le_bytes(w4(36)),
+            base: w8(40),
+            handle: b[48..112].try_into().expect("64 bytes"),
+        });
         MemoryKey {
             pid: u32::from_le_bytes(w4(0)),
             fd: i32::from_le_bytes(w4(4)),
             id: w8(8),
             offset: w8(16),
             len: w8(24),
+            device,
         }
     }
 }
@@ -242,6 +291,7 @@ pub fn registered_key(region: Region) -> Option<MemoryKey> {
         id: r.id,
         offset: (start - base) as u64,
         len: len as u64,
+        device: None,
     })
 }
 
@@ -271,6 +321,7 @@ impl Drop for Mapping {
 #[derive(Default)]
 pub struct PeerMappings {
     maps: Mutex<HashMap<(u32, u64), Mapping>>,
+    devices: crate::cuda::PeerDeviceMappings,
 }
 
 // SAFETY: the mappings are shared memory owned by this cache; the raw pointers are only
@@ -288,6 +339,9 @@ impl PeerMappings {
     /// The region stays valid until the owner frees the buffer and a later call here lets go
     /// of it: callers use it only inside a collective in which the owner holds the buffer.
     pub fn map(&self, key: &MemoryKey) -> Result<RegionMut> {
+        if let Some(dk) = &key.device {
+            return self.map_device(key, dk);
+        }
         if key.fd < 0 {
             if key.pid != std::process::id() || key.id != 0 {
                 return Err(Error::unsupported(format!(
@@ -316,6 +370,25 @@ impl PeerMappings {
         let p = unsafe { m.base.add(PAGE + key.offset as usize) };
         // SAFETY: shared memory mapped here; the caller's promise covers its validity.
         Ok(unsafe { RegionMut::from_raw_parts(p, key.len as usize, MemoryKind::Host) })
+    }
+
+    /// A device span: in this process, the owner's address; in another, the allocation
+    /// opened (once) in the CUDA context current on this thread, plus the span's offset.
+    /// CUDA keeps an opened allocation alive until it is closed, so a region stays valid
+    /// for as long as these mappings live.
+    fn map_device(&self, key: &MemoryKey, dk: &crate::cuda::DeviceKey) -> Result<RegionMut> {
+        let (base, ordinal) = if key.pid == std::process::id() {
+            (dk.base as *mut u8, dk.ordinal)
+        } else {
+            self.devices.open(key.pid, dk)?
+        };
+        let start = (base as u64).checked_add(key.offset).and_then(|s| s.checked_add(key.len).map(|_| s));
+        let Some(start) = start else {
+            return Err(Error::invalid_usage(format!("a peer named device bytes {}..+{}", key.offset, key.len)));
+        };
+        // SAFETY: device memory of a live allocation (the owner holds it for the collective,
+        // as the caller promises); the region is only handed to the device reducer.
+        Ok(unsafe { RegionMut::from_raw_parts(start as *mut u8, key.len as usize, MemoryKind::Device { ordinal }) })
     }
 
     /// How many peer buffers are mapped now.

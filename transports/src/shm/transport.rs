@@ -734,7 +734,8 @@ impl Transport for ShmTransport {
 
     fn memory_key(&self, buf: Region) -> Option<super::MemoryKey> {
         if buf.kind() != MemoryKind::Host {
-            return None;
+            // Device memory: its CUDA IPC handle, which every process on this host can open.
+            return super::MemoryKey::device_memory(buf);
         }
         // Any address serves peers that are threads of this process.
         Some(super::shared::registered_key(buf).unwrap_or_else(|| super::MemoryKey::process_address(buf)))
