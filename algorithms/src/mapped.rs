@@ -226,6 +226,13 @@ pub(crate) fn run_forced(
         return Ok(());
     }
     try_run(ctx, a, schedule)?.map_err(|why| {
+        if on_device(ctx) {
+            return Error::invalid_usage(format!(
+                "{} on device buffers moves them through CUDA IPC, but {why}: every rank must be on one host, \
+                 over the shared-memory transport",
+                ctx.collective
+            ));
+        }
         Error::invalid_usage(format!(
             "the mapped algorithm was forced for {}, but {why}: allocate the buffers with \
              oxccl::SharedBuffer (oxcclMemAlloc in C) on every rank, or let oxccl choose",

@@ -48,14 +48,6 @@ fn index(what: &str, v: c_int, size: usize) -> Result<usize, Error> {
         .ok_or_else(|| Error::invalid_argument(format!("{what} {v} is not a rank of this world of {size}")))
 }
 
-fn no_stream(stream: *mut c_void) -> Result<(), Error> {
-    if stream.is_null() {
-        Ok(())
-    } else {
-        Err(Error::invalid_usage("a stream was given, but this build moves host buffers only (pass NULL)"))
-    }
-}
-
 fn out<T>(p: *mut T, what: &str) -> Result<*mut T, Error> {
     if p.is_null() {
         Err(Error::invalid_argument(format!("{what} is NULL")))
@@ -329,14 +321,19 @@ pub extern "C" fn oxcclGetLastError(comm: oxcclComm_t) -> *const c_char {
     boundary::last_error(comm)
 }
 
-/// The body of a collective export: looks the communicator up, refuses streams, and names
+/// The body of a collective export: looks the communicator up, orders the call after the
+/// work queued on `stream` (device buffers; a stream with host buffers is refused), and names
 /// the collective, its sequence number and this rank in any argument error.
 macro_rules! collective {
-    ($name:expr, $comm:expr, $stream:expr, |$e:ident| $body:expr) => {{
+    ($name:expr, $comm:expr, $stream:expr, [$($buf:expr),*], |$e:ident| $body:expr) => {{
         let (comm, stream) = ($comm, $stream);
         guard(Some(comm), || {
             let $e = lookup(comm)?;
-            let r: Result<(), Error> = no_stream(stream).and_then(|()| $body);
+            let bufs: &[*const u8] = &[$($buf as *const u8),*];
+            // SAFETY: the caller passes NULL or a live stream of the buffers' device (the
+            // header's contract, as NCCL's).
+            let waited = unsafe { $e.comm.wait_for_stream(stream, bufs) };
+            let r: Result<(), Error> = waited.and_then(|()| $body);
             r.map_err(|err| err.in_collective($name, $e.comm.next_seq()).on_rank($e.comm.rank()))
         })
     }};
@@ -355,7 +352,7 @@ pub unsafe extern "C" fn oxcclAllReduce(
     comm: oxcclComm_t,
     stream: *mut c_void,
 ) -> oxcclResult_t {
-    collective!("all_reduce", comm, stream, |e| {
+    collective!("all_reduce", comm, stream, [sendbuff, recvbuff], |e| {
         let (d, o) = (dtype(datatype)?, redop(op)?);
         // SAFETY: the caller passes buffers of `count` elements (the header's contract).
         unsafe { e.comm.all_reduce_raw(sendbuff.cast(), recvbuff.cast(), count, d, o) }
@@ -373,7 +370,7 @@ pub unsafe extern "C" fn oxcclAllGather(
     comm: oxcclComm_t,
     stream: *mut c_void,
 ) -> oxcclResult_t {
-    collective!("all_gather", comm, stream, |e| {
+    collective!("all_gather", comm, stream, [sendbuff, recvbuff], |e| {
         let d = dtype(datatype)?;
         // SAFETY: the caller's buffers, per the header's contract.
         unsafe { e.comm.all_gather_raw(sendbuff.cast(), recvbuff.cast(), sendcount, d) }
@@ -392,7 +389,7 @@ pub unsafe extern "C" fn oxcclReduceScatter(
     comm: oxcclComm_t,
     stream: *mut c_void,
 ) -> oxcclResult_t {
-    collective!("reduce_scatter", comm, stream, |e| {
+    collective!("reduce_scatter", comm, stream, [sendbuff, recvbuff], |e| {
         let (d, o) = (dtype(datatype)?, redop(op)?);
         // SAFETY: the caller's buffers, per the header's contract.
         unsafe { e.comm.reduce_scatter_raw(sendbuff.cast(), recvbuff.cast(), recvcount, d, o) }
@@ -410,7 +407,7 @@ pub unsafe extern "C" fn oxcclAlltoAll(
     comm: oxcclComm_t,
     stream: *mut c_void,
 ) -> oxcclResult_t {
-    collective!("all_to_all", comm, stream, |e| {
+    collective!("all_to_all", comm, stream, [sendbuff, recvbuff], |e| {
         let d = dtype(datatype)?;
         // SAFETY: the caller's buffers, per the header's contract.
         unsafe { e.comm.all_to_all_raw(sendbuff.cast(), recvbuff.cast(), count, d) }
@@ -432,7 +429,7 @@ pub unsafe extern "C" fn oxcclAlltoAllv(
     comm: oxcclComm_t,
     stream: *mut c_void,
 ) -> oxcclResult_t {
-    collective!("all_to_allv", comm, stream, |e| {
+    collective!("all_to_allv", comm, stream, [sendbuff, recvbuff], |e| {
         let d = dtype(datatype)?;
         let p = e.comm.size();
         let arr = |ptr: *const usize, what: &str| -> Result<&[usize], Error> {
@@ -461,7 +458,7 @@ pub unsafe extern "C" fn oxcclBroadcast(
     comm: oxcclComm_t,
     stream: *mut c_void,
 ) -> oxcclResult_t {
-    collective!("broadcast", comm, stream, |e| {
+    collective!("broadcast", comm, stream, [sendbuff, recvbuff], |e| {
         let d = dtype(datatype)?;
         let root = index("root", root, e.comm.size())?;
         // SAFETY: the caller's buffers, per the header's contract.
@@ -482,7 +479,7 @@ pub unsafe extern "C" fn oxcclReduce(
     comm: oxcclComm_t,
     stream: *mut c_void,
 ) -> oxcclResult_t {
-    collective!("reduce", comm, stream, |e| {
+    collective!("reduce", comm, stream, [sendbuff, recvbuff], |e| {
         let (d, o) = (dtype(datatype)?, redop(op)?);
         let root = index("root", root, e.comm.size())?;
         // SAFETY: the caller's buffers, per the header's contract.
@@ -493,7 +490,7 @@ pub unsafe extern "C" fn oxcclReduce(
 /// Returns once every rank of `comm` has called it.
 #[no_mangle]
 pub unsafe extern "C" fn oxcclBarrier(comm: oxcclComm_t, stream: *mut c_void) -> oxcclResult_t {
-    collective!("barrier", comm, stream, |e| e.comm.barrier())
+    collective!("barrier", comm, stream, [], |e| e.comm.barrier())
 }
 
 /// Sends `count` elements to `peer`, which must post a matching `oxcclRecv`. Outside a group
@@ -508,7 +505,7 @@ pub unsafe extern "C" fn oxcclSend(
     comm: oxcclComm_t,
     stream: *mut c_void,
 ) -> oxcclResult_t {
-    collective!("send", comm, stream, |e| {
+    collective!("send", comm, stream, [sendbuff], |e| {
         let d = dtype(datatype)?;
         let peer = index("peer", peer, e.comm.size())?;
         let bytes = count.checked_mul(d.size()).ok_or_else(|| Error::invalid_argument("count overflows"))?;
@@ -526,7 +523,7 @@ pub unsafe extern "C" fn oxcclRecv(
     comm: oxcclComm_t,
     stream: *mut c_void,
 ) -> oxcclResult_t {
-    collective!("recv", comm, stream, |e| {
+    collective!("recv", comm, stream, [recvbuff], |e| {
         let d = dtype(datatype)?;
         let peer = index("peer", peer, e.comm.size())?;
         let bytes = count.checked_mul(d.size()).ok_or_else(|| Error::invalid_argument("count overflows"))?;

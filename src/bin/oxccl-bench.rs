@@ -19,7 +19,7 @@ use half::{bf16, f16};
 use oxccl::bootstrap::env::LaunchEnv;
 use oxccl::check::{self, CheckElem};
 use oxccl::config::{parse_bytes, AlgoOverrides, TransportKind};
-use oxccl::{Algorithm, Collective, Communicator, Config, DataType, ReduceOp};
+use oxccl::{Algorithm, Collective, Communicator, Config, DataType, DeviceBuffer, ReduceOp};
 
 /// Collective bandwidth benchmark (nccl-tests' columns).
 #[derive(Parser, Debug, Clone)]
@@ -84,6 +84,11 @@ struct Args {
     /// registration).
     #[arg(short = 'R', long = "registered", default_value_t = 0)]
     registered: u8,
+    /// Buffers in GPU memory (`oxccl::DeviceBuffer`, on device local rank mod device count):
+    /// collectives through CUDA IPC with reductions on the GPU. Rank 0 also prints the
+    /// device's copy bandwidth (a device-to-device copy of the largest size), for comparison.
+    #[arg(long)]
+    device: bool,
 }
 
 fn bytes_arg(s: &str) -> Result<usize, String> {
@@ -215,21 +220,65 @@ fn bus_factor(coll: Collective, p: usize) -> f64 {
     }
 }
 
-/// One buffer: plain heap memory, or memory peers map (`-R 1`).
+/// Where the buffers live.
+#[derive(Clone, Copy, PartialEq)]
+enum Memory {
+    Heap,
+    /// Shared buffers (`-R 1`).
+    Shared,
+    /// GPU memory (`--device`) of this device.
+    Device(u32),
+}
+
+/// One buffer: plain heap memory, memory peers map (`-R 1`), or GPU memory with a host copy
+/// to fill and check (`--device`).
 enum Storage<T: CheckElem> {
     Heap(Vec<T>),
     Shared(oxccl::SharedBuffer<T>),
+    Device(Vec<T>, DeviceBuffer<T>),
 }
 
 impl<T: CheckElem> Storage<T> {
-    fn new(len: usize, shared: bool) -> Storage<T> {
-        if shared {
-            match oxccl::SharedBuffer::new(len) {
-                Ok(b) => return Storage::Shared(b),
+    fn new(len: usize, memory: Memory) -> oxccl::Result<Storage<T>> {
+        match memory {
+            Memory::Shared => match oxccl::SharedBuffer::new(len) {
+                Ok(b) => return Ok(Storage::Shared(b)),
                 Err(e) => eprintln!("# shared buffer of {len} elements: {e}; using heap memory"),
-            }
+            },
+            Memory::Device(d) => return Ok(Storage::Device(vec![zero(); len], DeviceBuffer::new(len, d)?)),
+            Memory::Heap => {}
         }
-        Storage::Heap(vec![zero(); len])
+        Ok(Storage::Heap(vec![zero(); len]))
+    }
+
+    /// GPU memory: the host copy goes to the device.
+    fn upload(&mut self) -> oxccl::Result<()> {
+        match self {
+            Storage::Device(host, dev) => dev.copy_from_host(host),
+            _ => Ok(()),
+        }
+    }
+
+    /// GPU memory: the device's bytes come back to the host copy.
+    fn download(&mut self) -> oxccl::Result<()> {
+        match self {
+            Storage::Device(host, dev) => dev.copy_to_host(host),
+            _ => Ok(()),
+        }
+    }
+
+    fn device(&self) -> &DeviceBuffer<T> {
+        match self {
+            Storage::Device(_, d) => d,
+            _ => unreachable!("device buffers only with --device"),
+        }
+    }
+
+    fn device_mut(&mut self) -> &mut DeviceBuffer<T> {
+        match self {
+            Storage::Device(_, d) => d,
+            _ => unreachable!("device buffers only with --device"),
+        }
     }
 }
 
@@ -237,7 +286,7 @@ impl<T: CheckElem> std::ops::Deref for Storage<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
         match self {
-            Storage::Heap(v) => v,
+            Storage::Heap(v) | Storage::Device(v, _) => v,
             Storage::Shared(b) => b,
         }
     }
@@ -246,7 +295,7 @@ impl<T: CheckElem> std::ops::Deref for Storage<T> {
 impl<T: CheckElem> std::ops::DerefMut for Storage<T> {
     fn deref_mut(&mut self) -> &mut [T] {
         match self {
-            Storage::Heap(v) => v,
+            Storage::Heap(v) | Storage::Device(v, _) => v,
             Storage::Shared(b) => b,
         }
     }
@@ -265,7 +314,7 @@ fn zero<T: CheckElem>() -> T {
 }
 
 impl<T: CheckElem> Bufs<T> {
-    fn new(coll: Collective, bytes: usize, p: usize, shared: bool) -> Bufs<T> {
+    fn new(coll: Collective, bytes: usize, p: usize, memory: Memory) -> oxccl::Result<Bufs<T>> {
         let es = T::DTYPE.size();
         let mut total = bytes / es;
         let (send, recv) = match coll {
@@ -283,7 +332,48 @@ impl<T: CheckElem> Bufs<T> {
             }
             _ => (total, total),
         };
-        Bufs { send: Storage::new(send, shared), recv: Storage::new(recv, shared), total }
+        Ok(Bufs { send: Storage::new(send, memory)?, recv: Storage::new(recv, memory)?, total })
+    }
+
+    fn upload(&mut self) -> oxccl::Result<()> {
+        self.send.upload()?;
+        self.recv.upload()
+    }
+
+    fn download(&mut self) -> oxccl::Result<()> {
+        self.send.download()?;
+        self.recv.download()
+    }
+
+    fn on_device(&self) -> bool {
+        matches!(self.send, Storage::Device(..))
+    }
+}
+
+/// [`run_once`] on GPU memory.
+fn run_once_device<T: CheckElem>(
+    comm: &Communicator,
+    coll: Collective,
+    b: &mut Bufs<T>,
+    op: ReduceOp,
+    root: usize,
+    in_place: bool,
+) -> oxccl::Result<()> {
+    let (send, recv) = (&mut b.send, &mut b.recv);
+    match (coll, in_place) {
+        (Collective::AllReduce, false) => comm.all_reduce_device_into(send.device(), recv.device_mut(), op),
+        (Collective::AllReduce, true) => comm.all_reduce_device(recv.device_mut(), op),
+        (Collective::AllGather, false) => comm.all_gather_device_into(send.device(), recv.device_mut()),
+        (Collective::AllGather, true) => comm.all_gather_device(recv.device_mut()),
+        (Collective::ReduceScatter, false) => comm.reduce_scatter_device_into(send.device(), recv.device_mut(), op),
+        (Collective::ReduceScatter, true) => comm.reduce_scatter_device(send.device_mut(), op),
+        (Collective::AllToAll, false) => comm.all_to_all_device_into(send.device(), recv.device_mut()),
+        (Collective::AllToAll, true) => comm.all_to_all_device(recv.device_mut()),
+        (Collective::Broadcast, false) => comm.broadcast_device_into(send.device(), recv.device_mut(), root),
+        (Collective::Broadcast, true) => comm.broadcast_device(recv.device_mut(), root),
+        (Collective::Reduce, false) => comm.reduce_device_into(send.device(), recv.device_mut(), op, root),
+        (Collective::Reduce, true) => comm.reduce_device(recv.device_mut(), op, root),
+        _ => unreachable!("not benchmarked"),
     }
 }
 
@@ -295,6 +385,9 @@ fn run_once<T: CheckElem>(
     root: usize,
     in_place: bool,
 ) -> oxccl::Result<()> {
+    if b.on_device() {
+        return run_once_device(comm, coll, b, op, root, in_place);
+    }
     let r = comm.rank();
     let n = b.send.len();
     match (coll, in_place) {
@@ -397,6 +490,7 @@ fn measure<T: CheckElem>(
     let mut wrong = [0u64; 2];
     for (k, in_place) in [false, true].into_iter().enumerate() {
         fill(comm, coll, b, op, args.root, in_place);
+        b.upload()?;
         for _ in 0..args.warmup {
             run_once(comm, coll, b, op, args.root, in_place)?;
         }
@@ -408,13 +502,45 @@ fn measure<T: CheckElem>(
         times[k] = t0.elapsed().as_secs_f64() / args.iters.max(1) as f64;
         if args.check != 0 {
             fill(comm, coll, b, op, args.root, in_place);
+            b.upload()?;
             run_once(comm, coll, b, op, args.root, in_place)?;
+            b.download()?;
             wrong[k] = count_wrong(comm, coll, b, op, args.root, in_place) as u64;
         }
     }
     comm.all_reduce(&mut times, ReduceOp::Max)?;
     comm.all_reduce(&mut wrong, ReduceOp::Sum)?;
     Ok((times, wrong))
+}
+
+/// Where this rank's buffers live, from the flags.
+fn memory(comm: &Communicator, args: &Args) -> oxccl::Result<Memory> {
+    if args.device {
+        let n = oxccl_transport::cuda::driver()?.device_count().max(1);
+        return Ok(Memory::Device((comm.local_rank() % n) as u32));
+    }
+    Ok(if args.registered != 0 { Memory::Shared } else { Memory::Heap })
+}
+
+/// Rank 0's device-to-device copy bandwidth at `bytes` (the reference for GPU collectives):
+/// bytes copied per second, each read once and written once.
+fn device_copy_bandwidth(ordinal: u32, bytes: usize) -> oxccl::Result<f64> {
+    let src = DeviceBuffer::<u8>::new(bytes, ordinal)?;
+    let mut dst = DeviceBuffer::<u8>::new(bytes, ordinal)?;
+    let ctx = oxccl_transport::cuda::context(ordinal)?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let mut run = |n: usize| -> oxccl::Result<f64> {
+        let t0 = Instant::now();
+        for _ in 0..n {
+            // SAFETY: two live device buffers of `bytes` bytes.
+            unsafe { ctx.copy_async(dst.as_mut_ptr(), src.as_ptr(), bytes)? };
+        }
+        ctx.sync(deadline, "device copy")?;
+        Ok(t0.elapsed().as_secs_f64() / n as f64)
+    };
+    run(3)?;
+    let t = run(20)?;
+    Ok(bytes as f64 / t / 1e9)
 }
 
 fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: ReduceOp) -> oxccl::Result<usize> {
@@ -447,8 +573,19 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
             args.warmup,
             args.check,
             algo_label,
-            if args.registered != 0 { "shared (-R 1)" } else { "heap" },
+            match memory(comm, args)? {
+                Memory::Heap => "heap".to_string(),
+                Memory::Shared => "shared (-R 1)".to_string(),
+                Memory::Device(d) => format!("GPU memory (cuda:{d})"),
+            },
         );
+        if let Memory::Device(d) = memory(comm, args)? {
+            let bytes = args.max_bytes.clamp(1 << 20, 1 << 30);
+            match device_copy_bandwidth(d, bytes) {
+                Ok(bw) => println!("# device copy bandwidth (cuda:{d}, {bytes} B device to device): {bw:.1} GB/s"),
+                Err(e) => println!("# device copy bandwidth: {e}"),
+            }
+        }
         println!("#");
         println!("#                                                              out-of-place                       in-place          ");
         println!("#       size         count      type   redop    root     time   algbw   busbw #wrong     time   algbw   busbw #wrong");
@@ -488,7 +625,7 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
     let comparing = args.explain || !args.compare.is_empty();
     let rounds = if comparing { 2 } else { 1 };
     while bytes <= args.max_bytes {
-        let mut b = Bufs::<T>::new(coll, bytes, p, args.registered != 0);
+        let mut b = Bufs::<T>::new(coll, bytes, p, memory(comm, args)?)?;
         let size = b.total * T::DTYPE.size();
         let mut results = vec![([f64::INFINITY; 2], [0u64; 2]); variants.len()];
         for _ in 0..rounds {

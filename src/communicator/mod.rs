@@ -1,5 +1,6 @@
 //! [`Communicator`]: a group of ranks and the collectives they run together.
 
+mod device_api;
 mod raw;
 pub use raw::RawP2p;
 mod split;
@@ -107,6 +108,9 @@ pub struct Communicator {
     /// [`Communicator::set_algorithms`].
     forced: AtomicU64,
     reducer: HostReducer,
+    /// The reducers of the GPUs this rank's device buffers were on, made on first use.
+    #[cfg(feature = "cuda")]
+    device_reducers: Mutex<std::collections::HashMap<u32, Arc<oxccl_algorithms::kernels::cuda::CudaReducer>>>,
     state: Mutex<State>,
     /// How to build new connections (for `split`); `None` for communicators over a
     /// caller-made transport.
@@ -299,10 +303,13 @@ impl Communicator {
             forced: AtomicU64::new(0),
             net,
             reducer: HostReducer::new(),
+            #[cfg(feature = "cuda")]
+            device_reducers: Mutex::new(Default::default()),
             state: Mutex::new(State { seq: 0, poisoned: None, p2p_sent: vec![0; size], p2p_received: vec![0; size] }),
             boot,
         };
         c.forced = AtomicU64::new(c.config.algorithms.pack());
+        crate::device::note_cuda_if_loaded();
         c.profile = profile;
         c.profile.peer_memory = c.caps.peer_memory_mappable;
         c
@@ -323,7 +330,7 @@ impl Communicator {
             op: ReduceOp::Sum,
             root: 0,
         };
-        let ctx = self.ctx(Collective::AllGather, 0, deadline, 0, self.config.chunk_bytes);
+        let ctx = self.ctx(Collective::AllGather, 0, deadline, 0, self.config.chunk_bytes, &self.reducer);
         let r = oxccl_algorithms::all_gather::ring::run(&ctx, &args);
         r.map_err(|e| {
             let e = e.in_collective("init", 0).on_rank(self.rank);
@@ -345,7 +352,7 @@ impl Communicator {
             op: ReduceOp::Sum,
             root: 0,
         };
-        let ctx = self.ctx(Collective::Broadcast, 0, deadline, 0, self.config.chunk_bytes);
+        let ctx = self.ctx(Collective::Broadcast, 0, deadline, 0, self.config.chunk_bytes, &self.reducer);
         oxccl_algorithms::broadcast::tree::run(&ctx, &args).map_err(|e| {
             let e = e.in_collective("init", 0).on_rank(self.rank);
             self.net.fail(e.clone());
@@ -570,17 +577,19 @@ impl Communicator {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn ctx(
-        &self,
+    #[allow(clippy::too_many_arguments)]
+    fn ctx<'a>(
+        &'a self,
         collective: Collective,
         seq: u64,
         deadline: Instant,
         fingerprint: u64,
         chunk_bytes: usize,
-    ) -> Ctx<'_> {
+        reducer: &'a dyn oxccl_algorithms::Reducer,
+    ) -> Ctx<'a> {
         Ctx {
             net: &*self.net,
-            reducer: &self.reducer,
+            reducer,
             rank: self.rank,
             size: self.size,
             seq,
@@ -613,6 +622,18 @@ impl Communicator {
         chunk_bytes: usize,
         body: impl FnOnce(&Ctx<'_>) -> Result<()>,
     ) -> Result<()> {
+        self.execute_with(coll, fingerprint, chunk_bytes, &self.reducer, body)
+    }
+
+    /// [`Communicator::execute`] with the reducer of the call's memory.
+    fn execute_with(
+        &self,
+        coll: Collective,
+        fingerprint: u64,
+        chunk_bytes: usize,
+        reducer: &dyn oxccl_algorithms::Reducer,
+        body: impl FnOnce(&Ctx<'_>) -> Result<()>,
+    ) -> Result<()> {
         let mut st = self.lock();
         if let Some(e) = &st.poisoned {
             return Err(e.clone());
@@ -621,7 +642,7 @@ impl Communicator {
         let seq = st.seq;
         // Peers read this to tell a stuck rank from a slow one: 2s+1 inside call s, 2s after.
         self.net.set_progress(2 * seq + 1);
-        let ctx = self.ctx(coll, seq, Instant::now() + self.config.timeout, fingerprint, chunk_bytes);
+        let ctx = self.ctx(coll, seq, Instant::now() + self.config.timeout, fingerprint, chunk_bytes, reducer);
         let mut guard = FailOnUnwind { net: &*self.net, armed: true };
         let mut r = if self.config.verify_calls {
             oxccl_algorithms::verify::verify_call(&ctx).and_then(|()| body(&ctx))
@@ -677,6 +698,9 @@ impl Communicator {
 
     /// Runs one collective with the algorithm the configuration or the size picks.
     fn run(&self, coll: Collective, args: CollArgs) -> Result<()> {
+        if let Some(ordinal) = self.device_of(coll, &args)? {
+            return self.run_device(coll, args, ordinal);
+        }
         // The size as nccl-tests counts it (and the cost formulas take it).
         let per = match coll {
             Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll => self.size,
@@ -1139,5 +1163,74 @@ impl std::fmt::Debug for Communicator {
             .field("local_rank", &self.local_rank)
             .field("transport", &self.net.name())
             .finish()
+    }
+}
+
+/// Where a call's buffers are: `None` for host memory, the GPU for device memory.
+impl Communicator {
+    fn device_of(&self, coll: Collective, args: &CollArgs) -> Result<Option<u32>> {
+        let kinds: Vec<MemoryKind> = [(args.send.len(), args.send.kind()), (args.recv.len(), args.recv.kind())]
+            .iter()
+            .filter(|(len, _)| *len > 0)
+            .map(|(_, k)| *k)
+            .collect();
+        let device = kinds.iter().find_map(|k| match k {
+            MemoryKind::Device { ordinal } => Some(*ordinal),
+            MemoryKind::Host => None,
+        });
+        match device {
+            Some(o) if kinds.iter().all(|k| *k == MemoryKind::Device { ordinal: o }) => Ok(Some(o)),
+            Some(_) => {
+                Err(self.bad(coll, format!("{coll}: sendbuff and recvbuff are in different memories ({kinds:?})")))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Runs a call on device buffers: the `mapped` algorithm over CUDA IPC, reductions in
+    /// the device's kernels, every wait on the GPU under the call's deadline.
+    #[cfg(feature = "cuda")]
+    fn run_device(&self, coll: Collective, args: CollArgs, ordinal: u32) -> Result<()> {
+        if let Some(algo) = AlgoOverrides::unpack(self.forced.load(Ordering::Relaxed), coll) {
+            if algo != Algorithm::Mapped {
+                return Err(self.bad_usage(
+                    coll,
+                    format!("{algo} was forced for {coll}, but it cannot move device buffers (only mapped does)"),
+                ));
+            }
+        }
+        let reducer = {
+            let mut m = self.device_reducers.lock().unwrap_or_else(|e| e.into_inner());
+            match m.get(&ordinal) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = Arc::new(
+                        oxccl_algorithms::kernels::cuda::CudaReducer::new(ordinal)
+                            .map_err(|e| e.in_collective(coll.name(), self.next_seq()).on_rank(self.rank))?,
+                    );
+                    m.insert(ordinal, r.clone());
+                    r
+                }
+            }
+        };
+        // Peers' buffers are opened in the context current on this thread.
+        reducer.context().make_current()?;
+        let f = registry::lookup(coll, Algorithm::Mapped)
+            .ok_or_else(|| Error::unsupported(format!("{coll} has no algorithm for device buffers")))?;
+        let fp = oxccl_algorithms::ctx::fingerprint(coll, args.count, args.dtype, args.op, args.root);
+        self.execute_with(coll, fp, self.config.chunk_bytes, &*reducer, |ctx| {
+            f(ctx, &args)?;
+            // The trivial calls (one rank, nothing to move) queue a copy and no done round.
+            ctx.reducer.fence(ctx.deadline)
+        })
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn run_device(&self, coll: Collective, _args: CollArgs, _ordinal: u32) -> Result<()> {
+        Err(self.bad_usage(coll, "this build of oxccl has no CUDA support".to_string()))
+    }
+
+    fn bad_usage(&self, coll: Collective, msg: String) -> Error {
+        Error::invalid_usage(msg).in_collective(coll.name(), self.next_seq()).on_rank(self.rank)
     }
 }

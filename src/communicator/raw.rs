@@ -2,6 +2,8 @@
 //! bindings. In-place calls follow NCCL: the same pointer for all-reduce, all-to-all,
 //! broadcast and reduce; `sendbuff == recvbuff + rank * count` for all-gather;
 //! `recvbuff == sendbuff + rank * count` for reduce-scatter. Any other overlap is refused.
+//! Pointers may be device pointers (the CUDA driver says which device) once the process has
+//! loaded CUDA; a call's buffers must then all be on that device.
 
 use oxccl_algorithms::all_to_all::pairwise_v::{self, Layout};
 use oxccl_algorithms::{CollArgs, Collective, DataType, ReduceOp};
@@ -41,6 +43,17 @@ fn span(what: &str, count: usize, times: usize, dtype: DataType) -> Result<usize
         .ok_or_else(|| Error::invalid_argument(format!("{what}: {count} x {times} elements of {dtype} overflow")))
 }
 
+/// The memory `ptr` is in: a device's where the CUDA driver says so (asked only once device
+/// memory can exist in this process), else host memory.
+fn kind_of(ptr: *const u8) -> MemoryKind {
+    if crate::device::cuda_seen() {
+        if let Some(ordinal) = oxccl_transport::cuda::pointer_device(ptr) {
+            return MemoryKind::Device { ordinal };
+        }
+    }
+    MemoryKind::Host
+}
+
 /// A region over `len` bytes at `ptr`, refusing NULL unless the region is empty.
 ///
 /// # Safety
@@ -53,7 +66,7 @@ unsafe fn rd(what: &str, ptr: *const u8, len: usize) -> Result<Region> {
         return Err(Error::invalid_argument(format!("{what} is NULL")));
     }
     // SAFETY: the caller's contract.
-    Ok(unsafe { Region::from_raw_parts(ptr, len, MemoryKind::Host) })
+    Ok(unsafe { Region::from_raw_parts(ptr, len, kind_of(ptr)) })
 }
 
 /// # Safety
@@ -66,7 +79,7 @@ unsafe fn wr(what: &str, ptr: *mut u8, len: usize) -> Result<RegionMut> {
         return Err(Error::invalid_argument(format!("{what} is NULL")));
     }
     // SAFETY: the caller's contract.
-    Ok(unsafe { RegionMut::from_raw_parts(ptr, len, MemoryKind::Host) })
+    Ok(unsafe { RegionMut::from_raw_parts(ptr, len, kind_of(ptr)) })
 }
 
 fn overlap_error(coll: Collective) -> Error {

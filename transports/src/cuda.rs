@@ -481,10 +481,19 @@ mod imp {
             None => {
                 let mut h = sys::CUipcMemHandle { reserved: [0; 64] };
                 // SAFETY: a valid out-pointer and the base of a live allocation.
-                check(unsafe { sys::cuIpcGetMemHandle(&mut h, base) }, "cuIpcGetMemHandle")?;
-                let bytes: [u8; 64] = h.reserved.map(|c| c as u8);
-                cache.insert((ordinal, base), bytes);
-                bytes
+                match check(unsafe { sys::cuIpcGetMemHandle(&mut h, base) }, "cuIpcGetMemHandle") {
+                    Ok(()) => {
+                        let bytes: [u8; 64] = h.reserved.map(|c| c as u8);
+                        cache.insert((ordinal, base), bytes);
+                        bytes
+                    }
+                    // Memory CUDA IPC cannot export (stream-ordered or VMM allocations):
+                    // still usable by peers in this process, which need the address only.
+                    Err(e) => {
+                        tracing::debug!(error = %e, "device memory without an IPC handle");
+                        [0; 64]
+                    }
+                }
             }
         };
         Ok((DeviceKey { ordinal, handle, base }, ptr as u64 - base))
@@ -511,6 +520,12 @@ mod imp {
             let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(&p) = open.get(&(pid, key.base, local)) {
                 return Ok((p as *mut u8, local));
+            }
+            if key.handle == [0; 64] {
+                return Err(Error::unsupported(
+                    "a peer's device memory has no CUDA IPC handle (allocate it with cudaMalloc / cuMemAlloc, \
+                     not stream-ordered or virtual-memory allocators)",
+                ));
             }
             let mut h = sys::CUipcMemHandle { reserved: [0; 64] };
             for (d, s) in h.reserved.iter_mut().zip(key.handle) {

@@ -421,9 +421,9 @@ mod tests {
         }
     }
 
-    /// NVRTC compiles the kernels wherever it is installed (CI installs it: the GPU
-    /// machine may not have it), and the built-in PTX is what the same NVRTC makes of the
-    /// source (regenerate with scripts/gen-ptx.sh).
+    /// NVRTC compiles the kernels wherever it is installed (CI installs it and sets
+    /// OXCCL_REQUIRE_NVRTC), and the built-in PTX is what the same NVRTC makes of the source
+    /// (regenerate with scripts/gen-ptx.sh).
     #[test]
     fn kernels_compile_and_the_built_in_ptx_is_current() {
         match compile_ptx("compute_70") {
@@ -441,7 +441,8 @@ mod tests {
                 }
             }
             Err(why) => {
-                assert!(std::env::var("CI").is_err(), "CI installs NVRTC: {why}");
+                // CI installs NVRTC and says so.
+                assert!(std::env::var_os("OXCCL_REQUIRE_NVRTC").is_none(), "NVRTC was required: {why}");
                 eprintln!("skipped: {why}");
             }
         }
