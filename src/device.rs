@@ -9,7 +9,7 @@
 //! device memory). Every wait on the GPU has the communicator's deadline.
 //!
 //! Where there is no CUDA (no driver, or a build without the `cuda` feature), making a
-//! `DeviceBuffer` is [`Error::Unsupported`](crate::Error::Unsupported), saying why.
+//! `DeviceBuffer` is [`Error::Unsupported`], saying why.
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,9 +63,8 @@ impl<T: Element> DeviceBuffer<T> {
         let ctx = cuda::context(ordinal)?;
         let alloc = ctx.alloc(bytes)?;
         CUDA_SEEN.store(true, Ordering::Relaxed);
-        let zeros = vec![0u8; bytes];
         // SAFETY: the allocation holds `bytes` bytes.
-        unsafe { ctx.copy_to_device(alloc.as_ptr(), &zeros)? };
+        unsafe { ctx.zero(alloc.as_ptr(), bytes)? };
         Ok(DeviceBuffer { alloc, len, _t: PhantomData })
     }
 

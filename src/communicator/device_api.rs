@@ -142,24 +142,25 @@ impl Communicator {
 }
 
 impl Communicator {
-    /// For bindings whose calls take a CUDA stream (NCCL's C ABI): returns once the work
-    /// queued on `stream` before this call has finished, so that a collective on `bufs` that
-    /// follows sees its results; the collective itself returns once its own GPU work is done,
-    /// so work queued on the stream afterwards sees its results in turn. A NULL stream is
-    /// nothing to wait for. A stream given with host buffers is refused (InvalidUsage).
+    /// For bindings whose calls take a CUDA stream (NCCL's C ABI): when `bufs` are device
+    /// memory, returns once the work queued on `stream` before this call has finished (NULL:
+    /// the legacy default stream, as in CUDA), so that the collective that follows sees its
+    /// results; the collective itself returns once its own GPU work is done, so work queued
+    /// on the stream afterwards sees its results in turn. With host buffers there is nothing
+    /// to wait for, and a stream other than NULL is refused (InvalidUsage).
     ///
     /// # Safety
     /// `stream` is NULL or a live `CUstream` (`cudaStream_t`) of the buffers' device.
     pub unsafe fn wait_for_stream(&self, stream: *mut std::ffi::c_void, bufs: &[*const u8]) -> Result<()> {
-        if stream.is_null() {
-            return Ok(());
-        }
         let device = if crate::device::cuda_seen() {
             bufs.iter().find_map(|p| oxccl_transport::cuda::pointer_device(*p))
         } else {
             None
         };
         let Some(ordinal) = device else {
+            if stream.is_null() {
+                return Ok(());
+            }
             return Err(Error::invalid_usage(
                 "a stream was given, but the buffers are host memory (pass NULL as the stream for host buffers)",
             ));

@@ -141,6 +141,16 @@ mod imp {
         if ptr.is_null() || driver().is_err() {
             return None;
         }
+        // The driver answers about any address of the process, but only on a thread with a
+        // context current: a thread of the program's that never touched CUDA gets device 0's
+        // primary context.
+        let mut current = std::ptr::null_mut();
+        // SAFETY: a valid out-pointer.
+        let r = unsafe { sys::cuCtxGetCurrent(&mut current) };
+        if (r != sys::CUresult::CUDA_SUCCESS || current.is_null()) && context(0).and_then(|c| c.make_current()).is_err()
+        {
+            return None;
+        }
         let mut mem_type: u32 = 0;
         // SAFETY: asks about an address; unknown host addresses give an error code, not a
         // fault.
@@ -235,11 +245,12 @@ mod imp {
             self.stream.cast()
         }
 
-        /// Waits until every operation queued on `stream` (a `CUstream`; NULL: oxccl's) has
-        /// finished, polling: spinning briefly, then sleeping, until `deadline`.
+        /// Waits until every operation queued on `stream` (a `CUstream`; NULL is the
+        /// context's legacy default stream, as everywhere in CUDA) has finished, polling:
+        /// spinning briefly, then sleeping, until `deadline`.
         pub fn sync_stream(&self, stream: *mut c_void, deadline: Instant, what: &str) -> Result<()> {
             self.make_current()?;
-            let s: sys::CUstream = if stream.is_null() { self.stream } else { stream.cast() };
+            let s: sys::CUstream = stream.cast();
             let start = Instant::now();
             loop {
                 // SAFETY: a valid stream of this context.
@@ -267,7 +278,20 @@ mod imp {
 
         /// Waits for oxccl's stream (see [`DeviceContext::sync_stream`]).
         pub fn sync(&self, deadline: Instant, what: &str) -> Result<()> {
-            self.sync_stream(std::ptr::null_mut(), deadline, what)
+            self.sync_stream(self.stream.cast(), deadline, what)
+        }
+
+        /// Sets `len` bytes of device memory at `dst` to zero and waits for it.
+        ///
+        /// # Safety
+        /// `dst` valid device memory for `len` bytes.
+        pub unsafe fn zero(&self, dst: *mut u8, len: usize) -> Result<()> {
+            if len == 0 {
+                return Ok(());
+            }
+            self.make_current()?;
+            // SAFETY: the caller's contract; the call is synchronous for device memory.
+            check(unsafe { sys::cuMemsetD8_v2(dst as sys::CUdeviceptr, 0, len) }, "cuMemsetD8")
         }
 
         /// Allocates `bytes` of device memory (at least one byte is allocated).
@@ -472,38 +496,39 @@ mod imp {
             unsafe { sys::cuMemGetAddressRange_v2(&mut base, &mut size, ptr as sys::CUdeviceptr) },
             "cuMemGetAddressRange",
         )?;
-        // Handles are cached per allocation: cuIpcGetMemHandle is not free.
-        type Handles = Mutex<HashMap<(u32, u64), [u8; 64]>>;
-        static HANDLES: OnceLock<Handles> = OnceLock::new();
-        let mut cache = HANDLES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-        let handle = match cache.get(&(ordinal, base)) {
-            Some(h) => *h,
-            None => {
-                let mut h = sys::CUipcMemHandle { reserved: [0; 64] };
-                // SAFETY: a valid out-pointer and the base of a live allocation.
-                match check(unsafe { sys::cuIpcGetMemHandle(&mut h, base) }, "cuIpcGetMemHandle") {
-                    Ok(()) => {
-                        let bytes: [u8; 64] = h.reserved.map(|c| c as u8);
-                        cache.insert((ordinal, base), bytes);
-                        bytes
-                    }
-                    // Memory CUDA IPC cannot export (stream-ordered or VMM allocations):
-                    // still usable by peers in this process, which need the address only.
-                    Err(e) => {
-                        tracing::debug!(error = %e, "device memory without an IPC handle");
-                        [0; 64]
-                    }
-                }
+        // Asked every time, not cached by address: a buffer freed and another allocated at
+        // the same address get different handles, and peers must open the new one.
+        let mut h = sys::CUipcMemHandle { reserved: [0; 64] };
+        // SAFETY: a valid out-pointer and the base of a live allocation.
+        let handle = match check(unsafe { sys::cuIpcGetMemHandle(&mut h, base) }, "cuIpcGetMemHandle") {
+            Ok(()) => h.reserved.map(|c| c as u8),
+            // Memory CUDA IPC cannot export (stream-ordered or VMM allocations): still usable
+            // by peers in this process, which need the address only.
+            Err(e) => {
+                tracing::debug!(error = %e, "device memory without an IPC handle");
+                [0; 64]
             }
         };
         Ok((DeviceKey { ordinal, handle, base }, ptr as u64 - base))
     }
 
-    /// Peers' device allocations opened in this process, once each.
+    /// Peers' device allocations opened in this process, once each, by handle (a new
+    /// allocation at an old address has a new handle); the least recently used are closed
+    /// beyond 256.
     #[derive(Default)]
     pub struct PeerDeviceMappings {
-        open: Mutex<HashMap<(u32, u64, u32), u64>>,
+        open: Mutex<Vec<Opened>>,
     }
+
+    struct Opened {
+        pid: u32,
+        handle: [u8; 64],
+        local: u32,
+        ptr: u64,
+    }
+
+    /// Peer allocations kept open at once.
+    const MAX_OPEN: usize = 256;
 
     impl std::fmt::Debug for PeerDeviceMappings {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -518,7 +543,11 @@ mod imp {
         pub fn open(&self, pid: u32, key: &DeviceKey) -> Result<(*mut u8, u32)> {
             let local = current_ordinal()?;
             let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(&p) = open.get(&(pid, key.base, local)) {
+            if let Some(i) = open.iter().position(|o| o.pid == pid && o.handle == key.handle && o.local == local) {
+                // Most recently used last.
+                let o = open.remove(i);
+                let p = o.ptr;
+                open.push(o);
                 return Ok((p as *mut u8, local));
             }
             if key.handle == [0; 64] {
@@ -543,7 +572,12 @@ mod imp {
                 },
                 "cuIpcOpenMemHandle",
             )?;
-            open.insert((pid, key.base, local), p);
+            if open.len() >= MAX_OPEN {
+                let old = open.remove(0);
+                // SAFETY: an address cuIpcOpenMemHandle returned, no longer handed out.
+                let _ = unsafe { sys::cuIpcCloseMemHandle(old.ptr) };
+            }
+            open.push(Opened { pid, handle: key.handle, local, ptr: p });
             Ok((p as *mut u8, local))
         }
     }
@@ -551,9 +585,9 @@ mod imp {
     impl Drop for PeerDeviceMappings {
         fn drop(&mut self) {
             let open = self.open.get_mut().unwrap_or_else(|e| e.into_inner());
-            for (_, p) in open.drain() {
+            for o in open.drain(..) {
                 // SAFETY: an address cuIpcOpenMemHandle returned, closed once.
-                let _ = unsafe { sys::cuIpcCloseMemHandle(p) };
+                let _ = unsafe { sys::cuIpcCloseMemHandle(o.ptr) };
             }
         }
     }
@@ -619,6 +653,13 @@ mod imp {
         }
         /// Waits for oxccl's stream.
         pub fn sync(&self, _deadline: Instant, _what: &str) -> Result<()> {
+            match self._never {}
+        }
+        /// Zeroes device memory.
+        ///
+        /// # Safety
+        /// Never callable in this build.
+        pub unsafe fn zero(&self, _dst: *mut u8, _len: usize) -> Result<()> {
             match self._never {}
         }
         /// Allocates device memory.
