@@ -198,32 +198,43 @@ fn respond<S: Write>(s: &mut S, status: u8, payload: &[u8]) -> Result<()> {
     s.write_all(&b).map_err(|e| Error::io("store: writing a response", e))
 }
 
+/// A peer made of bytes, for the fuzz targets: reads come from `input`, writes go to
+/// `output`.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub struct FuzzPeer<'a> {
+    /// What the peer says.
+    pub input: &'a [u8],
+    /// What was said to it.
+    pub output: Vec<u8>,
+}
+
+#[cfg(fuzzing)]
+impl Read for FuzzPeer<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.input.read(buf)
+    }
+}
+
+#[cfg(fuzzing)]
+impl Write for FuzzPeer<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.output.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The fuzzer's way in (`fuzz/fuzz_targets/store_requests.rs`): serves `input` as the
 /// request stream of one authenticated client against an empty table, gets never waiting,
 /// and returns what the server wrote back.
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub fn fuzz_serve_requests(input: &[u8]) -> (Result<()>, Vec<u8>) {
-    struct Session<'a> {
-        input: &'a [u8],
-        output: Vec<u8>,
-    }
-    impl Read for Session<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            self.input.read(buf)
-        }
-    }
-    impl Write for Session<'_> {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.output.write(buf)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut session = Session { input, output: Vec::new() };
-    let r = serve_requests(&mut session, &Table::default(), Duration::ZERO);
-    (r, session.output)
+    let mut peer = FuzzPeer { input, output: Vec::new() };
+    let r = serve_requests(&mut peer, &Table::default(), Duration::ZERO);
+    (r, peer.output)
 }
 
 /// A client of a [`TcpStoreServer`]. Thread-safe; requests are serialised on one connection.

@@ -303,12 +303,7 @@ impl Reducer for CudaReducer {
         srcs: &[Region],
         streaming: bool,
     ) -> Result<()> {
-        let Some(n) = srcs.first().map(|s| s.len()) else {
-            return Err(Error::internal("reduce into all without sources"));
-        };
-        if srcs.len() < 2 || srcs.iter().any(|s| s.len() != n) || !n.is_multiple_of(dtype.size()) {
-            return Err(Error::internal(format!("reduce of {} sources of unequal or partial lengths", srcs.len())));
-        }
+        let n = super::source_len(dtype, srcs)?;
         for s in srcs {
             self.check(s.kind(), "an operand")?;
         }

@@ -81,6 +81,18 @@ pub trait Reducer: Send + Sync {
     }
 }
 
+/// The common length of [`Reducer::reduce_into_all`]'s sources: at least two, of equal
+/// lengths, whole elements of `dtype`.
+fn source_len(dtype: DataType, srcs: &[Region]) -> Result<usize> {
+    let Some(n) = srcs.first().map(|s| s.len()) else {
+        return Err(Error::internal("reduce into all without sources"));
+    };
+    if srcs.len() < 2 || srcs.iter().any(|s| s.len() != n) || !n.is_multiple_of(dtype.size()) {
+        return Err(Error::internal(format!("reduce of {} sources of unequal or partial {dtype} lengths", srcs.len())));
+    }
+    Ok(n)
+}
+
 /// [`Reducer::reduce_into_all`] from the other operations: the sources reduced in order
 /// through a small scratch piece (divided for `Avg`), which is copied to every destination
 /// (so a destination that is one of the sources is read whole, piece by piece, before it is
@@ -261,15 +273,7 @@ impl Reducer for HostReducer {
         srcs: &[Region],
         streaming: bool,
     ) -> Result<()> {
-        let Some(n) = srcs.first().map(|s| s.len()) else {
-            return Err(Error::internal("reduce into all without sources"));
-        };
-        if srcs.len() < 2 || srcs.iter().any(|s| s.len() != n) || n % dtype.size() != 0 {
-            return Err(Error::internal(format!(
-                "reduce of {} sources of unequal or partial {dtype} lengths",
-                srcs.len()
-            )));
-        }
+        let n = source_len(dtype, srcs)?;
         if n == 0 && dsts.iter().all(|d| d.is_empty()) {
             return Ok(());
         }
