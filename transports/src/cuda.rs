@@ -514,7 +514,7 @@ mod imp {
 
     /// Peers' device allocations opened in this process, once each, by handle (a new
     /// allocation at an old address has a new handle); the least recently used are closed
-    /// beyond 256.
+    /// beyond 64 (a freed allocation stays reserved while a peer keeps it open).
     #[derive(Default)]
     pub struct PeerDeviceMappings {
         open: Mutex<Vec<Opened>>,
@@ -528,7 +528,7 @@ mod imp {
     }
 
     /// Peer allocations kept open at once.
-    const MAX_OPEN: usize = 256;
+    const MAX_OPEN: usize = 64;
 
     impl std::fmt::Debug for PeerDeviceMappings {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
