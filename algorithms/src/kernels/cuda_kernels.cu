@@ -12,7 +12,13 @@
 // operand unless the second is strictly smaller or larger, f16 and bf16 are widened to f32,
 // combined there and rounded to nearest even once per element.
 //
-// Self-contained on purpose (no CUDA headers): NVRTC compiles it without a toolkit.
+// Self-contained on purpose (no CUDA headers): NVRTC compiles it without a toolkit. Built as
+// host C++ (without __CUDACC_RTC__), cuda_kernels_on_cpu.h supplies the few CUDA names it
+// uses, so a test runs these very kernels on the CPU against the host reducer.
+
+#ifndef __CUDACC_RTC__
+#include "cuda_kernels_on_cpu.h"
+#endif
 
 #define MAXP 32
 
@@ -42,12 +48,20 @@ template <class T> __device__ __forceinline__ void store(typename T::S* p, u64 i
 template <> __device__ __forceinline__ float load<F16>(const unsigned short* p, u64 i) {
     float f;
     unsigned short h = p[i];
+#ifdef __CUDACC_RTC__
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+#else
+    f = cpu_half_to_float(h);
+#endif
     return f;
 }
 template <> __device__ __forceinline__ void store<F16>(unsigned short* p, u64 i, float v) {
     unsigned short h;
+#ifdef __CUDACC_RTC__
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+#else
+    h = cpu_float_to_half(v);
+#endif
     p[i] = h;
 }
 template <> __device__ __forceinline__ float load<BF16>(const unsigned short* p, u64 i) {
