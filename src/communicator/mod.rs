@@ -1169,19 +1169,19 @@ impl std::fmt::Debug for Communicator {
 /// Where a call's buffers are: `None` for host memory, the GPU for device memory.
 impl Communicator {
     fn device_of(&self, coll: Collective, args: &CollArgs) -> Result<Option<u32>> {
-        let kinds: Vec<MemoryKind> = [(args.send.len(), args.send.kind()), (args.recv.len(), args.recv.kind())]
-            .iter()
-            .filter(|(len, _)| *len > 0)
-            .map(|(_, k)| *k)
-            .collect();
-        let device = kinds.iter().find_map(|k| match k {
-            MemoryKind::Device { ordinal } => Some(*ordinal),
-            MemoryKind::Host => None,
+        // The common case first, without a look at lengths: host memory on both sides.
+        if args.send.kind() == MemoryKind::Host && args.recv.kind() == MemoryKind::Host {
+            return Ok(None);
+        }
+        let parts = [(args.send.len(), args.send.kind()), (args.recv.len(), args.recv.kind())];
+        let device = parts.iter().find_map(|(len, k)| match k {
+            MemoryKind::Device { ordinal } if *len > 0 => Some(*ordinal),
+            _ => None,
         });
         match device {
-            Some(o) if kinds.iter().all(|k| *k == MemoryKind::Device { ordinal: o }) => Ok(Some(o)),
+            Some(o) if parts.iter().all(|(len, k)| *len == 0 || *k == MemoryKind::Device { ordinal: o }) => Ok(Some(o)),
             Some(_) => {
-                Err(self.bad(coll, format!("{coll}: sendbuff and recvbuff are in different memories ({kinds:?})")))
+                Err(self.bad(coll, format!("{coll}: sendbuff and recvbuff are in different memories ({parts:?})")))
             }
             None => Ok(None),
         }
