@@ -44,7 +44,23 @@ fi
 export OXCCL_OXRUN=$bin/oxrun
 status=0
 
-{ nvidia-smi || true; } > "$logs/nvidia-smi.txt" 2>&1
+# The driver's and the toolkit's usual folders, in case the loader's path lacks them; and an
+# NVRTC of any major version under the name oxccl looks for (libnvrtc.so), so the run-time
+# compilation path is the one exercised (without it the built-in PTX is loaded: the log
+# says which).
+export LD_LIBRARY_PATH="/usr/local/nvidia/lib64:/usr/local/nvidia/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+nvrtc=$(find /usr/local/cuda*/lib64 /usr/local/cuda*/targets /opt /usr/lib -name 'libnvrtc.so*' 2>/dev/null \
+  | grep -v builtins | head -n 1)
+if [ -n "$nvrtc" ]; then
+  mkdir -p /tmp/oxccl-nvrtc && ln -sf "$nvrtc" /tmp/oxccl-nvrtc/libnvrtc.so
+  for b in $(dirname "$nvrtc")/libnvrtc-builtins*.so*; do [ -e "$b" ] && ln -sf "$b" /tmp/oxccl-nvrtc/; done
+  export LD_LIBRARY_PATH="/tmp/oxccl-nvrtc:$(dirname "$nvrtc"):$LD_LIBRARY_PATH"
+fi
+{
+  nvidia-smi || true
+  echo "NVRTC: ${nvrtc:-none found}"
+  ldconfig -p | grep -E "libcuda|libnvrtc" || true
+} > "$logs/nvidia-smi.txt" 2>&1
 echo "== GPU tests (threads; 2 and 4 processes)"
 if timeout 300 "$tests" --test-threads=1 --nocapture > "$logs/gpu-tests.txt" 2>&1; then
   echo "GPU tests: passed"
@@ -58,12 +74,12 @@ fi
 
 bench() {
   local name=$1; shift
-  if timeout 150 "$bin/oxccl-bench" --ranks 2 --device -c 1 "$@" > "$logs/bench-$name.txt" 2>&1; then
+  if OXCCL_DEBUG=info timeout 150 "$bin/oxccl-bench" --ranks 2 --device -c 1 "$@" > "$logs/bench-$name.txt" 2>&1; then
     echo "bench $name: ran"
   else
     echo "bench $name: FAILED (exit $?)"; status=1
   fi
-  grep -vE "^#  " "$logs/bench-$name.txt" | head -40
+  grep -E "^ +[0-9]|copy bandwidth|Out of bounds|kernels|rror" "$logs/bench-$name.txt" | head -40
 }
 echo "== oxccl-bench on device buffers"
 bench allreduce-f32 -b 8 -e 1G -f 4 -n 20 -w 5

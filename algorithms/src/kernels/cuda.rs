@@ -109,7 +109,7 @@ impl Kernels {
         let names = kernel_names();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let arch = arch_of(ctx);
-        let compiled = arch.and_then(compile_ptx);
+        let compiled = arch.clone().and_then(compile_ptx);
         let from_nvrtc = match &compiled {
             Ok(ptx) => {
                 let c = CString::new(ptx.as_str()).map_err(|_| Error::internal("PTX with a NUL byte"))?;
@@ -118,7 +118,10 @@ impl Kernels {
             Err(why) => Err(why.clone()),
         };
         let functions = match from_nvrtc {
-            Ok(f) => f,
+            Ok(f) => {
+                tracing::info!(device = ctx.ordinal(), arch = ?arch, "oxccl GPU kernels: compiled by NVRTC");
+                f
+            }
             Err(why) => {
                 tracing::info!(
                     device = ctx.ordinal(),
