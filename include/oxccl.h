@@ -4,10 +4,12 @@
  * Link with -loxccl (pkg-config --cflags --libs oxccl). Every call returns an oxcclResult_t;
  * oxcclGetLastError(comm) gives the full message of the last failure (which collective, its
  * sequence number, which rank and peer). Buffers are host memory (then `stream` must be
- * NULL) or device memory (cudaMalloc'd on every rank of one host, the process having loaded
- * CUDA before creating the communicator): then the call waits for the work queued on
- * `stream` before it, moves the data through CUDA IPC with reductions on the GPU, and returns
- * once that is done (ordered on the stream, though not yet asynchronous as NCCL's calls are).
+ * NULL, and the call returns when it is done) or device memory (cudaMalloc'd on every rank
+ * of one host, the process having loaded CUDA before creating the communicator): then, as
+ * in NCCL, the call returns at once and the collective runs in `stream`'s order (after the
+ * stream's earlier work, before its later work), moving the data through CUDA IPC with
+ * reductions on the GPU; an error it meets later is reported by oxcclCommGetAsyncError and
+ * by the communicator's next call.
  * In place means sendbuff == recvbuff (all-gather: sendbuff == recvbuff +
  * rank * sendcount; reduce-scatter: recvbuff == sendbuff + rank * recvcount), as in NCCL.
  *

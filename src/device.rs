@@ -36,6 +36,16 @@ pub(crate) fn note_cuda_if_loaded() {
     }
 }
 
+/// The device `ptr` is in, or `None` for host memory; asks the CUDA driver only once device
+/// memory can exist in this process (for bindings that take raw pointers).
+pub fn device_of_pointer(ptr: *const u8) -> Option<u32> {
+    if cuda_seen() {
+        cuda::pointer_device(ptr)
+    } else {
+        None
+    }
+}
+
 /// A zero-filled vector of `T` in the memory of one GPU.
 ///
 /// ```no_run

@@ -16,6 +16,47 @@ use crate::types::*;
 pub(crate) struct Entry {
     pub comm: Communicator,
     pub last_error: Mutex<CString>,
+    /// The proxy that orders calls on device buffers on their streams, made on the first;
+    /// or why there can be none here (then such calls run synchronously).
+    pub proxy: Mutex<Option<Result<Arc<crate::stream::StreamProxy>, Error>>>,
+}
+
+impl Entry {
+    /// The stream proxy of device `ordinal` (one device per communicator, as in NCCL), or
+    /// why calls must run synchronously instead (Unsupported).
+    pub(crate) fn proxy(&self, ordinal: u32) -> Result<Arc<crate::stream::StreamProxy>, Error> {
+        let mut p = self.proxy.lock().unwrap_or_else(|e| e.into_inner());
+        match &*p {
+            Some(Ok(proxy)) if proxy.ordinal() != ordinal => Err(Error::invalid_usage(format!(
+                "this communicator works on cuda:{}, and a call passed buffers on cuda:{ordinal}",
+                proxy.ordinal()
+            ))),
+            Some(made) => made.clone(),
+            None => {
+                let made = crate::stream::StreamProxy::start(ordinal, self.comm.config().timeout).map(Arc::new);
+                *p = Some(made.clone());
+                made
+            }
+        }
+    }
+
+    /// Waits until the calls handed to the stream proxy have finished (a call on host buffers
+    /// must not overtake them), and returns the first error one of them met.
+    pub(crate) fn drain(&self) -> Result<(), Error> {
+        let proxy = self.proxy.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match proxy {
+            Some(Ok(p)) => p.drain(),
+            _ => Ok(()),
+        }
+    }
+
+    /// The first error of a call the stream proxy ran.
+    pub(crate) fn async_error(&self) -> Option<Error> {
+        match &*self.proxy.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(Ok(p)) => p.error(),
+            _ => None,
+        }
+    }
 }
 
 /// Handles are addresses of small allocations that C code holds; they are never dereferenced:
@@ -29,7 +70,8 @@ fn table() -> MutexGuard<'static, HashMap<usize, Arc<Entry>>> {
 /// Registers `comm` and returns its new handle.
 pub(crate) fn register(comm: Communicator) -> oxcclComm_t {
     let token = Box::into_raw(Box::new(0u8)) as usize;
-    table().insert(token, Arc::new(Entry { comm, last_error: Mutex::new(CString::default()) }));
+    table()
+        .insert(token, Arc::new(Entry { comm, last_error: Mutex::new(CString::default()), proxy: Mutex::new(None) }));
     token as oxcclComm_t
 }
 

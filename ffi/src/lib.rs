@@ -11,6 +11,7 @@
 
 mod boundary;
 mod group;
+mod stream;
 mod types;
 
 use std::ffi::CStr;
@@ -287,7 +288,8 @@ pub unsafe extern "C" fn oxcclCommGetAsyncError(comm: oxcclComm_t, asyncError: *
     guard(Some(comm), || {
         let e = lookup(comm)?;
         let p = out(asyncError, "asyncError")?;
-        let v = e.comm.error().map_or(types::SUCCESS, |err| boundary::code(&err));
+        // A call on device buffers fails after it returned: the stream proxy keeps its error.
+        let v = e.async_error().or_else(|| e.comm.error()).map_or(types::SUCCESS, |err| boundary::code(&err));
         // SAFETY: non-NULL, and the caller passes a writable result.
         unsafe { *p = v };
         Ok(())
@@ -321,19 +323,47 @@ pub extern "C" fn oxcclGetLastError(comm: oxcclComm_t) -> *const c_char {
     boundary::last_error(comm)
 }
 
-/// The body of a collective export: looks the communicator up, orders the call after the
-/// work queued on `stream` (device buffers; a stream with host buffers is refused), and names
-/// the collective, its sequence number and this rank in any argument error.
+/// The body of a collective export: looks the communicator up and names the collective, its
+/// sequence number and this rank in any argument error. On device buffers the call is handed
+/// to the communicator's stream proxy and ordered on `stream` (see `stream.rs`), returning at
+/// once; where streams cannot wait on host memory, it waits for the stream's earlier work and
+/// runs at once. On host buffers it runs at once, after the calls handed to the proxy (a
+/// stream other than NULL is refused).
 macro_rules! collective {
     ($name:expr, $comm:expr, $stream:expr, [$($buf:expr),*], |$e:ident| $body:expr) => {{
         let (comm, stream) = ($comm, $stream);
         guard(Some(comm), || {
             let $e = lookup(comm)?;
             let bufs: &[*const u8] = &[$($buf as *const u8),*];
-            // SAFETY: the caller passes NULL or a live stream of the buffers' device (the
-            // header's contract, as NCCL's).
-            let waited = unsafe { $e.comm.wait_for_stream(stream, bufs) };
-            let r: Result<(), Error> = waited.and_then(|()| $body);
+            let device = bufs.iter().find_map(|p| oxccl_rs::device::device_of_pointer(*p));
+            let proxy = match device {
+                Some(ordinal) => match $e.proxy(ordinal) {
+                    Ok(p) => Some(p),
+                    Err(err) if err.kind() == oxccl_rs::ErrorKind::Unsupported => None,
+                    Err(err) => return Err(err),
+                },
+                None => None,
+            };
+            let r: Result<(), Error> = match proxy {
+                Some(proxy) => {
+                    let owner = $e.clone();
+                    let work = stream::AssertSend(move || {
+                        let $e = owner;
+                        let r: Result<(), Error> = $body;
+                        r.map_err(|err| err.in_collective($name, $e.comm.next_seq()).on_rank($e.comm.rank()))
+                    });
+                    // SAFETY: the caller passes NULL or a live stream of the buffers' device,
+                    // and keeps the buffers valid until the stream has passed the call (the
+                    // header's contract, as NCCL's).
+                    unsafe { proxy.submit(stream, Box::new(move || work.call())) }
+                }
+                None => {
+                    $e.drain()?;
+                    // SAFETY: as above.
+                    let waited = unsafe { $e.comm.wait_for_stream(stream, bufs) };
+                    waited.and_then(|()| $body)
+                }
+            };
             r.map_err(|err| err.in_collective($name, $e.comm.next_seq()).on_rank($e.comm.rank()))
         })
     }};

@@ -152,11 +152,7 @@ impl Communicator {
     /// # Safety
     /// `stream` is NULL or a live `CUstream` (`cudaStream_t`) of the buffers' device.
     pub unsafe fn wait_for_stream(&self, stream: *mut std::ffi::c_void, bufs: &[*const u8]) -> Result<()> {
-        let device = if crate::device::cuda_seen() {
-            bufs.iter().find_map(|p| oxccl_transport::cuda::pointer_device(*p))
-        } else {
-            None
-        };
+        let device = bufs.iter().find_map(|p| crate::device::device_of_pointer(*p));
         let Some(ordinal) = device else {
             if stream.is_null() {
                 return Ok(());

@@ -46,12 +46,10 @@ fn span(what: &str, count: usize, times: usize, dtype: DataType) -> Result<usize
 /// The memory `ptr` is in: a device's where the CUDA driver says so (asked only once device
 /// memory can exist in this process), else host memory.
 fn kind_of(ptr: *const u8) -> MemoryKind {
-    if crate::device::cuda_seen() {
-        if let Some(ordinal) = oxccl_transport::cuda::pointer_device(ptr) {
-            return MemoryKind::Device { ordinal };
-        }
+    match crate::device::device_of_pointer(ptr) {
+        Some(ordinal) => MemoryKind::Device { ordinal },
+        None => MemoryKind::Host,
     }
-    MemoryKind::Host
 }
 
 /// A region over `len` bytes at `ptr`, refusing NULL unless the region is empty.

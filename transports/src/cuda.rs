@@ -440,6 +440,134 @@ mod imp {
         }
     }
 
+    /// A CUDA event recorded on a stream: done once the stream's work before it is.
+    #[derive(Debug)]
+    pub struct Event {
+        ctx: &'static DeviceContext,
+        raw: sys::CUevent,
+    }
+
+    // SAFETY: an event is usable from any thread with its context current (which every use
+    // makes it).
+    unsafe impl Send for Event {}
+
+    impl DeviceContext {
+        /// Records a new event on `stream` (a `CUstream`; NULL: the legacy default stream).
+        ///
+        /// # Safety
+        /// `stream` is NULL or a live stream of this context.
+        pub unsafe fn record_event(&'static self, stream: *mut c_void) -> Result<Event> {
+            self.make_current()?;
+            let mut ev = std::ptr::null_mut();
+            // SAFETY: a valid out-pointer.
+            check(
+                unsafe { sys::cuEventCreate(&mut ev, sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32) },
+                "cuEventCreate",
+            )?;
+            let event = Event { ctx: self, raw: ev };
+            // SAFETY: a live event, and the caller's stream.
+            check(unsafe { sys::cuEventRecord(ev, stream.cast()) }, "cuEventRecord")?;
+            Ok(event)
+        }
+
+        /// Waits (polling, until `deadline`) for `event` to be done.
+        pub fn wait_event(&self, event: &Event, deadline: Instant, what: &str) -> Result<()> {
+            self.make_current()?;
+            let start = Instant::now();
+            loop {
+                // SAFETY: a live event of this context.
+                let r = unsafe { sys::cuEventQuery(event.raw) };
+                if r == sys::CUresult::CUDA_SUCCESS {
+                    return Ok(());
+                }
+                if r != sys::CUresult::CUDA_ERROR_NOT_READY {
+                    return check(r, what);
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(Error::timeout(
+                        format!("{what}: the stream's earlier work did not finish"),
+                        now - start,
+                    ));
+                }
+                if now - start < Duration::from_micros(50) {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+            }
+        }
+
+        /// A counter in pinned host memory that streams of this device can wait on (see
+        /// [`HostFlag`]). Never freed: a stream may still hold a wait on it after every
+        /// user of it has gone, and it is eight bytes.
+        pub fn host_flag(&'static self) -> Result<&'static HostFlag> {
+            self.make_current()?;
+            let mut host = std::ptr::null_mut();
+            let flags = sys::CU_MEMHOSTALLOC_DEVICEMAP | sys::CU_MEMHOSTALLOC_PORTABLE;
+            // SAFETY: a valid out-pointer.
+            check(unsafe { sys::cuMemHostAlloc(&mut host, 8, flags) }, "cuMemHostAlloc")?;
+            // SAFETY: eight bytes just allocated; no one else holds them yet.
+            unsafe { host.cast::<u64>().write_volatile(0) };
+            let mut dev = 0;
+            // SAFETY: a valid out-pointer and the pinned allocation just made.
+            check(unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dev, host, 0) }, "cuMemHostGetDevicePointer")?;
+            Ok(Box::leak(Box::new(HostFlag { host: host.cast(), dev })))
+        }
+    }
+
+    impl Drop for Event {
+        fn drop(&mut self) {
+            if self.ctx.make_current().is_ok() {
+                // SAFETY: an event this struct created, destroyed once.
+                let _ = unsafe { sys::cuEventDestroy_v2(self.raw) };
+            }
+        }
+    }
+
+    /// A 64-bit counter in pinned host memory, raised by the host and waited for by streams:
+    /// how a call that returns at once still orders the stream's later work after itself.
+    #[derive(Debug)]
+    pub struct HostFlag {
+        host: *mut u64,
+        dev: sys::CUdeviceptr,
+    }
+
+    // SAFETY: the counter is written through volatile stores by one thread at a time (the
+    // caller's contract on `raise`) and read by the GPU.
+    unsafe impl Send for HostFlag {}
+    // SAFETY: as above.
+    unsafe impl Sync for HostFlag {}
+
+    impl HostFlag {
+        /// Sets the counter to `v` (streams waiting for `v` or less go on). Callers raise it
+        /// from one thread, in increasing order.
+        pub fn raise(&self, v: u64) {
+            // SAFETY: our pinned allocation of eight bytes, never freed.
+            unsafe { self.host.write_volatile(v) };
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        }
+
+        /// Makes `stream` wait, from now on in its order, until the counter is at least `v`.
+        ///
+        /// # Safety
+        /// `stream` is NULL or a live stream of the flag's device's context, made current.
+        pub unsafe fn stream_wait(&self, stream: *mut c_void, v: u64) -> Result<()> {
+            // SAFETY: the caller's stream; the counter's device address stays valid forever.
+            check(
+                unsafe {
+                    sys::cuStreamWaitValue64_v2(
+                        stream.cast(),
+                        self.dev,
+                        v,
+                        sys::CUstreamWaitValue_flags::CU_STREAM_WAIT_VALUE_GEQ as u32,
+                    )
+                },
+                "cuStreamWaitValue64",
+            )
+        }
+    }
+
     /// Device memory owned by oxccl; freed on drop.
     #[derive(Debug)]
     pub struct DeviceAlloc {
@@ -708,6 +836,50 @@ mod imp {
         }
     }
 
+    /// A CUDA event (never, in this build).
+    #[derive(Debug)]
+    pub struct Event {
+        _never: std::convert::Infallible,
+    }
+
+    /// A host counter streams wait on (never, in this build).
+    #[derive(Debug)]
+    pub struct HostFlag {
+        _never: std::convert::Infallible,
+    }
+
+    impl HostFlag {
+        /// Raises the counter.
+        pub fn raise(&self, _v: u64) {
+            match self._never {}
+        }
+        /// Makes a stream wait for the counter.
+        ///
+        /// # Safety
+        /// Never callable in this build.
+        pub unsafe fn stream_wait(&self, _stream: *mut c_void, _v: u64) -> Result<()> {
+            match self._never {}
+        }
+    }
+
+    impl DeviceContext {
+        /// Records an event.
+        ///
+        /// # Safety
+        /// Never callable in this build.
+        pub unsafe fn record_event(&'static self, _stream: *mut c_void) -> Result<Event> {
+            match self._never {}
+        }
+        /// Waits for an event.
+        pub fn wait_event(&self, _event: &Event, _deadline: Instant, _what: &str) -> Result<()> {
+            match self._never {}
+        }
+        /// A host counter.
+        pub fn host_flag(&'static self) -> Result<&'static HostFlag> {
+            match self._never {}
+        }
+    }
+
     /// Device memory (never, in this build).
     #[derive(Debug)]
     pub struct DeviceAlloc {
@@ -753,7 +925,7 @@ mod imp {
     }
 }
 
-pub use imp::{DeviceAlloc, DeviceContext, Driver, PeerDeviceMappings};
+pub use imp::{DeviceAlloc, DeviceContext, Driver, Event, HostFlag, PeerDeviceMappings};
 
 /// The CUDA driver, loaded and initialised on first use, or [`Error::Unsupported`] saying
 /// why there is none (`no CUDA driver found: ...`).
