@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GPU path, on a machine with an NVIDIA GPU, in under 8 minutes:
 #   1. every GPU test (tests/gpu.rs): worlds of threads, and of 2 and 4 processes sharing
-#      the GPU through CUDA IPC, every collective, type, operator and count checked;
+#      the GPU through CUDA IPC, every collective, type, operator and count checked; and the
+#      C ABI's stream semantics on device buffers (ffi's device_buffers_follow_stream_order);
 #   2. oxccl-bench on device buffers: f32 all-reduce from 8 B to 1 GiB, bf16 all-reduce at
 #      256 MiB and 1 GiB, the other collectives to 256 MiB, 2 processes, every result
 #      checked, next to the device's copy bandwidth (printed by the benchmark).
 # Logs go to the folder given (default gpu-logs); the last lines say what passed.
 #
-#   scripts/gpu-check.sh --build   (here, with cargo) builds the three binaries in release,
+#   scripts/gpu-check.sh --build   (here, with cargo) builds the four binaries in release,
 #                                  stripped, into .gpu-bin/, to carry to a machine without
 #                                  Rust; without .gpu-bin/ the script builds with cargo.
 #   scripts/gpu-check.sh LOGS      runs the checks.
@@ -23,9 +24,16 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "gpu" and m.get("executable"):
         print(m["executable"])')
+  ffi_bin=$(cargo test --release -p oxccl-ffi --lib --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "oxccl" and m.get("executable"):
+        print(m["executable"])')
   mkdir -p .gpu-bin
   cp target/release/oxccl-bench target/release/oxrun .gpu-bin/
   cp "$test_bin" .gpu-bin/gpu-tests
+  cp "$ffi_bin" .gpu-bin/c-abi-tests
   strip .gpu-bin/*
   ls -la .gpu-bin
   exit 0
@@ -33,7 +41,7 @@ fi
 
 logs=${1:-gpu-logs}
 mkdir -p "$logs"
-if [ -x .gpu-bin/oxccl-bench ] && [ -x .gpu-bin/oxrun ] && [ -x .gpu-bin/gpu-tests ]; then
+if [ -x .gpu-bin/oxccl-bench ] && [ -x .gpu-bin/oxrun ] && [ -x .gpu-bin/gpu-tests ] && [ -x .gpu-bin/c-abi-tests ]; then
   bin=$(pwd)/.gpu-bin
   tests=$bin/gpu-tests
 else
@@ -68,7 +76,14 @@ else
   echo "GPU tests: FAILED (exit $?)"; status=1
 fi
 grep -E "^test |test result|skipped|panicked" "$logs/gpu-tests.txt" | head -40
-if grep -q "skipped" "$logs/gpu-tests.txt"; then
+echo "== the C ABI on device buffers (NCCL's stream semantics)"
+if timeout 120 .gpu-bin/c-abi-tests device_buffers_follow_stream_order --nocapture > "$logs/c-abi-tests.txt" 2>&1; then
+  echo "C ABI stream test: passed"
+else
+  echo "C ABI stream test: FAILED (exit $?)"; status=1
+fi
+grep -E "^test |test result|skipped|panicked" "$logs/c-abi-tests.txt" | head -10
+if grep -q "skipped" "$logs/gpu-tests.txt" "$logs/c-abi-tests.txt"; then
   echo "GPU tests: they did not run on a GPU (see the skip reasons above)"; status=1
 fi
 

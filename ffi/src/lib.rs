@@ -674,6 +674,63 @@ mod tests {
         assert_eq!([TIMEOUT, ABORTED, NUM_RESULTS], [8, 9, 10]);
     }
 
+    /// Device buffers through the C ABI follow NCCL's stream semantics: three all-reduces
+    /// queued on a stream without a wait between them, each returning at
+    /// once, give the closed-form result once the stream is synchronised. Skipped (saying why)
+    /// where there is no CUDA driver; `scripts/gpu-check.sh` runs it on a GPU.
+    #[test]
+    fn device_buffers_follow_stream_order() {
+        let n = 1 << 20;
+        if let Err(e) = oxccl_rs::DeviceBuffer::<f32>::new(1, 0) {
+            assert_eq!(e.kind(), oxccl_rs::ErrorKind::Unsupported, "{e}");
+            eprintln!("skipped: {e}");
+            return;
+        }
+        let mut id = oxcclUniqueId { internal: [0; 128] };
+        // SAFETY: a writable id.
+        assert_eq!(unsafe { oxcclGetUniqueId(&mut id) }, SUCCESS);
+        let results: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2)
+                .map(|rank| {
+                    s.spawn(move || {
+                        let mut comm: oxcclComm_t = std::ptr::null_mut();
+                        // SAFETY: a writable handle; the id from oxcclGetUniqueId.
+                        assert_eq!(unsafe { oxcclCommInitRank(&mut comm, 2, id, rank) }, SUCCESS);
+                        let mut buf =
+                            oxccl_rs::DeviceBuffer::<f32>::from_slice(&vec![rank as f32 + 1.0; n], 0).unwrap();
+                        let p = buf.as_mut_ptr().cast::<c_void>();
+                        // Each rank its own stream (CUDA's per-thread default stream): ranks that
+                        // are threads of one process must not share one, as in NCCL.
+                        let stream = 2usize as *mut c_void;
+                        for _ in 0..3 {
+                            // SAFETY: a live device buffer of `n` floats, kept until the stream
+                            // is synchronised below.
+                            let r = unsafe { oxcclAllReduce(p, p, n, 7, 0, comm, stream) };
+                            assert_eq!(r, SUCCESS);
+                        }
+                        let ctx = oxccl_transport::cuda::context(0).unwrap();
+                        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                        ctx.sync_stream(stream, deadline, "the test's stream").unwrap();
+                        let mut err = SUCCESS;
+                        // SAFETY: a live handle and a writable result.
+                        assert_eq!(unsafe { oxcclCommGetAsyncError(comm, &mut err) }, SUCCESS);
+                        assert_eq!(err, SUCCESS);
+                        let host = buf.to_vec().unwrap();
+                        // SAFETY: a live handle, destroyed once.
+                        assert_eq!(unsafe { oxcclCommDestroy(comm) }, SUCCESS);
+                        host
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // 1 + 2 = 3, then 6, then 12.
+        for (rank, host) in results.iter().enumerate() {
+            let wrong = host.iter().filter(|&&x| x != 12.0).count();
+            assert_eq!(wrong, 0, "rank {rank}: {wrong} wrong elements");
+        }
+    }
+
     #[test]
     fn panics_become_internal_errors() {
         let r = guard(None, || panic!("boom"));
