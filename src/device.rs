@@ -6,7 +6,8 @@
 //! ranks of one host exchange CUDA IPC handles of their buffers and every rank's GPU reads
 //! its share straight from the peers' inputs and writes straight into their outputs, with
 //! reductions in kernels compiled for the device at run time (the `mapped` algorithms over
-//! device memory). Every wait on the GPU has the communicator's deadline.
+//! device memory). Ranks that cannot open each other's buffers (on several hosts) stage them
+//! through host memory instead. Every wait on the GPU has the communicator's deadline.
 //!
 //! Where there is no CUDA (no driver, or a build without the `cuda` feature), making a
 //! `DeviceBuffer` is [`Error::Unsupported`], saying why.

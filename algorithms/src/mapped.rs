@@ -197,11 +197,7 @@ pub(crate) fn done(ctx: &Ctx<'_>) -> Result<()> {
 
 /// Rounds 1 to 4 of the module docs: `Ok(Ok(()))` once `schedule` ran over the mapped
 /// buffers, `Ok(Err(why))` (on every rank alike) when some rank cannot map another's.
-fn try_run(
-    ctx: &Ctx<'_>,
-    a: &CollArgs,
-    schedule: fn(&Ctx<'_>, &CollArgs, &PeerBuffers) -> Result<()>,
-) -> Result<std::result::Result<(), String>> {
+fn try_run(ctx: &Ctx<'_>, a: &CollArgs, schedule: Schedule) -> Result<std::result::Result<(), String>> {
     match exchange(ctx, a)? {
         Ok(bufs) => {
             SCHEDULES_RUN.fetch_add(1, Ordering::Relaxed);
@@ -215,11 +211,7 @@ fn try_run(
 /// Runs `schedule` over the mapped buffers, or fails with InvalidUsage (on every rank alike)
 /// saying why they cannot be mapped: what a forced `mapped` does, as a forced algorithm that
 /// cannot run a call is an error, never a silent switch.
-pub(crate) fn run_forced(
-    ctx: &Ctx<'_>,
-    a: &CollArgs,
-    schedule: fn(&Ctx<'_>, &CollArgs, &PeerBuffers) -> Result<()>,
-) -> Result<()> {
+pub(crate) fn run_forced(ctx: &Ctx<'_>, a: &CollArgs, schedule: Schedule) -> Result<()> {
     // Nothing to map in an empty call or a world of one: every collective's result there is
     // all-reduce's (nothing, or the input copied to the output).
     if crate::all_reduce::trivial(ctx, a)? {
@@ -246,12 +238,7 @@ pub(crate) fn run_forced(
 /// schedule, `Ok(Some(false))` the fallback because some rank's buffers could not be mapped
 /// (the same answer on every rank), `Ok(None)` the fallback for a call with nothing to map
 /// (empty, or a world of one).
-fn run_or_fall_back(
-    ctx: &Ctx<'_>,
-    a: &CollArgs,
-    schedule: fn(&Ctx<'_>, &CollArgs, &PeerBuffers) -> Result<()>,
-    fallback: AlgoFn,
-) -> Result<Option<bool>> {
+fn run_or_fall_back(ctx: &Ctx<'_>, a: &CollArgs, schedule: Schedule, fallback: AlgoFn) -> Result<Option<bool>> {
     if a.count == 0 || ctx.size == 1 {
         return fallback(ctx, a).map(|_| None);
     }
@@ -306,14 +293,13 @@ pub(crate) fn copy(ctx: &Ctx<'_>, streaming: bool, dst: RegionMut, src: Region) 
     }
 }
 
-/// Runs the mapped algorithm of `ctx.collective` with `fallback` for worlds whose buffers
-/// cannot all be mapped (the communicator passes the best algorithm after `mapped`). Says
-/// whether the mapped schedule ran (`Some(true)`), or the fallback because some rank's
-/// buffers could not be mapped (`Some(false)`, the same on every rank, so callers may adapt
-/// in step), or because there was nothing to map (`None`: an empty call, a world of one).
-pub fn run_with_fallback(ctx: &Ctx<'_>, a: &CollArgs, fallback: AlgoFn) -> Result<Option<bool>> {
+/// A collective's schedule over mapped buffers.
+type Schedule = fn(&Ctx<'_>, &CollArgs, &PeerBuffers) -> Result<()>;
+
+/// The schedule of `ctx.collective`'s mapped algorithm.
+fn schedule_of(ctx: &Ctx<'_>) -> Result<Schedule> {
     use crate::ctx::Collective as C;
-    let schedule = match ctx.collective {
+    Ok(match ctx.collective {
         C::AllReduce => crate::all_reduce::mapped::schedule,
         C::AllGather => crate::all_gather::mapped::schedule,
         C::ReduceScatter => crate::reduce_scatter::mapped::schedule,
@@ -321,6 +307,26 @@ pub fn run_with_fallback(ctx: &Ctx<'_>, a: &CollArgs, fallback: AlgoFn) -> Resul
         C::Broadcast => crate::broadcast::mapped::schedule,
         C::Reduce => crate::reduce::mapped::schedule,
         c => return Err(Error::internal(format!("{c} has no mapped algorithm"))),
-    };
-    run_or_fall_back(ctx, a, schedule, fallback)
+    })
+}
+
+/// Runs the mapped algorithm of `ctx.collective` if every rank can map every other's
+/// buffers: `Ok(Ok(()))` once done (or for a call with nothing to map, after its trivial
+/// copy), `Ok(Err(why))` on every rank alike when some rank cannot, having moved nothing, so
+/// the caller may move the bytes another way (the communicator stages device buffers through
+/// host memory then).
+pub fn try_run_collective(ctx: &Ctx<'_>, a: &CollArgs) -> Result<std::result::Result<(), String>> {
+    if crate::all_reduce::trivial(ctx, a)? {
+        return Ok(Ok(()));
+    }
+    try_run(ctx, a, schedule_of(ctx)?)
+}
+
+/// Runs the mapped algorithm of `ctx.collective` with `fallback` for worlds whose buffers
+/// cannot all be mapped (the communicator passes the best algorithm after `mapped`). Says
+/// whether the mapped schedule ran (`Some(true)`), or the fallback because some rank's
+/// buffers could not be mapped (`Some(false)`, the same on every rank, so callers may adapt
+/// in step), or because there was nothing to map (`None`: an empty call, a world of one).
+pub fn run_with_fallback(ctx: &Ctx<'_>, a: &CollArgs, fallback: AlgoFn) -> Result<Option<bool>> {
+    run_or_fall_back(ctx, a, schedule_of(ctx)?, fallback)
 }

@@ -1187,18 +1187,15 @@ impl Communicator {
         }
     }
 
-    /// Runs a call on device buffers: the `mapped` algorithm over CUDA IPC, reductions in
-    /// the device's kernels, every wait on the GPU under the call's deadline.
+    /// Runs a call on device buffers. Where every rank can open every other's buffers (one
+    /// host: CUDA IPC), the `mapped` algorithm: each GPU reads its share of every input and
+    /// writes it into every output, reductions in the device's kernels. Otherwise (ranks on
+    /// several hosts), or where another algorithm is forced, the buffers are staged: copied to
+    /// host memory, the host algorithm the cost model picks (or the forced one) runs on them,
+    /// and the results are copied back. Every wait on the GPU has the call's deadline.
     #[cfg(feature = "cuda")]
     fn run_device(&self, coll: Collective, args: CollArgs, ordinal: u32) -> Result<()> {
-        if let Some(algo) = AlgoOverrides::unpack(self.forced.load(Ordering::Relaxed), coll) {
-            if algo != Algorithm::Mapped {
-                return Err(self.bad_usage(
-                    coll,
-                    format!("{algo} was forced for {coll}, but it cannot move device buffers (only mapped does)"),
-                ));
-            }
-        }
+        let forced = AlgoOverrides::unpack(self.forced.load(Ordering::Relaxed), coll);
         let reducer = {
             let mut m = self.device_reducers.lock().unwrap_or_else(|e| e.into_inner());
             match m.get(&ordinal) {
@@ -1215,22 +1212,112 @@ impl Communicator {
         };
         // Peers' buffers are opened in the context current on this thread.
         reducer.context().make_current()?;
-        let f = registry::lookup(coll, Algorithm::Mapped)
-            .ok_or_else(|| Error::unsupported(format!("{coll} has no algorithm for device buffers")))?;
         let fp = oxccl_algorithms::ctx::fingerprint(coll, args.count, args.dtype, args.op, args.root);
         self.execute_with(coll, fp, self.config.chunk_bytes, &*reducer, |ctx| {
-            f(ctx, &args)?;
-            // The trivial calls (one rank, nothing to move) queue a copy and no done round.
-            ctx.reducer.fence(ctx.deadline)
+            let staged_by = match forced {
+                Some(Algorithm::Mapped) | None => match oxccl_algorithms::mapped::try_run_collective(ctx, &args)? {
+                    // The trivial calls (one rank, nothing to move) queue a copy and no done
+                    // round: fence them too.
+                    Ok(()) => return ctx.reducer.fence(ctx.deadline),
+                    Err(why) if forced.is_some() => {
+                        return Err(Error::invalid_usage(format!(
+                            "mapped was forced for {coll} on device buffers, but {why}: every rank must be on \
+                             one host (CUDA IPC), or let oxccl stage the buffers"
+                        )))
+                    }
+                    Err(why) => {
+                        tracing::debug!(rank = self.rank, "{coll} #{}: device buffers staged: {why}", ctx.seq);
+                        None
+                    }
+                },
+                Some(algo) => Some(algo),
+            };
+            self.run_staged(ctx, &args, reducer.context(), staged_by)
         })
+    }
+
+    /// A call on device buffers through host memory (see [`Communicator::run_device`]):
+    /// `algo`, or the cost model's choice for host buffers (never `mapped`).
+    #[cfg(feature = "cuda")]
+    fn run_staged(
+        &self,
+        ctx: &Ctx<'_>,
+        args: &CollArgs,
+        dev: &oxccl_transport::cuda::DeviceContext,
+        algo: Option<Algorithm>,
+    ) -> Result<()> {
+        let coll = ctx.collective;
+        let algo = algo.unwrap_or_else(|| {
+            let per = match coll {
+                Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll => self.size,
+                _ => 1,
+            };
+            let c = self.choice_for(coll, args.count * args.dtype.size() * per, args.dtype, args.op);
+            if c.algo == Algorithm::Mapped {
+                c.fallback
+            } else {
+                c.algo
+            }
+        });
+        let f = registry::lookup(coll, algo)
+            .ok_or_else(|| Error::invalid_usage(format!("{coll} has no {algo} algorithm")))?;
+        // Host copies, 8-byte aligned (every element type's alignment). In place the two
+        // regions overlap (equal, or one a block of the other: all-gather's input in its
+        // output, reduce-scatter's output in its input): one copy of their union serves both.
+        let (s0, sl) = (args.send.as_ptr() as usize, args.send.len());
+        let (r0, rl) = (args.recv.as_mut_ptr() as usize, args.recv.len());
+        let (lo, hi) = if args.in_place { (s0.min(r0), (s0 + sl).max(r0 + rl)) } else { (r0, r0 + rl) };
+        let mut union_h = vec![0u64; (hi - lo).div_ceil(8)];
+        let mut send_h = vec![0u64; if args.in_place { 0 } else { sl.div_ceil(8) }];
+        // SAFETY: each vector holds at least the bytes sliced from it (zeroed), and lives to
+        // the end of this function, after the algorithm (which completes or fails its
+        // transport); the two slices are of different vectors.
+        let (union_b, send_own) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(union_h.as_mut_ptr().cast::<u8>(), hi - lo),
+                std::slice::from_raw_parts_mut(send_h.as_mut_ptr().cast::<u8>(), if args.in_place { 0 } else { sl }),
+            )
+        };
+        if args.in_place {
+            // SAFETY: the call's device regions, whose union this is, valid for the call.
+            unsafe { dev.copy_to_host(union_b, lo as *const u8)? };
+        } else {
+            // SAFETY: the call's device input, valid for the call.
+            unsafe { dev.copy_to_host(send_own, args.send.as_ptr())? };
+        }
+        let host_args = if args.in_place {
+            CollArgs {
+                send: region(&union_b[s0 - lo..s0 - lo + sl]),
+                recv: region_mut(&mut union_b[r0 - lo..r0 - lo + rl]),
+                ..*args
+            }
+        } else {
+            CollArgs { send: region(send_own), recv: region_mut(&mut union_b[..rl]), ..*args }
+        };
+        let host_ctx = Ctx {
+            net: ctx.net,
+            reducer: &self.reducer,
+            rank: ctx.rank,
+            size: ctx.size,
+            seq: ctx.seq,
+            collective: coll,
+            deadline: ctx.deadline,
+            chunk_bytes: ctx.chunk_bytes,
+            pipeline_depth: ctx.pipeline_depth,
+            recv_sink: ctx.recv_sink,
+            hosts: ctx.hosts,
+            fingerprint: ctx.fingerprint,
+        };
+        f(&host_ctx, &host_args)?;
+        let out = &union_b[r0 - lo..r0 - lo + rl];
+        // SAFETY: the call's device output, valid for the call.
+        unsafe { dev.copy_to_device(args.recv.as_mut_ptr(), out) }
     }
 
     #[cfg(not(feature = "cuda"))]
     fn run_device(&self, coll: Collective, _args: CollArgs, _ordinal: u32) -> Result<()> {
-        Err(self.bad_usage(coll, "this build of oxccl has no CUDA support".to_string()))
-    }
-
-    fn bad_usage(&self, coll: Collective, msg: String) -> Error {
-        Error::invalid_usage(msg).in_collective(coll.name(), self.next_seq()).on_rank(self.rank)
+        Err(Error::unsupported("this build of oxccl has no CUDA support")
+            .in_collective(coll.name(), self.next_seq())
+            .on_rank(self.rank))
     }
 }
