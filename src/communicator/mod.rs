@@ -1166,8 +1166,10 @@ impl std::fmt::Debug for Communicator {
     }
 }
 
-/// Where a call's buffers are: `None` for host memory, the GPU for device memory.
+/// Calls on device buffers.
 impl Communicator {
+    /// Where a call's buffers are: `None` for host memory, the GPU for device memory (both
+    /// buffers on one device, else InvalidArgument).
     fn device_of(&self, coll: Collective, args: &CollArgs) -> Result<Option<u32>> {
         // The common case first, without a look at lengths: host memory on both sides.
         if args.send.kind() == MemoryKind::Host && args.recv.kind() == MemoryKind::Host {
