@@ -653,6 +653,21 @@ mod imp {
         handle: [u8; 64],
         local: u32,
         ptr: u64,
+        size: usize,
+    }
+
+    /// The size of the device allocation that starts at `base` (an allocation's base).
+    pub fn allocation_size(base: *const u8) -> Result<usize> {
+        let (mut b, mut size) = (0, 0usize);
+        // SAFETY: valid out-pointers; an unknown address is an error code.
+        check(
+            unsafe { sys::cuMemGetAddressRange_v2(&mut b, &mut size, base as sys::CUdeviceptr) },
+            "cuMemGetAddressRange",
+        )?;
+        if b != base as sys::CUdeviceptr {
+            return Err(Error::invalid_usage(format!("{base:p} is not the start of a device allocation")));
+        }
+        Ok(size)
     }
 
     /// Peer allocations kept open at once.
@@ -666,17 +681,17 @@ mod imp {
 
     impl PeerDeviceMappings {
         /// The address in this process of the allocation `key` names (of peer process
-        /// `pid`), opened on first use in the CUDA context current on this thread, and that
-        /// context's device.
-        pub fn open(&self, pid: u32, key: &DeviceKey) -> Result<(*mut u8, u32)> {
+        /// `pid`), opened on first use in the CUDA context current on this thread, that
+        /// context's device, and the allocation's size.
+        pub fn open(&self, pid: u32, key: &DeviceKey) -> Result<(*mut u8, u32, usize)> {
             let local = current_ordinal()?;
             let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(i) = open.iter().position(|o| o.pid == pid && o.handle == key.handle && o.local == local) {
                 // Most recently used last.
                 let o = open.remove(i);
-                let p = o.ptr;
+                let (p, size) = (o.ptr, o.size);
                 open.push(o);
-                return Ok((p as *mut u8, local));
+                return Ok((p as *mut u8, local, size));
             }
             if key.handle == [0; 64] {
                 return Err(Error::unsupported(
@@ -700,13 +715,23 @@ mod imp {
                 },
                 "cuIpcOpenMemHandle",
             )?;
+            // The allocation's size as this process sees it: what a peer's offsets are
+            // checked against (a lying key must not name bytes beyond it).
+            let size = match allocation_size(p as *const u8) {
+                Ok(s) => s,
+                Err(e) => {
+                    // SAFETY: the address just opened, not handed out.
+                    let _ = unsafe { sys::cuIpcCloseMemHandle(p) };
+                    return Err(e);
+                }
+            };
             if open.len() >= MAX_OPEN {
                 let old = open.remove(0);
                 // SAFETY: an address cuIpcOpenMemHandle returned, no longer handed out.
                 let _ = unsafe { sys::cuIpcCloseMemHandle(old.ptr) };
             }
-            open.push(Opened { pid, handle: key.handle, local, ptr: p });
-            Ok((p as *mut u8, local))
+            open.push(Opened { pid, handle: key.handle, local, ptr: p, size });
+            Ok((p as *mut u8, local, size))
         }
     }
 
@@ -915,9 +940,13 @@ mod imp {
 
     impl PeerDeviceMappings {
         /// Opens a peer's allocation.
-        pub fn open(&self, _pid: u32, _key: &DeviceKey) -> Result<(*mut u8, u32)> {
+        pub fn open(&self, _pid: u32, _key: &DeviceKey) -> Result<(*mut u8, u32, usize)> {
             Err(Error::unsupported(NO_FEATURE))
         }
+    }
+
+    pub fn allocation_size(_base: *const u8) -> Result<usize> {
+        Err(Error::unsupported(NO_FEATURE))
     }
 
     pub fn current_ordinal() -> Result<u32> {
@@ -943,6 +972,11 @@ pub fn process_uses_cuda() -> bool {
 /// driver).
 pub fn pointer_device(ptr: *const u8) -> Option<u32> {
     imp::pointer_device(ptr)
+}
+
+/// The size of the device allocation starting at `base`.
+pub fn allocation_size(base: *const u8) -> Result<usize> {
+    imp::allocation_size(base)
 }
 
 /// The device of the CUDA context current on this thread.

@@ -377,15 +377,19 @@ impl PeerMappings {
     /// CUDA keeps an opened allocation alive until it is closed, so a region stays valid
     /// for as long as these mappings live.
     fn map_device(&self, key: &MemoryKey, dk: &crate::cuda::DeviceKey) -> Result<RegionMut> {
-        let (base, ordinal) = if key.pid == std::process::id() {
-            (dk.base as *mut u8, dk.ordinal)
+        let (base, ordinal, size) = if key.pid == std::process::id() {
+            (dk.base as *mut u8, dk.ordinal, crate::cuda::allocation_size(dk.base as *const u8)?)
         } else {
             self.devices.open(key.pid, dk)?
         };
-        let start = (base as u64).checked_add(key.offset).and_then(|s| s.checked_add(key.len).map(|_| s));
-        let Some(start) = start else {
-            return Err(Error::invalid_usage(format!("a peer named device bytes {}..+{}", key.offset, key.len)));
-        };
+        // Within the allocation: a lying key must not name bytes beyond it.
+        if key.offset.checked_add(key.len).is_none_or(|end| end > size as u64) {
+            return Err(Error::invalid_usage(format!(
+                "a peer named device bytes {}..+{} of an allocation of {size}",
+                key.offset, key.len
+            )));
+        }
+        let start = base as u64 + key.offset;
         // SAFETY: device memory of a live allocation (the owner holds it for the collective,
         // as the caller promises); the region is only handed to the device reducer.
         Ok(unsafe { RegionMut::from_raw_parts(start as *mut u8, key.len as usize, MemoryKind::Device { ordinal }) })
