@@ -108,16 +108,23 @@ pub(crate) fn exchange(ctx: &Ctx<'_>, a: &CollArgs) -> Result<std::result::Resul
         crate::ctx::Collective::Reduce => (n, if q == a.root { n } else { 0 }),
         _ => (send.len(), recv.len()),
     };
-    let mut mine = [0u8; KEYS_BYTES];
+    // Host keys travel without their (empty) device part: the keys round is most of what a
+    // small mapped call costs. Every rank must pass the same kind of memory, so the lengths
+    // agree (a rank that does not fails the round as a mismatch).
+    let key_len = if on_device(ctx) { MemoryKey::BYTES } else { MemoryKey::HOST_BYTES };
+    let mut keys_buf = [0u8; KEYS_BYTES];
+    let mine = &mut keys_buf[..8 + 2 * key_len];
     if let (Some(s), Some(d)) = (ctx.net.memory_key(send), ctx.net.memory_key(recv.as_region())) {
         mine[0] = 1;
-        mine[8..8 + MemoryKey::BYTES].copy_from_slice(&s.to_bytes());
-        mine[8 + MemoryKey::BYTES..].copy_from_slice(&d.to_bytes());
+        mine[8..8 + key_len].copy_from_slice(&s.to_bytes()[..key_len]);
+        mine[8 + key_len..].copy_from_slice(&d.to_bytes()[..key_len]);
     }
-    let all = swap_all(ctx, STEP_KEYS, &mine)?;
+    let all = swap_all(ctx, STEP_KEYS, mine)?;
     let key = |m: &Vec<u8>, i: usize| {
-        let at = 8 + i * MemoryKey::BYTES;
-        MemoryKey::from_bytes(m[at..at + MemoryKey::BYTES].try_into().expect("key bytes"))
+        let at = 8 + i * key_len;
+        let mut full = [0u8; MemoryKey::BYTES];
+        full[..key_len].copy_from_slice(&m[at..at + key_len]);
+        MemoryKey::from_bytes(&full)
     };
     let keyless: Vec<usize> = (0..p).filter(|&j| all[j][0] != 1).collect();
     if !keyless.is_empty() {

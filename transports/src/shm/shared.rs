@@ -63,6 +63,9 @@ pub struct MemoryKey {
 impl MemoryKey {
     /// Its size on the wire.
     pub const BYTES: usize = 112;
+    /// The size of the leading part of [`MemoryKey::to_bytes`] that a key of host memory
+    /// needs (the rest, the device part, is zero and decodes as none).
+    pub const HOST_BYTES: usize = 32;
 
     /// The key of an address in this process (`region` must be host memory).
     pub fn process_address(region: Region) -> MemoryKey {
