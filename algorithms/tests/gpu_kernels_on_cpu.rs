@@ -120,6 +120,33 @@ fn fill(d: DataType, n: usize, seed: u64, any_float: bool, op: ReduceOp) -> Vec<
     out
 }
 
+/// Bytes at a chosen offset from a 16-byte boundary.
+struct Aligned {
+    words: Vec<u128>,
+    shift: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn new(b: &[u8], shift: usize) -> Aligned {
+        let mut a = Aligned { words: vec![0u128; (b.len() + shift).div_ceil(16) + 1], shift, len: b.len() };
+        let p = a.ptr().cast::<u8>();
+        // SAFETY: the words hold `shift + len` bytes and more.
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), p, b.len()) };
+        a
+    }
+
+    fn ptr(&mut self) -> *mut c_void {
+        // SAFETY: within the allocation (`shift` < 16 < its size).
+        unsafe { self.words.as_mut_ptr().cast::<u8>().add(self.shift).cast() }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `shift + len` bytes lie within the words.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>().add(self.shift), self.len) }
+    }
+}
+
 fn region(b: &[u8]) -> Region {
     // SAFETY: the vectors outlive every use in one check.
     unsafe { Region::from_slice(b) }
@@ -161,14 +188,17 @@ fn gpu_kernels_compute_what_the_host_reducer_computes() {
                         let src_regions: Vec<Region> = srcs.iter().map(|s| region(s)).collect();
                         host.reduce_into_all(d, op, &[region_mut(&mut want)], &src_regions, false).unwrap();
                         // The kernel's, into `ndst` destinations, the first being source 0
-                        // itself when in place.
-                        let mut srcs_k = srcs.clone();
-                        let mut others: Vec<Vec<u8>> =
-                            (0..ndst - usize::from(in_place)).map(|_| vec![0xa5u8; n * es]).collect();
-                        let src_ptrs: Vec<*const c_void> = srcs_k.iter().map(|s| s.as_ptr().cast()).collect();
-                        let mut dst_ptrs: Vec<*mut c_void> = others.iter_mut().map(|o| o.as_mut_ptr().cast()).collect();
+                        // itself when in place; every buffer 16-byte aligned (the kernel's
+                        // vector path) or one element off (its scalar path), in turn.
+                        let shift = if checked % 2 == 0 { 0 } else { es };
+                        let mut srcs_k: Vec<Aligned> = srcs.iter().map(|s| Aligned::new(s, shift)).collect();
+                        let mut others: Vec<Aligned> = (0..ndst - usize::from(in_place))
+                            .map(|_| Aligned::new(&vec![0xa5u8; n * es], shift))
+                            .collect();
+                        let src_ptrs: Vec<*const c_void> = srcs_k.iter_mut().map(|s| s.ptr().cast_const()).collect();
+                        let mut dst_ptrs: Vec<*mut c_void> = others.iter_mut().map(|o| o.ptr()).collect();
                         if in_place {
-                            dst_ptrs.insert(0, srcs_k[0].as_mut_ptr().cast());
+                            dst_ptrs.insert(0, srcs_k[0].ptr());
                         }
                         let avg = i32::from(op == ReduceOp::Avg);
                         // Fewer threads than elements: the grid-stride loop does the rest.
@@ -189,9 +219,9 @@ fn gpu_kernels_compute_what_the_host_reducer_computes() {
                             )
                         };
                         assert_eq!(rc, 0);
-                        let mut outs: Vec<&[u8]> = others.iter().map(|o| &o[..]).collect();
+                        let mut outs: Vec<&[u8]> = others.iter().map(|o| o.bytes()).collect();
                         if in_place {
-                            outs.insert(0, &srcs_k[0]);
+                            outs.insert(0, srcs_k[0].bytes());
                         }
                         for (i, got) in outs.iter().enumerate() {
                             assert!(

@@ -582,7 +582,11 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
         if let Memory::Device(d) = memory(comm, args)? {
             let bytes = args.max_bytes.clamp(1 << 20, 1 << 30);
             match device_copy_bandwidth(d, bytes) {
-                Ok(bw) => println!("# device copy bandwidth (cuda:{d}, {bytes} B device to device): {bw:.1} GB/s"),
+                Ok(bw) => println!(
+                    "# device copy bandwidth (cuda:{d}, {bytes} B device to device): {bw:.1} GB/s copied, {:.1} GB/s \
+                     read plus written",
+                    2.0 * bw
+                ),
                 Err(e) => println!("# device copy bandwidth: {e}"),
             }
         }
