@@ -148,16 +148,14 @@ impl<T: Element> DeviceBuffer<T> {
 
     /// A host copy of the buffer.
     pub fn to_vec(&self) -> Result<Vec<T>> {
-        let mut v = Vec::with_capacity(self.len);
-        // Filled by the copy below before anyone reads it.
-        let mut out = vec![std::mem::MaybeUninit::<T>::uninit(); self.len];
-        let n = self.bytes();
-        // SAFETY: `out` holds `n` bytes; a copy fills every one of them.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), n) };
-        // SAFETY: the allocation holds exactly these bytes.
-        unsafe { self.alloc.context().copy_to_host(bytes, self.alloc.as_ptr())? };
-        // SAFETY: every byte was written by the copy, and any bytes are a valid `T`.
-        v.extend(out.into_iter().map(|x| unsafe { x.assume_init() }));
+        let mut v = Vec::<T>::with_capacity(self.len);
+        // SAFETY: zero bytes are a valid `T` (plain old data), written over the whole
+        // capacity asked for before the length covers it.
+        unsafe {
+            std::ptr::write_bytes(v.as_mut_ptr(), 0, self.len);
+            v.set_len(self.len);
+        }
+        self.copy_to_host(&mut v)?;
         Ok(v)
     }
 }

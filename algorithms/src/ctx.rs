@@ -229,12 +229,8 @@ pub fn describe_tag(tag: u128) -> String {
     describe(kind, seq, Some(step), fp)
 }
 
-/// A call as ranks compare it: collective, sequence number and fingerprint spelled out,
-/// such as `broadcast #3 (uint8, 64 elements, root 1)`.
-pub fn describe_call(coll: Collective, seq: u64, fingerprint: u64) -> String {
-    describe(coll as u64, seq, None, fingerprint)
-}
-
+/// A call as ranks compare it, such as `broadcast #3 step 0 (uint8, 64 elements, root 1)`:
+/// collective (`kind`), sequence number, step (if any) and fingerprint spelled out.
 pub(crate) fn describe(kind: u64, seq: u64, step: Option<u64>, fp: u64) -> String {
     let all = Collective::ALL.iter().chain(&[Collective::SendRecv, Collective::AllToAllV, Collective::Split]);
     let step = step.map(|s| format!(" step {s}")).unwrap_or_default();

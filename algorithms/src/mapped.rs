@@ -72,15 +72,17 @@ pub(crate) struct PeerBuffers {
 }
 
 /// Sends `mine` to every peer and receives each peer's message of the same length, at `step`.
-fn swap_all(ctx: &Ctx<'_>, step: usize, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
-    let (p, r) = (ctx.size, ctx.rank);
-    let mut got = vec![vec![0u8; mine.len()]; p];
+/// Returns every rank's message (this rank's own too) in rank order, `mine.len()` bytes each,
+/// in one buffer: one allocation per round, none for an empty round.
+fn swap_all(ctx: &Ctx<'_>, step: usize, mine: &[u8]) -> Result<Vec<u8>> {
+    let (p, r, n) = (ctx.size, ctx.rank, mine.len());
+    let mut got = vec![0u8; p * n];
     let mut exchange = || -> Result<()> {
         let mut reqs: Vec<ReqId> = Vec::with_capacity(2 * p);
-        for (q, buf) in got.iter_mut().enumerate().filter(|(q, _)| *q != r) {
+        for q in (0..p).filter(|&q| q != r) {
             // SAFETY: `got` outlives the waits below; on any error the transport is failed
             // (below), which drops the receive before `got` goes.
-            let region = unsafe { RegionMut::from_slice(buf) };
+            let region = unsafe { RegionMut::from_slice(&mut got[q * n..(q + 1) * n]) };
             reqs.push(ctx.recv(q, step, region)?);
         }
         // SAFETY: as above, for `mine`.
@@ -91,7 +93,7 @@ fn swap_all(ctx: &Ctx<'_>, step: usize, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
         ctx.wait_all(&reqs)
     };
     exchange().inspect_err(|e| ctx.net.fail(e.clone()))?;
-    got[r] = mine.to_vec();
+    got[r * n..(r + 1) * n].copy_from_slice(mine);
     Ok(got)
 }
 
@@ -119,18 +121,20 @@ pub(crate) fn exchange(ctx: &Ctx<'_>, a: &CollArgs) -> Result<std::result::Resul
         mine[8..8 + key_len].copy_from_slice(&s.to_bytes()[..key_len]);
         mine[8 + key_len..].copy_from_slice(&d.to_bytes()[..key_len]);
     }
+    let stride = mine.len();
     let all = swap_all(ctx, STEP_KEYS, mine)?;
-    let key = |m: &Vec<u8>, i: usize| {
+    let msg = |j: usize| &all[j * stride..(j + 1) * stride];
+    let key = |j: usize, i: usize| {
         let at = 8 + i * key_len;
         let mut full = [0u8; MemoryKey::BYTES];
-        full[..key_len].copy_from_slice(&m[at..at + key_len]);
+        full[..key_len].copy_from_slice(&msg(j)[at..at + key_len]);
         MemoryKey::from_bytes(&full)
     };
-    let keyless: Vec<usize> = (0..p).filter(|&j| all[j][0] != 1).collect();
+    let keyless: Vec<usize> = (0..p).filter(|&j| msg(j)[0] != 1).collect();
     if !keyless.is_empty() {
         return Ok(Err(format!("the transport of rank(s) {keyless:?} cannot share their buffers")));
     }
-    let keys: Vec<(MemoryKey, MemoryKey)> = all.iter().map(|m| (key(m, 0), key(m, 1))).collect();
+    let keys: Vec<(MemoryKey, MemoryKey)> = (0..p).map(|j| (key(j, 0), key(j, 1))).collect();
     // A plain address (fd < 0) is mappable only by ranks of the same process: every rank sees
     // every key, so every rank reaches the same answer here.
     // Empty regions (a broadcast's input off the root, a reduction's output) need no mapping.
@@ -184,7 +188,8 @@ pub(crate) fn exchange(ctx: &Ctx<'_>, a: &CollArgs) -> Result<std::result::Resul
         }
     }
     let ready = swap_all(ctx, STEP_READY, &[u8::from(ok)])?;
-    let failed: Vec<usize> = (0..p).filter(|&j| ready[j][0] != 1).collect();
+    // One byte from every rank.
+    let failed: Vec<usize> = (0..p).filter(|&j| ready[j] != 1).collect();
     if failed.is_empty() {
         Ok(Ok(bufs))
     } else {

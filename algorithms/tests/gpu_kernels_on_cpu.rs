@@ -5,9 +5,12 @@
 //! source NVRTC compiles for the GPU, so the arithmetic is checked on every machine with a
 //! C++ compiler (CI has one), GPU or not.
 
+#![cfg(feature = "cuda")]
+
 use std::ffi::{c_void, CString};
 use std::process::Command;
 
+use oxccl_algorithms::kernels::cuda::type_name;
 use oxccl_algorithms::{DataType, HostReducer, ReduceOp, Reducer};
 use oxccl_transport::{Region, RegionMut};
 
@@ -58,21 +61,6 @@ fn build() -> Result<Kernels, String> {
             rall: std::mem::transmute::<*mut c_void, RallFn>(rall),
             div: std::mem::transmute::<*mut c_void, DivFn>(div),
         })
-    }
-}
-
-fn type_name(d: DataType) -> &'static str {
-    match d {
-        DataType::I8 => "i8",
-        DataType::U8 => "u8",
-        DataType::I32 => "i32",
-        DataType::U32 => "u32",
-        DataType::I64 => "i64",
-        DataType::U64 => "u64",
-        DataType::F16 => "f16",
-        DataType::Bf16 => "bf16",
-        DataType::F32 => "f32",
-        DataType::F64 => "f64",
     }
 }
 

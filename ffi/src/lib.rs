@@ -359,8 +359,14 @@ macro_rules! collective {
                 }
                 None => {
                     $e.drain()?;
-                    // SAFETY: as above.
-                    let waited = unsafe { $e.comm.wait_for_stream(stream, bufs) };
+                    // Host buffers and no stream: nothing to wait for (and the buffers were
+                    // classified above already).
+                    let waited = if device.is_none() && stream.is_null() {
+                        Ok(())
+                    } else {
+                        // SAFETY: as above.
+                        unsafe { $e.comm.wait_for_stream(stream, bufs) }
+                    };
                     waited.and_then(|()| $body)
                 }
             };

@@ -696,18 +696,22 @@ impl Communicator {
         Some(format!("{who} (peers' progress as last heard: {})", parts.join(", ")))
     }
 
+    /// A call's size as nccl-tests counts it (and the cost formulas take it): the whole
+    /// vector, `size` blocks for the collectives whose `count` is per rank.
+    fn call_bytes(&self, coll: Collective, args: &CollArgs) -> usize {
+        let per = match coll {
+            Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll => self.size,
+            _ => 1,
+        };
+        args.count.saturating_mul(args.dtype.size()).saturating_mul(per)
+    }
+
     /// Runs one collective with the algorithm the configuration or the size picks.
     fn run(&self, coll: Collective, args: CollArgs) -> Result<()> {
         if let Some(ordinal) = self.device_of(coll, &args)? {
             return self.run_device(coll, args, ordinal);
         }
-        // The size as nccl-tests counts it (and the cost formulas take it).
-        let per = match coll {
-            Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll => self.size,
-            _ => 1,
-        };
-        let bytes = args.count.saturating_mul(args.dtype.size()).saturating_mul(per);
-        let choice = self.choice_for(coll, bytes, args.dtype, args.op);
+        let choice = self.choice_for(coll, self.call_bytes(coll, &args), args.dtype, args.op);
         let find = |algo: Algorithm| {
             registry::lookup(coll, algo).ok_or_else(|| Error::internal(format!("{coll} has no {algo} algorithm")))
         };
@@ -1250,11 +1254,7 @@ impl Communicator {
     ) -> Result<()> {
         let coll = ctx.collective;
         let algo = algo.unwrap_or_else(|| {
-            let per = match coll {
-                Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll => self.size,
-                _ => 1,
-            };
-            let c = self.choice_for(coll, args.count * args.dtype.size() * per, args.dtype, args.op);
+            let c = self.choice_for(coll, self.call_bytes(coll, args), args.dtype, args.op);
             if c.algo == Algorithm::Mapped {
                 c.fallback
             } else {

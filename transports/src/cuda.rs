@@ -20,9 +20,7 @@
 //! Every wait on the GPU polls with a deadline ([`DeviceContext::sync`]): a kernel that never
 //! ends is a Timeout, not a hang.
 
-use std::time::Instant;
-
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Why there is no CUDA here, for the stub and for a missing driver.
 #[cfg(not(feature = "cuda"))]
@@ -176,6 +174,33 @@ mod imp {
         (r == sys::CUresult::CUDA_SUCCESS && ordinal >= 0).then_some(ordinal as u32)
     }
 
+    /// Polls `query` (a stream or event query) until it says done, spinning briefly, then
+    /// sleeping; an error the driver gives, or Timeout at `deadline`.
+    fn poll(query: impl Fn() -> sys::CUresult, deadline: Instant, what: &str, ordinal: u32) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let r = query();
+            if r == sys::CUresult::CUDA_SUCCESS {
+                return Ok(());
+            }
+            if r != sys::CUresult::CUDA_ERROR_NOT_READY {
+                return check(r, what);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::timeout(
+                    format!("{what}: the GPU work did not finish in time (cuda:{ordinal})"),
+                    now - start,
+                ));
+            }
+            if now - start < Duration::from_micros(50) {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(Duration::from_micros(20));
+            }
+        }
+    }
+
     /// The primary context of one device, with a stream for oxccl's own work.
     pub struct DeviceContext {
         ordinal: u32,
@@ -251,29 +276,8 @@ mod imp {
         pub fn sync_stream(&self, stream: *mut c_void, deadline: Instant, what: &str) -> Result<()> {
             self.make_current()?;
             let s: sys::CUstream = stream.cast();
-            let start = Instant::now();
-            loop {
-                // SAFETY: a valid stream of this context.
-                let r = unsafe { sys::cuStreamQuery(s) };
-                if r == sys::CUresult::CUDA_SUCCESS {
-                    return Ok(());
-                }
-                if r != sys::CUresult::CUDA_ERROR_NOT_READY {
-                    return check(r, what);
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(Error::timeout(
-                        format!("{what}: the GPU work did not finish in time (cuda:{})", self.ordinal),
-                        now - start,
-                    ));
-                }
-                if now - start < Duration::from_micros(50) {
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::sleep(Duration::from_micros(20));
-                }
-            }
+            // SAFETY: a valid stream of this context.
+            poll(|| unsafe { sys::cuStreamQuery(s) }, deadline, what, self.ordinal)
         }
 
         /// Waits for oxccl's stream (see [`DeviceContext::sync_stream`]).
@@ -473,29 +477,8 @@ mod imp {
         /// Waits (polling, until `deadline`) for `event` to be done.
         pub fn wait_event(&self, event: &Event, deadline: Instant, what: &str) -> Result<()> {
             self.make_current()?;
-            let start = Instant::now();
-            loop {
-                // SAFETY: a live event of this context.
-                let r = unsafe { sys::cuEventQuery(event.raw) };
-                if r == sys::CUresult::CUDA_SUCCESS {
-                    return Ok(());
-                }
-                if r != sys::CUresult::CUDA_ERROR_NOT_READY {
-                    return check(r, what);
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(Error::timeout(
-                        format!("{what}: the stream's earlier work did not finish"),
-                        now - start,
-                    ));
-                }
-                if now - start < Duration::from_micros(50) {
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::sleep(Duration::from_micros(20));
-                }
-            }
+            // SAFETY: a live event of this context.
+            poll(|| unsafe { sys::cuEventQuery(event.raw) }, deadline, what, self.ordinal)
         }
 
         /// A counter in pinned host memory that streams of this device can wait on (see
@@ -597,13 +580,14 @@ mod imp {
 
     impl Drop for DeviceAlloc {
         fn drop(&mut self) {
-            if self.ctx.make_current().is_ok() {
-                // Work queued on oxccl's stream may still use it; cuMemFree does not wait
-                // for other streams.
-                // SAFETY: a stream of this context.
-                let _ = unsafe { sys::cuStreamSynchronize(self.ctx.stream) };
+            // Work queued on oxccl's stream may still use it (cuMemFree does not wait for
+            // other streams): wait for it, with a deadline; memory whose users never finish
+            // is left allocated rather than freed under them.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            match self.ctx.sync(deadline, "freeing device memory") {
                 // SAFETY: an allocation of this context, freed once.
-                let _ = unsafe { sys::cuMemFree_v2(self.ptr) };
+                Ok(()) => drop(unsafe { sys::cuMemFree_v2(self.ptr) }),
+                Err(e) => tracing::error!(error = %e, bytes = self.len, "device memory left allocated"),
             }
         }
     }
@@ -995,18 +979,6 @@ pub fn device_key(ordinal: u32, ptr: *const u8) -> Result<(DeviceKey, u64)> {
     imp::device_key(ordinal, ptr)
 }
 
-/// A deadline far enough away for waits that have none of their own (copies a user asked
-/// for outside any collective).
-pub fn far_deadline() -> Instant {
-    Instant::now() + std::time::Duration::from_secs(600)
-}
-
-/// Whether an error says there is no CUDA here (no feature, or no driver), so a test or a
-/// caller may skip rather than fail.
-pub fn is_unavailable(e: &Error) -> bool {
-    matches!(e, Error::Unsupported { .. })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1018,7 +990,7 @@ mod tests {
         match driver() {
             Ok(d) => eprintln!("CUDA driver loaded: {} device(s)", d.device_count()),
             Err(e) => {
-                assert!(is_unavailable(&e), "{e}");
+                assert!(matches!(e, crate::error::Error::Unsupported { .. }), "{e}");
                 let text = e.to_string();
                 assert!(text.contains("no CUDA driver found") || text.contains("without the `cuda` feature"), "{text}");
                 assert!(context(0).is_err());

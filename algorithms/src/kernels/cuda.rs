@@ -30,8 +30,8 @@ pub const KERNEL_PTX: &str = include_str!("cuda_kernels.ptx");
 /// Sources and destinations one launch takes (`MAXP` in the source).
 const MAX_PTRS: usize = 32;
 
-/// The suffix of a type in kernel names.
-fn type_name(d: DataType) -> &'static str {
+/// The suffix of a type in kernel names (`oxccl_rall_<type>_<op>`, `oxccl_div_<type>`).
+pub fn type_name(d: DataType) -> &'static str {
     match d {
         DataType::I8 => "i8",
         DataType::U8 => "u8",
