@@ -2,7 +2,7 @@
 //!
 //! Built with the `cuda` feature (on by default), through `cudarc` with dynamic loading, so
 //! the crate builds and runs where there is no CUDA at all. There every entry point answers
-//! [`Error::Unsupported`] saying `no CUDA driver found: ...`; built without the feature, they
+//! [`Error::Unsupported`](crate::error::Error::Unsupported) saying `no CUDA driver found: ...`; built without the feature, they
 //! answer that the build has no CUDA. Nothing here is touched by a program that never asks
 //! for device memory: host-only programs never load the driver.
 //!
@@ -940,7 +940,7 @@ mod imp {
 
 pub use imp::{DeviceAlloc, DeviceContext, Driver, Event, HostFlag, PeerDeviceMappings};
 
-/// The CUDA driver, loaded and initialised on first use, or [`Error::Unsupported`] saying
+/// The CUDA driver, loaded and initialised on first use, or [`Error::Unsupported`](crate::error::Error::Unsupported) saying
 /// why there is none (`no CUDA driver found: ...`).
 pub fn driver() -> Result<&'static Driver> {
     imp::driver()
