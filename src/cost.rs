@@ -34,7 +34,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::SharedBuffer;
-pub use oxccl_algorithms::cost::{ceil_log2, Cost, Efficiency, Level, Link, Model, Profile};
+pub use oxccl_algorithms::cost::{
+    ceil_log2, residual_bytes, residual_index, Cost, Efficiency, Level, Link, Model, Profile, RESIDUAL_POINTS,
+};
 use oxccl_algorithms::registry;
 use oxccl_algorithms::{Algorithm, Collective, DataType, ReduceOp};
 use serde::{Deserialize, Serialize};
@@ -154,9 +156,11 @@ pub struct TuningEntry {
     pub reduce_gbs: BTreeMap<String, f64>,
     /// Measured efficiency of each algorithm (see [`Profile::efficiency`]), keyed
     /// `collective.algorithm`: `[ranks, latency factor, in-cache bandwidth factor,
-    /// out-of-cache bandwidth factor, halfway footprint in bytes]` per world size calibrated.
+    /// out-of-cache bandwidth factor, halfway footprint in bytes, residual...]` per world
+    /// size calibrated, where the optional residuals are [`Efficiency::residual`] at the
+    /// sizes of [`residual_bytes`] (0: not measured).
     #[serde(default)]
-    pub efficiency: BTreeMap<String, Vec<[f64; 5]>>,
+    pub efficiency: BTreeMap<String, Vec<Vec<f64>>>,
     /// How and when it was measured.
     #[serde(default)]
     pub measured: String,
@@ -178,7 +182,15 @@ impl TuningEntry {
             };
             let Some((c, a)) = k.split_once('.') else { continue };
             let (Some(coll), Some(algo)) = (Collective::parse(c), Algorithm::parse(a)) else { continue };
-            for &[ranks, latency, bandwidth_cache, bandwidth, cache_bytes] in rows {
+            for row in rows {
+                let [ranks, latency, bandwidth_cache, bandwidth, cache_bytes] = match row.get(..5) {
+                    Some(&[a, b, c, d, e]) => [a, b, c, d, e],
+                    _ => continue,
+                };
+                let mut residual = [0f32; RESIDUAL_POINTS];
+                for (r, &x) in residual.iter_mut().zip(&row[5..]) {
+                    *r = x as f32;
+                }
                 v.push(Efficiency {
                     coll,
                     algo,
@@ -188,6 +200,7 @@ impl TuningEntry {
                     bandwidth_cache,
                     bandwidth,
                     cache_bytes,
+                    residual,
                 });
             }
         }
@@ -199,7 +212,12 @@ impl TuningEntry {
         let hosts = if e.inter { "@hosts" } else { "" };
         let rows = self.efficiency.entry(format!("{}.{}{hosts}", e.coll.name(), e.algo.name())).or_default();
         rows.retain(|r| r[0] as usize != e.ranks);
-        rows.push([e.ranks as f64, e.latency, e.bandwidth_cache, e.bandwidth, e.cache_bytes]);
+        let mut row = vec![e.ranks as f64, e.latency, e.bandwidth_cache, e.bandwidth, e.cache_bytes];
+        if e.residual.iter().any(|&r| r != 0.0) {
+            // Four significant digits are plenty for a correction (and keep the file legible).
+            row.extend(e.residual.iter().map(|&r| (f64::from(r) * 1e4).round() / 1e4));
+        }
+        rows.push(row);
         rows.sort_by(|a, b| a[0].total_cmp(&b[0]));
     }
 
@@ -226,6 +244,15 @@ impl TuningEntry {
             self.copy_gbs,
         ];
         let factors = self.efficiency.values().flatten().flatten();
+        if let Some(row) = self.efficiency.values().flatten().find(|r| r.len() < 5 || r.len() > 5 + RESIDUAL_POINTS) {
+            return Err(Error::invalid_argument(format!(
+                "tuning entry for host '{}' transport '{}' has an efficiency row of {} figures (5, or 5 and up to {} residuals)",
+                self.host,
+                self.transport,
+                row.len(),
+                RESIDUAL_POINTS
+            )));
+        }
         if nums.iter().chain(self.reduce_gbs.values()).chain(factors).any(|x| !x.is_finite() || *x < 0.0)
             || self.bandwidth_gbs <= 0.0
             || self.cache_bandwidth_gbs <= 0.0
@@ -358,6 +385,8 @@ pub(crate) fn to_words(p: &Profile) -> Vec<u64> {
             e.bandwidth.to_bits(),
             e.cache_bytes.to_bits(),
         ]);
+        // Residuals as f32, two to a word.
+        w.extend(e.residual.chunks(2).map(|c| u64::from(c[0].to_bits()) | u64::from(c[1].to_bits()) << 32));
     }
     w.resize(PROFILE_WORDS, 0);
     w
@@ -366,8 +395,12 @@ pub(crate) fn to_words(p: &Profile) -> Vec<u64> {
 /// Efficiency rows a profile carries at most when it is sent to every rank.
 const MAX_EFFICIENCY: usize = 512;
 
+/// Words per efficiency row in [`to_words`].
+const ROW_WORDS: usize = 8 + RESIDUAL_POINTS / 2;
+const _: () = assert!(RESIDUAL_POINTS.is_multiple_of(2), "residuals travel two to a word");
+
 /// The number of words [`to_words`] makes.
-pub(crate) const PROFILE_WORDS: usize = 12 + 2 + 50 + 1 + 8 * MAX_EFFICIENCY;
+pub(crate) const PROFILE_WORDS: usize = 12 + 2 + 50 + 1 + ROW_WORDS * MAX_EFFICIENCY;
 
 /// The inverse of [`to_words`].
 pub(crate) fn from_words(w: &[u64]) -> Profile {
@@ -387,7 +420,13 @@ pub(crate) fn from_words(w: &[u64]) -> Profile {
     let n = (w[64] as usize).min(MAX_EFFICIENCY);
     let efficiency = (0..n)
         .filter_map(|i| {
-            let (inter, e) = (w[65 + 8 * i] == 1, &w[66 + 8 * i..73 + 8 * i]);
+            let row = &w[65 + ROW_WORDS * i..65 + ROW_WORDS * (i + 1)];
+            let (inter, e) = (row[0] == 1, &row[1..8]);
+            let mut residual = [0f32; RESIDUAL_POINTS];
+            for (pair, &word) in residual.chunks_mut(2).zip(&row[8..]) {
+                pair[0] = f32::from_bits(word as u32);
+                pair[1] = f32::from_bits((word >> 32) as u32);
+            }
             let coll = Collective::ALL.into_iter().find(|&c| c as u64 == e[0])?;
             let algo = *Algorithm::ALL.get(e[1] as usize)?;
             Some(Efficiency {
@@ -399,6 +438,7 @@ pub(crate) fn from_words(w: &[u64]) -> Profile {
                 bandwidth_cache: f64::from_bits(e[4]),
                 bandwidth: f64::from_bits(e[5]),
                 cache_bytes: f64::from_bits(e[6]),
+                residual,
             })
         })
         .collect();
@@ -474,9 +514,10 @@ fn secs_per_iter(iters: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64>
 /// burst of small messages for the gap, both ranks streaming at once for beta at sizes from
 /// 64 KiB to 64 MiB, fitted to the cache curve of [`Link::beta_at`]), its oversubscription
 /// cost with a barrier of every rank (when ranks outnumber cores), this host's reduction
-/// and copy kernels, and (full effort) every algorithm of every collective at five sizes
-/// from 8 B to 16 MiB, whose times against the formulas give each algorithm's efficiency at
-/// this world size ([`Profile::efficiency`]).
+/// and copy kernels, and (full effort) every algorithm of every collective at every power
+/// of 4 from 16 B to 64 MiB, whose times against the formulas give each algorithm's
+/// efficiency at this world size and what its factors leave unexplained at each size
+/// ([`Profile::efficiency`], [`Efficiency::residual`]).
 ///
 /// When ranks outnumber cores, the link between ranks 0 and 1 is disturbed by the idle
 /// ranks; with a `base` entry (rank 0's, measured with fewer ranks: `oxccl-bench --ranks 2
@@ -649,9 +690,10 @@ pub fn calibrate(comm: &Communicator, effort: Effort, base: Option<&TuningEntry>
     Ok(entry)
 }
 
-/// Runs every algorithm of every collective at a few sizes and records, in `entry`, the
-/// factors that best bring the formulas' latency and bandwidth terms to the measured times
-/// (least squares in relative error).
+/// Runs every algorithm of every collective at every size of [`residual_bytes`] (powers of
+/// 4 from 16 B to 64 MiB) and records, in `entry`, the factors that best bring the
+/// formulas' latency and bandwidth terms to the measured times (least squares in relative
+/// error), and at each size what they leave unexplained ([`Efficiency::residual`]).
 fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()> {
     let p = comm.size();
     let mut bare = entry.clone();
@@ -659,23 +701,38 @@ fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()
     let mut profile = TuningFile { oxccl_tuning: 1, entries: vec![bare] }.profile(&entry.host, &entry.transport);
     profile.peer_memory = comm.profile().peer_memory;
     let hosts = comm.hosts().to_vec();
-    let sizes = [8usize, 1 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20];
     let colls = Collective::ALL.into_iter().filter(|&c| c != Collective::Barrier);
     // Shared buffers, so that the mapped algorithms are measured as they run on them.
     let mut bufs: (Option<SharedBuffer<f32>>, Option<SharedBuffer<f32>>) = (None, None);
     for coll in colls {
-        for &algo in registry::algorithms(coll).iter().filter(|&&a| applies(a, &hosts, &profile)) {
-            comm.set_algorithms(&format!("{coll}:{algo}"))?;
-            let mut pts = Vec::new();
-            for &size in &sizes {
-                let (bytes, t) = time_collective(comm, coll, size, &mut bufs, &profile, algo)?;
-                let call = Call::new(coll, bytes, DataType::F32, ReduceOp::Sum);
-                if let Some(c) = predict(&call, algo, &hosts, &profile) {
-                    pts.push((c, call.model(&hosts, &profile).footprint(), t));
+        let algos: Vec<Algorithm> =
+            registry::algorithms(coll).iter().copied().filter(|&a| applies(a, &hosts, &profile)).collect();
+        // Each size's algorithms in turn, three rounds, each one's best kept: this machine
+        // drifts over seconds, and measuring the candidates of one size together keeps their
+        // order (what the choice rests on) from following the drift.
+        // best[size][algorithm]: (bytes, seconds).
+        let mut best = vec![vec![(0usize, f64::INFINITY); algos.len()]; RESIDUAL_POINTS];
+        for (i, at_size) in best.iter_mut().enumerate() {
+            for round in 0..CALIBRATION_ROUNDS {
+                for (&algo, b) in algos.iter().zip(at_size.iter_mut()) {
+                    comm.set_algorithms(&format!("{coll}:{algo}"))?;
+                    let (bytes, t) =
+                        time_collective(comm, coll, residual_bytes(i), &mut bufs, &profile, algo, round == 0)?;
+                    *b = (bytes, b.1.min(t));
                 }
             }
-            let (cache_bytes, [latency, bandwidth_cache, bandwidth]) = fit_efficiency(&pts);
-            entry.set_efficiency(&Efficiency {
+        }
+        for (a, &algo) in algos.iter().enumerate() {
+            let mut pts = Vec::new();
+            for (i, &(bytes, t)) in best.iter().map(|at_size| &at_size[a]).enumerate() {
+                let call = Call::new(coll, bytes, DataType::F32, ReduceOp::Sum);
+                if let Some(c) = predict(&call, algo, &hosts, &profile) {
+                    pts.push((i, c, call.model(&hosts, &profile).footprint(), t));
+                }
+            }
+            let fit: Vec<(Cost, f64, f64)> = pts.iter().map(|&(_, c, w, t)| (c, w, t)).collect();
+            let (cache_bytes, [latency, bandwidth_cache, bandwidth]) = fit_efficiency(&fit);
+            let mut e = Efficiency {
                 coll,
                 algo,
                 ranks: p,
@@ -684,10 +741,30 @@ fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()
                 bandwidth_cache,
                 bandwidth,
                 cache_bytes,
-            });
+                residual: [0.0; RESIDUAL_POINTS],
+            };
+            for &(i, c, w, t) in &pts {
+                let factored = e.apply(c, w, 0).total();
+                if factored > 0.0 && t > 0.0 {
+                    e.residual[i] = residual(t / factored);
+                }
+            }
+            entry.set_efficiency(&e);
         }
     }
     comm.set_algorithms("auto")
+}
+
+/// Rounds each algorithm is timed in at each size by [`calibrate`], its best kept, as
+/// `oxccl-bench` keeps its best round: a round the machine disturbed says nothing of the
+/// algorithm. (The median fitted worse: against later benchmark runs, predictions came out
+/// 10% high over TCP.)
+const CALIBRATION_ROUNDS: usize = 3;
+
+/// A residual correction as stored: clamped to [0.2, 5] (a larger miss is a measurement
+/// gone wrong, not something to build a prediction on).
+fn residual(ratio: f64) -> f32 {
+    ratio.clamp(0.2, 5.0) as f32
 }
 
 /// Fits an algorithm's efficiency to points `(cost, footprint, measured seconds)`: for each
@@ -797,8 +874,9 @@ fn shared_at_least(slot: &mut Option<SharedBuffer<f32>>, len: usize, value: f32)
     Ok(b)
 }
 
-/// Times one collective of about `size` bytes (f32 sum, out of place, the slowest rank's
-/// best of three rounds): returns the exact size and the seconds per call.
+/// Times one round of a collective of about `size` bytes (f32 sum, out of place, the
+/// slowest rank's time, after one call to warm up when `warm_up`): returns the exact size
+/// and the seconds per call.
 fn time_collective(
     comm: &Communicator,
     coll: Collective,
@@ -806,6 +884,7 @@ fn time_collective(
     bufs: &mut (Option<SharedBuffer<f32>>, Option<SharedBuffer<f32>>),
     profile: &Profile,
     algo: Algorithm,
+    warm_up: bool,
 ) -> Result<(usize, f64)> {
     let p = comm.size();
     let split = matches!(coll, Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll);
@@ -832,15 +911,11 @@ fn time_collective(
             _ => comm.reduce_into(s, &mut d[..if comm.rank() == 0 { recv } else { 0 }], ReduceOp::Sum, 0),
         }
     };
-    one()?;
-    // The best of three rounds, as `oxccl-bench` keeps its best round: a round the machine
-    // disturbed says nothing of the algorithm. (The median fitted worse: measured against
-    // later benchmark runs, predictions came out 10% high over TCP.)
-    let mut best = f64::INFINITY;
-    for _ in 0..3 {
-        comm.barrier()?;
-        best = best.min(secs_per_iter(iters, &mut one)?);
+    if warm_up {
+        one()?;
     }
+    comm.barrier()?;
+    let best = secs_per_iter(iters, &mut one)?;
     // The slowest rank's time, by whatever algorithm suits this small call (a forced mapped
     // all-reduce would refuse this stack buffer), then the algorithm under test again.
     let forced = registry::algorithms(coll).contains(&algo).then(|| format!("{coll}:{algo}"));
@@ -916,6 +991,33 @@ mod tests {
             assert_eq!(to_words(&p).len(), PROFILE_WORDS);
             assert!(p.intra.beta > 0.0 && p.inter.alpha > 0.0 && p.gamma(DataType::Bf16, ReduceOp::Max) > 0.0);
         }
+    }
+
+    #[test]
+    fn residuals_survive_the_file_and_the_words() {
+        let mut f = TuningFile::builtin();
+        let mut e = f.entries[0].efficiencies()[0];
+        e.residual = std::array::from_fn(|i| if i == 3 { 0.0 } else { 0.5 + i as f32 / 8.0 });
+        let mut entry = f.entries[0].clone();
+        entry.set_efficiency(&e);
+        f.upsert(entry.clone());
+        let back = TuningFile::parse(&serde_json::to_string(&f).unwrap()).unwrap();
+        let got = back.entry(&entry.host, &entry.transport).unwrap().efficiencies();
+        let g = got.iter().find(|x| x.coll == e.coll && x.algo == e.algo && x.ranks == e.ranks).unwrap();
+        assert_eq!(g.residual, e.residual);
+        let p = back.profile(&entry.host, &entry.transport);
+        let w = from_words(&to_words(&p));
+        let g = w.efficiency.iter().find(|x| x.coll == e.coll && x.algo == e.algo && x.ranks == e.ranks).unwrap();
+        assert_eq!(g.residual, e.residual);
+        // A row of the old form (five figures) reads as "no residuals"; a malformed one is refused.
+        let mut old = entry.clone();
+        old.efficiency.values_mut().flatten().for_each(|r| r.truncate(5));
+        assert!(old.efficiencies().iter().all(|x| x.residual == [0.0; RESIDUAL_POINTS]));
+        old.efficiency.values_mut().next().unwrap()[0].truncate(3);
+        let mut bad = TuningFile::builtin();
+        bad.upsert(old);
+        let err = TuningFile::parse(&serde_json::to_string(&bad).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("efficiency row of 3 figures"), "{err}");
     }
 
     #[test]

@@ -175,6 +175,10 @@ fn bench_calibrates_and_explains() {
         for a in oxccl::algorithms_of(coll).iter().filter(|a| **a != Algorithm::Hierarchical) {
             let rows = e.efficiency.get(&format!("{}.{}", coll.name(), a.name()));
             assert!(rows.is_some_and(|r| r.iter().any(|r| r[0] == 2.0)), "{coll} {a}: {:?}", e.efficiency.keys());
+            // With its residual at every calibrated size (measured, so positive).
+            let row = rows.unwrap().iter().find(|r| r[0] == 2.0).unwrap();
+            assert_eq!(row.len(), 5 + oxccl::cost::RESIDUAL_POINTS, "{coll} {a}: {row:?}");
+            assert!(row[5..].iter().all(|&x| x > 0.0 && x.is_finite()), "{coll} {a}: {row:?}");
         }
     }
     // A second run keeps one entry per host and transport.

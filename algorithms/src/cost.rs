@@ -109,15 +109,61 @@ pub struct Efficiency {
     /// for footprint `w` is `bandwidth_cache + (bandwidth - bandwidth_cache) * w / (w +
     /// cache_bytes)`, as [`Link::beta_at`] blends per-byte times.
     pub cache_bytes: f64,
+    /// What the three factors leave unexplained: at each size of [`residual_bytes`], the
+    /// measured time over the factored prediction (0: not measured). Between those sizes the
+    /// correction is interpolated in log(bytes); beyond them the nearest is kept. Three
+    /// factors cannot follow every algorithm across the cache transition and the protocol
+    /// switches (eager to rendezvous, inline to slots), so, as NCCL's tuning tables are
+    /// corrected per size by its tuner, the measured points pin the prediction where they
+    /// were taken and the formula carries it between them and to other worlds.
+    pub residual: [f32; RESIDUAL_POINTS],
+}
+
+/// How many sizes the residual correction of an [`Efficiency`] is measured at.
+pub const RESIDUAL_POINTS: usize = 12;
+
+/// The call size (the model's `bytes`) of residual point `i`: powers of 4 from 16 B to 64 MiB.
+pub fn residual_bytes(i: usize) -> usize {
+    16 << (2 * i)
+}
+
+/// The residual point nearest `bytes` (in log(bytes)).
+pub fn residual_index(bytes: usize) -> usize {
+    let l = (bytes.max(1) as f64).log2();
+    (((l - 4.0) / 2.0).round().max(0.0) as usize).min(RESIDUAL_POINTS - 1)
 }
 
 impl Efficiency {
-    /// Applies the factors to `c`, a prediction for a call whose footprint per core is
-    /// `footprint` bytes.
-    pub fn apply(&self, c: Cost, footprint: f64) -> Cost {
+    /// Applies the factors to `c`, a prediction for a call of `bytes` (the model's `n`) whose
+    /// footprint per core is `footprint` bytes, then the residual correction at `bytes`.
+    pub fn apply(&self, c: Cost, footprint: f64, bytes: usize) -> Cost {
         let x = footprint / (footprint + self.cache_bytes.max(1.0));
         let b = self.bandwidth_cache * (1.0 - x) + self.bandwidth * x;
-        Cost { latency: c.latency * self.latency, transfer: c.transfer * b, reduce: c.reduce * b }
+        let c = Cost { latency: c.latency * self.latency, transfer: c.transfer * b, reduce: c.reduce * b };
+        c * self.residual_at(bytes)
+    }
+
+    /// The residual correction at a call of `bytes` (1 where none was measured).
+    pub fn residual_at(&self, bytes: usize) -> f64 {
+        let b = bytes.max(1) as f64;
+        // The measured points just below and just above `bytes`.
+        let (mut below, mut above) = (None, None);
+        for (i, &r) in self.residual.iter().enumerate() {
+            if !(r.is_finite() && r > 0.0) {
+                continue;
+            }
+            let point = (residual_bytes(i) as f64, f64::from(r));
+            if point.0 <= b {
+                below = Some(point);
+            } else if above.is_none() {
+                above = Some(point);
+            }
+        }
+        match (below, above) {
+            (Some((s0, r0)), Some((s1, r1))) => r0 + (r1 - r0) * (b / s0).ln() / (s1 / s0).ln(),
+            (Some((_, r)), None) | (None, Some((_, r))) => r,
+            (None, None) => 1.0,
+        }
     }
 }
 
@@ -384,6 +430,38 @@ mod tests {
             efficiency: Vec::new(),
             peer_memory: false,
         }
+    }
+
+    #[test]
+    fn residuals_pin_measured_sizes_and_interpolate_between() {
+        let mut e = Efficiency {
+            coll: Collective::AllReduce,
+            algo: crate::registry::Algorithm::Ring,
+            ranks: 2,
+            inter: false,
+            latency: 2.0,
+            bandwidth_cache: 1.0,
+            bandwidth: 1.0,
+            cache_bytes: 1.0,
+            residual: [0.0; RESIDUAL_POINTS],
+        };
+        let c = Cost { latency: 1.0, transfer: 1.0, reduce: 0.0 };
+        assert_eq!(e.apply(c, 0.0, 1 << 20).total(), 3.0, "no residuals: the factors alone");
+        e.residual[2] = 0.5; // 256 B
+        e.residual[4] = 2.0; // 4 KiB
+        assert_eq!(e.residual_at(256), 0.5);
+        assert_eq!(e.residual_at(4096), 2.0);
+        assert_eq!(e.residual_at(1), 0.5, "below the first point: the first");
+        assert_eq!(e.residual_at(1 << 30), 2.0, "beyond the last: the last");
+        // 1 KiB is halfway between 256 B and 4 KiB in log(bytes).
+        assert!((e.residual_at(1024) - 1.25).abs() < 1e-12);
+        assert_eq!(e.apply(c, 0.0, 4096).total(), 6.0);
+        for i in 0..RESIDUAL_POINTS {
+            assert_eq!(residual_index(residual_bytes(i)), i);
+            assert_eq!(residual_index(residual_bytes(i) * 3 / 2), i, "rounded in log(bytes)");
+        }
+        assert_eq!(residual_index(0), 0);
+        assert_eq!(residual_index(1 << 40), RESIDUAL_POINTS - 1);
     }
 
     #[test]

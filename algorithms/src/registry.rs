@@ -154,7 +154,7 @@ pub fn predict(algo: Algorithm, m: &Model<'_>) -> Option<Cost> {
     }
     let c = f(m);
     Some(match m.profile.efficiency(m.coll, algo, m.p(), m.num_hosts() > 1) {
-        Some(e) => e.apply(c, m.footprint()),
+        Some(e) => e.apply(c, m.footprint(), m.bytes),
         None => c,
     })
 }
