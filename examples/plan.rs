@@ -19,6 +19,10 @@
 //!   two backward among the T ranks, and the gradients of the 1/T shard all-reduced across the
 //!   D replicas (or, with FSDP over the replicas, gathered and scattered per layer).
 //!
+//! Prices assume the tensors live in memory the ranks of a host map (`--buffers shared`:
+//! `oxccl::SharedBuffer`, `oxcclMemAlloc`), where the `mapped` algorithms are candidates;
+//! `--buffers heap` prices (and replays) ordinary memory.
+//!
 //! The time is communication only, one collective after another, as if nothing overlapped
 //! with compute: an upper bound on what communication adds to a step, and the figure to
 //! compare layouts by. A group that shares its hosts with other groups working at the same
@@ -31,7 +35,7 @@ use std::time::Instant;
 use clap::Parser;
 use half::bf16;
 use oxccl::cost::{self, Call, Profile, TuningFile};
-use oxccl::{Collective, Communicator, DataType, ReduceOp};
+use oxccl::{Collective, Communicator, DataType, ReduceOp, SharedBuffer};
 
 /// Communication planner for transformer training.
 #[derive(Parser, Debug)]
@@ -75,6 +79,11 @@ struct Args {
     /// Steps replayed per layout (the median is reported).
     #[arg(long, default_value_t = 3)]
     steps: usize,
+    /// Where the program keeps its tensors: `shared` (oxccl::SharedBuffer or oxcclMemAlloc,
+    /// which ranks of one host map, so the `mapped` algorithms are candidates) or `heap`
+    /// (ordinary memory: they are not).
+    #[arg(long, default_value = "shared", value_parser = ["shared", "heap"])]
+    buffers: String,
 }
 
 /// Which ranks a collective runs among.
@@ -198,6 +207,40 @@ fn main() {
     }
 }
 
+/// A tensor in the memory `--buffers` names.
+enum Tensor {
+    Shared(SharedBuffer<bf16>),
+    Heap(Vec<bf16>),
+}
+
+impl Tensor {
+    fn new(len: usize, a: &Args) -> oxccl::Result<Tensor> {
+        Ok(match a.buffers.as_str() {
+            "shared" => Tensor::Shared(SharedBuffer::new(len)?),
+            _ => Tensor::Heap(vec![bf16::ZERO; len]),
+        })
+    }
+}
+
+impl std::ops::Deref for Tensor {
+    type Target = [bf16];
+    fn deref(&self) -> &[bf16] {
+        match self {
+            Tensor::Shared(b) => b,
+            Tensor::Heap(v) => v,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Tensor {
+    fn deref_mut(&mut self) -> &mut [bf16] {
+        match self {
+            Tensor::Shared(b) => b,
+            Tensor::Heap(v) => v,
+        }
+    }
+}
+
 fn header(a: &Args, w: usize, hosts: usize, rph: usize) {
     println!(
         "# {:.3e} parameters, {} layers, hidden {}, sequence {}, micro-batch {}, bf16; {} ranks = {} hosts x {}",
@@ -211,7 +254,8 @@ fn plan(a: &Args) -> oxccl::Result<()> {
         None => TuningFile::builtin(),
     };
     let host = nix_hostname();
-    let profile = file.profile(&host, &a.intra);
+    let mut profile = file.profile(&host, &a.intra);
+    profile.peer_memory &= a.buffers == "shared";
     let (hosts, rph) = (a.hosts.max(1), a.ranks_per_host.max(1));
     let w = hosts * rph;
     header(a, w, hosts, rph);
@@ -239,10 +283,11 @@ fn replay(a: &Args) -> oxccl::Result<()> {
     if rph * hosts != w {
         return Err(oxccl::Error::invalid_argument("replay needs the same number of ranks on every host"));
     }
-    let profile = match &a.tuning {
+    let mut profile = match &a.tuning {
         Some(p) => TuningFile::load(p)?.profile(&nix_hostname(), world.transport_name()),
         None => world.profile().clone(),
     };
+    profile.peer_memory &= a.buffers == "shared";
     if world.rank() == 0 {
         header(a, w, hosts, rph);
         println!(
@@ -261,8 +306,8 @@ fn replay(a: &Args) -> oxccl::Result<()> {
             Group::Data => &dcomm,
         };
         let max = l.ops.iter().map(|o| o.bytes).max().unwrap_or(0) / ES;
-        let send = vec![bf16::from_f32(1.0); max];
-        let mut recv = vec![bf16::ZERO; max];
+        let (mut send, mut recv) = (Tensor::new(max, a)?, Tensor::new(max, a)?);
+        send.fill(bf16::from_f32(1.0));
         let mut step = || -> oxccl::Result<()> {
             for op in &l.ops {
                 let c = comm_of(op.group);

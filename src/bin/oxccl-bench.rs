@@ -649,7 +649,8 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
         if comparing {
             comm.set_algorithms("auto")?;
         }
-        let chosen = comm.choice_for(coll, size, T::DTYPE, op).algo;
+        let choice = comm.choice_for(coll, size, T::DTYPE, op);
+        let chosen = choice.algo;
         let priced = if args.explain {
             oxccl::select::candidates(coll, size, T::DTYPE, op, comm.hosts(), comm.profile(), comm.config())
         } else {
@@ -681,7 +682,10 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
                 line.push_str(&format!("  {:>7.2}  {:>6.3}  {:>6.3}  {:>5}", times[k] * 1e6, algbw, busbw, w));
             }
             if let Some(name) = variant {
-                if name == "auto" {
+                if name == "auto" && choice.fallback != chosen {
+                    // What runs where some rank's buffers cannot be mapped (heap buffers).
+                    line.push_str(&format!("  auto({chosen},fallback={})", choice.fallback));
+                } else if name == "auto" {
                     line.push_str(&format!("  auto({chosen})"));
                 } else {
                     line.push_str(&format!("  {name}"));

@@ -554,8 +554,13 @@ impl Communicator {
         if cache.logged.insert((coll, class)) {
             tracing::info!(
                 rank = self.rank,
-                "{coll} of {bytes} B ({dtype}, {op}): {} with {} KiB chunks, predicted {}",
+                "{coll} of {bytes} B ({dtype}, {op}): {}{} with {} KiB chunks, predicted {}",
                 c.algo,
+                if c.fallback != c.algo {
+                    format!(" (where some rank's buffers cannot be mapped: {})", c.fallback)
+                } else {
+                    String::new()
+                },
                 c.chunk_bytes >> 10,
                 c.predicted
             );

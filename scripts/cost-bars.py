@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Summarises `oxccl-bench --explain` logs against the cost model's bars.
+
+Usage: scripts/cost-bars.py LOG... [--cells]
+
+Logs of several sweeps may be given together: each variant's best time per cell is kept.
+
+For every (transport, ranks, collective, size) it takes the fastest forced algorithm (the
+oracle), the automatic choice, and their ratio (the chosen algorithm's own forced row, and
+the separately measured `auto` row; where `mapped` is chosen but the buffers cannot be
+mapped, its fallback); and for every algorithm at 64 KiB and above, its
+prediction against its measured time. Out-of-place times. Prints markdown.
+"""
+
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+HEADER = re.compile(r"^# oxccl-bench (\w+): (\d+) ranks over (\w+),")
+ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+\S+\s+\S+\s+-?\d+\s+([\d.]+)\s+\S+\s+\S+\s+\S+\s+[\d.]+\s+\S+\s+\S+\s+\S+\s+(\S+)(?:\s+predicted\s+(\S+))?")
+
+
+def parse(paths):
+    cells = defaultdict(dict)  # (transport, ranks, coll, size) -> {variant: (us, predicted)}
+    for path in paths:
+        ctx = None
+        for line in open(path):
+            m = HEADER.match(line)
+            if m:
+                ctx = (m.group(3), int(m.group(2)), m.group(1))
+                continue
+            m = ROW.match(line)
+            if not m or ctx is None:
+                continue
+            size, us, variant, pred = int(m.group(1)), float(m.group(3)), m.group(4), m.group(5)
+            p = float(pred) if pred not in (None, "-") else None
+            # Several sweeps of one cell: each variant's best time, as one longer run would.
+            old = cells[ctx + (size,)].get(variant)
+            if old is None or us < old[0]:
+                cells[ctx + (size,)][variant] = (us, p)
+    return cells
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    show_cells = "--cells" in sys.argv
+    cells = parse(args)
+    choice = defaultdict(lambda: [0, 0, 0, 0])  # transport -> cells, auto<=1.1, own<=1.1, own<=1.25
+    per = defaultdict(lambda: [0, 0])  # (transport, ranks, coll) -> (within 10%, cells)
+    preds = defaultdict(list)  # transport -> [pred/meas]
+    per_algo = defaultdict(lambda: [0, 0])
+    rows = []
+    for key in sorted(cells):
+        t, p, coll, size = key
+        v = cells[key]
+        forced = {k: x for k, x in v.items() if not k.startswith("auto(")}
+        auto = [(k, x) for k, x in v.items() if k.startswith("auto(")]
+        for name, (us, pred) in forced.items():
+            if size >= 65536 and pred is not None and us > 0:
+                r = pred / us
+                preds[t].append(r)
+                pa = per_algo[(t, coll, name)]
+                pa[1] += 1
+                pa[0] += abs(r - 1) <= 0.25
+        if not forced or not auto or size == 0:
+            continue
+        oracle, (ous, _) = min(forced.items(), key=lambda kv: kv[1][0])
+        chosen = auto[0][0][5:-1]
+        if ",fallback=" in chosen:
+            # `mapped` priced best, with its fallback for buffers that cannot be mapped: with
+            # heap buffers (no forced mapped row) the fallback is what ran.
+            first, fallback = chosen.split(",fallback=")
+            chosen = first if first in forced else fallback
+        elif chosen not in forced:
+            # Logs of builds that did not print the fallback: the best-priced other algorithm.
+            priced = [(x[1], k) for k, x in forced.items() if x[1] is not None]
+            chosen = min(priced)[1] if priced else chosen
+        aus = auto[0][1][0]
+        own = forced.get(chosen, (aus, None))[0]
+        ra, ro = aus / ous, own / ous
+        c = choice[t]
+        c[0] += 1
+        c[1] += ra <= 1.10
+        c[2] += ro <= 1.10
+        c[3] += ro <= 1.25
+        pc = per[(t, p, coll)]
+        pc[0] += ro <= 1.10
+        pc[1] += 1
+        rows.append((t, p, coll, size, oracle, ous, chosen, aus, ra, ro))
+
+    print("### Choice against the oracle\n")
+    print("| transport | cells | auto row within 10% | chosen algorithm within 10% | within 25% |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for t, (n, a, o, o25) in sorted(choice.items()):
+        print(f"| {t} | {n} | {a} ({100 * a / n:.0f}%) | {o} ({100 * o / n:.0f}%) | {o25} ({100 * o25 / n:.0f}%) |")
+    print("\nWithin 10% by the choice's own time, per world size and collective:\n")
+    colls = ["all_reduce", "all_gather", "reduce_scatter", "all_to_all"]
+    print("| transport | ranks | " + " | ".join(colls) + " |")
+    print("| --- | ---: |" + " --- |" * len(colls))
+    for t, p in sorted({(k[0], k[1]) for k in per}):
+        vals = [per.get((t, p, c), [0, 0]) for c in colls]
+        print(f"| {t} | {p} | " + " | ".join(f"{a}/{n}" for a, n in vals) + " |")
+    print("\n### Predicted against measured (every algorithm, 64 KiB and above)\n")
+    print("| transport | predictions | within 25% | median pred/meas | quartiles |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for t, rs in sorted(preds.items()):
+        w = sum(abs(r - 1) <= 0.25 for r in rs)
+        q = statistics.quantiles(rs, n=4)
+        print(f"| {t} | {len(rs)} | {w} ({100 * w / len(rs):.0f}%) | {statistics.median(rs):.3f} | {q[0]:.2f} {q[1]:.2f} {q[2]:.2f} |")
+    print("\nPer algorithm (sizes x world sizes within 25%):\n")
+    print("| transport | collective | algorithm | within 25% |")
+    print("| --- | --- | --- | ---: |")
+    for (t, coll, name), (w, n) in sorted(per_algo.items()):
+        print(f"| {t} | {coll} | {name} | {w}/{n} |")
+    if show_cells:
+        print("\n### Every cell\n")
+        print("| transport | ranks | collective | size | oracle | oracle us | auto choice | auto us | ratio (auto row) | ratio (choice's own time) |")
+        print("| --- | ---: | --- | ---: | --- | ---: | --- | ---: | ---: | ---: |")
+        for t, p, coll, size, oracle, ous, chosen, aus, ra, ro in rows:
+            print(f"| {t} | {p} | {coll} | {size} | {oracle} | {ous:.1f} | {chosen} | {aus:.1f} | {ra:.2f} | {ro:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
