@@ -164,6 +164,10 @@ pub struct TuningEntry {
     /// How and when it was measured.
     #[serde(default)]
     pub measured: String,
+    /// How many calibrations the efficiency rows of each world size (the key) average (see
+    /// [`TuningEntry::average_with`]); a world size not listed: one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runs: BTreeMap<String, u32>,
 }
 
 fn gamma_key(d: DataType, o: ReduceOp) -> String {
@@ -219,6 +223,40 @@ impl TuningEntry {
         }
         rows.push(row);
         rows.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    }
+
+    /// Averages this entry's efficiency rows of world size `ranks` (a calibration just
+    /// made) with `earlier`'s rows of that size, which average `earlier.runs` calibrations:
+    /// each factor and residual becomes the geometric mean over all the runs, each run
+    /// weighted alike. On this machine one calibration of an oversubscribed world can be 50%
+    /// off the next (the scheduler's interleaving of the ranks decides), so several runs at
+    /// different times, averaged, predict better than any one of them. Rows `earlier` lacks
+    /// are kept as they are.
+    pub fn average_with(&mut self, earlier: &TuningEntry, ranks: usize) {
+        let key = ranks.to_string();
+        let k = f64::from(earlier.runs.get(&key).copied().unwrap_or(1));
+        let mut averaged = false;
+        for (name, rows) in self.efficiency.iter_mut() {
+            let Some(old) = earlier.efficiency.get(name).and_then(|r| r.iter().find(|r| r[0] as usize == ranks)) else {
+                continue;
+            };
+            for row in rows.iter_mut().filter(|r| r[0] as usize == ranks) {
+                for (i, x) in row.iter_mut().enumerate().skip(1) {
+                    // A residual the earlier run did not measure (0) leaves this run's.
+                    match old.get(i) {
+                        Some(&o) if o > 0.0 && *x > 0.0 => *x = ((k * o.ln() + x.ln()) / (k + 1.0)).exp(),
+                        _ => {}
+                    }
+                }
+                averaged = true;
+            }
+        }
+        let mut runs = earlier.runs.clone();
+        runs.extend(self.runs.clone());
+        if averaged {
+            runs.insert(key, k as u32 + 1);
+        }
+        self.runs = runs;
     }
 
     /// The link this entry describes.
@@ -683,9 +721,12 @@ pub fn calibrate(comm: &Communicator, effort: Effort, base: Option<&TuningEntry>
         reduce_gbs,
         efficiency: base.map(|b| b.efficiency.clone()).unwrap_or_default(),
         measured: format!("{effort:?} calibration, {p} ranks over {}", comm.transport_name()),
+        runs: base.map(|b| b.runs.clone()).unwrap_or_default(),
     };
     if effort == Effort::Full {
         measure_algorithms(comm, &mut entry)?;
+        // This world size's rows are one run's now (TuningEntry::average_with merges runs).
+        entry.runs.remove(&p.to_string());
     }
     Ok(entry)
 }
@@ -1018,6 +1059,58 @@ mod tests {
         bad.upsert(old);
         let err = TuningFile::parse(&serde_json::to_string(&bad).unwrap()).unwrap_err().to_string();
         assert!(err.contains("efficiency row of 3 figures"), "{err}");
+    }
+
+    #[test]
+    fn averaging_runs_takes_the_geometric_mean_weighted_by_runs() {
+        let mut earlier = TuningFile::builtin().entries[0].clone();
+        earlier.efficiency.clear();
+        earlier.runs.clear();
+        let row = |f: f64, r: f64| {
+            let mut v = vec![4.0, f, f, f, 1024.0];
+            v.extend([r; RESIDUAL_POINTS]);
+            v
+        };
+        earlier.efficiency.insert(
+            "all_reduce.ring".into(),
+            vec![row(1.0, 2.0), {
+                let mut r = row(9.0, 9.0);
+                r[0] = 2.0;
+                r
+            }],
+        );
+        let mut now = earlier.clone();
+        now.efficiency.insert(
+            "all_reduce.ring".into(),
+            vec![row(4.0, 0.5), {
+                let mut r = row(3.0, 3.0);
+                r[0] = 2.0;
+                r
+            }],
+        );
+        now.efficiency.insert("all_gather.ring".into(), vec![row(7.0, 7.0)]);
+        let mut a = now.clone();
+        a.average_with(&earlier, 4);
+        let ring = &a.efficiency["all_reduce.ring"];
+        // One earlier run and this one: sqrt(1 * 4) = 2, sqrt(2 * 0.5) = 1.
+        assert!(ring[0][1..4].iter().all(|&x| (x - 2.0).abs() < 1e-12), "{ring:?}");
+        assert!(ring[0][5..].iter().all(|&x| (x - 1.0).abs() < 1e-12), "{ring:?}");
+        assert_eq!(ring[0][4], 1024.0);
+        assert_eq!(ring[1], now.efficiency["all_reduce.ring"][1], "another world size is left alone");
+        assert_eq!(a.efficiency["all_gather.ring"], now.efficiency["all_gather.ring"], "nothing earlier to average");
+        assert_eq!(a.runs.get("4"), Some(&2));
+        // A third run weighs the two before it twice: (2^2 * 16)^(1/3) = 4.
+        let mut third = now.clone();
+        third.efficiency.insert("all_reduce.ring".into(), vec![row(16.0, 1.0)]);
+        third.average_with(&a, 4);
+        assert!((third.efficiency["all_reduce.ring"][0][1] - 4.0).abs() < 1e-9);
+        assert_eq!(third.runs.get("4"), Some(&3));
+        // An earlier residual not measured (0) leaves this run's.
+        let mut unmeasured = earlier.clone();
+        unmeasured.efficiency.get_mut("all_reduce.ring").unwrap()[0][5] = 0.0;
+        let mut b = now.clone();
+        b.average_with(&unmeasured, 4);
+        assert_eq!(b.efficiency["all_reduce.ring"][0][5], 0.5);
     }
 
     #[test]

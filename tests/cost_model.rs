@@ -181,10 +181,21 @@ fn bench_calibrates_and_explains() {
             assert!(row[5..].iter().all(|&x| x > 0.0 && x.is_finite()), "{coll} {a}: {row:?}");
         }
     }
-    // A second run keeps one entry per host and transport.
-    let out = bench().args(["--ranks", "2", "--transport", "shm", "--calibrate"]).arg(&path).output().unwrap();
-    assert!(out.status.success());
-    assert_eq!(TuningFile::load(&path).unwrap().entries.len(), 1);
+    // A second run keeps one entry per host and transport; with --average its rows at 2
+    // ranks average both runs.
+    let out =
+        bench().args(["--ranks", "2", "--transport", "shm", "--average", "--calibrate"]).arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}
+{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("(2 run(s) averaged at 2 ranks)"), "{text}");
+    let f = TuningFile::load(&path).unwrap();
+    assert_eq!(f.entries.len(), 1);
+    assert_eq!(f.entries[0].runs.get("2"), Some(&2));
 
     let out = bench()
         .args([

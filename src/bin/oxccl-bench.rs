@@ -79,6 +79,11 @@ struct Args {
     /// transport is replaced). Load it with `OXCCL_TUNING_FILE`.
     #[arg(long, value_name = "FILE")]
     calibrate: Option<PathBuf>,
+    /// With `--calibrate`: average the algorithms' efficiencies at this world size with the
+    /// file's earlier calibrations of it (geometric mean, every run weighted alike) instead
+    /// of replacing them. Calibrate a few times, minutes apart, on a noisy machine.
+    #[arg(long, requires = "calibrate")]
+    average: bool,
     /// Buffers from `oxccl::SharedBuffer` (1), which the other ranks on this host map, so the
     /// `mapped` algorithms run; or plain heap memory (0). As nccl-tests' `-R` (user buffer
     /// registration).
@@ -170,7 +175,10 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
         };
         let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
         let base = file.entries.iter().find(|e| e.host == host && e.transport == comm.transport_name()).cloned();
-        let entry = oxccl::cost::calibrate(&comm, oxccl::cost::Effort::Full, base.as_ref())?;
+        let mut entry = oxccl::cost::calibrate(&comm, oxccl::cost::Effort::Full, base.as_ref())?;
+        if let (true, Some(b)) = (args.average, &base) {
+            entry.average_with(b, comm.size());
+        }
         if comm.rank() == 0 {
             println!(
                 "# calibrated {} over {} ranks in {:.1} s: alpha {:.2} us, gap {:.3} us, wake {:.2} us, {:.2} GB/s, copy {:.2} GB/s, f32 sum {:.2} GB/s",
@@ -184,9 +192,10 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
                 entry.copy_gbs,
                 entry.reduce_gbs.get("float.sum").copied().unwrap_or(0.0)
             );
+            let runs = entry.runs.get(&comm.size().to_string()).copied().unwrap_or(1);
             file.upsert(entry);
             file.save(path)?;
-            println!("# written to {}", path.display());
+            println!("# written to {} ({runs} run(s) averaged at {} ranks)", path.display(), comm.size());
         }
         return Ok(0);
     }
