@@ -228,13 +228,32 @@ impl TuningEntry {
     /// Averages this entry's efficiency rows of world size `ranks` (a calibration just
     /// made) with `earlier`'s rows of that size, which average `earlier.runs` calibrations:
     /// each factor and residual becomes the geometric mean over all the runs, each run
-    /// weighted alike. On this machine one calibration of an oversubscribed world can be 50%
+    /// weighted alike, and so do the link and kernel figures the factors were fitted
+    /// against (where a run reused the earlier figures, they stay as they are). On this
+    /// machine one calibration of an oversubscribed world can be 50%
     /// off the next (the scheduler's interleaving of the ranks decides), so several runs at
     /// different times, averaged, predict better than any one of them. Rows `earlier` lacks
     /// are kept as they are.
     pub fn average_with(&mut self, earlier: &TuningEntry, ranks: usize) {
         let key = ranks.to_string();
         let k = f64::from(earlier.runs.get(&key).copied().unwrap_or(1));
+        let mean = |old: f64, new: &mut f64| {
+            if old > 0.0 && *new > 0.0 {
+                *new = ((k * old.ln() + new.ln()) / (k + 1.0)).exp();
+            }
+        };
+        mean(earlier.alpha_us, &mut self.alpha_us);
+        mean(earlier.gap_us, &mut self.gap_us);
+        mean(earlier.wake_us, &mut self.wake_us);
+        mean(earlier.bandwidth_gbs, &mut self.bandwidth_gbs);
+        mean(earlier.cache_bandwidth_gbs, &mut self.cache_bandwidth_gbs);
+        mean(earlier.cache_kib, &mut self.cache_kib);
+        mean(earlier.copy_gbs, &mut self.copy_gbs);
+        for (name, gbs) in self.reduce_gbs.iter_mut() {
+            if let Some(&old) = earlier.reduce_gbs.get(name) {
+                mean(old, gbs);
+            }
+        }
         let mut averaged = false;
         for (name, rows) in self.efficiency.iter_mut() {
             let Some(old) = earlier.efficiency.get(name).and_then(|r| r.iter().find(|r| r[0] as usize == ranks)) else {
@@ -243,9 +262,8 @@ impl TuningEntry {
             for row in rows.iter_mut().filter(|r| r[0] as usize == ranks) {
                 for (i, x) in row.iter_mut().enumerate().skip(1) {
                     // A residual the earlier run did not measure (0) leaves this run's.
-                    match old.get(i) {
-                        Some(&o) if o > 0.0 && *x > 0.0 => *x = ((k * o.ln() + x.ln()) / (k + 1.0)).exp(),
-                        _ => {}
+                    if let Some(&o) = old.get(i) {
+                        mean(o, x);
                     }
                 }
                 averaged = true;
@@ -1099,6 +1117,11 @@ mod tests {
         assert_eq!(ring[1], now.efficiency["all_reduce.ring"][1], "another world size is left alone");
         assert_eq!(a.efficiency["all_gather.ring"], now.efficiency["all_gather.ring"], "nothing earlier to average");
         assert_eq!(a.runs.get("4"), Some(&2));
+        assert_eq!(a.alpha_us, now.alpha_us, "the same link figures stay");
+        let mut faster = now.clone();
+        faster.bandwidth_gbs = 4.0 * earlier.bandwidth_gbs;
+        faster.average_with(&earlier, 4);
+        assert!((faster.bandwidth_gbs / earlier.bandwidth_gbs - 2.0).abs() < 1e-9, "the links the factors rest on too");
         // A third run weighs the two before it twice: (2^2 * 16)^(1/3) = 4.
         let mut third = now.clone();
         third.efficiency.insert("all_reduce.ring".into(), vec![row(16.0, 1.0)]);
