@@ -682,14 +682,15 @@ pub fn calibrate(comm: &Communicator, effort: Effort, base: Option<&TuningEntry>
     // Measured once, at the first calibration with more ranks than cores, and kept after
     // (the efficiencies of every world size are fitted against the same figure).
     let measure_wake = over > 1.0 && base.is_none_or(|b| b.wake_ranks == 0);
-    let mut wake = [if measure_wake {
-        ((barrier / f64::from(ceil_log2(p)) - alpha) / (over - 1.0)).max(0.0)
-    } else {
-        base.or(TuningFile::builtin().entry("", comm.transport_name())).map_or(0.0, |e| e.wake_us * 1e-6)
-    }];
+    // A barrier step faster than alpha says alpha was measured in a disturbed moment (a
+    // 55 us shared-memory ping-pong was seen once against 0.3 us usually), not that waking
+    // is free: keep the earlier figure and measure again next time.
+    let measured = if measure_wake { (barrier / f64::from(ceil_log2(p)) - alpha) / (over - 1.0) } else { 0.0 };
+    let fallback = base.or(TuningFile::builtin().entry("", comm.transport_name())).map_or(0.0, |e| e.wake_us * 1e-6);
+    let mut wake = [if measured > 0.0 { measured } else { fallback }];
     comm.broadcast(&mut wake, 0)?;
     let wake = wake[0];
-    let wake_ranks = if measure_wake { p } else { base.map_or(0, |b| b.wake_ranks) };
+    let wake_ranks = if measured > 0.0 { p } else { base.map_or(0, |b| b.wake_ranks) };
     let mut kernels = [0f64; 51];
     if r == 0 {
         match base.filter(|_| reuse) {
