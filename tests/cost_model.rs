@@ -186,12 +186,7 @@ fn bench_calibrates_and_explains() {
     let out =
         bench().args(["--ranks", "2", "--transport", "shm", "--average", "--calibrate"]).arg(&path).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}
-{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("(2 run(s) averaged at 2 ranks)"), "{text}");
     let f = TuningFile::load(&path).unwrap();
     assert_eq!(f.entries.len(), 1);
