@@ -11,6 +11,7 @@
 //! | `OXCCL_SOCKET_IFNAME` | [`Config::socket_ifname`] | `eth0`, `^docker,lo` |
 //! | `OXCCL_TCP_CONNS` | [`Config::tcp_conns_per_peer`] | `2` |
 //! | `OXCCL_SOCKET_BUF` | [`Config::socket_buffer`] | `4M` |
+//! | `OXCCL_TCP_CONGESTION` | [`Config::tcp_congestion`] | `cubic,reno` (the default), `system` |
 //! | `OXCCL_SPIN_US` | [`Config::spin`] | `50` |
 //! | `OXCCL_SMALL_BYTES` | [`Config::small_bytes`] | the cost model's choice |
 //! | `OXCCL_TUNING_FILE` | [`Config::tuning_file`] | `/etc/oxccl/tuning.json` |
@@ -197,6 +198,10 @@ pub struct Config {
     pub tcp_conns_per_peer: usize,
     /// Socket buffer size; `None` (the default) keeps the kernel's autotuning.
     pub socket_buffer: Option<usize>,
+    /// TCP congestion-control algorithms to ask for, first accepted wins; empty keeps the
+    /// system's. Default `cubic`, then `reno`: pacing ones (BBR) slow the bursts of a
+    /// collective ([`oxccl_transport::tcp::TcpOptions::congestion`]).
+    pub tcp_congestion: Vec<String>,
     /// How long a waiter spins before it sleeps; `None` picks by ranks per core.
     pub spin: Option<Duration>,
     /// All-reduces of at most this many bytes use recursive doubling (latency-bound), larger
@@ -238,6 +243,7 @@ impl Default for Config {
             socket_ifname: None,
             tcp_conns_per_peer: 1,
             socket_buffer: None,
+            tcp_congestion: oxccl_transport::tcp::default_congestion(),
             spin: None,
             small_bytes: None,
             shm_slots: 8,
@@ -259,6 +265,28 @@ pub fn parse_bytes(s: &str) -> Option<usize> {
         _ => (s, 1),
     };
     num.trim().parse::<usize>().ok()?.checked_mul(mult)
+}
+
+/// Parses `OXCCL_TCP_CONGESTION`: `system` (keep the system's algorithm), or names of
+/// congestion-control algorithms separated by commas, tried in order.
+pub fn parse_congestion(s: &str) -> Result<Vec<String>> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("system") {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(str::trim)
+        .map(|name| {
+            // TCP_CA_NAME_MAX is 16 bytes with the terminating NUL.
+            if !name.is_empty() && name.len() < 16 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                Ok(name.to_string())
+            } else {
+                Err(Error::invalid_argument(format!(
+                    "OXCCL_TCP_CONGESTION='{s}': '{name}' is not a congestion-control name (like cubic, reno, bbr; or 'system')"
+                )))
+            }
+        })
+        .collect()
 }
 
 impl Config {
@@ -313,6 +341,9 @@ impl Config {
         }
         if let Some(v) = var("OXCCL_SOCKET_BUF") {
             self.socket_buffer = Some(bytes("OXCCL_SOCKET_BUF", v)?);
+        }
+        if let Some(v) = var("OXCCL_TCP_CONGESTION") {
+            self.tcp_congestion = parse_congestion(&v)?;
         }
         if let Some(v) = var("OXCCL_SPIN_US") {
             self.spin = Some(Duration::from_micros(int("OXCCL_SPIN_US", v)?));
@@ -427,12 +458,17 @@ mod tests {
         assert_eq!(Config::default().timeout, Duration::from_secs(600));
         assert!(!Config::default().verify_calls);
         assert!(with(&[("OXCCL_VERIFY_CALLS", "1")]).unwrap().verify_calls);
+        assert_eq!(Config::default().tcp_congestion, ["cubic", "reno"]);
+        assert_eq!(with(&[("OXCCL_TCP_CONGESTION", " bbr , reno")]).unwrap().tcp_congestion, ["bbr", "reno"]);
+        assert!(with(&[("OXCCL_TCP_CONGESTION", "System")]).unwrap().tcp_congestion.is_empty());
         for (k, v) in [
             ("OXCCL_TIMEOUT_MS", "soon"),
             ("OXCCL_CHUNK_BYTES", "big"),
             ("OXCCL_TCP_CONNS", "99"),
             ("OXCCL_TRANSPORT", "carrier-pigeon"),
             ("OXCCL_VERIFY_CALLS", "maybe"),
+            ("OXCCL_TCP_CONGESTION", "cubic,,reno"),
+            ("OXCCL_TCP_CONGESTION", "a-very-long-name-indeed"),
         ] {
             let e = with(&[(k, v)]).unwrap_err();
             assert!(e.to_string().contains(k), "{e}");

@@ -1138,6 +1138,7 @@ fn build_transport(
         socket_buffer: config.socket_buffer,
         stripe_min_bytes: TcpOptions::default().stripe_min_bytes,
         spin,
+        congestion: config.tcp_congestion.clone(),
     };
     let tcp: Arc<dyn Transport> =
         Arc::new(TcpTransport::connect(rank, size, &scoped, boot.secret, opts, deadline).map_err(init_err)?);
