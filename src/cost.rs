@@ -168,6 +168,51 @@ pub struct TuningEntry {
     /// [`TuningEntry::average_with`]); a world size not listed: one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub runs: BTreeMap<String, u32>,
+    /// The raw measurements the figures above are fitted to, every run's, so that runs
+    /// averaged by [`TuningEntry::average_with`] are refitted on each point's median.
+    #[serde(default, skip_serializing_if = "Samples::is_empty")]
+    pub samples: Samples,
+}
+
+/// What calibrations measured, before fitting (see [`TuningEntry::samples`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Samples {
+    /// The link and copy figures of each run that measured them: `[alpha_us, gap_us,
+    /// bandwidth_gbs, cache_bandwidth_gbs, cache_kib, copy_gbs]`.
+    #[serde(default)]
+    pub link: Vec<[f64; 6]>,
+    /// Microseconds per call (f32 sum, out of place, the slowest rank's), keyed as
+    /// [`TuningEntry::efficiency`]: one row per run, `[ranks, hosts, time at each size of
+    /// residual_bytes...]` (0: not measured); the ranks are taken to be spread over the
+    /// hosts evenly, in blocks.
+    #[serde(default)]
+    pub times: BTreeMap<String, Vec<Vec<f64>>>,
+}
+
+impl Samples {
+    /// Whether nothing was recorded (files from before samples were kept).
+    pub fn is_empty(&self) -> bool {
+        self.link.is_empty() && self.times.is_empty()
+    }
+}
+
+/// The median of `xs` (of the middle two, their geometric mean: the figures are ratios
+/// at heart); `None` when empty.
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(xs[n / 2]),
+        _ => Some((xs[n / 2 - 1] * xs[n / 2]).sqrt()),
+    }
+}
+
+/// The exact size in bytes [`calibrate`] times `coll` at, for the nominal `size`, over `p`
+/// ranks (f32 elements; divided among the ranks where the collective splits its buffer).
+fn calibration_bytes(coll: Collective, size: usize, p: usize) -> usize {
+    let split = matches!(coll, Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll);
+    4 * if split { (size / 4 / p).max(1) * p } else { (size / 4).max(1) }
 }
 
 fn gamma_key(d: DataType, o: ReduceOp) -> String {
@@ -225,15 +270,17 @@ impl TuningEntry {
         rows.sort_by(|a, b| a[0].total_cmp(&b[0]));
     }
 
-    /// Averages this entry's efficiency rows of world size `ranks` (a calibration just
-    /// made) with `earlier`'s rows of that size, which average `earlier.runs` calibrations:
-    /// each factor and residual becomes the geometric mean over all the runs, each run
-    /// weighted alike, and so do the link and kernel figures the factors were fitted
-    /// against (where a run reused the earlier figures, they stay as they are). On this
-    /// machine one calibration of an oversubscribed world can be 50%
-    /// off the next (the scheduler's interleaving of the ranks decides), so several runs at
-    /// different times, averaged, predict better than any one of them. Rows `earlier` lacks
-    /// are kept as they are.
+    /// Averages this entry (a calibration at world size `ranks` just made) with `earlier`,
+    /// which may average several runs already. Where both carry [`Samples`], the runs are
+    /// pooled and refitted: every link figure becomes the median over the runs that measured
+    /// the link, every algorithm's time at each size the median over its runs, and every
+    /// efficiency row is fitted again to those times against those links. A median, not a
+    /// mean, because on this 2-core machine one run now and then is off by 2x for a whole
+    /// world size (the scheduler's placement of the ranks holds for the process's life):
+    /// of three runs, one bad one then moves nothing. Reduction speeds and the wake cost
+    /// are geometric means over the runs. Rows without samples (files from before they
+    /// were kept) are averaged as geometric means at `ranks`, each run weighted alike.
+    /// Rows `earlier` lacks are kept as they are.
     pub fn average_with(&mut self, earlier: &TuningEntry, ranks: usize) {
         let key = ranks.to_string();
         let k = f64::from(earlier.runs.get(&key).copied().unwrap_or(1));
@@ -242,13 +289,40 @@ impl TuningEntry {
                 *new = ((k * old.ln() + new.ln()) / (k + 1.0)).exp();
             }
         };
-        mean(earlier.alpha_us, &mut self.alpha_us);
-        mean(earlier.gap_us, &mut self.gap_us);
+        let sampled = !earlier.samples.is_empty() && !self.samples.is_empty();
+        if sampled {
+            // This run's link sample, where it measured the link (a run that reused the
+            // earlier figures carries the earlier samples unchanged).
+            if self.samples.link != earlier.samples.link {
+                let mut link = earlier.samples.link.clone();
+                link.extend(self.samples.link.iter().copied());
+                self.samples.link = link;
+            }
+            for (name, rows) in &earlier.samples.times {
+                let mine = self.samples.times.entry(name.clone()).or_default();
+                // This world size: the earlier runs and this one. Others: this entry's rows
+                // where it has any (it usually starts as a copy of `earlier`), else earlier's.
+                let mut merged: Vec<Vec<f64>> = Vec::new();
+                for r in rows {
+                    let here = r[0] as usize == ranks;
+                    if here || !mine.iter().any(|m| m[0] == r[0]) {
+                        merged.push(r.clone());
+                    }
+                }
+                mine.retain(|r| r[0] as usize == ranks || !merged.iter().any(|m| m[0] == r[0]));
+                mine.extend(merged);
+                mine.sort_by(|a, b| a[0].total_cmp(&b[0]));
+            }
+            self.apply_link_samples();
+        } else {
+            mean(earlier.alpha_us, &mut self.alpha_us);
+            mean(earlier.gap_us, &mut self.gap_us);
+            mean(earlier.bandwidth_gbs, &mut self.bandwidth_gbs);
+            mean(earlier.cache_bandwidth_gbs, &mut self.cache_bandwidth_gbs);
+            mean(earlier.cache_kib, &mut self.cache_kib);
+            mean(earlier.copy_gbs, &mut self.copy_gbs);
+        }
         mean(earlier.wake_us, &mut self.wake_us);
-        mean(earlier.bandwidth_gbs, &mut self.bandwidth_gbs);
-        mean(earlier.cache_bandwidth_gbs, &mut self.cache_bandwidth_gbs);
-        mean(earlier.cache_kib, &mut self.cache_kib);
-        mean(earlier.copy_gbs, &mut self.copy_gbs);
         for (name, gbs) in self.reduce_gbs.iter_mut() {
             if let Some(&old) = earlier.reduce_gbs.get(name) {
                 mean(old, gbs);
@@ -256,6 +330,9 @@ impl TuningEntry {
         }
         let mut averaged = false;
         for (name, rows) in self.efficiency.iter_mut() {
+            if sampled && self.samples.times.contains_key(name) {
+                continue;
+            }
             let Some(old) = earlier.efficiency.get(name).and_then(|r| r.iter().find(|r| r[0] as usize == ranks)) else {
                 continue;
             };
@@ -271,10 +348,81 @@ impl TuningEntry {
         }
         let mut runs = earlier.runs.clone();
         runs.extend(self.runs.clone());
-        if averaged {
+        if sampled {
+            self.fit_samples();
+            let pooled = self.samples.times.values().flatten().filter(|r| r[0] as usize == ranks).count();
+            let algos = self.samples.times.values().filter(|rows| rows.iter().any(|r| r[0] as usize == ranks)).count();
+            if algos > 0 && pooled > algos {
+                runs.insert(key, (pooled / algos) as u32);
+            }
+        } else if averaged {
             runs.insert(key, k as u32 + 1);
         }
         self.runs = runs;
+    }
+
+    /// Sets the link and copy figures to the median of [`Samples::link`] (if any).
+    fn apply_link_samples(&mut self) {
+        let at = |i: usize| median(self.samples.link.iter().map(|l| l[i]).collect());
+        if let (Some(a), Some(g), Some(b), Some(bc), Some(c), Some(copy)) = (at(0), at(1), at(2), at(3), at(4), at(5)) {
+            self.alpha_us = a;
+            self.gap_us = g;
+            self.bandwidth_gbs = b;
+            self.cache_bandwidth_gbs = bc;
+            self.cache_kib = c;
+            self.copy_gbs = copy;
+        }
+    }
+
+    /// Fits every efficiency row that has [`Samples::times`] again, to each size's median
+    /// time over the runs, against this entry's link and kernel figures (see
+    /// [`fit_efficiency`]); the rows' residuals are what the factors leave unexplained.
+    pub fn fit_samples(&mut self) {
+        let mut bare = self.clone();
+        bare.efficiency.clear();
+        let profile = TuningFile { oxccl_tuning: 1, entries: vec![bare] }.profile(&self.host, &self.transport);
+        let mut fitted = Vec::new();
+        for (name, rows) in &self.samples.times {
+            let (base, inter) = match name.strip_suffix("@hosts") {
+                Some(b) => (b, true),
+                None => (name.as_str(), false),
+            };
+            let Some((c, a)) = base.split_once('.') else { continue };
+            let (Some(coll), Some(algo)) = (Collective::parse(c), Algorithm::parse(a)) else { continue };
+            let mut worlds: Vec<(usize, usize)> =
+                rows.iter().filter(|r| r.len() >= 2).map(|r| (r[0] as usize, r[1] as usize)).collect();
+            worlds.sort_unstable();
+            worlds.dedup();
+            for (p, nhosts) in worlds {
+                if p == 0 {
+                    continue;
+                }
+                let nhosts = nhosts.clamp(1, p);
+                let hosts: Vec<usize> = (0..p).map(|i| i * nhosts / p).collect();
+                let runs: Vec<&Vec<f64>> =
+                    rows.iter().filter(|r| r.len() >= 2 && r[0] as usize == p && r[1] as usize == nhosts).collect();
+                let mut pts = Vec::new();
+                for i in 0..RESIDUAL_POINTS {
+                    let Some(t) =
+                        median(runs.iter().filter_map(|r| r.get(2 + i).copied()).filter(|&t| t > 0.0).collect())
+                    else {
+                        continue;
+                    };
+                    let call =
+                        Call::new(coll, calibration_bytes(coll, residual_bytes(i), p), DataType::F32, ReduceOp::Sum);
+                    if let Some(cost) = predict(&call, algo, &hosts, &profile) {
+                        pts.push((i, cost, call.model(&hosts, &profile).footprint(), t * 1e-6));
+                    }
+                }
+                if pts.is_empty() {
+                    continue;
+                }
+                fitted.push(fit_row(coll, algo, p, inter, &pts));
+            }
+        }
+        for e in &fitted {
+            self.set_efficiency(e);
+        }
     }
 
     /// The link this entry describes.
@@ -741,7 +889,19 @@ pub fn calibrate(comm: &Communicator, effort: Effort, base: Option<&TuningEntry>
         efficiency: base.map(|b| b.efficiency.clone()).unwrap_or_default(),
         measured: format!("{effort:?} calibration, {p} ranks over {}", comm.transport_name()),
         runs: base.map(|b| b.runs.clone()).unwrap_or_default(),
+        samples: base.map(|b| b.samples.clone()).unwrap_or_default(),
     };
+    if !reuse {
+        // A plain calibration's link is this run's alone (TuningEntry::average_with pools).
+        entry.samples.link = vec![[
+            entry.alpha_us,
+            entry.gap_us,
+            entry.bandwidth_gbs,
+            entry.cache_bandwidth_gbs,
+            entry.cache_kib,
+            entry.copy_gbs,
+        ]];
+    }
     if effort == Effort::Full {
         measure_algorithms(comm, &mut entry)?;
         // This world size's rows are one run's now (TuningEntry::average_with merges runs).
@@ -762,6 +922,8 @@ fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()
     profile.peer_memory = comm.profile().peer_memory;
     let hosts = comm.hosts().to_vec();
     let colls = Collective::ALL.into_iter().filter(|&c| c != Collective::Barrier);
+    // This run's times replace the earlier ones of this world size (pooled again by
+    // TuningEntry::average_with).
     // Shared buffers, so that the mapped algorithms are measured as they run on them.
     let mut bufs: (Option<SharedBuffer<f32>>, Option<SharedBuffer<f32>>) = (None, None);
     for coll in colls {
@@ -772,6 +934,10 @@ fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()
         // order (what the choice rests on) from following the drift.
         // best[size][algorithm]: (bytes, seconds).
         let mut best = vec![vec![(0usize, f64::INFINITY); algos.len()]; RESIDUAL_POINTS];
+        let mut nhosts = hosts.clone();
+        nhosts.sort_unstable();
+        nhosts.dedup();
+        let nhosts = nhosts.len();
         for (i, at_size) in best.iter_mut().enumerate() {
             for round in 0..CALIBRATION_ROUNDS {
                 for (&algo, b) in algos.iter().zip(at_size.iter_mut()) {
@@ -783,35 +949,15 @@ fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()
             }
         }
         for (a, &algo) in algos.iter().enumerate() {
-            let mut pts = Vec::new();
-            for (i, &(bytes, t)) in best.iter().map(|at_size| &at_size[a]).enumerate() {
-                let call = Call::new(coll, bytes, DataType::F32, ReduceOp::Sum);
-                if let Some(c) = predict(&call, algo, &hosts, &profile) {
-                    pts.push((i, c, call.model(&hosts, &profile).footprint(), t));
-                }
-            }
-            let fit: Vec<(Cost, f64, f64)> = pts.iter().map(|&(_, c, w, t)| (c, w, t)).collect();
-            let (cache_bytes, [latency, bandwidth_cache, bandwidth]) = fit_efficiency(&fit);
-            let mut e = Efficiency {
-                coll,
-                algo,
-                ranks: p,
-                inter: hosts.iter().any(|&h| h != hosts[0]),
-                latency,
-                bandwidth_cache,
-                bandwidth,
-                cache_bytes,
-                residual: [0.0; RESIDUAL_POINTS],
-            };
-            for &(i, c, w, t) in &pts {
-                let factored = e.apply(c, w, 0).total();
-                if factored > 0.0 && t > 0.0 {
-                    e.residual[i] = residual(t / factored);
-                }
-            }
-            entry.set_efficiency(&e);
+            let mut row = vec![p as f64, nhosts as f64];
+            row.extend(best.iter().map(|at_size| (at_size[a].1 * 1e9).round() / 1e3));
+            let name = format!("{}.{}{}", coll.name(), algo.name(), if nhosts > 1 { "@hosts" } else { "" });
+            let rows = entry.samples.times.entry(name).or_default();
+            rows.retain(|r| r[0] as usize != p);
+            rows.push(row);
         }
     }
+    entry.fit_samples();
     comm.set_algorithms("auto")
 }
 
@@ -825,6 +971,38 @@ const CALIBRATION_ROUNDS: usize = 3;
 /// gone wrong, not something to build a prediction on).
 fn residual(ratio: f64) -> f32 {
     ratio.clamp(0.2, 5.0) as f32
+}
+
+/// An efficiency row for `algo` at `p` ranks from points `(size index, formula's cost,
+/// footprint, measured seconds)`: the factors of [`fit_efficiency`], then at each size what
+/// they leave unexplained.
+fn fit_row(coll: Collective, algo: Algorithm, p: usize, inter: bool, pts: &[(usize, Cost, f64, f64)]) -> Efficiency {
+    let fit: Vec<(Cost, f64, f64)> = pts.iter().map(|&(_, c, w, t)| (c, w, t)).collect();
+    let (cache_bytes, [latency, bandwidth_cache, bandwidth]) = fit_efficiency(&fit);
+    let mut e = Efficiency {
+        coll,
+        algo,
+        ranks: p,
+        inter,
+        latency,
+        bandwidth_cache,
+        bandwidth,
+        cache_bytes,
+        residual: [0.0; RESIDUAL_POINTS],
+    };
+    // Against the factors alone: `apply` also takes the residuals already set (the one at
+    // the first size, for a call of 0 bytes), so they are collected first and set after.
+    // (Setting each as it came scaled every size's by the first one's: a 16 B point 1.9x
+    // off put a whole row's predictions at half the measured times.)
+    let mut residuals = [0.0; RESIDUAL_POINTS];
+    for &(i, c, w, t) in pts {
+        let factored = e.apply(c, w, 0).total();
+        if factored > 0.0 && t > 0.0 {
+            residuals[i] = residual(t / factored);
+        }
+    }
+    e.residual = residuals;
+    e
 }
 
 /// Fits an algorithm's efficiency to points `(cost, footprint, measured seconds)`: for each
@@ -947,8 +1125,7 @@ fn time_collective(
     warm_up: bool,
 ) -> Result<(usize, f64)> {
     let p = comm.size();
-    let split = matches!(coll, Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll);
-    let total = if split { (size / 4 / p).max(1) * p } else { (size / 4).max(1) };
+    let total = calibration_bytes(coll, size, p) / 4;
     let (send, recv) = match coll {
         Collective::AllGather => (total / p, total),
         Collective::ReduceScatter => (total, total / p),
@@ -1135,6 +1312,63 @@ mod tests {
         let mut b = now.clone();
         b.average_with(&unmeasured, 4);
         assert_eq!(b.efficiency["all_reduce.ring"][0][5], 0.5);
+    }
+
+    #[test]
+    fn averaging_sampled_runs_refits_on_medians() {
+        // Three runs at 4 ranks, the second one 2x slow throughout and with a disturbed
+        // ping-pong (55 us): the pooled entry must predict the other runs' times.
+        let mut base = TuningFile::builtin().entry("", "shm").unwrap().clone();
+        base.efficiency.clear();
+        base.runs.clear();
+        base.samples = Samples::default();
+        let truth = |i: usize| 2.0 + residual_bytes(i) as f64 / 1500.0; // microseconds
+        let run = |slow: f64, alpha: f64| {
+            let mut e = base.clone();
+            e.alpha_us = alpha;
+            e.samples.link = vec![[alpha, e.gap_us, e.bandwidth_gbs, e.cache_bandwidth_gbs, e.cache_kib, e.copy_gbs]];
+            let mut row = vec![4.0, 1.0];
+            row.extend((0..RESIDUAL_POINTS).map(|i| truth(i) * slow));
+            e.samples.times.insert("all_reduce.ring".into(), vec![row]);
+            e.fit_samples();
+            e
+        };
+        let first = run(1.0, 0.3);
+        let mut second = run(2.0, 55.0);
+        second.average_with(&first, 4);
+        assert_eq!(second.runs.get("4"), Some(&2));
+        assert_eq!(second.samples.link.len(), 2);
+        let mut third = run(1.02, 0.31);
+        third.average_with(&second, 4);
+        assert_eq!(third.runs.get("4"), Some(&3));
+        assert_eq!(third.samples.times["all_reduce.ring"].len(), 3);
+        assert!((third.alpha_us - 0.31).abs() < 1e-12, "the median alpha, not the outlier's: {}", third.alpha_us);
+        let profile = TuningFile { oxccl_tuning: 1, entries: vec![third.clone()] }.profile("", "shm");
+        let hosts = [0usize; 4];
+        for i in 0..RESIDUAL_POINTS {
+            let call = Call::new(Collective::AllReduce, residual_bytes(i), DataType::F32, ReduceOp::Sum);
+            let us = predict(&call, Algorithm::Ring, &hosts, &profile).unwrap().total() * 1e6;
+            let want = truth(i) * 1.02;
+            assert!(
+                (us / want - 1.0).abs() < 0.01,
+                "size {}: predicted {us:.3} us, median run {want:.3} us",
+                residual_bytes(i)
+            );
+        }
+        // Geometric mean of the three (the old way) would be 1.27x the truth.
+        // A run that reused the earlier link figures adds no link sample.
+        let mut reused = run(1.0, 0.3);
+        reused.samples.link = third.samples.link.clone();
+        reused.average_with(&third, 4);
+        assert_eq!(reused.samples.link.len(), 3);
+        // Another world size's samples are kept apart.
+        let mut two = run(1.0, 0.3);
+        two.samples.times.get_mut("all_reduce.ring").unwrap()[0][0] = 2.0;
+        two.average_with(&third, 2);
+        let rows = &two.samples.times["all_reduce.ring"];
+        assert_eq!(rows.iter().filter(|r| r[0] == 4.0).count(), 3);
+        assert_eq!(rows.iter().filter(|r| r[0] == 2.0).count(), 1);
+        assert_eq!(two.efficiency["all_reduce.ring"].len(), 2, "rows at 2 and 4 ranks");
     }
 
     #[test]

@@ -181,6 +181,20 @@ fn bench_calibrates_and_explains() {
             assert!(row[5..].iter().all(|&x| x > 0.0 && x.is_finite()), "{coll} {a}: {row:?}");
         }
     }
+    // The raw times are kept, and the fitted row gives them back at every calibrated size
+    // (the residuals correct what the factors leave).
+    assert_eq!(e.samples.link.len(), 1);
+    let times = &e.samples.times["all_reduce.ring"];
+    assert_eq!(times.len(), 1);
+    assert_eq!(times[0].len(), 2 + oxccl::cost::RESIDUAL_POINTS);
+    let profile = f.profile(&e.host, "shm");
+    for i in 0..oxccl::cost::RESIDUAL_POINTS {
+        let call =
+            oxccl::cost::Call::new(Collective::AllReduce, oxccl::cost::residual_bytes(i), DataType::F32, ReduceOp::Sum);
+        let us = oxccl::cost::predict(&call, Algorithm::Ring, &[0, 0], &profile).unwrap().total() * 1e6;
+        let measured = times[0][2 + i];
+        assert!((us / measured - 1.0).abs() < 0.02, "size {}: predicted {us} us, measured {measured} us", call.bytes);
+    }
     // A second run keeps one entry per host and transport; with --average its rows at 2
     // ranks average both runs.
     let out =
@@ -191,6 +205,8 @@ fn bench_calibrates_and_explains() {
     let f = TuningFile::load(&path).unwrap();
     assert_eq!(f.entries.len(), 1);
     assert_eq!(f.entries[0].runs.get("2"), Some(&2));
+    assert_eq!(f.entries[0].samples.link.len(), 2);
+    assert_eq!(f.entries[0].samples.times["all_reduce.ring"].len(), 2);
 
     let out = bench()
         .args([
