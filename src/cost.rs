@@ -384,6 +384,15 @@ impl TuningEntry {
         self.copy_gbs = copy;
     }
 
+    /// Fits the whole entry again from its [`Samples`]: the link figures from
+    /// [`Samples::link`] (medians, and the median run's bandwidth curve), then every row
+    /// with times ([`TuningEntry::fit_samples`]). `oxccl-bench --refit FILE` runs it on
+    /// every entry of a file.
+    pub fn refit(&mut self) {
+        self.apply_link_samples();
+        self.fit_samples();
+    }
+
     /// Fits every efficiency row that has [`Samples::times`] again, to each size's median
     /// time over the runs, against this entry's link and kernel figures (see
     /// [`fit_efficiency`]); the rows' residuals are what the factors leave unexplained.

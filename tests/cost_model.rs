@@ -207,6 +207,30 @@ fn bench_calibrates_and_explains() {
     assert_eq!(f.entries[0].runs.get("2"), Some(&2));
     assert_eq!(f.entries[0].samples.link.len(), 2);
     assert_eq!(f.entries[0].samples.times["all_reduce.ring"].len(), 2);
+    // --refit fits the file again from its samples: a row spoiled by hand comes back.
+    let pooled = f.entries[0].clone();
+    let mut spoiled = f.clone();
+    for rows in spoiled.entries[0].efficiency.values_mut() {
+        for r in rows.iter_mut() {
+            r[1] *= 3.0;
+        }
+    }
+    spoiled.entries[0].alpha_us *= 100.0;
+    spoiled.save(&path).unwrap();
+    let out = bench().arg("--refit").arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("refitted 1 entry"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back = TuningFile::load(&path).unwrap().entries[0].clone();
+    assert!((back.alpha_us / pooled.alpha_us - 1.0).abs() < 1e-9, "{} {}", back.alpha_us, pooled.alpha_us);
+    for (k, rows) in &pooled.efficiency {
+        for (a, b) in rows.iter().zip(&back.efficiency[k]) {
+            assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1.0)), "{k}: {a:?} against {b:?}");
+        }
+    }
 
     let out = bench()
         .args([

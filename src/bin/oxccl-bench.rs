@@ -79,11 +79,16 @@ struct Args {
     /// transport is replaced). Load it with `OXCCL_TUNING_FILE`.
     #[arg(long, value_name = "FILE")]
     calibrate: Option<PathBuf>,
-    /// With `--calibrate`: average the algorithms' efficiencies at this world size with the
-    /// file's earlier calibrations of it (geometric mean, every run weighted alike) instead
-    /// of replacing them. Calibrate a few times, minutes apart, on a noisy machine.
+    /// With `--calibrate`: pool this run with the file's earlier calibrations of this world
+    /// size instead of replacing them: every figure is refitted on the median of the runs'
+    /// measurements (see `oxccl::cost::TuningEntry::average_with`). Calibrate three times,
+    /// minutes apart, on a noisy machine.
     #[arg(long, requires = "calibrate")]
     average: bool,
+    /// Fit every entry of this tuning file again from the raw measurements it keeps (after
+    /// a change to the formulas, say) and write it back; runs nothing, needs no ranks.
+    #[arg(long, value_name = "FILE", conflicts_with = "calibrate")]
+    refit: Option<PathBuf>,
     /// Buffers from `oxccl::SharedBuffer` (1), which the other ranks on this host map, so the
     /// `mapped` algorithms run; or plain heap memory (0). As nccl-tests' `-R` (user buffer
     /// registration).
@@ -103,6 +108,23 @@ fn bytes_arg(s: &str) -> Result<usize, String> {
 fn main() {
     oxccl::init_logging();
     let args = Args::parse();
+    if let Some(path) = &args.refit {
+        let code = match refit(path) {
+            Ok(n) => {
+                println!(
+                    "# refitted {n} entr{} of {} from their samples",
+                    if n == 1 { "y" } else { "ies" },
+                    path.display()
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("oxccl-bench: {e}");
+                1
+            }
+        };
+        std::process::exit(code);
+    }
     let under_launcher = LaunchEnv::from_process();
     let code = match under_launcher {
         Ok(env) => match run_rank(&args, &env) {
@@ -136,6 +158,18 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `--refit`: every entry with samples fitted again; returns how many.
+fn refit(path: &std::path::Path) -> oxccl::Result<usize> {
+    let mut file = oxccl::cost::TuningFile::load(path)?;
+    let mut n = 0;
+    for e in file.entries.iter_mut().filter(|e| !e.samples.is_empty()) {
+        e.refit();
+        n += 1;
+    }
+    file.save(path)?;
+    Ok(n)
 }
 
 fn collectives(spec: &str) -> Result<Vec<Collective>, String> {
