@@ -950,8 +950,6 @@ fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()
     profile.peer_memory = comm.profile().peer_memory;
     let hosts = comm.hosts().to_vec();
     let colls = Collective::ALL.into_iter().filter(|&c| c != Collective::Barrier);
-    // This run's times replace the earlier ones of this world size (pooled again by
-    // TuningEntry::average_with).
     // Shared buffers, so that the mapped algorithms are measured as they run on them.
     let mut bufs: (Option<SharedBuffer<f32>>, Option<SharedBuffer<f32>>) = (None, None);
     for coll in colls {
@@ -960,8 +958,8 @@ fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()
         // Each size's algorithms in turn, three rounds, each one's best kept: this machine
         // drifts over seconds, and measuring the candidates of one size together keeps their
         // order (what the choice rests on) from following the drift.
-        // best[size][algorithm]: (bytes, seconds).
-        let mut best = vec![vec![(0usize, f64::INFINITY); algos.len()]; RESIDUAL_POINTS];
+        // best[size][algorithm]: seconds (the size is calibration_bytes of residual_bytes).
+        let mut best = vec![vec![f64::INFINITY; algos.len()]; RESIDUAL_POINTS];
         let mut nhosts = hosts.clone();
         nhosts.sort_unstable();
         nhosts.dedup();
@@ -970,16 +968,17 @@ fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()
             for round in 0..CALIBRATION_ROUNDS {
                 for (&algo, b) in algos.iter().zip(at_size.iter_mut()) {
                     comm.set_algorithms(&format!("{coll}:{algo}"))?;
-                    let (bytes, t) =
-                        time_collective(comm, coll, residual_bytes(i), &mut bufs, &profile, algo, round == 0)?;
-                    *b = (bytes, b.1.min(t));
+                    let t = time_collective(comm, coll, residual_bytes(i), &mut bufs, &profile, algo, round == 0)?;
+                    *b = b.min(t);
                 }
             }
         }
         for (a, &algo) in algos.iter().enumerate() {
             let mut row = vec![p as f64, nhosts as f64];
-            row.extend(best.iter().map(|at_size| (at_size[a].1 * 1e9).round() / 1e3));
+            row.extend(best.iter().map(|at_size| (at_size[a] * 1e9).round() / 1e3));
             let name = format!("{}.{}{}", coll.name(), algo.name(), if nhosts > 1 { "@hosts" } else { "" });
+            // This run's times replace the earlier ones of this world size (pooled again
+            // by TuningEntry::average_with).
             let rows = entry.samples.times.entry(name).or_default();
             rows.retain(|r| r[0] as usize != p);
             rows.push(row);
@@ -1140,9 +1139,9 @@ fn shared_at_least(slot: &mut Option<SharedBuffer<f32>>, len: usize, value: f32)
     Ok(b)
 }
 
-/// Times one round of a collective of about `size` bytes (f32 sum, out of place, the
-/// slowest rank's time, after one call to warm up when `warm_up`): returns the exact size
-/// and the seconds per call.
+/// Times one round of a collective of [`calibration_bytes`] for `size` (f32 sum, out of
+/// place, the slowest rank's time, after one call to warm up when `warm_up`): seconds per
+/// call.
 fn time_collective(
     comm: &Communicator,
     coll: Collective,
@@ -1151,7 +1150,7 @@ fn time_collective(
     profile: &Profile,
     algo: Algorithm,
     warm_up: bool,
-) -> Result<(usize, f64)> {
+) -> Result<f64> {
     let p = comm.size();
     let total = calibration_bytes(coll, size, p) / 4;
     let (send, recv) = match coll {
@@ -1190,7 +1189,7 @@ fn time_collective(
     if let Some(spec) = forced {
         comm.set_algorithms(&spec)?;
     }
-    Ok((bytes, t[0]))
+    Ok(t[0])
 }
 
 fn dtype_op_index(d: DataType, o: ReduceOp) -> usize {
