@@ -1,12 +1,14 @@
 //! Pairwise-exchange all-to-all.
 //!
-//! Steps (p ranks, n bytes sent per rank, blocks of n/p): out of place, every receive (from
-//! rank r-k for k = 1..p-1) and every send (to rank r+k) is posted at once, in that order,
-//! so the transport moves all p-1 exchanges side by side, and the own block is copied while
-//! they go. In place, ranks pair up instead: at step k rank r swaps block j = (k - r) mod p
-//! with rank j (who at the same step pairs with r), chunk by chunk, sending each chunk from
-//! a scratch copy and receiving into the block itself, so no block is overwritten before it
-//! is sent; the scratch is a few chunks, which stay in cache.
+//! Steps (p ranks, n bytes sent per rank, blocks of n/p, sent in chunks): out of place,
+//! every receive (from rank r-k for k = 1..p-1) and every send (to rank r+k) is posted at
+//! once, in that order, so the transport moves all p-1 exchanges side by side, and the own
+//! block is copied while they go. In place, ranks pair up instead: at step k rank r swaps
+//! block j = (k - r) mod p with rank j (who at the same step pairs with r), chunk by chunk,
+//! sending each chunk from a scratch copy and receiving into the block itself, so no block
+//! is overwritten before it is sent; the scratch is a few chunks, which stay in cache. Both
+//! forms send the same messages (the pair's chunks under tag (r + j) mod p), so some ranks
+//! may call in place and others not.
 //!
 //! Bytes on the wire per rank: (p-1)/p · n sent and as many received.
 //!
@@ -38,14 +40,22 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     if a.in_place {
         return in_place(ctx, a);
     }
-    let mut reqs = Vec::with_capacity(2 * (p - 1));
+    // The messages of the in-place schedule (tag (r + j) mod p, chunk by chunk), so ranks
+    // that call in place and ranks that do not exchange alike.
+    let ce = ctx.chunk_elems(a.dtype).min(count);
+    let tag = |j: usize| (r + j) % p;
+    let mut reqs = Vec::with_capacity(2 * (p - 1) * count.div_ceil(ce));
     for k in 1..p {
         let from = ring_index(r, -(k as isize), p);
-        reqs.push(ctx.recv(from, 0, a.recv.slice(blk(from)))?);
+        for c in chunks(from * count..(from + 1) * count, ce) {
+            reqs.push(ctx.recv(from, tag(from), a.recv.slice(bytes(&c, es)))?);
+        }
     }
     for k in 1..p {
         let to = ring_index(r, k as isize, p);
-        reqs.push(ctx.send(to, 0, a.send.slice(blk(to)))?);
+        for c in chunks(to * count..(to + 1) * count, ce) {
+            reqs.push(ctx.send(to, tag(to), a.send.slice(bytes(&c, es)))?);
+        }
     }
     // Peers read their blocks while the own block is copied.
     ctx.reducer.copy(a.recv.slice(blk(r)), a.send.slice(blk(r)))?;
