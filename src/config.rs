@@ -20,6 +20,7 @@
 //! | `OXCCL_SHM_SINGLE_COPY` | [`Config::shm_single_copy_min`] | `64K`, `off` |
 //! | `OXCCL_SHM_YIELD_US` | [`Config::shm_yield`] | `200` |
 //! | `OXCCL_VERIFY_CALLS` | [`Config::verify_calls`] | `1`, `0` (the default) |
+//! | `OXCCL_TRIAL_CALLS` | [`Config::trial_calls`] | `3` (the default), `0` (the model alone) |
 
 use std::collections::HashMap;
 use std::fmt;
@@ -227,6 +228,21 @@ pub struct Config {
     /// itself is ranks that only send in it, such as two roots of one broadcast (otherwise
     /// caught in their next call).
     pub verify_calls: bool,
+    /// The fewest trial calls per candidate before a call shape's algorithm is fixed by
+    /// measurement (`OXCCL_TRIAL_CALLS`); 0 leaves the choice to the cost model alone.
+    /// Default 3; short calls get more, up to a budget ([`crate::select::trial_rounds`]).
+    ///
+    /// Where the cost model prices several algorithms of a call within
+    /// [`crate::select::TRIAL_WINDOW`] of the best (and the best under
+    /// [`crate::select::TRIAL_MAX_SECONDS`]), the first calls of that shape run each of them
+    /// in turn, and the next call fixes the one whose slowest rank's typical call was
+    /// fastest, on every rank alike ([`crate::select::trial_candidates`]).
+    /// The model's error is largest exactly there (small calls, where the scheduler's
+    /// placement of ranks on cores swings times by 2x for a process's life), and a few
+    /// measured calls settle it. The price: those first calls run the slower candidates,
+    /// and a floating-point reduction's rounding may differ between them (every rank of one
+    /// call still gets the same bits); set 0 for run-to-run reproducible algorithm choice.
+    pub trial_calls: u32,
 }
 
 impl Default for Config {
@@ -251,6 +267,7 @@ impl Default for Config {
             shm_single_copy_min: Some(64 << 10),
             shm_yield: Duration::from_micros(200),
             verify_calls: false,
+            trial_calls: 3,
         }
     }
 }
@@ -390,6 +407,9 @@ impl Config {
                 _ => return Err(Error::invalid_argument(format!("OXCCL_VERIFY_CALLS='{v}' is not 1 or 0"))),
             };
         }
+        if let Some(v) = var("OXCCL_TRIAL_CALLS") {
+            self.trial_calls = int("OXCCL_TRIAL_CALLS", v)?.min(64) as u32;
+        }
         if let Some(v) = var("OXCCL_SMALL_BYTES") {
             self.small_bytes = Some(bytes("OXCCL_SMALL_BYTES", v)?);
         }
@@ -431,6 +451,14 @@ impl Config {
         self
     }
 
+    /// Sets the trial calls per candidate algorithm (see [`Config::trial_calls`]; 0: the
+    /// cost model alone).
+    #[must_use]
+    pub fn with_trial_calls(mut self, n: u32) -> Self {
+        self.trial_calls = n.min(64);
+        self
+    }
+
     /// Sets the TCP connections per pair of ranks (1 to 16).
     #[must_use]
     pub fn with_tcp_conns(mut self, n: usize) -> Self {
@@ -458,6 +486,10 @@ mod tests {
         assert_eq!(Config::default().timeout, Duration::from_secs(600));
         assert!(!Config::default().verify_calls);
         assert!(with(&[("OXCCL_VERIFY_CALLS", "1")]).unwrap().verify_calls);
+        assert_eq!(Config::default().trial_calls, 3);
+        assert_eq!(with(&[("OXCCL_TRIAL_CALLS", "0")]).unwrap().trial_calls, 0);
+        assert_eq!(with(&[("OXCCL_TRIAL_CALLS", "1000")]).unwrap().trial_calls, 64);
+        assert!(with(&[("OXCCL_TRIAL_CALLS", "some")]).is_err());
         assert_eq!(Config::default().tcp_congestion, ["cubic", "reno"]);
         assert_eq!(with(&[("OXCCL_TCP_CONGESTION", " bbr , reno")]).unwrap().tcp_congestion, ["bbr", "reno"]);
         assert!(with(&[("OXCCL_TCP_CONGESTION", "System")]).unwrap().tcp_congestion.is_empty());

@@ -9,6 +9,11 @@
 //! reduce, tree all-reduce) the chunk size is chosen the same way, among powers of two from
 //! 64 KiB to 4 MiB, unless the configuration fixes it (`OXCCL_CHUNK_BYTES`).
 //!
+//! Where the model cannot tell candidates apart, measurement does: [`trial_candidates`]
+//! names the algorithms whose predictions lie within [`TRIAL_WINDOW`] of the best, the
+//! communicator runs each for the first [`Config::trial_calls`] calls of that shape, and
+//! [`measured_best`] fixes the fastest on every rank alike.
+//!
 //! [`Communicator::set_algorithms`]: crate::Communicator::set_algorithms
 
 use oxccl_algorithms::registry::Algorithm;
@@ -101,6 +106,72 @@ pub fn candidates(
         v[0] = with_fallback(first, &v);
     }
     v
+}
+
+/// Candidates priced within this factor of the best are tried by measurement.
+///
+/// The model's prediction of one algorithm is within 25% of its measured time in about nine
+/// cells of ten on this project's machines, and two algorithms' errors add: 1.5 covers what
+/// it gets wrong and keeps clear losers out of the trials.
+pub const TRIAL_WINDOW: f64 = 1.5;
+
+/// Only calls whose best prediction is under this are tried: past it, a few rounds of a
+/// candidate up to [`TRIAL_WINDOW`] slower cost seconds.
+pub const TRIAL_MAX_SECONDS: f64 = 0.5;
+
+/// At most this many candidates are tried (the best-priced ones).
+pub const TRIAL_MAX_CANDIDATES: usize = 3;
+
+/// The time trials of one call shape aim to spend: calls of a few microseconds swing
+/// several-fold one to the next on a busy machine, so they get many rounds (up to
+/// [`TRIAL_MAX_ROUNDS`]); long calls get [`crate::Config::trial_calls`].
+pub const TRIAL_BUDGET_SECONDS: f64 = 20e-3;
+
+/// The most trial rounds (calls per candidate).
+pub const TRIAL_MAX_ROUNDS: u32 = 64;
+
+/// Trial calls per candidate for `k` candidates, the best predicted at `best` seconds: as
+/// many as [`TRIAL_BUDGET_SECONDS`] buys, at least `min_rounds`, at most
+/// [`TRIAL_MAX_ROUNDS`].
+pub fn trial_rounds(best: f64, k: usize, min_rounds: u32) -> u32 {
+    let afford = TRIAL_BUDGET_SECONDS / (best.max(1e-7) * k.max(1) as f64);
+    (afford.min(f64::from(TRIAL_MAX_ROUNDS)) as u32).clamp(min_rounds.min(TRIAL_MAX_ROUNDS), TRIAL_MAX_ROUNDS)
+}
+
+/// The candidates worth trying for a call, from [`candidates`]' list (fastest first): the
+/// best-priced algorithm and those within [`TRIAL_WINDOW`] of it, at most
+/// [`TRIAL_MAX_CANDIDATES`], in price order. Fewer than two means nothing to try: when the
+/// best is [`Algorithm::Mapped`] (it runs only on buffers every rank maps; its fallbacks are
+/// chosen by the model), or its prediction is over [`TRIAL_MAX_SECONDS`].
+pub fn trial_candidates(ranked: &[Choice]) -> Vec<Choice> {
+    let Some(best) = ranked.first() else { return Vec::new() };
+    let t = best.predicted.total();
+    if best.algo == Algorithm::Mapped || t.is_nan() || t > TRIAL_MAX_SECONDS {
+        return Vec::new();
+    }
+    let mut v: Vec<Choice> = ranked
+        .iter()
+        .filter(|c| c.algo != Algorithm::Mapped && c.predicted.total() <= t * TRIAL_WINDOW)
+        .take(TRIAL_MAX_CANDIDATES)
+        .map(|c| Choice { fallback: c.algo, ..*c })
+        .collect();
+    if v.len() < 2 {
+        v.clear();
+    }
+    v
+}
+
+/// The candidate the trials fix: `times[r * k + i]` is rank r's typical trial of candidate
+/// i (nanoseconds, k candidates); a call takes as long as its slowest rank, so each
+/// candidate counts as its slowest rank's time, and the least wins (ties: the better-priced,
+/// lower index). Every rank computes this from the same gathered numbers, so every rank
+/// fixes the same candidate.
+pub fn measured_best(times: &[u64], k: usize) -> usize {
+    if k == 0 {
+        return 0;
+    }
+    let worst = |i: usize| times.iter().skip(i).step_by(k).copied().max().unwrap_or(u64::MAX);
+    (0..k).min_by_key(|&i| (worst(i), i)).unwrap_or(0)
 }
 
 /// The algorithm and chunk size for `coll` on `bytes` bytes (see [`cost::Call::bytes`]) in
@@ -208,6 +279,56 @@ mod tests {
         let small = Config { small_bytes: Some(M), ..Config::default() };
         assert_eq!(pick(C::AllReduce, M, &[0; 4], "shm", &small), RecursiveDoubling);
         assert_ne!(pick(C::AllReduce, 2 * M, &[0; 4], "shm", &small), RecursiveDoubling);
+    }
+
+    fn priced_at(algo: Algorithm, us: f64) -> Choice {
+        let predicted = Cost { latency: us * 1e-6, ..Cost::default() };
+        Choice { algo, chunk_bytes: 512 * K, predicted, fallback: algo }
+    }
+
+    #[test]
+    fn trials_take_the_close_candidates_only() {
+        let ranked = [
+            priced_at(RecursiveDoubling, 10.0),
+            priced_at(Bruck, 14.0),
+            priced_at(Ring, 15.0),
+            priced_at(Direct, 15.1),
+            priced_at(Tree, 40.0),
+        ];
+        let t: Vec<Algorithm> = trial_candidates(&ranked).iter().map(|c| c.algo).collect();
+        assert_eq!(t, [RecursiveDoubling, Bruck, Ring]);
+        // Only one within the window: nothing to try.
+        assert!(trial_candidates(&[priced_at(Ring, 10.0), priced_at(Tree, 15.1)]).is_empty());
+        // Too slow a call to spend trials on.
+        assert!(trial_candidates(&[priced_at(Ring, 600e3), priced_at(Tree, 601e3)]).is_empty());
+        // Mapped best: its own path decides; mapped elsewhere is skipped, never tried.
+        assert!(trial_candidates(&[priced_at(Mapped, 10.0), priced_at(Ring, 10.5), priced_at(Tree, 11.0)]).is_empty());
+        let t = trial_candidates(&[priced_at(Ring, 10.0), priced_at(Mapped, 10.5), priced_at(Tree, 11.0)]);
+        assert_eq!(t.iter().map(|c| c.algo).collect::<Vec<_>>(), [Ring, Tree]);
+        assert!(t.iter().all(|c| c.fallback == c.algo));
+    }
+
+    #[test]
+    fn trial_rounds_spend_the_budget() {
+        // 20 ms over two candidates of 10 us: more than the cap.
+        assert_eq!(trial_rounds(10e-6, 2, 3), TRIAL_MAX_ROUNDS);
+        // Of 1 ms: 10 rounds each.
+        assert_eq!(trial_rounds(1e-3, 2, 3), 10);
+        // Long calls: the configured minimum.
+        assert_eq!(trial_rounds(50e-3, 3, 3), 3);
+        assert_eq!(trial_rounds(50e-3, 3, 1000), TRIAL_MAX_ROUNDS);
+    }
+
+    #[test]
+    fn the_measured_best_is_the_least_slowest_rank() {
+        // Three ranks, two candidates: rank 2 is slow on candidate 0, so candidate 1 wins
+        // although ranks 0 and 1 ran candidate 0 faster.
+        assert_eq!(measured_best(&[5, 8, 5, 8, 20, 9], 2), 1);
+        assert_eq!(measured_best(&[5, 8, 5, 8, 7, 9], 2), 0);
+        // Ties go to the better-priced candidate.
+        assert_eq!(measured_best(&[7, 7, 7], 3), 0);
+        assert_eq!(measured_best(&[9, 7, 7], 3), 1);
+        assert_eq!(measured_best(&[], 0), 0);
     }
 
     #[test]

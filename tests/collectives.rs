@@ -166,3 +166,47 @@ fn shm_small_fifo_forced_ring() {
     cfg.shm_slot_bytes = 256;
     check(shm_world(4, cfg), true);
 }
+
+#[test]
+fn ranks_may_mix_in_place_and_out_of_place() {
+    // Even ranks call in place and odd ranks out of place (NCCL's API decides per rank, by
+    // its pointers): every algorithm must exchange the same messages in either form.
+    use oxccl::{Algorithm, Collective};
+    let worlds: Vec<(String, Vec<Communicator>)> = vec![
+        ("5 threads, in-process".into(), Communicator::local_world(5, test_config()).unwrap()),
+        ("3 threads over TCP".into(), tcp_world(3, test_config())),
+        ("4 threads over shared memory".into(), shm_world(4, test_config())),
+        (
+            "5 threads on hosts 0 0 1 1 1".into(),
+            Communicator::local_world_on_hosts(&[0, 0, 1, 1, 1], test_config()).unwrap(),
+        ),
+    ];
+    for (what, comms) in &worlds {
+        for coll in [
+            Collective::AllReduce,
+            Collective::AllGather,
+            Collective::ReduceScatter,
+            Collective::AllToAll,
+            Collective::Broadcast,
+            Collective::Reduce,
+        ] {
+            // Mapped needs buffers every rank maps (tests/collectives' mapped test).
+            for algo in oxccl::algorithms_of(coll).iter().filter(|a| **a != Algorithm::Mapped) {
+                let fails = on_all(comms, |c| {
+                    c.set_algorithms(&format!("{coll}:{}", algo.name())).unwrap();
+                    let out: Vec<String> = [1, 7, 1000, 70_001]
+                        .into_iter()
+                        .filter_map(|n| {
+                            common::call_and_check(c, coll, n)
+                                .err()
+                                .map(|e| format!("rank {} count {n}: {e}", c.rank()))
+                        })
+                        .collect();
+                    c.set_algorithms("auto").unwrap();
+                    out
+                });
+                assert!(fails.is_empty(), "{what}, {coll} {algo}: {fails:?}");
+            }
+        }
+    }
+}

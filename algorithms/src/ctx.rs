@@ -159,7 +159,26 @@ pub fn fingerprint(coll: Collective, count: usize, dtype: DataType, op: ReduceOp
     (count as u64 & 0xffff_ffff) | ((dtype as u64 & 0xff) << 32) | (op << 40) | (root << 48)
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// This context with another pipeline chunk size (for a call that runs an algorithm
+    /// other than the one it was set up for).
+    pub fn with_chunk_bytes(&self, chunk_bytes: usize) -> Ctx<'a> {
+        Ctx {
+            net: self.net,
+            reducer: self.reducer,
+            rank: self.rank,
+            size: self.size,
+            seq: self.seq,
+            collective: self.collective,
+            deadline: self.deadline,
+            chunk_bytes,
+            pipeline_depth: self.pipeline_depth,
+            recv_sink: self.recv_sink,
+            hosts: self.hosts,
+            fingerprint: self.fingerprint,
+        }
+    }
+
     /// The tag of step `step` of this call: 40 bits of sequence number, 8 of collective, 16 of
     /// step, and above them the call's fingerprint, so a message of another call, collective
     /// or signature fails the receiver's tag check.
@@ -242,8 +261,11 @@ pub(crate) fn describe(kind: u64, seq: u64, step: Option<u64>, fp: u64) -> Strin
     if fp == 0 {
         return call;
     }
-    if fp == crate::verify::VERIFY_FINGERPRINT {
+    if fp == crate::exchange::VERIFY_FINGERPRINT {
         return format!("{call} (call verification)");
+    }
+    if fp == crate::exchange::TUNE_FINGERPRINT {
+        return format!("{call} (end of algorithm trials)");
     }
     let mut parts = Vec::new();
     let dtype = (fp >> 32) & 0xff;

@@ -22,6 +22,7 @@ pub mod cost;
 pub mod ctx;
 mod direct;
 pub mod dtype;
+pub mod exchange;
 mod fold;
 mod group;
 mod halving_doubling;

@@ -17,14 +17,11 @@
 //! Bytes on the wire per rank: 16·(p-1), in ceil(lg p) messages. Cost: ceil(lg p)·α per
 //! call; nothing of the call itself starts before it ends.
 
-use oxccl_transport::{Error, Region, RegionMut, Result};
+use oxccl_transport::{Error, Result};
 
-use crate::ctx::{describe, CollArgs, Collective, Ctx};
-use crate::{DataType, ReduceOp};
+use crate::ctx::{describe, Ctx};
 
-/// The fingerprint of the verification exchange's tags; no call's fingerprint takes it (its
-/// operator field would be 255).
-pub const VERIFY_FINGERPRINT: u64 = u64::MAX;
+pub use crate::exchange::VERIFY_FINGERPRINT;
 
 const RECORD: usize = 16;
 
@@ -38,34 +35,7 @@ pub fn verify_call(ctx: &Ctx<'_>) -> Result<()> {
     let mut mine = [0u8; RECORD];
     mine[..8].copy_from_slice(&(ctx.collective as u64).to_le_bytes());
     mine[8..].copy_from_slice(&ctx.fingerprint.to_le_bytes());
-    let mut all = vec![0u8; RECORD * ctx.size];
-    let exchange = Ctx {
-        net: ctx.net,
-        reducer: ctx.reducer,
-        rank: ctx.rank,
-        size: ctx.size,
-        seq: ctx.seq,
-        collective: Collective::Barrier,
-        deadline: ctx.deadline,
-        chunk_bytes: ctx.chunk_bytes,
-        pipeline_depth: ctx.pipeline_depth,
-        recv_sink: ctx.recv_sink,
-        hosts: ctx.hosts,
-        fingerprint: VERIFY_FINGERPRINT,
-    };
-    let args = CollArgs {
-        // SAFETY: `mine` and `all` outlive the all-gather, which completes (or fails the
-        // transport, dropping its requests) before it returns.
-        send: unsafe { Region::from_slice(&mine) },
-        // SAFETY: as above.
-        recv: unsafe { RegionMut::from_slice(&mut all) },
-        in_place: false,
-        count: RECORD,
-        dtype: DataType::U8,
-        op: ReduceOp::Sum,
-        root: 0,
-    };
-    crate::all_gather::bruck::run(&exchange, &args)?;
+    let all = crate::exchange::all_gather_records(ctx, VERIFY_FINGERPRINT, &mine)?;
     let calls: Vec<(u64, u64)> = all
         .chunks_exact(RECORD)
         .map(|r| {

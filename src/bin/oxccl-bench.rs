@@ -537,6 +537,12 @@ fn measure<T: CheckElem>(
         for _ in 0..args.warmup {
             run_once(comm, coll, b, op, args.root, in_place)?;
         }
+        // Trial calls of candidate algorithms belong to the warm-up, not to the timed calls
+        // (`Config::trial_calls`): every rank sees the same trials, so runs the same calls.
+        let bytes = b.total * T::DTYPE.size();
+        while comm.trials_pending(coll, bytes, T::DTYPE, op) {
+            run_once(comm, coll, b, op, args.root, in_place)?;
+        }
         comm.barrier()?;
         let t0 = Instant::now();
         for _ in 0..args.iters {

@@ -4,6 +4,7 @@ mod device_api;
 mod raw;
 pub use raw::RawP2p;
 mod split;
+mod trials;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -51,10 +52,23 @@ struct Choices {
     last: Option<(ChoiceKey, Choice)>,
     made: HashMap<ChoiceKey, Choice>,
     logged: HashSet<(Collective, u32)>,
+    /// Trial calls, by call shape (`trials.rs`); changed only inside calls.
+    trials: HashMap<trials::TrialKey, trials::Trials>,
+    /// The last fixed shape that ran, for loops of equal calls.
+    last_fixed: Option<(trials::TrialKey, Choice)>,
 }
 
 /// A call's shape, as far as choosing goes: collective, bytes, type, operator, overrides.
 type ChoiceKey = (Collective, usize, DataType, ReduceOp, u64);
+
+/// The operator as a call shape counts it: collectives that do not reduce run with `Sum`
+/// whatever a caller names.
+fn shape_op(coll: Collective, op: ReduceOp) -> ReduceOp {
+    match coll {
+        Collective::AllReduce | Collective::ReduceScatter | Collective::Reduce => op,
+        _ => ReduceOp::Sum,
+    }
+}
 
 struct State {
     seq: u64,
@@ -519,11 +533,12 @@ impl Communicator {
 
     /// The algorithm, chunk size and predicted time a collective of `bytes` bytes (nccl-tests'
     /// size: the gathered or scattered total for all-gather, reduce-scatter and all-to-all)
-    /// would run with now: the forced algorithm, else the cost model's fastest
+    /// would run with now: the forced algorithm, else the one trial calls fixed for calls
+    /// of this shape ([`Config::trial_calls`]), else the cost model's fastest
     /// ([`crate::select`]).
     pub fn choice_for(&self, coll: Collective, bytes: usize, dtype: DataType, op: ReduceOp) -> Choice {
         let forced = self.forced.load(Ordering::Relaxed);
-        let key = (coll, bytes, dtype, op, forced);
+        let key = (coll, bytes, dtype, shape_op(coll, op), forced);
         let mut cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((k, c)) = cache.last {
             if k == key {
@@ -534,16 +549,20 @@ impl Communicator {
             cache.last = Some((key, c));
             return c;
         }
-        let c = select::choose(
-            coll,
-            bytes,
-            dtype,
-            op,
-            &self.hosts,
-            &self.profile,
-            AlgoOverrides::unpack(forced, coll),
-            &self.config,
-        );
+        let c = match cache.trials.get(&key) {
+            // Calls of this shape fixed their algorithm by trials.
+            Some(trials::Trials::Fixed(c)) => *c,
+            _ => select::choose(
+                coll,
+                bytes,
+                dtype,
+                op,
+                &self.hosts,
+                &self.profile,
+                AlgoOverrides::unpack(forced, coll),
+                &self.config,
+            ),
+        };
         // Bounded: a program with endlessly many sizes re-prices instead of growing.
         if cache.made.len() >= 4096 {
             cache.made.clear();
@@ -747,6 +766,11 @@ impl Communicator {
                 }
                 Ok(())
             });
+        }
+        if !forced && self.config.trial_calls > 0 && self.size > 1 {
+            let shape = (coll, self.call_bytes(coll, &args), args.dtype, shape_op(coll, args.op));
+            let key = (shape.0, shape.1, shape.2, shape.3, self.forced.load(Ordering::Relaxed));
+            return self.execute(coll, fp, choice.chunk_bytes, |ctx| self.run_trials(ctx, key, &args, choice));
         }
         self.execute(coll, fp, choice.chunk_bytes, |ctx| f(ctx, &args))
     }

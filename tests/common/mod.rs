@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use half::{bf16, f16};
-use oxccl::check::{self, CheckElem};
-use oxccl::{Communicator, Config, ReduceOp, TransportKind, UniqueId};
+use oxccl::check::{self, fill_contribution, fill_pattern, wrong_pattern, wrong_reduced, CheckElem};
+use oxccl::{Collective, Communicator, Config, ReduceOp, TransportKind, UniqueId};
 
 /// Counts every sweep covers: empty, one, a prime, one not divisible by most world sizes.
 pub const COUNTS: [usize; 4] = [0, 1, 7, 1000];
@@ -284,4 +284,107 @@ pub fn sweep_buffers(comm: &Communicator, big: bool, shared: bool) -> Vec<String
             && s.point_to_point(BIG);
     }
     s.fails
+}
+
+/// One call of `coll` on `count` f32 elements (in the API's terms), every element checked
+/// against its closed form. Rank parity picks in place or out of place, so ranks mix the
+/// two forms in one call (roots of broadcast and reduce: rank 1 and the last rank).
+pub fn call_and_check(comm: &Communicator, coll: Collective, count: usize) -> Result<(), String> {
+    let (r, p) = (comm.rank(), comm.size());
+    let in_place = r % 2 == 0;
+    let op = ReduceOp::Sum;
+    let e = |e: oxccl::Error| e.to_string();
+    let wrong = match coll {
+        Collective::AllReduce => {
+            let mut send = vec![0f32; count];
+            fill_contribution(&mut send, r, op, 0);
+            if in_place {
+                comm.all_reduce(&mut send, op).map_err(e)?;
+                wrong_reduced(&send, p, op, 0)
+            } else {
+                let mut recv = vec![0f32; count];
+                comm.all_reduce_into(&send, &mut recv, op).map_err(e)?;
+                wrong_reduced(&recv, p, op, 0)
+            }
+        }
+        Collective::AllGather => {
+            let mut all = vec![0f32; count * p];
+            fill_pattern(&mut all[r * count..(r + 1) * count], r, 0);
+            if in_place {
+                comm.all_gather(&mut all).map_err(e)?;
+            } else {
+                let mine = all[r * count..(r + 1) * count].to_vec();
+                comm.all_gather_into(&mine, &mut all).map_err(e)?;
+            }
+            (0..p).map(|s| wrong_pattern(&all[s * count..(s + 1) * count], s, 0)).sum()
+        }
+        Collective::ReduceScatter => {
+            let mut send = vec![0f32; count * p];
+            fill_contribution(&mut send, r, op, 0);
+            if in_place {
+                comm.reduce_scatter(&mut send, op).map_err(e)?;
+                wrong_reduced(&send[r * count..(r + 1) * count], p, op, r * count)
+            } else {
+                let mut recv = vec![0f32; count];
+                comm.reduce_scatter_into(&send, &mut recv, op).map_err(e)?;
+                wrong_reduced(&recv, p, op, r * count)
+            }
+        }
+        Collective::AllToAll => {
+            // Block j of rank r's input goes to rank j: pattern(r, j, i).
+            let mut send = vec![0f32; count * p];
+            for j in 0..p {
+                fill_pattern(&mut send[j * count..(j + 1) * count], r, j);
+            }
+            let mut recv = vec![0f32; count * p];
+            if in_place {
+                comm.all_to_all(&mut send).map_err(e)?;
+                recv = send;
+            } else {
+                comm.all_to_all_into(&send, &mut recv).map_err(e)?;
+            }
+            (0..p).map(|s| wrong_pattern(&recv[s * count..(s + 1) * count], s, r)).sum()
+        }
+        Collective::Broadcast => {
+            let root = 1 % p;
+            let mut buf = vec![0f32; count];
+            if r == root {
+                fill_pattern(&mut buf, root, 0);
+            }
+            if r == root && !in_place {
+                let mine = buf.clone();
+                comm.broadcast_into(&mine, &mut buf, root).map_err(e)?;
+            } else {
+                comm.broadcast(&mut buf, root).map_err(e)?;
+            }
+            wrong_pattern(&buf, root, 0)
+        }
+        Collective::Reduce => {
+            let root = p - 1;
+            let mut send = vec![0f32; count];
+            fill_contribution(&mut send, r, op, 0);
+            if in_place {
+                comm.reduce(&mut send, op, root).map_err(e)?;
+                if r == root {
+                    wrong_reduced(&send, p, op, 0)
+                } else {
+                    0
+                }
+            } else {
+                let mut recv = vec![0f32; count];
+                comm.reduce_into(&send, &mut recv, op, root).map_err(e)?;
+                if r == root {
+                    wrong_reduced(&recv, p, op, 0)
+                } else {
+                    0
+                }
+            }
+        }
+        other => return Err(format!("{other} is not checked here")),
+    };
+    if wrong == 0 {
+        Ok(())
+    } else {
+        Err(format!("{wrong} wrong elements"))
+    }
 }

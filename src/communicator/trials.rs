@@ -1,0 +1,204 @@
+//! Trial calls: where the cost model prices several algorithms of a call shape close
+//! together, the first calls of that shape run each in turn and the next one fixes the
+//! fastest by measurement ([`Config::trial_calls`], [`select::trial_candidates`]).
+//!
+//! Every decision here is taken inside a call, under its sequence number, from state that
+//! only calls change: ranks make the same calls in the same order, so every rank runs the
+//! same candidate in each trial call and fixes the same one at the same call. The fixing
+//! call first gathers every rank's fastest time per candidate (a side exchange under tags
+//! of its own, [`exchange::TUNE_FINGERPRINT`]), then runs the winner.
+//!
+//! [`Config::trial_calls`]: crate::Config::trial_calls
+
+use std::time::Instant;
+
+use oxccl_algorithms::exchange;
+use oxccl_algorithms::registry::{self, Algorithm};
+use oxccl_algorithms::{CollArgs, Ctx};
+
+use super::{ChoiceKey, Communicator};
+use crate::error::{Error, Result};
+use crate::select::{self, Choice};
+
+/// A call shape as trials key it: the choice's key. Not whether the call is in place: that
+/// is each rank's own affair (a broadcast's root may pass one buffer, the others two), and
+/// every rank must take the same steps.
+pub(super) type TrialKey = ChoiceKey;
+
+/// Where a call shape's trials stand.
+#[derive(Debug, Clone)]
+pub(super) enum Trials {
+    /// Running the candidates in turn, `rounds` times each after one untimed warm-up call:
+    /// `calls` calls so far, `runs[i]` this rank's times of candidate i in nanoseconds.
+    Trying { candidates: Vec<Choice>, runs: Vec<Vec<u64>>, rounds: u32, calls: u32 },
+    /// Decided: by trials, or by the model where there was nothing to try.
+    Fixed(Choice),
+}
+
+/// The most call shapes whose choice is tracked here; past it, calls of new shapes take the
+/// model's choice without trials. (The count only changes inside calls, so every rank
+/// reaches it at the same call.)
+pub(super) const MAX_TRIAL_SHAPES: usize = 4096;
+
+/// A candidate's typical time from its runs: the mean of the fastest three quarters. On a
+/// busy machine one call's time swings several-fold (a rank waits for a peer that lost its
+/// core), so the mean of many calls is what a loop of them costs; the slowest quarter is
+/// left out because a rare long stall (a page fault storm, a time slice lost for
+/// milliseconds) would otherwise outweigh dozens of calls. No runs: `u64::MAX`.
+fn typical(runs: &[u64]) -> u64 {
+    let mut v = runs.to_vec();
+    v.sort_unstable();
+    let keep = v.len() - v.len() / 4;
+    if keep == 0 {
+        return u64::MAX;
+    }
+    (v[..keep].iter().map(|&t| u128::from(t)).sum::<u128>() / keep as u128) as u64
+}
+
+/// What a call does, decided under the choices' lock.
+enum Step {
+    Run(Choice),
+    Trial(usize, Choice),
+    /// Fix the winner: the candidates and this rank's typical time of each.
+    Fix(Vec<Choice>, Vec<u64>),
+}
+
+impl Communicator {
+    /// Runs a call of shape `key` (whose model choice is `model`) inside `execute`: a trial
+    /// of the next candidate, the call that fixes the winner, or the fixed choice.
+    pub(super) fn run_trials(&self, ctx: &Ctx<'_>, key: TrialKey, args: &CollArgs, model: Choice) -> Result<()> {
+        let step = self.next_step(key, model);
+        let coll = ctx.collective;
+        let find = |algo: Algorithm| {
+            registry::lookup(coll, algo).ok_or_else(|| Error::internal(format!("{coll} has no {algo} algorithm")))
+        };
+        match step {
+            Step::Run(c) => find(c.algo)?(&ctx.with_chunk_bytes(c.chunk_bytes), args),
+            Step::Trial(i, c) => {
+                let f = find(c.algo)?;
+                let t0 = Instant::now();
+                f(&ctx.with_chunk_bytes(c.chunk_bytes), args)?;
+                let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let mut cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(Trials::Trying { runs, .. }) = cache.trials.get_mut(&key) {
+                    runs[i].push(ns);
+                }
+                Ok(())
+            }
+            Step::Fix(candidates, typical) => {
+                let mine: Vec<u8> = typical.iter().flat_map(|t| t.to_le_bytes()).collect();
+                let all = exchange::all_gather_records(ctx, exchange::TUNE_FINGERPRINT, &mine)?;
+                let times: Vec<u64> =
+                    all.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+                let k = candidates.len();
+                let won = candidates[select::measured_best(&times, k)];
+                let ck = key;
+                tracing::info!(
+                    rank = self.rank,
+                    "{coll} of {} B ({}, {}): trials (slowest rank's typical call) {}: {} from now on (the model's choice: {})",
+                    ck.1,
+                    ck.2,
+                    ck.3,
+                    candidates
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            let worst = times.iter().skip(i).step_by(k).max().copied().unwrap_or(0);
+                            format!("{} {:.2} us", c.algo, worst as f64 / 1e3)
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    won.algo,
+                    candidates[0].algo,
+                );
+                {
+                    let mut cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+                    cache.trials.insert(key, Trials::Fixed(won));
+                    cache.last_fixed = Some((key, won));
+                    // What `choice_for` reports from now on.
+                    cache.made.insert(ck, won);
+                    cache.last = Some((ck, won));
+                }
+                find(won.algo)?(&ctx.with_chunk_bytes(won.chunk_bytes), args)
+            }
+        }
+    }
+
+    fn next_step(&self, key: TrialKey, model: Choice) -> Step {
+        let mut cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, c)) = cache.last_fixed {
+            if k == key {
+                return Step::Run(c);
+            }
+        }
+        let min_rounds = self.config.trial_calls;
+        let full = cache.trials.len() >= MAX_TRIAL_SHAPES;
+        match cache.trials.get_mut(&key) {
+            Some(Trials::Fixed(c)) => {
+                let c = *c;
+                cache.last_fixed = Some((key, c));
+                Step::Run(c)
+            }
+            Some(Trials::Trying { candidates, runs, rounds, calls }) => {
+                let k = candidates.len();
+                if *calls < rounds.saturating_mul(k as u32) + 1 {
+                    // Round-robin, so a slow spell of the machine spreads over every candidate.
+                    let i = (*calls as usize + k - 1) % k;
+                    *calls += 1;
+                    Step::Trial(i, candidates[i])
+                } else {
+                    Step::Fix(candidates.clone(), runs.iter().map(|r| typical(r)).collect())
+                }
+            }
+            None if full => Step::Run(model),
+            None => {
+                let (coll, bytes, dtype, op, _) = key;
+                let ranked = select::candidates(coll, bytes, dtype, op, &self.hosts, &self.profile, &self.config);
+                let candidates = select::trial_candidates(&ranked);
+                if candidates.is_empty() || min_rounds == 0 {
+                    cache.trials.insert(key, Trials::Fixed(model));
+                    cache.last_fixed = Some((key, model));
+                    return Step::Run(model);
+                }
+                let k = candidates.len();
+                let rounds = select::trial_rounds(candidates[0].predicted.total(), k, min_rounds);
+                // The shape's first call warms caches and pages up, untimed.
+                let first = candidates[0];
+                cache.trials.insert(key, Trials::Trying { candidates, runs: vec![Vec::new(); k], rounds, calls: 1 });
+                Step::Run(first)
+            }
+        }
+    }
+
+    /// Whether calls of this shape (see [`Communicator::choice_for`]) are still trying
+    /// candidate algorithms ([`crate::Config::trial_calls`]): a
+    /// benchmark's warm-up runs until they are done, so its timed calls run the fixed
+    /// choice. The same on every rank after the same calls.
+    pub fn trials_pending(
+        &self,
+        coll: oxccl_algorithms::Collective,
+        bytes: usize,
+        dtype: oxccl_algorithms::DataType,
+        op: oxccl_algorithms::ReduceOp,
+    ) -> bool {
+        let forced = self.forced.load(std::sync::atomic::Ordering::Relaxed);
+        let cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (coll, bytes, dtype, super::shape_op(coll, op), forced);
+        matches!(cache.trials.get(&key), Some(Trials::Trying { .. }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::typical;
+
+    #[test]
+    fn the_typical_call_leaves_out_the_slowest_quarter() {
+        // A cold first call and a lost time slice among eight calls: the mean of the rest.
+        assert_eq!(typical(&[90_000, 20, 30, 5_000_000, 10, 20, 30, 10]), 20);
+        // Bimodal calls (a peer descheduled half the time) count at their mean.
+        assert_eq!(typical(&[10, 50, 10, 50]), 23);
+        assert_eq!(typical(&[7]), 7);
+        assert_eq!(typical(&[]), u64::MAX);
+    }
+}
