@@ -327,6 +327,22 @@ fn replay(a: &Args) -> oxccl::Result<()> {
             Ok(())
         };
         step()?;
+        // Trial calls (`Config::trial_calls`) belong to the warm-up: every rank sees the same
+        // trials, so runs the same steps.
+        let trying = || {
+            l.ops.iter().any(|op| {
+                let c = comm_of(op.group);
+                let bytes = op.bytes / ES / c.size() * c.size() * ES;
+                let bytes = if op.coll == Collective::AllReduce { op.bytes / ES * ES } else { bytes };
+                c.trials_pending(op.coll, bytes, DataType::Bf16, ReduceOp::Sum)
+            })
+        };
+        for _ in 0..100 {
+            if !trying() {
+                break;
+            }
+            step()?;
+        }
         let mut times = Vec::new();
         for _ in 0..a.steps.max(1) {
             world.barrier()?;
