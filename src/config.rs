@@ -235,13 +235,14 @@ pub struct Config {
     /// Where the cost model prices several algorithms of a call within
     /// [`crate::select::TRIAL_WINDOW`] of the best (and the best under
     /// [`crate::select::TRIAL_MAX_SECONDS`]), the first calls of that shape run each of them
-    /// in turn, and the next call fixes the one whose slowest rank's typical call was
-    /// fastest, on every rank alike ([`crate::select::trial_candidates`]).
-    /// The model's error is largest exactly there (small calls, where the scheduler's
-    /// placement of ranks on cores swings times by 2x for a process's life), and a few
-    /// measured calls settle it. The price: those first calls run the slower candidates,
-    /// and a floating-point reduction's rounding may differ between them (every rank of one
-    /// call still gets the same bits); set 0 for run-to-run reproducible algorithm choice.
+    /// for a block of calls (the first of each block untimed), and the next call fixes the
+    /// one whose slowest rank's typical call was fastest, on every rank alike
+    /// ([`crate::select::trial_candidates`]). The model's error is largest exactly there
+    /// (close candidates, and small calls, where the scheduler's placement of ranks on cores
+    /// swings times by 2x for a process's life), and a few measured calls settle it. The
+    /// price: those first calls run the slower candidates, and a floating-point reduction's
+    /// rounding may differ between them (every rank of one call still gets the same bits);
+    /// set 0 for the same algorithm, so the same rounding, in every run.
     pub trial_calls: u32,
 }
 

@@ -537,17 +537,30 @@ impl Communicator {
     /// of this shape ([`Config::trial_calls`]), else the cost model's fastest
     /// ([`crate::select`]).
     pub fn choice_for(&self, coll: Collective, bytes: usize, dtype: DataType, op: ReduceOp) -> Choice {
+        self.choice_state(coll, bytes, dtype, op).0
+    }
+
+    /// [`Communicator::choice_for`], and whether the shape is the one that last ran with its
+    /// choice fixed (by trials, or by the model where there was nothing to try): a loop of
+    /// equal calls then skips the trials' bookkeeping. Once fixed, a shape stays fixed, so
+    /// reading this outside a call is safe.
+    fn choice_state(&self, coll: Collective, bytes: usize, dtype: DataType, op: ReduceOp) -> (Choice, bool) {
         let forced = self.forced.load(Ordering::Relaxed);
         let key = (coll, bytes, dtype, shape_op(coll, op), forced);
         let mut cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, c)) = cache.last_fixed {
+            if k == key {
+                return (c, true);
+            }
+        }
         if let Some((k, c)) = cache.last {
             if k == key {
-                return c;
+                return (c, false);
             }
         }
         if let Some(&c) = cache.made.get(&key) {
             cache.last = Some((key, c));
-            return c;
+            return (c, false);
         }
         let c = match cache.trials.get(&key) {
             // Calls of this shape fixed their algorithm by trials.
@@ -584,7 +597,7 @@ impl Communicator {
                 c.predicted
             );
         }
-        c
+        (c, false)
     }
 
     /// The machine profile this communicator prices algorithms with (rank 0's).
@@ -735,7 +748,7 @@ impl Communicator {
         if let Some(ordinal) = self.device_of(coll, &args)? {
             return self.run_device(coll, args, ordinal);
         }
-        let choice = self.choice_for(coll, self.call_bytes(coll, &args), args.dtype, args.op);
+        let (choice, fixed) = self.choice_state(coll, self.call_bytes(coll, &args), args.dtype, args.op);
         let find = |algo: Algorithm| {
             registry::lookup(coll, algo).ok_or_else(|| Error::internal(format!("{coll} has no {algo} algorithm")))
         };
@@ -767,7 +780,7 @@ impl Communicator {
                 Ok(())
             });
         }
-        if !forced && self.config.trial_calls > 0 && self.size > 1 {
+        if !forced && !fixed && self.config.trial_calls > 0 && self.size > 1 {
             let shape = (coll, self.call_bytes(coll, &args), args.dtype, shape_op(coll, args.op));
             let key = (shape.0, shape.1, shape.2, shape.3, self.forced.load(Ordering::Relaxed));
             return self.execute(coll, fp, choice.chunk_bytes, |ctx| self.run_trials(ctx, key, &args, choice));

@@ -1,6 +1,6 @@
 //! Trial calls: where the cost model prices several algorithms of a call shape close
-//! together, the first calls of that shape run each in turn and the next one fixes the
-//! fastest by measurement ([`Config::trial_calls`], [`select::trial_candidates`]).
+//! together, the first calls of that shape run each for a block of calls and the next one
+//! fixes the fastest by measurement ([`Config::trial_calls`], [`select::trial_candidates`]).
 //!
 //! Every decision here is taken inside a call, under its sequence number, from state that
 //! only calls change: ranks make the same calls in the same order, so every rank runs the
@@ -28,9 +28,10 @@ pub(super) type TrialKey = ChoiceKey;
 /// Where a call shape's trials stand.
 #[derive(Debug, Clone)]
 pub(super) enum Trials {
-    /// Running the candidates in turn, `rounds` times each after one untimed warm-up call:
-    /// `calls` calls so far, `runs[i]` this rank's times of candidate i in nanoseconds.
-    Trying { candidates: Vec<Choice>, runs: Vec<Vec<u64>>, rounds: u32, calls: u32 },
+    /// Running the candidates in blocks of `block` calls, each candidate's block in turn,
+    /// `passes` times (see [`schedule`]): `calls` calls so far, `runs[i]` this rank's timed
+    /// calls of candidate i in nanoseconds.
+    Trying { candidates: Vec<Choice>, runs: Vec<Vec<u64>>, block: u32, passes: u32, calls: u32 },
     /// Decided: by trials, or by the model where there was nothing to try.
     Fixed(Choice),
 }
@@ -55,10 +56,36 @@ fn typical(runs: &[u64]) -> u64 {
     (v[..keep].iter().map(|&t| u128::from(t)).sum::<u128>() / keep as u128) as u64
 }
 
+/// Trial call `c` (from 0) of `k` candidates in blocks of `block` calls: which candidate
+/// runs, and whether the call is timed.
+///
+/// A candidate runs a block of consecutive calls, not one call in turn with the others: on
+/// an oversubscribed machine an algorithm's steady state depends on how its ranks fall into
+/// step with the scheduler, and alternating algorithms call by call measured every one at
+/// the same (slow) time (4 ranks on 2 cores over shared memory, all-gather of 16 B:
+/// recursive doubling and Bruck both 10 us alternated, 5.3 and 7.5 us in their own loops).
+/// The first call of a block, where the ranks leave the previous candidate's pattern (and
+/// the shape's very first call, cold), is not timed.
+fn schedule(c: u32, k: usize, block: u32) -> (usize, bool) {
+    let w = c % (k as u32 * block);
+    ((w / block) as usize, !w.is_multiple_of(block))
+}
+
+/// Blocks for `rounds` calls per candidate: two passes of half as many where there are
+/// enough calls (a slow spell of the machine then spreads over every candidate), else one.
+fn blocks(rounds: u32) -> (u32, u32) {
+    if rounds >= 8 {
+        (rounds / 2, 2)
+    } else {
+        (rounds.max(2), 1)
+    }
+}
+
 /// What a call does, decided under the choices' lock.
 enum Step {
     Run(Choice),
-    Trial(usize, Choice),
+    /// Candidate i's call, timed or not.
+    Trial(usize, Choice, bool),
     /// Fix the winner: the candidates and this rank's typical time of each.
     Fix(Vec<Choice>, Vec<u64>),
 }
@@ -74,7 +101,8 @@ impl Communicator {
         };
         match step {
             Step::Run(c) => find(c.algo)?(&ctx.with_chunk_bytes(c.chunk_bytes), args),
-            Step::Trial(i, c) => {
+            Step::Trial(_, c, false) => find(c.algo)?(&ctx.with_chunk_bytes(c.chunk_bytes), args),
+            Step::Trial(i, c, true) => {
                 let f = find(c.algo)?;
                 let t0 = Instant::now();
                 f(&ctx.with_chunk_bytes(c.chunk_bytes), args)?;
@@ -139,13 +167,12 @@ impl Communicator {
                 cache.last_fixed = Some((key, c));
                 Step::Run(c)
             }
-            Some(Trials::Trying { candidates, runs, rounds, calls }) => {
+            Some(Trials::Trying { candidates, runs, block, passes, calls }) => {
                 let k = candidates.len();
-                if *calls < rounds.saturating_mul(k as u32) + 1 {
-                    // Round-robin, so a slow spell of the machine spreads over every candidate.
-                    let i = (*calls as usize + k - 1) % k;
+                if *calls < *passes * k as u32 * *block {
+                    let (i, timed) = schedule(*calls, k, *block);
                     *calls += 1;
-                    Step::Trial(i, candidates[i])
+                    Step::Trial(i, candidates[i], timed)
                 } else {
                     Step::Fix(candidates.clone(), runs.iter().map(|r| typical(r)).collect())
                 }
@@ -161,11 +188,12 @@ impl Communicator {
                     return Step::Run(model);
                 }
                 let k = candidates.len();
-                let rounds = select::trial_rounds(candidates[0].predicted.total(), k, min_rounds);
-                // The shape's first call warms caches and pages up, untimed.
+                let (block, passes) = blocks(select::trial_rounds(candidates[0].predicted.total(), k, min_rounds));
                 let first = candidates[0];
-                cache.trials.insert(key, Trials::Trying { candidates, runs: vec![Vec::new(); k], rounds, calls: 1 });
-                Step::Run(first)
+                cache
+                    .trials
+                    .insert(key, Trials::Trying { candidates, runs: vec![Vec::new(); k], block, passes, calls: 1 });
+                Step::Trial(0, first, false)
             }
         }
     }
@@ -190,7 +218,20 @@ impl Communicator {
 
 #[cfg(test)]
 mod tests {
-    use super::typical;
+    use super::{blocks, schedule, typical};
+
+    #[test]
+    fn candidates_run_in_blocks_whose_first_call_is_untimed() {
+        // Two candidates, blocks of 3, two passes: A A A B B B A A A B B B.
+        let s: Vec<(usize, bool)> = (0..12).map(|c| schedule(c, 2, 3)).collect();
+        let a = |t| (0, t);
+        let b = |t| (1, t);
+        assert_eq!(s, [a(false), a(true), a(true), b(false), b(true), b(true)].repeat(2));
+        assert_eq!(blocks(64), (32, 2));
+        assert_eq!(blocks(8), (4, 2));
+        assert_eq!(blocks(3), (3, 1));
+        assert_eq!(blocks(1), (2, 1));
+    }
 
     #[test]
     fn the_typical_call_leaves_out_the_slowest_quarter() {
