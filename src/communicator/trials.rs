@@ -5,7 +5,7 @@
 //! Every decision here is taken inside a call, under its sequence number, from state that
 //! only calls change: ranks make the same calls in the same order, so every rank runs the
 //! same candidate in each trial call and fixes the same one at the same call. The fixing
-//! call first gathers every rank's fastest time per candidate (a side exchange under tags
+//! call first gathers every rank's typical time per candidate (a side exchange under tags
 //! of its own, [`exchange::TUNE_FINGERPRINT`]), then runs the winner.
 //!
 //! [`Config::trial_calls`]: crate::Config::trial_calls
@@ -120,13 +120,13 @@ impl Communicator {
                     all.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
                 let k = candidates.len();
                 let won = candidates[select::measured_best(&times, k)];
-                let ck = key;
+                let (_, bytes, dtype, op, _) = key;
                 tracing::info!(
                     rank = self.rank,
                     "{coll} of {} B ({}, {}): trials (slowest rank's typical call) {}: {} from now on (the model's choice: {})",
-                    ck.1,
-                    ck.2,
-                    ck.3,
+                    bytes,
+                    dtype,
+                    op,
                     candidates
                         .iter()
                         .enumerate()
@@ -144,8 +144,8 @@ impl Communicator {
                     cache.trials.insert(key, Trials::Fixed(won));
                     cache.last_fixed = Some((key, won));
                     // What `choice_for` reports from now on.
-                    cache.made.insert(ck, won);
-                    cache.last = Some((ck, won));
+                    cache.made.insert(key, won);
+                    cache.last = Some((key, won));
                 }
                 find(won.algo)?(&ctx.with_chunk_bytes(won.chunk_bytes), args)
             }
