@@ -69,6 +69,10 @@ pub(crate) struct PeerBuffers {
     pub send: Vec<Region>,
     /// `recv[j]`: rank j's output.
     pub recv: Vec<RegionMut>,
+    /// `same[j]`: rank j's input and output are one region (its call is in place, for the
+    /// collectives whose in-place form passes one buffer). Ranks may differ in this, and
+    /// every rank knows every rank's, from the keys.
+    pub same: Vec<bool>,
 }
 
 /// Sends `mine` to every peer and receives each peer's message of the same length, at `step`.
@@ -157,7 +161,8 @@ pub(crate) fn exchange(ctx: &Ctx<'_>, a: &CollArgs) -> Result<std::result::Resul
             "rank(s) {gpu:?} passed GPU memory and the others host memory: every rank must pass the same kind"
         )));
     }
-    let mut bufs = PeerBuffers { send: vec![send; p], recv: vec![recv; p] };
+    let same = keys.iter().map(|(s, d)| s == d && s.len > 0).collect();
+    let mut bufs = PeerBuffers { send: vec![send; p], recv: vec![recv; p], same };
     let mut ok = true;
     for q in (0..p).filter(|&q| q != r) {
         let (ks, kr) = keys[q];

@@ -2,11 +2,13 @@
 //! the receiver's output, through peer memory the transport maps (the handshake around it is
 //! in `mapped.rs` at the crate root).
 //!
-//! Steps (p ranks, n bytes per rank, blocks of n/p): keys and ready rounds; then out of
-//! place, rank r copies its block j into block r of rank j's output, for every j; in place,
-//! each pair of blocks (block j of rank r, block r of rank j) is swapped through a 16 KiB
-//! piece by one rank of the pair (alternating, so the work is even); then a done round.
-//! Outputs over 16 MiB are written with streaming stores out of place.
+//! Steps (p ranks, n bytes per rank, blocks of n/p): keys and ready rounds; then, for each
+//! pair of ranks that both call out of place, rank r copies its block j into block r of
+//! rank j's output (and its own block into place); for each pair where either calls in place
+//! (ranks may differ; the keys tell every rank which), the pair's two blocks (block j of
+//! rank r, block r of rank j) are exchanged through a 16 KiB piece by one rank of the pair
+//! (alternating, so the work is even); then a done round. Outputs over 16 MiB are written
+//! with streaming stores out of place.
 //!
 //! Memory traffic per rank: n read, n written. Where some rank's buffers cannot be mapped, the
 //! automatic choice runs the next-best algorithm instead; forced, it is an error.
@@ -48,30 +50,39 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     let block = a.count * a.dtype.size();
     let streaming = crate::mapped::streaming(block * p, a.in_place);
     let at = |j: usize, c: &std::ops::Range<usize>| j * block + c.start..j * block + c.end;
-    if !a.in_place {
-        for d in 0..p {
-            // Start with the next rank, so ranks do not all write into one output at once.
-            // Each block is read once and written once, in large pieces.
-            let j = (r + d) % p;
-            for c in chunks(0..block, crate::mapped::piece(ctx, crate::mapped::CHECK_BYTES)) {
-                crate::mapped::still_on(ctx)?;
-                crate::mapped::copy(ctx, streaming, bufs.recv[j].slice(at(r, &c)), a.send.slice(at(j, &c)))?;
-            }
+    let piece = crate::mapped::piece(ctx, crate::mapped::CHECK_BYTES);
+    // Out of place, every block is read once and written once, in large pieces: the own
+    // block, then this rank's block for each peer that is not in place either, starting with
+    // the next rank so ranks do not all write into one output at once.
+    for d in 0..p {
+        let j = (r + d) % p;
+        if bufs.same[r] || (j != r && bufs.same[j]) {
+            continue;
         }
+        for c in chunks(0..block, piece) {
+            crate::mapped::still_on(ctx)?;
+            crate::mapped::copy(ctx, streaming, bufs.recv[j].slice(at(r, &c)), a.send.slice(at(j, &c)))?;
+        }
+    }
+    // A pair where either rank is in place: one rank of the pair moves both blocks, piece
+    // by piece through a scratch piece, reading each before its place is written. (Both in
+    // place: a swap. One in place: its block goes out before the other's comes in.)
+    let size = crate::mapped::piece(ctx, PIECE_BYTES).min(block);
+    let pairs: Vec<usize> =
+        (0..p).filter(|&q| q != r && (bufs.same[r] || bufs.same[q]) && swapper(r, q) == r).collect();
+    if pairs.is_empty() || size == 0 {
         return Ok(());
     }
-    let size = crate::mapped::piece(ctx, PIECE_BYTES).min(block);
-    let piece = ctx.reducer.scratch(size)?;
-    for q in (0..p).filter(|&q| q != r && swapper(r, q) == r) {
+    let tmp_buf = ctx.reducer.scratch(size)?;
+    for q in pairs {
         for (i, c) in chunks(0..block, size).enumerate() {
             if i % crate::mapped::pieces_per_check(size) == 0 {
                 crate::mapped::still_on(ctx)?;
             }
-            let (mine, theirs) = (bufs.recv[r].slice(at(q, &c)), bufs.recv[q].slice(at(r, &c)));
-            let tmp = piece.region().slice(0..c.len());
-            ctx.reducer.copy(tmp, mine.as_region())?;
-            ctx.reducer.copy(mine, theirs.as_region())?;
-            ctx.reducer.copy(theirs, tmp.as_region())?;
+            let tmp = tmp_buf.region().slice(0..c.len());
+            ctx.reducer.copy(tmp, bufs.send[r].slice(at(q, &c)))?;
+            ctx.reducer.copy(bufs.recv[r].slice(at(q, &c)), bufs.send[q].slice(at(r, &c)))?;
+            ctx.reducer.copy(bufs.recv[q].slice(at(r, &c)), tmp.as_region())?;
         }
     }
     Ok(())
