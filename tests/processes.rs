@@ -44,6 +44,16 @@ fn process_worlds_over_tcp() {
 }
 
 #[test]
+fn process_ranks_mix_in_place_and_out_of_place_on_shared_buffers() {
+    for p in [3, 4] {
+        let text = run_world_output(p, &[("OXCCL_ALGO", "mapped"), ("OXCCL_TEST_MIX_SHARED", "1")]);
+        for r in 0..p {
+            assert!(text.contains(&format!("MIX-SHARED-OK {r}")), "rank {r} of {p}:\n{text}");
+        }
+    }
+}
+
+#[test]
 fn process_worlds_over_shared_memory() {
     // 4 and 8 ranks on this 2-core machine: oversubscribed, so waiters must sleep.
     for p in [2, 3, 4, 5, 8] {
@@ -171,6 +181,29 @@ fn sweep_rank() {
             }
             let mapped = oxccl_algorithms::mapped::schedules_run() - before;
             println!("\nSWITCH {} fallbacks {fell_back} then mapped {mapped} of 80", comm.rank());
+            return;
+        }
+        if std::env::var("OXCCL_TEST_MIX_SHARED").is_ok() {
+            // Shared buffers, mapped forced (by the parent), even ranks in place and odd ranks
+            // out of place in every call: the mapped schedules must learn each rank's form.
+            let before = oxccl_algorithms::mapped::schedules_run();
+            for coll in [
+                oxccl::Collective::AllReduce,
+                oxccl::Collective::AllGather,
+                oxccl::Collective::ReduceScatter,
+                oxccl::Collective::AllToAll,
+                oxccl::Collective::Broadcast,
+                oxccl::Collective::Reduce,
+            ] {
+                for count in [1, 7, 1000, 70_001] {
+                    if let Err(e) = common::call_and_check_in(&comm, coll, count, true) {
+                        panic!("rank {}: {coll} count {count}: {e}", comm.rank());
+                    }
+                }
+            }
+            let ran = oxccl_algorithms::mapped::schedules_run() - before;
+            assert_eq!(ran, 24, "every call ran the mapped schedule");
+            println!("\nMIX-SHARED-OK {}", comm.rank());
             return;
         }
         if std::env::var("OXCCL_TEST_EXPECT_FORCED_ERROR").is_ok() {

@@ -290,53 +290,69 @@ pub fn sweep_buffers(comm: &Communicator, big: bool, shared: bool) -> Vec<String
 /// against its closed form. Rank parity picks in place or out of place, so ranks mix the
 /// two forms in one call (roots of broadcast and reduce: rank 1 and the last rank).
 pub fn call_and_check(comm: &Communicator, coll: Collective, count: usize) -> Result<(), String> {
+    call_and_check_in(comm, coll, count, false)
+}
+
+/// [`call_and_check`] with every buffer an [`oxccl::SharedBuffer`] when `shared` (the
+/// `mapped` algorithms can run).
+pub fn call_and_check_in(comm: &Communicator, coll: Collective, count: usize, shared: bool) -> Result<(), String> {
+    let zeros = |n: usize| -> TestBuf<f32> {
+        if shared {
+            let mut b = oxccl::SharedBuffer::new(n).expect("shared buffer");
+            b.fill(0.0);
+            TestBuf::Shared(b)
+        } else {
+            TestBuf::Heap(vec![0f32; n])
+        }
+    };
     let (r, p) = (comm.rank(), comm.size());
     let in_place = r % 2 == 0;
     let op = ReduceOp::Sum;
     let e = |e: oxccl::Error| e.to_string();
     let wrong = match coll {
         Collective::AllReduce => {
-            let mut send = vec![0f32; count];
+            let mut send = zeros(count);
             fill_contribution(&mut send, r, op, 0);
             if in_place {
                 comm.all_reduce(&mut send, op).map_err(e)?;
                 wrong_reduced(&send, p, op, 0)
             } else {
-                let mut recv = vec![0f32; count];
+                let mut recv = zeros(count);
                 comm.all_reduce_into(&send, &mut recv, op).map_err(e)?;
                 wrong_reduced(&recv, p, op, 0)
             }
         }
         Collective::AllGather => {
-            let mut all = vec![0f32; count * p];
+            let mut all = zeros(count * p);
             fill_pattern(&mut all[r * count..(r + 1) * count], r, 0);
             if in_place {
                 comm.all_gather(&mut all).map_err(e)?;
             } else {
-                let mine = all[r * count..(r + 1) * count].to_vec();
+                let mut mine = zeros(count);
+                mine.copy_from_slice(&all[r * count..(r + 1) * count]);
                 comm.all_gather_into(&mine, &mut all).map_err(e)?;
             }
             (0..p).map(|s| wrong_pattern(&all[s * count..(s + 1) * count], s, 0)).sum()
         }
         Collective::ReduceScatter => {
-            let mut send = vec![0f32; count * p];
+            let mut send = zeros(count * p);
             fill_contribution(&mut send, r, op, 0);
             if in_place {
                 comm.reduce_scatter(&mut send, op).map_err(e)?;
                 wrong_reduced(&send[r * count..(r + 1) * count], p, op, r * count)
             } else {
-                let mut recv = vec![0f32; count];
+                let mut recv = zeros(count);
                 comm.reduce_scatter_into(&send, &mut recv, op).map_err(e)?;
                 wrong_reduced(&recv, p, op, r * count)
             }
         }
         Collective::AllToAll => {
             // Block j of rank r's input goes to rank j: pattern(r, j, i).
-            let mut send = vec![0f32; count * p];
+            let mut send = zeros(count * p);
             for j in 0..p {
                 fill_pattern(&mut send[j * count..(j + 1) * count], r, j);
             }
-            let mut recv = vec![0f32; count * p];
+            let mut recv = zeros(count * p);
             if in_place {
                 comm.all_to_all(&mut send).map_err(e)?;
                 recv = send;
@@ -347,12 +363,13 @@ pub fn call_and_check(comm: &Communicator, coll: Collective, count: usize) -> Re
         }
         Collective::Broadcast => {
             let root = 1 % p;
-            let mut buf = vec![0f32; count];
+            let mut buf = zeros(count);
             if r == root {
                 fill_pattern(&mut buf, root, 0);
             }
             if r == root && !in_place {
-                let mine = buf.clone();
+                let mut mine = zeros(count);
+                mine.copy_from_slice(&buf);
                 comm.broadcast_into(&mine, &mut buf, root).map_err(e)?;
             } else {
                 comm.broadcast(&mut buf, root).map_err(e)?;
@@ -361,7 +378,7 @@ pub fn call_and_check(comm: &Communicator, coll: Collective, count: usize) -> Re
         }
         Collective::Reduce => {
             let root = p - 1;
-            let mut send = vec![0f32; count];
+            let mut send = zeros(count);
             fill_contribution(&mut send, r, op, 0);
             if in_place {
                 comm.reduce(&mut send, op, root).map_err(e)?;
@@ -371,7 +388,7 @@ pub fn call_and_check(comm: &Communicator, coll: Collective, count: usize) -> Re
                     0
                 }
             } else {
-                let mut recv = vec![0f32; count];
+                let mut recv = zeros(count);
                 comm.reduce_into(&send, &mut recv, op, root).map_err(e)?;
                 if r == root {
                     wrong_reduced(&recv, p, op, 0)
