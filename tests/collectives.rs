@@ -171,7 +171,7 @@ fn shm_small_fifo_forced_ring() {
 fn ranks_may_mix_in_place_and_out_of_place() {
     // Even ranks call in place and odd ranks out of place (NCCL's API decides per rank, by
     // its pointers): every algorithm must exchange the same messages in either form.
-    use oxccl::{Algorithm, Collective};
+    use oxccl::Algorithm;
     let worlds: Vec<(String, Vec<Communicator>)> = vec![
         ("5 threads, in-process".into(), Communicator::local_world(5, test_config()).unwrap()),
         ("3 threads over TCP".into(), tcp_world(3, test_config())),
@@ -182,14 +182,7 @@ fn ranks_may_mix_in_place_and_out_of_place() {
         ),
     ];
     for (what, comms) in &worlds {
-        for coll in [
-            Collective::AllReduce,
-            Collective::AllGather,
-            Collective::ReduceScatter,
-            Collective::AllToAll,
-            Collective::Broadcast,
-            Collective::Reduce,
-        ] {
+        for coll in common::checked_collectives() {
             // Mapped needs buffers every rank maps: threads map each other's memory over the
             // in-process transport and shared memory.
             let maps = !what.contains("TCP") && !what.contains("hosts");

@@ -187,14 +187,7 @@ fn sweep_rank() {
             // Shared buffers, mapped forced (by the parent), even ranks in place and odd ranks
             // out of place in every call: the mapped schedules must learn each rank's form.
             let before = oxccl_algorithms::mapped::schedules_run();
-            for coll in [
-                oxccl::Collective::AllReduce,
-                oxccl::Collective::AllGather,
-                oxccl::Collective::ReduceScatter,
-                oxccl::Collective::AllToAll,
-                oxccl::Collective::Broadcast,
-                oxccl::Collective::Reduce,
-            ] {
+            for coll in common::checked_collectives() {
                 for count in [1, 7, 1000, 70_001] {
                     if let Err(e) = common::call_and_check_in(&comm, coll, count, true) {
                         panic!("rank {}: {coll} count {count}: {e}", comm.rank());

@@ -10,18 +10,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{call_and_check, on_all, shm_world, tcp_world, test_config};
+use common::{call_and_check, checked_collectives, on_all, shm_world, tcp_world, test_config};
 use oxccl::select::{candidates, trial_candidates, TRIAL_MAX_CANDIDATES, TRIAL_MAX_ROUNDS};
 use oxccl::{Collective, Communicator, Config, DataType, ReduceOp};
-
-const TRIED: [Collective; 6] = [
-    Collective::AllReduce,
-    Collective::AllGather,
-    Collective::ReduceScatter,
-    Collective::AllToAll,
-    Collective::Broadcast,
-    Collective::Reduce,
-];
 
 /// Element counts searched for a shape with something to try: primes, so blocks are uneven.
 const COUNTS: [usize; 14] = [1, 2, 3, 5, 7, 13, 31, 127, 509, 1021, 4093, 16381, 65521, 262139];
@@ -48,7 +39,7 @@ fn tried_shape(comm: &Communicator, coll: Collective) -> Option<(usize, Vec<oxcc
 fn drive(comm: &Communicator) -> Vec<String> {
     let limit = 1 + TRIAL_MAX_ROUNDS as usize * TRIAL_MAX_CANDIDATES + 1;
     let mut out = Vec::new();
-    for coll in TRIED {
+    for coll in checked_collectives() {
         let Some((count, tried)) = tried_shape(comm, coll) else {
             out.push(format!("{coll} none"));
             continue;
@@ -133,7 +124,7 @@ fn no_trials_when_off_or_forced() {
     let comms = tcp_world(3, test_config().with_trial_calls(0));
     let fails = on_all(&comms, |c| {
         let mut out = Vec::new();
-        for coll in TRIED {
+        for coll in checked_collectives() {
             let Some((count, tried)) = tried_shape(c, coll) else { continue };
             let bytes = call_bytes(coll, count, c.size());
             if let Err(e) = call_and_check(c, coll, count) {

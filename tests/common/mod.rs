@@ -286,6 +286,12 @@ pub fn sweep_buffers(comm: &Communicator, big: bool, shared: bool) -> Vec<String
     s.fails
 }
 
+/// The collectives [`call_and_check`] checks: every one with algorithms to choose from but
+/// the barrier, which moves no data.
+pub fn checked_collectives() -> impl Iterator<Item = Collective> {
+    Collective::ALL.into_iter().filter(|&c| c != Collective::Barrier)
+}
+
 /// One call of `coll` on `count` f32 elements (in the API's terms), every element checked
 /// against its closed form. Rank parity picks in place or out of place, so ranks mix the
 /// two forms in one call (roots of broadcast and reduce: rank 1 and the last rank).
