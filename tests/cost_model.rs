@@ -271,3 +271,30 @@ fn bench_calibrates_and_explains() {
     }
     let _ = std::fs::remove_file(&path);
 }
+
+/// `--explain -R 1` measures the mapped algorithms too (shared buffers), forced one after the
+/// other, and the bench's own bookkeeping (reducing the ranks' times, in heap memory) must not
+/// run under the forced algorithm: it once failed at the first size with "the mapped
+/// algorithm was forced ... passed ordinary memory".
+#[test]
+fn bench_explains_mapped_algorithms_on_shared_buffers() {
+    for coll in ["all_reduce", "all_gather", "reduce_scatter", "all_to_all"] {
+        let out = bench()
+            .args(["--ranks", "3", "--transport", "shm", "-b", "8", "-e", "96K", "-f", "12288", "-n", "2", "-w", "1"])
+            .args(["-R", "1", "--explain", "--collective", coll])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{coll}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+        let rows: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        let c = Collective::parse(coll).unwrap();
+        // Every algorithm of the collective but hierarchical (one host), and the choice.
+        let algos = oxccl::algorithms_of(c).iter().filter(|a| **a != Algorithm::Hierarchical).count();
+        assert_eq!(rows.len(), 2 * (1 + algos), "{coll}: {text}");
+        assert_eq!(rows.iter().filter(|r| r.split_whitespace().nth(13) == Some("mapped")).count(), 2, "{coll}: {text}");
+        for r in &rows {
+            let f: Vec<&str> = r.split_whitespace().collect();
+            assert_eq!((f[8], f[12]), ("0", "0"), "{coll}: wrong elements: {r}");
+        }
+    }
+}

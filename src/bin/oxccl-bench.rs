@@ -520,8 +520,8 @@ fn count_wrong<T: CheckElem>(
     }
 }
 
-/// Times one size out of place and in place (the slowest rank's mean per iteration) and
-/// counts wrong elements when checking.
+/// Times one size out of place and in place (this rank's mean per iteration) and counts this
+/// rank's wrong elements when checking; `world_figures` makes them world-wide.
 fn measure<T: CheckElem>(
     comm: &Communicator,
     args: &Args,
@@ -557,9 +557,19 @@ fn measure<T: CheckElem>(
             wrong[k] = count_wrong(comm, coll, b, op, args.root, in_place) as u64;
         }
     }
+    Ok((times, wrong))
+}
+
+/// Every rank's figures from `measure`, one entry per run, made world-wide in one call: each
+/// run's time is its slowest rank's, its wrong count the sum over ranks. Runs under the
+/// automatic choice, whatever algorithm the runs forced: a forced `mapped` cannot reduce the
+/// bench's own heap-allocated figures.
+fn world_figures(comm: &Communicator, local: &[([f64; 2], [u64; 2])]) -> oxccl::Result<Vec<([f64; 2], [u64; 2])>> {
+    let mut times: Vec<f64> = local.iter().flat_map(|(t, _)| *t).collect();
+    let mut wrong: Vec<u64> = local.iter().flat_map(|(_, w)| *w).collect();
     comm.all_reduce(&mut times, ReduceOp::Max)?;
     comm.all_reduce(&mut wrong, ReduceOp::Sum)?;
-    Ok((times, wrong))
+    Ok(times.chunks_exact(2).zip(wrong.chunks_exact(2)).map(|(t, w)| ([t[0], t[1]], [w[0], w[1]])).collect())
 }
 
 /// Where this rank's buffers live, from the flags.
@@ -680,23 +690,28 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
     while bytes <= args.max_bytes {
         let mut b = Bufs::<T>::new(coll, bytes, p, memory(comm, args)?)?;
         let size = b.total * T::DTYPE.size();
-        let mut results = vec![([f64::INFINITY; 2], [0u64; 2]); variants.len()];
+        // This rank's figures, round by round, variant by variant.
+        let mut local = Vec::with_capacity(rounds * variants.len());
         for _ in 0..rounds {
-            for (v, variant) in variants.iter().enumerate() {
+            for variant in &variants {
                 if let Some(name) = variant {
                     let spec = if name == "auto" { "auto".to_string() } else { format!("{coll}:{name}") };
                     comm.set_algorithms(&spec)?;
                 }
-                let (times, wrong) = measure(comm, args, coll, &mut b, op)?;
-                let best = &mut results[v];
-                for k in 0..2 {
-                    best.0[k] = best.0[k].min(times[k]);
-                    best.1[k] = best.1[k].max(wrong[k]);
-                }
+                local.push(measure(comm, args, coll, &mut b, op)?);
             }
         }
         if comparing {
             comm.set_algorithms("auto")?;
+        }
+        // Each variant keeps its best round (the slowest rank's time in that round).
+        let mut results = vec![([f64::INFINITY; 2], [0u64; 2]); variants.len()];
+        for (i, (times, wrong)) in world_figures(comm, &local)?.into_iter().enumerate() {
+            let best = &mut results[i % variants.len()];
+            for k in 0..2 {
+                best.0[k] = best.0[k].min(times[k]);
+                best.1[k] = best.1[k].max(wrong[k]);
+            }
         }
         let choice = comm.choice_for(coll, size, T::DTYPE, op);
         let chosen = choice.algo;
