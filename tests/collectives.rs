@@ -64,6 +64,29 @@ fn loopback_and_shm_threads_forced_mapped() {
     }
 }
 
+#[test]
+fn forced_mapped_streams_large_outputs() {
+    // Outputs over 32 MiB on the host take the streaming stores: 4 ranks of 3,000,017 f32
+    // (12 MB each), every element checked, with every rank out of place (streaming) and with
+    // ranks mixing the forms (even ranks in place: all-reduce must not stream into an input).
+    let cfg = test_config().with_algorithm("mapped").unwrap();
+    let comms = Communicator::local_world(4, cfg).unwrap();
+    for mixed in [false, true] {
+        let before = oxccl_algorithms::mapped::schedules_run();
+        let fails = on_all(&comms, |c| {
+            let in_place = mixed && c.rank().is_multiple_of(2);
+            common::checked_collectives()
+                .filter_map(|coll| {
+                    let r = common::call_and_check_as(c, coll, 3_000_017, false, in_place);
+                    r.err().map(|e| format!("{coll}, mixed {mixed}: {e}"))
+                })
+                .collect()
+        });
+        assert!(fails.is_empty(), "{}", fails.join("\n"));
+        assert!(oxccl_algorithms::mapped::schedules_run() >= before + 4 * 6, "mapped did not run every call");
+    }
+}
+
 /// World sizes for the log-step algorithms: powers of two and the sizes around them.
 const LOG_SIZES: [usize; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
 

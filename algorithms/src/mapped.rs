@@ -14,14 +14,16 @@
 //!    rank's keys, every rank is inside this call, so its buffers may be read and written.
 //! 3. The collective's schedule: each rank reads and writes only the parts of the buffers it
 //!    owns for this call, so no two ranks touch the same bytes and nothing waits in between.
-//! 4. **Done** (one round of empty messages): a rank returns only when every rank has
-//!    finished writing into its output and reading its input. Large outputs are written with
-//!    streaming stores, fenced before this round's messages go out.
+//! 4. **Done** (one round of one-byte messages: whether this rank's part succeeded): a rank
+//!    returns only when every rank has finished writing into its output and reading its
+//!    input, even when its own part failed (its caller may free the buffers then), and fails
+//!    if any rank's part did. Large outputs are written with streaming stores, fenced before
+//!    this round's messages go out.
 //!
 //! Cost: 3 rounds of p-1 concurrent small messages, plus the memory traffic of the schedule
 //! (each file gives its own), with no system call and no copy through a FIFO.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use oxccl_transport::{Error, MemoryKey, Region, RegionMut, ReqId, Result};
 
@@ -36,19 +38,33 @@ const KEYS_BYTES: usize = 8 + 2 * MemoryKey::BYTES;
 /// once is still in cache when it is written out.
 pub(crate) const PIECE_BYTES: usize = 16 << 10;
 
-/// Calls that write more than this many bytes per rank use streaming stores where the
-/// destination was not just read (out of place): the outputs would not stay in cache anyway,
-/// and skipping the read of every destination line saves a third of the traffic. In place,
+/// Calls whose outputs on this host (every rank's output together) exceed this many bytes
+/// use streaming stores where the destination was not just read (out of place): the outputs
+/// would not stay in cache anyway, and written through the cache they would evict the inputs
+/// the other ranks are still reading (measured, benches/RESULTS.md "seventh session": an
+/// all-reduce of 16 MiB over 4 ranks on 2 cores ran 3766-6628 us with cached stores, 2812-2927
+/// with streaming ones; at or under 32 MiB of outputs, streaming was 0-40% slower). In place,
 /// the lines written are in cache already (the schedule read them), and streaming stores
 /// would only evict them.
-pub(crate) const STREAMING_MIN_BYTES: usize = 16 << 20;
+pub(crate) const STREAMING_MIN_HOST_BYTES: usize = 32 << 20;
 
-/// Whether a call writing `bytes` per rank streams its stores (see [`STREAMING_MIN_BYTES`]).
-pub(crate) fn streaming(bytes: usize, in_place: bool) -> bool {
-    !in_place && bytes > STREAMING_MIN_BYTES
+/// Whether a call writing `bytes` into each rank's output streams its stores (see
+/// [`STREAMING_MIN_HOST_BYTES`]); the ranks of a mapped call share one host.
+pub(crate) fn streaming(ctx: &Ctx<'_>, bytes: usize, in_place: bool) -> bool {
+    !in_place && bytes.saturating_mul(ctx.size) > STREAMING_MIN_HOST_BYTES
 }
 
 static SCHEDULES_RUN: AtomicU64 = AtomicU64::new(0);
+static FAIL_PART: AtomicUsize = AtomicUsize::new(0);
+
+/// Testing: the next mapped schedule that rank `rank` of some world runs fails before it
+/// moves a byte, as a bug in it would (an internal error); every rank of the call must then
+/// fail too, and none may return while a peer still writes into its buffers. Threads of one
+/// process share the setting; another process's ranks never see it.
+#[doc(hidden)]
+pub fn fail_next_part_of(rank: usize) {
+    FAIL_PART.store(rank + 1, Ordering::Relaxed);
+}
 static FALLBACKS: AtomicU64 = AtomicU64::new(0);
 
 /// How many calls in this process chose the mapped algorithm and ran its fallback because
@@ -205,11 +221,29 @@ pub(crate) fn exchange(ctx: &Ctx<'_>, a: &CollArgs) -> Result<std::result::Resul
     }
 }
 
-/// Round 4 of the module docs: returns once every rank has finished with every buffer
-/// (its own work on them first: a GPU's queued kernels and copies).
-pub(crate) fn done(ctx: &Ctx<'_>) -> Result<()> {
-    ctx.reducer.fence(ctx.deadline).inspect_err(|e| ctx.net.fail(e.clone()))?;
-    swap_all(ctx, STEP_DONE, &[]).map(|_| ())
+/// Round 4 of the module docs (returns once every rank has finished with every buffer, its
+/// own work on them first: a GPU's queued kernels and copies), after this rank's part of the schedule ended with `part`. Peers write into this
+/// rank's buffers until they are done, so even a rank whose part failed waits for the round
+/// before it returns (its caller may free the buffers); the round carries each rank's
+/// outcome, and a failure anywhere fails the call on every rank (the others' outputs lack
+/// that rank's share). Where the transport itself failed, the round fails at once: peers
+/// see the failure within [`CHECK_BYTES`] of their schedule.
+fn finish(ctx: &Ctx<'_>, part: Result<()>) -> Result<()> {
+    let part = part.and_then(|()| ctx.reducer.fence(ctx.deadline).inspect_err(|e| ctx.net.fail(e.clone())));
+    let round = swap_all(ctx, STEP_DONE, &[u8::from(part.is_ok())]);
+    part?;
+    // One byte from every rank.
+    let outcomes = round?;
+    match (0..ctx.size).find(|&j| outcomes[j] != 1) {
+        None => Ok(()),
+        Some(j) => Err(Error::remote(
+            j,
+            format!(
+                "rank {j} failed its part of the mapped {} (its own error says why): this rank's output lacks its share",
+                ctx.collective
+            ),
+        )),
+    }
 }
 
 /// Rounds 1 to 4 of the module docs: `Ok(Ok(()))` once `schedule` ran over the mapped
@@ -218,8 +252,13 @@ fn try_run(ctx: &Ctx<'_>, a: &CollArgs, schedule: Schedule) -> Result<std::resul
     match exchange(ctx, a)? {
         Ok(bufs) => {
             SCHEDULES_RUN.fetch_add(1, Ordering::Relaxed);
-            schedule(ctx, a, &bufs)?;
-            done(ctx).map(Ok)
+            let injected = FAIL_PART.compare_exchange(ctx.rank + 1, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok();
+            let part = if injected {
+                Err(Error::internal("injected failure of this rank's part (mapped::fail_next_part_of)"))
+            } else {
+                schedule(ctx, a, &bufs)
+            };
+            finish(ctx, part).map(Ok)
         }
         Err(why) => Ok(Err(why)),
     }

@@ -302,6 +302,17 @@ pub fn call_and_check(comm: &Communicator, coll: Collective, count: usize) -> Re
 /// [`call_and_check`] with every buffer an [`oxccl::SharedBuffer`] when `shared` (the
 /// `mapped` algorithms can run).
 pub fn call_and_check_in(comm: &Communicator, coll: Collective, count: usize, shared: bool) -> Result<(), String> {
+    call_and_check_as(comm, coll, count, shared, comm.rank().is_multiple_of(2))
+}
+
+/// [`call_and_check_in`] with this rank's call in place when `in_place`.
+pub fn call_and_check_as(
+    comm: &Communicator,
+    coll: Collective,
+    count: usize,
+    shared: bool,
+    in_place: bool,
+) -> Result<(), String> {
     let zeros = |n: usize| -> TestBuf<f32> {
         if shared {
             let mut b = oxccl::SharedBuffer::new(n).expect("shared buffer");
@@ -312,7 +323,6 @@ pub fn call_and_check_in(comm: &Communicator, coll: Collective, count: usize, sh
         }
     };
     let (r, p) = (comm.rank(), comm.size());
-    let in_place = r % 2 == 0;
     let op = ReduceOp::Sum;
     let e = |e: oxccl::Error| e.to_string();
     let wrong = match coll {

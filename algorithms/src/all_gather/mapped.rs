@@ -4,8 +4,8 @@
 //!
 //! Steps (p ranks, n bytes gathered, blocks of n/p): keys and ready rounds; then rank r,
 //! piece by piece (64 KiB, so a piece read once stays in cache for its p copies), copies its
-//! input into block r of every output; then a done round. Outputs over 16 MiB are
-//! written with streaming stores.
+//! input into block r of every output; then a done round. Out of place, where the host's outputs total
+//! over 32 MiB, they are written with streaming stores.
 //!
 //! Memory traffic per rank: n/p read, n written (the receivers' reads are gone: the sender
 //! pushes). Where some rank's buffers cannot be mapped, the automatic choice runs the next-best
@@ -40,7 +40,9 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
 pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Result<()> {
     let (r, es) = (ctx.rank, a.dtype.size());
     let block = a.count * es;
-    let streaming = crate::mapped::streaming(block * ctx.size, false);
+    // In place, the inputs are blocks of the outputs: no other memory for cached stores to
+    // evict, and they measured faster (4 ranks, 16 MiB: 1479-1683 us against 1700-1885).
+    let streaming = crate::mapped::streaming(ctx, block * ctx.size, a.in_place);
     let piece = crate::mapped::piece(ctx, PIECE);
     for (i, c) in chunks(0..block, piece).enumerate() {
         if i % crate::mapped::pieces_per_check(piece) == 0 {

@@ -5,7 +5,8 @@
 //! Steps (p ranks, n bytes): keys and ready rounds; then rank r, a 64-byte line at a time,
 //! reads slice r of the p inputs, reduces them in rank order in registers and stores the
 //! line into slice r of the p outputs (`Avg` divided by p on the way); then a done round.
-//! Outputs over 16 MiB are written with streaming stores out of place.
+//! Out of place, where the host's outputs total over 32 MiB, they are written with streaming
+//! stores.
 //!
 //! Memory traffic per rank: n read (n/p from each input) and n written (n/p into each
 //! output): the least any all-reduce can move, and no bytes through a FIFO or the kernel.
@@ -38,7 +39,10 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
 /// The schedule over mapped buffers.
 pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Result<()> {
     let (p, es) = (ctx.size, a.dtype.size());
-    let streaming = crate::mapped::streaming(a.count * es, a.in_place);
+    // Every rank writes every output: streaming stores only where none is also an input
+    // (a rank in place), whose lines the schedule just read (ranks may mix the forms).
+    let any_in_place = bufs.same.iter().any(|&s| s);
+    let streaming = crate::mapped::streaming(ctx, a.count * es, a.in_place || any_in_place);
     let per = (crate::mapped::piece(ctx, crate::mapped::CHECK_BYTES) / es).max(1);
     for c in chunks(block(a.count, p, ctx.rank), per) {
         crate::mapped::still_on(ctx)?;

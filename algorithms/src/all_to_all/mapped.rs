@@ -7,8 +7,8 @@
 //! rank j's output (and its own block into place); for each pair where either calls in place
 //! (ranks may differ; the keys tell every rank which), the pair's two blocks (block j of
 //! rank r, block r of rank j) are exchanged through a 16 KiB piece by one rank of the pair
-//! (alternating, so the work is even); then a done round. Outputs over 16 MiB are written
-//! with streaming stores out of place.
+//! (alternating, so the work is even); then a done round. Out of place, where the host's outputs
+//! total over 32 MiB, they are written with streaming stores.
 //!
 //! Memory traffic per rank: n read, n written. Where some rank's buffers cannot be mapped, the
 //! automatic choice runs the next-best algorithm instead; forced, it is an error.
@@ -48,7 +48,7 @@ fn swapper(r: usize, q: usize) -> usize {
 pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Result<()> {
     let (p, r) = (ctx.size, ctx.rank);
     let block = a.count * a.dtype.size();
-    let streaming = crate::mapped::streaming(block * p, a.in_place);
+    let streaming = crate::mapped::streaming(ctx, block * p, a.in_place);
     let at = |j: usize, c: &std::ops::Range<usize>| j * block + c.start..j * block + c.end;
     let piece = crate::mapped::piece(ctx, crate::mapped::CHECK_BYTES);
     // Out of place, every block is read once and written once, in large pieces: the own

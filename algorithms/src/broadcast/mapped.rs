@@ -4,8 +4,8 @@
 //!
 //! Steps (p ranks, n bytes): keys and ready rounds; then each rank but the root copies the
 //! root's input into its output, all at once (the root copies its own when out of place);
-//! then a done round (the root keeps its buffer until every rank has read it). Outputs over
-//! 16 MiB are written with streaming stores.
+//! then a done round (the root keeps its buffer until every rank has read it). Where the
+//! host's outputs total over 32 MiB they are written with streaming stores.
 //!
 //! Memory traffic: n read from the root's buffer and n written, per rank, in parallel: no
 //! chain or tree of hops. Where some rank's buffers cannot be mapped, the automatic choice
@@ -40,7 +40,7 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
         return Ok(());
     }
     let src = bufs.send[a.root];
-    let streaming = crate::mapped::streaming(a.recv.len(), false);
+    let streaming = crate::mapped::streaming(ctx, a.recv.len(), false);
     for c in chunks(0..a.recv.len(), crate::mapped::piece(ctx, CHECK_BYTES)) {
         crate::mapped::still_on(ctx)?;
         crate::mapped::copy(ctx, streaming, a.recv.slice(c.clone()), src.slice(c))?;

@@ -40,7 +40,7 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
     // In place at the root, its output is its input: each line is read before it is written
     // (plain stores); otherwise the output was not just read, and large ones stream.
     let in_place = std::ptr::eq(out.as_mut_ptr().cast_const(), bufs.send[a.root].as_ptr());
-    let streaming = crate::mapped::streaming(a.count * es, in_place);
+    let streaming = crate::mapped::streaming(ctx, a.count * es, in_place);
     let per = (crate::mapped::piece(ctx, crate::mapped::CHECK_BYTES) / es).max(1);
     for c in chunks(block(a.count, p, ctx.rank), per) {
         crate::mapped::still_on(ctx)?;

@@ -36,7 +36,7 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
 /// The schedule over mapped buffers.
 pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Result<()> {
     let (r, es) = (ctx.rank, a.dtype.size());
-    let streaming = crate::mapped::streaming(a.count * es, a.in_place);
+    let streaming = crate::mapped::streaming(ctx, a.count * es, a.in_place);
     let per = (crate::mapped::piece(ctx, crate::mapped::CHECK_BYTES) / es).max(1);
     let out = bufs.recv[r];
     for c in chunks(0..a.count, per) {
