@@ -221,15 +221,18 @@ pub(crate) fn exchange(ctx: &Ctx<'_>, a: &CollArgs) -> Result<std::result::Resul
     }
 }
 
-/// Round 4 of the module docs (returns once every rank has finished with every buffer, its
-/// own work on them first: a GPU's queued kernels and copies), after this rank's part of the schedule ended with `part`. Peers write into this
-/// rank's buffers until they are done, so even a rank whose part failed waits for the round
-/// before it returns (its caller may free the buffers); the round carries each rank's
-/// outcome, and a failure anywhere fails the call on every rank (the others' outputs lack
-/// that rank's share). Where the transport itself failed, the round fails at once: peers
-/// see the failure within [`CHECK_BYTES`] of their schedule.
+/// Round 4 of the module docs, after this rank's part of the schedule ended with `part`:
+/// returns once every rank has finished with every buffer (its own queued work on them
+/// first). Peers write into this rank's buffers until they are done, so even a rank whose
+/// part failed waits for the round before it returns (its caller may free the buffers); the
+/// round carries each rank's outcome, and a failure anywhere fails the call on every rank
+/// (the others' outputs lack that rank's share). Where the transport itself failed, the
+/// round fails at once: peers see the failure within [`CHECK_BYTES`] of their schedule.
 fn finish(ctx: &Ctx<'_>, part: Result<()>) -> Result<()> {
-    let part = part.and_then(|()| ctx.reducer.fence(ctx.deadline).inspect_err(|e| ctx.net.fail(e.clone())));
+    // What this rank queued (a GPU's kernels and copies) touches peers' buffers too: it ends
+    // before the round, whatever the part's outcome; if it cannot, the transport fails.
+    let fenced = ctx.reducer.fence(ctx.deadline).inspect_err(|e| ctx.net.fail(e.clone()));
+    let part = part.and(fenced);
     let round = swap_all(ctx, STEP_DONE, &[u8::from(part.is_ok())]);
     part?;
     // One byte from every rank.

@@ -48,8 +48,8 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     let range = move |vs: std::ops::Range<usize>| block(count, f.q, vs.start).start..block(count, f.q, vs.end - 1).end;
     // In place, the halving steps work in the user's buffer: each step writes only the half
     // it keeps, never the half it is sending.
-    let v = crate::halving_doubling::reduce_scatter(ctx, f, a.dtype, a.op, &range, a.send, a.recv)?;
-    let Some(v) = v else {
+    let v = crate::halving_doubling::reduce_scatter(ctx, f, a.dtype, a.op, &range, a.send, a.recv, None)?;
+    let Some((v, _)) = v else {
         let q = ctx.recv(r + 1, UNFOLD, a.recv)?;
         return ctx.wait(q);
     };

@@ -54,18 +54,20 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     };
     let scratch = ctx.reducer.scratch(a.send.len())?;
     let work = scratch.region().slice(0..a.send.len());
-    let v = crate::halving_doubling::reduce_scatter(ctx, f, a.dtype, a.op, &range, a.send, work)?;
+    let v = crate::halving_doubling::reduce_scatter(ctx, f, a.dtype, a.op, &range, a.send, work, Some(a.recv))?;
     match v {
         None => {
             let q = ctx.recv(r + 1, UNFOLD, a.recv)?;
             ctx.wait(q)?;
         }
-        Some(_) => {
+        Some((_, into_out)) => {
             if r < 2 * f.e {
                 let s = ctx.send(r - 1, UNFOLD, work.slice(blk(r - 1)).as_region())?;
                 ctx.wait(s)?;
             }
-            ctx.reducer.copy(a.recv, work.slice(blk(r)).as_region())?;
+            if !into_out {
+                ctx.reducer.copy(a.recv, work.slice(blk(r)).as_region())?;
+            }
         }
     }
     if a.op == ReduceOp::Avg {
