@@ -6,7 +6,8 @@
 //! them). At step k = 0..lg q, a virtual rank holding the partial sums of 2^(lg q - k)
 //! blocks keeps the half its own index falls in, sends the other half to the partner whose
 //! index differs in that bit, and reduces the partner's copy of the kept half into its
-//! work buffer. After lg q steps virtual rank v holds block v reduced over every rank.
+//! work buffer, chunk by chunk as it arrives (the step's messages are cut into the call's
+//! pipeline chunks). After lg q steps virtual rank v holds block v reduced over every rank.
 
 use std::ops::Range;
 
