@@ -1161,7 +1161,7 @@ fn build_transport(
         slots: config.shm_slots,
         slot_bytes: config.shm_slot_bytes,
         spin,
-        yield_for: config.shm_yield,
+        yield_for: config.yield_for,
         single_copy_min: config.shm_single_copy_min,
     };
     if use_shm {
@@ -1175,6 +1175,7 @@ fn build_transport(
         socket_buffer: config.socket_buffer,
         stripe_min_bytes: TcpOptions::default().stripe_min_bytes,
         spin,
+        yield_for: config.yield_for,
         congestion: config.tcp_congestion.clone(),
     };
     let tcp: Arc<dyn Transport> =

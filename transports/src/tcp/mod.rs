@@ -43,6 +43,9 @@ pub struct TcpOptions {
     pub stripe_min_bytes: usize,
     /// How long a waiter polls the sockets without sleeping before it blocks in `poll`.
     pub spin: Duration,
+    /// After spinning, how long a waiter keeps polling the sockets between yields of its core
+    /// before it blocks in `poll`.
+    pub yield_for: Duration,
     /// Congestion-control algorithms (`TCP_CONGESTION`) to ask for on every data connection,
     /// in order: the first the kernel accepts is used, and where it accepts none the system's
     /// stays. Empty: the system's. The default, `cubic` then `reno`, avoids pacing ones such
@@ -61,6 +64,7 @@ impl Default for TcpOptions {
             socket_buffer: None,
             stripe_min_bytes: 256 << 10,
             spin: Duration::from_micros(50),
+            yield_for: Duration::from_micros(200),
             congestion: default_congestion(),
         }
     }
@@ -450,6 +454,7 @@ impl Transport for TcpTransport {
     fn wait(&self, req: ReqId, deadline: Instant) -> Result<()> {
         let start = Instant::now();
         let spin_until = start + self.opts.spin;
+        let yield_until = spin_until + self.opts.yield_for;
         let mut spins = 0u32;
         let mut e = self.lock();
         if req.0 == 0 || req.0 >= e.next_id {
@@ -474,11 +479,14 @@ impl Transport for TcpTransport {
                 continue;
             }
             let now = Instant::now();
-            if now < spin_until {
+            if now < yield_until {
                 // Let a peer that shares this core run: when the scheduler puts both ranks
                 // of a pair on one core (another process holds the other), a spin that never
                 // yields holds the peer off for the whole spin, and every message then costs
-                // the spin (56 us per 8-byte all-reduce over loopback, against 3 us).
+                // the spin (56 us per 8-byte all-reduce over loopback, against 3 us). Past the
+                // spin, keep yielding rather than sleep at once: a rank that sleeps in `poll`
+                // pays a wake-up per message (3 ranks on 2 cores: an 8-byte all-reduce took
+                // 23-62 us that way, 11 us yielding).
                 drop(e);
                 std::thread::yield_now();
                 e = self.lock();
