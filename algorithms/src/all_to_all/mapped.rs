@@ -6,8 +6,9 @@
 //! pair of ranks that both call out of place, rank r copies its block j into block r of
 //! rank j's output (and its own block into place); for each pair where either calls in place
 //! (ranks may differ; the keys tell every rank which), the pair's two blocks (block j of
-//! rank r, block r of rank j) are exchanged through a 16 KiB piece by one rank of the pair
-//! (alternating, so the work is even); then a done round. Out of place, where the host's outputs
+//! rank r, block r of rank j) are exchanged through a 16 KiB piece, the lower rank of the
+//! pair moving the first half of them and the upper rank the second, at once; then a done
+//! round. Out of place, where the host's outputs
 //! total over 32 MiB, they are written with streaming stores.
 //!
 //! Memory traffic per rank: n read, n written. Where some rank's buffers cannot be mapped, the
@@ -35,12 +36,18 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     crate::mapped::run_forced(ctx, a, schedule)
 }
 
-/// Which rank of the pair (r, q) swaps their blocks in place: the lower when r + q is even.
-fn swapper(r: usize, q: usize) -> usize {
-    if (r + q).is_multiple_of(2) {
-        r.min(q)
+/// The part of a pair's blocks (of `block` bytes, elements of `es` bytes) that rank `r`
+/// exchanges with rank `q` when either is in place: the lower rank the first half, the upper
+/// the rest, split on an element and, where the blocks are large enough, on a cache line (so
+/// the two ranks never write one line). Both work at once: with one rank per pair moving
+/// both blocks, as before, 2 ranks in place ran on one core.
+fn swap_half(r: usize, q: usize, block: usize, es: usize) -> std::ops::Range<usize> {
+    let half = block / es / 2 * es;
+    let mid = if half >= 64 && es <= 64 { half / 64 * 64 } else { half };
+    if r < q {
+        0..mid
     } else {
-        r.max(q)
+        mid..block
     }
 }
 
@@ -64,18 +71,18 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
             crate::mapped::copy(ctx, streaming, bufs.recv[j].slice(at(r, &c)), a.send.slice(at(j, &c)))?;
         }
     }
-    // A pair where either rank is in place: one rank of the pair moves both blocks, piece
-    // by piece through a scratch piece, reading each before its place is written. (Both in
-    // place: a swap. One in place: its block goes out before the other's comes in.)
+    // A pair where either rank is in place: each rank of the pair moves its half of both
+    // blocks, piece by piece through a scratch piece, reading each before its place is
+    // written. (Both in place: a swap. One in place: its block goes out before the other's
+    // comes in.)
     let size = crate::mapped::piece(ctx, PIECE_BYTES).min(block);
-    let pairs: Vec<usize> =
-        (0..p).filter(|&q| q != r && (bufs.same[r] || bufs.same[q]) && swapper(r, q) == r).collect();
+    let pairs: Vec<usize> = (0..p).filter(|&q| q != r && (bufs.same[r] || bufs.same[q])).collect();
     if pairs.is_empty() || size == 0 {
         return Ok(());
     }
     let tmp_buf = ctx.reducer.scratch(size)?;
     for q in pairs {
-        for (i, c) in chunks(0..block, size).enumerate() {
+        for (i, c) in chunks(swap_half(r, q, block, a.dtype.size()), size).enumerate() {
             if i % crate::mapped::pieces_per_check(size) == 0 {
                 crate::mapped::still_on(ctx)?;
             }
@@ -86,4 +93,25 @@ pub(crate) fn schedule(ctx: &Ctx<'_>, a: &CollArgs, bufs: &PeerBuffers) -> Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::swap_half;
+
+    #[test]
+    fn swap_halves_split_a_pair_on_elements_and_lines() {
+        for es in [1, 2, 4, 8] {
+            for count in [0, 1, 2, 3, 15, 16, 17, 1000, 4099, 1 << 20] {
+                let block = count * es;
+                let (lo, hi) = (swap_half(2, 5, block, es), swap_half(5, 2, block, es));
+                assert_eq!((lo.start, lo.end, hi.end), (0, hi.start, block), "{count} x {es}");
+                assert_eq!(lo.end % es, 0, "{count} x {es}: split inside an element");
+                if block >= 128 {
+                    assert_eq!(lo.end % 64, 0, "{count} x {es}: the ranks share a line");
+                    assert!(lo.len().abs_diff(hi.len()) <= 128, "{count} x {es}: uneven halves");
+                }
+            }
+        }
+    }
 }
