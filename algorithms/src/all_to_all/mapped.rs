@@ -8,8 +8,8 @@
 //! (ranks may differ; the keys tell every rank which), the pair's two blocks (block j of
 //! rank r, block r of rank j) are exchanged through a 16 KiB piece, the lower rank of the
 //! pair moving the first half of them and the upper rank the second, at once; then a done
-//! round. Out of place, where the host's outputs
-//! total over 32 MiB, they are written with streaming stores.
+//! round. Out of place, where the host's outputs total over 32 MiB, they are written with
+//! streaming stores.
 //!
 //! Memory traffic per rank: n read, n written. Where some rank's buffers cannot be mapped, the
 //! automatic choice runs the next-best algorithm instead; forced, it is an error.

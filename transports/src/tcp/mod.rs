@@ -41,7 +41,8 @@ pub struct TcpOptions {
     pub socket_buffer: Option<usize>,
     /// Messages of at least this many bytes are striped over all connections of the pair.
     pub stripe_min_bytes: usize,
-    /// How long a waiter polls the sockets without sleeping before it blocks in `poll`.
+    /// How long a waiter polls the sockets without sleeping before it blocks in `poll`
+    /// (then [`TcpOptions::yield_for`] more).
     pub spin: Duration,
     /// After spinning, how long a waiter keeps polling the sockets between yields of its core
     /// before it blocks in `poll`.
@@ -453,8 +454,9 @@ impl Transport for TcpTransport {
 
     fn wait(&self, req: ReqId, deadline: Instant) -> Result<()> {
         let start = Instant::now();
-        let spin_until = start + self.opts.spin;
-        let yield_until = spin_until + self.opts.yield_for;
+        // Spinning and yielding are one phase here (a pass is a few system calls, and the
+        // spin yields too); they differ on shared memory.
+        let yield_until = start + self.opts.spin + self.opts.yield_for;
         let mut spins = 0u32;
         let mut e = self.lock();
         if req.0 == 0 || req.0 >= e.next_id {
@@ -479,6 +481,11 @@ impl Transport for TcpTransport {
                 continue;
             }
             let now = Instant::now();
+            if now >= deadline {
+                let (peer, what) = e.describe(req.0);
+                let err = Error::timeout(what, now - start).with_peer(peer);
+                return Err(e.fail(err));
+            }
             if now < yield_until {
                 // Let a peer that shares this core run: when the scheduler puts both ranks
                 // of a pair on one core (another process holds the other), a spin that never
@@ -491,11 +498,6 @@ impl Transport for TcpTransport {
                 std::thread::yield_now();
                 e = self.lock();
                 continue;
-            }
-            if now >= deadline {
-                let (peer, what) = e.describe(req.0);
-                let err = Error::timeout(what, now - start).with_peer(peer);
-                return Err(e.fail(err));
             }
             let ms = (deadline - now).as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
             if let Err(err) = e.poll_wait(self.wake.as_raw_fd(), ms) {
