@@ -183,6 +183,53 @@ impl Conn {
         unsafe { libc::sendmsg(self.sock.as_raw_fd(), &m, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
     }
 
+    /// After a send found the connection lost: whether the peer's last words are in the
+    /// receive stream. Posted receives take what arrived first (a last-words frame shows up as
+    /// their error); with none posted the stream sits at a frame boundary, so a peeked header
+    /// says whether the next frame is last words.
+    fn last_words_before_loss(&mut self, done: &mut Vec<u64>) -> Option<Error> {
+        while !self.recvq.is_empty() {
+            match self.progress_recv(done) {
+                Ok(true) => continue,
+                Ok(false) => return None,
+                Err(e) => {
+                    // Only last words beat the loss: they name another rank, or a remote failure.
+                    let said = match e.kind() {
+                        crate::ErrorKind::Remote => true,
+                        crate::ErrorKind::PeerLost => e.peer() != Some(self.peer),
+                        _ => false,
+                    };
+                    return said.then_some(e);
+                }
+            }
+        }
+        let mut hdr = [0u8; HEADER_LEN];
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(20);
+        loop {
+            // SAFETY: peeks into a live, writable buffer of HEADER_LEN bytes.
+            let n = unsafe {
+                libc::recv(
+                    self.sock.as_raw_fd(),
+                    hdr.as_mut_ptr().cast(),
+                    HEADER_LEN,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            if n == HEADER_LEN as isize {
+                break;
+            }
+            if n == 0 || std::time::Instant::now() >= until || (n < 0 && errno().raw_os_error() != Some(libc::EAGAIN)) {
+                return None;
+            }
+            std::thread::yield_now();
+        }
+        let h = FrameHeader::decode(&hdr).ok().filter(|h| h.kind == KIND_ERROR)?;
+        self.read_rest(&mut hdr);
+        let mut words = vec![0u8; (h.len as usize).min(MAX_LAST_WORDS)];
+        self.read_rest(&mut words);
+        Some(self.last_words(&words))
+    }
+
     /// Writes as much of the send queue as the socket takes. Returns finished requests' ids.
     fn progress_send(&mut self, done: &mut Vec<u64>) -> Result<bool> {
         let mut progressed = false;
@@ -338,7 +385,15 @@ impl Engine {
         for peer_conns in self.conns.iter_mut() {
             for c in peer_conns.iter_mut() {
                 if !c.sendq.is_empty() {
-                    any |= c.progress_send(&mut done)?;
+                    match c.progress_send(&mut done) {
+                        Ok(moved) => any |= moved,
+                        Err(e) if e.kind() == crate::ErrorKind::PeerLost => {
+                            // A peer that failed said why before it shut the connection; that
+                            // beats the broken pipe, which only names the messenger.
+                            return Err(c.last_words_before_loss(&mut done).unwrap_or(e));
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 if !c.recvq.is_empty() {
                     any |= c.progress_recv(&mut done)?;
@@ -413,5 +468,74 @@ impl Engine {
             let _ = c.sock.shutdown(std::net::Shutdown::Both);
         }
         first
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    /// Rank 0 sends to rank 1 while rank 1 fails because rank 7 died: rank 1 says so and
+    /// closes with rank 0's data unread, so rank 0's send breaks. Rank 0 must report rank 7
+    /// lost, read from the last words, not the broken pipe to rank 1 (the messenger), whether
+    /// or not it has a receive posted ahead of the last words.
+    #[test]
+    fn a_broken_send_reports_the_peers_last_words() {
+        for posted in [false, true] {
+            let (a, b) = pair();
+            let mut me = Conn::new(b, 1);
+            let payload = vec![7u8; 16 << 20];
+            me.push_send(1, Tag(3), 0, payload.as_ptr(), payload.len(), 0);
+            let mut inbox = vec![0u8; 100];
+            if posted {
+                me.recvq.push_back(RecvPart {
+                    req: 2,
+                    tag: Tag(4),
+                    part: 0,
+                    ptr: inbox.as_mut_ptr(),
+                    len: inbox.len(),
+                    off: 0,
+                    hdr_ok: false,
+                });
+            }
+            let mut engine = Engine::new(0, vec![vec![], vec![me]]);
+            engine.reqs.insert(1, ReqInfo { peer: 1, tag: Tag(3), is_send: true, parts_left: 1 });
+            assert!(engine.progress().unwrap(), "the first pass fills the socket");
+
+            let mut failing = Conn::new(a, 0);
+            if posted {
+                let data = vec![9u8; 100];
+                failing.push_send(5, Tag(4), 0, data.as_ptr(), data.len(), 0);
+                let mut done = Vec::new();
+                while failing.progress_send(&mut done).unwrap() && done.is_empty() {}
+                assert_eq!(done, [5]);
+            }
+            failing.say_last_words(Some(7), "rank 7 stopped answering");
+            failing.sock.shutdown(std::net::Shutdown::Both).unwrap();
+            drop(failing);
+
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let err = loop {
+                match engine.progress() {
+                    Ok(_) => assert!(std::time::Instant::now() < deadline, "the send never broke"),
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(err.kind(), crate::ErrorKind::PeerLost, "posted {posted}: {err}");
+            assert_eq!(err.peer(), Some(7), "posted {posted}: {err}");
+            assert!(err.to_string().contains("rank 7 stopped answering"), "{err}");
+            if posted {
+                assert_eq!(inbox, [9u8; 100], "the receive ahead of the last words completes");
+            }
+        }
     }
 }
