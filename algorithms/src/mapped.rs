@@ -19,6 +19,14 @@
 //!    input, even when its own part failed (its caller may free the buffers then), and fails
 //!    if any rank's part did. Large outputs are written with streaming stores, fenced before
 //!    this round's messages go out.
+//! 5. **When the transport fails** (a peer died, an abort), no round can say who is done, so
+//!    each rank also publishes whether it may be touching peers' buffers
+//!    ([`Transport::begin_peer_access`](oxccl_transport::Transport::begin_peer_access), from
+//!    just before the ready round until its stores are fenced), and checks its peers' failure
+//!    flags between pieces of its schedule. A rank whose call fails after it said it was ready
+//!    returns only once no live peer still touches its buffers, at most
+//!    [`PEER_ACCESS_GRACE`] later (a running peer notices within a piece): its caller may free
+//!    or reuse them then.
 //!
 //! Cost: 3 rounds of p-1 concurrent small messages, plus the memory traffic of the schedule
 //! (each file gives its own), with no system call and no copy through a FIFO.
@@ -65,6 +73,19 @@ static FAIL_PART: AtomicUsize = AtomicUsize::new(0);
 pub fn fail_next_part_of(rank: usize) {
     FAIL_PART.store(rank + 1, Ordering::Relaxed);
 }
+static STALL_PART: AtomicUsize = AtomicUsize::new(0);
+static STALL_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Testing: the next time rank `rank` of some world looks at the transport inside a mapped
+/// schedule and finds nothing wrong, it then stalls for `ms` milliseconds before it moves on,
+/// as a descheduled process would: a peer that fails meanwhile must not return while this
+/// rank may still write into its buffers. Threads of one process share the setting.
+#[doc(hidden)]
+pub fn stall_next_check_of(rank: usize, ms: u64) {
+    STALL_MS.store(ms, Ordering::Relaxed);
+    STALL_PART.store(rank + 1, Ordering::Release);
+}
+
 static FALLBACKS: AtomicU64 = AtomicU64::new(0);
 
 /// How many calls in this process chose the mapped algorithm and ran its fallback because
@@ -119,7 +140,10 @@ fn swap_all(ctx: &Ctx<'_>, step: usize, mine: &[u8]) -> Result<Vec<u8>> {
 
 /// Rounds 1 and 2 of the module docs: every rank's buffers mapped here, or (on every rank
 /// alike) why some rank cannot map some other rank's.
-pub(crate) fn exchange(ctx: &Ctx<'_>, a: &CollArgs) -> Result<std::result::Result<PeerBuffers, String>> {
+///
+/// Sets `exposed` once this rank has told its peers it is ready: from then on they may write
+/// into its buffers.
+fn exchange(ctx: &Ctx<'_>, a: &CollArgs, exposed: &mut bool) -> Result<std::result::Result<PeerBuffers, String>> {
     let (p, r) = (ctx.size, ctx.rank);
     let (send, recv) = (a.send, a.recv);
     // What each rank's regions must hold: the root alone reads a broadcast's input and
@@ -208,6 +232,10 @@ pub(crate) fn exchange(ctx: &Ctx<'_>, a: &CollArgs) -> Result<std::result::Resul
             }
         }
     }
+    // Published before the round: a peer that fails from here on waits for this rank to
+    // stop touching its buffers (see `try_run`).
+    ctx.net.begin_peer_access()?;
+    *exposed = ok;
     let ready = swap_all(ctx, STEP_READY, &[u8::from(ok)])?;
     // One byte from every rank.
     let failed: Vec<usize> = (0..p).filter(|&j| ready[j] != 1).collect();
@@ -232,6 +260,9 @@ fn finish(ctx: &Ctx<'_>, part: Result<()>) -> Result<()> {
     // What this rank queued (a GPU's kernels and copies) touches peers' buffers too: it ends
     // before the round, whatever the part's outcome; if it cannot, the transport fails.
     let fenced = ctx.reducer.fence(ctx.deadline).inspect_err(|e| ctx.net.fail(e.clone()));
+    if fenced.is_ok() {
+        ctx.net.end_peer_access();
+    }
     let part = part.and(fenced);
     let round = swap_all(ctx, STEP_DONE, &[u8::from(part.is_ok())]);
     part?;
@@ -251,8 +282,48 @@ fn finish(ctx: &Ctx<'_>, part: Result<()>) -> Result<()> {
 
 /// Rounds 1 to 4 of the module docs: `Ok(Ok(()))` once `schedule` ran over the mapped
 /// buffers, `Ok(Err(why))` (on every rank alike) when some rank cannot map another's.
+///
+/// A call that fails after this rank said it was ready returns only once no peer still
+/// touches its buffers (each noticed the failure within a piece of its schedule, or exited;
+/// at most [`PEER_ACCESS_GRACE`]): its caller may free or reuse them then.
 fn try_run(ctx: &Ctx<'_>, a: &CollArgs, schedule: Schedule) -> Result<std::result::Result<(), String>> {
-    match exchange(ctx, a)? {
+    /// Ends this rank's access on every way out, unwinding included.
+    struct Access<'a>(&'a dyn oxccl_transport::Transport);
+    impl Drop for Access<'_> {
+        fn drop(&mut self) {
+            self.0.end_peer_access();
+        }
+    }
+    let mut exposed = false;
+    let out = {
+        let _access = Access(ctx.net);
+        run_exposing(ctx, a, schedule, &mut exposed)
+    };
+    if let (Err(e), true) = (&out, exposed) {
+        if let Err(stuck) = ctx.net.wait_peer_access_ended(std::time::Instant::now() + PEER_ACCESS_GRACE) {
+            tracing::warn!(
+                rank = ctx.rank,
+                "{} #{} failed ({e}), and a peer may still write into this rank's buffers: {stuck}",
+                ctx.collective,
+                ctx.seq
+            );
+        }
+    }
+    out
+}
+
+/// How long a rank whose mapped call failed waits for its peers to stop touching its
+/// buffers. A running peer notices within a piece of its schedule (1 MiB); only a
+/// stopped one takes longer.
+pub const PEER_ACCESS_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn run_exposing(
+    ctx: &Ctx<'_>,
+    a: &CollArgs,
+    schedule: Schedule,
+    exposed: &mut bool,
+) -> Result<std::result::Result<(), String>> {
+    match exchange(ctx, a, exposed)? {
         Ok(bufs) => {
             SCHEDULES_RUN.fetch_add(1, Ordering::Relaxed);
             let injected = FAIL_PART.compare_exchange(ctx.rank + 1, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok();
@@ -340,7 +411,14 @@ pub(crate) fn pieces_per_check(piece: usize) -> usize {
 /// moves bytes without waiting on any message, so it looks every [`CHECK_BYTES`], and an
 /// abort ends even a call of gigabytes within a fraction of a millisecond.
 pub(crate) fn still_on(ctx: &Ctx<'_>) -> Result<()> {
-    ctx.net.progress(std::time::Duration::ZERO)
+    ctx.net.progress(std::time::Duration::ZERO)?;
+    ctx.net.check_peer_access()?;
+    if STALL_PART.load(Ordering::Relaxed) == ctx.rank + 1
+        && STALL_PART.compare_exchange(ctx.rank + 1, 0, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    {
+        std::thread::sleep(std::time::Duration::from_millis(STALL_MS.load(Ordering::Relaxed)));
+    }
+    Ok(())
 }
 
 /// Copies with streaming stores when `streaming`, else plainly.

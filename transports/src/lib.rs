@@ -48,6 +48,15 @@
 //!     Device memory is named by its CUDA IPC handle ([`cuda::DeviceKey`]) where ranks share
 //!     a host, and mapped into the CUDA context current on the mapping thread; such a region
 //!     is [`MemoryKind::Device`] and only the device reducer touches it.
+//! 12. **Peer access is published.** Such a transport also publishes, where every peer can
+//!     read it without a message, whether its rank may be touching peers' mapped memory
+//!     ([`Transport::begin_peer_access`], [`Transport::end_peer_access`]), so a rank whose
+//!     call fails can wait until no live peer still writes into its buffers
+//!     ([`Transport::wait_peer_access_ended`]) before its caller frees or reuses them: messages
+//!     cannot tell it once the transport has failed. `begin_peer_access` publishes first and
+//!     then fails if any peer has failed, and a failing rank publishes its failure before it
+//!     looks at its peers' access (sequentially consistent on both sides): of a rank that
+//!     begins and one that fails at once, one sees the other.
 
 #![warn(missing_docs)]
 

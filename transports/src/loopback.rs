@@ -59,6 +59,8 @@ struct Shared {
     changed: Condvar,
     /// Every rank's progress marker.
     progress: Vec<std::sync::atomic::AtomicU64>,
+    /// Whether each rank may be touching peers' memory (`Transport::begin_peer_access`).
+    access: Vec<std::sync::atomic::AtomicBool>,
 }
 
 /// One rank's endpoint of an in-process world. Create a world with [`LoopbackTransport::world`].
@@ -82,7 +84,8 @@ impl LoopbackTransport {
             })
             .collect();
         let progress = (0..size).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
-        let shared = Arc::new(Shared { ranks: Mutex::new(ranks), changed: Condvar::new(), progress });
+        let access = (0..size).map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
+        let shared = Arc::new(Shared { ranks: Mutex::new(ranks), changed: Condvar::new(), progress, access });
         (0..size).map(|rank| LoopbackTransport { shared: shared.clone(), rank, size }).collect()
     }
 
@@ -297,6 +300,47 @@ impl Transport for LoopbackTransport {
             ranks[self.rank].alive = false;
         }
         self.shared.changed.notify_all();
+    }
+
+    fn begin_peer_access(&self) -> Result<()> {
+        // Published before the lock: a rank failing at once does so under the lock and looks
+        // at this flag after, so either its failure is seen here or this flag there.
+        self.shared.access[self.rank].store(true, std::sync::atomic::Ordering::SeqCst);
+        self.check_peer_access()
+    }
+
+    fn check_peer_access(&self) -> Result<()> {
+        let ranks = self.lock();
+        if let Some(e) = &ranks[self.rank].failed {
+            return Err(e.clone());
+        }
+        match (0..self.size).find(|&p| p != self.rank && ranks[p].failed.is_some()) {
+            Some(p) => Err(Error::remote(p, format!("peer {p} failed before this rank's access to its memory ended"))
+                .on_rank(self.rank)),
+            None => Ok(()),
+        }
+    }
+
+    fn end_peer_access(&self) {
+        self.shared.access[self.rank].store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    fn wait_peer_access_ended(&self, deadline: Instant) -> Result<()> {
+        // The lock orders this after any peer's `begin_peer_access` that saw this rank healthy.
+        drop(self.lock());
+        let start = Instant::now();
+        loop {
+            let busy = (0..self.size)
+                .find(|&p| p != self.rank && self.shared.access[p].load(std::sync::atomic::Ordering::Acquire));
+            let Some(p) = busy else { return Ok(()) };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::timeout(format!("peer {p} still touches this rank's memory"), now - start)
+                    .on_rank(self.rank)
+                    .with_peer(p));
+            }
+            std::thread::yield_now();
+        }
     }
 
     fn set_progress(&self, marker: u64) {

@@ -129,6 +129,22 @@ impl Transport for Router {
         Self::join(i, self.transports[i].post_recv_sink(peer, tag, len, sink)?)
     }
 
+    fn begin_peer_access(&self) -> Result<()> {
+        self.transports.iter().try_for_each(|t| t.begin_peer_access())
+    }
+
+    fn check_peer_access(&self) -> Result<()> {
+        self.transports.iter().try_for_each(|t| t.check_peer_access())
+    }
+
+    fn end_peer_access(&self) {
+        self.transports.iter().for_each(|t| t.end_peer_access());
+    }
+
+    fn wait_peer_access_ended(&self, deadline: Instant) -> Result<()> {
+        self.transports.iter().try_for_each(|t| t.wait_peer_access_ended(deadline))
+    }
+
     fn set_progress(&self, marker: u64) {
         for t in &self.transports {
             t.set_progress(marker);

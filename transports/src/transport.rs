@@ -126,6 +126,33 @@ pub trait Transport: Send + Sync {
         Err(crate::Error::unsupported(format!("the {} transport does not map peer memory", self.name())))
     }
 
+    /// Publishes that this rank may read or write peers' mapped memory from now on, then
+    /// fails if some peer has already failed or exited (contract item 12), so no access
+    /// starts that a failed peer did not wait for. Transports that map nothing: `Ok(())`.
+    fn begin_peer_access(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Fails if some peer has failed or exited: what a rank touching peers' mapped memory
+    /// checks between pieces of its work, as no message tells it. Transports that map
+    /// nothing: `Ok(())`.
+    fn check_peer_access(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Publishes that this rank no longer touches peers' mapped memory (every store it made
+    /// there complete). Idempotent.
+    fn end_peer_access(&self) {}
+
+    /// Waits until no peer may still be touching this rank's mapped memory: each has ended its
+    /// access ([`Transport::end_peer_access`]) or exited. A timeout error names a peer still
+    /// at it when `deadline` passes. A rank whose call failed after it gave peers its buffers
+    /// calls this before returning, so its caller may free them.
+    fn wait_peer_access_ended(&self, deadline: Instant) -> Result<()> {
+        let _ = deadline;
+        Ok(())
+    }
+
     /// Records the caller's progress marker (oxccl: the sequence number of the last call this
     /// rank completed), which peers can read with [`Transport::peer_progress`] to tell a
     /// stuck rank from a slow one. Transports that cannot carry it ignore it.

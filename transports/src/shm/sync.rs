@@ -2,9 +2,9 @@
 //! under `--cfg loom` so the model checker explores every interleaving.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// Blocks while `*word == expected`, until woken or `timeout` (None: no limit) passes. May
 /// return early (spuriously); callers re-check their condition.

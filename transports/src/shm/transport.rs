@@ -26,7 +26,7 @@ use crossbeam_utils::CachePadded;
 use super::doorbell::Doorbell;
 use super::fifo::{Fifo, FifoHeader, RawSlots, SEQ_BYTES};
 use super::segment::Segment;
-use super::sync::{AtomicU32, AtomicU64, Ordering};
+use super::sync::{fence, AtomicU32, AtomicU64, Ordering};
 use crate::error::{Error, Result};
 use crate::region::{MemoryKind, Region, RegionMut};
 use crate::sink::Sink;
@@ -152,6 +152,8 @@ struct Control {
     culprit: CachePadded<AtomicU32>,
     /// The caller's progress marker (see `Transport::set_progress`).
     progress: CachePadded<AtomicU64>,
+    /// 1 while this rank may be touching peers' mapped memory (`Transport::begin_peer_access`).
+    access: CachePadded<AtomicU32>,
 }
 
 struct SendOp {
@@ -679,20 +681,22 @@ impl ShmTransport {
     /// Why `p` can no longer be waited on, if it cannot: it failed (then, if it failed because
     /// a rank died, that rank is named) or it exited.
     fn peer_failure(&self, p: usize, dir: &str, tag: Tag) -> Option<Error> {
+        self.peer_gone(p, &format!("our {dir} (tag {tag}) completed"))
+    }
+
+    /// Why `p` can no longer be counted on, if it cannot, saying what it happened `before`.
+    fn peer_gone(&self, p: usize, before: &str) -> Option<Error> {
         if self.control(p).failed.load(Ordering::Acquire) != 0 {
             let culprit = self.control(p).culprit.load(Ordering::Relaxed) as usize;
             return Some(if culprit != 0 && culprit - 1 != self.rank {
                 let dead = culprit - 1;
-                Error::peer_lost(
-                    dead,
-                    format!("peer {dead} died (peer {p} saw it first) before our {dir} peer {p} (tag {tag}) completed"),
-                )
+                Error::peer_lost(dead, format!("peer {dead} died (peer {p} saw it first) before {before}"))
             } else {
-                Error::remote(p, format!("peer {p} failed before our {dir} it (tag {tag}) completed"))
+                Error::remote(p, format!("peer {p} failed before {before}"))
             });
         }
         if self.peer_exited(p) {
-            return Some(Error::peer_lost(p, format!("peer {p} exited before our {dir} it (tag {tag}) completed")));
+            return Some(Error::peer_lost(p, format!("peer {p} exited before {before}")));
         }
         None
     }
@@ -904,6 +908,59 @@ impl Transport for ShmTransport {
     fn fail(&self, err: Error) {
         let mut st = self.lock();
         self.fail_state(&mut st, err);
+    }
+
+    fn begin_peer_access(&self) -> Result<()> {
+        self.control(self.rank).access.store(1, Ordering::SeqCst);
+        // Store, fence, then look at the peers' failure flags: a peer failing at once
+        // publishes its flag, fences and looks at ours (`wait_peer_access_ended`), so one of
+        // the two sees the other.
+        fence(Ordering::SeqCst);
+        self.check_peer_access()
+    }
+
+    fn check_peer_access(&self) -> Result<()> {
+        if let Some(e) = self.lock().failed.clone() {
+            return Err(e);
+        }
+        match self.peers().find_map(|p| self.peer_gone(p, "this rank's access to peers' mapped memory ended")) {
+            Some(e) => {
+                let mut st = self.lock();
+                Err(self.fail_state(&mut st, e))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn end_peer_access(&self) {
+        self.control(self.rank).access.store(0, Ordering::Release);
+    }
+
+    fn wait_peer_access_ended(&self, deadline: Instant) -> Result<()> {
+        fence(Ordering::SeqCst);
+        let start = Instant::now();
+        loop {
+            let busy =
+                self.peers().find(|&p| self.control(p).access.load(Ordering::Acquire) != 0 && !self.peer_exited(p));
+            let Some(p) = busy else { return Ok(()) };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::timeout(
+                    format!(
+                    "peer {p} still touches this rank's mapped buffers (it has not noticed the failure, or is stopped)"
+                ),
+                    now - start,
+                )
+                .on_rank(self.rank)
+                .with_peer(p));
+            }
+            // Peers notice a failure within a piece of their work: yield at first, then nap.
+            if now - start < self.opts.yield_for {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50).min(deadline - now));
+            }
+        }
     }
 
     fn set_progress(&self, marker: u64) {

@@ -513,7 +513,7 @@ mod tests {
 
             let mut failing = Conn::new(a, 0);
             if posted {
-                let data = vec![9u8; 100];
+                let data = [9u8; 100];
                 failing.push_send(5, Tag(4), 0, data.as_ptr(), data.len(), 0);
                 let mut done = Vec::new();
                 while failing.progress_send(&mut done).unwrap() && done.is_empty() {}
