@@ -239,8 +239,9 @@ pub struct Config {
     /// [`crate::select::TRIAL_WINDOW`] of the best (and the best under
     /// [`crate::select::TRIAL_MAX_SECONDS`]), the first calls of that shape run each of them
     /// for a block of calls (the first of each block untimed), and the next call fixes the
-    /// one whose slowest rank's typical call was fastest, on every rank alike
-    /// ([`crate::select::trial_candidates`]). The model's error is largest exactly there
+    /// one whose slowest rank's typical call was fastest, weighed against the model's prices
+    /// by how steady the runs were, on every rank alike ([`crate::select::trial_candidates`],
+    /// [`crate::select::measured_best`]). The model's error is largest exactly there
     /// (close candidates, and small calls, where the scheduler's placement of ranks on cores
     /// swings times by 2x for a process's life), and a few measured calls settle it. The
     /// price: those first calls run the slower candidates, and a floating-point reduction's

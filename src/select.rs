@@ -12,7 +12,8 @@
 //! Where the model cannot tell candidates apart, measurement does: [`trial_candidates`]
 //! names the algorithms whose predictions lie within [`TRIAL_WINDOW`] of the best, the
 //! communicator runs each for the first [`Config::trial_calls`] calls of that shape, and
-//! [`measured_best`] fixes the fastest on every rank alike.
+//! [`measured_best`] fixes the fastest on every rank alike, where the runs were steady
+//! enough to outweigh the prices.
 //!
 //! [`Communicator::set_algorithms`]: crate::Communicator::set_algorithms
 
@@ -161,17 +162,73 @@ pub fn trial_candidates(ranked: &[Choice]) -> Vec<Choice> {
     v
 }
 
-/// The candidate the trials fix: `times[r * k + i]` is rank r's typical trial of candidate
-/// i (nanoseconds, k candidates); a call takes as long as its slowest rank, so each
-/// candidate counts as its slowest rank's time, and the least wins (ties: the better-priced,
-/// lower index). Every rank computes this from the same gathered numbers, so every rank
-/// fixes the same candidate.
-pub fn measured_best(times: &[u64], k: usize) -> usize {
-    if k == 0 {
+/// One rank's trials of one candidate: its typical call and how closely its runs pin that
+/// down.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrialTime {
+    /// The typical call in nanoseconds; `u64::MAX` where no call was timed.
+    pub ns: u64,
+    /// The standard error of `ns` relative to it: the runs' spread over the root of their
+    /// count (1 where fewer than two runs).
+    pub rel_err: f64,
+}
+
+/// The spread of the model's error in the price ratio of two algorithms, as a standard
+/// deviation of its logarithm: predictions are within 25% of the measured time in about nine
+/// cells of ten (a log spread of about 0.14 each), and two algorithms' errors add.
+pub const MODEL_LOG_SPREAD: f64 = 0.2;
+
+/// The candidate the trials fix: `times[r * k + i]` is rank r's trials of candidate i and
+/// `predicted[i]` its price (seconds; k candidates, the model's choice first).
+///
+/// A call takes as long as its slowest rank, so each candidate counts as its slowest rank's
+/// typical time. The trials do not simply take the least of those: a few calls of several
+/// milliseconds on a busy machine swing by tens of percent, and such a swing overturned a
+/// correct model choice as often as it fixed a wrong one. So the measured ratio of each
+/// candidate to the model's choice is weighed against the model's price ratio, each by its
+/// precision (the runs' standard error, [`MODEL_LOG_SPREAD`]): many steady runs outweigh the
+/// model, two noisy ones do not. The least weighed time wins (ties: the better-priced, lower
+/// index). Every rank computes this from the same gathered numbers, so every rank fixes the
+/// same candidate.
+pub fn measured_best(times: &[TrialTime], predicted: &[f64]) -> usize {
+    let k = predicted.len();
+    if k == 0 || times.len() < k {
         return 0;
     }
-    let worst = |i: usize| times.iter().skip(i).step_by(k).copied().max().unwrap_or(u64::MAX);
-    (0..k).min_by_key(|&i| (worst(i), i)).unwrap_or(0)
+    let worst = |i: usize| {
+        times
+            .iter()
+            .skip(i)
+            .step_by(k)
+            .copied()
+            .max_by_key(|t| t.ns)
+            .unwrap_or(TrialTime { ns: u64::MAX, rel_err: 1.0 })
+    };
+    let base = worst(0);
+    let measured_only = || (0..k).min_by_key(|&i| (worst(i).ns, i)).unwrap_or(0);
+    if base.ns == u64::MAX || base.ns == 0 {
+        return measured_only();
+    }
+    let var_model = MODEL_LOG_SPREAD * MODEL_LOG_SPREAD;
+    let mut best = (0, 0.0);
+    for i in 1..k {
+        let t = worst(i);
+        if t.ns == u64::MAX || t.ns == 0 {
+            continue;
+        }
+        let d_meas = (t.ns as f64 / base.ns as f64).ln();
+        let var_meas = t.rel_err * t.rel_err + base.rel_err * base.rel_err;
+        let ratio = predicted[i] / predicted[0];
+        let d = if ratio.is_finite() && ratio > 0.0 {
+            (d_meas * var_model + ratio.ln() * var_meas) / (var_model + var_meas)
+        } else {
+            d_meas
+        };
+        if d < best.1 {
+            best = (i, d);
+        }
+    }
+    best.0
 }
 
 /// The algorithm and chunk size for `coll` on `bytes` bytes (see [`cost::Call::bytes`]) in
@@ -319,16 +376,41 @@ mod tests {
         assert_eq!(trial_rounds(50e-3, 3, 1000), TRIAL_MAX_ROUNDS);
     }
 
+    fn runs(v: &[(u64, f64)]) -> Vec<TrialTime> {
+        v.iter().map(|&(ns, rel_err)| TrialTime { ns, rel_err }).collect()
+    }
+
     #[test]
     fn the_measured_best_is_the_least_slowest_rank() {
-        // Three ranks, two candidates: rank 2 is slow on candidate 0, so candidate 1 wins
-        // although ranks 0 and 1 ran candidate 0 faster.
-        assert_eq!(measured_best(&[5, 8, 5, 8, 20, 9], 2), 1);
-        assert_eq!(measured_best(&[5, 8, 5, 8, 7, 9], 2), 0);
+        // Three ranks, two candidates priced alike, tight runs: rank 2 is slow on candidate
+        // 0, so candidate 1 wins although ranks 0 and 1 ran candidate 0 faster.
+        let tight = |ns: &[u64]| runs(&ns.iter().map(|&t| (t, 0.001)).collect::<Vec<_>>());
+        assert_eq!(measured_best(&tight(&[5, 8, 5, 8, 20, 9]), &[1.0, 1.0]), 1);
+        assert_eq!(measured_best(&tight(&[5, 8, 5, 8, 7, 9]), &[1.0, 1.0]), 0);
         // Ties go to the better-priced candidate.
-        assert_eq!(measured_best(&[7, 7, 7], 3), 0);
-        assert_eq!(measured_best(&[9, 7, 7], 3), 1);
-        assert_eq!(measured_best(&[], 0), 0);
+        assert_eq!(measured_best(&tight(&[7, 7, 7]), &[1.0, 1.1, 1.2]), 0);
+        assert_eq!(measured_best(&tight(&[9, 7, 7]), &[1.0, 1.1, 1.2]), 1);
+        assert_eq!(measured_best(&[], &[]), 0);
+        // A candidate with no timed run is never taken.
+        assert_eq!(measured_best(&runs(&[(10, 0.01), (u64::MAX, 1.0)]), &[1.0, 1.0]), 0);
+        assert_eq!(measured_best(&runs(&[(u64::MAX, 1.0), (10, 0.01)]), &[1.0, 1.0]), 1);
+    }
+
+    #[test]
+    fn noisy_trials_do_not_overturn_a_clear_price() {
+        // The model prices candidate 1 at 1.4x candidate 0; two noisy runs each (15%
+        // standard error) measure it 10% faster: the model's choice stands.
+        let noisy = runs(&[(1000, 0.15), (900, 0.15)]);
+        assert_eq!(measured_best(&noisy, &[1.0, 1.4]), 0);
+        // Many steady runs measuring the same: the measurement wins.
+        let steady = runs(&[(1000, 0.01), (900, 0.01)]);
+        assert_eq!(measured_best(&steady, &[1.0, 1.4]), 1);
+        // Priced alike, even noisy runs decide.
+        assert_eq!(measured_best(&noisy, &[1.0, 1.0]), 1);
+        // A large measured win outweighs the price (2x faster, noisy).
+        assert_eq!(measured_best(&runs(&[(1000, 0.15), (500, 0.15)]), &[1.0, 1.4]), 1);
+        // Without a usable price, the measurement alone.
+        assert_eq!(measured_best(&noisy, &[1.0, f64::NAN]), 1);
     }
 
     #[test]

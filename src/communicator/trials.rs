@@ -18,7 +18,7 @@ use oxccl_algorithms::{CollArgs, Ctx};
 
 use super::{ChoiceKey, Communicator};
 use crate::error::{Error, Result};
-use crate::select::{self, Choice};
+use crate::select::{self, Choice, TrialTime};
 
 /// A call shape as trials key it: the choice's key. Not whether the call is in place: that
 /// is each rank's own affair (a broadcast's root may pass one buffer, the others two), and
@@ -41,19 +41,29 @@ pub(super) enum Trials {
 /// reaches it at the same call.)
 pub(super) const MAX_TRIAL_SHAPES: usize = 4096;
 
-/// A candidate's typical time from its runs: the mean of the fastest three quarters. On a
-/// busy machine one call's time swings several-fold (a rank waits for a peer that lost its
-/// core), so the mean of many calls is what a loop of them costs; the slowest quarter is
-/// left out because a rare long stall (a page fault storm, a time slice lost for
-/// milliseconds) would otherwise outweigh dozens of calls. No runs: `u64::MAX`.
-fn typical(runs: &[u64]) -> u64 {
+/// A candidate's typical time from its runs: the mean of the fastest three quarters, with
+/// its standard error relative to it. On a busy machine one call's time swings several-fold
+/// (a rank waits for a peer that lost its core), so the mean of many calls is what a loop of
+/// them costs; the slowest quarter is left out because a rare long stall (a page fault storm,
+/// a time slice lost for milliseconds) would otherwise outweigh dozens of calls. No runs:
+/// `u64::MAX`; fewer than two kept: a relative error of 1.
+fn typical(runs: &[u64]) -> TrialTime {
     let mut v = runs.to_vec();
     v.sort_unstable();
     let keep = v.len() - v.len() / 4;
     if keep == 0 {
-        return u64::MAX;
+        return TrialTime { ns: u64::MAX, rel_err: 1.0 };
     }
-    (v[..keep].iter().map(|&t| u128::from(t)).sum::<u128>() / keep as u128) as u64
+    let kept = &v[..keep];
+    let ns = (kept.iter().map(|&t| u128::from(t)).sum::<u128>() / keep as u128) as u64;
+    let rel_err = if keep < 2 || ns == 0 {
+        1.0
+    } else {
+        let mean = ns as f64;
+        let var = kept.iter().map(|&t| (t as f64 - mean).powi(2)).sum::<f64>() / (keep - 1) as f64;
+        var.sqrt() / mean / (keep as f64).sqrt()
+    };
+    TrialTime { ns, rel_err }
 }
 
 /// Trial call `c` (from 0) of `k` candidates in blocks of `block` calls: which candidate
@@ -87,7 +97,7 @@ enum Step {
     /// Candidate i's call, timed or not.
     Trial(usize, Choice, bool),
     /// Fix the winner: the candidates and this rank's typical time of each.
-    Fix(Vec<Choice>, Vec<u64>),
+    Fix(Vec<Choice>, Vec<TrialTime>),
 }
 
 impl Communicator {
@@ -114,16 +124,24 @@ impl Communicator {
                 Ok(())
             }
             Step::Fix(candidates, typical) => {
-                let mine: Vec<u8> = typical.iter().flat_map(|t| t.to_le_bytes()).collect();
+                let mine: Vec<u8> = typical
+                    .iter()
+                    .flat_map(|t| [t.ns.to_le_bytes(), t.rel_err.to_bits().to_le_bytes()])
+                    .flatten()
+                    .collect();
                 let all = exchange::all_gather_records(ctx, exchange::TUNE_FINGERPRINT, &mine)?;
-                let times: Vec<u64> =
-                    all.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+                let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+                let times: Vec<TrialTime> = all
+                    .chunks_exact(16)
+                    .map(|b| TrialTime { ns: word(&b[..8]), rel_err: f64::from_bits(word(&b[8..])) })
+                    .collect();
                 let k = candidates.len();
-                let won = candidates[select::measured_best(&times, k)];
+                let predicted: Vec<f64> = candidates.iter().map(|c| c.predicted.total()).collect();
+                let won = candidates[select::measured_best(&times, &predicted)];
                 let (_, bytes, dtype, op, _) = key;
                 tracing::info!(
                     rank = self.rank,
-                    "{coll} of {} B ({}, {}): trials (slowest rank's typical call) {}: {} from now on (the model's choice: {})",
+                    "{coll} of {} B ({}, {}): trials (slowest rank's typical call, its standard error, the model's price) {}: {} from now on (the model's choice: {})",
                     bytes,
                     dtype,
                     op,
@@ -131,8 +149,15 @@ impl Communicator {
                         .iter()
                         .enumerate()
                         .map(|(i, c)| {
-                            let worst = times.iter().skip(i).step_by(k).max().copied().unwrap_or(0);
-                            format!("{} {:.2} us", c.algo, worst as f64 / 1e3)
+                            let worst = times.iter().skip(i).step_by(k).max_by_key(|t| t.ns).copied();
+                            let (ns, err) = worst.map_or((0, 0.0), |t| (t.ns, t.rel_err));
+                            format!(
+                                "{} {:.2} us ±{:.1}% (priced {:.2} us)",
+                                c.algo,
+                                ns as f64 / 1e3,
+                                err * 100.0,
+                                c.predicted.total() * 1e6
+                            )
                         })
                         .collect::<Vec<_>>()
                         .join(", "),
@@ -235,11 +260,25 @@ mod tests {
 
     #[test]
     fn the_typical_call_leaves_out_the_slowest_quarter() {
+        let ns = |runs: &[u64]| typical(runs).ns;
         // A cold first call and a lost time slice among eight calls: the mean of the rest.
-        assert_eq!(typical(&[90_000, 20, 30, 5_000_000, 10, 20, 30, 10]), 20);
+        assert_eq!(ns(&[90_000, 20, 30, 5_000_000, 10, 20, 30, 10]), 20);
         // Bimodal calls (a peer descheduled half the time) count at their mean.
-        assert_eq!(typical(&[10, 50, 10, 50]), 23);
-        assert_eq!(typical(&[7]), 7);
-        assert_eq!(typical(&[]), u64::MAX);
+        assert_eq!(ns(&[10, 50, 10, 50]), 23);
+        assert_eq!(ns(&[7]), 7);
+        assert_eq!(ns(&[]), u64::MAX);
+    }
+
+    #[test]
+    fn the_typical_call_carries_its_standard_error() {
+        // Kept runs 10, 20, 30 (the 40 is the slowest quarter): mean 20, sample standard
+        // deviation 10, standard error 10 / sqrt(3), relative 0.2887.
+        let t = typical(&[30, 10, 40, 20]);
+        assert_eq!(t.ns, 20);
+        assert!((t.rel_err - 10.0 / 3f64.sqrt() / 20.0).abs() < 1e-9, "{}", t.rel_err);
+        // Identical runs pin it exactly; one run says nothing of its spread.
+        assert_eq!(typical(&[5, 5, 5, 5]).rel_err, 0.0);
+        assert_eq!(typical(&[7]).rel_err, 1.0);
+        assert_eq!(typical(&[]).rel_err, 1.0);
     }
 }
