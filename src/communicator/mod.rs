@@ -400,7 +400,20 @@ impl Communicator {
             }
         }
         *self.choices.lock().unwrap_or_else(|e| e.into_inner()) = Choices::default();
-        tracing::info!(rank = self.rank, "quick calibration in {:?}: {e:?}", t0.elapsed());
+        tracing::info!(
+            rank = self.rank,
+            "quick calibration in {:.1} ms ({} ranks over {}): alpha {:.2} us, gap {:.2} us, wake {:.2} us, \
+             bandwidth {:.2} GB/s, copy {:.1} GB/s, float sum {:.1} GB/s",
+            t0.elapsed().as_secs_f64() * 1e3,
+            self.size,
+            e.transport,
+            e.alpha_us,
+            e.gap_us,
+            e.wake_us,
+            e.bandwidth_gbs,
+            e.copy_gbs,
+            e.reduce_gbs.get("float.sum").copied().unwrap_or(f64::NAN),
+        );
         Ok(())
     }
 
