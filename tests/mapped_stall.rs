@@ -12,8 +12,8 @@ use oxccl::{Communicator, Config, ReduceOp};
 const N: usize = 3 << 20;
 
 /// Rank 1 stalls for 400 ms just after its schedule's first look at the transport, so it has
-/// yet to write its slice into its peers' outputs; rank 2 is aborted meanwhile (from another
-/// thread), so its call fails at once, and rank 0's fails too. No rank may return while rank 1
+/// yet to write its slice into its peers' outputs; rank 2 is aborted once the stall has begun
+/// (from another thread), so its call fails at once, and rank 0's fails too. No rank may return while rank 1
 /// may still write into its output: once a call returns, its output must not change (its
 /// caller may free or reuse it). Threads, so a late write would land in memory the caller
 /// owns again: over the in-process transport and shared memory.
@@ -41,10 +41,18 @@ fn a_failed_rank_returns_after_its_peers_stop_writing(name: &str, comms: Vec<Com
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(100));
+        // Abort only once rank 1 sleeps: on a loaded machine the ranks may take longer than
+        // any fixed delay to reach their schedules.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while oxccl_algorithms::mapped::stall_pending() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let stalled_at = start.elapsed();
         comms[2].abort();
-        ranks.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+        (stalled_at, ranks.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>())
     });
+    let (stalled_at, outcome) = outcome;
+    assert!(!oxccl_algorithms::mapped::stall_pending(), "{name}: rank 1 never reached its stall: {outcome:?}");
     for (r, (res, returned, changed)) in outcome.iter().enumerate() {
         assert!(res.is_err(), "{name}: rank {r} must fail with rank 2 aborted: {outcome:?}");
         assert_eq!(
@@ -55,8 +63,11 @@ fn a_failed_rank_returns_after_its_peers_stop_writing(name: &str, comms: Vec<Com
     // The aborted rank waited for the stalled one, but not for long: a running peer stops
     // within a piece of its schedule.
     let returned = outcome[2].1;
-    assert!(returned >= Duration::from_millis(350), "{name}: rank 2 returned before rank 1 woke: {outcome:?}");
-    assert!(returned < Duration::from_secs(2), "{name}: {outcome:?}");
+    assert!(
+        returned >= stalled_at + Duration::from_millis(350),
+        "{name}: rank 2 returned before rank 1 woke (stall from {stalled_at:?}): {outcome:?}"
+    );
+    assert!(returned < stalled_at + Duration::from_secs(2), "{name}: stall from {stalled_at:?}: {outcome:?}");
 }
 
 fn mapped() -> Config {

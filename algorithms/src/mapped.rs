@@ -86,6 +86,13 @@ pub fn stall_next_check_of(rank: usize, ms: u64) {
     STALL_PART.store(rank + 1, Ordering::Release);
 }
 
+/// Testing: whether the stall set by [`stall_next_check_of`] has yet to begin (its rank has
+/// not reached the check).
+#[doc(hidden)]
+pub fn stall_pending() -> bool {
+    STALL_PART.load(Ordering::Acquire) != 0
+}
+
 static FALLBACKS: AtomicU64 = AtomicU64::new(0);
 
 /// How many calls in this process chose the mapped algorithm and ran its fallback because
