@@ -30,8 +30,9 @@ pub(super) type TrialKey = ChoiceKey;
 pub(super) enum Trials {
     /// Running the candidates in blocks of `block` calls, each candidate's block in turn,
     /// `passes` times (see [`schedule`]): `calls` calls so far, `runs[i]` this rank's timed
-    /// calls of candidate i in nanoseconds.
-    Trying { candidates: Vec<Choice>, runs: Vec<Vec<u64>>, block: u32, passes: u32, calls: u32 },
+    /// calls of candidate i in nanoseconds; `rescaled` once the rounds were sized by the
+    /// first timed call ([`Step::Rescale`]).
+    Trying { candidates: Vec<Choice>, runs: Vec<Vec<u64>>, block: u32, passes: u32, calls: u32, rescaled: bool },
     /// Decided: by trials, or by the model where there was nothing to try.
     Fixed(Choice),
 }
@@ -91,6 +92,21 @@ fn blocks(rounds: u32) -> (u32, u32) {
     }
 }
 
+/// The blocks for trials of `k` candidates scheduled as `block` x `passes`, once the first
+/// timed call took `slowest_ns` on the slowest rank: fewer rounds where that time buys fewer
+/// within the budget ([`select::trial_rounds`]), never more; unchanged without a time.
+fn rescaled(block: u32, passes: u32, k: usize, slowest_ns: u64, min_rounds: u32) -> (u32, u32) {
+    if slowest_ns == 0 {
+        return (block, passes);
+    }
+    let rounds = select::trial_rounds(slowest_ns as f64 * 1e-9, k, min_rounds);
+    if rounds < block * passes {
+        blocks(rounds)
+    } else {
+        (block, passes)
+    }
+}
+
 /// What a call does, decided under the choices' lock.
 enum Step {
     Run(Choice),
@@ -98,6 +114,9 @@ enum Step {
     Trial(usize, Choice, bool),
     /// Fix the winner: the candidates and this rank's typical time of each.
     Fix(Vec<Choice>, Vec<TrialTime>),
+    /// Size the rounds by what the first timed call took (this rank's, in nanoseconds), then
+    /// run the next trial call.
+    Rescale(u64),
 }
 
 impl Communicator {
@@ -109,7 +128,18 @@ impl Communicator {
         let find = |algo: Algorithm| {
             registry::lookup(coll, algo).ok_or_else(|| Error::internal(format!("{coll} has no {algo} algorithm")))
         };
+        let step = match step {
+            Step::Rescale(mine) => {
+                // Every rank's first timed call, so every rank sizes the rounds alike.
+                let all = exchange::all_gather_records(ctx, exchange::TUNE_FINGERPRINT, &mine.to_le_bytes())?;
+                let slowest =
+                    all.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).max().unwrap_or(0);
+                self.rescale_trials(key, slowest).unwrap_or(Step::Run(model))
+            }
+            other => other,
+        };
         match step {
+            Step::Rescale(_) => find(model.algo)?(&ctx.with_chunk_bytes(model.chunk_bytes), args),
             Step::Run(c) => find(c.algo)?(&ctx.with_chunk_bytes(c.chunk_bytes), args),
             Step::Trial(_, c, false) => find(c.algo)?(&ctx.with_chunk_bytes(c.chunk_bytes), args),
             Step::Trial(i, c, true) => {
@@ -192,7 +222,11 @@ impl Communicator {
                 cache.last_fixed = Some((key, c));
                 Step::Run(c)
             }
-            Some(Trials::Trying { candidates, runs, block, passes, calls }) => {
+            Some(Trials::Trying { runs, rescaled, calls, .. }) if !*rescaled && *calls == 2 => {
+                *rescaled = true;
+                Step::Rescale(runs[0].first().copied().unwrap_or(0))
+            }
+            Some(Trials::Trying { candidates, runs, block, passes, calls, .. }) => {
                 let k = candidates.len();
                 if *calls < *passes * k as u32 * *block {
                     let (i, timed) = schedule(*calls, k, *block);
@@ -215,11 +249,37 @@ impl Communicator {
                 let k = candidates.len();
                 let (block, passes) = blocks(select::trial_rounds(candidates[0].predicted.total(), k, min_rounds));
                 let first = candidates[0];
-                cache
-                    .trials
-                    .insert(key, Trials::Trying { candidates, runs: vec![Vec::new(); k], block, passes, calls: 1 });
+                cache.trials.insert(
+                    key,
+                    Trials::Trying { candidates, runs: vec![Vec::new(); k], block, passes, calls: 1, rescaled: false },
+                );
                 Step::Trial(0, first, false)
             }
+        }
+    }
+
+    /// After the first timed call of a shape's trials (the slowest rank's took `slowest_ns`):
+    /// the rounds were sized from the model's price, which on a link far slower than the
+    /// profile (a real network under the built-in loopback profile) is far too low, so the
+    /// trials would spend many times their budget. Fewer rounds where the measured time buys
+    /// fewer (never more). Calls 0 and 1 ran candidate 0 under any block of two or more, so
+    /// the shorter schedule continues the same sequence. Returns the step of this call (none
+    /// if the shape is no longer trying, which no call sequence reaches).
+    fn rescale_trials(&self, key: TrialKey, slowest_ns: u64) -> Option<Step> {
+        let min_rounds = self.config.trial_calls;
+        let mut cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(Trials::Trying { candidates, block, passes, calls, .. }) = cache.trials.get_mut(&key) else {
+            return None;
+        };
+        let k = candidates.len();
+        (*block, *passes) = rescaled(*block, *passes, k, slowest_ns, min_rounds);
+        if *calls < *passes * k as u32 * *block {
+            let (i, timed) = schedule(*calls, k, *block);
+            *calls += 1;
+            Some(Step::Trial(i, candidates[i], timed))
+        } else {
+            // Unreachable with blocks of at least two (candidate 1 has yet to run).
+            None
         }
     }
 
@@ -243,7 +303,7 @@ impl Communicator {
 
 #[cfg(test)]
 mod tests {
-    use super::{blocks, schedule, typical};
+    use super::{blocks, rescaled, schedule, typical};
 
     #[test]
     fn candidates_run_in_blocks_whose_first_call_is_untimed() {
@@ -256,6 +316,24 @@ mod tests {
         assert_eq!(blocks(8), (4, 2));
         assert_eq!(blocks(3), (3, 1));
         assert_eq!(blocks(1), (2, 1));
+    }
+
+    #[test]
+    fn rounds_shrink_to_what_the_measured_call_buys() {
+        // Priced at microseconds: two passes of 32. The first timed call took 5 ms on the
+        // slowest rank: 20 ms buys about one round of three candidates, so the minimum of 3.
+        assert_eq!(rescaled(32, 2, 3, 5_000_000, 3), (3, 1));
+        // 100 us: 66 rounds would fit, more than planned: unchanged, never more.
+        assert_eq!(rescaled(32, 2, 3, 100_000, 3), (32, 2));
+        // 400 us: 16 rounds, two passes of 8.
+        assert_eq!(rescaled(32, 2, 3, 400_000, 3), (8, 2));
+        // No time: unchanged.
+        assert_eq!(rescaled(32, 2, 3, 0, 3), (32, 2));
+        // Every rescaled schedule runs candidate 0 for calls 0 and 1, as the first did, so
+        // switching after call 1 continues the same sequence.
+        for (b, _) in [rescaled(32, 2, 3, 5_000_000, 3), rescaled(32, 2, 3, 400_000, 3), (2, 1)] {
+            assert_eq!((0..2).map(|c| schedule(c, 3, b)).collect::<Vec<_>>(), [(0, false), (0, true)]);
+        }
     }
 
     #[test]
