@@ -178,6 +178,12 @@ pub struct TrialTime {
 /// cells of ten (a log spread of about 0.14 each), and two algorithms' errors add.
 pub const MODEL_LOG_SPREAD: f64 = 0.2;
 
+/// Candidate i's trials on its slowest rank (the one whose typical call took longest), from
+/// `times[r * k + i]` as [`measured_best`] takes them; `None` without any rank's.
+pub fn slowest_rank(times: &[TrialTime], k: usize, i: usize) -> Option<TrialTime> {
+    times.iter().skip(i).step_by(k.max(1)).copied().max_by_key(|t| t.ns)
+}
+
 /// The candidate the trials fix: `times[r * k + i]` is rank r's trials of candidate i and
 /// `predicted[i]` its price (seconds; k candidates, the model's choice first).
 ///
@@ -195,15 +201,7 @@ pub fn measured_best(times: &[TrialTime], predicted: &[f64]) -> usize {
     if k == 0 || times.len() < k {
         return 0;
     }
-    let worst = |i: usize| {
-        times
-            .iter()
-            .skip(i)
-            .step_by(k)
-            .copied()
-            .max_by_key(|t| t.ns)
-            .unwrap_or(TrialTime { ns: u64::MAX, rel_err: 1.0 })
-    };
+    let worst = |i: usize| slowest_rank(times, k, i).unwrap_or(TrialTime { ns: u64::MAX, rel_err: 1.0 });
     let base = worst(0);
     let measured_only = || (0..k).min_by_key(|&i| (worst(i).ns, i)).unwrap_or(0);
     if base.ns == u64::MAX || base.ns == 0 {

@@ -130,16 +130,18 @@ impl Communicator {
         };
         let step = match step {
             Step::Rescale(mine) => {
-                // Every rank's first timed call, so every rank sizes the rounds alike.
+                // Every rank's first timed call, so every rank sizes the rounds alike; then
+                // this call is the next trial call of the resized schedule.
                 let all = exchange::all_gather_records(ctx, exchange::TUNE_FINGERPRINT, &mine.to_le_bytes())?;
                 let slowest =
                     all.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).max().unwrap_or(0);
-                self.rescale_trials(key, slowest).unwrap_or(Step::Run(model))
+                self.rescale_trials(key, slowest);
+                self.next_step(key, model)
             }
             other => other,
         };
         match step {
-            Step::Rescale(_) => find(model.algo)?(&ctx.with_chunk_bytes(model.chunk_bytes), args),
+            Step::Rescale(_) => Err(Error::internal(format!("{coll} #{}: trials asked to resize twice", ctx.seq))),
             Step::Run(c) => find(c.algo)?(&ctx.with_chunk_bytes(c.chunk_bytes), args),
             Step::Trial(_, c, false) => find(c.algo)?(&ctx.with_chunk_bytes(c.chunk_bytes), args),
             Step::Trial(i, c, true) => {
@@ -179,8 +181,7 @@ impl Communicator {
                         .iter()
                         .enumerate()
                         .map(|(i, c)| {
-                            let worst = times.iter().skip(i).step_by(k).max_by_key(|t| t.ns).copied();
-                            let (ns, err) = worst.map_or((0, 0.0), |t| (t.ns, t.rel_err));
+                            let (ns, err) = select::slowest_rank(&times, k, i).map_or((0, 0.0), |t| (t.ns, t.rel_err));
                             format!(
                                 "{} {:.2} us ±{:.1}% (priced {:.2} us)",
                                 c.algo,
@@ -263,23 +264,12 @@ impl Communicator {
     /// profile (a real network under the built-in loopback profile) is far too low, so the
     /// trials would spend many times their budget. Fewer rounds where the measured time buys
     /// fewer (never more). Calls 0 and 1 ran candidate 0 under any block of two or more, so
-    /// the shorter schedule continues the same sequence. Returns the step of this call (none
-    /// if the shape is no longer trying, which no call sequence reaches).
-    fn rescale_trials(&self, key: TrialKey, slowest_ns: u64) -> Option<Step> {
+    /// the shorter schedule continues the same sequence.
+    fn rescale_trials(&self, key: TrialKey, slowest_ns: u64) {
         let min_rounds = self.config.trial_calls;
         let mut cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(Trials::Trying { candidates, block, passes, calls, .. }) = cache.trials.get_mut(&key) else {
-            return None;
-        };
-        let k = candidates.len();
-        (*block, *passes) = rescaled(*block, *passes, k, slowest_ns, min_rounds);
-        if *calls < *passes * k as u32 * *block {
-            let (i, timed) = schedule(*calls, k, *block);
-            *calls += 1;
-            Some(Step::Trial(i, candidates[i], timed))
-        } else {
-            // Unreachable with blocks of at least two (candidate 1 has yet to run).
-            None
+        if let Some(Trials::Trying { candidates, block, passes, .. }) = cache.trials.get_mut(&key) {
+            (*block, *passes) = rescaled(*block, *passes, candidates.len(), slowest_ns, min_rounds);
         }
     }
 
