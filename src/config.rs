@@ -188,8 +188,11 @@ pub struct Config {
     /// The tuning file (from `oxccl-bench --calibrate`) whose profile prices the algorithms;
     /// `None`: the built-in profile. Rank 0's profile is used by every rank.
     pub tuning_file: Option<std::path::PathBuf>,
-    /// Calibrate the transport between ranks 0 and 1 at start-up (`OXCCL_TUNE=quick`, under
-    /// 200 ms) and price with that instead of the file's link figures.
+    /// At start-up, time the all-reduce at three sizes and scale the profile's latency and
+    /// per-byte terms to what it measured (`OXCCL_TUNE=quick`, under 200 ms; see
+    /// [`crate::cost::quick_rescale`]): for a machine busier or slower than its profile.
+    /// Where the profile is of this machine's processor, leave it off: on the development VM
+    /// its probes' noise made the predictions worse (benches/COST_MODEL.md).
     pub tune_at_init: bool,
     /// Chunks in flight per pipelined stream. Default 4.
     pub pipeline_depth: usize,

@@ -130,6 +130,11 @@ pub struct TuningFile {
 pub struct TuningEntry {
     /// The host name (`*`: any host).
     pub host: String,
+    /// The processor it was measured on, as [`cpu_model`] names it (`AMD EPYC`, `Intel
+    /// Xeon`); it applies to every machine whose processor's name contains it. Empty: any
+    /// processor (files from before processors were recorded).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cpu: String,
     /// The transport: `shm`, `tcp`, `loopback`.
     pub transport: String,
     /// Cores the host's ranks share.
@@ -530,18 +535,35 @@ impl TuningFile {
             .map_err(|e| Error::invalid_argument(format!("tuning file {}: {e}", path.display())))
     }
 
-    /// Adds `e`, replacing an entry of the same host and transport.
+    /// Adds `e`, replacing an entry of the same host, processor and transport.
     pub fn upsert(&mut self, e: TuningEntry) {
-        self.entries.retain(|x| !(x.host == e.host && x.transport == e.transport));
+        self.entries.retain(|x| !(x.host == e.host && x.cpu == e.cpu && x.transport == e.transport));
         self.entries.push(e);
     }
 
-    /// The entry for `transport` on `host`: that host's, else one for any host (`*`), else
-    /// any entry for the transport.
+    /// The entry for `transport` on `host`, a machine with this machine's processor
+    /// ([`cpu_model`]); see [`TuningFile::entry_for`].
     pub fn entry(&self, host: &str, transport: &str) -> Option<&TuningEntry> {
-        let of =
-            |h: Option<&str>| self.entries.iter().find(|e| e.transport == transport && h.is_none_or(|h| e.host == h));
-        of(Some(host)).or_else(|| of(Some("*"))).or_else(|| of(None))
+        self.entry_for(host, &cpu_model(), transport)
+    }
+
+    /// The entry for `transport` on `host` whose processor is named `cpu`. Entries measured
+    /// on another processor come last (another machine type's profile misprices: see
+    /// benches/COST_MODEL.md, eleventh session); among the others, that host's first, then
+    /// those naming the processor (the most specific name first) before those naming none,
+    /// an entry for any host (`*`) before one for another host.
+    ///
+    /// ```
+    /// use oxccl::cost::TuningFile;
+    /// let f = TuningFile::builtin();
+    /// assert_eq!(f.entry_for("any-host", "AMD EPYC 7B13", "shm").unwrap().cpu, "AMD EPYC");
+    /// assert_eq!(f.entry_for("any-host", "Intel(R) Xeon(R) Processor @ 2.90GHz", "shm").unwrap().cpu, "Intel Xeon");
+    /// ```
+    pub fn entry_for(&self, host: &str, cpu: &str, transport: &str) -> Option<&TuningEntry> {
+        self.entries.iter().filter(|e| e.transport == transport).min_by_key(|e| {
+            let other_cpu = !e.cpu.is_empty() && !cpu_matches(&e.cpu, cpu);
+            (other_cpu, e.host != host, e.cpu.is_empty(), e.host != "*", std::cmp::Reverse(e.cpu.len()))
+        })
     }
 
     /// The profile of `host` whose ranks talk over `intra` (`shm`, `tcp`, `loopback`) among
@@ -583,6 +605,35 @@ impl TuningFile {
         }
         p
     }
+}
+
+/// This machine's processor as tuning entries name it: the model name of `/proc/cpuinfo`
+/// without trademarks or clock (`AMD EPYC`, `Intel Xeon Processor`); empty where unknown.
+pub fn cpu_model() -> String {
+    static CPU: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CPU.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        info.lines()
+            .find_map(|l| l.strip_prefix("model name")?.trim_start().strip_prefix(':'))
+            .map(normal_cpu_name)
+            .unwrap_or_default()
+    })
+    .clone()
+}
+
+/// A processor name without trademarks, clock or repeated spaces: `Intel(R) Xeon(R)
+/// Processor @ 2.90GHz` is `Intel Xeon Processor`.
+fn normal_cpu_name(name: &str) -> String {
+    let name = name.split(" @ ").next().unwrap_or_default();
+    let name = name.replace("(R)", " ").replace("(r)", " ").replace("(TM)", " ").replace("(tm)", " ");
+    name.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether an entry measured on `entry_cpu` applies to a machine whose processor is `cpu`:
+/// the machine's name contains the entry's (case aside).
+pub(crate) fn cpu_matches(entry_cpu: &str, cpu: &str) -> bool {
+    let (e, c) = (normal_cpu_name(entry_cpu).to_lowercase(), normal_cpu_name(cpu).to_lowercase());
+    !e.is_empty() && c.contains(&e)
 }
 
 /// The profile as words, to send rank 0's to every rank at start-up.
@@ -730,7 +781,8 @@ pub enum Effort {
     /// Every data type and operator, more sizes and repetitions: a few seconds.
     Full,
     /// A few sizes, f32 sum only (other kernels scaled from the built-in table): well under
-    /// 200 ms, for calibrating at start-up (`OXCCL_TUNE=quick`).
+    /// 200 ms, a rough reading of a machine no profile describes. (`OXCCL_TUNE=quick`
+    /// scales the profile instead: [`quick_rescale`].)
     Quick,
 }
 
@@ -903,6 +955,7 @@ pub fn calibrate(comm: &Communicator, effort: Effort, base: Option<&TuningEntry>
     let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "*".into());
     let mut entry = TuningEntry {
         host,
+        cpu: cpu_model(),
         transport: comm.transport_name().to_string(),
         cores: cores(),
         alpha_us: alpha * 1e6,
@@ -938,6 +991,100 @@ pub fn calibrate(comm: &Communicator, effort: Effort, base: Option<&TuningEntry>
     Ok(entry)
 }
 
+/// What [`quick_rescale`] measured and the factors it fitted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuickScale {
+    /// Factor on the latency terms (alpha, gap and wake of both links).
+    pub latency: f64,
+    /// Factor on the per-byte terms (beta of both links, copy, every gamma).
+    pub bandwidth: f64,
+    /// Each probe: the call's bytes, the algorithm it ran, its measured time (the slowest
+    /// rank's best round) and the profile's price before scaling, in seconds.
+    pub probes: Vec<(usize, Algorithm, f64, f64)>,
+}
+
+impl QuickScale {
+    /// Scales `profile`'s latency terms by [`QuickScale::latency`] and its per-byte terms
+    /// by [`QuickScale::bandwidth`]; its efficiencies stay as calibrated.
+    pub fn apply(&self, profile: &mut Profile) {
+        for l in [&mut profile.intra, &mut profile.inter] {
+            l.alpha *= self.latency;
+            l.gap *= self.latency;
+            l.wake *= self.latency;
+            l.beta *= self.bandwidth;
+            l.beta_cache *= self.bandwidth;
+        }
+        profile.copy *= self.bandwidth;
+        for g in profile.gamma.iter_mut().flatten() {
+            *g *= self.bandwidth;
+        }
+    }
+}
+
+/// The all-reduce sizes [`quick_rescale`] times: one priced almost all in latency, two
+/// mostly in bandwidth. (A 4 MiB probe cost 110 ms of the budget at 8 ranks over TCP.)
+const QUICK_PROBES: [usize; 3] = [16, 64 << 10, 1 << 20];
+
+/// Rounds of about 3 ms [`quick_rescale`] times each probe in, the best kept.
+const QUICK_ROUNDS: usize = 3;
+
+/// The factors [`quick_rescale`] may fit: a larger miss is a probe gone wrong, not a machine.
+const QUICK_SCALE_RANGE: (f64, f64) = (0.1, 10.0);
+
+/// Times the all-reduce (f32 sum, out of place, on shared buffers) at 16 B, 64 KiB and 1 MiB
+/// under the algorithm the communicator's profile prices best, the best of three rounds of
+/// about 3 ms each, and from them two factors: one on the profile's latency terms (the
+/// smallest probe's time over its price) and one on its per-byte terms (the larger probes'
+/// times over their prices); each clamped to 0.1-10. Apply them with [`QuickScale::apply`].
+///
+/// This is what `OXCCL_TUNE=quick` does at start-up: it keeps what a full calibration
+/// measured (every algorithm's efficiency, the cache curve, the kernels' relative speeds)
+/// and corrects only the machine's overall speed, which is what differs between a
+/// calibrated machine and the same kind of machine on a busier day. Measuring the link
+/// afresh instead ([`Effort::Quick`]) replaced figures fitted with a full calibration's
+/// method by 40 ms of raw readings: the profile's efficiencies no longer matched them.
+///
+/// Collective: every rank must call it, and every rank gets the same factors. Forces the
+/// all-reduce's algorithm while it runs and leaves the automatic choice in place after.
+pub fn quick_rescale(comm: &Communicator) -> Result<QuickScale> {
+    let profile = comm.profile().clone();
+    let hosts = comm.hosts().to_vec();
+    let mut bufs: (Option<SharedBuffer<f32>>, Option<SharedBuffer<f32>>) = (None, None);
+    let mut probes = Vec::new();
+    for size in QUICK_PROBES {
+        let bytes = calibration_bytes(Collective::AllReduce, size, comm.size());
+        let call = Call::new(Collective::AllReduce, bytes, DataType::F32, ReduceOp::Sum);
+        let (algo, price) = best(&call, &hosts, &profile);
+        comm.set_algorithms(&format!("all_reduce:{algo}"))?;
+        // A first round to warm up (not kept): one warm-up call left the probes 10-40% slower
+        // than the same calls later on in the process.
+        let mut t = f64::INFINITY;
+        for round in 0..=QUICK_ROUNDS {
+            let r = Round { warm_up: round == 0, secs: 3e-3, min_calls: 1 };
+            let secs = time_collective(comm, Collective::AllReduce, size, &mut bufs, &profile, algo, r)?;
+            if round > 0 {
+                t = t.min(secs);
+            }
+        }
+        probes.push((bytes, algo, t, price.total()));
+    }
+    comm.set_algorithms("auto")?;
+    let (lo, hi) = QUICK_SCALE_RANGE;
+    // The smallest probe is priced almost all in latency: its time over its price is the
+    // latency factor; the larger ones' pooled times over their pooled prices (the largest
+    // weighs most) the bandwidth factor. Each from its own probes: a least-squares fit of
+    // both, or the larger probes' time beyond their scaled latency terms, let one disturbed
+    // probe trade one factor against the other (latency x3.4 with bandwidth x0.26 when the
+    // 16 B probe alone ran in the slow placement, 19 us against 7 us usually, 4 ranks over
+    // shared memory).
+    let ratio = |ps: &[(usize, Algorithm, f64, f64)]| {
+        let (t, p) = ps.iter().fold((0.0, 0.0), |(t, p), x| (t + x.2, p + x.3));
+        (t / f64::max(p, 1e-12)).clamp(lo, hi)
+    };
+    let (latency, bandwidth) = (ratio(&probes[..1]), ratio(&probes[1..]));
+    Ok(QuickScale { latency, bandwidth, probes })
+}
+
 /// Runs every algorithm of every collective at every size of [`residual_bytes`] (powers of
 /// 4 from 16 B to 64 MiB) and records, in `entry`, the factors that best bring the
 /// formulas' latency and bandwidth terms to the measured times (least squares in relative
@@ -968,7 +1115,8 @@ fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()
             for round in 0..CALIBRATION_ROUNDS {
                 for (&algo, b) in algos.iter().zip(at_size.iter_mut()) {
                     comm.set_algorithms(&format!("{coll}:{algo}"))?;
-                    let t = time_collective(comm, coll, residual_bytes(i), &mut bufs, &profile, algo, round == 0)?;
+                    let r = Round { warm_up: round == 0, secs: 8e-3, min_calls: 3 };
+                    let t = time_collective(comm, coll, residual_bytes(i), &mut bufs, &profile, algo, r)?;
                     *b = b.min(t);
                 }
             }
@@ -1139,9 +1287,17 @@ fn shared_at_least(slot: &mut Option<SharedBuffer<f32>>, len: usize, value: f32)
     Ok(b)
 }
 
+/// How [`time_collective`] times: after one call to warm up or not, about how long, and at
+/// least how many calls.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    warm_up: bool,
+    secs: f64,
+    min_calls: usize,
+}
+
 /// Times one round of a collective of [`calibration_bytes`] for `size` (f32 sum, out of
-/// place, the slowest rank's time, after one call to warm up when `warm_up`): seconds per
-/// call.
+/// place, the slowest rank's time): seconds per call.
 fn time_collective(
     comm: &Communicator,
     coll: Collective,
@@ -1149,7 +1305,7 @@ fn time_collective(
     bufs: &mut (Option<SharedBuffer<f32>>, Option<SharedBuffer<f32>>),
     profile: &Profile,
     algo: Algorithm,
-    warm_up: bool,
+    round: Round,
 ) -> Result<f64> {
     let p = comm.size();
     let total = calibration_bytes(coll, size, p) / 4;
@@ -1161,10 +1317,10 @@ fn time_collective(
     let s: &[f32] = shared_at_least(&mut bufs.0, send, 1.0)?;
     let d = shared_at_least(&mut bufs.1, recv, 0.0)?;
     let bytes = total * 4;
-    // Iterations from the uncorrected prediction, the same on every rank: about 8 ms a round.
+    // Iterations from the uncorrected prediction, the same on every rank: about `round.secs`.
     let guess = predict(&Call::new(coll, bytes, DataType::F32, ReduceOp::Sum), algo, comm.hosts(), profile)
         .map_or(1e-3, |c| c.total());
-    let iters = ((8e-3 / guess.max(1e-7)) as usize).clamp(3, 500);
+    let iters = ((round.secs / guess.max(1e-7)) as usize).clamp(round.min_calls, 500);
     let mut one = || -> Result<()> {
         match coll {
             Collective::AllReduce => comm.all_reduce_into(s, d, ReduceOp::Sum),
@@ -1175,7 +1331,7 @@ fn time_collective(
             _ => comm.reduce_into(s, &mut d[..if comm.rank() == 0 { recv } else { 0 }], ReduceOp::Sum, 0),
         }
     };
-    if warm_up {
+    if round.warm_up {
         one()?;
     }
     comm.barrier()?;
@@ -1260,9 +1416,10 @@ mod tests {
     #[test]
     fn residuals_survive_the_file_and_the_words() {
         let mut f = TuningFile::builtin();
-        let mut e = f.entries[0].efficiencies()[0];
+        // This machine's entry: the one `entry` and `profile` read back below.
+        let mut entry = f.entry("", "shm").unwrap().clone();
+        let mut e = entry.efficiencies()[0];
         e.residual = std::array::from_fn(|i| if i == 3 { 0.0 } else { 0.5 + i as f32 / 8.0 });
-        let mut entry = f.entries[0].clone();
         entry.set_efficiency(&e);
         f.upsert(entry.clone());
         let back = TuningFile::parse(&serde_json::to_string(&f).unwrap()).unwrap();
@@ -1434,6 +1591,52 @@ mod tests {
         f.upsert(mine);
         assert_eq!(f.entries.iter().filter(|e| e.host == "big-box").count(), 1);
         assert!((f.profile("big-box", "tcp").intra.alpha - 123e-6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn entries_of_another_processor_come_last() {
+        let base = TuningFile::builtin().entries[0].clone();
+        let mk = |host: &str, cpu: &str, alpha_us: f64| TuningEntry {
+            host: host.into(),
+            cpu: cpu.into(),
+            transport: "shm".into(),
+            alpha_us,
+            ..base.clone()
+        };
+        let mut f = TuningFile { oxccl_tuning: 1, entries: Vec::new() };
+        f.upsert(mk("box", "Intel Xeon", 1.0));
+        f.upsert(mk("*", "AMD EPYC", 2.0));
+        f.upsert(mk("*", "", 3.0));
+        f.upsert(mk("*", "AMD EPYC 7B13", 4.0));
+        let alpha = |f: &TuningFile, host: &str, cpu: &str| f.entry_for(host, cpu, "shm").unwrap().alpha_us;
+        // This host's entry, but measured on another processor: this processor's wins, the
+        // most specific name first.
+        assert_eq!(alpha(&f, "box", "AMD EPYC 7B13 64-Core Processor"), 4.0);
+        assert_eq!(alpha(&f, "box", "AMD EPYC"), 2.0);
+        assert_eq!(alpha(&f, "box", "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz"), 1.0);
+        assert_eq!(alpha(&f, "elsewhere", "Intel(R) Xeon(R) Processor"), 1.0);
+        // No entry of this processor: one that names none, else any.
+        assert_eq!(alpha(&f, "box", "ARM Neoverse-V2"), 3.0);
+        f.entries.retain(|e| !e.cpu.is_empty());
+        assert!(f.entry_for("box", "ARM Neoverse-V2", "shm").is_some());
+        assert!(f.entry_for("box", "AMD EPYC", "tcp").is_none());
+        // Calibrations of one host name on two processors are kept apart.
+        f.upsert(mk("box", "AMD EPYC", 5.0));
+        assert_eq!(f.entries.iter().filter(|e| e.host == "box").count(), 2);
+        assert_eq!(alpha(&f, "box", "AMD EPYC"), 5.0);
+        assert_eq!(alpha(&f, "box", "Intel Xeon Processor"), 1.0);
+    }
+
+    #[test]
+    fn processor_names_lose_trademarks_and_clock() {
+        assert_eq!(normal_cpu_name(" Intel(R) Xeon(R)  Processor @ 2.90GHz"), "Intel Xeon Processor");
+        assert_eq!(normal_cpu_name("AMD EPYC"), "AMD EPYC");
+        assert!(cpu_matches("Intel Xeon", "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz"));
+        assert!(cpu_matches("amd epyc", "AMD EPYC 9654 96-Core Processor"));
+        assert!(!cpu_matches("AMD EPYC", "Intel(R) Xeon(R) Processor"));
+        assert!(!cpu_matches("", "AMD EPYC"));
+        // Whatever this machine is, the built-in file answers for it.
+        assert!(TuningFile::builtin().entry("any", "shm").is_some());
     }
 
     #[test]

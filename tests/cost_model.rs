@@ -102,22 +102,61 @@ fn tuning_file_from_the_environment() {
     assert!(e.to_string().contains("OXCCL_TUNE"), "{e}");
 }
 
+/// A tuning file whose TCP entry prices this machine `k` times too fast.
+fn profile_off_by(k: f64, name: &str) -> (std::path::PathBuf, cost::Profile) {
+    let mut e = TuningFile::builtin().entry("", "tcp").unwrap().clone();
+    e.alpha_us /= k;
+    e.gap_us /= k;
+    e.wake_us /= k;
+    e.bandwidth_gbs *= k;
+    e.cache_bandwidth_gbs *= k;
+    e.copy_gbs *= k;
+    e.reduce_gbs.values_mut().for_each(|g| *g *= k);
+    let f = TuningFile { oxccl_tuning: 1, entries: vec![e] };
+    let path = temp(name);
+    f.save(&path).unwrap();
+    let profile = f.profile("", "tcp");
+    (path, profile)
+}
+
 #[test]
-fn quick_calibration_at_start_up_replaces_the_link_figures() {
-    let builtin = TuningFile::builtin().profile("", "tcp");
-    let comms = init_world(2, |_| Config { tune_at_init: true, ..test_config().with_transport(TransportKind::Tcp) });
-    let p0 = comms[0].profile().clone();
-    assert_eq!(comms[1].profile(), &p0, "both ranks keep rank 0's figures");
-    assert_ne!(p0.intra, builtin.intra, "the link was measured");
-    assert!(p0.intra.alpha > 0.0 && p0.intra.beta > 0.0 && p0.intra.alpha < 0.01, "{:?}", p0.intra);
-    let fails = on_all(&comms, |c| {
-        let mut v = vec![1u32; 4099];
-        match c.all_reduce(&mut v, ReduceOp::Sum) {
-            Ok(()) => v.iter().filter(|&&x| x != 2).map(|x| format!("{x}")).take(3).collect(),
-            Err(e) => vec![e.to_string()],
+fn quick_calibration_at_start_up_scales_the_profile() {
+    // Profiles a thousand times too fast and too slow: the factors go the right way, each
+    // to its bound (no busy machine is 100x off the truth), and scale every term alike, so
+    // what calibration measured of the algorithms stays.
+    for (k, name) in [(1000.0, "fast.json"), (0.001, "slow.json")] {
+        let (path, file) = profile_off_by(k, name);
+        let comms = init_world(2, |_| Config {
+            tune_at_init: true,
+            tuning_file: Some(path.clone()),
+            algorithms: oxccl::config::AlgoOverrides::parse("all_gather:bruck").unwrap(),
+            ..test_config().with_transport(TransportKind::Tcp)
+        });
+        let p0 = comms[0].profile().clone();
+        assert_eq!(comms[1].profile(), &p0, "both ranks scale alike");
+        let (lat, bw) = (p0.intra.alpha / file.intra.alpha, p0.intra.beta / file.intra.beta);
+        if k > 1.0 {
+            assert!(lat > 5.0 && bw > 5.0, "a profile {k}x too fast scaled by {lat} and {bw}");
+        } else {
+            assert!(lat < 0.2 && bw < 0.2, "a profile {k}x too slow scaled by {lat} and {bw}");
         }
-    });
-    assert!(fails.is_empty(), "{fails:?}");
+        let same = |a: f64, b: f64| (a / b - 1.0).abs() < 1e-9;
+        assert!(same(p0.intra.gap / file.intra.gap, lat) && same(p0.intra.wake / file.intra.wake, lat));
+        assert!(same(p0.intra.beta_cache / file.intra.beta_cache, bw) && same(p0.copy / file.copy, bw));
+        assert!(same(p0.gamma[0][0] / file.gamma[0][0], bw));
+        assert_eq!(p0.efficiency, file.efficiency, "the algorithms' efficiencies are kept");
+        // The configuration's forced algorithm survives the probes' forcing; the others
+        // are chosen again.
+        assert_eq!(comms[0].algorithm_for(Collective::AllGather, 1 << 20), Algorithm::Bruck);
+        let fails = on_all(&comms, |c| {
+            let mut v = vec![1u32; 4099];
+            match c.all_reduce(&mut v, ReduceOp::Sum) {
+                Ok(()) => v.iter().filter(|&&x| x != 2).map(|x| format!("{x}")).take(3).collect(),
+                Err(e) => vec![e.to_string()],
+            }
+        });
+        assert!(fails.is_empty(), "{fails:?}");
+    }
 }
 
 #[test]

@@ -75,8 +75,8 @@ struct Args {
     #[arg(long)]
     explain: bool,
     /// Measure this host's transport and kernels (see `oxccl::cost::calibrate`) and add the
-    /// entry to this tuning file (created if missing; an entry for the same host and
-    /// transport is replaced). Load it with `OXCCL_TUNING_FILE`.
+    /// entry to this tuning file (created if missing; an entry for the same host, processor
+    /// and transport is replaced). Load it with `OXCCL_TUNING_FILE`.
     #[arg(long, value_name = "FILE")]
     calibrate: Option<PathBuf>,
     /// With `--calibrate`: pool this run with the file's earlier calibrations of this world
@@ -208,7 +208,14 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
             oxccl::cost::TuningFile { oxccl_tuning: 1, entries: Vec::new() }
         };
         let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-        let base = file.entries.iter().find(|e| e.host == host && e.transport == comm.transport_name()).cloned();
+        // The runs pooled with this one: this host's and processor's (an entry of the same
+        // host name measured on another machine type is kept apart, as upsert keeps it).
+        let cpu = oxccl::cost::cpu_model();
+        let base = file
+            .entries
+            .iter()
+            .find(|e| e.host == host && e.cpu == cpu && e.transport == comm.transport_name())
+            .cloned();
         let mut entry = oxccl::cost::calibrate(&comm, oxccl::cost::Effort::Full, base.as_ref())?;
         if let (true, Some(b)) = (args.average, &base) {
             entry.average_with(b, comm.size());

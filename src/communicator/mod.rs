@@ -192,6 +192,20 @@ fn initial_profile(config: &Config, transport: &str) -> Result<Profile> {
     let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     // Behind a router, ranks of one host share memory.
     let intra = if transport == "router" { "shm" } else { transport };
+    let builtin = TuningFile::builtin();
+    if let Some(e) = file.entry(&host, intra).or_else(|| builtin.entry(&host, intra)) {
+        let cpu = cost::cpu_model();
+        static TOLD: std::sync::Once = std::sync::Once::new();
+        TOLD.call_once(|| {
+            let other = if e.cpu.is_empty() || cost::cpu_matches(&e.cpu, &cpu) { "" } else { " (another processor: OXCCL_TUNE=quick or oxccl-bench --calibrate measures this one)" };
+            tracing::info!(
+                "prices from the tuning entry for host '{}', processor '{}', transport '{}'{other}; this machine: '{host}', '{cpu}'",
+                e.host,
+                e.cpu,
+                e.transport
+            );
+        });
+    }
     Ok(file.profile(&host, intra))
 }
 
@@ -377,42 +391,34 @@ impl Communicator {
         Ok(())
     }
 
-    /// With `OXCCL_TUNE=quick`: measures the link between ranks 0 and 1 and the f32 kernel
-    /// (rank 0's figures for every rank) and prices with them from now on.
+    /// With `OXCCL_TUNE=quick`: times the all-reduce at three sizes and scales the profile's
+    /// latency and per-byte terms to match ([`cost::quick_rescale`]); prices with it from
+    /// now on. The algorithms forced by the configuration are kept.
     fn tune_at_init(&mut self) -> Result<()> {
         if !self.config.tune_at_init || self.size < 2 {
             return Ok(());
         }
         let t0 = Instant::now();
-        let e = cost::calibrate(self, cost::Effort::Quick, None)?;
-        let link = e.link();
-        if self.hosts[0] == self.hosts[1] {
-            self.profile.intra = link;
-        } else {
-            self.profile.inter = link;
-        }
-        self.profile.copy = 1e-9 / e.copy_gbs;
-        for d in DataType::ALL {
-            for o in ReduceOp::ALL {
-                if let Some(g) = e.reduce_gbs.get(&format!("{}.{}", d.name(), o.name())) {
-                    self.profile.set_gamma(d, o, 1e-9 / g);
-                }
-            }
-        }
+        let forced = self.forced.load(Ordering::Relaxed);
+        let scale = cost::quick_rescale(self);
+        self.forced.store(forced, Ordering::Relaxed);
+        let scale = scale?;
+        scale.apply(&mut self.profile);
         *self.choices.lock().unwrap_or_else(|e| e.into_inner()) = Choices::default();
+        let probes: Vec<String> = scale
+            .probes
+            .iter()
+            .map(|(b, a, t, p)| format!("{b} B {a} {:.1} us against {:.1}", t * 1e6, p * 1e6))
+            .collect();
         tracing::info!(
             rank = self.rank,
-            "quick calibration in {:.1} ms ({} ranks over {}): alpha {:.2} us, gap {:.2} us, wake {:.2} us, \
-             bandwidth {:.2} GB/s, copy {:.1} GB/s, float sum {:.1} GB/s",
+            "quick calibration in {:.1} ms ({} ranks over {}): latency x{:.2}, bandwidth x{:.2} (all-reduce {})",
             t0.elapsed().as_secs_f64() * 1e3,
             self.size,
-            e.transport,
-            e.alpha_us,
-            e.gap_us,
-            e.wake_us,
-            e.bandwidth_gbs,
-            e.copy_gbs,
-            e.reduce_gbs.get("float.sum").copied().unwrap_or(f64::NAN),
+            self.transport_name(),
+            scale.latency,
+            scale.bandwidth,
+            probes.join(", "),
         );
         Ok(())
     }
