@@ -197,7 +197,7 @@ fn initial_profile(config: &Config, transport: &str) -> Result<Profile> {
         let cpu = cost::cpu_model();
         static TOLD: std::sync::Once = std::sync::Once::new();
         TOLD.call_once(|| {
-            let other = if e.cpu.is_empty() || cost::cpu_matches(&e.cpu, &cpu) { "" } else { " (another processor: OXCCL_TUNE=quick or oxccl-bench --calibrate measures this one)" };
+            let other = if e.cpu.is_empty() || cost::cpu_matches(&e.cpu, &cpu) { "" } else { " (another processor's: oxccl-bench --calibrate measures this one)" };
             tracing::info!(
                 "prices from the tuning entry for host '{}', processor '{}', transport '{}'{other}; this machine: '{host}', '{cpu}'",
                 e.host,
