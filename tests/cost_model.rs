@@ -226,13 +226,22 @@ fn bench_calibrates_and_explains() {
     let times = &e.samples.times["all_reduce.ring"];
     assert_eq!(times.len(), 1);
     assert_eq!(times[0].len(), 2 + oxccl::cost::RESIDUAL_POINTS);
+    // Except where a point was more than 5x off the factors' prediction (a run the machine
+    // disturbed: 30 us for a 4 KiB all-reduce once): its residual stops at the bound, by
+    // design, and the prediction falls short of it on that side.
     let profile = f.profile(&e.host, "shm");
+    let row = e.efficiency["all_reduce.ring"].iter().find(|r| r[0] == 2.0).unwrap();
     for i in 0..oxccl::cost::RESIDUAL_POINTS {
         let call =
             oxccl::cost::Call::new(Collective::AllReduce, oxccl::cost::residual_bytes(i), DataType::F32, ReduceOp::Sum);
         let us = oxccl::cost::predict(&call, Algorithm::Ring, &[0, 0], &profile).unwrap().total() * 1e6;
         let measured = times[0][2 + i];
-        assert!((us / measured - 1.0).abs() < 0.02, "size {}: predicted {us} us, measured {measured} us", call.bytes);
+        let what = format!("size {}: predicted {us} us, measured {measured} us, residual {}", call.bytes, row[5 + i]);
+        match row[5 + i] {
+            r if r >= 5.0 => assert!(us < measured, "{what}"),
+            r if r <= 0.2 => assert!(us > measured, "{what}"),
+            _ => assert!((us / measured - 1.0).abs() < 0.02, "{what}"),
+        }
     }
     // A second run keeps one entry per host and transport; with --average its rows at 2
     // ranks average both runs.
