@@ -566,13 +566,21 @@ impl TuningFile {
         })
     }
 
+    /// The entry [`TuningFile::profile`] prices the link inside `host` with: this file's for
+    /// `intra`, else the built-in file's, else the same for shared memory.
+    pub fn intra_entry(&self, host: &str, intra: &str) -> TuningEntry {
+        let builtin = TuningFile::builtin();
+        let find = |t: &str| self.entry(host, t).or_else(|| builtin.entry(host, t)).cloned();
+        find(intra).or_else(|| find("shm")).expect("the built-in file has a shm entry")
+    }
+
     /// The profile of `host` whose ranks talk over `intra` (`shm`, `tcp`, `loopback`) among
     /// themselves and over TCP between hosts. Missing entries fall back to the built-in
     /// file's (loopback to shared memory).
     pub fn profile(&self, host: &str, intra: &str) -> Profile {
         let builtin = TuningFile::builtin();
         let find = |t: &str| self.entry(host, t).or_else(|| builtin.entry(host, t)).cloned();
-        let intra_e = find(intra).or_else(|| find("shm")).expect("the built-in file has a shm entry");
+        let intra_e = self.intra_entry(host, intra);
         let inter_e = find("tcp").expect("the built-in file has a tcp entry");
         let mut p = Profile {
             intra: intra_e.link(),
@@ -775,17 +783,6 @@ pub fn fit_cache_curve(points: &[(f64, f64)]) -> (f64, f64, f64) {
     (best.1, best.2, best.3)
 }
 
-/// How much [`calibrate`] measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Effort {
-    /// Every data type and operator, more sizes and repetitions: a few seconds.
-    Full,
-    /// A few sizes, f32 sum only (other kernels scaled from the built-in table): well under
-    /// 200 ms, a rough reading of a machine no profile describes. (`OXCCL_TUNE=quick`
-    /// scales the profile instead: [`quick_rescale`].)
-    Quick,
-}
-
 fn secs_per_iter(iters: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
     let t0 = Instant::now();
     for _ in 0..iters {
@@ -798,7 +795,7 @@ fn secs_per_iter(iters: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64>
 /// burst of small messages for the gap, both ranks streaming at once for beta at sizes from
 /// 64 KiB to 64 MiB, fitted to the cache curve of [`Link::beta_at`]), its oversubscription
 /// cost with a barrier of every rank (when ranks outnumber cores), this host's reduction
-/// and copy kernels, and (full effort) every algorithm of every collective at every power
+/// and copy kernels, and every algorithm of every collective at every power
 /// of 4 from 16 B to 64 MiB, whose times against the formulas give each algorithm's
 /// efficiency at this world size and what its factors leave unexplained at each size
 /// ([`Profile::efficiency`], [`Efficiency::residual`]).
@@ -808,12 +805,11 @@ fn secs_per_iter(iters: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64>
 /// --calibrate FILE` first) its link figures are kept and only the wake cost and the
 /// efficiencies are measured. Collective: every rank must call it; rank 0's return value is
 /// the complete entry. Needs at least two ranks.
-pub fn calibrate(comm: &Communicator, effort: Effort, base: Option<&TuningEntry>) -> Result<TuningEntry> {
+pub fn calibrate(comm: &Communicator, base: Option<&TuningEntry>) -> Result<TuningEntry> {
     let (r, p) = (comm.rank(), comm.size());
     if p < 2 {
         return Err(Error::invalid_argument("calibration needs at least two ranks"));
     }
-    let quick = effort == Effort::Quick;
     let mut figures = [0f64; 6]; // alpha, gap, beta, barrier, beta_cache, cache_bytes
                                  // Rank 0 decides whether the link figures come from the base entry.
     let mut reuse = [u8::from(p > cores() && base.is_some())];
@@ -827,8 +823,8 @@ pub fn calibrate(comm: &Communicator, effort: Effort, base: Option<&TuningEntry>
     if r < 2 && !reuse {
         let peer = 1 - r;
         // Ping-pong: half a round trip against the message size.
-        let sizes: &[usize] = if quick { &[8, 1024] } else { &[8, 64, 512, 4096] };
-        let reps = if quick { 40 } else { 400 };
+        let sizes: &[usize] = &[8, 64, 512, 4096];
+        let reps = 400;
         let mut pts = Vec::new();
         let mut buf = vec![0u8; 4096];
         for &s in sizes {
@@ -852,7 +848,7 @@ pub fn calibrate(comm: &Communicator, effort: Effort, base: Option<&TuningEntry>
         let (alpha, _) = fit_line(&pts);
         figures[0] = alpha.max(pts[0].1 * 0.5);
         // Gap: a burst of small messages, then one back; per message beyond the round trip.
-        let burst = if quick { 32 } else { 256 };
+        let burst = 256;
         let mut one = || -> Result<()> {
             if r == 0 {
                 for _ in 0..burst {
@@ -867,20 +863,16 @@ pub fn calibrate(comm: &Communicator, effort: Effort, base: Option<&TuningEntry>
             }
         };
         one()?;
-        let t = secs_per_iter(if quick { 2 } else { 10 }, &mut one)?;
+        let t = secs_per_iter(10, &mut one)?;
         figures[1] = ((t - 2.0 * pts[0].1) / burst as f64).max(0.0);
         // Streaming both ways at once: time per exchange against its size.
-        let big: &[usize] = if quick {
-            &[64 << 10, 1 << 20, 8 << 20]
-        } else {
-            &[64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
-        };
+        let big: &[usize] = &[64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20];
         let max = *big.last().expect("sizes");
         let send = vec![1u8; max];
         let mut recv = vec![0u8; max];
         let mut pts = Vec::new();
         for &s in big {
-            let reps = if quick { 2 } else { ((256 << 20) / s).clamp(3, 200) };
+            let reps = ((256 << 20) / s).clamp(3, 200);
             let mut x = || comm.sendrecv(&send[..s], peer, &mut recv[..s], peer);
             x()?;
             // Best of a few rounds: the figure is what the link can do, not the noise.
@@ -901,7 +893,7 @@ pub fn calibrate(comm: &Communicator, effort: Effort, base: Option<&TuningEntry>
     }
     comm.barrier()?;
     if p > cores() {
-        let reps = if quick { 20 } else { 500 };
+        let reps = 500;
         figures[3] = secs_per_iter(reps, &mut || comm.barrier())?;
     }
     comm.broadcast(&mut figures, 0)?;
@@ -930,26 +922,14 @@ pub fn calibrate(comm: &Communicator, effort: Effort, base: Option<&TuningEntry>
                 }
                 kernels[50] = b.copy_gbs;
             }
-            None => measure_kernels(effort, &mut kernels),
+            None => measure_kernels(&mut kernels),
         }
     }
     comm.broadcast(&mut kernels, 0)?;
     let mut reduce_gbs = BTreeMap::new();
-    let builtin = TuningFile::builtin();
-    let builtin_shm = builtin.entry("", "shm").expect("the built-in file has a shm entry");
-    let f32_sum = kernels[crate::cost::dtype_op_index(DataType::F32, ReduceOp::Sum)];
     for d in DataType::ALL {
         for o in ReduceOp::ALL {
-            let k = gamma_key(d, o);
-            let gbs = match effort {
-                Effort::Full => kernels[dtype_op_index(d, o)],
-                // Scale the built-in table by how this host's f32 sum compares.
-                Effort::Quick => {
-                    builtin_shm.reduce_gbs.get(&k).copied().unwrap_or(5.0) * f32_sum
-                        / builtin_shm.reduce_gbs.get("float.sum").copied().unwrap_or(5.0)
-                }
-            };
-            reduce_gbs.insert(k, gbs);
+            reduce_gbs.insert(gamma_key(d, o), kernels[dtype_op_index(d, o)]);
         }
     }
     let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "*".into());
@@ -968,7 +948,7 @@ pub fn calibrate(comm: &Communicator, effort: Effort, base: Option<&TuningEntry>
         copy_gbs: kernels[50],
         reduce_gbs,
         efficiency: base.map(|b| b.efficiency.clone()).unwrap_or_default(),
-        measured: format!("{effort:?} calibration, {p} ranks over {}", comm.transport_name()),
+        measured: format!("Full calibration, {p} ranks over {}", comm.transport_name()),
         runs: base.map(|b| b.runs.clone()).unwrap_or_default(),
         samples: base.map(|b| b.samples.clone()).unwrap_or_default(),
     };
@@ -983,11 +963,9 @@ pub fn calibrate(comm: &Communicator, effort: Effort, base: Option<&TuningEntry>
             entry.copy_gbs,
         ]];
     }
-    if effort == Effort::Full {
-        measure_algorithms(comm, &mut entry)?;
-        // This world size's rows are one run's now (TuningEntry::average_with merges runs).
-        entry.runs.remove(&p.to_string());
-    }
+    measure_algorithms(comm, &mut entry)?;
+    // This world size's rows are one run's now (TuningEntry::average_with merges runs).
+    entry.runs.remove(&p.to_string());
     Ok(entry)
 }
 
@@ -1041,7 +1019,7 @@ const QUICK_SCALE_RANGE: (f64, f64) = (0.1, 10.0);
 /// measured (every algorithm's efficiency, the cache curve, the kernels' relative speeds)
 /// and corrects only the machine's overall speed, which is what differs between a
 /// calibrated machine and the same kind of machine on a busier day. Measuring the link
-/// afresh instead ([`Effort::Quick`]) replaced figures fitted with a full calibration's
+/// afresh instead (as this did before) replaced figures fitted with a full calibration's
 /// method by 40 ms of raw readings: the profile's efficiencies no longer matched them.
 ///
 /// Collective: every rank must call it, and every rank gets the same factors. Forces the
@@ -1358,10 +1336,10 @@ fn cores() -> usize {
 
 /// Times the reduction kernels (GB/s of input, into `out[dtype*5+op]`) and a copy
 /// (`out[50]`) on buffers larger than the caches, as the collectives see them.
-fn measure_kernels(effort: Effort, out: &mut [f64; 51]) {
+fn measure_kernels(out: &mut [f64; 51]) {
     use oxccl_algorithms::{HostReducer, Reducer};
     use oxccl_transport::{MemoryKind, Region, RegionMut};
-    let bytes = if effort == Effort::Quick { 4 << 20 } else { 16 << 20 };
+    let bytes = 16 << 20;
     let a = vec![1u64; bytes / 8];
     let mut dst = vec![0u64; bytes / 8];
     let red = HostReducer::new();
@@ -1375,18 +1353,14 @@ fn measure_kernels(effort: Effort, out: &mut [f64; 51]) {
     };
     let time = |f: &mut dyn FnMut()| {
         f();
-        let reps = if effort == Effort::Quick { 2 } else { 4 };
+        let reps = 4;
         let t0 = Instant::now();
         for _ in 0..reps {
             f();
         }
         bytes as f64 * reps as f64 / t0.elapsed().as_secs_f64() / 1e9
     };
-    let ops: Vec<(DataType, ReduceOp)> = match effort {
-        Effort::Full => DataType::ALL.iter().flat_map(|&d| ReduceOp::ALL.map(|o| (d, o))).collect(),
-        Effort::Quick => vec![(DataType::F32, ReduceOp::Sum)],
-    };
-    for (d, o) in ops {
+    for (d, o) in DataType::ALL.iter().flat_map(|&d| ReduceOp::ALL.map(|o| (d, o))) {
         // dst = dst op a: the in-place form the algorithms use most.
         out[dtype_op_index(d, o)] = time(&mut || {
             red.reduce(d, o, rd, rd.as_region(), ra).expect("aligned, equal lengths");

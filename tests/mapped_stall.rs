@@ -15,8 +15,8 @@ const N: usize = 3 << 20;
 /// yet to write its slice into its peers' outputs; rank 2 is aborted once the stall has begun
 /// (from another thread), so its call fails at once, and rank 0's fails too. No rank may
 /// return while rank 1 may still write into its output: once a call returns, its output must
-/// not change (its caller may free or reuse it). Threads, so a late write would land in memory the caller
-/// owns again: over the in-process transport and shared memory.
+/// not change (its caller may free or reuse it). Threads, so a late write would land in
+/// memory the caller owns again: over the in-process transport and shared memory.
 fn a_failed_rank_returns_after_its_peers_stop_writing(name: &str, comms: Vec<Communicator>) {
     // One world at a time: the stall is the process's.
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());

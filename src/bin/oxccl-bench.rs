@@ -216,7 +216,7 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
             .iter()
             .find(|e| e.host == host && e.cpu == cpu && e.transport == comm.transport_name())
             .cloned();
-        let mut entry = oxccl::cost::calibrate(&comm, oxccl::cost::Effort::Full, base.as_ref())?;
+        let mut entry = oxccl::cost::calibrate(&comm, base.as_ref())?;
         if let (true, Some(b)) = (args.average, &base) {
             entry.average_with(b, comm.size());
         }

@@ -192,20 +192,21 @@ fn initial_profile(config: &Config, transport: &str) -> Result<Profile> {
     let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     // Behind a router, ranks of one host share memory.
     let intra = if transport == "router" { "shm" } else { transport };
-    let builtin = TuningFile::builtin();
-    if let Some(e) = file.entry(&host, intra).or_else(|| builtin.entry(&host, intra)) {
-        let cpu = cost::cpu_model();
-        static TOLD: std::sync::Once = std::sync::Once::new();
-        TOLD.call_once(|| {
-            let other = if e.cpu.is_empty() || cost::cpu_matches(&e.cpu, &cpu) { "" } else { " (another processor's: oxccl-bench --calibrate measures this one)" };
-            tracing::info!(
-                "prices from the tuning entry for host '{}', processor '{}', transport '{}'{other}; this machine: '{host}', '{cpu}'",
-                e.host,
-                e.cpu,
-                e.transport
-            );
-        });
-    }
+    static TOLD: std::sync::Once = std::sync::Once::new();
+    TOLD.call_once(|| {
+        let (e, cpu) = (file.intra_entry(&host, intra), cost::cpu_model());
+        let other = if e.cpu.is_empty() || cost::cpu_matches(&e.cpu, &cpu) {
+            ""
+        } else {
+            " (another processor's: oxccl-bench --calibrate measures this one)"
+        };
+        tracing::info!(
+            "prices from the tuning entry for host '{}', processor '{}', transport '{}'{other}; this machine: '{host}', '{cpu}'",
+            e.host,
+            e.cpu,
+            e.transport
+        );
+    });
     Ok(file.profile(&host, intra))
 }
 
