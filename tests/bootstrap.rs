@@ -183,6 +183,59 @@ fn runs_under_slurm_variables_on_one_node() {
     });
 }
 
+/// Under mpirun on one host oxccl derives the store's port from the job; when another program
+/// holds it (the CI run of e4f219f lost a real-mpirun test to an outgoing connection's local
+/// port), rank 0 moves the store to the next derived port and the other ranks find it there,
+/// passing over a listener that never answers and one that speaks garbage.
+#[test]
+fn a_taken_derived_port_moves_the_store() {
+    use oxccl::bootstrap::env::{detect, LaunchEnv};
+    use std::io::Write;
+    let job = format!("taken-{}-{}", std::process::id(), free_port());
+    let env_of = |r: usize| -> LaunchEnv {
+        let vars = [
+            ("OMPI_COMM_WORLD_RANK", r.to_string()),
+            ("OMPI_COMM_WORLD_SIZE", "3".to_string()),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", r.to_string()),
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", "3".to_string()),
+            ("PMIX_NAMESPACE", job.clone()),
+        ];
+        detect(&|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())).unwrap()
+    };
+    let env0 = env_of(0);
+    assert!(env0.alternates.len() >= 2, "{:?}", env0.alternates);
+    // The derived port: a listener that accepts nothing (the kernel completes connections into
+    // its backlog; nobody answers). The first alternate: one that answers with garbage.
+    let _silent = std::net::TcpListener::bind(env0.addr);
+    let garbage = std::net::TcpListener::bind(env0.alternates[0]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Ok(l) = garbage {
+        l.set_nonblocking(true).unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.write_all(&[0xAB; 64]);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+    }
+    let hs: Vec<_> = (1..3)
+        .map(|r| {
+            let env = env_of(r);
+            std::thread::spawn(move || Communicator::from_launch_env(&env, quick()))
+        })
+        .collect();
+    let c0 = Communicator::from_launch_env(&env0, quick()).unwrap();
+    let mut comms = vec![c0];
+    comms.extend(hs.into_iter().map(|h| h.join().unwrap().unwrap()));
+    sum_check(&comms);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The real Open MPI launcher, where it is installed (CI installs it).
 #[test]
 fn runs_under_real_mpirun() {

@@ -13,6 +13,12 @@
 //! from `OXCCL_SECRET` (32 hex digits); where no launcher provides one it is derived from the
 //! job's identity, which keeps jobs apart but is no protection against a local attacker: set
 //! `OXCCL_SECRET` on every rank for that.
+//!
+//! Where oxccl derives the port itself (mpirun or srun on one host, no address given), it
+//! cannot know the port is free: rank 0 takes the first free one of a few ports derived from
+//! the job ([`LaunchEnv::alternates`]), below Linux's default ephemeral range so that other
+//! programs' outgoing connections seldom hold them, and the other ranks look for the store at
+//! each in turn, passing over listeners that do not know the job's secret.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -44,6 +50,10 @@ pub struct LaunchEnv {
     pub local_world_size: Option<usize>,
     /// The rendezvous store's address.
     pub addr: SocketAddr,
+    /// Where oxccl derived `addr` (a single-host job whose launcher names no address): the
+    /// addresses rank 0 moves its store to, in order, when `addr`'s port is taken, and where
+    /// the other ranks look for it. Empty when the address was given.
+    pub alternates: Vec<SocketAddr>,
     /// The world's secret.
     pub secret: Secret,
     /// Who runs the store.
@@ -112,11 +122,15 @@ fn derive(parts: &[&str]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// A port in 20000..40000 derived from a job's identity, for single-host jobs whose launcher
-/// gives no rendezvous address.
-fn derived_port(job: &str) -> u16 {
-    let d = derive(&["port", job]);
-    20000 + (u16::from_le_bytes([d[0], d[1]]) % 20000)
+/// How many ports a single-host job without a rendezvous address may try.
+pub const DERIVED_PORTS: usize = 8;
+
+/// The `k`th port derived from a job's identity, for single-host jobs whose launcher gives no
+/// rendezvous address: in 20000..32768, below Linux's default ephemeral range (32768-60999),
+/// where outgoing connections take their local ports.
+fn derived_port(job: &str, k: usize) -> u16 {
+    let d = if k == 0 { derive(&["port", job]) } else { derive(&["port", job, &k.to_string()]) };
+    20000 + (u16::from_le_bytes([d[0], d[1]]) % 12768)
 }
 
 /// Reads the launcher environment through `env` (for tests; [`LaunchEnv::from_process`] reads
@@ -129,7 +143,7 @@ pub fn detect(env: Lookup<'_>) -> Result<LaunchEnv> {
         Some(v) => return Err(Error::invalid_argument(format!("OXCCL_STORE_HOST='{v}' is not rank0 or launcher"))),
     };
 
-    let (launcher, rank, size, local_rank, local_size, addr, job) = if get(env, "OXCCL_RANK").is_some() {
+    let (launcher, rank, size, local_rank, local_size, (addr, alternates), job) = if get(env, "OXCCL_RANK").is_some() {
         let rank = required(env, "OXCCL_RANK", "oxccl")?;
         let size = required(env, "OXCCL_WORLD_SIZE", "oxccl (OXCCL_RANK is set)")?;
         let addr = explicit_addr.ok_or_else(|| {
@@ -146,7 +160,7 @@ pub fn detect(env: Lookup<'_>) -> Result<LaunchEnv> {
             }
         }
         let local_size = num(env, "OXCCL_LOCAL_WORLD_SIZE")?;
-        ("oxccl", rank, size, num(env, "OXCCL_LOCAL_RANK")?, local_size, addr, String::new())
+        ("oxccl", rank, size, num(env, "OXCCL_LOCAL_RANK")?, local_size, (addr, Vec::new()), String::new())
     } else if get(env, "RANK").is_some() && get(env, "WORLD_SIZE").is_some() {
         let rank = required(env, "RANK", "torchrun")?;
         let size = required(env, "WORLD_SIZE", "torchrun")?;
@@ -161,7 +175,7 @@ pub fn detect(env: Lookup<'_>) -> Result<LaunchEnv> {
             })?,
         };
         let ls = num(env, "LOCAL_WORLD_SIZE")?;
-        ("torchrun", rank, size, num(env, "LOCAL_RANK")?, ls, addr, job)
+        ("torchrun", rank, size, num(env, "LOCAL_RANK")?, ls, (addr, Vec::new()), job)
     } else if get(env, "OMPI_COMM_WORLD_RANK").is_some() {
         let rank = required(env, "OMPI_COMM_WORLD_RANK", "mpirun")?;
         let size = required(env, "OMPI_COMM_WORLD_SIZE", "mpirun")?;
@@ -220,12 +234,15 @@ pub fn detect(env: Lookup<'_>) -> Result<LaunchEnv> {
         local_rank,
         local_world_size: local_size,
         addr,
+        alternates,
         secret,
         store_host,
         launcher,
     })
 }
 
+/// The rendezvous address of a job whose launcher may name none, and its alternates (see
+/// [`LaunchEnv::alternates`]).
 fn single_host_addr(
     env: Lookup<'_>,
     explicit: Option<SocketAddr>,
@@ -233,15 +250,22 @@ fn single_host_addr(
     job: &str,
     launcher: &str,
     size_var: &str,
-) -> Result<SocketAddr> {
+) -> Result<(SocketAddr, Vec<SocketAddr>)> {
     if let Some(a) = explicit {
-        return Ok(a);
+        return Ok((a, Vec::new()));
     }
     if let Some(a) = master_addr(env, 0)? {
-        return Ok(a);
+        return Ok((a, Vec::new()));
     }
     if one_host {
-        return Ok(SocketAddr::from(([127, 0, 0, 1], derived_port(job))));
+        let at = |k| SocketAddr::from(([127, 0, 0, 1], derived_port(job, k)));
+        let mut alternates: Vec<SocketAddr> = Vec::new();
+        for a in (1..DERIVED_PORTS).map(at) {
+            if a != at(0) && !alternates.contains(&a) {
+                alternates.push(a);
+            }
+        }
+        return Ok((at(0), alternates));
     }
     Err(Error::invalid_argument(format!(
         "OXCCL_ADDR is not set: under {launcher} across several hosts ({size_var} says so), \
@@ -317,6 +341,7 @@ mod tests {
         .unwrap();
         assert_eq!((e.rank, e.world_size, e.local_rank, e.launcher), (1, 2, Some(1), "torchrun"));
         assert_eq!(e.addr.port(), 29501, "torchrun's agent holds MASTER_PORT");
+        assert!(e.alternates.is_empty(), "a port the launcher names has no alternates");
 
         let m = |r: &str| {
             run(&[
@@ -333,6 +358,11 @@ mod tests {
         assert_eq!(a.addr, b.addr, "every rank of one job derives the same address");
         assert_eq!(a.secret, b.secret, "and the same secret");
         assert!(a.addr.ip().is_loopback());
+        assert_eq!(a.alternates, b.alternates, "and the same alternates");
+        assert_eq!(a.alternates.len(), DERIVED_PORTS - 1);
+        for p in std::iter::once(a.addr).chain(a.alternates.iter().copied()).map(|a| a.port()) {
+            assert!((20000..32768).contains(&p), "{p} lies below the ephemeral range");
+        }
 
         let e =
             run(&[("OMPI_COMM_WORLD_RANK", "0"), ("OMPI_COMM_WORLD_SIZE", "4"), ("OMPI_COMM_WORLD_LOCAL_SIZE", "2")])

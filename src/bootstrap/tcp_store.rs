@@ -237,6 +237,10 @@ pub fn fuzz_serve_requests(input: &[u8]) -> (Result<()>, Vec<u8>) {
     (r, peer.output)
 }
 
+/// How long [`TcpStore::connect_any`] waits for a listener's handshake before passing over
+/// it, when it has other addresses to try.
+pub const PROBE_WAIT: Duration = Duration::from_secs(2);
+
 /// A client of a [`TcpStoreServer`]. Thread-safe; requests are serialised on one connection.
 pub struct TcpStore {
     addr: SocketAddr,
@@ -248,38 +252,72 @@ impl TcpStore {
     /// Connects to the store at `addr`, retrying until `deadline` (the server may not be up
     /// yet), and proves knowledge of `secret`.
     pub fn connect(addr: SocketAddr, secret: Secret, rank: Option<usize>, deadline: Instant) -> Result<TcpStore> {
+        Self::connect_any(&[addr], secret, rank, deadline)
+    }
+
+    /// Connects to the first of `addrs` where a store that knows `secret` answers, trying
+    /// each in turn until `deadline`. With one address, a listener there that fails the
+    /// handshake is an error at once; with several it is passed over (another program holds
+    /// that port, so the store's host moved on to the next), and so is one that says nothing
+    /// within [`PROBE_WAIT`].
+    pub fn connect_any(
+        addrs: &[SocketAddr],
+        secret: Secret,
+        rank: Option<usize>,
+        deadline: Instant,
+    ) -> Result<TcpStore> {
+        if addrs.is_empty() {
+            return Err(Error::invalid_argument("no rendezvous store address to connect to"));
+        }
+        let several = addrs.len() > 1;
+        let mut last: Vec<String> = vec![String::new(); addrs.len()];
         let mut backoff = Duration::from_millis(2);
-        let mut stream = loop {
-            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-            match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(5))) {
-                Ok(s) => break s,
-                Err(e) => {
-                    if Instant::now() + backoff >= deadline {
-                        return Err(Error::timeout(
-                            format!("could not reach the rendezvous store at {addr}: {e}"),
-                            Duration::ZERO,
-                        ));
+        loop {
+            for (i, &addr) in addrs.iter().enumerate() {
+                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+                let mut stream = match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(5))) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last[i] = e.to_string();
+                        continue;
                     }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                };
+                let wait = if several { PROBE_WAIT } else { Duration::from_secs(10) };
+                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+                let _ = stream.set_read_timeout(Some(left.min(wait)));
+                let hello = Hello {
+                    purpose: Purpose::Store,
+                    from: rank.map_or(u32::MAX, |r| r as u32),
+                    to: u32::MAX,
+                    index: 0,
+                    world: 0,
+                };
+                match auth::connect_handshake(&mut stream, &secret, hello) {
+                    Ok(_) => {
+                        let _ = stream.set_read_timeout(None);
+                        let _ = stream.set_nodelay(true);
+                        let local = stream.local_addr().map_err(|e| Error::io("store: local address", e))?;
+                        return Ok(TcpStore { addr, conn: Mutex::new(stream), local });
+                    }
+                    Err(e) if !several => {
+                        return Err(Error::invalid_usage(format!("rendezvous store at {addr}: {e}")));
+                    }
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "store: passing over a listener that is not this job's store");
+                        last[i] = format!("not this job's store ({e})");
+                    }
                 }
             }
-        };
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-        let _ = stream.set_read_timeout(Some(left.min(Duration::from_secs(10))));
-        let hello = Hello {
-            purpose: Purpose::Store,
-            from: rank.map_or(u32::MAX, |r| r as u32),
-            to: u32::MAX,
-            index: 0,
-            world: 0,
-        };
-        auth::connect_handshake(&mut stream, &secret, hello)
-            .map_err(|e| Error::invalid_usage(format!("rendezvous store at {addr}: {e}")))?;
-        let _ = stream.set_read_timeout(None);
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().map_err(|e| Error::io("store: local address", e))?;
-        Ok(TcpStore { addr, conn: Mutex::new(stream), local })
+            if Instant::now() + backoff >= deadline {
+                let tried: Vec<String> = addrs.iter().zip(&last).map(|(a, e)| format!("{a}: {e}")).collect();
+                return Err(Error::timeout(
+                    format!("could not reach the rendezvous store at {}", tried.join("; ")),
+                    Duration::ZERO,
+                ));
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
     }
 
     /// The local address of the connection to the store: on a multi-host world, an address

@@ -260,18 +260,16 @@ impl Communicator {
     /// Joins the world `env` describes.
     pub fn from_launch_env(env: &LaunchEnv, config: Config) -> Result<Communicator> {
         let deadline = Instant::now() + config.timeout;
-        let server = if env.rank == 0 && env.store_host == StoreHost::Rank0 {
-            let bind = if env.addr.ip().is_loopback() {
-                env.addr
-            } else {
-                std::net::SocketAddr::new(IpAddr::from([0, 0, 0, 0]), env.addr.port())
-            };
-            Some(TcpStoreServer::start(bind, env.secret).map_err(|e| e.on_rank(0))?)
+        let (server, store) = if env.rank == 0 && env.store_host == StoreHost::Rank0 {
+            let (server, at) = start_store(env).map_err(|e| e.on_rank(0))?;
+            let store = TcpStore::connect(at, env.secret, Some(0), deadline).map_err(|e| e.on_rank(0))?;
+            (Some(server), store)
         } else {
-            None
+            let addrs: Vec<_> = std::iter::once(env.addr).chain(env.alternates.iter().copied()).collect();
+            let store =
+                TcpStore::connect_any(&addrs, env.secret, Some(env.rank), deadline).map_err(|e| e.on_rank(env.rank))?;
+            (None, store)
         };
-        let store =
-            TcpStore::connect(env.addr, env.secret, Some(env.rank), deadline).map_err(|e| e.on_rank(env.rank))?;
         let fallback = if env.addr.ip().is_loopback() { None } else { Some(store.local_addr().ip()) };
         let bind = crate::bootstrap::net::bind_address(config.socket_ifname.as_deref(), fallback)?;
         let boot = Boot {
@@ -1125,6 +1123,34 @@ fn shm_key() -> String {
         let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
         format!("{} {pidns} {host}", boot.trim())
     })
+}
+
+/// Starts rank 0's store at `env.addr`, or where that port is taken, at the first of
+/// `env.alternates` that is free; returns it and the address clients reach it at.
+fn start_store(env: &LaunchEnv) -> Result<(TcpStoreServer, std::net::SocketAddr)> {
+    let mut first_err = None;
+    for at in std::iter::once(env.addr).chain(env.alternates.iter().copied()) {
+        let bind =
+            if at.ip().is_loopback() { at } else { std::net::SocketAddr::new(IpAddr::from([0, 0, 0, 0]), at.port()) };
+        match TcpStoreServer::start(bind, env.secret) {
+            Ok(server) => {
+                if at != env.addr {
+                    tracing::info!(taken = %env.addr, %at, "the derived store port is taken; the store moved");
+                }
+                return Ok((server, at));
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    let e = first_err.expect("at least env.addr was tried");
+    if env.alternates.is_empty() {
+        Err(e)
+    } else {
+        let n = env.alternates.len();
+        Err(e.map_msg(|m| format!("{m}; and the {n} alternate ports derived from the job are taken too")))
+    }
 }
 
 /// Builds the transport `config` asks for: TCP; shared memory (every rank on this host);
