@@ -110,8 +110,21 @@ fn missing_launcher_variable_is_named() {
     assert!(err.contains("MASTER_ADDR"), "{err}");
 }
 
+/// A port free now, below Linux's ephemeral range (32768-60999), so that no outgoing
+/// connection takes it as its local port before the test's process binds it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut x = (std::process::id() as u64) << 32 ^ now.as_nanos() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..1000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 21000 + (x % 11000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 21000..32000")
 }
 
 fn run_pair(env_of: impl Fn(usize) -> Vec<(String, String)>) {
