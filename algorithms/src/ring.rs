@@ -18,6 +18,7 @@
 //! The final value of every segment is computed by its owner alone and then copied to the
 //! other ranks, so every rank ends with bitwise identical results.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 
 use oxccl_transport::{Region, RegionMut, ReqId, Result};
@@ -61,8 +62,10 @@ pub(crate) fn reduce_scatter_phase(
         (0..p - 1).flat_map(|s| chunks(seg(recv_seg(s)), ce).map(move |c| (s, c))).collect();
     let mut sends: SegmentSends = Vec::new();
     let s0 = send_seg(0);
-    for c in chunks(seg(s0), ce) {
-        sends.push((s0, ctx.send(right, 0, input.slice(bytes(&c, es)))?));
+    if items.is_empty() || ctx.recv_sink {
+        for c in chunks(seg(s0), ce) {
+            sends.push((s0, ctx.send(right, 0, input.slice(bytes(&c, es)))?));
+        }
     }
     if items.is_empty() {
         return Ok((sends, Vec::new()));
@@ -107,6 +110,28 @@ pub(crate) fn reduce_scatter_phase(
         run().inspect_err(|e| ctx.net.fail(e.clone()))?;
         return Ok((sends, forwarded));
     }
+    // Without receive sinks (TCP), sends to the right go out paced by arrivals from the
+    // left: `depth` ahead, then one per chunk received, in the order the right neighbour
+    // expects them (step 0's chunks, then each forwarded chunk). Step 0 posted whole put its
+    // segment in the socket buffers at once, out of cache by the time it was read (see
+    // `halving_doubling::exchange_reduce`).
+    let mut queue: VecDeque<Send> =
+        chunks(seg(s0), ce).map(|c| Send { seg: s0, step: 0, buf: input.slice(bytes(&c, es)), owned: false }).collect();
+    let mut credit = ctx.pipeline_depth.max(1);
+    let flush = |queue: &mut VecDeque<Send>, credit: &mut usize, sends: &mut SegmentSends, fwd: &mut Vec<ReqId>| {
+        while *credit > 0 {
+            let Some(x) = queue.pop_front() else { break };
+            *credit -= 1;
+            let q = ctx.send(right, x.step, x.buf)?;
+            if x.owned {
+                fwd.push(q);
+            } else {
+                sends.push((x.seg, q));
+            }
+        }
+        Ok::<(), oxccl_transport::Error>(())
+    };
+    flush(&mut queue, &mut credit, &mut sends, &mut forwarded)?;
     recv_stream(ctx, left, dtype, &items, |(s, c), incoming| {
         let b = bytes(c, es);
         if *s == p - 2 {
@@ -116,16 +141,28 @@ pub(crate) fn reduce_scatter_phase(
                 ctx.reducer.divide(dtype, dst, p)?;
             }
             if forward_owned {
-                forwarded.push(ctx.send(right, p - 1, dst.as_region())?);
+                queue.push_back(Send { seg: owned, step: p - 1, buf: dst.as_region(), owned: true });
             }
         } else {
             let dst = work.slice(b.clone());
             ctx.reducer.reduce(dtype, op, dst, incoming, input.slice(b))?;
-            sends.push((recv_seg(*s), ctx.send(right, s + 1, dst.as_region())?));
+            queue.push_back(Send { seg: recv_seg(*s), step: s + 1, buf: dst.as_region(), owned: false });
         }
-        Ok(())
+        credit += 1;
+        flush(&mut queue, &mut credit, &mut sends, &mut forwarded)
     })?;
+    credit = usize::MAX;
+    flush(&mut queue, &mut credit, &mut sends, &mut forwarded)?;
     Ok((sends, forwarded))
+}
+
+/// A send of the reduce-scatter phase waiting for its turn: the segment it reads, its step,
+/// its bytes, and whether it is the owned segment's forward (all-gather step 0).
+struct Send {
+    seg: usize,
+    step: usize,
+    buf: Region,
+    owned: bool,
 }
 
 /// Runs the all-gather phase over `buf` (full size), in which this rank holds segment
