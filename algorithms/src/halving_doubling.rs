@@ -18,6 +18,7 @@ use crate::dtype::DataType;
 use crate::fold::Fold;
 use crate::op::ReduceOp;
 use crate::partition::{bytes, chunks};
+use crate::pipeline::PacedSends;
 
 /// The first step tag of the halving steps (step 0 is the fold).
 pub(crate) const FIRST_STEP: usize = 1;
@@ -109,7 +110,7 @@ fn exchange_reduce(
     let ce = ctx.chunk_elems(dtype).max(1);
     let run = || -> Result<()> {
         let mut reqs = Vec::new();
-        let mut gives = chunks(give.clone(), ce);
+        let gives = chunks(give.clone(), ce);
         if ctx.recv_sink {
             for c in gives {
                 reqs.push(ctx.send(peer, step, cur.slice(bytes(&c, es)))?);
@@ -118,24 +119,16 @@ fn exchange_reduce(
                 reqs.push(ctx.recv_reduce(peer, step, dtype, op, dst.slice(at(&c)), cur.slice(bytes(&c, es)))?);
             }
         } else {
-            // Sends paced by arrivals: `depth` ahead, then one per chunk received, as in the
-            // direct schedule. Posted all at once, the whole half queued in the kernel's
-            // socket buffers and left the cache before the partner read it: 2-rank TCP
-            // reduce-scatter at 16-64 MiB took 1.15-1.3x as long.
-            for c in gives.by_ref().take(ctx.pipeline_depth.max(1)) {
-                reqs.push(ctx.send(peer, step, cur.slice(bytes(&c, es)))?);
+            let mut paced = PacedSends::new(ctx, peer);
+            for c in gives {
+                paced.push(step, cur.slice(bytes(&c, es)), ())?;
             }
             let items: Vec<(usize, Range<usize>)> = chunks(keep.clone(), ce).map(|c| (step, c)).collect();
             crate::pipeline::recv_stream(ctx, peer, dtype, &items, |(_, c), incoming| {
                 ctx.reducer.reduce(dtype, op, dst.slice(at(c)), incoming, cur.slice(bytes(c, es)))?;
-                if let Some(g) = gives.next() {
-                    reqs.push(ctx.send(peer, step, cur.slice(bytes(&g, es)))?);
-                }
-                Ok(())
+                paced.arrived()
             })?;
-            for c in gives {
-                reqs.push(ctx.send(peer, step, cur.slice(bytes(&c, es)))?);
-            }
+            reqs.extend(paced.finish()?.into_iter().map(|(_, q)| q));
         }
         ctx.wait_all(&reqs)
     };

@@ -1,10 +1,11 @@
 //! Pipelined receiving: a stream of chunks from one peer lands in a few scratch slots, and
-//! each is handed to the caller as soon as it has arrived while the next ones keep arriving.
+//! each is handed to the caller as soon as it has arrived while the next ones keep arriving;
+//! and sends to one peer paced by those arrivals.
 
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use oxccl_transport::{Region, ReqId, Result};
+use oxccl_transport::{Error, Region, ReqId, Result};
 
 use crate::ctx::Ctx;
 use crate::dtype::DataType;
@@ -56,4 +57,54 @@ pub(crate) fn recv_stream(
         post(&mut free, &mut inflight)?;
     }
     Ok(())
+}
+
+/// Sends to one peer, posted in the order they are pushed but paced by arrivals: `depth`
+/// ahead, then one more per [`PacedSends::arrived`]. For transports without receive sinks
+/// (TCP), where a send posted long before its receiver reads it sits in the kernel's socket
+/// buffers and leaves the cache: posting a whole step's sends at once made 2-rank TCP
+/// reduce-scatter 1.2-1.8x slower at 4-64 MiB (halving-doubling and ring against direct,
+/// which paces its own). Deadlock-free where the k-th send needs nothing from the peer but
+/// its (k - depth)-th arrival. Each send carries a label `L` back to the caller.
+pub(crate) struct PacedSends<'c, 'a, L> {
+    ctx: &'c Ctx<'a>,
+    peer: usize,
+    queue: VecDeque<(usize, Region, L)>,
+    credit: usize,
+    posted: Vec<(L, ReqId)>,
+}
+
+impl<'c, 'a, L> PacedSends<'c, 'a, L> {
+    pub(crate) fn new(ctx: &'c Ctx<'a>, peer: usize) -> Self {
+        let credit = ctx.pipeline_depth.max(1);
+        PacedSends { ctx, peer, queue: VecDeque::new(), credit, posted: Vec::new() }
+    }
+
+    /// Queues a send of `buf` tagged `step`, and posts what the credit allows.
+    pub(crate) fn push(&mut self, step: usize, buf: Region, label: L) -> Result<()> {
+        self.queue.push_back((step, buf, label));
+        self.flush()
+    }
+
+    /// One chunk arrived: one more send may go.
+    pub(crate) fn arrived(&mut self) -> Result<()> {
+        self.credit = self.credit.saturating_add(1);
+        self.flush()
+    }
+
+    /// Posts every send still queued; returns all of them, labelled, in order.
+    pub(crate) fn finish(mut self) -> Result<Vec<(L, ReqId)>> {
+        self.credit = usize::MAX;
+        self.flush()?;
+        Ok(self.posted)
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        while self.credit > 0 {
+            let Some((step, buf, label)) = self.queue.pop_front() else { break };
+            self.credit -= 1;
+            self.posted.push((label, self.ctx.send(self.peer, step, buf)?));
+        }
+        Ok(())
+    }
 }

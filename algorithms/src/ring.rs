@@ -18,7 +18,6 @@
 //! The final value of every segment is computed by its owner alone and then copied to the
 //! other ranks, so every rank ends with bitwise identical results.
 
-use std::collections::VecDeque;
 use std::ops::Range;
 
 use oxccl_transport::{Region, RegionMut, ReqId, Result};
@@ -27,7 +26,7 @@ use crate::ctx::Ctx;
 use crate::dtype::DataType;
 use crate::op::ReduceOp;
 use crate::partition::{bytes, chunks, ring_index};
-use crate::pipeline::recv_stream;
+use crate::pipeline::{recv_stream, PacedSends};
 
 /// Sends of the reduce-scatter phase, by the segment they read, so the all-gather phase can
 /// wait for them before it overwrites that segment.
@@ -111,27 +110,13 @@ pub(crate) fn reduce_scatter_phase(
         return Ok((sends, forwarded));
     }
     // Without receive sinks (TCP), sends to the right go out paced by arrivals from the
-    // left: `depth` ahead, then one per chunk received, in the order the right neighbour
-    // expects them (step 0's chunks, then each forwarded chunk). Step 0 posted whole put its
-    // segment in the socket buffers at once, out of cache by the time it was read (see
-    // `halving_doubling::exchange_reduce`).
-    let mut queue: VecDeque<Send> =
-        chunks(seg(s0), ce).map(|c| Send { seg: s0, step: 0, buf: input.slice(bytes(&c, es)), owned: false }).collect();
-    let mut credit = ctx.pipeline_depth.max(1);
-    let flush = |queue: &mut VecDeque<Send>, credit: &mut usize, sends: &mut SegmentSends, fwd: &mut Vec<ReqId>| {
-        while *credit > 0 {
-            let Some(x) = queue.pop_front() else { break };
-            *credit -= 1;
-            let q = ctx.send(right, x.step, x.buf)?;
-            if x.owned {
-                fwd.push(q);
-            } else {
-                sends.push((x.seg, q));
-            }
-        }
-        Ok::<(), oxccl_transport::Error>(())
-    };
-    flush(&mut queue, &mut credit, &mut sends, &mut forwarded)?;
+    // left, in the order the right neighbour expects them (step 0's chunks, then each chunk
+    // to forward). Labelled with the segment they read; the owned segment's forwards with
+    // `None`.
+    let mut paced = PacedSends::new(ctx, right);
+    for c in chunks(seg(s0), ce) {
+        paced.push(0, input.slice(bytes(&c, es)), Some(s0))?;
+    }
     recv_stream(ctx, left, dtype, &items, |(s, c), incoming| {
         let b = bytes(c, es);
         if *s == p - 2 {
@@ -141,28 +126,22 @@ pub(crate) fn reduce_scatter_phase(
                 ctx.reducer.divide(dtype, dst, p)?;
             }
             if forward_owned {
-                queue.push_back(Send { seg: owned, step: p - 1, buf: dst.as_region(), owned: true });
+                paced.push(p - 1, dst.as_region(), None)?;
             }
         } else {
             let dst = work.slice(b.clone());
             ctx.reducer.reduce(dtype, op, dst, incoming, input.slice(b))?;
-            queue.push_back(Send { seg: recv_seg(*s), step: s + 1, buf: dst.as_region(), owned: false });
+            paced.push(s + 1, dst.as_region(), Some(recv_seg(*s)))?;
         }
-        credit += 1;
-        flush(&mut queue, &mut credit, &mut sends, &mut forwarded)
+        paced.arrived()
     })?;
-    credit = usize::MAX;
-    flush(&mut queue, &mut credit, &mut sends, &mut forwarded)?;
+    for (label, q) in paced.finish()? {
+        match label {
+            Some(j) => sends.push((j, q)),
+            None => forwarded.push(q),
+        }
+    }
     Ok((sends, forwarded))
-}
-
-/// A send of the reduce-scatter phase waiting for its turn: the segment it reads, its step,
-/// its bytes, and whether it is the owned segment's forward (all-gather step 0).
-struct Send {
-    seg: usize,
-    step: usize,
-    buf: Region,
-    owned: bool,
 }
 
 /// Runs the all-gather phase over `buf` (full size), in which this rank holds segment

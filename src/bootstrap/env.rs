@@ -129,7 +129,7 @@ pub const DERIVED_PORTS: usize = 8;
 /// rendezvous address: in 20000..32768, below Linux's default ephemeral range (32768-60999),
 /// where outgoing connections take their local ports.
 fn derived_port(job: &str, k: usize) -> u16 {
-    let d = if k == 0 { derive(&["port", job]) } else { derive(&["port", job, &k.to_string()]) };
+    let d = derive(&["port", job, &k.to_string()]);
     20000 + (u16::from_le_bytes([d[0], d[1]]) % 12768)
 }
 
@@ -258,14 +258,14 @@ fn single_host_addr(
         return Ok((a, Vec::new()));
     }
     if one_host {
-        let at = |k| SocketAddr::from(([127, 0, 0, 1], derived_port(job, k)));
-        let mut alternates: Vec<SocketAddr> = Vec::new();
-        for a in (1..DERIVED_PORTS).map(at) {
-            if a != at(0) && !alternates.contains(&a) {
-                alternates.push(a);
+        let mut addrs: Vec<SocketAddr> = Vec::with_capacity(DERIVED_PORTS);
+        for a in (0..DERIVED_PORTS).map(|k| SocketAddr::from(([127, 0, 0, 1], derived_port(job, k)))) {
+            if !addrs.contains(&a) {
+                addrs.push(a);
             }
         }
-        return Ok((at(0), alternates));
+        let first = addrs.remove(0);
+        return Ok((first, addrs));
     }
     Err(Error::invalid_argument(format!(
         "OXCCL_ADDR is not set: under {launcher} across several hosts ({size_var} says so), \
