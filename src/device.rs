@@ -14,6 +14,7 @@
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use oxccl_transport::cuda::{self, DeviceAlloc};
 
@@ -24,6 +25,10 @@ use crate::Element;
 /// CUDA driver was loaded when a communicator was created): only then do raw pointers get
 /// asked which memory they are in.
 static CUDA_SEEN: AtomicBool = AtomicBool::new(false);
+
+/// How long a `DeviceBuffer`'s own copies wait for the GPU: they are queued on oxccl's
+/// stream of the device, behind any collective another thread of this process runs there.
+const COPY_WAIT: Duration = Duration::from_secs(60);
 
 /// Whether pointers may be device pointers (see [`CUDA_SEEN`]).
 pub(crate) fn cuda_seen() -> bool {
@@ -75,7 +80,7 @@ impl<T: Element> DeviceBuffer<T> {
         let alloc = ctx.alloc(bytes)?;
         CUDA_SEEN.store(true, Ordering::Relaxed);
         // SAFETY: the allocation holds `bytes` bytes.
-        unsafe { ctx.zero(alloc.as_ptr(), bytes)? };
+        unsafe { ctx.zero(alloc.as_ptr(), bytes, Instant::now() + COPY_WAIT)? };
         Ok(DeviceBuffer { alloc, len, _t: PhantomData })
     }
 
@@ -127,7 +132,7 @@ impl<T: Element> DeviceBuffer<T> {
         // SAFETY: `T` is plain old data, so its bytes may be viewed as such.
         let bytes = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<u8>(), self.bytes()) };
         // SAFETY: the allocation holds exactly these bytes.
-        unsafe { self.alloc.context().copy_to_device(self.alloc.as_ptr(), bytes) }
+        unsafe { self.alloc.context().copy_to_device(self.alloc.as_ptr(), bytes, Instant::now() + COPY_WAIT) }
     }
 
     /// Copies the buffer into `dst` (of the same length); returns when the copy is done.
@@ -143,7 +148,7 @@ impl<T: Element> DeviceBuffer<T> {
         // SAFETY: `T` is plain old data: any bytes the device holds are a valid `T`.
         let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), n) };
         // SAFETY: the allocation holds exactly these bytes.
-        unsafe { self.alloc.context().copy_to_host(bytes, self.alloc.as_ptr()) }
+        unsafe { self.alloc.context().copy_to_host(bytes, self.alloc.as_ptr(), Instant::now() + COPY_WAIT) }
     }
 
     /// A host copy of the buffer.

@@ -70,9 +70,29 @@ fn table() -> MutexGuard<'static, HashMap<usize, Arc<Entry>>> {
 /// Registers `comm` and returns its new handle.
 pub(crate) fn register(comm: Communicator) -> oxcclComm_t {
     let token = Box::into_raw(Box::new(0u8)) as usize;
-    table()
-        .insert(token, Arc::new(Entry { comm, last_error: Mutex::new(CString::default()), proxy: Mutex::new(None) }));
+    let entry = Arc::new(Entry { comm, last_error: Mutex::new(CString::default()), proxy: Mutex::new(None) });
+    prepare_current_device(&entry);
+    table().insert(token, entry);
     token as oxcclComm_t
+}
+
+/// Where the program has a CUDA device current on this thread (`cudaSetDevice` before the
+/// init, as NCCL programs do), the device setup happens now, as NCCL's does in its init:
+/// the stream proxy (with its pinned counter) and the kernels. Made in the first call
+/// instead, it could wait on a device whose streams already wait for this rank (another
+/// thread's rank ordered a collective on its stream), until the deadline. Host-only programs
+/// (the driver never loaded) are not touched; a failure here is left for the first call on
+/// device buffers to report.
+fn prepare_current_device(entry: &Entry) {
+    if !oxccl_transport::cuda::process_uses_cuda() {
+        return;
+    }
+    let Ok(ordinal) = oxccl_transport::cuda::current_ordinal() else { return };
+    if entry.proxy(ordinal).is_ok() {
+        if let Err(e) = entry.comm.prepare_device(ordinal) {
+            tracing::debug!(error = %e, "the device setup at init failed; the first call on device buffers says why");
+        }
+    }
 }
 
 /// The communicator behind `h`, or an InvalidArgument error.

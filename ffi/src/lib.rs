@@ -695,15 +695,25 @@ mod tests {
         let mut id = oxcclUniqueId { internal: [0; 128] };
         // SAFETY: a writable id.
         assert_eq!(unsafe { oxcclGetUniqueId(&mut id) }, SUCCESS);
+        // Every buffer is made before any call is ordered on a stream, as with NCCL: a stream
+        // waiting on a collective blocks the legacy default stream, and so anything that
+        // synchronises with it (a cudaMemcpy, a cudaFree) in a thread whose rank the
+        // collective waits for.
+        let made = std::sync::Barrier::new(2);
+        let made = &made;
         let results: Vec<Vec<f32>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..2)
                 .map(|rank| {
                     s.spawn(move || {
+                        // cudaSetDevice(0), as an NCCL program does before the init, which then
+                        // sets the device up.
+                        oxccl_transport::cuda::context(0).unwrap().make_current().unwrap();
                         let mut comm: oxcclComm_t = std::ptr::null_mut();
                         // SAFETY: a writable handle; the id from oxcclGetUniqueId.
                         assert_eq!(unsafe { oxcclCommInitRank(&mut comm, 2, id, rank) }, SUCCESS);
                         let mut buf =
                             oxccl_rs::DeviceBuffer::<f32>::from_slice(&vec![rank as f32 + 1.0; n], 0).unwrap();
+                        made.wait();
                         let p = buf.as_mut_ptr().cast::<c_void>();
                         // Each rank its own stream (CUDA's per-thread default stream): ranks that
                         // are threads of one process must not share one, as in NCCL.

@@ -1,6 +1,8 @@
 //! The collectives on [`DeviceBuffer`]s: the same calls as on slices, with NCCL's layouts
-//! (all-gather and reduce-scatter in place when the buffer is the whole vector). Each returns
-//! once the GPU work is done and the result is in the buffers.
+//! (all-gather and reduce-scatter in place when the buffer is the whole vector). Each starts
+//! after the work queued on the device's legacy default stream (CUDA's NULL stream) before
+//! the call, as a stream-less call must (synchronise other streams that write the buffers
+//! first), and returns once the GPU work is done and the result is in the buffers.
 
 use oxccl_algorithms::{Element, ReduceOp};
 
@@ -25,6 +27,7 @@ fn same_len(what: &str, a: usize, b: usize) -> Result<()> {
 impl Communicator {
     /// All-reduce in place on device memory.
     pub fn all_reduce_device<T: Element>(&self, buf: &mut DeviceBuffer<T>, op: ReduceOp) -> Result<()> {
+        self.after_default_stream(buf.ordinal())?;
         let p = buf.as_mut_ptr().cast::<u8>();
         // SAFETY: the buffer holds `len` elements for the call (borrowed mutably).
         unsafe { self.all_reduce_raw(p, p, buf.len(), T::DTYPE, op) }
@@ -37,6 +40,7 @@ impl Communicator {
         recv: &mut DeviceBuffer<T>,
         op: ReduceOp,
     ) -> Result<()> {
+        self.after_default_stream(send.ordinal())?;
         same_len("all_reduce", send.len(), recv.len())?;
         // SAFETY: both buffers hold `len` elements for the call; distinct allocations.
         unsafe { self.all_reduce_raw(send.as_ptr().cast(), recv.as_mut_ptr().cast(), send.len(), T::DTYPE, op) }
@@ -44,6 +48,7 @@ impl Communicator {
 
     /// All-gather in place: block `rank` of `buf` is this rank's contribution.
     pub fn all_gather_device<T: Element>(&self, buf: &mut DeviceBuffer<T>) -> Result<()> {
+        self.after_default_stream(buf.ordinal())?;
         let count = blocks("all_gather", buf.len(), self.size)?;
         let p = buf.as_mut_ptr().cast::<u8>();
         let own = p.wrapping_add(self.rank * count * std::mem::size_of::<T>());
@@ -53,6 +58,7 @@ impl Communicator {
 
     /// All-gather of `send` (one block) into `recv` (`size` blocks).
     pub fn all_gather_device_into<T: Element>(&self, send: &DeviceBuffer<T>, recv: &mut DeviceBuffer<T>) -> Result<()> {
+        self.after_default_stream(send.ordinal())?;
         same_len("all_gather", send.len() * self.size, recv.len())?;
         // SAFETY: the buffers hold one and `size` blocks for the call.
         unsafe { self.all_gather_raw(send.as_ptr().cast(), recv.as_mut_ptr().cast(), send.len(), T::DTYPE) }
@@ -60,6 +66,7 @@ impl Communicator {
 
     /// Reduce-scatter in place: block `rank` of `buf` ends as this rank's block of the result.
     pub fn reduce_scatter_device<T: Element>(&self, buf: &mut DeviceBuffer<T>, op: ReduceOp) -> Result<()> {
+        self.after_default_stream(buf.ordinal())?;
         let count = blocks("reduce_scatter", buf.len(), self.size)?;
         let p = buf.as_mut_ptr().cast::<u8>();
         let own = p.wrapping_add(self.rank * count * std::mem::size_of::<T>());
@@ -74,6 +81,7 @@ impl Communicator {
         recv: &mut DeviceBuffer<T>,
         op: ReduceOp,
     ) -> Result<()> {
+        self.after_default_stream(send.ordinal())?;
         same_len("reduce_scatter", recv.len() * self.size, send.len())?;
         // SAFETY: the buffers hold `size` and one blocks for the call.
         unsafe { self.reduce_scatter_raw(send.as_ptr().cast(), recv.as_mut_ptr().cast(), recv.len(), T::DTYPE, op) }
@@ -82,6 +90,7 @@ impl Communicator {
     /// All-to-all in place: block `j` goes to rank `j`, and is replaced by rank `j`'s block
     /// for this rank.
     pub fn all_to_all_device<T: Element>(&self, buf: &mut DeviceBuffer<T>) -> Result<()> {
+        self.after_default_stream(buf.ordinal())?;
         let count = blocks("all_to_all", buf.len(), self.size)?;
         let p = buf.as_mut_ptr().cast::<u8>();
         // SAFETY: the buffer holds `size * count` elements for the call.
@@ -90,6 +99,7 @@ impl Communicator {
 
     /// All-to-all from `send` into `recv` (`size` blocks each).
     pub fn all_to_all_device_into<T: Element>(&self, send: &DeviceBuffer<T>, recv: &mut DeviceBuffer<T>) -> Result<()> {
+        self.after_default_stream(send.ordinal())?;
         same_len("all_to_all", send.len(), recv.len())?;
         let count = blocks("all_to_all", send.len(), self.size)?;
         // SAFETY: both hold `size * count` elements for the call.
@@ -98,6 +108,7 @@ impl Communicator {
 
     /// Broadcast in place from `root`.
     pub fn broadcast_device<T: Element>(&self, buf: &mut DeviceBuffer<T>, root: usize) -> Result<()> {
+        self.after_default_stream(buf.ordinal())?;
         let p = buf.as_mut_ptr().cast::<u8>();
         // SAFETY: the buffer holds `len` elements for the call.
         unsafe { self.broadcast_raw(p, p, buf.len(), T::DTYPE, root) }
@@ -111,6 +122,7 @@ impl Communicator {
         recv: &mut DeviceBuffer<T>,
         root: usize,
     ) -> Result<()> {
+        self.after_default_stream(send.ordinal())?;
         if self.rank == root {
             same_len("broadcast", send.len(), recv.len())?;
         }
@@ -120,6 +132,7 @@ impl Communicator {
 
     /// Reduce in place into `root`'s buffer (the other ranks' buffers are left as they were).
     pub fn reduce_device<T: Element>(&self, buf: &mut DeviceBuffer<T>, op: ReduceOp, root: usize) -> Result<()> {
+        self.after_default_stream(buf.ordinal())?;
         let p = buf.as_mut_ptr().cast::<u8>();
         // SAFETY: the buffer holds `len` elements for the call.
         unsafe { self.reduce_raw(p, p, buf.len(), T::DTYPE, op, root) }
@@ -133,6 +146,7 @@ impl Communicator {
         op: ReduceOp,
         root: usize,
     ) -> Result<()> {
+        self.after_default_stream(send.ordinal())?;
         if self.rank == root {
             same_len("reduce", send.len(), recv.len())?;
         }
@@ -142,6 +156,15 @@ impl Communicator {
 }
 
 impl Communicator {
+    /// Waits (with the communicator's deadline) for the work queued on device `ordinal`'s
+    /// legacy default stream, so that a call of the stream-less API sees what a kernel or
+    /// copy there wrote into its buffers.
+    fn after_default_stream(&self, ordinal: u32) -> Result<()> {
+        let ctx = oxccl_transport::cuda::context(ordinal)?;
+        let deadline = std::time::Instant::now() + self.config.timeout;
+        ctx.sync_stream(std::ptr::null_mut(), deadline, "waiting for the default stream's work before the call")
+    }
+
     /// For bindings whose calls take a CUDA stream (NCCL's C ABI): when `bufs` are device
     /// memory, returns once the work queued on `stream` before this call has finished (NULL:
     /// the legacy default stream, as in CUDA), so that the collective that follows sees its

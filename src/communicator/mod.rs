@@ -1292,20 +1292,9 @@ impl Communicator {
     #[cfg(feature = "cuda")]
     fn run_device(&self, coll: Collective, args: CollArgs, ordinal: u32) -> Result<()> {
         let forced = AlgoOverrides::unpack(self.forced.load(Ordering::Relaxed), coll);
-        let reducer = {
-            let mut m = self.device_reducers.lock().unwrap_or_else(|e| e.into_inner());
-            match m.get(&ordinal) {
-                Some(r) => r.clone(),
-                None => {
-                    let r = Arc::new(
-                        oxccl_algorithms::kernels::cuda::CudaReducer::new(ordinal)
-                            .map_err(|e| e.in_collective(coll.name(), self.next_seq()).on_rank(self.rank))?,
-                    );
-                    m.insert(ordinal, r.clone());
-                    r
-                }
-            }
-        };
+        let reducer = self
+            .device_reducer(ordinal)
+            .map_err(|e| e.in_collective(coll.name(), self.next_seq()).on_rank(self.rank))?;
         // Peers' buffers are opened in the context current on this thread.
         reducer.context().make_current()?;
         let fp = oxccl_algorithms::ctx::fingerprint(coll, args.count, args.dtype, args.op, args.root);
@@ -1330,6 +1319,35 @@ impl Communicator {
             };
             self.run_staged(ctx, &args, reducer.context(), staged_by)
         })
+    }
+
+    /// The reducer of device `ordinal` (its kernels loaded on first use).
+    #[cfg(feature = "cuda")]
+    fn device_reducer(&self, ordinal: u32) -> Result<Arc<oxccl_algorithms::kernels::cuda::CudaReducer>> {
+        let mut m = self.device_reducers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = m.get(&ordinal) {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(oxccl_algorithms::kernels::cuda::CudaReducer::new(ordinal)?);
+        m.insert(ordinal, r.clone());
+        Ok(r)
+    }
+
+    /// Loads the GPU kernels (compiling them, the first time in this process) and makes the
+    /// scratch of device `ordinal` ready now, rather than in the first call on its buffers,
+    /// as NCCL does its setup at init. Bindings whose calls are ordered on streams need it:
+    /// loading a module may wait for every stream of the device, and one of them may by then
+    /// be waiting for a collective that needs this very rank.
+    pub fn prepare_device(&self, ordinal: u32) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        {
+            self.device_reducer(ordinal).map(|_| ())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = ordinal;
+            Err(Error::unsupported("this build of oxccl has no CUDA support"))
+        }
     }
 
     /// A call on device buffers through host memory (see [`Communicator::run_device`]):
@@ -1372,10 +1390,10 @@ impl Communicator {
         };
         if args.in_place {
             // SAFETY: the call's device regions, whose union this is, valid for the call.
-            unsafe { dev.copy_to_host(union_b, lo as *const u8)? };
+            unsafe { dev.copy_to_host(union_b, lo as *const u8, ctx.deadline)? };
         } else {
             // SAFETY: the call's device input, valid for the call.
-            unsafe { dev.copy_to_host(send_own, args.send.as_ptr())? };
+            unsafe { dev.copy_to_host(send_own, args.send.as_ptr(), ctx.deadline)? };
         }
         let host_args = if args.in_place {
             CollArgs {
@@ -1403,7 +1421,7 @@ impl Communicator {
         f(&host_ctx, &host_args)?;
         let out = &union_b[r0 - lo..r0 - lo + rl];
         // SAFETY: the call's device output, valid for the call.
-        unsafe { dev.copy_to_device(args.recv.as_mut_ptr(), out) }
+        unsafe { dev.copy_to_device(args.recv.as_mut_ptr(), out, ctx.deadline) }
     }
 
     #[cfg(not(feature = "cuda"))]

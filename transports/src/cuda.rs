@@ -35,8 +35,13 @@ pub struct DeviceKey {
     /// `cuIpcGetMemHandle` of the allocation (all zero for an address in the owner's
     /// process, usable only by peers in that process).
     pub handle: [u8; 64],
-    /// The allocation's base address in the owner's process (what mappings are cached by).
+    /// The allocation's base address in the owner's process.
     pub base: u64,
+    /// The allocation's id in the owner's process (`CU_POINTER_ATTRIBUTE_BUFFER_ID`, never
+    /// reused there): what peers cache their mappings by, so that a new allocation at an old
+    /// address is opened anew, and the same one is opened once however its handle's bytes
+    /// read. 0 where the driver gives none.
+    pub buffer_id: u64,
 }
 
 #[cfg(feature = "cuda")]
@@ -193,8 +198,14 @@ mod imp {
                     now - start,
                 ));
             }
-            if now - start < Duration::from_micros(50) {
+            // GPU work of a small call ends within tens of microseconds: spin, then yield
+            // (a runnable peer rank gets the core), and only then sleep, whose wake-up
+            // alone costs a timer slack of about 50 us.
+            let waited = now - start;
+            if waited < Duration::from_micros(50) {
                 std::hint::spin_loop();
+            } else if waited < Duration::from_micros(500) {
+                std::thread::yield_now();
             } else {
                 std::thread::sleep(Duration::from_micros(20));
             }
@@ -285,17 +296,23 @@ mod imp {
             self.sync_stream(self.stream.cast(), deadline, what)
         }
 
-        /// Sets `len` bytes of device memory at `dst` to zero and waits for it.
+        /// Sets `len` bytes of device memory at `dst` to zero and waits for it (until
+        /// `deadline`).
+        ///
+        /// Queued on oxccl's stream, never the legacy default stream: that one waits for every
+        /// blocking stream of the context, and a stream of the program's may be waiting on
+        /// oxccl (a call of the C ABI ordered on it), which would never end.
         ///
         /// # Safety
         /// `dst` valid device memory for `len` bytes.
-        pub unsafe fn zero(&self, dst: *mut u8, len: usize) -> Result<()> {
+        pub unsafe fn zero(&self, dst: *mut u8, len: usize, deadline: Instant) -> Result<()> {
             if len == 0 {
                 return Ok(());
             }
             self.make_current()?;
-            // SAFETY: the caller's contract; the call is synchronous for device memory.
-            check(unsafe { sys::cuMemsetD8_v2(dst as sys::CUdeviceptr, 0, len) }, "cuMemsetD8")
+            // SAFETY: the caller's contract; the stream is waited for below.
+            check(unsafe { sys::cuMemsetD8Async(dst as sys::CUdeviceptr, 0, len, self.stream) }, "cuMemsetD8Async")?;
+            self.sync(deadline, "zeroing device memory")
         }
 
         /// Allocates `bytes` of device memory (at least one byte is allocated).
@@ -326,36 +343,51 @@ mod imp {
             )
         }
 
-        /// Copies host bytes to device memory and waits for the copy.
+        /// Copies host bytes to device memory and waits (until `deadline`) until they are
+        /// there.
+        ///
+        /// On oxccl's stream, waited for: a plain `cuMemcpyHtoD` from pageable memory
+        /// returns once the bytes are staged, before they reach the device (small copies
+        /// return at once), and its legacy default stream is not ordered with oxccl's
+        /// non-blocking one: a collective that followed could read the old bytes (seen on an
+        /// H200: counts of 1 to 8192 came out wrong). Nor would it be safe (see
+        /// [`DeviceContext::zero`]).
         ///
         /// # Safety
         /// `dst` valid device memory for `src.len()` bytes.
-        pub unsafe fn copy_to_device(&self, dst: *mut u8, src: &[u8]) -> Result<()> {
+        pub unsafe fn copy_to_device(&self, dst: *mut u8, src: &[u8], deadline: Instant) -> Result<()> {
             if src.is_empty() {
                 return Ok(());
             }
             self.make_current()?;
-            // SAFETY: the caller's contract; the call is synchronous.
+            // SAFETY: the caller's contract; `src` outlives the wait below.
             check(
-                unsafe { sys::cuMemcpyHtoD_v2(dst as sys::CUdeviceptr, src.as_ptr().cast(), src.len()) },
-                "cuMemcpyHtoD",
-            )
+                unsafe {
+                    sys::cuMemcpyHtoDAsync_v2(dst as sys::CUdeviceptr, src.as_ptr().cast(), src.len(), self.stream)
+                },
+                "cuMemcpyHtoDAsync",
+            )?;
+            self.sync(deadline, "copying to device memory")
         }
 
-        /// Copies device bytes to the host and waits for the copy.
+        /// Copies device bytes to the host and waits (until `deadline`) for the copy, after
+        /// the work queued on oxccl's stream before it.
         ///
         /// # Safety
         /// `src` valid device memory for `dst.len()` bytes.
-        pub unsafe fn copy_to_host(&self, dst: &mut [u8], src: *const u8) -> Result<()> {
+        pub unsafe fn copy_to_host(&self, dst: &mut [u8], src: *const u8, deadline: Instant) -> Result<()> {
             if dst.is_empty() {
                 return Ok(());
             }
             self.make_current()?;
-            // SAFETY: the caller's contract; the call is synchronous.
+            // SAFETY: the caller's contract; `dst` outlives the wait below.
             check(
-                unsafe { sys::cuMemcpyDtoH_v2(dst.as_mut_ptr().cast(), src as sys::CUdeviceptr, dst.len()) },
-                "cuMemcpyDtoH",
-            )
+                unsafe {
+                    sys::cuMemcpyDtoHAsync_v2(dst.as_mut_ptr().cast(), src as sys::CUdeviceptr, dst.len(), self.stream)
+                },
+                "cuMemcpyDtoHAsync",
+            )?;
+            self.sync(deadline, "copying from device memory")
         }
 
         /// Loads a PTX module and returns its functions by name.
@@ -608,8 +640,31 @@ mod imp {
             unsafe { sys::cuMemGetAddressRange_v2(&mut base, &mut size, ptr as sys::CUdeviceptr) },
             "cuMemGetAddressRange",
         )?;
-        // Asked every time, not cached by address: a buffer freed and another allocated at
-        // the same address get different handles, and peers must open the new one.
+        // The allocation's id tells a new allocation at an old address from the old one:
+        // its handle is asked for once (each ask is a driver call as costly as the rest of a
+        // small call) and kept while the id stays the same.
+        let mut buffer_id: u64 = 0;
+        // SAFETY: a valid out-pointer; an address the driver does not know is an error code.
+        let r = unsafe {
+            sys::cuPointerGetAttribute(
+                (&mut buffer_id as *mut u64).cast::<c_void>(),
+                sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_BUFFER_ID,
+                base,
+            )
+        };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            buffer_id = 0;
+        }
+        /// (device, allocation base) -> (allocation id, IPC handle).
+        type Handles = HashMap<(u32, u64), (u64, [u8; 64])>;
+        static HANDLES: OnceLock<Mutex<Handles>> = OnceLock::new();
+        let handles = HANDLES.get_or_init(Default::default);
+        if buffer_id != 0 {
+            let known = handles.lock().unwrap_or_else(|e| e.into_inner()).get(&(ordinal, base)).copied();
+            if let Some((id, handle)) = known.filter(|(id, _)| *id == buffer_id) {
+                return Ok((DeviceKey { ordinal, handle, base, buffer_id: id }, ptr as u64 - base));
+            }
+        }
         let mut h = sys::CUipcMemHandle { reserved: [0; 64] };
         // SAFETY: a valid out-pointer and the base of a live allocation.
         let handle = match check(unsafe { sys::cuIpcGetMemHandle(&mut h, base) }, "cuIpcGetMemHandle") {
@@ -621,12 +676,20 @@ mod imp {
                 [0; 64]
             }
         };
-        Ok((DeviceKey { ordinal, handle, base }, ptr as u64 - base))
+        if buffer_id != 0 {
+            let mut m = handles.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: allocations come and go; a stale entry is only a memo.
+            if m.len() >= 4096 {
+                m.clear();
+            }
+            m.insert((ordinal, base), (buffer_id, handle));
+        }
+        Ok((DeviceKey { ordinal, handle, base, buffer_id }, ptr as u64 - base))
     }
 
-    /// Peers' device allocations opened in this process, once each, by handle (a new
-    /// allocation at an old address has a new handle); the least recently used are closed
-    /// beyond 64 (a freed allocation stays reserved while a peer keeps it open).
+    /// Peers' device allocations opened in this process, once each, by the owner's
+    /// allocation id (by handle where the driver gave no id); the least recently used are
+    /// closed beyond 64 (a freed allocation stays reserved while a peer keeps it open).
     #[derive(Default)]
     pub struct PeerDeviceMappings {
         open: Mutex<Vec<Opened>>,
@@ -634,6 +697,7 @@ mod imp {
 
     struct Opened {
         pid: u32,
+        buffer_id: u64,
         handle: [u8; 64],
         local: u32,
         ptr: u64,
@@ -670,7 +734,12 @@ mod imp {
         pub fn open(&self, pid: u32, key: &DeviceKey) -> Result<(*mut u8, u32, usize)> {
             let local = current_ordinal()?;
             let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(i) = open.iter().position(|o| o.pid == pid && o.handle == key.handle && o.local == local) {
+            let same = |o: &Opened| {
+                o.pid == pid
+                    && o.local == local
+                    && if key.buffer_id != 0 { o.buffer_id == key.buffer_id } else { o.handle == key.handle }
+            };
+            if let Some(i) = open.iter().position(same) {
                 // Most recently used last.
                 let o = open.remove(i);
                 let (p, size) = (o.ptr, o.size);
@@ -688,6 +757,7 @@ mod imp {
                 *d = s as std::ffi::c_char;
             }
             let mut p = 0;
+            let started = Instant::now();
             // SAFETY: a valid out-pointer and a handle from the peer.
             check(
                 unsafe {
@@ -714,7 +784,14 @@ mod imp {
                 // SAFETY: an address cuIpcOpenMemHandle returned, no longer handed out.
                 let _ = unsafe { sys::cuIpcCloseMemHandle(old.ptr) };
             }
-            open.push(Opened { pid, handle: key.handle, local, ptr: p, size });
+            tracing::debug!(
+                pid,
+                buffer_id = key.buffer_id,
+                size,
+                us = started.elapsed().as_micros() as u64,
+                "opened a peer's device allocation (cuIpcOpenMemHandle)"
+            );
+            open.push(Opened { pid, buffer_id: key.buffer_id, handle: key.handle, local, ptr: p, size });
             Ok((p as *mut u8, local, size))
         }
     }
@@ -796,7 +873,7 @@ mod imp {
         ///
         /// # Safety
         /// Never callable in this build.
-        pub unsafe fn zero(&self, _dst: *mut u8, _len: usize) -> Result<()> {
+        pub unsafe fn zero(&self, _dst: *mut u8, _len: usize, _deadline: Instant) -> Result<()> {
             match self._never {}
         }
         /// Allocates device memory.
@@ -814,14 +891,14 @@ mod imp {
         ///
         /// # Safety
         /// Never callable in this build.
-        pub unsafe fn copy_to_device(&self, _dst: *mut u8, _src: &[u8]) -> Result<()> {
+        pub unsafe fn copy_to_device(&self, _dst: *mut u8, _src: &[u8], _deadline: Instant) -> Result<()> {
             match self._never {}
         }
         /// Copies to the host.
         ///
         /// # Safety
         /// Never callable in this build.
-        pub unsafe fn copy_to_host(&self, _dst: &mut [u8], _src: *const u8) -> Result<()> {
+        pub unsafe fn copy_to_host(&self, _dst: &mut [u8], _src: *const u8, _deadline: Instant) -> Result<()> {
             match self._never {}
         }
         /// Loads a module.

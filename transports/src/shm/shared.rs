@@ -49,7 +49,8 @@ pub struct MemoryKey {
     /// The owner's descriptor of the buffer's file, or -1 for a plain address or device
     /// memory.
     pub fd: i32,
-    /// The buffer's id (unique in its process), 0 for a plain address or device memory.
+    /// The buffer's id (unique in its process), 0 for a plain address; for device memory the
+    /// allocation's id ([`DeviceKey::buffer_id`](crate::cuda::DeviceKey::buffer_id)).
     pub id: u64,
     /// Byte offset of the span in the buffer's data (or in the device allocation), or its
     /// address when `fd < 0` and there is no device part.
@@ -91,7 +92,8 @@ impl MemoryKey {
             Ok((dk, offset)) => Some(MemoryKey {
                 pid: std::process::id(),
                 fd: -1,
-                id: 0,
+                // Device memory: the allocation's id (travels here, not in the device part).
+                id: dk.buffer_id,
                 offset,
                 len: region.len() as u64,
                 device: Some(dk),
@@ -128,6 +130,7 @@ impl MemoryKey {
             ordinal: u32::from_le_bytes(w4(36)),
             base: w8(40),
             handle: b[48..112].try_into().expect("64 bytes"),
+            buffer_id: w8(8),
         });
         MemoryKey {
             pid: u32::from_le_bytes(w4(0)),
