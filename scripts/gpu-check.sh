@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The GPU path, on a machine with an NVIDIA GPU, in under 8 minutes:
+# The GPU path, on a machine with an NVIDIA GPU, in under 8 minutes (under 2 on an H200):
 #   1. every GPU test (tests/gpu.rs): worlds of threads, and of 2 and 4 processes sharing
 #      the GPU through CUDA IPC, every collective, type, operator and count checked; and the
 #      C ABI's stream semantics on device buffers (ffi's device_buffers_follow_stream_order);
+#      the groups side by side, each with its own time limit;
 #   2. oxccl-bench on device buffers: f32 all-reduce from 8 B to 1 GiB, bf16 all-reduce at
 #      256 MiB and 1 GiB, the other collectives to 256 MiB, 2 processes, every result
-#      checked, next to the device's copy bandwidth (printed by the benchmark).
+#      checked, next to the device's copy bandwidth (printed by the benchmark); and small
+#      calls with the peer-allocation opens counted, and staged beside them.
+# Results of the runs so far: benches/GPU.md.
 # Logs go to the folder given (default gpu-logs); the last lines say what passed.
 #
 #   scripts/gpu-check.sh --build   (here, with cargo) builds the four binaries in release,
