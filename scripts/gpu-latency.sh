@@ -2,7 +2,8 @@
 # Where small calls on device buffers spend their time, on a GPU machine (after
 # scripts/gpu-check.sh --build here): 2 processes sharing one GPU time-slice it between their
 # CUDA contexts, unless the MPS daemon runs their work in one. The same small calls without
-# and with MPS, and the 4-process all-reduce. Under a minute.
+# and with MPS, the 4-process all-reduce, and the ring over CUDA IPC beside the direct
+# (mapped) schedule, 2 and 4 processes, under MPS. About two minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH="/usr/local/nvidia/lib64:/usr/local/nvidia/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -17,6 +18,11 @@ if command -v nvidia-cuda-mps-control > /dev/null; then
   mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
   nvidia-cuda-mps-control -d && sleep 1
   small
+  for p in 2 4; do
+    echo "== $p processes under MPS: direct (mapped) and ring over CUDA IPC"
+    timeout 90 $b --ranks $p --device -b 8 -e 256M -f 16 -n 10 -w 3 --compare mapped,ring \
+      --collective all_reduce,all_gather,reduce_scatter 2>&1 | grep -E "^ +[0-9]|oxccl-bench|Out of|rror"
+  done
   echo quit | nvidia-cuda-mps-control
   sleep 1
   unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY

@@ -240,8 +240,18 @@ fn gpu_rank() {
         return;
     }
     let comm = Communicator::from_env().expect("a rank under oxrun");
+    let before = oxccl_algorithms::mapped::schedules_run();
     let fails = gpu_sweep(&comm, true);
     assert!(fails.is_empty(), "{fails:?}");
+    // Whichever algorithm was asked for, the buffers moved through CUDA IPC, not host memory
+    // (forced ring: all-reduce and all-gather, 3 non-empty counts, 10 types, 5 operators).
+    let ran = oxccl_algorithms::mapped::schedules_run() - before;
+    assert!(
+        ran >= 3 * (10 * 5 * 2 + 10 * 2),
+        "rank {}: only {ran} calls ran over CUDA IPC; the last mapping that failed here: {:?}",
+        comm.rank(),
+        oxccl_algorithms::mapped::last_map_error()
+    );
     println!("GPU-RANK-OK {}/{}", comm.rank(), comm.size());
 }
 
@@ -252,21 +262,25 @@ fn process_worlds_on_device_buffers() {
         return;
     }
     let me = std::env::current_exe().unwrap();
-    for p in [2, 4] {
+    // The automatic choice (direct reads of every peer's buffers), and the ring over CUDA IPC
+    // (all-reduce and all-gather; the other collectives staged).
+    for (p, algo) in [(2, "auto"), (4, "auto"), (3, "ring")] {
         // scripts/gpu-check.sh runs a prebuilt copy of this binary elsewhere: it says where
         // oxrun is there.
         let oxrun = std::env::var("OXCCL_OXRUN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_oxrun").to_string());
-        let out = Command::new(oxrun)
-            .args(["-n", &p.to_string()])
+        let mut cmd = Command::new(oxrun);
+        cmd.args(["-n", &p.to_string()])
             .arg(&me)
             .args(["gpu_rank", "--exact", "--nocapture", "--test-threads=1"])
             .env("OXCCL_TEST_GPU_RANK", "1")
             .env("OXCCL_TIMEOUT_MS", "120000")
-            .env("OXCCL_TRANSPORT", "shm")
-            .output()
-            .unwrap();
+            .env("OXCCL_TRANSPORT", "shm");
+        if algo != "auto" {
+            cmd.env("OXCCL_ALGO", algo);
+        }
+        let out = cmd.output().unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "{p} processes:\n{text}");
+        assert!(out.status.success(), "{p} processes, {algo}:\n{text}");
         for r in 0..p {
             assert!(text.contains(&format!("GPU-RANK-OK {r}/{p}")), "rank {r} of {p}:\n{text}");
         }
@@ -275,7 +289,9 @@ fn process_worlds_on_device_buffers() {
 
 /// Device buffers where ranks cannot open each other's IPC handles (TCP, as between hosts)
 /// are staged through host memory: every collective still gives the closed-form results. So
-/// does a forced host algorithm (ring) on device buffers.
+/// does a forced ring on device buffers: over CUDA IPC for all-reduce and all-gather (each
+/// rank reading its left neighbour's buffers, step by step: checked to have run as a mapped
+/// schedule), staged for the others.
 #[test]
 fn device_buffers_over_tcp_or_a_forced_ring_are_staged() {
     if let Some(why) = no_gpu() {
@@ -296,10 +312,19 @@ fn device_buffers_over_tcp_or_a_forced_ring_are_staged() {
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     assert!(fails.is_empty(), "over TCP: {fails:?}");
+    let before = oxccl_algorithms::mapped::schedules_run();
     let comms = Communicator::local_world(3, Config::default().with_algorithm("ring").unwrap()).unwrap();
     let fails: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = comms.iter().map(|c| s.spawn(move || gpu_sweep(c, false))).collect();
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     assert!(fails.is_empty(), "forced ring: {fails:?}");
+    // All-reduce (in and out of place) and all-gather (both forms), 10 types, 5 operators
+    // for all-reduce, 3 non-empty counts, on each of 3 ranks.
+    let ran = oxccl_algorithms::mapped::schedules_run() - before;
+    assert!(
+        ran >= 3 * 3 * (10 * 5 * 2 + 10 * 2),
+        "the forced ring ran over CUDA IPC only {ran} times; the last mapping that failed: {:?}",
+        oxccl_algorithms::mapped::last_map_error()
+    );
 }

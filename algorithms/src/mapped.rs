@@ -40,6 +40,10 @@ use crate::ctx::{AlgoFn, CollArgs, Ctx};
 const STEP_KEYS: usize = 0xfff0;
 const STEP_READY: usize = 0xfff1;
 const STEP_DONE: usize = 0xfff2;
+const STEP_RING_BARRIER: usize = 0xfff3;
+/// Steps of the rings over mapped buffers: `STEP_RING + phase * RING_PHASE + step`.
+const STEP_RING: usize = 0xe000;
+const RING_PHASE: usize = 0x800;
 const KEYS_BYTES: usize = 8 + 2 * MemoryKey::BYTES;
 
 /// Bytes an all-to-all swap or an all-gather takes at a time: small enough that a piece read
@@ -94,6 +98,14 @@ pub fn stall_pending() -> bool {
 }
 
 static FALLBACKS: AtomicU64 = AtomicU64::new(0);
+static LAST_MAP_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Why this process last failed to map a peer's buffer (the transport's error: for device
+/// memory, the driver's answer to `cuIpcOpenMemHandle`), for diagnostics and tests: each
+/// such call ran another way (staged, or the fallback algorithm).
+pub fn last_map_error() -> Option<String> {
+    LAST_MAP_ERROR.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
 
 /// How many calls in this process chose the mapped algorithm and ran its fallback because
 /// some rank's buffers could not be mapped: for diagnostics and tests.
@@ -235,6 +247,7 @@ fn exchange(ctx: &Ctx<'_>, a: &CollArgs, exposed: &mut bool) -> Result<std::resu
             }
             (Err(e), _) | (_, Err(e)) => {
                 tracing::debug!(rank = r, peer = q, error = %e, "mapped: cannot map a peer's buffer; falling back");
+                *LAST_MAP_ERROR.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("rank {r}, peer {q}: {e}"));
                 ok = false;
             }
         }
@@ -389,6 +402,94 @@ fn run_or_fall_back(ctx: &Ctx<'_>, a: &CollArgs, schedule: Schedule, fallback: A
     }
 }
 
+/// The one-byte messages of a ring over mapped buffers (`*/mapped_ring.rs`): after each step
+/// a rank fences its work and tells its right neighbour, which waits for that before it reads
+/// what the step wrote. The transports match a pair's messages in posting order, and the
+/// right neighbour receives every message but the last step's, which is not sent. Sends are
+/// waited for only at the end of a phase: a rank waiting for its send to land while its
+/// right neighbour waits for its own would close the ring into a deadlock.
+pub(crate) struct RingSignals<'c, 'a> {
+    ctx: &'c Ctx<'a>,
+    left: usize,
+    right: usize,
+    phase: usize,
+    sends: Vec<ReqId>,
+}
+
+/// What every signal carries.
+static SIGNAL: [u8; 1] = [1];
+
+impl<'c, 'a> RingSignals<'c, 'a> {
+    pub(crate) fn new(ctx: &'c Ctx<'a>) -> Self {
+        let p = ctx.size;
+        RingSignals { ctx, left: (ctx.rank + p - 1) % p, right: (ctx.rank + 1) % p, phase: 0, sends: Vec::new() }
+    }
+
+    fn step(&self, s: usize) -> usize {
+        STEP_RING + self.phase * RING_PHASE + (s % RING_PHASE)
+    }
+
+    /// Before step `s`: waits for the left neighbour's message that its step `s - 1` is
+    /// done (nothing before step 0).
+    pub(crate) fn wait_left(&mut self, s: usize) -> Result<()> {
+        if s == 0 {
+            return Ok(());
+        }
+        let mut byte = [0u8];
+        // SAFETY: `byte` outlives the wait; on an error the transport is failed, which drops
+        // the receive.
+        let req = self.ctx.recv(self.left, self.step(s - 1), unsafe { RegionMut::from_slice(&mut byte) })?;
+        self.ctx.wait(req).inspect_err(|e| self.ctx.net.fail(e.clone()))
+    }
+
+    /// After step `s` of `steps`: fences this rank's work (a GPU's queued kernels), then
+    /// tells the right neighbour, unless it was the last step.
+    pub(crate) fn done(&mut self, s: usize, steps: usize) -> Result<()> {
+        self.ctx.reducer.fence(self.ctx.deadline)?;
+        if s + 1 < steps {
+            // SAFETY: a static byte.
+            let req = self.ctx.send(self.right, self.step(s), unsafe { Region::from_slice(&SIGNAL) })?;
+            self.sends.push(req);
+        }
+        Ok(())
+    }
+
+    /// Waits for this phase's signals to land.
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        let sends = std::mem::take(&mut self.sends);
+        self.ctx.wait_all(&sends).inspect_err(|e| self.ctx.net.fail(e.clone()))
+    }
+
+    /// Between phases: every rank's work of the phase is done (fenced) before any goes on;
+    /// the next phase's messages have steps of their own.
+    pub(crate) fn barrier(&mut self) -> Result<()> {
+        self.ctx.reducer.fence(self.ctx.deadline)?;
+        self.finish()?;
+        swap_all(self.ctx, STEP_RING_BARRIER, &[1])?;
+        self.phase += 1;
+        Ok(())
+    }
+}
+
+/// Runs the ring over mapped buffers of `ctx.collective` (all-reduce, all-gather and
+/// reduce-scatter have one) if every rank can map every other's buffers, as [`try_run_collective`] does the
+/// direct one: `Ok(Ok(()))` once done, `Ok(Err(why))` on every rank alike when some rank
+/// cannot map, having moved nothing; `None` for a collective without such a ring.
+pub fn try_run_ring_collective(ctx: &Ctx<'_>, a: &CollArgs) -> Option<Result<std::result::Result<(), String>>> {
+    use crate::ctx::Collective as C;
+    let schedule: Schedule = match ctx.collective {
+        C::AllReduce => crate::all_reduce::mapped_ring::schedule,
+        C::AllGather => crate::all_gather::mapped_ring::schedule,
+        C::ReduceScatter => crate::reduce_scatter::mapped_ring::schedule,
+        _ => return None,
+    };
+    Some(match crate::all_reduce::trivial(ctx, a) {
+        Ok(true) => Ok(Ok(())),
+        Ok(false) => try_run(ctx, a, schedule),
+        Err(e) => Err(e),
+    })
+}
+
 /// Bytes a schedule moves between looks at the transport ([`still_on`]).
 pub(crate) const CHECK_BYTES: usize = 1 << 20;
 
@@ -473,4 +574,193 @@ pub fn try_run_collective(ctx: &Ctx<'_>, a: &CollArgs) -> Result<std::result::Re
 /// in step), or because there was nothing to map (`None`: an empty call, a world of one).
 pub fn run_with_fallback(ctx: &Ctx<'_>, a: &CollArgs, fallback: AlgoFn) -> Result<Option<bool>> {
     run_or_fall_back(ctx, a, schedule_of(ctx)?, fallback)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use oxccl_transport::{LoopbackTransport, Region, RegionMut};
+
+    use crate::ctx::{CollArgs, Collective, Ctx};
+    use crate::dtype::DataType;
+    use crate::kernels::HostReducer;
+    use crate::op::ReduceOp;
+
+    /// Runs the ring over mapped buffers of `coll` on a world of `p` threads (host memory,
+    /// mapped by address), each rank's `(send, recv)` given by `bufs(rank)`; returns the
+    /// outputs.
+    fn ring_world(
+        coll: Collective,
+        p: usize,
+        count: usize,
+        dtype: DataType,
+        op: ReduceOp,
+        in_place: impl Fn(usize) -> bool + Sync,
+        bufs: impl Fn(usize) -> (Vec<u8>, Vec<u8>) + Sync,
+    ) -> Vec<Vec<u8>> {
+        let nets = LoopbackTransport::world(p);
+        let hosts = vec![0; p];
+        std::thread::scope(|s| {
+            let hs: Vec<_> = nets
+                .iter()
+                .enumerate()
+                .map(|(r, net)| {
+                    let (bufs, hosts, in_place) = (&bufs, &hosts, &in_place);
+                    s.spawn(move || {
+                        let in_place = in_place(r);
+                        let reducer = HostReducer::new();
+                        let (mut send, mut recv) = bufs(r);
+                        let ctx = Ctx {
+                            net,
+                            reducer: &reducer,
+                            rank: r,
+                            size: p,
+                            seq: 1,
+                            collective: coll,
+                            deadline: Instant::now() + Duration::from_secs(20),
+                            chunk_bytes: 1 << 16,
+                            pipeline_depth: 2,
+                            recv_sink: false,
+                            hosts,
+                            fingerprint: 7,
+                        };
+                        let block = count * dtype.size();
+                        // SAFETY: the vectors outlive the call; in place, the input is the
+                        // output's block (all-gather) or the whole output (all-reduce), or the
+                        // output is the input's block (reduce-scatter: the whole buffer is
+                        // given as `recv`, and the output returned is its block).
+                        let a = unsafe {
+                            let whole = RegionMut::from_slice(&mut recv);
+                            let own = r * block..(r + 1) * block;
+                            let (send_region, recv_region) = match (in_place, coll) {
+                                (false, _) => (Region::from_slice(&send), whole),
+                                (true, Collective::AllGather) => (whole.as_region().slice(own), whole),
+                                (true, Collective::ReduceScatter) => (whole.as_region(), whole.slice(own)),
+                                (true, _) => (whole.as_region(), whole),
+                            };
+                            send.clear();
+                            CollArgs { send: send_region, recv: recv_region, in_place, count, dtype, op, root: 0 }
+                        };
+                        let ran = super::try_run_ring_collective(&ctx, &a).expect("a ring for this collective");
+                        assert_eq!(ran.expect("no error"), Ok(()), "rank {r}: the ring ran over mapped buffers");
+                        if in_place && coll == Collective::ReduceScatter {
+                            recv[r * block..(r + 1) * block].to_vec()
+                        } else {
+                            recv
+                        }
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    fn f64s(v: &[f64]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn from_f64s(b: &[u8]) -> Vec<f64> {
+        b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+
+    #[test]
+    fn ring_all_reduce_over_mapped_buffers_gives_the_closed_form() {
+        for p in [2, 3, 4, 5] {
+            for count in [0, 1, 3, 7, 1000, 1009] {
+                for op in [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max] {
+                    for in_place in [false, true] {
+                        // Rank r holds (r + 1) * (i + 1) - 2r: sums, means and maxima are
+                        // exact in f64.
+                        let fill = |r: usize| {
+                            let v: Vec<f64> = (0..count).map(|i| ((r + 1) * (i + 1)) as f64 - 2.0 * r as f64).collect();
+                            let junk = vec![-77.0; count];
+                            if in_place {
+                                (Vec::new(), f64s(&v))
+                            } else {
+                                (f64s(&v), f64s(&junk))
+                            }
+                        };
+                        let outs = ring_world(Collective::AllReduce, p, count, DataType::F64, op, |_| in_place, fill);
+                        for (r, out) in outs.iter().enumerate() {
+                            let got = from_f64s(out);
+                            for (i, g) in got.iter().enumerate() {
+                                let vals = (0..p).map(|q| ((q + 1) * (i + 1)) as f64 - 2.0 * q as f64);
+                                let want = match op {
+                                    ReduceOp::Sum => vals.sum::<f64>(),
+                                    ReduceOp::Avg => vals.sum::<f64>() / p as f64,
+                                    _ => vals.fold(f64::MIN, f64::max),
+                                };
+                                assert_eq!(*g, want, "p {p} count {count} {op:?} in place {in_place}: rank {r} [{i}]");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ring_all_gather_over_mapped_buffers_gives_every_block() {
+        for p in [2, 3, 4, 5] {
+            for count in [0, 1, 7, 1009] {
+                for in_place in [false, true] {
+                    let mine = |r: usize| (0..count).map(|i| (r * 100_000 + i) as f64).collect::<Vec<f64>>();
+                    let fill = |r: usize| {
+                        let mut out = vec![-1.0; count * p];
+                        if in_place {
+                            out[r * count..(r + 1) * count].copy_from_slice(&mine(r));
+                            (Vec::new(), f64s(&out))
+                        } else {
+                            (f64s(&mine(r)), f64s(&out))
+                        }
+                    };
+                    let outs =
+                        ring_world(Collective::AllGather, p, count, DataType::F64, ReduceOp::Sum, |_| in_place, fill);
+                    let want: Vec<f64> = (0..p).flat_map(mine).collect();
+                    for (r, out) in outs.iter().enumerate() {
+                        assert_eq!(from_f64s(out), want, "p {p} count {count} in place {in_place}: rank {r}");
+                    }
+                }
+            }
+        }
+    }
+    #[test]
+    fn ring_reduce_scatter_over_mapped_buffers_gives_each_block_its_reduction() {
+        // Every rank in place, none, and a mix (the form is each rank's own choice).
+        type Form = fn(usize) -> bool;
+        let forms: [(&str, Form); 3] = [("out of place", |_| false), ("in place", |_| true), ("mixed", |r| r % 2 == 1)];
+        for p in [2, 3, 4, 5] {
+            for count in [0, 1, 7, 1009] {
+                for op in [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Min] {
+                    for (form, in_place) in forms {
+                        // Rank r's input element i (of p blocks): (r + 1) * (i + 1) - 3r.
+                        let value = |q: usize, i: usize| ((q + 1) * (i + 1)) as f64 - 3.0 * q as f64;
+                        let fill = |r: usize| {
+                            let v: Vec<f64> = (0..count * p).map(|i| value(r, i)).collect();
+                            if in_place(r) {
+                                (Vec::new(), f64s(&v))
+                            } else {
+                                (f64s(&v), f64s(&vec![-77.0; count]))
+                            }
+                        };
+                        let outs = ring_world(Collective::ReduceScatter, p, count, DataType::F64, op, in_place, fill);
+                        for (r, out) in outs.iter().enumerate() {
+                            let got = from_f64s(out);
+                            assert_eq!(got.len(), count, "{form}: rank {r}");
+                            for (i, g) in got.iter().enumerate() {
+                                let vals = (0..p).map(|q| value(q, r * count + i));
+                                let want = match op {
+                                    ReduceOp::Sum => vals.sum::<f64>(),
+                                    ReduceOp::Avg => vals.sum::<f64>() / p as f64,
+                                    _ => vals.fold(f64::MAX, f64::min),
+                                };
+                                assert_eq!(*g, want, "p {p} count {count} {op:?} {form}: rank {r} [{i}]");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -720,8 +720,15 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
                 best.1[k] = best.1[k].max(wrong[k]);
             }
         }
-        let choice = comm.choice_for(coll, size, T::DTYPE, op);
-        let chosen = choice.algo;
+        // Device buffers on one host move through CUDA IPC (the mapped algorithm) unless one
+        // is forced; the host model's choice is what stages them elsewhere.
+        let one_host = comm.hosts().iter().all(|&h| h == comm.hosts()[0]);
+        let (chosen, fallback) = if b.on_device() && one_host {
+            (Algorithm::Mapped, Algorithm::Mapped)
+        } else {
+            let c = comm.choice_for(coll, size, T::DTYPE, op);
+            (c.algo, c.fallback)
+        };
         let priced = if args.explain {
             oxccl::select::candidates(coll, size, T::DTYPE, op, comm.hosts(), comm.profile(), comm.config())
         } else {
@@ -753,9 +760,9 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
                 line.push_str(&format!("  {:>7.2}  {:>6.3}  {:>6.3}  {:>5}", times[k] * 1e6, algbw, busbw, w));
             }
             if let Some(name) = variant {
-                if name == "auto" && choice.fallback != chosen {
+                if name == "auto" && fallback != chosen {
                     // What runs where some rank's buffers cannot be mapped (heap buffers).
-                    line.push_str(&format!("  auto({chosen},fallback={})", choice.fallback));
+                    line.push_str(&format!("  auto({chosen},fallback={fallback})"));
                 } else if name == "auto" {
                     line.push_str(&format!("  auto({chosen})"));
                 } else {

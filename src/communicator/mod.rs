@@ -125,6 +125,9 @@ pub struct Communicator {
     /// The reducers of the GPUs this rank's device buffers were on, made on first use.
     #[cfg(feature = "cuda")]
     device_reducers: Mutex<std::collections::HashMap<u32, Arc<oxccl_algorithms::kernels::cuda::CudaReducer>>>,
+    /// How calls on device buffers ran, per collective, logged once each (`OXCCL_DEBUG=INFO`).
+    #[cfg(feature = "cuda")]
+    device_paths: Mutex<std::collections::HashSet<(Collective, &'static str)>>,
     state: Mutex<State>,
     /// How to build new connections (for `split`); `None` for communicators over a
     /// caller-made transport.
@@ -332,6 +335,8 @@ impl Communicator {
             reducer: HostReducer::new(),
             #[cfg(feature = "cuda")]
             device_reducers: Mutex::new(Default::default()),
+            #[cfg(feature = "cuda")]
+            device_paths: Mutex::new(Default::default()),
             state: Mutex::new(State { seq: 0, poisoned: None, p2p_sent: vec![0; size], p2p_received: vec![0; size] }),
             boot,
         };
@@ -1303,7 +1308,10 @@ impl Communicator {
                 Some(Algorithm::Mapped) | None => match oxccl_algorithms::mapped::try_run_collective(ctx, &args)? {
                     // The trivial calls (one rank, nothing to move) queue a copy and no done
                     // round: fence them too.
-                    Ok(()) => return ctx.reducer.fence(ctx.deadline),
+                    Ok(()) => {
+                        self.log_device_path(coll, "mapped through CUDA IPC (direct: every rank reads its share)");
+                        return ctx.reducer.fence(ctx.deadline);
+                    }
                     Err(why) if forced.is_some() => {
                         return Err(Error::invalid_usage(format!(
                             "mapped was forced for {coll} on device buffers, but {why}: every rank must be on \
@@ -1315,10 +1323,37 @@ impl Communicator {
                         None
                     }
                 },
+                // A forced ring runs over CUDA IPC too where it can (all-reduce, all-gather,
+                // reduce-scatter): each step a kernel on peers' buffers, chained by messages.
+                Some(Algorithm::Ring) => match oxccl_algorithms::mapped::try_run_ring_collective(ctx, &args) {
+                    Some(ran) => match ran? {
+                        Ok(()) => {
+                            self.log_device_path(coll, "ring over CUDA IPC");
+                            return ctx.reducer.fence(ctx.deadline);
+                        }
+                        Err(why) => {
+                            tracing::debug!(
+                                rank = self.rank,
+                                "{coll} #{}: ring on device buffers staged: {why}",
+                                ctx.seq
+                            );
+                            Some(Algorithm::Ring)
+                        }
+                    },
+                    None => Some(Algorithm::Ring),
+                },
                 Some(algo) => Some(algo),
             };
             self.run_staged(ctx, &args, reducer.context(), staged_by)
         })
+    }
+
+    /// Logs (at INFO, once per collective and path) how calls on device buffers run.
+    #[cfg(feature = "cuda")]
+    fn log_device_path(&self, coll: Collective, path: &'static str) {
+        if self.device_paths.lock().unwrap_or_else(|e| e.into_inner()).insert((coll, path)) {
+            tracing::info!(rank = self.rank, "{coll} on device buffers: {path}");
+        }
     }
 
     /// The reducer of device `ordinal` (its kernels loaded on first use).
@@ -1371,6 +1406,7 @@ impl Communicator {
         });
         let f = registry::lookup(coll, algo)
             .ok_or_else(|| Error::invalid_usage(format!("{coll} has no {algo} algorithm")))?;
+        self.log_device_path(coll, "staged through host memory (the host algorithm's choice is logged apart)");
         // Host copies, 8-byte aligned (every element type's alignment). In place the two
         // regions overlap (equal, or one a block of the other: all-gather's input in its
         // output, reduce-scatter's output in its input): one copy of their union serves both.

@@ -3,5 +3,6 @@
 pub mod bruck;
 pub mod hierarchical;
 pub mod mapped;
+pub mod mapped_ring;
 pub mod recursive_doubling;
 pub mod ring;

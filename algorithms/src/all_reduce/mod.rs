@@ -4,6 +4,7 @@ pub mod direct;
 pub mod halving_doubling;
 pub mod hierarchical;
 pub mod mapped;
+pub mod mapped_ring;
 pub mod recursive_doubling;
 pub mod ring;
 pub mod tree;
