@@ -42,6 +42,9 @@ pub struct DeviceKey {
     /// address is opened anew, and the same one is opened once however its handle's bytes
     /// read. 0 where the driver gives none.
     pub buffer_id: u64,
+    /// The allocation's size in bytes: a peer's mappings of the owner's earlier allocations
+    /// that overlap it were freed by the owner, and are closed before it is opened.
+    pub size: u64,
 }
 
 #[cfg(feature = "cuda")]
@@ -657,12 +660,13 @@ mod imp {
         }
         /// (device, allocation base) -> (allocation id, IPC handle).
         type Handles = HashMap<(u32, u64), (u64, [u8; 64])>;
+        let size = size as u64;
         static HANDLES: OnceLock<Mutex<Handles>> = OnceLock::new();
         let handles = HANDLES.get_or_init(Default::default);
         if buffer_id != 0 {
             let known = handles.lock().unwrap_or_else(|e| e.into_inner()).get(&(ordinal, base)).copied();
             if let Some((id, handle)) = known.filter(|(id, _)| *id == buffer_id) {
-                return Ok((DeviceKey { ordinal, handle, base, buffer_id: id }, ptr as u64 - base));
+                return Ok((DeviceKey { ordinal, handle, base, buffer_id: id, size }, ptr as u64 - base));
             }
         }
         let mut h = sys::CUipcMemHandle { reserved: [0; 64] };
@@ -684,7 +688,7 @@ mod imp {
             }
             m.insert((ordinal, base), (buffer_id, handle));
         }
-        Ok((DeviceKey { ordinal, handle, base, buffer_id }, ptr as u64 - base))
+        Ok((DeviceKey { ordinal, handle, base, buffer_id, size }, ptr as u64 - base))
     }
 
     /// Peers' device allocations opened in this process, once each, by the owner's
@@ -702,6 +706,18 @@ mod imp {
         local: u32,
         ptr: u64,
         size: usize,
+        /// The allocation's range in the owner's process.
+        owner: std::ops::Range<u64>,
+    }
+
+    /// Whether a mapping of the owner's allocation at `old` must be closed before one at
+    /// `new` (in the same owner process) is opened: two live allocations never overlap, so an
+    /// old one that does was freed by its owner. CUDA refuses to open the new one while the
+    /// old mapping stays open ("resource already mapped": the owner's driver reused the
+    /// memory, as it does for a small buffer freed and another made), and the old one is of
+    /// no use to anyone.
+    pub(crate) fn superseded(old: &std::ops::Range<u64>, new: &std::ops::Range<u64>) -> bool {
+        old.start < new.end && new.start < old.end
     }
 
     /// The size of the device allocation that starts at `base` (an allocation's base).
@@ -752,23 +768,51 @@ mod imp {
                      not stream-ordered or virtual-memory allocators)",
                 ));
             }
+            let owner = key.base..key.base + key.size.max(1);
+            open.retain(|o| {
+                let stale = o.pid == pid && o.local == local && superseded(&o.owner, &owner);
+                if stale {
+                    // SAFETY: an address cuIpcOpenMemHandle returned, of an allocation its
+                    // owner has freed (see `superseded`), no longer handed out.
+                    let _ = unsafe { sys::cuIpcCloseMemHandle(o.ptr) };
+                }
+                !stale
+            });
             let mut h = sys::CUipcMemHandle { reserved: [0; 64] };
             for (d, s) in h.reserved.iter_mut().zip(key.handle) {
                 *d = s as std::ffi::c_char;
             }
             let mut p = 0;
             let started = Instant::now();
-            // SAFETY: a valid out-pointer and a handle from the peer.
-            check(
-                unsafe {
-                    sys::cuIpcOpenMemHandle_v2(
-                        &mut p,
-                        h,
-                        sys::CUipcMem_flags::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as u32,
-                    )
-                },
-                "cuIpcOpenMemHandle",
-            )?;
+            let open_handle = |p: &mut sys::CUdeviceptr| {
+                // SAFETY: a valid out-pointer and a handle from the peer.
+                check(
+                    unsafe {
+                        sys::cuIpcOpenMemHandle_v2(p, h, sys::CUipcMem_flags::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as u32)
+                    },
+                    "cuIpcOpenMemHandle",
+                )
+            };
+            if let Err(first) = open_handle(&mut p) {
+                // CUDA opens an allocation's memory once per process: a mapping of an earlier
+                // allocation of the peer's whose memory its driver reused elsewhere still
+                // holds it. Close this peer's mappings but the last used (which the call
+                // may be using: its other buffer) and try again.
+                let last = open.iter().rposition(|o| o.pid == pid && o.local == local);
+                let mut i = 0;
+                open.retain(|o| {
+                    let drop_it = o.pid == pid && o.local == local && Some(i) != last;
+                    i += 1;
+                    if drop_it {
+                        // SAFETY: an address cuIpcOpenMemHandle returned; this call does not use
+                        // it (it is not the mapping it used last), and none other of this rank.
+                        let _ = unsafe { sys::cuIpcCloseMemHandle(o.ptr) };
+                    }
+                    !drop_it
+                });
+                tracing::debug!(pid, error = %first, "cuIpcOpenMemHandle failed; closed the peer's older mappings, trying again");
+                open_handle(&mut p)?;
+            }
             // The allocation's size as this process sees it: what a peer's offsets are
             // checked against (a lying key must not name bytes beyond it).
             let size = match allocation_size(p as *const u8) {
@@ -791,7 +835,7 @@ mod imp {
                 us = started.elapsed().as_micros() as u64,
                 "opened a peer's device allocation (cuIpcOpenMemHandle)"
             );
-            open.push(Opened { pid, buffer_id: key.buffer_id, handle: key.handle, local, ptr: p, size });
+            open.push(Opened { pid, buffer_id: key.buffer_id, handle: key.handle, local, ptr: p, size, owner });
             Ok((p as *mut u8, local, size))
         }
     }
@@ -1076,6 +1120,28 @@ mod tests {
                 let x = 5u64;
                 assert_eq!(pointer_device((&x as *const u64).cast()), None);
             }
+        }
+    }
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod mapping_tests {
+    use super::imp::superseded;
+
+    /// A peer's mapping of an allocation its owner freed is closed before a new allocation
+    /// overlapping it in the owner's address space is opened; others stay open.
+    #[test]
+    fn only_overlapping_earlier_allocations_are_superseded() {
+        let old = 0x1000..0x3000;
+        for (new, stale) in [
+            (0x1000..0x3000, true),  // the same range, reallocated
+            (0x2000..0x2200, true),  // a small buffer inside a freed large one
+            (0x0800..0x1001, true),  // overlapping its start
+            (0x2fff..0x4000, true),  // overlapping its end
+            (0x3000..0x4000, false), // just after
+            (0x0000..0x1000, false), // just before
+        ] {
+            assert_eq!(superseded(&old, &new), stale, "{old:x?} then {new:x?}");
         }
     }
 }

@@ -63,7 +63,7 @@ pub struct MemoryKey {
 
 impl MemoryKey {
     /// Its size on the wire.
-    pub const BYTES: usize = 112;
+    pub const BYTES: usize = 120;
     /// The size of the leading part of [`MemoryKey::to_bytes`] that a key of host memory
     /// needs (the rest, the device part, is zero and decodes as none).
     pub const HOST_BYTES: usize = 32;
@@ -118,6 +118,7 @@ impl MemoryKey {
             b[36..40].copy_from_slice(&d.ordinal.to_le_bytes());
             b[40..48].copy_from_slice(&d.base.to_le_bytes());
             b[48..112].copy_from_slice(&d.handle);
+            b[112..120].copy_from_slice(&d.size.to_le_bytes());
         }
         b
     }
@@ -131,6 +132,7 @@ impl MemoryKey {
             base: w8(40),
             handle: b[48..112].try_into().expect("64 bytes"),
             buffer_id: w8(8),
+            size: w8(112),
         });
         MemoryKey {
             pid: u32::from_le_bytes(w4(0)),
