@@ -220,6 +220,9 @@ fn exchange(ctx: &Ctx<'_>, a: &CollArgs, exposed: &mut bool) -> Result<std::resu
             "rank(s) {gpu:?} passed GPU memory and the others host memory: every rank must pass the same kind"
         )));
     }
+    if !gpu.is_empty() {
+        note_shared_gpu(&keys, r);
+    }
     let same = keys.iter().map(|(s, d)| s == d && s.len > 0).collect();
     let mut bufs = PeerBuffers { send: vec![send; p], recv: vec![recv; p], same };
     let mut ok = true;
@@ -267,6 +270,33 @@ fn exchange(ctx: &Ctx<'_>, a: &CollArgs, exposed: &mut bool) -> Result<std::resu
              OXCCL_DEBUG=DEBUG log)"
         )))
     }
+}
+
+/// Says once per process (at INFO) when ranks in other processes use this rank's GPU and no
+/// MPS daemon is seen: the GPU then switches between the processes' contexts in every call,
+/// about 200 us per small call on an H200 (benches/GPU.md), where under MPS a call takes
+/// about 20 us.
+fn note_shared_gpu(keys: &[(MemoryKey, MemoryKey)], r: usize) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let device = |j: usize| keys[j].0.device.or(keys[j].1.device).map(|d| d.ordinal);
+    let Some(mine) = device(r) else { return };
+    let sharing = (0..keys.len()).filter(|&j| device(j) == Some(mine) && keys[j].0.pid != keys[r].0.pid).count();
+    if sharing == 0 {
+        return;
+    }
+    let pipe = std::env::var_os("CUDA_MPS_PIPE_DIRECTORY").unwrap_or_else(|| "/tmp/nvidia-mps".into());
+    if std::path::Path::new(&pipe).join("control").exists() {
+        return;
+    }
+    SAID.call_once(|| {
+        tracing::info!(
+            rank = r,
+            "{sharing} rank(s) in other processes share cuda:{mine} with this one and no MPS daemon is seen \
+             ({}): the GPU switches between the processes' contexts in every call (about 200 us per small \
+             call); `nvidia-cuda-mps-control -d` runs them in one",
+            std::path::Path::new(&pipe).display()
+        );
+    });
 }
 
 /// Round 4 of the module docs, after this rank's part of the schedule ended with `part`:
