@@ -109,12 +109,13 @@ bench allreduce-bf16 -d bfloat16 -b 256M -e 1G -f 4 -n 20 -w 5
 bench others --collective all_gather,reduce_scatter,all_to_all,broadcast,reduce -b 8 -e 256M -f 16 -n 10 -w 3
 # Small calls: the automatic choice (mapped, through CUDA IPC) with many iterations, its
 # log counting how often a peer's allocation was opened (once per buffer, not per call);
-# and the staged path (ring through host memory) beside it.
+# and the staged path beside it (recursive doubling through host memory: a forced ring now runs
+# over CUDA IPC itself).
 OXCCL_DEBUG=debug timeout 40 "$bin/oxccl-bench" --ranks 2 --device -c 1 -b 8 -e 64K -f 8 -n 200 -w 20 \
   > "$logs/bench-small-debug.txt" 2>&1 || { echo "bench small-debug: FAILED"; status=1; }
 grep -E "^ +[0-9]" "$logs/bench-small-debug.txt"
 echo "peer allocations opened (cuIpcOpenMemHandle): $(grep -c "opened a peer's device allocation" "$logs/bench-small-debug.txt")"
-bench small-staged --algo all_reduce:ring -b 8 -e 64K -f 8 -n 200 -w 20
+bench small-staged --algo all_reduce:recursive_doubling -b 8 -e 64K -f 8 -n 200 -w 20
 wrong=$(grep -h "Out of bounds values" "$logs"/bench-*.txt | grep -vc " 0 OK" || true)
 echo "bench runs with wrong results: $wrong"
 [ "$wrong" = 0 ] || status=1
