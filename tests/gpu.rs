@@ -244,7 +244,8 @@ fn gpu_rank() {
     let fails = gpu_sweep(&comm, true);
     assert!(fails.is_empty(), "{fails:?}");
     // Whichever algorithm was asked for, the buffers moved through CUDA IPC, not host memory
-    // (forced ring: all-reduce and all-gather, 3 non-empty counts, 10 types, 5 operators).
+    // (a forced ring: all-reduce, reduce-scatter and all-gather; at least all-reduce and
+    // all-gather, 3 non-empty counts, 10 types, 5 operators).
     let ran = oxccl_algorithms::mapped::schedules_run() - before;
     assert!(
         ran >= 3 * (10 * 5 * 2 + 10 * 2),
@@ -263,7 +264,7 @@ fn process_worlds_on_device_buffers() {
     }
     let me = std::env::current_exe().unwrap();
     // The automatic choice (direct reads of every peer's buffers), and the ring over CUDA IPC
-    // (all-reduce and all-gather; the other collectives staged).
+    // (all-reduce, reduce-scatter and all-gather; the other collectives staged).
     for (p, algo) in [(2, "auto"), (4, "auto"), (3, "ring")] {
         // scripts/gpu-check.sh runs a prebuilt copy of this binary elsewhere: it says where
         // oxrun is there.
@@ -289,9 +290,9 @@ fn process_worlds_on_device_buffers() {
 
 /// Device buffers where ranks cannot open each other's IPC handles (TCP, as between hosts)
 /// are staged through host memory: every collective still gives the closed-form results. So
-/// does a forced ring on device buffers: over CUDA IPC for all-reduce and all-gather (each
-/// rank reading its left neighbour's buffers, step by step: checked to have run as a mapped
-/// schedule), staged for the others.
+/// does a forced ring on device buffers: over CUDA IPC for all-reduce, reduce-scatter and
+/// all-gather (each rank reading peers' buffers step by step: checked to have run as a
+/// mapped schedule), staged for the others.
 #[test]
 fn device_buffers_over_tcp_or_a_forced_ring_are_staged() {
     if let Some(why) = no_gpu() {

@@ -278,6 +278,10 @@ fn exchange(ctx: &Ctx<'_>, a: &CollArgs, exposed: &mut bool) -> Result<std::resu
 /// about 20 us.
 fn note_shared_gpu(keys: &[(MemoryKey, MemoryKey)], r: usize) {
     static SAID: std::sync::Once = std::sync::Once::new();
+    // Every call on device buffers passes here: once said, no look at the file system.
+    if SAID.is_completed() {
+        return;
+    }
     let device = |j: usize| keys[j].0.device.or(keys[j].1.device).map(|d| d.ordinal);
     let Some(mine) = device(r) else { return };
     let sharing = (0..keys.len()).filter(|&j| device(j) == Some(mine) && keys[j].0.pid != keys[r].0.pid).count();
@@ -490,10 +494,9 @@ impl<'c, 'a> RingSignals<'c, 'a> {
         self.ctx.wait_all(&sends).inspect_err(|e| self.ctx.net.fail(e.clone()))
     }
 
-    /// Between phases: every rank's work of the phase is done (fenced) before any goes on;
-    /// the next phase's messages have steps of their own.
+    /// Between phases: every rank's work of the phase is done (each step's `done` fenced it)
+    /// before any goes on; the next phase's messages have steps of their own.
     pub(crate) fn barrier(&mut self) -> Result<()> {
-        self.ctx.reducer.fence(self.ctx.deadline)?;
         self.finish()?;
         swap_all(self.ctx, STEP_RING_BARRIER, &[1])?;
         self.phase += 1;
@@ -513,11 +516,7 @@ pub fn try_run_ring_collective(ctx: &Ctx<'_>, a: &CollArgs) -> Option<Result<std
         C::ReduceScatter => crate::reduce_scatter::mapped_ring::schedule,
         _ => return None,
     };
-    Some(match crate::all_reduce::trivial(ctx, a) {
-        Ok(true) => Ok(Ok(())),
-        Ok(false) => try_run(ctx, a, schedule),
-        Err(e) => Err(e),
-    })
+    Some(try_run_unless_trivial(ctx, a, schedule))
 }
 
 /// Bytes a schedule moves between looks at the transport ([`still_on`]).
@@ -591,10 +590,16 @@ fn schedule_of(ctx: &Ctx<'_>) -> Result<Schedule> {
 /// the caller may move the bytes another way (the communicator stages device buffers through
 /// host memory then).
 pub fn try_run_collective(ctx: &Ctx<'_>, a: &CollArgs) -> Result<std::result::Result<(), String>> {
+    try_run_unless_trivial(ctx, a, schedule_of(ctx)?)
+}
+
+/// `schedule` through [`try_run`], except for a call with nothing to map (empty, or a world
+/// of one), which gets its trivial copy.
+fn try_run_unless_trivial(ctx: &Ctx<'_>, a: &CollArgs, schedule: Schedule) -> Result<std::result::Result<(), String>> {
     if crate::all_reduce::trivial(ctx, a)? {
         return Ok(Ok(()));
     }
-    try_run(ctx, a, schedule_of(ctx)?)
+    try_run(ctx, a, schedule)
 }
 
 /// Runs the mapped algorithm of `ctx.collective` with `fallback` for worlds whose buffers

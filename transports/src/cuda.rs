@@ -769,15 +769,8 @@ mod imp {
                 ));
             }
             let owner = key.base..key.base + key.size.max(1);
-            open.retain(|o| {
-                let stale = o.pid == pid && o.local == local && superseded(&o.owner, &owner);
-                if stale {
-                    // SAFETY: an address cuIpcOpenMemHandle returned, of an allocation its
-                    // owner has freed (see `superseded`), no longer handed out.
-                    let _ = unsafe { sys::cuIpcCloseMemHandle(o.ptr) };
-                }
-                !stale
-            });
+            // Of an allocation its owner has freed (see `superseded`): nothing uses it.
+            close_where(&mut open, |_, o| o.pid == pid && o.local == local && superseded(&o.owner, &owner));
             let mut h = sys::CUipcMemHandle { reserved: [0; 64] };
             for (d, s) in h.reserved.iter_mut().zip(key.handle) {
                 *d = s as std::ffi::c_char;
@@ -798,18 +791,10 @@ mod imp {
                 // allocation of the peer's whose memory its driver reused elsewhere still
                 // holds it. Close this peer's mappings but the last used (which the call
                 // may be using: its other buffer) and try again.
+                // This call uses at most the peer's mapping it used last (its other buffer);
+                // no other call of this rank is under way.
                 let last = open.iter().rposition(|o| o.pid == pid && o.local == local);
-                let mut i = 0;
-                open.retain(|o| {
-                    let drop_it = o.pid == pid && o.local == local && Some(i) != last;
-                    i += 1;
-                    if drop_it {
-                        // SAFETY: an address cuIpcOpenMemHandle returned; this call does not use
-                        // it (it is not the mapping it used last), and none other of this rank.
-                        let _ = unsafe { sys::cuIpcCloseMemHandle(o.ptr) };
-                    }
-                    !drop_it
-                });
+                close_where(&mut open, |i, o| o.pid == pid && o.local == local && Some(i) != last);
                 tracing::debug!(pid, error = %first, "cuIpcOpenMemHandle failed; closed the peer's older mappings, trying again");
                 open_handle(&mut p)?;
             }
@@ -824,9 +809,8 @@ mod imp {
                 }
             };
             if open.len() >= MAX_OPEN {
-                let old = open.remove(0);
-                // SAFETY: an address cuIpcOpenMemHandle returned, no longer handed out.
-                let _ = unsafe { sys::cuIpcCloseMemHandle(old.ptr) };
+                // The least recently used.
+                close_where(&mut open, |i, _| i == 0);
             }
             tracing::debug!(
                 pid,
@@ -838,6 +822,22 @@ mod imp {
             open.push(Opened { pid, buffer_id: key.buffer_id, handle: key.handle, local, ptr: p, size, owner });
             Ok((p as *mut u8, local, size))
         }
+    }
+
+    /// Closes and forgets the mappings `stale(index, mapping)` picks, which no call may be
+    /// using: the caller's promise.
+    fn close_where(open: &mut Vec<Opened>, mut stale: impl FnMut(usize, &Opened) -> bool) {
+        let mut i = 0;
+        open.retain(|o| {
+            let close = stale(i, o);
+            i += 1;
+            if close {
+                // SAFETY: an address cuIpcOpenMemHandle returned, closed once (it leaves the
+                // list), and unused (the caller's promise).
+                let _ = unsafe { sys::cuIpcCloseMemHandle(o.ptr) };
+            }
+            !close
+        });
     }
 
     impl Drop for PeerDeviceMappings {
