@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Measures again the cells of a bar sweep that missed, to tell a wrong choice from noise.
+
+Usage: scripts/cost-confirm.py [--runs R] [--bench PATH] [--out DIR] LOG...
+
+LOG are `oxccl-bench --explain` logs of the bar sweep (benches/COST_MODEL.md, "The bars").
+For every cell where the chosen algorithm's own time was more than 10% above the fastest
+algorithm's (the oracle), it runs `oxccl-bench --compare CHOICE,ORACLE` at that one size R
+times (default 5), each run a fresh world: on this machine a process keeps the scheduler's
+placement of its ranks for its life, so runs of several processes sample that too. Each
+run times both algorithms interleaved (twice, best kept, as the sweep does). The cell's
+confirmed ratio is the median over runs of the choice's time over the oracle's: above 1.10
+the choice is wrong; at or below it the sweep's miss was the machine's noise.
+
+Prints a markdown table: the sweep's ratio, the confirmed one and every run's.
+"""
+
+import importlib.util
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+spec = importlib.util.spec_from_file_location("cost_bars", os.path.join(HERE, "cost-bars.py"))
+cost_bars = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cost_bars)
+
+ROW = re.compile(r"^\s*(\d+)\s+\d+\s+\S+\s+\S+\s+-?\d+\s+([\d.]+)\s.*\s(\S+)\s*$")
+
+
+def misses(cells):
+    """(transport, ranks, collective, size, choice, oracle, ratio) of each missed cell."""
+    out = []
+    for key in sorted(cells):
+        if key[3] == 0:
+            continue
+        v = cells[key]
+        forced = {k: x[0] for k, x in v.items() if not k.startswith("auto(")}
+        autos = [k for k in v if k.startswith("auto(")]
+        if not forced or not autos:
+            continue
+        inner = autos[0][5:-1]
+        # auto(mapped,fallback=X): on heap buffers X runs.
+        choice = inner.split("fallback=")[1] if "fallback=" in inner else inner.split(",")[0]
+        if choice not in forced:
+            continue
+        oracle = min(forced, key=forced.get)
+        ratio = forced[choice] / forced[oracle]
+        if ratio > 1.10:
+            out.append(key + (choice, oracle, ratio))
+    return out
+
+
+def run_once(bench, t, p, coll, size, algos):
+    small = size < (4 << 20)
+    n, w = ("100", "10") if small else ("5", "1")
+    cmd = [bench, "--ranks", str(p), "--transport", t, "-b", str(size), "-e", str(size), "-n", n, "-w", w,
+           "-c", "0", "--collective", coll, "--compare", ",".join(algos)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    times = {}
+    for line in out.stdout.splitlines():
+        m = ROW.match(line)
+        if m:
+            times[m.group(3)] = float(m.group(2))
+    return times
+
+
+def main():
+    argv = sys.argv[1:]
+    runs, bench, out_dir = 5, "target/release/oxccl-bench", None
+    logs = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--runs":
+            runs, i = int(argv[i + 1]), i + 2
+        elif a == "--bench":
+            bench, i = argv[i + 1], i + 2
+        elif a == "--out":
+            out_dir, i = argv[i + 1], i + 2
+        else:
+            logs.append(a)
+            i += 1
+    cells = cost_bars.parse(logs)
+    todo = misses(cells)
+    print(f"{len(todo)} cells missed 10% in the sweep; each measured again in {runs} runs\n")
+    print("| transport | ranks | collective | size | choice | oracle | sweep | confirmed | runs |")
+    print("| --- | ---: | --- | ---: | --- | --- | ---: | ---: | --- |")
+    wrong = 0
+    for t, p, coll, size, choice, oracle, ratio in todo:
+        per_run = []
+        for _ in range(runs):
+            times = run_once(bench, t, p, coll, size, [choice, oracle])
+            if choice in times and oracle in times and times[oracle] > 0:
+                per_run.append(times[choice] / times[oracle])
+        conf = statistics.median(per_run) if per_run else float("nan")
+        wrong += conf > 1.10
+        runs_s = " ".join(f"{r:.2f}" for r in per_run)
+        print(f"| {t} | {p} | {coll} | {size} | {choice} | {oracle} | {ratio:.2f} | {conf:.2f} | {runs_s} |", flush=True)
+        if out_dir:
+            with open(os.path.join(out_dir, "confirm.tsv"), "a") as f:
+                f.write(f"{t}\t{p}\t{coll}\t{size}\t{choice}\t{oracle}\t{ratio:.3f}\t{conf:.3f}\t{runs_s}\n")
+    print(f"\n{wrong} of {len(todo)} cells still above 1.10 (median of runs)")
+
+
+if __name__ == "__main__":
+    main()
