@@ -3,11 +3,19 @@
 //!
 //! The launcher hosts the rendezvous store itself (on node 0 of a multi-host world) and
 //! starts each rank with `OXCCL_RANK`, `OXCCL_WORLD_SIZE`, `OXCCL_LOCAL_RANK`,
-//! `OXCCL_LOCAL_WORLD_SIZE`, `OXCCL_ADDR`, `OXCCL_SECRET` and `OXCCL_STORE_HOST=launcher`.
+//! `OXCCL_LOCAL_WORLD_SIZE`, `OXCCL_ADDR`, `OXCCL_SECRET` and `OXCCL_STORE_HOST=launcher`
+//! (and `OXCCL_BOUND_CPUS`, the CPUs it bound the rank to, where it bound it).
 //! Ranks die with the launcher (`PR_SET_PDEATHSIG`). When a rank exits non-zero or is
 //! killed, the launcher says which rank and how, gives the others up to
 //! `OXRUN_FAILURE_GRACE_MS` (default 3000) to report the lost peer and exit on their own,
 //! stops those still running, and exits non-zero.
+//!
+//! With [`Binding::Core`] (or [`Binding::Auto`] where every rank can have a core of its
+//! own) each rank is bound to one core of those the launcher may run on, as `mpirun` binds
+//! by default: ranks keep their caches and, on a host of several packages, their memory
+//! node. (On the 2-vCPU VM of this project it made no difference: 2-rank all-reduce and
+//! all-gather at 256 KiB and 16 MiB over TCP and shared memory, six runs each way, medians
+//! within 7%.)
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
@@ -41,6 +49,84 @@ pub struct LaunchSpec {
     pub master: Option<String>,
     /// Prefix every output line with `[rank]`.
     pub tag_output: bool,
+    /// Where the ranks may run.
+    pub bind: Binding,
+}
+
+/// How a launcher places its ranks on this host's cores (`oxrun --bind-to`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Binding {
+    /// Wherever the scheduler puts them (what `torchrun` does).
+    #[default]
+    None,
+    /// Each rank on a core of its own (every hardware thread of it), cores in order of
+    /// package and core id; an error where ranks outnumber the cores the launcher may use.
+    Core,
+    /// [`Binding::Core`] where every rank can have a core of its own, else [`Binding::None`]
+    /// (ranks that share cores are better left to the scheduler).
+    Auto,
+}
+
+impl Binding {
+    /// Parses `none`, `core` or `auto`.
+    pub fn parse(s: &str) -> Option<Binding> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Some(Binding::None),
+            "core" => Some(Binding::Core),
+            "auto" => Some(Binding::Auto),
+            _ => None,
+        }
+    }
+
+    /// The CPUs of each of `nprocs` local ranks, from the host's `cores` (each a list of
+    /// CPU numbers, as [`usable_cores`] gives them); `None` leaves the ranks unbound.
+    pub fn plan(self, nprocs: usize, cores: &[Vec<usize>]) -> Result<Option<Vec<Vec<usize>>>> {
+        let fits = nprocs <= cores.len();
+        match self {
+            Binding::None => Ok(None),
+            Binding::Auto if !fits => Ok(None),
+            Binding::Core if !fits => Err(Error::invalid_argument(format!(
+                "--bind-to core: {nprocs} ranks but only {} cores here (use --bind-to none or auto)",
+                cores.len()
+            ))),
+            Binding::Core | Binding::Auto => Ok(Some(cores[..nprocs].to_vec())),
+        }
+    }
+}
+
+/// The cores this process may run on, each a list of its CPU numbers (hardware threads),
+/// ordered by package and core id; a CPU whose topology the kernel does not give counts as
+/// a core of its own.
+pub fn usable_cores() -> Result<Vec<Vec<usize>>> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map_err(|e| Error::io("reading this process's CPU affinity", e.into()))?;
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect();
+    let topo = |cpu: usize, what: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{cpu}/topology/{what}")).ok()?.trim().parse().ok()
+    };
+    Ok(group_cores(cpus.into_iter().map(|c| {
+        let id = match (topo(c, "physical_package_id"), topo(c, "core_id")) {
+            (Some(p), Some(k)) => (p, k, 0),
+            // Unknown: its own core, after the known ones.
+            _ => (u64::MAX, u64::MAX, c),
+        };
+        (id, c)
+    })))
+}
+
+/// CPUs keyed by (package, core, tie) grouped into cores, in key order.
+fn group_cores(cpus: impl Iterator<Item = ((u64, u64, usize), usize)>) -> Vec<Vec<usize>> {
+    let mut by_core: std::collections::BTreeMap<(u64, u64, usize), Vec<usize>> = Default::default();
+    for (key, cpu) in cpus {
+        by_core.entry(key).or_default().push(cpu);
+    }
+    by_core
+        .into_values()
+        .map(|mut v| {
+            v.sort_unstable();
+            v
+        })
+        .collect()
 }
 
 static SIGNALLED: AtomicI32 = AtomicI32::new(0);
@@ -154,6 +240,10 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32> {
         libc::signal(libc::SIGTERM, handler);
     }
 
+    let placement = match spec.bind {
+        Binding::None => None,
+        b => b.plan(spec.nprocs, &usable_cores()?)?,
+    };
     let mut children: Vec<(usize, Child)> = Vec::with_capacity(spec.nprocs);
     let mut pumps = Vec::new();
     for local in 0..spec.nprocs {
@@ -174,13 +264,29 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32> {
         if spec.tag_output {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
-        // SAFETY: the closure runs in the forked child before exec and only calls setpgid
-        // and prctl, which are async-signal-safe.
+        // Built here: the child may not allocate between fork and exec.
+        let cpus = match &placement {
+            Some(p) => {
+                let mut set = nix::sched::CpuSet::new();
+                for &c in &p[local] {
+                    set.set(c).map_err(|e| Error::io(format!("binding rank {rank} to CPU {c}"), e.into()))?;
+                }
+                cmd.env("OXCCL_BOUND_CPUS", p[local].iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","));
+                Some(set)
+            }
+            None => None,
+        };
+        // SAFETY: the closure runs in the forked child before exec and only calls setpgid,
+        // prctl and sched_setaffinity, which are async-signal-safe system calls; the CPU set
+        // was built before the fork.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 // Its own process group, so stopping a rank stops what it started too.
                 libc::setpgid(0, 0);
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if let Some(set) = &cpus {
+                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), set)?;
+                }
                 Ok(())
             });
         }
@@ -254,4 +360,49 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32> {
         let _ = p.join();
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cores(n: usize) -> Vec<Vec<usize>> {
+        (0..n).map(|c| vec![c, c + n]).collect()
+    }
+
+    #[test]
+    fn binding_plans_a_core_per_rank_where_they_fit() {
+        assert_eq!(Binding::None.plan(2, &cores(4)).unwrap(), None);
+        assert_eq!(Binding::Auto.plan(2, &cores(4)).unwrap(), Some(vec![vec![0, 4], vec![1, 5]]));
+        assert_eq!(Binding::Core.plan(4, &cores(4)).unwrap(), Some(cores(4)));
+        // Ranks that would share cores are left to the scheduler, or refused when asked for.
+        assert_eq!(Binding::Auto.plan(5, &cores(4)).unwrap(), None);
+        let e = Binding::Core.plan(5, &cores(4)).unwrap_err().to_string();
+        assert!(e.contains("5 ranks but only 4 cores"), "{e}");
+        assert_eq!(Binding::parse("CORE"), Some(Binding::Core));
+        assert_eq!(Binding::parse("socket"), None);
+    }
+
+    #[test]
+    fn hardware_threads_group_into_cores_in_package_order() {
+        // Two packages of two cores, two threads each, numbered as Linux numbers Intel's:
+        // first threads 0-3, their siblings 4-7. One CPU without topology comes last.
+        let key = |cpu: usize| ((cpu % 4 / 2) as u64, (cpu % 2) as u64, 0);
+        let mut cpus: Vec<_> = (0..8).map(|c| (key(c), c)).collect();
+        cpus.push(((u64::MAX, u64::MAX, 9), 9));
+        assert_eq!(group_cores(cpus.into_iter()), vec![vec![0, 4], vec![1, 5], vec![2, 6], vec![3, 7], vec![9]]);
+    }
+
+    #[test]
+    fn this_process_has_usable_cores() {
+        let cores = usable_cores().unwrap();
+        let mut cpus: Vec<usize> = cores.iter().flatten().copied().collect();
+        let n = cpus.len();
+        cpus.sort_unstable();
+        cpus.dedup();
+        assert_eq!(cpus.len(), n, "a CPU in two cores: {cores:?}");
+        // A cgroup quota may lower what the standard library counts, never raise it.
+        assert!(n >= std::thread::available_parallelism().unwrap().get(), "{cores:?}");
+        assert!(cores.iter().all(|c| !c.is_empty()));
+    }
 }

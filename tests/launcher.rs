@@ -27,6 +27,58 @@ fn ranks_get_their_environment_and_tagged_output() {
     }
 }
 
+/// The CPUs this process may run on, from `/proc/self/status` (`Cpus_allowed_list`, as
+/// `0-3,6`).
+fn allowed(list: &str) -> Vec<usize> {
+    list.split(',')
+        .flat_map(|r| match r.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
+            None => vec![r.parse().unwrap()],
+        })
+        .collect()
+}
+
+#[test]
+fn bound_ranks_run_on_cores_of_their_own() {
+    let mine = std::fs::read_to_string("/proc/self/status").unwrap();
+    let mine = allowed(mine.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim());
+    let cores = oxccl::launch::usable_cores().unwrap();
+    let show = "echo rank=$OXCCL_LOCAL_RANK bound=$OXCCL_BOUND_CPUS $(grep Cpus_allowed_list /proc/self/status)";
+    let n = cores.len().min(2);
+    let out = oxrun().args(["-n", &n.to_string(), "--bind-to", "core", "sh", "-c", show]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let mut seen = Vec::new();
+    for line in text.lines() {
+        let rank: usize = line.split_whitespace().next().unwrap()["rank=".len()..].parse().unwrap();
+        let list = allowed(line.split_whitespace().last().unwrap());
+        // Exactly the hardware threads of the rank-th core, and what the launcher said.
+        assert_eq!(list, cores[rank], "{text}");
+        let said = cores[rank].iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+        assert!(line.contains(&format!("bound={said} ")), "{text}");
+        seen.push(rank);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..n).collect::<Vec<_>>(), "{text}");
+
+    // Unbound (the default), a rank keeps everything the launcher may use.
+    let out = oxrun().args(["-n", "1", "sh", "-c", show]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bound= "), "{text}");
+    assert_eq!(allowed(text.split_whitespace().last().unwrap()), mine, "{text}");
+
+    // More ranks than cores: auto leaves them unbound, core refuses and says why.
+    let over = (cores.len() + 1).to_string();
+    let out = oxrun().args(["-n", &over, "--bind-to", "auto", "sh", "-c", show]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.lines().count() == cores.len() + 1, "{text}");
+    assert!(text.lines().all(|l| l.contains("bound= ")), "{text}");
+    let out = oxrun().args(["-n", &over, "--bind-to", "core", "true"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("{over} ranks but only {} cores", cores.len())), "{err}");
+}
+
 #[test]
 fn a_failing_rank_is_named_and_the_others_are_stopped() {
     let start = Instant::now();

@@ -69,6 +69,10 @@ struct Args {
     /// Start this many local ranks when not under a launcher (default 2).
     #[arg(long)]
     ranks: Option<usize>,
+    /// With `--ranks`: where the ranks run. `none` leaves them to the scheduler, `core` puts
+    /// each on a core of its own (as mpirun does), `auto` does so where there are enough.
+    #[arg(long = "bind-to", default_value = "none", value_parser = parse_binding)]
+    bind_to: oxccl::launch::Binding,
     /// Print the cost model's reasoning: at each size every algorithm is measured (as with
     /// `--compare`) and each row ends with the algorithm and its predicted time; the `auto`
     /// row names the choice.
@@ -143,6 +147,7 @@ fn main() {
                 node_rank: 0,
                 master: None,
                 tag_output: false,
+                bind: args.bind_to,
             };
             match oxccl::launch::launch(&spec) {
                 Ok(code) => code,
@@ -158,6 +163,10 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+fn parse_binding(s: &str) -> Result<oxccl::launch::Binding, String> {
+    oxccl::launch::Binding::parse(s).ok_or_else(|| format!("'{s}': expected none, core or auto"))
 }
 
 /// `--refit`: every entry with samples fitted again; returns how many.
@@ -629,7 +638,7 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
             format!("compare {}", args.compare.join(","))
         };
         println!(
-            "# oxccl-bench {}: {} ranks over {}, type {}, op {}, iters {}, warmup {}, check {}, algorithm {}, buffers {}",
+            "# oxccl-bench {}: {} ranks over {}, type {}, op {}, iters {}, warmup {}, check {}, algorithm {}, buffers {}, {}",
             coll,
             p,
             comm.transport_name(),
@@ -643,6 +652,11 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
                 Memory::Heap => "heap".to_string(),
                 Memory::Shared => "shared (-R 1)".to_string(),
                 Memory::Device(d) => format!("GPU memory (cuda:{d})"),
+            },
+            // The launcher says where it bound this rank (oxccl::launch::Binding).
+            match std::env::var("OXCCL_BOUND_CPUS") {
+                Ok(cpus) => format!("rank 0 bound to CPU {cpus}"),
+                Err(_) => "ranks unbound".to_string(),
             },
         );
         if let Memory::Device(d) = memory(comm, args)? {

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! oxrun -n 4 ./my_program args...                       # 4 ranks here
+//! oxrun -n 2 --bind-to core ./my_program               # each rank on a core of its own
 //! oxrun -n 8 --nnodes 2 --node-rank 0 --master node0:29500 ./prog   # on node0
 //! oxrun -n 8 --nnodes 2 --node-rank 1 --master node0:29500 ./prog   # on node1
 //! ```
@@ -31,9 +32,17 @@ struct Args {
     /// HOST:PORT where node 0's oxrun serves the rendezvous store.
     #[arg(long)]
     master: Option<String>,
+    /// Where the ranks run: `none` (the scheduler decides), `core` (each rank on a core of
+    /// its own, as mpirun binds), or `auto` (core where every rank can have one, else none).
+    #[arg(long = "bind-to", default_value = "none", value_parser = parse_binding)]
+    bind_to: oxccl::launch::Binding,
     /// The program and its arguments.
     #[arg(required = true, num_args = 1..)]
     command: Vec<OsString>,
+}
+
+fn parse_binding(s: &str) -> Result<oxccl::launch::Binding, String> {
+    oxccl::launch::Binding::parse(s).ok_or_else(|| format!("'{s}': expected none, core or auto"))
 }
 
 fn main() {
@@ -48,6 +57,7 @@ fn main() {
         node_rank: a.node_rank,
         master: a.master,
         tag_output: a.tag_output,
+        bind: a.bind_to,
     };
     match oxccl::launch::launch(&spec) {
         Ok(code) => std::process::exit(code),
