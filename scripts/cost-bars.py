@@ -42,6 +42,26 @@ def parse(paths):
     return cells
 
 
+def chosen(v):
+    """The algorithm the automatic choice ran in a cell's variants `v` (see `parse`), as its
+    forced row names it; None without an `auto` row."""
+    forced = {k for k in v if not k.startswith("auto(")}
+    auto = [k for k in v if k.startswith("auto(")]
+    if not auto:
+        return None
+    name = auto[0][5:-1]
+    if ",fallback=" in name:
+        # `mapped` priced best, with its fallback for buffers that cannot be mapped: with
+        # heap buffers (no forced mapped row) the fallback is what ran.
+        first, fallback = name.split(",fallback=")
+        return first if first in forced else fallback
+    if name not in forced:
+        # Logs of builds that did not print the fallback: the best-priced other algorithm.
+        priced = [(v[k][1], k) for k in forced if v[k][1] is not None]
+        return min(priced)[1] if priced else name
+    return name
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     show_cells = "--cells" in sys.argv
@@ -66,18 +86,9 @@ def main():
         if not forced or not auto or size == 0:
             continue
         oracle, (ous, _) = min(forced.items(), key=lambda kv: kv[1][0])
-        chosen = auto[0][0][5:-1]
-        if ",fallback=" in chosen:
-            # `mapped` priced best, with its fallback for buffers that cannot be mapped: with
-            # heap buffers (no forced mapped row) the fallback is what ran.
-            first, fallback = chosen.split(",fallback=")
-            chosen = first if first in forced else fallback
-        elif chosen not in forced:
-            # Logs of builds that did not print the fallback: the best-priced other algorithm.
-            priced = [(x[1], k) for k, x in forced.items() if x[1] is not None]
-            chosen = min(priced)[1] if priced else chosen
+        choice_name = chosen(v)
         aus = auto[0][1][0]
-        own = forced.get(chosen, (aus, None))[0]
+        own = forced.get(choice_name, (aus, None))[0]
         ra, ro = aus / ous, own / ous
         c = choice[t]
         c[0] += 1
@@ -87,7 +98,7 @@ def main():
         pc = per[(t, p, coll)]
         pc[0] += ro <= 1.10
         pc[1] += 1
-        rows.append((t, p, coll, size, oracle, ous, chosen, aus, ra, ro))
+        rows.append((t, p, coll, size, oracle, ous, choice_name, aus, ra, ro))
 
     print("### Choice against the oracle\n")
     print("| transport | cells | auto row within 10% | chosen algorithm within 10% | within 25% |")
@@ -117,8 +128,8 @@ def main():
         print("\n### Every cell\n")
         print("| transport | ranks | collective | size | oracle | oracle us | auto choice | auto us | ratio (auto row) | ratio (choice's own time) |")
         print("| --- | ---: | --- | ---: | --- | ---: | --- | ---: | ---: | ---: |")
-        for t, p, coll, size, oracle, ous, chosen, aus, ra, ro in rows:
-            print(f"| {t} | {p} | {coll} | {size} | {oracle} | {ous:.1f} | {chosen} | {aus:.1f} | {ra:.2f} | {ro:.2f} |")
+        for t, p, coll, size, oracle, ous, choice_name, aus, ra, ro in rows:
+            print(f"| {t} | {p} | {coll} | {size} | {oracle} | {ous:.1f} | {choice_name} | {aus:.1f} | {ra:.2f} | {ro:.2f} |")
 
 
 if __name__ == "__main__":

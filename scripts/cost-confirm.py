@@ -38,12 +38,7 @@ def misses(cells):
             continue
         v = cells[key]
         forced = {k: x[0] for k, x in v.items() if not k.startswith("auto(")}
-        autos = [k for k in v if k.startswith("auto(")]
-        if not forced or not autos:
-            continue
-        inner = autos[0][5:-1]
-        # auto(mapped,fallback=X): on heap buffers X runs.
-        choice = inner.split("fallback=")[1] if "fallback=" in inner else inner.split(",")[0]
+        choice = cost_bars.chosen(v)
         if choice not in forced:
             continue
         oracle = min(forced, key=forced.get)

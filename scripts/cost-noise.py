@@ -28,14 +28,6 @@ def forced(v):
     return {k: x[0] for k, x in v.items() if not k.startswith("auto(")}
 
 
-def choice(v):
-    for k in v:
-        if k.startswith("auto("):
-            inner = k[5:-1]
-            return inner.split("fallback=")[1] if "fallback=" in inner else inner.split(",")[0]
-    return None
-
-
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
@@ -61,7 +53,7 @@ def main():
             best_b = min(fb[k] for k in common)
             cross_ab += fb[min(common, key=fa.get)] > 1.1 * best_b
             cross_ba += fa[min(common, key=fb.get)] > 1.1 * best_a
-            ca, cb = choice(a[key]), choice(b[key])
+            ca, cb = cost_bars.chosen(a[key]), cost_bars.chosen(b[key])
             own_a += ca in fa and fa[ca] > 1.1 * best_a
             own_b += cb in fb and fb[cb] > 1.1 * best_b
         n = len(ratios)
