@@ -42,20 +42,25 @@ pub(super) enum Trials {
 /// reaches it at the same call.)
 pub(super) const MAX_TRIAL_SHAPES: usize = 4096;
 
-/// A candidate's typical time from its runs: the mean of the fastest three quarters, with
-/// its standard error relative to it. On a busy machine one call's time swings several-fold
-/// (a rank waits for a peer that lost its core), so the mean of many calls is what a loop of
-/// them costs; the slowest quarter is left out because a rare long stall (a page fault storm,
-/// a time slice lost for milliseconds) would otherwise outweigh dozens of calls. No runs:
-/// `u64::MAX`; fewer than two kept: a relative error of 1.
-fn typical(runs: &[u64]) -> TrialTime {
+/// A candidate's runs that count: the fastest three quarters, fastest first. On a busy
+/// machine one call's time swings several-fold (a rank waits for a peer that lost its core),
+/// so the mean of many calls is what a loop of them costs; the slowest quarter is left out
+/// because a rare long stall (a page fault storm, a time slice lost for milliseconds) would
+/// otherwise outweigh dozens of calls.
+fn kept(runs: &[u64]) -> Vec<u64> {
     let mut v = runs.to_vec();
     v.sort_unstable();
-    let keep = v.len() - v.len() / 4;
+    v.truncate(v.len() - v.len() / 4);
+    v
+}
+
+/// A candidate's typical time from its [`kept`] runs: their mean, with its standard error
+/// relative to it. No runs: `u64::MAX`; fewer than two: a relative error of 1.
+fn typical_of_kept(kept: &[u64]) -> TrialTime {
+    let keep = kept.len();
     if keep == 0 {
         return TrialTime { ns: u64::MAX, rel_err: 1.0 };
     }
-    let kept = &v[..keep];
     let ns = (kept.iter().map(|&t| u128::from(t)).sum::<u128>() / keep as u128) as u64;
     let rel_err = if keep < 2 || ns == 0 {
         1.0
@@ -67,7 +72,7 @@ fn typical(runs: &[u64]) -> TrialTime {
     TrialTime { ns, rel_err }
 }
 
-/// Every candidate's [`typical`] call, each standard error at least what the spread of
+/// Every candidate's typical call ([`kept`], [`typical_of_kept`]), each standard error at least what the spread of
 /// one call, pooled over all candidates' kept runs, gives for its number of runs.
 ///
 /// A call's spread is the machine's more than the algorithm's, and calls of a few
@@ -77,27 +82,24 @@ fn typical(runs: &[u64]) -> TrialTime {
 /// or halving-doubling in 10 of 14 runs of the benchmark, where ring was the fastest loop
 /// in 13). Pooled, the spread rests on every run of the shape.
 fn typical_all(runs: &[Vec<u64>]) -> Vec<TrialTime> {
-    let mut times: Vec<TrialTime> = runs.iter().map(|r| typical(r)).collect();
+    let kept: Vec<Vec<u64>> = runs.iter().map(|r| kept(r)).collect();
+    let mut times: Vec<TrialTime> = kept.iter().map(|k| typical_of_kept(k)).collect();
     let (mut sum_sq, mut dof) = (0.0f64, 0usize);
-    for (r, t) in runs.iter().zip(&times) {
-        let mut v = r.clone();
-        v.sort_unstable();
-        let keep = v.len() - v.len() / 4;
-        if keep < 2 || t.ns == 0 || t.ns == u64::MAX {
+    for (k, t) in kept.iter().zip(&times) {
+        if k.len() < 2 || t.ns == 0 {
             continue;
         }
         let mean = t.ns as f64;
-        sum_sq += v[..keep].iter().map(|&x| ((x as f64 - mean) / mean).powi(2)).sum::<f64>();
-        dof += keep - 1;
+        sum_sq += k.iter().map(|&x| ((x as f64 - mean) / mean).powi(2)).sum::<f64>();
+        dof += k.len() - 1;
     }
     if dof == 0 {
         return times;
     }
     let spread = (sum_sq / dof as f64).sqrt();
-    for (r, t) in runs.iter().zip(times.iter_mut()) {
-        let keep = r.len() - r.len() / 4;
-        if keep >= 2 {
-            t.rel_err = t.rel_err.max(spread / (keep as f64).sqrt());
+    for (k, t) in kept.iter().zip(times.iter_mut()) {
+        if k.len() >= 2 {
+            t.rel_err = t.rel_err.max(spread / (k.len() as f64).sqrt());
         }
     }
     times
@@ -345,7 +347,12 @@ impl Communicator {
 
 #[cfg(test)]
 mod tests {
-    use super::{blocks, rescaled, schedule, typical, typical_all};
+    use super::{blocks, kept, rescaled, schedule, typical_all, typical_of_kept, TrialTime};
+
+    /// One candidate's typical call from all its runs.
+    fn typical(runs: &[u64]) -> TrialTime {
+        typical_of_kept(&kept(runs))
+    }
 
     #[test]
     fn candidates_run_in_blocks_whose_first_call_is_untimed() {
