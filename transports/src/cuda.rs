@@ -789,10 +789,9 @@ mod imp {
             if let Err(first) = open_handle(&mut p) {
                 // CUDA opens an allocation's memory once per process: a mapping of an earlier
                 // allocation of the peer's whose memory its driver reused elsewhere still
-                // holds it. Close this peer's mappings but the last used (which the call
-                // may be using: its other buffer) and try again.
-                // This call uses at most the peer's mapping it used last (its other buffer);
-                // no other call of this rank is under way.
+                // holds it. Close this peer's mappings but the last used (which this call may
+                // be using: its other buffer; no other call of this rank is under way) and
+                // try again.
                 let last = open.iter().rposition(|o| o.pid == pid && o.local == local);
                 close_where(&mut open, |i, o| o.pid == pid && o.local == local && Some(i) != last);
                 tracing::debug!(pid, error = %first, "cuIpcOpenMemHandle failed; closed the peer's older mappings, trying again");
