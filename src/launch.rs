@@ -67,6 +67,15 @@ pub enum Binding {
     Auto,
 }
 
+/// `none`, `core` or `auto`, as the launchers' `--bind-to` takes it.
+impl std::str::FromStr for Binding {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Binding, String> {
+        Binding::parse(s).ok_or_else(|| format!("'{s}': expected none, core or auto"))
+    }
+}
+
 impl Binding {
     /// Parses `none`, `core` or `auto`.
     pub fn parse(s: &str) -> Option<Binding> {
@@ -381,6 +390,8 @@ mod tests {
         assert!(e.contains("5 ranks but only 4 cores"), "{e}");
         assert_eq!(Binding::parse("CORE"), Some(Binding::Core));
         assert_eq!(Binding::parse("socket"), None);
+        assert_eq!("auto".parse::<Binding>(), Ok(Binding::Auto));
+        assert!("socket".parse::<Binding>().unwrap_err().contains("expected none, core or auto"));
     }
 
     #[test]

@@ -71,7 +71,7 @@ struct Args {
     ranks: Option<usize>,
     /// With `--ranks`: where the ranks run. `none` leaves them to the scheduler, `core` puts
     /// each on a core of its own (as mpirun does), `auto` does so where there are enough.
-    #[arg(long = "bind-to", default_value = "none", value_parser = parse_binding)]
+    #[arg(long = "bind-to", default_value = "none")]
     bind_to: oxccl::launch::Binding,
     /// Print the cost model's reasoning: at each size every algorithm is measured (as with
     /// `--compare`) and each row ends with the algorithm and its predicted time; the `auto`
@@ -163,10 +163,6 @@ fn main() {
         }
     };
     std::process::exit(code);
-}
-
-fn parse_binding(s: &str) -> Result<oxccl::launch::Binding, String> {
-    oxccl::launch::Binding::parse(s).ok_or_else(|| format!("'{s}': expected none, core or auto"))
 }
 
 /// `--refit`: every entry with samples fitted again; returns how many.

@@ -34,15 +34,11 @@ struct Args {
     master: Option<String>,
     /// Where the ranks run: `none` (the scheduler decides), `core` (each rank on a core of
     /// its own, as mpirun binds), or `auto` (core where every rank can have one, else none).
-    #[arg(long = "bind-to", default_value = "none", value_parser = parse_binding)]
+    #[arg(long = "bind-to", default_value = "none")]
     bind_to: oxccl::launch::Binding,
     /// The program and its arguments.
     #[arg(required = true, num_args = 1..)]
     command: Vec<OsString>,
-}
-
-fn parse_binding(s: &str) -> Result<oxccl::launch::Binding, String> {
-    oxccl::launch::Binding::parse(s).ok_or_else(|| format!("'{s}': expected none, core or auto"))
 }
 
 fn main() {
