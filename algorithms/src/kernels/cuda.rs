@@ -180,7 +180,7 @@ struct Ptrs {
     dst: [*mut c_void; MAX_PTRS],
 }
 
-type Pool = Arc<Mutex<Vec<DeviceAlloc>>>;
+type Pool = super::ScratchPool<DeviceAlloc>;
 
 /// The reducer of one GPU's memory. Cheap to clone; clones share the scratch pool.
 #[derive(Clone)]
@@ -201,7 +201,7 @@ impl CudaReducer {
     /// use). [`Error::Unsupported`] where there is no CUDA.
     pub fn new(ordinal: u32) -> Result<CudaReducer> {
         let ctx = cuda::context(ordinal)?;
-        Ok(CudaReducer { ctx, kernels: kernels(ctx)?, pool: Pool::default() })
+        Ok(CudaReducer { ctx, kernels: kernels(ctx)?, pool: Pool::new(DeviceAlloc::len) })
     }
 
     /// The device's context.
@@ -344,12 +344,9 @@ impl Reducer for CudaReducer {
     }
 
     fn scratch(&self, bytes: usize) -> Result<Scratch> {
-        let alloc = {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            match pool.iter().position(|a| a.len() >= bytes) {
-                Some(i) => pool.swap_remove(i),
-                None => self.ctx.alloc(bytes.max(1 << 20))?,
-            }
+        let alloc = match self.pool.take(bytes) {
+            Some(a) => a,
+            None => self.ctx.alloc(bytes.max(1 << 20))?,
         };
         // SAFETY: device memory owned by `alloc`, which the scratch keeps alive.
         let region = unsafe {
@@ -373,10 +370,7 @@ struct PoolReturn {
 impl Drop for PoolReturn {
     fn drop(&mut self) {
         if let Some(a) = self.alloc.take() {
-            let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            if p.len() < 4 {
-                p.push(a);
-            }
+            self.pool.give(a);
         }
     }
 }
