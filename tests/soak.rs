@@ -38,7 +38,7 @@ const KINDS: [Collective; 5] = [
 
 /// One random collective on `T`, checked; the count of wrong elements.
 fn one<T: CheckElem>(c: &Communicator, rng: &mut Rng, send: &mut [T], recv: &mut [T]) -> oxccl::Result<usize> {
-    let (p, r) = (c.size(), c.rank());
+    let p = c.size();
     let es = std::mem::size_of::<T>();
     let coll = KINDS[rng.below(KINDS.len())];
     // The algorithms that can run here (mapped needs a transport that maps peers' memory).
@@ -57,6 +57,40 @@ fn one<T: CheckElem>(c: &Communicator, rng: &mut Rng, send: &mut [T], recv: &mut
         _ => rng.below(max + 1),
     };
     let op = [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min, ReduceOp::Prod, ReduceOp::Avg][rng.below(5)];
+    let root = rng.below(p);
+    checked(c, coll, n, op, root, send, recv)
+}
+
+/// The largest call of each collective under each algorithm that can run it, checked: the
+/// library's pools then hold what the largest calls need, as they do in a long run, and
+/// memory that grows after this is kept by something else. (The scratch pool keeps the
+/// largest buffers it is given; met at random, the largest calls take thousands of calls
+/// to come round.)
+fn largest_of_each<T: CheckElem>(c: &Communicator, send: &mut [T], recv: &mut [T]) -> oxccl::Result<usize> {
+    let max = MAX_BYTES / std::mem::size_of::<T>() / c.size();
+    let mut wrong = 0;
+    for coll in KINDS {
+        for algo in algorithms_of(coll).iter().filter(|a| oxccl::cost::applies(**a, c.hosts(), c.profile())) {
+            c.set_algorithms(&format!("{coll}:{algo}"))?;
+            wrong += checked(c, coll, max, ReduceOp::Sum, 0, send, recv)?;
+        }
+    }
+    c.set_algorithms("auto")?;
+    Ok(wrong)
+}
+
+/// Runs `coll` on `n` elements per block (as `one` draws it), checked: the count of wrong
+/// elements.
+fn checked<T: CheckElem>(
+    c: &Communicator,
+    coll: Collective,
+    n: usize,
+    op: ReduceOp,
+    root: usize,
+    send: &mut [T],
+    recv: &mut [T],
+) -> oxccl::Result<usize> {
+    let (p, r) = (c.size(), c.rank());
     let wrong = match coll {
         Collective::AllReduce => {
             let n = n * p;
@@ -82,7 +116,6 @@ fn one<T: CheckElem>(c: &Communicator, rng: &mut Rng, send: &mut [T], recv: &mut
             (0..p).map(|q| check::wrong_pattern(&recv[q * n..(q + 1) * n], q, r)).sum()
         }
         _ => {
-            let root = rng.below(p);
             let n = n * p;
             if r == root {
                 check::fill_pattern(&mut recv[..n], root, 7);
@@ -113,6 +146,11 @@ fn soak(name: &str, comms: Vec<Communicator>, total: usize) {
         let (mut s8, mut r8) = (vec![1u8; elems * 2], vec![1u8; elems * 2]);
         let (mut sb, mut rb) = (vec![bf16::ONE; elems], vec![bf16::ONE; elems]);
         let (mut s64, mut r64) = (vec![1i64; elems / 4], vec![1i64; elems / 4]);
+        match largest_of_each(c, &mut s32, &mut r32) {
+            Ok(0) => {}
+            Ok(w) => return vec![format!("{name} rank {}: the largest calls: {w} wrong elements", c.rank())],
+            Err(e) => return vec![format!("{name} rank {}: the largest calls: {e}", c.rank())],
+        }
         for i in 0..total {
             if i == warm {
                 c.barrier().unwrap();
