@@ -1068,6 +1068,16 @@ pub fn quick_rescale(comm: &Communicator) -> Result<QuickScale> {
 /// formulas' latency and bandwidth terms to the measured times (least squares in relative
 /// error), and at each size what they leave unexplained ([`Efficiency::residual`]).
 fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()> {
+    // The fit prices every call at the default chunk size (`Call::new`): the pipelined
+    // algorithms run at it here too, not at the size the profile being replaced would pick
+    // (whose time the fit would otherwise read as the default size's).
+    comm.fix_chunk_bytes(Some(crate::Config::default().chunk_bytes));
+    let r = measure_algorithms_at_default_chunk(comm, entry);
+    comm.fix_chunk_bytes(None);
+    r
+}
+
+fn measure_algorithms_at_default_chunk(comm: &Communicator, entry: &mut TuningEntry) -> Result<()> {
     let p = comm.size();
     let mut bare = entry.clone();
     bare.efficiency.clear();
@@ -1638,6 +1648,22 @@ mod tests {
         // Only latency-bound points: one factor for all.
         let [a, b1, b2] = fit_factors(&[(c(1e-6, 0.0), 0.0, 2e-6), (c(2e-6, 0.0), 0.0, 4e-6)]);
         assert!((a - 2.0).abs() < 1e-9 && a == b1 && a == b2, "{a} {b1} {b2}");
+    }
+
+    #[test]
+    fn a_fixed_chunk_size_overrides_the_selections() {
+        let comms = crate::Communicator::local_world(2, crate::Config::default()).unwrap();
+        let c = &comms[0];
+        c.set_algorithms("all_reduce:tree").unwrap();
+        let chosen =
+            |c: &crate::Communicator| c.choice_for(Collective::AllReduce, 64 << 20, DataType::F32, ReduceOp::Sum);
+        let auto = chosen(c).chunk_bytes;
+        let other = if auto == 64 << 10 { 128 << 10 } else { 64 << 10 };
+        c.fix_chunk_bytes(Some(other));
+        assert_eq!(chosen(c).chunk_bytes, other);
+        assert_eq!(chosen(c).algo, Algorithm::Tree);
+        c.fix_chunk_bytes(None);
+        assert_eq!(chosen(c).chunk_bytes, auto);
     }
 
     #[test]

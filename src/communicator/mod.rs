@@ -8,7 +8,7 @@ mod trials;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -121,6 +121,9 @@ pub struct Communicator {
     /// Forced algorithms (`AlgoOverrides::pack`): the configuration's, changed by
     /// [`Communicator::set_algorithms`].
     forced: AtomicU64,
+    /// A chunk size every call takes whatever the selection chose (0: none); see
+    /// [`Communicator::fix_chunk_bytes`].
+    chunk_fixed: AtomicUsize,
     reducer: HostReducer,
     /// The reducers of the GPUs this rank's device buffers were on, made on first use.
     #[cfg(feature = "cuda")]
@@ -331,6 +334,7 @@ impl Communicator {
             choices: Mutex::new(Choices::default()),
             mapped_backoff: Mutex::new(Backoff::default()),
             forced: AtomicU64::new(0),
+            chunk_fixed: AtomicUsize::new(0),
             net,
             reducer: HostReducer::new(),
             #[cfg(feature = "cuda")]
@@ -568,6 +572,24 @@ impl Communicator {
     /// equal calls then skips the trials' bookkeeping. Once fixed, a shape stays fixed, so
     /// reading this outside a call is safe.
     fn choice_state(&self, coll: Collective, bytes: usize, dtype: DataType, op: ReduceOp) -> (Choice, bool) {
+        let (mut c, fixed) = self.chosen_state(coll, bytes, dtype, op);
+        match self.chunk_fixed.load(Ordering::Relaxed) {
+            0 => {}
+            chunk => c.chunk_bytes = chunk,
+        }
+        (c, fixed)
+    }
+
+    /// Calls run with chunks of `chunk` bytes whatever the selection chose (`None`: as it
+    /// chose). Calibration times the pipelined algorithms at the chunk size its fit prices
+    /// them at (the configuration's), not at the one the profile being replaced would pick.
+    /// Every rank must make the same change between the same two calls.
+    pub(crate) fn fix_chunk_bytes(&self, chunk: Option<usize>) {
+        self.chunk_fixed.store(chunk.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// [`Communicator::choice_state`] before a fixed chunk size.
+    fn chosen_state(&self, coll: Collective, bytes: usize, dtype: DataType, op: ReduceOp) -> (Choice, bool) {
         let forced = self.forced.load(Ordering::Relaxed);
         let key = (coll, bytes, dtype, shape_op(coll, op), forced);
         let mut cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
