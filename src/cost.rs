@@ -60,10 +60,16 @@ pub struct Call {
     pub chunk_bytes: usize,
 }
 
+/// The configuration's default chunk size, which [`Call::new`] prices at and calibration
+/// measures at.
+fn default_chunk_bytes() -> usize {
+    crate::Config::default().chunk_bytes
+}
+
 impl Call {
     /// A call with the default chunk size (512 KiB).
     pub fn new(coll: Collective, bytes: usize, dtype: DataType, op: ReduceOp) -> Call {
-        Call { coll, bytes, dtype, op, chunk_bytes: crate::Config::default().chunk_bytes }
+        Call { coll, bytes, dtype, op, chunk_bytes: default_chunk_bytes() }
     }
 
     fn model<'a>(&self, hosts: &'a [usize], profile: &'a Profile) -> Model<'a> {
@@ -1071,7 +1077,7 @@ fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()
     // The fit prices every call at the default chunk size (`Call::new`): the pipelined
     // algorithms run at it here too, not at the size the profile being replaced would pick
     // (whose time the fit would otherwise read as the default size's).
-    comm.fix_chunk_bytes(Some(crate::Config::default().chunk_bytes));
+    comm.fix_chunk_bytes(Some(default_chunk_bytes()));
     let r = measure_algorithms_at_default_chunk(comm, entry);
     comm.fix_chunk_bytes(None);
     r

@@ -582,7 +582,8 @@ impl Communicator {
 
     /// Calls run with chunks of `chunk` bytes whatever the selection chose (`None`: as it
     /// chose). Calibration times the pipelined algorithms at the chunk size its fit prices
-    /// them at (the configuration's), not at the one the profile being replaced would pick.
+    /// them at (`cost::Call::new`'s, the default), not at the one the profile being replaced
+    /// would pick.
     /// Every rank must make the same change between the same two calls.
     pub(crate) fn fix_chunk_bytes(&self, chunk: Option<usize>) {
         self.chunk_fixed.store(chunk.unwrap_or(0), Ordering::Relaxed);

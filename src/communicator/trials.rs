@@ -72,8 +72,9 @@ fn typical_of_kept(kept: &[u64]) -> TrialTime {
     TrialTime { ns, rel_err }
 }
 
-/// Every candidate's typical call ([`kept`], [`typical_of_kept`]), each standard error at least what the spread of
-/// one call, pooled over all candidates' kept runs, gives for its number of runs.
+/// Every candidate's typical call ([`kept`], [`typical_of_kept`]), each standard error at
+/// least what the spread of one call, pooled over all candidates' kept runs, gives for its
+/// number of runs.
 ///
 /// A call's spread is the machine's more than the algorithm's, and calls of a few
 /// milliseconds get two or three timed runs each: two runs that happen to agree gave a

@@ -402,10 +402,7 @@ impl Reducer for HostReducer {
 
     fn scratch(&self, bytes: usize) -> Result<Scratch> {
         let words = bytes.div_ceil(8).max(8);
-        let mut buf = self.pool.take(words * 8).unwrap_or_default();
-        if buf.len() < words {
-            buf = vec![0u64; words];
-        }
+        let mut buf = self.pool.take(words * 8).unwrap_or_else(|| vec![0u64; words]);
         // SAFETY: the Vec's heap memory stays put (we never resize it) and lives in the
         // `PoolReturn` kept by the Scratch, so it outlives the region.
         let region = unsafe { RegionMut::from_raw_parts(buf.as_mut_ptr().cast(), bytes, MemoryKind::Host) };
