@@ -201,7 +201,7 @@ impl CudaReducer {
     /// use). [`Error::Unsupported`] where there is no CUDA.
     pub fn new(ordinal: u32) -> Result<CudaReducer> {
         let ctx = cuda::context(ordinal)?;
-        Ok(CudaReducer { ctx, kernels: kernels(ctx)?, pool: Pool::new(DeviceAlloc::len) })
+        Ok(CudaReducer { ctx, kernels: kernels(ctx)?, pool: Pool::new(DeviceAlloc::len, usize::MAX) })
     }
 
     /// The device's context.
