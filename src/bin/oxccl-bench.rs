@@ -403,6 +403,11 @@ impl<T: CheckElem> Bufs<T> {
     fn on_device(&self) -> bool {
         matches!(self.send, Storage::Device(..))
     }
+
+    /// Memory the other ranks map (`-R 1`), so that a chosen mapped algorithm runs.
+    fn mapped(&self) -> bool {
+        matches!((&self.send, &self.recv), (Storage::Shared(_), Storage::Shared(_)))
+    }
 }
 
 /// [`run_once`] on GPU memory.
@@ -744,8 +749,11 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
         } else {
             Vec::new()
         };
+        // The automatic row is priced as what it runs: on memory the ranks cannot map, the
+        // fallback of a chosen mapped algorithm.
+        let runs = if b.mapped() || b.on_device() { chosen } else { fallback };
         let predicted = |name: &str| {
-            let a = if name == "auto" { chosen } else { Algorithm::parse(name)? };
+            let a = if name == "auto" { runs } else { Algorithm::parse(name)? };
             priced.iter().find(|c| c.algo == a).map(|c| c.predicted.total() * 1e6)
         };
         for (variant, (times, wrong)) in variants.iter().zip(results) {
