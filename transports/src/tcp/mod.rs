@@ -105,25 +105,29 @@ fn new_eventfd() -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Asks for the first of [`TcpOptions::congestion`] the kernel accepts on a socket not yet
-/// connected (a listening socket's choice is inherited by the connections it accepts);
-/// returns the one accepted. Not an error when all are refused: the module may be missing,
-/// or (unprivileged) not in net.ipv4.tcp_allowed_congestion_control; the system's
-/// algorithm still works.
-fn ask_congestion(sock: &Socket, opts: &TcpOptions) -> Option<String> {
-    opts.congestion.iter().find(|name| sock.set_tcp_congestion(name.as_bytes()).is_ok()).cloned()
-}
-
-/// A TCP socket for `addr`'s family with the congestion control of [`ask_congestion`]
-/// already chosen, so that the connection starts under it.
+/// A TCP socket for `addr`'s family with the first of [`TcpOptions::congestion`] the kernel
+/// accepts already chosen, so that the connection starts under it (a listening socket's
+/// choice is inherited by the connections it accepts). Not an error when all are refused:
+/// the module may be missing, or (unprivileged) not in net.ipv4.tcp_allowed_congestion_control;
+/// the system's algorithm still works.
 fn data_socket(addr: &SocketAddr, opts: &TcpOptions) -> Result<Socket> {
     let sock = Socket::new(Domain::for_address(*addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(|e| Error::io("creating a socket", e))?;
-    ask_congestion(&sock, opts);
+    if let Some(name) = opts.congestion.iter().find(|name| sock.set_tcp_congestion(name.as_bytes()).is_ok()) {
+        tracing::trace!(%name, "tcp: congestion control chosen before connecting");
+    }
     Ok(sock)
 }
 
-/// Sets a data connection's options; returns the congestion control it runs with.
+/// The congestion control `sock` runs with (`TCP_CONGESTION`).
+fn congestion_of_socket(sock: socket2::SockRef<'_>) -> Option<String> {
+    let n = sock.tcp_congestion().ok()?;
+    let end = n.iter().position(|&b| b == 0).unwrap_or(n.len());
+    Some(String::from_utf8_lossy(&n[..end]).into_owned())
+}
+
+/// Sets a data connection's options; returns the congestion control it runs with, where it
+/// is one of [`TcpOptions::congestion`].
 fn set_data_options(sock: &TcpStream, opts: &TcpOptions) -> Result<Option<String>> {
     let s = socket2::SockRef::from(sock);
     s.set_nodelay(true).map_err(|e| Error::io("setting TCP_NODELAY", e))?;
@@ -131,11 +135,7 @@ fn set_data_options(sock: &TcpStream, opts: &TcpOptions) -> Result<Option<String
         s.set_send_buffer_size(b).map_err(|e| Error::io("setting SO_SNDBUF", e))?;
         s.set_recv_buffer_size(b).map_err(|e| Error::io("setting SO_RCVBUF", e))?;
     }
-    let running = s.tcp_congestion().ok().map(|n| {
-        let end = n.iter().position(|&b| b == 0).unwrap_or(n.len());
-        String::from_utf8_lossy(&n[..end]).into_owned()
-    });
-    Ok(running.filter(|r| opts.congestion.contains(r)))
+    Ok(congestion_of_socket(s).filter(|r| opts.congestion.contains(r)))
 }
 
 fn remaining(deadline: Instant) -> Duration {
@@ -611,8 +611,7 @@ mod tests {
                 // SAFETY: `fd` is a connection `t` owns and keeps open while `t` lives; the
                 // borrowed socket is only read from here.
                 let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                let name = socket2::SockRef::from(&sock).tcp_congestion().expect("TCP_CONGESTION");
-                String::from_utf8_lossy(&name).trim_end_matches('\0').to_string()
+                congestion_of_socket(socket2::SockRef::from(&sock)).expect("TCP_CONGESTION")
             })
             .collect()
     }
@@ -621,10 +620,7 @@ mod tests {
     /// under the system's BBR keeps BBR's request for kernel pacing when switched after.
     #[test]
     fn congestion_control_is_chosen_before_the_connection_starts() {
-        let name = |s: socket2::SockRef<'_>| {
-            let n = s.tcp_congestion().expect("TCP_CONGESTION");
-            String::from_utf8_lossy(&n).trim_end_matches('\0').to_string()
-        };
+        let name = |s: socket2::SockRef<'_>| congestion_of_socket(s).expect("TCP_CONGESTION");
         let opts = TcpOptions { congestion: vec!["no_such_cc".into(), "reno".into()], ..TcpOptions::default() };
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         // Connecting side: the socket has it before `connect`.
