@@ -99,6 +99,19 @@ fn loopback_forced_tree() {
 }
 
 #[test]
+fn loopback_forced_tree_at_every_pipeline_depth() {
+    // Chunks go up `pipeline_depth` ahead of coming down: depth 1 is the lockstep schedule,
+    // deeper ones keep several chunks in flight, in both trees, between ranks that are
+    // parent and child in one tree and child and parent in the other.
+    for depth in [1, 2, 3, 7] {
+        let cfg = Config { pipeline_depth: depth, ..test_config().with_algorithm("tree").unwrap() };
+        for p in [2, 3, 5, 8] {
+            check(Communicator::local_world(p, cfg.clone()).unwrap(), p == 3);
+        }
+    }
+}
+
+#[test]
 fn loopback_forced_halving_doubling() {
     let cfg = test_config().with_algorithm("halving_doubling").unwrap();
     for p in LOG_SIZES {

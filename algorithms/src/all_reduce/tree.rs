@@ -4,9 +4,12 @@
 //! rank is interior (has children) in at most one of them (see `tree.rs`); each carries
 //! half the vector. Per chunk of its half, each tree reduces toward its root (a rank
 //! receives its children's partial sums, adds its own, sends the result up) and then
-//! broadcasts the root's result back down. The two trees run side by side, so every rank
-//! sends and receives about n bytes each way, and leaves (half the ranks of each tree)
-//! only send their input and receive the result.
+//! broadcasts the root's result back down, `pipeline_depth` chunks behind the one going up
+//! (a rank sends chunk k + depth - 1 up before it waits for chunk k to come down), so that
+//! the levels of the tree work on different chunks at once. The two trees run side by side,
+//! so every rank sends and receives about n bytes each way, and leaves (half the ranks of
+//! each tree) only send their input and receive the result. The busiest rank sends 4
+//! chunks per chunk step (2 with 2 ranks, 3 with 3 or 4).
 //!
 //! Bytes on the wire per rank: about n sent and n received (2n for the interior ranks of
 //! one tree's half).
@@ -17,7 +20,7 @@
 //! with lg p like recursive doubling, bandwidth stays near the ring's. The root alone computes
 //! each chunk's final value, so every rank ends with bitwise identical results.
 
-use oxccl_transport::Result;
+use oxccl_transport::{ReqId, Result};
 
 use crate::cost::{Cost, Level, Model};
 use crate::ctx::{CollArgs, Ctx};
@@ -29,10 +32,22 @@ use crate::tree::{double_binary, Node};
 /// and a non-empty call.
 pub fn cost(m: &Model<'_>) -> Cost {
     let n = m.n();
-    // Depth of a binary tree over p ranks; up then down, each half pipelined; an interior
-    // rank moves four chunks of its half per chunk time.
+    // Depth of a binary tree over p ranks; up then down, each half pipelined.
     let depth = ((m.p() + 1) as f64).log2().ceil() - 1.0;
-    m.pipeline(Level::Flat, 2.0 * depth.max(1.0), 4.0, n / 2.0) + m.reduce(n)
+    m.pipeline(Level::Flat, 2.0 * depth.max(1.0), busiest_sends(m.p()), n / 2.0) + m.reduce(n)
+}
+
+/// The most chunks any rank sends per chunk step (one chunk of each tree's half going up and
+/// coming down). From 5 ranks on, rank 1 has two children in tree 0 and sends one up and two
+/// down, and one up as a leaf of tree 1: 4. With 3 or 4 ranks no rank has both a parent and
+/// two children: 3 (a root of two children or an interior rank of one, and a leaf of the
+/// other tree). With 2 each rank is the root of one tree and the leaf of the other: 2.
+fn busiest_sends(p: usize) -> f64 {
+    match p {
+        0..=2 => 2.0,
+        3 | 4 => 3.0,
+        _ => 4.0,
+    }
 }
 
 /// Runs double binary tree all-reduce.
@@ -47,6 +62,8 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     let ce = ctx.chunk_elems(a.dtype);
     let per_tree: Vec<Vec<std::ops::Range<usize>>> = halves.iter().map(|h| chunks(h.clone(), ce).collect()).collect();
     let k_total = per_tree.iter().map(Vec::len).max().unwrap_or(0);
+    // How many chunks go up before the first comes back down: the pipeline's depth.
+    let lag = ctx.pipeline_depth.max(1);
     // Interior non-root ranks keep their partial sums (sent up, so kept whole) in scratch;
     // children's chunks land in two slots.
     let acc_scratch = ctx.reducer.scratch(a.recv.len())?;
@@ -55,53 +72,71 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     let tmp = ctx.reducer.scratch(2 * slot_bytes)?;
     let input = a.send;
     let mut sends = Vec::new();
-    let mut run = || -> Result<()> {
-        for k in 0..k_total {
-            let mut up_sent = [None, None];
-            // Up: reduce toward each tree's root.
-            for (t, node) in trees.iter().enumerate() {
-                let Some(c) = per_tree[t].get(k) else { continue };
-                let b = bytes(c, es);
-                let dst = if node.parent.is_none() { a.recv.slice(b.clone()) } else { acc.slice(b.clone()) };
-                let mut reqs = Vec::with_capacity(2);
-                for (i, &child) in node.children.iter().enumerate() {
-                    let slot = tmp.region().slice(i * slot_bytes..i * slot_bytes + b.len());
-                    reqs.push((slot, ctx.recv(child, 2 * t, slot)?));
-                }
-                for (i, (slot, req)) in reqs.into_iter().enumerate() {
-                    ctx.wait(req)?;
-                    let mine = if i == 0 { input.slice(b.clone()) } else { dst.as_region() };
-                    ctx.reducer.reduce(a.dtype, a.op, dst, mine, slot.as_region())?;
-                }
-                let up = if node.children.is_empty() { input.slice(b.clone()) } else { dst.as_region() };
-                match node.parent {
-                    Some(parent) => {
-                        let q = ctx.send(parent, 2 * t, up)?;
-                        up_sent[t] = Some(q);
-                        sends.push(q);
-                    }
-                    None if a.op == ReduceOp::Avg => ctx.reducer.divide(a.dtype, dst, p)?,
-                    None => {}
-                }
+    // A leaf's send of each chunk of its input, per tree: in place, the result must not
+    // overwrite the chunk before that send is done.
+    let mut up_sent: [Vec<Option<ReqId>>; 2] = [vec![None; k_total], vec![None; k_total]];
+    // Chunk k goes up at step k; it comes down at step k + lag - 1, after chunk k + lag - 1
+    // went up. Every rank takes the steps in the same order and, within a step, the trees in
+    // the same order, so the messages between any two ranks are sent in the order their
+    // receives are posted (the transports match FIFO per pair). The waits form no cycle: going
+    // up at step s needs only the children's step s, and coming down needs the parent's,
+    // which follows every step the parent needed from this rank.
+    let up = |k: usize, up_sent: &mut [Vec<Option<ReqId>>; 2], sends: &mut Vec<ReqId>| -> Result<()> {
+        for (t, node) in trees.iter().enumerate() {
+            let Some(c) = per_tree[t].get(k) else { continue };
+            let b = bytes(c, es);
+            let dst = if node.parent.is_none() { a.recv.slice(b.clone()) } else { acc.slice(b.clone()) };
+            let mut reqs = Vec::with_capacity(2);
+            for (i, &child) in node.children.iter().enumerate() {
+                let slot = tmp.region().slice(i * slot_bytes..i * slot_bytes + b.len());
+                reqs.push((slot, ctx.recv(child, 2 * t, slot)?));
             }
-            // Down: the root's result to every rank.
-            for (t, node) in trees.iter().enumerate() {
-                let Some(c) = per_tree[t].get(k) else { continue };
-                let region = a.recv.slice(bytes(c, es));
-                if let Some(parent) = node.parent {
-                    if node.children.is_empty() && a.in_place {
-                        // A leaf sent this chunk of its input up: let that send finish
-                        // before the result overwrites it.
-                        if let Some(q) = up_sent[t] {
-                            ctx.wait(q)?;
-                        }
+            for (i, (slot, req)) in reqs.into_iter().enumerate() {
+                ctx.wait(req)?;
+                let mine = if i == 0 { input.slice(b.clone()) } else { dst.as_region() };
+                ctx.reducer.reduce(a.dtype, a.op, dst, mine, slot.as_region())?;
+            }
+            let from = if node.children.is_empty() { input.slice(b.clone()) } else { dst.as_region() };
+            match node.parent {
+                Some(parent) => {
+                    let q = ctx.send(parent, 2 * t, from)?;
+                    up_sent[t][k] = Some(q);
+                    sends.push(q);
+                }
+                None if a.op == ReduceOp::Avg => ctx.reducer.divide(a.dtype, dst, p)?,
+                None => {}
+            }
+        }
+        Ok(())
+    };
+    let down = |k: usize, up_sent: &[Vec<Option<ReqId>>; 2], sends: &mut Vec<ReqId>| -> Result<()> {
+        for (t, node) in trees.iter().enumerate() {
+            let Some(c) = per_tree[t].get(k) else { continue };
+            let region = a.recv.slice(bytes(c, es));
+            if let Some(parent) = node.parent {
+                if node.children.is_empty() && a.in_place {
+                    // A leaf sent this chunk of its input up: let that send finish before
+                    // the result overwrites it.
+                    if let Some(q) = up_sent[t][k] {
+                        ctx.wait(q)?;
                     }
-                    let q = ctx.recv(parent, 2 * t + 1, region)?;
-                    ctx.wait(q)?;
                 }
-                for &child in &node.children {
-                    sends.push(ctx.send(child, 2 * t + 1, region.as_region())?);
-                }
+                let q = ctx.recv(parent, 2 * t + 1, region)?;
+                ctx.wait(q)?;
+            }
+            for &child in &node.children {
+                sends.push(ctx.send(child, 2 * t + 1, region.as_region())?);
+            }
+        }
+        Ok(())
+    };
+    let mut run = || -> Result<()> {
+        for step in 0..k_total + lag - 1 {
+            if step < k_total {
+                up(step, &mut up_sent, &mut sends)?;
+            }
+            if step + 1 >= lag {
+                down(step + 1 - lag, &up_sent, &mut sends)?;
             }
         }
         ctx.wait_all(&sends)
@@ -110,4 +145,27 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
         // Requests on scratch may still be posted: fail the transport before it goes.
         ctx.net.fail(e.clone());
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busiest_sends_counts_the_trees_sends() {
+        for p in 2..70 {
+            let most = (0..p)
+                .map(|r| {
+                    (0..2)
+                        .map(|t| {
+                            let node = double_binary(p, t, r);
+                            node.children.len() + usize::from(node.parent.is_some())
+                        })
+                        .sum::<usize>()
+                })
+                .max()
+                .unwrap();
+            assert_eq!(busiest_sends(p), most as f64, "{p} ranks");
+        }
+    }
 }
