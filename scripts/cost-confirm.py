@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measures again the cells of a bar sweep that missed, to tell a wrong choice from noise.
 
-Usage: scripts/cost-confirm.py [--runs R] [--bench PATH] [--out DIR] LOG...
+Usage: scripts/cost-confirm.py [--runs R] [--bench PATH] [--out DIR] [--predictions] LOG...
 
 LOG are `oxccl-bench --explain` logs of the bar sweep (benches/COST_MODEL.md, "The bars").
 For every cell where the chosen algorithm's own time was more than 10% above the fastest
@@ -13,6 +13,12 @@ confirmed ratio is the median over runs of the choice's time over the oracle's: 
 the choice is wrong; at or below it the sweep's miss was the machine's noise.
 
 Prints a markdown table: the sweep's ratio, the confirmed one and every run's.
+
+With `--predictions` it does the same for the other bar: every algorithm whose time at 64 KiB
+or above was not within 25% of its prediction is timed again alone (`--compare ALGO`) at that
+size in R fresh worlds, and the median time is set against the sweep's prediction (which the
+profile and build fix: run it under the sweep's `OXCCL_TUNING_FILE`, if any). Outside
+[0.8, 1.25] the prediction is wrong; inside, the sweep's miss was the machine's noise.
 """
 
 import importlib.util
@@ -48,9 +54,25 @@ def misses(cells):
     return out
 
 
+def prediction_misses(cells):
+    """(transport, ranks, collective, size, algorithm, predicted, measured) of each algorithm
+    at 64 KiB and above whose prediction missed its time by more than 25%."""
+    out = []
+    for key in sorted(cells):
+        if key[3] < 65536:
+            continue
+        for algo, (us, pred) in sorted(cells[key].items()):
+            if algo.startswith("auto(") or pred is None or us <= 0:
+                continue
+            if not 0.8 <= pred / us <= 1.25:
+                out.append(key + (algo, pred, us))
+    return out
+
+
 def run_once(bench, t, p, coll, size, algos):
-    small = size < (4 << 20)
-    n, w = ("100", "10") if small else ("5", "1")
+    # About as the sweep measures: many calls below 4 MiB, the bench's defaults up to 16 MiB,
+    # a few above.
+    n, w = ("100", "10") if size < (4 << 20) else ("20", "5") if size <= (16 << 20) else ("5", "1")
     cmd = [bench, "--ranks", str(p), "--transport", t, "-b", str(size), "-e", str(size), "-n", n, "-w", w,
            "-c", "0", "--collective", coll, "--compare", ",".join(algos)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -64,7 +86,7 @@ def run_once(bench, t, p, coll, size, algos):
 
 def main():
     argv = sys.argv[1:]
-    runs, bench, out_dir = 5, "target/release/oxccl-bench", None
+    runs, bench, out_dir, predictions = 5, "target/release/oxccl-bench", None, False
     logs = []
     i = 0
     while i < len(argv):
@@ -75,10 +97,14 @@ def main():
             bench, i = argv[i + 1], i + 2
         elif a == "--out":
             out_dir, i = argv[i + 1], i + 2
+        elif a == "--predictions":
+            predictions, i = True, i + 1
         else:
             logs.append(a)
             i += 1
     cells = cost_bars.parse(logs)
+    if predictions:
+        return confirm_predictions(cells, runs, bench, out_dir)
     todo = misses(cells)
     print(f"{len(todo)} cells missed 10% in the sweep; each measured again in {runs} runs\n")
     print("| transport | ranks | collective | size | choice | oracle | sweep | confirmed | runs |")
@@ -98,6 +124,29 @@ def main():
             with open(os.path.join(out_dir, "confirm.tsv"), "a") as f:
                 f.write(f"{t}\t{p}\t{coll}\t{size}\t{choice}\t{oracle}\t{ratio:.3f}\t{conf:.3f}\t{runs_s}\n")
     print(f"\n{wrong} of {len(todo)} cells still above 1.10 (median of runs)")
+
+
+def confirm_predictions(cells, runs, bench, out_dir):
+    todo = prediction_misses(cells)
+    print(f"{len(todo)} predictions missed 25% in the sweep; each algorithm timed again in {runs} runs\n")
+    print("| transport | ranks | collective | size | algorithm | predicted us | sweep | confirmed | runs |")
+    print("| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | --- |")
+    wrong = 0
+    for t, p, coll, size, algo, pred, us in todo:
+        per_run = []
+        for _ in range(runs):
+            times = run_once(bench, t, p, coll, size, [algo])
+            if times.get(algo, 0) > 0:
+                per_run.append(pred / times[algo])
+        conf = statistics.median(per_run) if per_run else float("nan")
+        wrong += not 0.8 <= conf <= 1.25
+        runs_s = " ".join(f"{r:.2f}" for r in per_run)
+        print(f"| {t} | {p} | {coll} | {size} | {algo} | {pred:.0f} | {pred / us:.2f} | {conf:.2f} | {runs_s} |",
+              flush=True)
+        if out_dir:
+            with open(os.path.join(out_dir, "confirm-predictions.tsv"), "a") as f:
+                f.write(f"{t}\t{p}\t{coll}\t{size}\t{algo}\t{pred:.1f}\t{pred / us:.3f}\t{conf:.3f}\t{runs_s}\n")
+    print(f"\n{wrong} of {len(todo)} predictions still outside [0.8, 1.25] (median of runs)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@
 //!    bitwise the same value).
 //! 3. Unfold: each odd rank of the first 2e sends the result back to the even rank below.
 //!
+//! Out of place, the input is sent and reduced from where it is: the first reduction writes
+//! the output, with no copy of the input into it first.
+//!
 //! Bytes on the wire per rank: lg q · n (plus n for folded ranks).
 //!
 //! Cost: lg p·(α + n·β + n·γ), plus 2(α + n·β) + n·γ when p is not a power of two.
@@ -38,9 +41,9 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     }
     let (p, r) = (ctx.size, ctx.rank);
     let buf = a.recv;
-    if !a.in_place {
-        ctx.reducer.copy(buf, a.send)?;
-    }
+    // This rank's vector so far: the input until the first reduction writes `buf`, so that
+    // out of place needs no copy of the input into the output (n bytes read and written).
+    let mut cur = a.send;
     // Small vectors (the case this algorithm is for) use a buffer on the stack: a pooled
     // scratch costs a lock and an allocation per call, more than the exchange itself.
     let mut local = [0u64; 32];
@@ -59,20 +62,21 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     // Fold.
     let vrank = if r < 2 * e {
         if r % 2 == 0 {
-            let s = ctx.send(r + 1, 0, buf.as_region())?;
+            let s = ctx.send(r + 1, 0, cur)?;
             ctx.wait(s)?;
             None
         } else {
             let q = ctx.recv(r - 1, 0, tmp)?;
             ctx.wait(q)?;
-            ctx.reducer.reduce(a.dtype, a.op, buf, tmp.as_region(), buf.as_region())?;
+            ctx.reducer.reduce(a.dtype, a.op, buf, tmp.as_region(), cur)?;
+            cur = buf.as_region();
             Some(r / 2)
         }
     } else {
         Some(r - e)
     };
 
-    // Exchange.
+    // Exchange (at least one step: q >= 2).
     if let Some(v) = vrank {
         let mut mask = 1;
         let mut step = 1;
@@ -80,13 +84,13 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
             let vp = v ^ mask;
             let peer = if vp < e { vp * 2 + 1 } else { vp + e };
             // The send first: it is what the peer is waiting for.
-            let sq = ctx.send(peer, step, buf.as_region())?;
+            let sq = ctx.send(peer, step, cur)?;
             let rq = ctx.recv(peer, step, tmp)?;
             ctx.wait(rq)?;
             ctx.wait(sq)?;
-            let (lo, hi): (Region, Region) =
-                if peer < r { (tmp.as_region(), buf.as_region()) } else { (buf.as_region(), tmp.as_region()) };
+            let (lo, hi): (Region, Region) = if peer < r { (tmp.as_region(), cur) } else { (cur, tmp.as_region()) };
             ctx.reducer.reduce(a.dtype, a.op, buf, lo, hi)?;
+            cur = buf.as_region();
             mask <<= 1;
             step += 1;
         }
