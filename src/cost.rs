@@ -1044,7 +1044,7 @@ pub fn quick_rescale(comm: &Communicator) -> Result<QuickScale> {
         // than the same calls later on in the process.
         let mut t = f64::INFINITY;
         for round in 0..=QUICK_ROUNDS {
-            let r = Round { warm_up: round == 0, secs: 3e-3, min_calls: 1 };
+            let r = Round { warm_up: usize::from(round == 0), secs: 3e-3, min_calls: 1 };
             let secs = time_collective(comm, Collective::AllReduce, size, &mut bufs, &profile, algo, r)?;
             if round > 0 {
                 t = t.min(secs);
@@ -1106,10 +1106,18 @@ fn measure_algorithms_at_default_chunk(comm: &Communicator, entry: &mut TuningEn
         nhosts.dedup();
         let nhosts = nhosts.len();
         for (i, at_size) in best.iter_mut().enumerate() {
-            for round in 0..CALIBRATION_ROUNDS {
+            for _ in 0..CALIBRATION_ROUNDS {
                 for (&algo, b) in algos.iter().zip(at_size.iter_mut()) {
                     comm.set_algorithms(&format!("{coll}:{algo}"))?;
-                    let r = Round { warm_up: round == 0, secs: 8e-3, min_calls: 3 };
+                    // Two warm-up calls in every round: the rounds interleave the
+                    // algorithms, and the first calls after a switch run slow, where a round
+                    // at 16 MiB times little more than them (2-rank shm all-gather of 16 MiB,
+                    // `oxccl-bench --compare ring,bruck,...` out of place, ms: ring 2.19 in
+                    // 3 calls with no warm-up, 1.65 after one, 1.52 after two, 1.46 in 20
+                    // after five; Bruck 4.14, 3.68, 3.19, 2.83. Rounds without a warm-up
+                    // read 1.76-1.87 and 3.4-4.9, and priced those calls 1.3-1.5x their
+                    // time in the benchmark.)
+                    let r = Round { warm_up: 2, secs: 8e-3, min_calls: 3 };
                     let t = time_collective(comm, coll, residual_bytes(i), &mut bufs, &profile, algo, r)?;
                     *b = b.min(t);
                 }
@@ -1281,11 +1289,11 @@ fn shared_at_least(slot: &mut Option<SharedBuffer<f32>>, len: usize, value: f32)
     Ok(b)
 }
 
-/// How [`time_collective`] times: after one call to warm up or not, about how long, and at
+/// How [`time_collective`] times: after how many calls to warm up, about how long, and at
 /// least how many calls.
 #[derive(Debug, Clone, Copy)]
 struct Round {
-    warm_up: bool,
+    warm_up: usize,
     secs: f64,
     min_calls: usize,
 }
@@ -1325,7 +1333,7 @@ fn time_collective(
             _ => comm.reduce_into(s, &mut d[..if comm.rank() == 0 { recv } else { 0 }], ReduceOp::Sum, 0),
         }
     };
-    if round.warm_up {
+    for _ in 0..round.warm_up {
         one()?;
     }
     comm.barrier()?;
