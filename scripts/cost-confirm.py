@@ -84,6 +84,14 @@ def run_once(bench, t, p, coll, size, algos):
     return times
 
 
+def over_runs(runs, one):
+    """The median of `one()` over `runs` calls (its None answers left out; NaN if all are),
+    and every answer, for the table."""
+    per_run = [x for x in (one() for _ in range(runs)) if x is not None]
+    conf = statistics.median(per_run) if per_run else float("nan")
+    return conf, " ".join(f"{r:.2f}" for r in per_run)
+
+
 def main():
     argv = sys.argv[1:]
     runs, bench, out_dir, predictions = 5, "target/release/oxccl-bench", None, False
@@ -111,14 +119,15 @@ def main():
     print("| --- | ---: | --- | ---: | --- | --- | ---: | ---: | --- |")
     wrong = 0
     for t, p, coll, size, choice, oracle, ratio in todo:
-        per_run = []
-        for _ in range(runs):
+
+        def one():
             times = run_once(bench, t, p, coll, size, [choice, oracle])
             if choice in times and oracle in times and times[oracle] > 0:
-                per_run.append(times[choice] / times[oracle])
-        conf = statistics.median(per_run) if per_run else float("nan")
+                return times[choice] / times[oracle]
+            return None
+
+        conf, runs_s = over_runs(runs, one)
         wrong += conf > 1.10
-        runs_s = " ".join(f"{r:.2f}" for r in per_run)
         print(f"| {t} | {p} | {coll} | {size} | {choice} | {oracle} | {ratio:.2f} | {conf:.2f} | {runs_s} |", flush=True)
         if out_dir:
             with open(os.path.join(out_dir, "confirm.tsv"), "a") as f:
@@ -133,14 +142,13 @@ def confirm_predictions(cells, runs, bench, out_dir):
     print("| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | --- |")
     wrong = 0
     for t, p, coll, size, algo, pred, us in todo:
-        per_run = []
-        for _ in range(runs):
+
+        def one():
             times = run_once(bench, t, p, coll, size, [algo])
-            if times.get(algo, 0) > 0:
-                per_run.append(pred / times[algo])
-        conf = statistics.median(per_run) if per_run else float("nan")
+            return pred / times[algo] if times.get(algo, 0) > 0 else None
+
+        conf, runs_s = over_runs(runs, one)
         wrong += not 0.8 <= conf <= 1.25
-        runs_s = " ".join(f"{r:.2f}" for r in per_run)
         print(f"| {t} | {p} | {coll} | {size} | {algo} | {pred:.0f} | {pred / us:.2f} | {conf:.2f} | {runs_s} |",
               flush=True)
         if out_dir:
