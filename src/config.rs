@@ -182,8 +182,9 @@ pub struct Config {
     pub timeout: Duration,
     /// Pipeline chunk size in bytes. Default 512 KiB.
     pub chunk_bytes: usize,
-    /// Whether the cost model may choose the chunk size of pipelined chains and trees (true
-    /// by default; [`Config::with_chunk_bytes`] and `OXCCL_CHUNK_BYTES` fix it).
+    /// Whether the cost model may choose the chunk size of the broadcast and reduce chains
+    /// and trees (true by default; [`Config::with_chunk_bytes`] and `OXCCL_CHUNK_BYTES` fix
+    /// it).
     pub chunk_auto: bool,
     /// The tuning file (from `oxccl-bench --calibrate`) whose profile prices the algorithms;
     /// `None`: the built-in profile. Rank 0's profile is used by every rank.

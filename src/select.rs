@@ -5,9 +5,10 @@
 //! always wins. Otherwise every algorithm the collective has is priced with the cost model
 //! ([`crate::cost`]: each algorithm's alpha-beta-gamma formula, the world's hosts and the
 //! communicator's [`Profile`]) and the least predicted time wins; the hierarchical algorithms
-//! are candidates only on several hosts. For the pipelined chains and trees (broadcast,
-//! reduce, tree all-reduce) the chunk size is chosen the same way, among powers of two from
-//! 64 KiB to 4 MiB, unless the configuration fixes it (`OXCCL_CHUNK_BYTES`).
+//! are candidates only on several hosts. For the pipelined chains and trees of broadcast and
+//! reduce the chunk size is chosen the same way, among powers of two from 64 KiB to 4 MiB,
+//! unless the configuration fixes it (`OXCCL_CHUNK_BYTES`); every other algorithm, the tree
+//! all-reduce among them, runs at the configured chunk size.
 //!
 //! Where the model cannot tell candidates apart, measurement does: [`trial_candidates`]
 //! names the algorithms whose predictions lie within [`TRIAL_WINDOW`] of the best, the
@@ -55,9 +56,18 @@ const CHUNKS: [usize; 7] = [64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20, 
 
 /// Whether `algo`'s time for `coll` depends on the chunk size through its pipeline (chains
 /// and trees fill and drain a pipeline; the others only pay a gap per chunk).
-fn pipelined(coll: Collective, algo: Algorithm) -> bool {
+///
+/// Not the tree all-reduce: it runs at the configured chunk, where calibration times it.
+/// Its formula prices no fill where the trees are shallow (at 2 to 4 ranks the busiest
+/// rank's sends outnumber the hops), so larger chunks only saved latency in the model and
+/// it took the largest, which ran 1.15-1.6x slower than 512 KiB ones (`OXCCL_CHUNK_BYTES=C
+/// oxccl-bench --compare tree`, out of place: 2-rank shm 16 MiB 6.6 ms at 256 and 512 KiB,
+/// 8.0 at 1 MiB, 7.7 at 4 MiB, the model's 4 MiB 10.5 in a sweep; 3-rank shm 4 MiB 1.49 ms at
+/// 256 KiB, 1.73 at 512 KiB, 2.1 at the model's 2 MiB; 2-rank TCP 16 MiB 6.7-7.1 ms at 512
+/// KiB, 7.5 at 4 MiB), and smaller chunks are slower still (9.3 ms at 64 KiB): a chunk step
+/// costs far more than the link's gap, which the formula does not know.
+fn pipelined(coll: Collective, _algo: Algorithm) -> bool {
     matches!(coll, Collective::Broadcast | Collective::Reduce)
-        || (coll, algo) == (Collective::AllReduce, Algorithm::Tree)
 }
 
 /// `algo` priced at its best chunk size (or the configured one).
@@ -424,8 +434,14 @@ mod tests {
         let fixed = Config::default().with_chunk_bytes(300 * K);
         let x = choose(C::Broadcast, 64 * M, DataType::F32, ReduceOp::Sum, &[0; 8], &profile, Some(Ring), &fixed);
         assert_eq!(x.chunk_bytes, 300 * K);
-        // Non-pipelined algorithms keep the configured chunk.
-        let y = choose(C::AllReduce, 64 * M, DataType::F32, ReduceOp::Sum, &[0; 8], &profile, Some(Ring), &c);
-        assert_eq!(y.chunk_bytes, c.chunk_bytes);
+        // Non-pipelined algorithms keep the configured chunk, and so does the tree
+        // all-reduce, whose formula cannot price its chunk size.
+        for algo in [Ring, Tree] {
+            for p in [2, 3, 8] {
+                let y =
+                    choose(C::AllReduce, 64 * M, DataType::F32, ReduceOp::Sum, &vec![0; p], &profile, Some(algo), &c);
+                assert_eq!(y.chunk_bytes, c.chunk_bytes, "{algo:?} at {p} ranks");
+            }
+        }
     }
 }
