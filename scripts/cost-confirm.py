@@ -92,6 +92,16 @@ def over_runs(runs, one):
     return conf, " ".join(f"{r:.2f}" for r in per_run)
 
 
+def report(out_dir, tsv, cells, ratios, runs_s):
+    """One row of the table (the cell's `cells`, its `ratios`, every run's), printed and,
+    with `--out`, appended to `tsv` there."""
+    fields = [str(c) for c in cells] + [f"{r:.2f}" for r in ratios] + [runs_s]
+    print("| " + " | ".join(fields) + " |", flush=True)
+    if out_dir:
+        with open(os.path.join(out_dir, tsv), "a") as f:
+            f.write("\t".join([str(c) for c in cells] + [f"{r:.3f}" for r in ratios] + [runs_s]) + "\n")
+
+
 def main():
     argv = sys.argv[1:]
     runs, bench, out_dir, predictions = 5, "target/release/oxccl-bench", None, False
@@ -128,10 +138,7 @@ def main():
 
         conf, runs_s = over_runs(runs, one)
         wrong += conf > 1.10
-        print(f"| {t} | {p} | {coll} | {size} | {choice} | {oracle} | {ratio:.2f} | {conf:.2f} | {runs_s} |", flush=True)
-        if out_dir:
-            with open(os.path.join(out_dir, "confirm.tsv"), "a") as f:
-                f.write(f"{t}\t{p}\t{coll}\t{size}\t{choice}\t{oracle}\t{ratio:.3f}\t{conf:.3f}\t{runs_s}\n")
+        report(out_dir, "confirm.tsv", [t, p, coll, size, choice, oracle], [ratio, conf], runs_s)
     print(f"\n{wrong} of {len(todo)} cells still above 1.10 (median of runs)")
 
 
@@ -149,11 +156,7 @@ def confirm_predictions(cells, runs, bench, out_dir):
 
         conf, runs_s = over_runs(runs, one)
         wrong += not 0.8 <= conf <= 1.25
-        print(f"| {t} | {p} | {coll} | {size} | {algo} | {pred:.0f} | {pred / us:.2f} | {conf:.2f} | {runs_s} |",
-              flush=True)
-        if out_dir:
-            with open(os.path.join(out_dir, "confirm-predictions.tsv"), "a") as f:
-                f.write(f"{t}\t{p}\t{coll}\t{size}\t{algo}\t{pred:.1f}\t{pred / us:.3f}\t{conf:.3f}\t{runs_s}\n")
+        report(out_dir, "confirm-predictions.tsv", [t, p, coll, size, algo, f"{pred:.0f}"], [pred / us, conf], runs_s)
     print(f"\n{wrong} of {len(todo)} predictions still outside [0.8, 1.25] (median of runs)")
 
 

@@ -54,8 +54,9 @@ fn with_fallback(best: Choice, ranked: &[Choice]) -> Choice {
 /// Chunk sizes the model chooses among.
 const CHUNKS: [usize; 7] = [64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20];
 
-/// Whether `algo`'s time for `coll` depends on the chunk size through its pipeline (chains
-/// and trees fill and drain a pipeline; the others only pay a gap per chunk).
+/// Whether the algorithms of `coll` depend on the chunk size through their pipeline (the
+/// chains and trees of broadcast and reduce fill and drain one; the others only pay a gap
+/// per chunk).
 ///
 /// Not the tree all-reduce: it runs at the configured chunk, where calibration times it.
 /// Its formula prices no fill where the trees are shallow (at 2 to 4 ranks the busiest
@@ -66,7 +67,7 @@ const CHUNKS: [usize; 7] = [64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20, 
 /// 256 KiB, 1.73 at 512 KiB, 2.1 at the model's 2 MiB; 2-rank TCP 16 MiB 6.7-7.1 ms at 512
 /// KiB, 7.5 at 4 MiB), and smaller chunks are slower still (9.3 ms at 64 KiB): a chunk step
 /// costs far more than the link's gap, which the formula does not know.
-fn pipelined(coll: Collective, _algo: Algorithm) -> bool {
+fn pipelined(coll: Collective) -> bool {
     matches!(coll, Collective::Broadcast | Collective::Reduce)
 }
 
@@ -76,7 +77,7 @@ fn priced(call: &Call, algo: Algorithm, hosts: &[usize], profile: &Profile, cfg:
         let c = Call { chunk_bytes, ..*call };
         cost::predict(&c, algo, hosts, profile).map(|predicted| Choice { algo, chunk_bytes, predicted, fallback: algo })
     };
-    if cfg.chunk_auto && pipelined(call.coll, algo) {
+    if cfg.chunk_auto && pipelined(call.coll) {
         let mut best = at(cfg.chunk_bytes)?;
         for c in CHUNKS {
             let x = at(c)?;
