@@ -108,6 +108,11 @@ fn loopback_forced_tree_at_every_pipeline_depth() {
         for p in [2, 3, 5, 8] {
             check(Communicator::local_world(p, cfg.clone()).unwrap(), p == 3);
         }
+        // Over shared memory children's chunks are reduced as they land (receive sinks),
+        // the second child's onto the first's sum.
+        for p in [2, 5] {
+            check(shm_world(p, cfg.clone()), false);
+        }
     }
 }
 
