@@ -115,6 +115,7 @@ def main():
             bench, i = argv[i + 1], i + 2
         elif a == "--out":
             out_dir, i = argv[i + 1], i + 2
+            os.makedirs(out_dir, exist_ok=True)
         elif a == "--predictions":
             predictions, i = True, i + 1
         else:

@@ -1033,7 +1033,7 @@ const QUICK_SCALE_RANGE: (f64, f64) = (0.1, 10.0);
 pub fn quick_rescale(comm: &Communicator) -> Result<QuickScale> {
     let profile = comm.profile().clone();
     let hosts = comm.hosts().to_vec();
-    let mut bufs: (Option<SharedBuffer<f32>>, Option<SharedBuffer<f32>>) = (None, None);
+    let mut bufs = CalibrationBuffers::default();
     let mut probes = Vec::new();
     for size in QUICK_PROBES {
         let bytes = calibration_bytes(Collective::AllReduce, size, comm.size());
@@ -1091,8 +1091,7 @@ fn measure_algorithms_at_default_chunk(comm: &Communicator, entry: &mut TuningEn
     profile.peer_memory = comm.profile().peer_memory;
     let hosts = comm.hosts().to_vec();
     let colls = Collective::ALL.into_iter().filter(|&c| c != Collective::Barrier);
-    // Shared buffers, so that the mapped algorithms are measured as they run on them.
-    let mut bufs: (Option<SharedBuffer<f32>>, Option<SharedBuffer<f32>>) = (None, None);
+    let mut bufs = CalibrationBuffers::default();
     for coll in colls {
         let algos: Vec<Algorithm> =
             registry::algorithms(coll).iter().copied().filter(|&a| applies(a, &hosts, &profile)).collect();
@@ -1289,6 +1288,41 @@ fn shared_at_least(slot: &mut Option<SharedBuffer<f32>>, len: usize, value: f32)
     Ok(b)
 }
 
+fn heap_at_least(v: &mut Vec<f32>, len: usize, value: f32) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, value);
+    }
+    let b = &mut v[..len];
+    b.fill(value);
+    b
+}
+
+/// The buffers [`time_collective`] times calls on, kept from call to call: ordinary memory
+/// for every algorithm but `mapped`, which needs buffers the other ranks map. Programs
+/// mostly pass ordinary memory, and over shared memory it is the faster of the two for the
+/// other algorithms: the receiver reads the sender's buffer with `process_vm_readv`, which
+/// took 1.2x as long from a shared mapping (2-rank shm reduce-scatter of 1 MiB, `oxccl-bench
+/// --compare ring -n 100`: 50 us on the heap, 60 with `-R 1`; 4 MiB 360 and 396); measured on
+/// shared buffers, the profile priced calls on ordinary buffers that much too high.
+#[derive(Default)]
+struct CalibrationBuffers {
+    shared: (Option<SharedBuffer<f32>>, Option<SharedBuffer<f32>>),
+    heap: (Vec<f32>, Vec<f32>),
+}
+
+impl CalibrationBuffers {
+    /// A send buffer of `send` ones and a receive buffer of `recv` zeros for `algo`.
+    fn for_call(&mut self, algo: Algorithm, send: usize, recv: usize) -> Result<(&[f32], &mut [f32])> {
+        if algo == Algorithm::Mapped {
+            let s = shared_at_least(&mut self.shared.0, send, 1.0)?;
+            Ok((s, shared_at_least(&mut self.shared.1, recv, 0.0)?))
+        } else {
+            let s = heap_at_least(&mut self.heap.0, send, 1.0);
+            Ok((s, heap_at_least(&mut self.heap.1, recv, 0.0)))
+        }
+    }
+}
+
 /// How [`time_collective`] times: after how many calls to warm up, about how long, and at
 /// least how many calls.
 #[derive(Debug, Clone, Copy)]
@@ -1304,7 +1338,7 @@ fn time_collective(
     comm: &Communicator,
     coll: Collective,
     size: usize,
-    bufs: &mut (Option<SharedBuffer<f32>>, Option<SharedBuffer<f32>>),
+    bufs: &mut CalibrationBuffers,
     profile: &Profile,
     algo: Algorithm,
     round: Round,
@@ -1316,8 +1350,7 @@ fn time_collective(
         Collective::ReduceScatter => (total, total / p),
         _ => (total, total),
     };
-    let s: &[f32] = shared_at_least(&mut bufs.0, send, 1.0)?;
-    let d = shared_at_least(&mut bufs.1, recv, 0.0)?;
+    let (s, d) = bufs.for_call(algo, send, recv)?;
     let bytes = total * 4;
     // Iterations from the uncorrected prediction, the same on every rank: about `round.secs`.
     let guess = predict(&Call::new(coll, bytes, DataType::F32, ReduceOp::Sum), algo, comm.hosts(), profile)
