@@ -317,8 +317,11 @@ mod tests {
         // Latency-bound: log-step algorithms; bandwidth-bound: the ring's bytes.
         assert_eq!(pick(C::AllReduce, 8, &one(4), "tcp", &c), RecursiveDoubling);
         assert_eq!(pick(C::AllReduce, 8, &one(2), "shm", &c), RecursiveDoubling);
+        // (The pipelined double binary tree moves about the ring's bytes per rank, and at 8
+        // ranks over TCP it is the fastest measured: 256 MiB in 620 ms, ring 750, halving-
+        // doubling 740, in the eighteenth session's sweep.)
         let big = pick(C::AllReduce, 256 * M, &one(8), "tcp", &c);
-        assert!(matches!(big, Ring | Direct | HalvingDoubling), "{big}");
+        assert!(matches!(big, Ring | Direct | HalvingDoubling | Tree), "{big}");
         assert_ne!(pick(C::AllGather, 8, &one(8), "tcp", &c), Ring);
         // Several hosts with several ranks each, the link between hosts ten times slower than
         // shared memory (a real network; the built-in profile's "between hosts" is TCP on
