@@ -1015,7 +1015,7 @@ const QUICK_ROUNDS: usize = 3;
 /// The factors [`quick_rescale`] may fit: a larger miss is a probe gone wrong, not a machine.
 const QUICK_SCALE_RANGE: (f64, f64) = (0.1, 10.0);
 
-/// Times the all-reduce (f32 sum, out of place, on shared buffers) at 16 B, 64 KiB and 1 MiB
+/// Times the all-reduce (f32 sum, out of place, on [`CalibrationBuffers`]) at 16 B, 64 KiB and 1 MiB
 /// under the algorithm the communicator's profile prices best, the best of three rounds of
 /// about 3 ms each, and from them two factors: one on the profile's latency terms (the
 /// smallest probe's time over its price) and one on its per-byte terms (the larger probes'
@@ -1278,7 +1278,7 @@ fn least_squares<const N: usize>(rows: &[[f64; N]]) -> Option<[f64; N]> {
 }
 
 /// `slot` holding at least `len` elements, filled with `value` (a shared buffer, so that
-/// the mapped algorithms are measured as they run on such memory; the others do not mind).
+/// the mapped algorithms are measured as they run on such memory).
 fn shared_at_least(slot: &mut Option<SharedBuffer<f32>>, len: usize, value: f32) -> Result<&mut [f32]> {
     if slot.as_ref().is_none_or(|b| b.len() < len) {
         *slot = Some(SharedBuffer::new(len)?);
@@ -1288,6 +1288,7 @@ fn shared_at_least(slot: &mut Option<SharedBuffer<f32>>, len: usize, value: f32)
     Ok(b)
 }
 
+/// `v` holding at least `len` elements, filled with `value`: its first `len`.
 fn heap_at_least(v: &mut Vec<f32>, len: usize, value: f32) -> &mut [f32] {
     if v.len() < len {
         v.resize(len, value);

@@ -72,7 +72,7 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     let acc_scratch = ctx.reducer.scratch(a.recv.len())?;
     let acc = acc_scratch.region().slice(0..a.recv.len());
     let slot_bytes = ce.min(count) * es;
-    let tmp = ctx.reducer.scratch(if ctx.recv_sink { 0 } else { 2 * slot_bytes })?;
+    let tmp = if ctx.recv_sink { None } else { Some(ctx.reducer.scratch(2 * slot_bytes)?) };
     let input = a.send;
     let mut sends = Vec::new();
     // A leaf's send of each chunk of its input, per tree: in place, the result must not
@@ -109,6 +109,7 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
                     ctx.wait(q)?;
                 }
             } else {
+                let tmp = tmp.as_ref().expect("scratch slots are taken without receive sinks");
                 let mut reqs = Vec::with_capacity(2);
                 for (i, &child) in node.children.iter().enumerate() {
                     let slot = tmp.region().slice(i * slot_bytes..i * slot_bytes + b.len());
