@@ -1015,7 +1015,7 @@ const QUICK_ROUNDS: usize = 3;
 /// The factors [`quick_rescale`] may fit: a larger miss is a probe gone wrong, not a machine.
 const QUICK_SCALE_RANGE: (f64, f64) = (0.1, 10.0);
 
-/// Times the all-reduce (f32 sum, out of place, on [`CalibrationBuffers`]) at 16 B, 64 KiB and 1 MiB
+/// Times the all-reduce (f32 sum, out of place, on ordinary memory, shared buffers for `mapped`) at 16 B, 64 KiB and 1 MiB
 /// under the algorithm the communicator's profile prices best, the best of three rounds of
 /// about 3 ms each, and from them two factors: one on the profile's latency terms (the
 /// smallest probe's time over its price) and one on its per-byte terms (the larger probes'
