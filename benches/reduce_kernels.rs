@@ -6,7 +6,7 @@
 //! 64 MiB all-reduce's memory traffic with.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use half::bf16;
+use half::{bf16, f16};
 use oxccl_algorithms::{DataType, HostReducer, ReduceOp, Reducer};
 use oxccl_transport::{MemoryKind, Region, RegionMut};
 
@@ -38,6 +38,12 @@ fn kernels(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("bf16_sum_in_place", bytes), &bytes, |b, _| {
             let dr = reg_mut(&mut d);
             b.iter(|| r.reduce(DataType::Bf16, ReduceOp::Sum, dr, reg(&a), dr.as_region()).unwrap())
+        });
+        let a: Vec<f16> = (0..n).map(|i| f16::from_f32((i % 100) as f32)).collect();
+        let mut d: Vec<f16> = vec![f16::ONE; n];
+        g.bench_with_input(BenchmarkId::new("f16_sum_in_place", bytes), &bytes, |b, _| {
+            let dr = reg_mut(&mut d);
+            b.iter(|| r.reduce(DataType::F16, ReduceOp::Sum, dr, reg(&a), dr.as_region()).unwrap())
         });
         let src = vec![7u8; bytes];
         let mut dst = vec![0u8; bytes];

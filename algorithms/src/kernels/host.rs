@@ -1,9 +1,13 @@
 //! Host reduction kernels: one generic element-wise loop per operator, compiled twice on
 //! x86-64 (AVX2 and baseline) and picked at run time. The loops are written so the compiler
-//! vectorises them; f16 and bf16 go through f32 in blocks and are rounded once per element.
+//! vectorises them. f16 and bf16 are widened to f32, combined and rounded back once, element
+//! by element in one pass: by the hand-written vector kernels of `half_simd` where the CPU
+//! has them, else by the loops here over the scalar conversions below (bit for bit `half`'s,
+//! written as integer and float arithmetic so that they vectorise too).
 
-use half::{bf16, f16, slice::HalfFloatSliceExt};
+use half::{bf16, f16};
 
+use super::half_simd::{self, Half};
 use crate::op::ReduceOp;
 
 /// Arithmetic the kernels need from an element type.
@@ -40,6 +44,99 @@ macro_rules! arith_float {
     )*};
 }
 arith_float!(f32, f64);
+
+/// bf16 to f32: exact, a shift.
+#[inline(always)]
+pub(crate) fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// f32 to bf16, rounded to nearest even, NaNs kept quiet: bit for bit `bf16::from_f32`.
+#[inline(always)]
+pub(crate) fn f32_to_bf16(x: f32) -> u16 {
+    let x = x.to_bits();
+    let rounded = x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16;
+    let nan = (x >> 16) | 0x40;
+    (if x & 0x7fff_ffff > 0x7f80_0000 { nan } else { rounded }) as u16
+}
+
+/// f16 to f32: exact; NaNs kept quiet with their payload, as `f16::to_f32` does.
+#[inline(always)]
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let sign = (h & 0x8000) << 16;
+    let em = h & 0x7fff;
+    // Subnormals (and zero): the mantissa times 2^-24, exact in f32.
+    let sub = (em as i32 as f32 * (1.0 / 16_777_216.0)).to_bits();
+    // Normals: rebias the exponent from 15 to 127.
+    let normal = (em << 13) + ((127 - 15) << 23);
+    let special = 0x7f80_0000 | ((em & 0x3ff) << 13) | if em > 0x7c00 { 0x0040_0000 } else { 0 };
+    let bits = if em < 0x400 {
+        sub
+    } else if em >= 0x7c00 {
+        special
+    } else {
+        normal
+    };
+    f32::from_bits(sign | bits)
+}
+
+/// f32 to f16, rounded to nearest even (overflow to infinity, NaNs kept quiet with the top of
+/// their payload): bit for bit `f16::from_f32`.
+#[inline(always)]
+pub(crate) fn f32_to_f16(x: f32) -> u16 {
+    let x = x.to_bits();
+    let sign = x & 0x8000_0000;
+    let ax = x ^ sign;
+    let bits = if ax >= (127 + 16) << 23 {
+        // At least 2^16: infinity, or NaN.
+        if ax > 0x7f80_0000 {
+            0x7e00 | ((ax >> 13) & 0x3ff)
+        } else {
+            0x7c00
+        }
+    } else if ax < (127 - 14) << 23 {
+        // Below 2^-14, the smallest normal f16: adding 0.5 leaves the f16 subnormal's
+        // mantissa in the low bits, rounded to nearest even by the float addition.
+        (f32::from_bits(ax) + 0.5).to_bits() - (126 << 23)
+    } else {
+        // Normal: rebias, add just under half an f16 ulp plus the kept mantissa's lowest
+        // bit (ties to even), and cut; a carry out of the mantissa steps the exponent, up to
+        // infinity at the top.
+        let odd = (ax >> 13) & 1;
+        (ax.wrapping_sub((127 - 15) << 23) + 0xfff + odd) >> 13
+    };
+    (bits | (sign >> 16)) as u16
+}
+
+/// f16 and bf16 combine in f32 and round once, per element.
+macro_rules! arith_half {
+    ($($t:ty: $to:ident, $from:ident);*) => {$(
+        impl Arith for $t {
+            #[inline(always)]
+            fn sum(a: Self, b: Self) -> Self {
+                <$t>::from_bits($from($to(a.to_bits()) + $to(b.to_bits())))
+            }
+            #[inline(always)]
+            fn prod(a: Self, b: Self) -> Self {
+                <$t>::from_bits($from($to(a.to_bits()) * $to(b.to_bits())))
+            }
+            #[inline(always)]
+            fn min(a: Self, b: Self) -> Self {
+                <$t>::from_bits($from(<f32 as Arith>::min($to(a.to_bits()), $to(b.to_bits()))))
+            }
+            #[inline(always)]
+            fn max(a: Self, b: Self) -> Self {
+                <$t>::from_bits($from(<f32 as Arith>::max($to(a.to_bits()), $to(b.to_bits()))))
+            }
+            #[inline(always)]
+            fn div(a: Self, n: usize) -> Self {
+                <$t>::from_bits($from($to(a.to_bits()) / n as f32))
+            }
+        }
+    )*};
+}
+arith_half!(bf16: bf16_to_f32, f32_to_bf16; f16: f16_to_f32, f32_to_f16);
 
 /// How the destination relates to the operands.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -152,84 +249,6 @@ pub(crate) unsafe fn reduce_native<T: Arith>(
     unsafe { body_generic(op, alias, dst, a, b, n) }
 }
 
-/// Elements per block when f16/bf16 go through f32: small enough for the stack and L1.
-const HALF_BLOCK: usize = 512;
-
-trait HalfLike: Copy {
-    fn to_f32s(src: &[Self], dst: &mut [f32]);
-    fn from_f32s(dst: &mut [Self], src: &[f32]);
-}
-impl HalfLike for f16 {
-    fn to_f32s(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst)
-    }
-    fn from_f32s(dst: &mut [Self], src: &[f32]) {
-        dst.convert_from_f32_slice(src)
-    }
-}
-impl HalfLike for bf16 {
-    // Written out (rather than `half`'s scalar conversions) so the loops vectorise: widening
-    // is a shift, narrowing rounds to nearest even and keeps NaNs quiet, bit for bit as
-    // `bf16::from_f32` does.
-    #[inline(always)]
-    fn to_f32s(src: &[Self], dst: &mut [f32]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = f32::from_bits((s.to_bits() as u32) << 16);
-        }
-    }
-    #[inline(always)]
-    fn from_f32s(dst: &mut [Self], src: &[f32]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            let x = s.to_bits();
-            let rounded = x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16;
-            let nan = (x >> 16) | 0x40;
-            *d = bf16::from_bits(if x & 0x7fff_ffff > 0x7f80_0000 { nan } else { rounded } as u16);
-        }
-    }
-}
-
-/// `dst[i] = round(f32(a[i]) op f32(b[i]))` for f16/bf16, block by block.
-///
-/// # Safety
-/// As [`reduce_native`]; aliasing of `dst` with `a` or `b` is allowed exactly (each block is
-/// read whole before it is written).
-unsafe fn reduce_half<H: HalfLike>(op: ReduceOp, dst: *mut H, a: *const H, b: *const H, n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are present; the rest is the caller's contract.
-        unsafe { reduce_half_avx2(op, dst, a, b, n) };
-        return;
-    }
-    // SAFETY: the caller's contract.
-    unsafe { reduce_half_body(op, dst, a, b, n) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn reduce_half_avx2<H: HalfLike>(op: ReduceOp, dst: *mut H, a: *const H, b: *const H, n: usize) {
-    // SAFETY: forwarded caller contract.
-    unsafe { reduce_half_body(op, dst, a, b, n) }
-}
-
-#[inline(always)]
-unsafe fn reduce_half_body<H: HalfLike>(op: ReduceOp, dst: *mut H, a: *const H, b: *const H, n: usize) {
-    let mut fa = [0f32; HALF_BLOCK];
-    let mut fb = [0f32; HALF_BLOCK];
-    let mut i = 0;
-    while i < n {
-        let m = HALF_BLOCK.min(n - i);
-        // SAFETY: `i + m <= n`, so each block lies inside the caller's valid ranges. The
-        // shared slices of `a` and `b` end before the mutable one of `dst` is made.
-        unsafe {
-            H::to_f32s(std::slice::from_raw_parts(a.add(i), m), &mut fa[..m]);
-            H::to_f32s(std::slice::from_raw_parts(b.add(i), m), &mut fb[..m]);
-            reduce_native::<f32>(op, Alias::DstIsA, fa.as_mut_ptr(), fa.as_ptr(), fb.as_ptr(), m);
-            H::from_f32s(std::slice::from_raw_parts_mut(dst.add(i), m), &fa[..m]);
-        }
-        i += m;
-    }
-}
-
 /// Divides each of `n` elements by `d`, in place (the end of `Avg`).
 ///
 /// # Safety
@@ -239,22 +258,6 @@ pub(crate) unsafe fn divide_native<T: Arith>(p: *mut T, n: usize, d: usize) {
     let s = unsafe { std::slice::from_raw_parts_mut(p, n) };
     for x in s {
         *x = T::div(*x, d);
-    }
-}
-
-unsafe fn divide_half<H: HalfLike>(p: *mut H, n: usize, d: usize) {
-    let mut f = [0f32; HALF_BLOCK];
-    let mut i = 0;
-    while i < n {
-        let m = HALF_BLOCK.min(n - i);
-        // SAFETY: the block lies within the caller's `n` valid elements.
-        let s = unsafe { std::slice::from_raw_parts_mut(p.add(i), m) };
-        H::to_f32s(s, &mut f[..m]);
-        for x in &mut f[..m] {
-            *x /= d as f32;
-        }
-        H::from_f32s(s, &f[..m]);
-        i += m;
     }
 }
 
@@ -284,8 +287,14 @@ pub(crate) unsafe fn reduce_bytes(
             D::U64 => reduce_native::<u64>(op, alias, dst.cast(), a.cast(), b.cast(), n),
             D::F32 => reduce_native::<f32>(op, alias, dst.cast(), a.cast(), b.cast(), n),
             D::F64 => reduce_native::<f64>(op, alias, dst.cast(), a.cast(), b.cast(), n),
-            D::F16 => reduce_half::<f16>(op, dst.cast(), a.cast(), b.cast(), n),
-            D::Bf16 => reduce_half::<bf16>(op, dst.cast(), a.cast(), b.cast(), n),
+            D::F16 if half_simd::available() => {
+                half_simd::reduce_half(Half::F16, op, dst.cast(), a.cast(), b.cast(), n)
+            }
+            D::Bf16 if half_simd::available() => {
+                half_simd::reduce_half(Half::Bf16, op, dst.cast(), a.cast(), b.cast(), n)
+            }
+            D::F16 => reduce_native::<f16>(op, alias, dst.cast(), a.cast(), b.cast(), n),
+            D::Bf16 => reduce_native::<bf16>(op, alias, dst.cast(), a.cast(), b.cast(), n),
         }
     }
 }
@@ -307,8 +316,8 @@ pub(crate) unsafe fn divide_bytes(dtype: crate::DataType, p: *mut u8, n: usize, 
             D::U64 => divide_native::<u64>(p.cast(), n, d),
             D::F32 => divide_native::<f32>(p.cast(), n, d),
             D::F64 => divide_native::<f64>(p.cast(), n, d),
-            D::F16 => divide_half::<f16>(p.cast(), n, d),
-            D::Bf16 => divide_half::<bf16>(p.cast(), n, d),
+            D::F16 => divide_native::<f16>(p.cast(), n, d),
+            D::Bf16 => divide_native::<bf16>(p.cast(), n, d),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! [`Reducer`] chosen by memory kind (host here; a GPU reducer implements the same trait), so
 //! one schedule serves every kind of memory.
 
+mod half_simd;
 pub(crate) mod host;
 
 #[cfg(feature = "cuda")]
@@ -368,8 +369,9 @@ impl Reducer for HostReducer {
                 )));
             }
         }
-        let nt = streaming && dsts.iter().all(|d| d.as_mut_ptr() as usize % 32 == dsts[0].as_mut_ptr() as usize % 32);
+        // Half types take `reduce_then_copy`, whose pairwise reductions have vector kernels.
         let half = matches!(dtype, DataType::F16 | DataType::Bf16);
+        let nt = streaming && dsts.iter().all(|d| d.as_mut_ptr() as usize % 32 == dsts[0].as_mut_ptr() as usize % 32);
         #[cfg(target_arch = "x86_64")]
         if host::has_avx2() && !half && !dsts.is_empty() && (nt || !streaming) {
             let ptrs: Vec<*mut u8> = dsts.iter().map(|d| d.as_mut_ptr()).collect();
@@ -393,7 +395,7 @@ impl Reducer for HostReducer {
                 DataType::U64 => run!(u64),
                 DataType::F32 => run!(f32),
                 DataType::F64 => run!(f64),
-                DataType::F16 | DataType::Bf16 => unreachable!("half types take the block path"),
+                DataType::F16 | DataType::Bf16 => unreachable!("half types take reduce_then_copy"),
             }
             return Ok(());
         }
