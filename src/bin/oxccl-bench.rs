@@ -98,6 +98,15 @@ struct Args {
     /// registration).
     #[arg(short = 'R', long = "registered", default_value_t = 0)]
     registered: u8,
+    /// Heap buffers on transparent huge pages (1): each buffer's whole 2 MiB pages are
+    /// advised `MADV_HUGEPAGE` before they are first written, and collapsed (`MADV_COLLAPSE`)
+    /// where the kernel has it. With 4 KiB pages the shared-memory transport's reads of a
+    /// peer's buffer walk and pin every page, which is where large out-of-place calls lose
+    /// time (see benches/RESULTS.md, "Huge pages"). A program can do the same with its own
+    /// buffers; with `/sys/kernel/mm/transparent_hugepage/enabled` at `always` every large
+    /// buffer gets them.
+    #[arg(long, default_value_t = 0)]
+    hugepages: u8,
     /// Buffers in GPU memory (`oxccl::DeviceBuffer`, on device local rank mod device count):
     /// collectives through CUDA IPC with reductions on the GPU. Rank 0 also prints the
     /// device's copy bandwidth (a device-to-device copy of the largest size), for comparison.
@@ -279,6 +288,8 @@ fn bus_factor(coll: Collective, p: usize) -> f64 {
 #[derive(Clone, Copy, PartialEq)]
 enum Memory {
     Heap,
+    /// Heap memory on transparent huge pages (`--hugepages 1`).
+    HugeHeap,
     /// Shared buffers (`-R 1`).
     Shared,
     /// GPU memory (`--device`) of this device.
@@ -301,6 +312,11 @@ impl<T: CheckElem> Storage<T> {
                 Err(e) => eprintln!("# shared buffer of {len} elements: {e}; using heap memory"),
             },
             Memory::Device(d) => return Ok(Storage::Device(vec![zero(); len], DeviceBuffer::new(len, d)?)),
+            Memory::HugeHeap => {
+                let mut v = vec![zero(); len];
+                advise_huge_pages(&mut v);
+                return Ok(Storage::Heap(v));
+            }
             Memory::Heap => {}
         }
         Ok(Storage::Heap(vec![zero(); len]))
@@ -595,7 +611,37 @@ fn memory(comm: &Communicator, args: &Args) -> oxccl::Result<Memory> {
         let n = oxccl_transport::cuda::driver()?.device_count().max(1);
         return Ok(Memory::Device((comm.local_rank() % n) as u32));
     }
-    Ok(if args.registered != 0 { Memory::Shared } else { Memory::Heap })
+    Ok(match (args.registered != 0, args.hugepages != 0) {
+        (true, _) => Memory::Shared,
+        (false, true) => Memory::HugeHeap,
+        (false, false) => Memory::Heap,
+    })
+}
+
+/// Asks the kernel to back the whole 2 MiB pages of `v` with transparent huge pages: advised
+/// before the bench first writes them (a large `vec!` of zeros is fresh, untouched memory),
+/// and collapsed at once where the kernel can (Linux 6.1 and later). A refusal is reported
+/// once and the buffer stays as it is.
+fn advise_huge_pages<T>(v: &mut [T]) {
+    const HUGE: usize = 2 << 20;
+    let start = (v.as_mut_ptr() as usize).next_multiple_of(HUGE);
+    let end = (v.as_mut_ptr() as usize + std::mem::size_of_val(v)) / HUGE * HUGE;
+    if end <= start {
+        return;
+    }
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    for advice in [libc::MADV_HUGEPAGE, libc::MADV_COLLAPSE] {
+        // SAFETY: [start, end) lies inside `v`, which this function borrows mutably; both
+        // advices change how the pages are backed, never their contents.
+        if unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) } != 0 {
+            let e = std::io::Error::last_os_error();
+            let name = if advice == libc::MADV_HUGEPAGE { "MADV_HUGEPAGE" } else { "MADV_COLLAPSE" };
+            WARNED.call_once(|| eprintln!("# --hugepages: madvise {name}: {e}; some buffers stay on small pages"));
+            if advice == libc::MADV_HUGEPAGE {
+                return;
+            }
+        }
+    }
 }
 
 /// Rank 0's device-to-device copy bandwidth at `bytes` (the reference for GPU collectives):
@@ -651,6 +697,7 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
             algo_label,
             match memory(comm, args)? {
                 Memory::Heap => "heap".to_string(),
+                Memory::HugeHeap => "heap on huge pages".to_string(),
                 Memory::Shared => "shared (-R 1)".to_string(),
                 Memory::Device(d) => format!("GPU memory (cuda:{d})"),
             },
