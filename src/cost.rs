@@ -143,7 +143,8 @@ pub struct TuningEntry {
     pub cpu: String,
     /// The transport: `shm`, `tcp`, `loopback`.
     pub transport: String,
-    /// Cores the host's ranks share.
+    /// Cores the ranks shared on the machine measured (what its oversubscription terms were
+    /// fitted with). A communicator prices with the cores its own ranks have instead.
     pub cores: usize,
     /// Latency of a small message, microseconds (half a ping-pong round trip).
     pub alpha_us: f64,

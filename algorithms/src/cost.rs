@@ -74,7 +74,9 @@ pub struct Profile {
     /// Seconds per byte of a local copy (memcpy).
     pub copy: f64,
     /// Cores per host that the ranks share (a fraction where a group of ranks gets only its
-    /// share of a host that other groups keep busy at the same time).
+    /// share of a host that other groups keep busy at the same time). A communicator sets it
+    /// from the CPUs its ranks may use, with hosts that share one machine (containers,
+    /// network namespaces) splitting its cores.
     pub cores: f64,
     /// Measured efficiency of each implementation: the formulas give how an algorithm's
     /// time scales with ranks and bytes; these factors, fitted by calibration to the

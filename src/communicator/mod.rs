@@ -1,5 +1,6 @@
 //! [`Communicator`]: a group of ranks and the collectives they run together.
 
+mod cores;
 mod device_api;
 mod raw;
 pub use raw::RawP2p;
@@ -355,13 +356,18 @@ impl Communicator {
     /// local rank and the ranks per host. Completing it also proves every rank is done with
     /// the store, so rank 0 may drop it.
     fn discover_hosts(&mut self, deadline: Instant) -> Result<()> {
-        let mine = [host_key()];
-        let mut all = vec![0u64; self.size];
+        // Each rank's host key, then the processors it may use ([`cores::CpuReport`]).
+        const WORDS: usize = 1 + cores::REPORT_WORDS;
+        let key = host_key();
+        let mut mine = [0u64; WORDS];
+        mine[0] = key;
+        mine[1..].copy_from_slice(&cores::CpuReport::mine(key).to_words());
+        let mut words = vec![0u64; self.size * WORDS];
         let args = CollArgs {
             send: region(&mine),
-            recv: region_mut(&mut all),
+            recv: region_mut(&mut words),
             in_place: false,
-            count: 1,
+            count: WORDS,
             dtype: DataType::U64,
             op: ReduceOp::Sum,
             root: 0,
@@ -373,8 +379,11 @@ impl Communicator {
             self.net.fail(e.clone());
             e
         })?;
-        self.local_rank = all[..self.rank].iter().filter(|&&h| h == mine[0]).count();
-        self.local_size = all.iter().filter(|&&h| h == mine[0]).count();
+        let all: Vec<u64> = words.chunks_exact(WORDS).map(|w| w[0]).collect();
+        let reports: Vec<cores::CpuReport> =
+            words.chunks_exact(WORDS).map(|w| cores::CpuReport::from_words(&w[1..])).collect();
+        self.local_rank = all[..self.rank].iter().filter(|&&h| h == key).count();
+        self.local_size = all.iter().filter(|&&h| h == key).count();
         self.hosts = host_indices(&all);
         // Rank 0's profile is the one every rank prices with, so all choose alike.
         let mut words = cost::to_words(&self.profile);
@@ -396,6 +405,9 @@ impl Communicator {
         })?;
         self.profile = cost::from_words(&words);
         self.profile.peer_memory = self.caps.peer_memory_mappable;
+        // Priced with the cores these ranks have, not those of the machine the profile was
+        // measured on; every rank computes it from the same reports.
+        self.profile.cores = cores::cores_per_host(&reports, &self.hosts);
         Ok(())
     }
 
