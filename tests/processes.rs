@@ -81,6 +81,31 @@ fn process_worlds_on_two_pretend_hosts_mix_shared_memory_and_tcp() {
     run_world_with(5, "auto", &[hosts[0], ("OXCCL_ALGO", "hierarchical")]);
 }
 
+/// Pretend hosts share this machine's CPUs: the cost model prices each host's ranks with
+/// their share of them, not with the cores of the machine the profile was measured on.
+#[test]
+fn pretend_hosts_on_one_machine_share_its_cores() {
+    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    let cores = |text: &str, p: usize| -> Vec<f64> {
+        (0..p)
+            .map(|r| {
+                let key = format!("CORES {r} ");
+                let at = text.find(&key).unwrap_or_else(|| panic!("rank {r} reported no cores:\n{text}"));
+                text[at + key.len()..].split_whitespace().next().unwrap().parse().unwrap()
+            })
+            .collect()
+    };
+    // One host of 4 ranks: max_local / cores is 4 ranks over this machine's CPUs (at least 1).
+    let one = run_world_output(4, &[("OXCCL_TEST_REPORT_CORES", "1")]);
+    let want = 4.0 / (4.0 / cpus).max(1.0);
+    assert!(cores(&one, 4).iter().all(|&c| (c - want).abs() < 1e-9), "want {want}:\n{one}");
+    // Two pretend hosts of 2 ranks each on this one machine: each host gets half its CPUs.
+    let env = [("OXCCL_TEST_REPORT_CORES", "1"), ("OXCCL_TEST_PRETEND_HOSTS", "2"), ("OXCCL_TRANSPORT", "auto")];
+    let two = run_world_output(4, &env);
+    let want = 2.0 / (2.0 / (cpus / 2.0)).max(1.0);
+    assert!(cores(&two, 4).iter().all(|&c| (c - want).abs() < 1e-9), "want {want}:\n{two}");
+}
+
 /// The mapped schedules and the fallbacks each rank of `text` reported.
 fn mapped_runs(text: &str, p: usize) -> Vec<(u64, u64)> {
     (0..p)
@@ -181,6 +206,10 @@ fn sweep_rank() {
             }
             let mapped = oxccl_algorithms::mapped::schedules_run() - before;
             println!("\nSWITCH {} fallbacks {fell_back} then mapped {mapped} of 80", comm.rank());
+            return;
+        }
+        if std::env::var("OXCCL_TEST_REPORT_CORES").is_ok() {
+            println!("\nCORES {} {}", comm.rank(), comm.profile().cores);
             return;
         }
         if std::env::var("OXCCL_TEST_MIX_SHARED").is_ok() {
