@@ -143,9 +143,11 @@ pub struct TuningEntry {
     pub cpu: String,
     /// The transport: `shm`, `tcp`, `loopback`.
     pub transport: String,
-    /// Cores the ranks shared on the machine measured (what its oversubscription terms were
-    /// fitted with). A communicator prices with the cores its own ranks have instead.
-    pub cores: usize,
+    /// Cores per host on the machine measured, as the calibrating communicator counted them
+    /// (its ranks' CPUs, a host's share where several hosts shared the machine): what the
+    /// oversubscription terms were fitted with. A communicator prices with the cores its own
+    /// ranks have instead.
+    pub cores: f64,
     /// Latency of a small message, microseconds (half a ping-pong round trip).
     pub alpha_us: f64,
     /// Each further small message in flight, microseconds.
@@ -492,7 +494,8 @@ impl TuningEntry {
             || self.bandwidth_gbs <= 0.0
             || self.cache_bandwidth_gbs <= 0.0
             || self.copy_gbs <= 0.0
-            || self.cores == 0
+            || !self.cores.is_finite()
+            || self.cores <= 0.0
         {
             return Err(Error::invalid_argument(format!(
                 "tuning entry for host '{}' transport '{}' has a negative, zero or non-finite figure",
@@ -594,7 +597,7 @@ impl TuningFile {
             inter: inter_e.link(),
             gamma: [[0.0; 5]; 10],
             copy: 1e-9 / intra_e.copy_gbs.max(1e-9),
-            cores: intra_e.cores.max(1) as f64,
+            cores: intra_e.cores.max(1.0),
             // Measured on one host: the intra transport's entry. Measured across hosts (a
             // calibration over the router that joins shared memory and TCP): that entry's.
             // Worlds of several hosts without such figures are priced by the formulas alone,
@@ -944,7 +947,7 @@ pub fn calibrate(comm: &Communicator, base: Option<&TuningEntry>) -> Result<Tuni
         host,
         cpu: cpu_model(),
         transport: comm.transport_name().to_string(),
-        cores: cores(),
+        cores: comm.profile().cores,
         alpha_us: alpha * 1e6,
         gap_us: gap * 1e6,
         wake_us: wake * 1e6,

@@ -95,14 +95,14 @@ fn pretend_hosts_on_one_machine_share_its_cores() {
             })
             .collect()
     };
-    // One host of 4 ranks: max_local / cores is 4 ranks over this machine's CPUs (at least 1).
+    // One host of 4 ranks: the host has this machine's CPUs.
     let one = run_world_output(4, &[("OXCCL_TEST_REPORT_CORES", "1")]);
-    let want = 4.0 / (4.0 / cpus).max(1.0);
+    let want = cpus;
     assert!(cores(&one, 4).iter().all(|&c| (c - want).abs() < 1e-9), "want {want}:\n{one}");
     // Two pretend hosts of 2 ranks each on this one machine: each host gets half its CPUs.
     let env = [("OXCCL_TEST_REPORT_CORES", "1"), ("OXCCL_TEST_PRETEND_HOSTS", "2"), ("OXCCL_TRANSPORT", "auto")];
     let two = run_world_output(4, &env);
-    let want = 2.0 / (2.0 / (cpus / 2.0)).max(1.0);
+    let want = cpus / 2.0;
     assert!(cores(&two, 4).iter().all(|&c| (c - want).abs() < 1e-9), "want {want}:\n{two}");
 }
 

@@ -112,10 +112,11 @@ fn union_cpus<'a>(reports: impl Iterator<Item = &'a CpuReport>) -> f64 {
     (if largest > 64 * MASK_WORDS as u64 { bits.max(largest) } else { bits }).max(1) as f64
 }
 
-/// The cores per host to price with: the value `c` for which `max_local / c` (the model's
-/// ranks per core, [`oxccl_algorithms::cost::Model::oversubscription`]) is the largest number
-/// of ranks per core any host has, or exactly `max_local` where no host has more ranks than
-/// cores. `reports[r]` is rank r's, `hosts[r]` its host's index.
+/// The cores per host to price with: the value `c` for which `max_local / c` is the largest
+/// number of ranks per core any host has (the model's oversubscription,
+/// [`oxccl_algorithms::cost::Model::oversubscription`], is that, at least 1). Where the hosts
+/// are alike it is each host's CPUs, so a calibration can record it and price other world
+/// sizes on the same machine with it. `reports[r]` is rank r's, `hosts[r]` its host's index.
 pub(crate) fn cores_per_host(reports: &[CpuReport], hosts: &[usize]) -> f64 {
     let nhosts = hosts.iter().max().map_or(0, |h| h + 1);
     let on = |h: usize| reports.iter().zip(hosts).filter(move |(_, &x)| x == h).map(|(r, _)| r);
@@ -128,7 +129,7 @@ pub(crate) fn cores_per_host(reports: &[CpuReport], hosts: &[usize]) -> f64 {
         })
         .collect();
     let machine_of = |h: usize| on(h).next().map_or(0, |r| r.machine);
-    let mut worst: f64 = 1.0;
+    let mut worst: f64 = 0.0;
     let mut max_local = 0usize;
     for (h, &want) in wants.iter().enumerate() {
         let ranks = on(h).count();
@@ -145,7 +146,11 @@ pub(crate) fn cores_per_host(reports: &[CpuReport], hosts: &[usize]) -> f64 {
         let share = want.min(machine_cpus * ranks as f64 / machine_ranks as f64);
         worst = worst.max(ranks as f64 / share);
     }
-    max_local.max(1) as f64 / worst
+    if worst > 0.0 {
+        max_local as f64 / worst
+    } else {
+        1.0
+    }
 }
 
 #[cfg(test)]
@@ -172,8 +177,9 @@ mod tests {
         // One host, 2 CPUs: 4 ranks share them, 2 ranks do not.
         assert_eq!(per_core(&[on(1, 0..2, 0); 4], &[0; 4]), 2.0);
         assert_eq!(per_core(&[on(1, 0..2, 0); 2], &[0; 2]), 1.0);
-        // 8 ranks on a 16-CPU machine: one core each.
+        // 8 ranks on a 16-CPU machine: one core each; the host's cores are its 16.
         assert_eq!(per_core(&[on(1, 0..16, 0); 8], &[0; 8]), 1.0);
+        assert_eq!(cores_per_host(&[on(1, 0..16, 0); 8], &[0; 8]), 16.0);
         // Bound one to a core: each mask is one CPU, the union is four.
         let bound: Vec<CpuReport> = (0..4).map(|c| on(1, c..c + 1, 0)).collect();
         assert_eq!(per_core(&bound, &[0; 4]), 1.0);
@@ -186,9 +192,12 @@ mod tests {
 
     #[test]
     fn hosts_on_one_machine_split_its_cores() {
-        // Two "hosts" of 2 ranks (network namespaces) on one 2-CPU machine: 2 ranks per core.
+        // Two "hosts" of 2 ranks (network namespaces) on one 2-CPU machine: 2 ranks per core,
+        // each host 1 core; 4 ranks each, 4 per core on the same 1.
         let r = [on(7, 0..2, 0); 4];
         assert_eq!(per_core(&r, &[0, 0, 1, 1]), 2.0);
+        assert_eq!(cores_per_host(&r, &[0, 0, 1, 1]), 1.0);
+        assert_eq!(cores_per_host(&[on(7, 0..2, 0); 8], &[0, 0, 0, 0, 1, 1, 1, 1]), 1.0);
         // The same on two machines: 1 per core.
         let r = [on(7, 0..2, 0), on(7, 0..2, 0), on(8, 0..2, 0), on(8, 0..2, 0)];
         assert_eq!(per_core(&r, &[0, 0, 1, 1]), 1.0);
