@@ -62,6 +62,11 @@ struct Args {
     /// Ranks per host (under `--replay`: the launcher's).
     #[arg(long, default_value_t = 4)]
     ranks_per_host: usize,
+    /// CPU cores per host of the machine planned for (the model's oversubscription when ranks
+    /// outnumber them); default: those the profile was measured with. Under `--replay`: the
+    /// communicator's count of the cores its ranks have.
+    #[arg(long)]
+    cores_per_host: Option<f64>,
     /// Gradient bucket size in bytes for data parallelism.
     #[arg(long, default_value_t = 25 << 20)]
     bucket: usize,
@@ -256,6 +261,9 @@ fn plan(a: &Args) -> oxccl::Result<()> {
     let host = nix_hostname();
     let mut profile = file.profile(&host, &a.intra);
     profile.peer_memory &= a.buffers == "shared";
+    if let Some(c) = a.cores_per_host {
+        profile.cores = c.max(1e-3);
+    }
     let (hosts, rph) = (a.hosts.max(1), a.ranks_per_host.max(1));
     let w = hosts * rph;
     header(a, w, hosts, rph);
@@ -287,6 +295,9 @@ fn replay(a: &Args) -> oxccl::Result<()> {
         Some(p) => TuningFile::load(p)?.profile(&nix_hostname(), world.transport_name()),
         None => world.profile().clone(),
     };
+    // The cores these ranks have, as the communicator counted them (a file's entry records
+    // the machine it was measured on).
+    profile.cores = world.profile().cores;
     profile.peer_memory &= a.buffers == "shared";
     if world.rank() == 0 {
         header(a, w, hosts, rph);
