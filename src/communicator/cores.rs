@@ -97,19 +97,37 @@ impl CpuReport {
     }
 }
 
-/// The CPUs a set of ranks may run on between them: their masks' union (or, for masks
-/// beyond the bits reported, the largest mask).
-fn union_cpus<'a>(reports: impl Iterator<Item = &'a CpuReport>) -> f64 {
-    let mut mask = [0u64; MASK_WORDS];
-    let mut largest = 0;
-    for r in reports {
-        for (m, w) in mask.iter_mut().zip(r.mask) {
+/// The CPUs a set of ranks may run on between them, gathered one report at a time: their
+/// masks' union (or, for masks beyond the bits reported, the largest mask).
+#[derive(Clone, Copy, Default)]
+struct Union {
+    mask: [u64; MASK_WORDS],
+    largest: u64,
+}
+
+impl Union {
+    fn add(&mut self, r: &CpuReport) {
+        for (m, w) in self.mask.iter_mut().zip(r.mask) {
             *m |= w;
         }
-        largest = largest.max(r.affinity);
+        self.largest = self.largest.max(r.affinity);
     }
-    let bits: u64 = mask.iter().map(|w| u64::from(w.count_ones())).sum();
-    (if largest > 64 * MASK_WORDS as u64 { bits.max(largest) } else { bits }).max(1) as f64
+
+    fn cpus(&self) -> f64 {
+        let bits: u64 = self.mask.iter().map(|w| u64::from(w.count_ones())).sum();
+        let n = if self.largest > 64 * MASK_WORDS as u64 { bits.max(self.largest) } else { bits };
+        n.max(1) as f64
+    }
+}
+
+/// One host's ranks, or one machine's: how many, and the CPUs they may use.
+#[derive(Clone, Copy, Default)]
+struct Group {
+    ranks: usize,
+    cpus: Union,
+    /// The tightest cgroup quota among them (0: none).
+    quota: u64,
+    machine: u64,
 }
 
 /// The cores per host to price with: the value `c` for which `max_local / c` is the largest
@@ -117,34 +135,37 @@ fn union_cpus<'a>(reports: impl Iterator<Item = &'a CpuReport>) -> f64 {
 /// [`oxccl_algorithms::cost::Model::oversubscription`], is that, at least 1). Where the hosts
 /// are alike it is each host's CPUs, so a calibration can record it and price other world
 /// sizes on the same machine with it. `reports[r]` is rank r's, `hosts[r]` its host's index.
+/// Linear in the ranks.
 pub(crate) fn cores_per_host(reports: &[CpuReport], hosts: &[usize]) -> f64 {
     let nhosts = hosts.iter().max().map_or(0, |h| h + 1);
-    let on = |h: usize| reports.iter().zip(hosts).filter(move |(_, &x)| x == h).map(|(r, _)| r);
-    // CPUs each host's ranks may use: their masks' union, capped by the tightest quota.
-    let wants: Vec<f64> = (0..nhosts)
-        .map(|h| {
-            let quota = on(h).filter(|r| r.quota > 0).map(|r| r.quota).min();
-            let cpus = union_cpus(on(h));
-            quota.map_or(cpus, |q| cpus.min(q as f64))
-        })
-        .collect();
-    let machine_of = |h: usize| on(h).next().map_or(0, |r| r.machine);
+    let mut by_host = vec![Group::default(); nhosts];
+    let mut by_machine: std::collections::HashMap<u64, Group> = std::collections::HashMap::new();
+    for (r, &h) in reports.iter().zip(hosts) {
+        let g = &mut by_host[h];
+        if g.ranks == 0 {
+            g.machine = r.machine;
+        }
+        g.ranks += 1;
+        g.cpus.add(r);
+        if r.quota > 0 {
+            g.quota = if g.quota == 0 { r.quota } else { g.quota.min(r.quota) };
+        }
+        // A host counts on the machine of its first rank (a host's ranks share one kernel).
+        let m = by_machine.entry(g.machine).or_default();
+        m.ranks += 1;
+        m.cpus.add(r);
+    }
     let mut worst: f64 = 0.0;
     let mut max_local = 0usize;
-    for (h, &want) in wants.iter().enumerate() {
-        let ranks = on(h).count();
-        if ranks == 0 {
-            continue;
-        }
-        max_local = max_local.max(ranks);
-        // The scheduler shares a machine's CPUs out by thread: a host gets its ranks' share
-        // of the machine, at most what its masks and quota allow.
-        let m = machine_of(h);
-        let same: Vec<usize> = (0..nhosts).filter(|&g| on(g).next().is_some() && machine_of(g) == m).collect();
-        let machine_ranks: usize = same.iter().map(|&g| on(g).count()).sum();
-        let machine_cpus = union_cpus(same.iter().flat_map(|&g| on(g)));
-        let share = want.min(machine_cpus * ranks as f64 / machine_ranks as f64);
-        worst = worst.max(ranks as f64 / share);
+    for g in by_host.iter().filter(|g| g.ranks > 0) {
+        max_local = max_local.max(g.ranks);
+        // CPUs the host's ranks may use: their masks' union, capped by the tightest quota;
+        // and the scheduler shares a machine's CPUs out by thread, so no more than its ranks'
+        // share of the machine where other hosts' ranks run on it too.
+        let want = if g.quota > 0 { g.cpus.cpus().min(g.quota as f64) } else { g.cpus.cpus() };
+        let m = &by_machine[&g.machine];
+        let share = want.min(m.cpus.cpus() * g.ranks as f64 / m.ranks as f64);
+        worst = worst.max(g.ranks as f64 / share);
     }
     if worst > 0.0 {
         max_local as f64 / worst
@@ -220,10 +241,24 @@ mod tests {
     }
 
     #[test]
+    fn large_worlds_on_many_machines() {
+        // 16384 ranks, 8 on each of 2048 machines of 8 CPUs, and the same with each machine
+        // holding two hosts of 4.
+        let r: Vec<CpuReport> = (0..16384).map(|i| on(i as u64 / 8, 0..8, 0)).collect();
+        let hosts: Vec<usize> = (0..16384).map(|i| i / 8).collect();
+        assert_eq!(cores_per_host(&r, &hosts), 8.0);
+        let hosts: Vec<usize> = (0..16384).map(|i| i / 4).collect();
+        assert_eq!(cores_per_host(&r, &hosts), 4.0);
+        assert_eq!(per_core(&r, &hosts), 1.0);
+    }
+
+    #[test]
     fn reports_round_trip_and_describe_this_process() {
         let r = CpuReport::mine(42);
         assert_eq!(CpuReport::from_words(&r.to_words()), r);
-        assert!(r.affinity >= 1 && union_cpus(std::iter::once(&r)) >= 1.0);
+        let mut u = Union::default();
+        u.add(&r);
+        assert!(r.affinity >= 1 && u.cpus() >= 1.0);
         let usable = std::thread::available_parallelism().unwrap().get() as u64;
         assert_eq!(if r.quota > 0 { r.quota } else { r.affinity }, usable);
     }
