@@ -36,6 +36,30 @@ fn loopback_forced_recursive_doubling() {
     }
 }
 
+/// Recursive doubling over shared memory with vectors the transport moves by single copy
+/// (64 KiB and up), where a vector this rank wrote goes out from a private copy: in place,
+/// out of place and both in one call, with a fold (5 ranks) and several exchange steps.
+#[test]
+fn shm_recursive_doubling_sends_written_vectors_from_a_copy() {
+    let cfg = test_config().with_algorithm("all_reduce:recursive_doubling").unwrap();
+    for p in [2, 4, 5] {
+        let comms = shm_world(p, cfg.clone());
+        let fails = on_all(&comms, |c| {
+            let mut fails = Vec::new();
+            // Just above the 64 KiB single-copy size, a prime, and past the private-copy limit.
+            for count in [16_411, 70_001, 140_009] {
+                for in_place in [true, false, c.rank() % 2 == 0] {
+                    if let Err(e) = common::call_and_check_as(c, oxccl::Collective::AllReduce, count, false, in_place) {
+                        fails.push(format!("{p} ranks, count {count}, in place {in_place}: {e}"));
+                    }
+                }
+            }
+            fails
+        });
+        assert!(fails.is_empty(), "{}", fails.join("\n"));
+    }
+}
+
 #[test]
 fn loopback_forced_direct() {
     // test_config's 4 KiB chunks: every slice spans many chunks, several in flight.

@@ -176,6 +176,7 @@ impl Transport for LoopbackTransport {
             eager_sends: false,
             inter_host: false,
             single_copy: true,
+            single_copy_min: 1,
             recv_sink: false,
         }
     }

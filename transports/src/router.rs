@@ -91,6 +91,7 @@ impl Transport for Router {
             eager_sends: true,
             inter_host: false,
             single_copy: true,
+            single_copy_min: 0,
             recv_sink: true,
         };
         for t in &self.transports {
@@ -100,7 +101,11 @@ impl Transport for Router {
             c.eager_sends &= k.eager_sends;
             c.inter_host |= k.inter_host;
             c.single_copy &= k.single_copy;
+            c.single_copy_min = c.single_copy_min.max(k.single_copy_min);
             c.recv_sink &= k.recv_sink;
+        }
+        if !c.single_copy {
+            c.single_copy_min = 0;
         }
         c
     }

@@ -42,6 +42,9 @@ pub struct Capabilities {
     /// (shared memory with `process_vm_readv`), so a chunk a peer just wrote is read from
     /// cache and many concurrent messages cost about what one does.
     pub single_copy: bool,
+    /// The smallest message that moves by a single copy (0 where none does). Smaller ones
+    /// go through the transport's own buffers.
+    pub single_copy_min: usize,
     /// [`Transport::post_recv_sink`] is supported: a message can be consumed where it lands.
     pub recv_sink: bool,
 }

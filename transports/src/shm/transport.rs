@@ -744,6 +744,7 @@ impl Transport for ShmTransport {
             eager_sends: true,
             inter_host: false,
             single_copy,
+            single_copy_min: if single_copy { self.opts.single_copy_min.unwrap_or(0) } else { 0 },
             recv_sink: true,
         }
     }

@@ -419,6 +419,7 @@ impl Transport for TcpTransport {
             eager_sends: true,
             inter_host: true,
             single_copy: false,
+            single_copy_min: 0,
             recv_sink: false,
         }
     }
