@@ -138,6 +138,10 @@ pub struct Ctx<'a> {
     /// The transport takes receive sinks ([`Transport::post_recv_sink`]), so incoming chunks
     /// can be reduced where they land.
     pub recv_sink: bool,
+    /// The smallest message the transport moves by a single copy, the receiver reading the
+    /// sender's buffer ([`oxccl_transport::Capabilities::single_copy_min`]); 0 where it never
+    /// does.
+    pub single_copy_min: usize,
     /// The host of every rank (`hosts[r]`, numbered from 0 in order of first appearance);
     /// empty when unknown. Hierarchical algorithms group ranks by it.
     pub hosts: &'a [usize],
@@ -174,6 +178,7 @@ impl<'a> Ctx<'a> {
             chunk_bytes,
             pipeline_depth: self.pipeline_depth,
             recv_sink: self.recv_sink,
+            single_copy_min: self.single_copy_min,
             hosts: self.hosts,
             fingerprint: self.fingerprint,
         }

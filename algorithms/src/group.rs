@@ -45,6 +45,7 @@ impl<'a> GroupNet<'a> {
             chunk_bytes: ctx.chunk_bytes,
             pipeline_depth: ctx.pipeline_depth,
             recv_sink: ctx.recv_sink,
+            single_copy_min: ctx.single_copy_min,
             hosts: &[],
             fingerprint: ctx.fingerprint,
         }

@@ -657,6 +657,7 @@ mod tests {
                             chunk_bytes: 1 << 16,
                             pipeline_depth: 2,
                             recv_sink: false,
+                            single_copy_min: 0,
                             hosts,
                             fingerprint: 7,
                         };

@@ -362,10 +362,10 @@ impl Communicator {
         let mut mine = [0u64; WORDS];
         mine[0] = key;
         mine[1..].copy_from_slice(&cores::CpuReport::mine(key).to_words());
-        let mut words = vec![0u64; self.size * WORDS];
+        let mut gathered = vec![0u64; self.size * WORDS];
         let args = CollArgs {
             send: region(&mine),
-            recv: region_mut(&mut words),
+            recv: region_mut(&mut gathered),
             in_place: false,
             count: WORDS,
             dtype: DataType::U64,
@@ -379,9 +379,9 @@ impl Communicator {
             self.net.fail(e.clone());
             e
         })?;
-        let all: Vec<u64> = words.chunks_exact(WORDS).map(|w| w[0]).collect();
+        let all: Vec<u64> = gathered.chunks_exact(WORDS).map(|w| w[0]).collect();
         let reports: Vec<cores::CpuReport> =
-            words.chunks_exact(WORDS).map(|w| cores::CpuReport::from_words(&w[1..])).collect();
+            gathered.chunks_exact(WORDS).map(|w| cores::CpuReport::from_words(&w[1..])).collect();
         self.local_rank = all[..self.rank].iter().filter(|&&h| h == key).count();
         self.local_size = all.iter().filter(|&&h| h == key).count();
         self.hosts = host_indices(&all);
@@ -693,6 +693,7 @@ impl Communicator {
             chunk_bytes,
             pipeline_depth: self.config.pipeline_depth,
             recv_sink: self.caps.recv_sink,
+            single_copy_min: if self.caps.single_copy { self.caps.single_copy_min } else { 0 },
             hosts: &self.hosts,
             fingerprint,
         }
@@ -1486,6 +1487,7 @@ impl Communicator {
             chunk_bytes: ctx.chunk_bytes,
             pipeline_depth: ctx.pipeline_depth,
             recv_sink: ctx.recv_sink,
+            single_copy_min: ctx.single_copy_min,
             hosts: ctx.hosts,
             fingerprint: ctx.fingerprint,
         };

@@ -73,9 +73,8 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     let e = p - q;
     // Where a peer reads this rank's buffer directly, a vector this rank wrote is sent from a
     // private copy (see the module documentation).
-    let caps = ctx.net.capabilities();
-    let private_sends = caps.single_copy
-        && (caps.single_copy_min.max(1)..=PRIVATE_SEND_MAX).contains(&buf.len())
+    let private_sends = ctx.single_copy_min > 0
+        && (ctx.single_copy_min..=PRIVATE_SEND_MAX).contains(&buf.len())
         && ctx.reducer.memory_kind() == MemoryKind::Host;
     // Taken at the first send that needs it: out of place at 2 ranks none does.
     let mut spare: Option<crate::kernels::Scratch> = None;

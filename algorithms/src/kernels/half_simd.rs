@@ -96,25 +96,26 @@ trait Lanes {
     type V: Copy;
     /// Lanes per vector.
     const N: usize;
-    /// The scalar conversions, for the tail.
-    fn widen1(h: u16) -> f32;
-    fn narrow1(x: f32) -> u16;
+    /// The element type (`half`'s), whose scalar arithmetic reduces the tail.
+    type Scalar: super::host::Arith;
     /// Loads `N` elements at `p`, widened. Caller: `N` readable elements, the features.
     unsafe fn load(p: *const u16) -> Self::V;
     /// Rounds `v` and stores `N` elements at `p`. Caller: `N` writable elements, the features.
     unsafe fn store(p: *mut u16, v: Self::V);
 }
 
-/// The shared loop: vectors of `L::N` lanes, then the tail one element at a time, with a
-/// prefetch of both sources one line per line consumed when the call is large.
+/// The shared loop: vectors of `L::N` lanes, with a prefetch of both sources one line per
+/// line consumed when the call is large, then the tail by the scalar kernel
+/// (`host::reduce_native`, the reference these lanes equal bit for bit).
 ///
 /// # Safety
-/// As [`reduce_half`], with `L`'s features present; `f` must be safe to call with them.
+/// As [`reduce_half`], with `L`'s features present; `f` must be safe to call with them and
+/// compute `op`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn run<L: Lanes>(
+    op: ReduceOp,
     f: impl Fn(L::V, L::V) -> L::V,
-    f1: impl Fn(f32, f32) -> f32,
     dst: *mut u16,
     a: *const u16,
     b: *const u16,
@@ -137,38 +138,42 @@ unsafe fn run<L: Lanes>(
         }
         i += L::N;
     }
-    while i < n {
-        // SAFETY: i < n: inside every span; read before written, as above.
-        unsafe { *dst.add(i) = L::narrow1(f1(L::widen1(*a.add(i)), L::widen1(*b.add(i)))) };
-        i += 1;
-    }
-}
-
-/// `Arith`'s f32 operators, for the tail.
-#[cfg(target_arch = "x86_64")]
-fn scalar_op(op: ReduceOp) -> fn(f32, f32) -> f32 {
-    use super::host::Arith;
-    match op {
-        ReduceOp::Sum | ReduceOp::Avg => <f32 as Arith>::sum,
-        ReduceOp::Prod => <f32 as Arith>::prod,
-        ReduceOp::Min => <f32 as Arith>::min,
-        ReduceOp::Max => <f32 as Arith>::max,
+    if i < n {
+        use super::host::Alias;
+        let alias = if std::ptr::eq(dst, a) {
+            Alias::DstIsA
+        } else if std::ptr::eq(dst, b) {
+            Alias::DstIsB
+        } else {
+            Alias::None
+        };
+        // SAFETY: [i, n) lies inside every span, and `dst` is exactly `a`, exactly `b`, or
+        // overlaps neither (the caller's contract), as `alias` says.
+        unsafe {
+            super::host::reduce_native::<L::Scalar>(
+                op,
+                alias,
+                dst.add(i).cast(),
+                a.add(i).cast(),
+                b.add(i).cast(),
+                n - i,
+            )
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn reduce_avx512<L: Lanes<V = __m512>>(op: ReduceOp, dst: *mut u16, a: *const u16, b: *const u16, n: usize) {
-    let f1 = scalar_op(op);
     // min/max take `b` first: `vminps x, y` gives `x < y ? x : y`, which is `Arith::min(a, b)`
     // (`b < a ? b : a`) with NaNs and signed zeros resolved the same way.
     // SAFETY (every arm): forwarded caller contract; the features are enabled here.
     unsafe {
         match op {
-            ReduceOp::Sum | ReduceOp::Avg => run::<L>(|x, y| _mm512_add_ps(x, y), f1, dst, a, b, n),
-            ReduceOp::Prod => run::<L>(|x, y| _mm512_mul_ps(x, y), f1, dst, a, b, n),
-            ReduceOp::Min => run::<L>(|x, y| _mm512_min_ps(y, x), f1, dst, a, b, n),
-            ReduceOp::Max => run::<L>(|x, y| _mm512_max_ps(y, x), f1, dst, a, b, n),
+            ReduceOp::Sum | ReduceOp::Avg => run::<L>(op, |x, y| _mm512_add_ps(x, y), dst, a, b, n),
+            ReduceOp::Prod => run::<L>(op, |x, y| _mm512_mul_ps(x, y), dst, a, b, n),
+            ReduceOp::Min => run::<L>(op, |x, y| _mm512_min_ps(y, x), dst, a, b, n),
+            ReduceOp::Max => run::<L>(op, |x, y| _mm512_max_ps(y, x), dst, a, b, n),
         }
     }
 }
@@ -176,15 +181,14 @@ unsafe fn reduce_avx512<L: Lanes<V = __m512>>(op: ReduceOp, dst: *mut u16, a: *c
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn reduce_avx2<L: Lanes<V = __m256>>(op: ReduceOp, dst: *mut u16, a: *const u16, b: *const u16, n: usize) {
-    let f1 = scalar_op(op);
     // SAFETY (every arm): forwarded caller contract; the features are enabled here. Operand
     // order of min/max as in `reduce_avx512`.
     unsafe {
         match op {
-            ReduceOp::Sum | ReduceOp::Avg => run::<L>(|x, y| _mm256_add_ps(x, y), f1, dst, a, b, n),
-            ReduceOp::Prod => run::<L>(|x, y| _mm256_mul_ps(x, y), f1, dst, a, b, n),
-            ReduceOp::Min => run::<L>(|x, y| _mm256_min_ps(y, x), f1, dst, a, b, n),
-            ReduceOp::Max => run::<L>(|x, y| _mm256_max_ps(y, x), f1, dst, a, b, n),
+            ReduceOp::Sum | ReduceOp::Avg => run::<L>(op, |x, y| _mm256_add_ps(x, y), dst, a, b, n),
+            ReduceOp::Prod => run::<L>(op, |x, y| _mm256_mul_ps(x, y), dst, a, b, n),
+            ReduceOp::Min => run::<L>(op, |x, y| _mm256_min_ps(y, x), dst, a, b, n),
+            ReduceOp::Max => run::<L>(op, |x, y| _mm256_max_ps(y, x), dst, a, b, n),
         }
     }
 }
@@ -209,12 +213,7 @@ const NEAREST_F16C: i32 = _MM_FROUND_TO_NEAREST_INT;
 impl Lanes for F16x16 {
     type V = __m512;
     const N: usize = 16;
-    fn widen1(h: u16) -> f32 {
-        super::host::f16_to_f32(h)
-    }
-    fn narrow1(x: f32) -> u16 {
-        super::host::f32_to_f16(x)
-    }
+    type Scalar = half::f16;
     #[inline(always)]
     unsafe fn load(p: *const u16) -> __m512 {
         // SAFETY: 16 readable elements (caller); AVX-512F enabled in the caller.
@@ -231,12 +230,7 @@ impl Lanes for F16x16 {
 impl Lanes for Bf16x16 {
     type V = __m512;
     const N: usize = 16;
-    fn widen1(h: u16) -> f32 {
-        super::host::bf16_to_f32(h)
-    }
-    fn narrow1(x: f32) -> u16 {
-        super::host::f32_to_bf16(x)
-    }
+    type Scalar = half::bf16;
     #[inline(always)]
     unsafe fn load(p: *const u16) -> __m512 {
         // SAFETY: 16 readable elements (caller); AVX-512F/BW enabled in the caller.
@@ -264,12 +258,7 @@ impl Lanes for Bf16x16 {
 impl Lanes for F16x8 {
     type V = __m256;
     const N: usize = 8;
-    fn widen1(h: u16) -> f32 {
-        super::host::f16_to_f32(h)
-    }
-    fn narrow1(x: f32) -> u16 {
-        super::host::f32_to_f16(x)
-    }
+    type Scalar = half::f16;
     #[inline(always)]
     unsafe fn load(p: *const u16) -> __m256 {
         // SAFETY: 8 readable elements (caller); F16C enabled in the caller.
@@ -286,12 +275,7 @@ impl Lanes for F16x8 {
 impl Lanes for Bf16x8 {
     type V = __m256;
     const N: usize = 8;
-    fn widen1(h: u16) -> f32 {
-        super::host::bf16_to_f32(h)
-    }
-    fn narrow1(x: f32) -> u16 {
-        super::host::f32_to_bf16(x)
-    }
+    type Scalar = half::bf16;
     #[inline(always)]
     unsafe fn load(p: *const u16) -> __m256 {
         // SAFETY: 8 readable elements (caller); AVX2 enabled in the caller.
