@@ -822,7 +822,10 @@ pub fn calibrate(comm: &Communicator, base: Option<&TuningEntry>) -> Result<Tuni
     }
     let mut figures = [0f64; 6]; // alpha, gap, beta, barrier, beta_cache, cache_bytes
                                  // Rank 0 decides whether the link figures come from the base entry.
-    let mut reuse = [u8::from(p > cores() && base.is_some())];
+                                 // Ranks per core as the communicator counts them (its ranks' CPUs, hosts sharing a machine
+                                 // splitting it): the same on every rank, so every rank takes the same branches below.
+    let over = ranks_per_core(comm);
+    let mut reuse = [u8::from(over > 1.0 && base.is_some())];
     comm.broadcast(&mut reuse, 0)?;
     let reuse = reuse[0] == 1;
     if let (true, Some(b)) = (reuse, base.filter(|_| r == 0)) {
@@ -902,13 +905,12 @@ pub fn calibrate(comm: &Communicator, base: Option<&TuningEntry>) -> Result<Tuni
         figures[5] = c;
     }
     comm.barrier()?;
-    if p > cores() {
+    if over > 1.0 {
         let reps = 500;
         figures[3] = secs_per_iter(reps, &mut || comm.barrier())?;
     }
     comm.broadcast(&mut figures, 0)?;
     let [alpha, gap, beta, barrier, beta_cache, cache_bytes] = figures;
-    let over = (p as f64 / cores() as f64).max(1.0);
     // Measured once, at the first calibration with more ranks than cores, and kept after
     // (the efficiencies of every world size are fitted against the same figure).
     let measure_wake = over > 1.0 && base.is_none_or(|b| b.wake_ranks == 0);
@@ -1392,8 +1394,11 @@ fn dtype_op_index(d: DataType, o: ReduceOp) -> usize {
     oxccl_algorithms::cost::dtype_index(d) * 5 + oxccl_algorithms::cost::op_index(o)
 }
 
-fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+/// The communicator's ranks per core on its busiest host (at least 1), as the cost model
+/// prices it ([`oxccl_algorithms::cost::Model::oversubscription`]).
+fn ranks_per_core(comm: &Communicator) -> f64 {
+    let call = Call::new(Collective::AllReduce, 0, DataType::F32, ReduceOp::Sum);
+    call.model(comm.hosts(), comm.profile()).oversubscription()
 }
 
 /// Times the reduction kernels (GB/s of input, into `out[dtype*5+op]`) and a copy
