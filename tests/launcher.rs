@@ -138,6 +138,37 @@ fn benchmark_under_oxrun_checks_every_collective() {
     assert!(text.contains("# Avg bus bandwidth"), "{text}");
 }
 
+/// `--fresh 1`: every collective still checks clean, the header says the input is rewritten,
+/// and every time left once the writes' own time is taken off is positive (a subtraction
+/// that ate the calls, or calls that never ran, would leave 0).
+#[test]
+fn benchmark_with_fresh_input_times_the_calls() {
+    let out = oxrun()
+        .args(["-n", "2", env!("CARGO_BIN_EXE_oxccl-bench"), "-b", "1K", "-e", "200K", "-f", "13"])
+        .args(["-n", "3", "-w", "1", "-c", "1", "--fresh", "1", "--collective", "all"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.matches("# Out of bounds values : 0 OK").count(), 6, "{text}");
+    assert_eq!(text.matches("input rewritten before every call (--fresh)").count(), 6, "{text}");
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect())
+        .filter(|f: &Vec<&str>| f.len() >= 13 && f[0].parse::<usize>().is_ok())
+        .collect();
+    // 1 KiB, 13 KiB, 169 KiB and the largest, 200 KiB, for each of the six collectives.
+    assert_eq!(rows.len(), 24, "{text}");
+    for f in &rows {
+        // Out-of-place and in-place time columns.
+        for t in [f[5], f[9]] {
+            let t: f64 = t.parse().unwrap_or_else(|_| panic!("time '{t}' in {f:?}"));
+            assert!(t > 0.0, "a time of {t} us in {f:?}\n{text}");
+        }
+    }
+}
+
 #[test]
 fn a_missing_program_is_an_error() {
     let out = oxrun().args(["-n", "2", "/nonexistent/program"]).output().unwrap();

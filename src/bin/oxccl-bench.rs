@@ -112,6 +112,14 @@ struct Args {
     /// device's copy bandwidth (a device-to-device copy of the largest size), for comparison.
     #[arg(long)]
     device: bool,
+    /// Rewrite each rank's input before every timed call (1), as a training step's freshly
+    /// computed gradients are, and report the loop's time less that of the same writes alone.
+    /// With the default (0) the input is written once, so out of place the peers read a send
+    /// buffer that sits unchanged in their caches from one call to the next, as nccl-tests and
+    /// Open MPI's benchmarks measure; a program's freshly written data has to move from the
+    /// writer's cache. Host memory only.
+    #[arg(long, default_value_t = 0)]
+    fresh: u8,
 }
 
 fn bytes_arg(s: &str) -> Result<usize, String> {
@@ -212,6 +220,9 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
     let colls = collectives(&args.collective).map_err(bad)?;
     if args.factor < 2 {
         return Err(bad("-f must be at least 2".into()));
+    }
+    if args.fresh != 0 && args.device {
+        return Err(bad("--fresh rewrites host memory; it does not take --device".into()));
     }
     let comm = Communicator::from_launch_env(env, config)?;
     if let Some(path) = &args.calibrate {
@@ -577,11 +588,15 @@ fn measure<T: CheckElem>(
             run_once(comm, coll, b, op, args.root, in_place)?;
         }
         comm.barrier()?;
-        let t0 = Instant::now();
-        for _ in 0..args.iters {
-            run_once(comm, coll, b, op, args.root, in_place)?;
-        }
-        times[k] = t0.elapsed().as_secs_f64() / args.iters.max(1) as f64;
+        times[k] = if args.fresh != 0 {
+            time_fresh(comm, args, coll, b, op, in_place)?
+        } else {
+            let t0 = Instant::now();
+            for _ in 0..args.iters {
+                run_once(comm, coll, b, op, args.root, in_place)?;
+            }
+            t0.elapsed().as_secs_f64() / args.iters.max(1) as f64
+        };
         if args.check != 0 {
             fill(comm, coll, b, op, args.root, in_place);
             b.upload()?;
@@ -591,6 +606,45 @@ fn measure<T: CheckElem>(
         }
     }
     Ok((times, wrong))
+}
+
+/// The input a call reads (the buffer `fill` writes): what `--fresh` rewrites.
+fn input_mut<T: CheckElem>(coll: Collective, b: &mut Bufs<T>, in_place: bool) -> &mut [T] {
+    match coll {
+        Collective::ReduceScatter => &mut b.send,
+        _ if in_place => &mut b.recv,
+        _ => &mut b.send,
+    }
+}
+
+/// `--fresh`: the mean time of one call on input rewritten just before it (a copy from a
+/// saved image of the input), less the mean time of the same copy alone, measured after the
+/// calls. The copy alone runs on lines already in this rank's cache; before a call, part of
+/// them went to the peers that read them, and winning them back is the cost of moving fresh
+/// data that a program pays, so it is counted.
+fn time_fresh<T: CheckElem>(
+    comm: &Communicator,
+    args: &Args,
+    coll: Collective,
+    b: &mut Bufs<T>,
+    op: ReduceOp,
+    in_place: bool,
+) -> oxccl::Result<f64> {
+    let image = input_mut(coll, b, in_place).to_vec();
+    let t0 = Instant::now();
+    for _ in 0..args.iters {
+        input_mut(coll, b, in_place).copy_from_slice(&image);
+        run_once(comm, coll, b, op, args.root, in_place)?;
+    }
+    let with_calls = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    for _ in 0..args.iters {
+        input_mut(coll, b, in_place).copy_from_slice(&image);
+        std::hint::black_box(input_mut(coll, b, in_place).as_ptr());
+    }
+    let copies = t0.elapsed().as_secs_f64();
+    comm.barrier()?;
+    Ok((with_calls - copies).max(0.0) / args.iters.max(1) as f64)
 }
 
 /// Every rank's figures from `measure`, one entry per run, made world-wide in one call: each
@@ -700,7 +754,7 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
                 Memory::HugeHeap => "heap on huge pages".to_string(),
                 Memory::Shared => "shared (-R 1)".to_string(),
                 Memory::Device(d) => format!("GPU memory (cuda:{d})"),
-            },
+            } + if args.fresh != 0 { ", input rewritten before every call (--fresh)" } else { "" },
             // The launcher says where it bound this rank (oxccl::launch::Binding).
             match std::env::var("OXCCL_BOUND_CPUS") {
                 Ok(cpus) => format!("rank 0 bound to CPU {cpus}"),
