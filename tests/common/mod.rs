@@ -46,7 +46,11 @@ pub fn on_all(comms: &[Communicator], f: impl Fn(&Communicator) -> Vec<String> +
 /// Quick configuration for tests: short timeout so a bug fails fast, small chunks so the
 /// pipelines have many chunks even on small vectors.
 pub fn test_config() -> Config {
-    Config::default().with_timeout(Duration::from_secs(60)).with_chunk_bytes(4096)
+    let mut c = Config::default().with_timeout(Duration::from_secs(60)).with_chunk_bytes(4096);
+    // Single-copy reads from 64 KiB, below the 1 MiB default: the tests' counts (primes up to
+    // a few hundred thousand elements) then go by both paths of the shm transport.
+    c.shm_single_copy_min = Some(64 << 10);
+    c
 }
 
 /// A test buffer: heap memory, or an [`oxccl::SharedBuffer`] that peers map.
