@@ -369,11 +369,26 @@ impl Reducer for HostReducer {
                 )));
             }
         }
-        // Half types take `reduce_then_copy`, whose pairwise reductions have vector kernels.
-        let half = matches!(dtype, DataType::F16 | DataType::Bf16);
+        let half = match dtype {
+            DataType::F16 => Some(half_simd::Half::F16),
+            DataType::Bf16 => Some(half_simd::Half::Bf16),
+            _ => None,
+        };
         let nt = streaming && dsts.iter().all(|d| d.as_mut_ptr() as usize % 32 == dsts[0].as_mut_ptr() as usize % 32);
+        if let Some(h) = half {
+            if half_simd::available() && !dsts.is_empty() && (nt || !streaming) {
+                let ptrs: Vec<*mut u8> = dsts.iter().map(|d| d.as_mut_ptr()).collect();
+                let s: Vec<*const u16> = srcs.iter().map(|s| s.as_ptr().cast()).collect();
+                // SAFETY: host regions valid under their constructors' promise, of equal
+                // length, 2-byte aligned, overlapping only exactly and not when streaming
+                // (checked above); at least two sources (`source_len`); destinations share
+                // their alignment mod 32 when streaming (`nt`); the vector kernel exists.
+                unsafe { half_simd::reduce_half_lines(h, op, &ptrs, &s, n / 2, nt) };
+                return Ok(());
+            }
+        }
         #[cfg(target_arch = "x86_64")]
-        if host::has_avx2() && !half && !dsts.is_empty() && (nt || !streaming) {
+        if host::has_avx2() && half.is_none() && !dsts.is_empty() && (nt || !streaming) {
             let ptrs: Vec<*mut u8> = dsts.iter().map(|d| d.as_mut_ptr()).collect();
             let count = n / dtype.size();
             macro_rules! run {
@@ -395,11 +410,11 @@ impl Reducer for HostReducer {
                 DataType::U64 => run!(u64),
                 DataType::F32 => run!(f32),
                 DataType::F64 => run!(f64),
-                DataType::F16 | DataType::Bf16 => unreachable!("half types take reduce_then_copy"),
+                DataType::F16 | DataType::Bf16 => unreachable!("half types took their own kernel"),
             }
             return Ok(());
         }
-        // Half types, CPUs without AVX2, destinations of different alignments.
+        // CPUs without the vector kernels, destinations of different alignments.
         reduce_then_copy(self, dtype, op, dsts, srcs, streaming)
     }
 
