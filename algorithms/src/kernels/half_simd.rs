@@ -377,18 +377,7 @@ unsafe fn lines<L: Lanes>(
                 L::store(lp.add(j), v);
                 j += L::N;
             }
-            let lo = _mm256_load_si256(lp.cast());
-            let hi = _mm256_load_si256(lp.add(16).cast());
-            for &d in dsts {
-                let p = d.add(i * 2).cast::<__m256i>();
-                if nt {
-                    _mm256_stream_si256(p, lo);
-                    _mm256_stream_si256(p.add(1), hi);
-                } else {
-                    _mm256_storeu_si256(p, lo);
-                    _mm256_storeu_si256(p.add(1), hi);
-                }
-            }
+            super::host::store_line(dsts, i * 2, lp.cast(), nt);
         }
         i += LINE;
     }

@@ -487,6 +487,33 @@ unsafe fn reduce_lines_avx512<T: Arith>(op: ReduceOp, dsts: &[*mut u8], srcs: &[
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
+/// Stores the 64 bytes at `line` (32-byte aligned) at byte offset `at` of every destination,
+/// as two 32-byte stores each, non-temporal when `nt`.
+///
+/// # Safety
+/// 64 readable bytes at `line`; 64 writable bytes at `d + at` for every destination, 32-byte
+/// aligned when `nt`; the caller has AVX2 enabled (this inlines into it).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn store_line(dsts: &[*mut u8], at: usize, line: *const u8, nt: bool) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe {
+        let lo = _mm256_load_si256(line.cast());
+        let hi = _mm256_load_si256(line.add(32).cast());
+        for &d in dsts {
+            let p = d.add(at).cast::<__m256i>();
+            if nt {
+                _mm256_stream_si256(p, lo);
+                _mm256_stream_si256(p.add(1), hi);
+            } else {
+                _mm256_storeu_si256(p, lo);
+                _mm256_storeu_si256(p.add(1), hi);
+            }
+        }
+    }
+}
+
 /// The loop of [`reduce_lines`]; `WIDE`: whole-line AVX-512 stores (64-byte boundaries),
 /// else two 32-byte AVX2 stores per line; `avg`: divide the result by it (as
 /// [`divide_native`] does) before storing.
@@ -556,18 +583,7 @@ unsafe fn lines_body<T: Arith, const WIDE: bool>(
                     _mm512_stream_si512(d.add(i * es).cast(), v);
                 }
             } else {
-                let lo = _mm256_load_si256(line.0.as_ptr().cast());
-                let hi = _mm256_load_si256(line.0.as_ptr().add(32).cast());
-                for &d in dsts {
-                    let p = d.add(i * es).cast::<__m256i>();
-                    if nt {
-                        _mm256_stream_si256(p, lo);
-                        _mm256_stream_si256(p.add(1), hi);
-                    } else {
-                        _mm256_storeu_si256(p, lo);
-                        _mm256_storeu_si256(p.add(1), hi);
-                    }
-                }
+                store_line(dsts, i * es, line.0.as_ptr(), nt);
             }
         }
         i += per;
