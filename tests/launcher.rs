@@ -138,6 +138,22 @@ fn benchmark_under_oxrun_checks_every_collective() {
     assert!(text.contains("# Avg bus bandwidth"), "{text}");
 }
 
+/// A forced algorithm that only takes mapped buffers (`--algo mapped -R 1`) runs every size
+/// and checks clean: the bench's own exchanges of its figures, on heap memory, run under the
+/// automatic choice.
+#[test]
+fn benchmark_with_forced_mapped_on_shared_buffers() {
+    let out = oxrun()
+        .args(["-n", "3", env!("CARGO_BIN_EXE_oxccl-bench"), "-b", "1K", "-e", "64K", "-f", "8"])
+        .args(["-n", "2", "-w", "1", "-c", "1", "-R", "1", "--algo", "mapped", "--collective", "all_reduce,all_gather"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.matches("# Out of bounds values : 0 OK").count(), 2, "{text}");
+    assert_eq!(text.matches("algorithm mapped").count(), 2, "{text}");
+}
+
 /// `--fresh 1`: every collective still checks clean, the header says the input is rewritten,
 /// and every time left once the writes' own time is taken off is positive (a subtraction
 /// that ate the calls, or calls that never ran, would leave 0).

@@ -649,13 +649,21 @@ fn time_fresh<T: CheckElem>(
 
 /// Every rank's figures from `measure`, one entry per run, made world-wide in one call: each
 /// run's time is its slowest rank's, its wrong count the sum over ranks. Runs under the
-/// automatic choice, whatever algorithm the runs forced: a forced `mapped` cannot reduce the
-/// bench's own heap-allocated figures.
-fn world_figures(comm: &Communicator, local: &[([f64; 2], [u64; 2])]) -> oxccl::Result<Vec<([f64; 2], [u64; 2])>> {
+/// automatic choice, whatever algorithm the runs forced (a forced `mapped` cannot reduce the
+/// bench's own heap-allocated figures), and puts `--algo` back after.
+fn world_figures(
+    comm: &Communicator,
+    args: &Args,
+    local: &[([f64; 2], [u64; 2])],
+) -> oxccl::Result<Vec<([f64; 2], [u64; 2])>> {
     let mut times: Vec<f64> = local.iter().flat_map(|(t, _)| *t).collect();
     let mut wrong: Vec<u64> = local.iter().flat_map(|(_, w)| *w).collect();
+    comm.set_algorithms("auto")?;
     comm.all_reduce(&mut times, ReduceOp::Max)?;
     comm.all_reduce(&mut wrong, ReduceOp::Sum)?;
+    if let Some(a) = &args.algo {
+        comm.set_algorithms(a)?;
+    }
     Ok(times.chunks_exact(2).zip(wrong.chunks_exact(2)).map(|(t, w)| ([t[0], t[1]], [w[0], w[1]])).collect())
 }
 
@@ -829,7 +837,7 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
         }
         // Each variant keeps its best round (the slowest rank's time in that round).
         let mut results = vec![([f64::INFINITY; 2], [0u64; 2]); variants.len()];
-        for (i, (times, wrong)) in world_figures(comm, &local)?.into_iter().enumerate() {
+        for (i, (times, wrong)) in world_figures(comm, args, &local)?.into_iter().enumerate() {
             let best = &mut results[i % variants.len()];
             for k in 0..2 {
                 best.0[k] = best.0[k].min(times[k]);
