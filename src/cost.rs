@@ -1022,8 +1022,8 @@ const QUICK_ROUNDS: usize = 3;
 /// The factors [`quick_rescale`] may fit: a larger miss is a probe gone wrong, not a machine.
 const QUICK_SCALE_RANGE: (f64, f64) = (0.1, 10.0);
 
-/// Times the all-reduce (f32 sum, out of place, on ordinary memory, shared buffers for `mapped`) at 16 B, 64 KiB and 1 MiB
-/// under the algorithm the communicator's profile prices best, the best of three rounds of
+/// Times the all-reduce (f32 sum, out of place, on ordinary memory) at 16 B, 64 KiB and 1 MiB
+/// under the algorithm the communicator's profile prices best there, the best of three rounds of
 /// about 3 ms each, and from them two factors: one on the profile's latency terms (the
 /// smallest probe's time over its price) and one on its per-byte terms (the larger probes'
 /// times over their prices); each clamped to 0.1-10. Apply them with [`QuickScale::apply`].
@@ -1045,7 +1045,14 @@ pub fn quick_rescale(comm: &Communicator) -> Result<QuickScale> {
     for size in QUICK_PROBES {
         let bytes = calibration_bytes(Collective::AllReduce, size, comm.size());
         let call = Call::new(Collective::AllReduce, bytes, DataType::F32, ReduceOp::Sum);
-        let (algo, price) = best(&call, &hosts, &profile);
+        // The best-priced algorithm on ordinary memory, as a full calibration times them and
+        // programs mostly pass it: `mapped` (shared buffers) swings with where the scheduler
+        // put the ranks (1 MiB at 4 ranks on 2 cores: 154-171 us in seven runs, 279-300 in
+        // three), and its factor then mispriced every other algorithm by 1.4-1.9x.
+        let (algo, price) = rank_algorithms(&call, &hosts, &profile)
+            .into_iter()
+            .find(|(a, _)| *a != Algorithm::Mapped)
+            .ok_or_else(|| Error::internal("no all-reduce algorithm runs on ordinary memory"))?;
         comm.set_algorithms(&format!("all_reduce:{algo}"))?;
         // A first round to warm up (not kept): one warm-up call left the probes 10-40% slower
         // than the same calls later on in the process.

@@ -161,6 +161,27 @@ fn quick_calibration_at_start_up_scales_the_profile() {
     }
 }
 
+/// The quick calibration probes on ordinary memory, never with `mapped`, even where the
+/// profile prices it best (threads of one process map each other's memory): its speed swings
+/// with where the scheduler puts the ranks, and its factor then misprices every other
+/// algorithm. Every rank gets the same factors.
+#[test]
+fn quick_calibration_probes_on_ordinary_memory() {
+    let comms = Communicator::local_world(4, test_config()).unwrap();
+    let call = cost::Call::new(Collective::AllReduce, 1 << 20, DataType::F32, ReduceOp::Sum);
+    let ranked = cost::rank_algorithms(&call, &[0; 4], comms[0].profile());
+    assert_eq!(ranked[0].0, Algorithm::Mapped, "the premise: mapped is priced best at 1 MiB here");
+    let scales: Vec<cost::QuickScale> = std::thread::scope(|sc| {
+        let hs: Vec<_> = comms.iter().map(|c| sc.spawn(move || cost::quick_rescale(c).unwrap())).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for s in &scales {
+        assert_eq!(s.probes.len(), 3);
+        assert!(s.probes.iter().all(|p| p.1 != Algorithm::Mapped), "{:?}", s.probes);
+        assert_eq!((s.latency, s.bandwidth), (scales[0].latency, scales[0].bandwidth));
+    }
+}
+
 #[test]
 fn choices_are_priced_and_pipelines_get_their_chunk() {
     let comms = Communicator::local_world(8, Config::default()).unwrap();
