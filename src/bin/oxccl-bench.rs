@@ -588,15 +588,7 @@ fn measure<T: CheckElem>(
             run_once(comm, coll, b, op, args.root, in_place)?;
         }
         comm.barrier()?;
-        times[k] = if args.fresh != 0 {
-            time_fresh(comm, args, coll, b, op, in_place)?
-        } else {
-            let t0 = Instant::now();
-            for _ in 0..args.iters {
-                run_once(comm, coll, b, op, args.root, in_place)?;
-            }
-            t0.elapsed().as_secs_f64() / args.iters.max(1) as f64
-        };
+        times[k] = time_calls(comm, args, coll, b, op, in_place)?;
         if args.check != 0 {
             fill(comm, coll, b, op, args.root, in_place);
             b.upload()?;
@@ -617,12 +609,12 @@ fn input_mut<T: CheckElem>(coll: Collective, b: &mut Bufs<T>, in_place: bool) ->
     }
 }
 
-/// `--fresh`: the mean time of one call on input rewritten just before it (a copy from a
-/// saved image of the input), less the mean time of the same copy alone, measured after the
-/// calls. The copy alone runs on lines already in this rank's cache; before a call, part of
-/// them went to the peers that read them, and winning them back is the cost of moving fresh
-/// data that a program pays, so it is counted.
-fn time_fresh<T: CheckElem>(
+/// The mean time of one of `args.iters` calls. With `--fresh`, the input is rewritten just
+/// before each call (a copy from a saved image of it), and the mean time of the same copy
+/// alone, measured after the calls, is taken off. The copy alone runs on lines already in
+/// this rank's cache; before a call, part of them went to the peers that read them, and
+/// winning them back is the cost of moving fresh data that a program pays, so it is counted.
+fn time_calls<T: CheckElem>(
     comm: &Communicator,
     args: &Args,
     coll: Collective,
@@ -630,40 +622,36 @@ fn time_fresh<T: CheckElem>(
     op: ReduceOp,
     in_place: bool,
 ) -> oxccl::Result<f64> {
-    let image = input_mut(coll, b, in_place).to_vec();
+    let image = (args.fresh != 0).then(|| input_mut(coll, b, in_place).to_vec());
     let t0 = Instant::now();
     for _ in 0..args.iters {
-        input_mut(coll, b, in_place).copy_from_slice(&image);
+        if let Some(image) = &image {
+            input_mut(coll, b, in_place).copy_from_slice(image);
+        }
         run_once(comm, coll, b, op, args.root, in_place)?;
     }
-    let with_calls = t0.elapsed().as_secs_f64();
-    let t0 = Instant::now();
-    for _ in 0..args.iters {
-        input_mut(coll, b, in_place).copy_from_slice(&image);
-        std::hint::black_box(input_mut(coll, b, in_place).as_ptr());
+    let mut secs = t0.elapsed().as_secs_f64();
+    if let Some(image) = &image {
+        let t0 = Instant::now();
+        for _ in 0..args.iters {
+            input_mut(coll, b, in_place).copy_from_slice(image);
+            std::hint::black_box(input_mut(coll, b, in_place).as_ptr());
+        }
+        secs = (secs - t0.elapsed().as_secs_f64()).max(0.0);
     }
-    let copies = t0.elapsed().as_secs_f64();
-    comm.barrier()?;
-    Ok((with_calls - copies).max(0.0) / args.iters.max(1) as f64)
+    Ok(secs / args.iters.max(1) as f64)
 }
 
 /// Every rank's figures from `measure`, one entry per run, made world-wide in one call: each
-/// run's time is its slowest rank's, its wrong count the sum over ranks. Runs under the
-/// automatic choice, whatever algorithm the runs forced (a forced `mapped` cannot reduce the
-/// bench's own heap-allocated figures), and puts `--algo` back after.
-fn world_figures(
-    comm: &Communicator,
-    args: &Args,
-    local: &[([f64; 2], [u64; 2])],
-) -> oxccl::Result<Vec<([f64; 2], [u64; 2])>> {
+/// run's time is its slowest rank's, its wrong count the sum over ranks. Leaves the
+/// communicator on the automatic choice, which these calls run under whatever algorithm the
+/// runs forced: a forced `mapped` cannot reduce the bench's own heap-allocated figures.
+fn world_figures(comm: &Communicator, local: &[([f64; 2], [u64; 2])]) -> oxccl::Result<Vec<([f64; 2], [u64; 2])>> {
     let mut times: Vec<f64> = local.iter().flat_map(|(t, _)| *t).collect();
     let mut wrong: Vec<u64> = local.iter().flat_map(|(_, w)| *w).collect();
     comm.set_algorithms("auto")?;
     comm.all_reduce(&mut times, ReduceOp::Max)?;
     comm.all_reduce(&mut wrong, ReduceOp::Sum)?;
-    if let Some(a) = &args.algo {
-        comm.set_algorithms(a)?;
-    }
     Ok(times.chunks_exact(2).zip(wrong.chunks_exact(2)).map(|(t, w)| ([t[0], t[1]], [w[0], w[1]])).collect())
 }
 
@@ -832,12 +820,15 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
                 local.push(measure(comm, args, coll, &mut b, op)?);
             }
         }
-        if comparing {
-            comm.set_algorithms("auto")?;
-        }
         // Each variant keeps its best round (the slowest rank's time in that round).
+        let figures = world_figures(comm, &local)?;
+        // Compare mode stays on the automatic choice (its row is priced from it); a run of
+        // one forced algorithm (`--algo`) gets it back for what follows.
+        if let (false, Some(a)) = (comparing, &args.algo) {
+            comm.set_algorithms(a)?;
+        }
         let mut results = vec![([f64::INFINITY; 2], [0u64; 2]); variants.len()];
-        for (i, (times, wrong)) in world_figures(comm, args, &local)?.into_iter().enumerate() {
+        for (i, (times, wrong)) in figures.into_iter().enumerate() {
             let best = &mut results[i % variants.len()];
             for k in 0..2 {
                 best.0[k] = best.0[k].min(times[k]);
