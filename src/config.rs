@@ -266,6 +266,8 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        // The shared-memory transport's own defaults, stated once (ShmOptions).
+        let shm = oxccl_transport::ShmOptions::default();
         Config {
             transport: TransportKind::Auto,
             algorithms: AlgoOverrides::default(),
@@ -281,9 +283,9 @@ impl Default for Config {
             tcp_congestion: oxccl_transport::tcp::default_congestion(),
             spin: None,
             small_bytes: None,
-            shm_slots: 8,
-            shm_slot_bytes: 64 << 10,
-            shm_single_copy_min: Some(1 << 20),
+            shm_slots: shm.slots,
+            shm_slot_bytes: shm.slot_bytes,
+            shm_single_copy_min: shm.single_copy_min,
             yield_for: Duration::from_micros(200),
             verify_calls: false,
             trial_calls: 3,

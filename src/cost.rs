@@ -1534,8 +1534,8 @@ mod tests {
                         if bytes != residual_bytes(i) {
                             continue;
                         }
-                        let mut call = Call::new(coll, bytes, DataType::F32, ReduceOp::Sum);
-                        call.chunk_bytes = default_chunk_bytes();
+                        // At the default chunk size, as the fit prices it.
+                        let call = Call::new(coll, bytes, DataType::F32, ReduceOp::Sum);
                         let Some(cost) = predict(&call, algo, &hosts, &profile) else { continue };
                         checked += 1;
                         let ratio = cost.total() * 1e6 / t;

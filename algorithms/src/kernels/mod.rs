@@ -375,9 +375,9 @@ impl Reducer for HostReducer {
             _ => None,
         };
         let nt = streaming && dsts.iter().all(|d| d.as_mut_ptr() as usize % 32 == dsts[0].as_mut_ptr() as usize % 32);
+        let ptrs: Vec<*mut u8> = dsts.iter().map(|d| d.as_mut_ptr()).collect();
         if let Some(h) = half {
             if half_simd::available() && !dsts.is_empty() && (nt || !streaming) {
-                let ptrs: Vec<*mut u8> = dsts.iter().map(|d| d.as_mut_ptr()).collect();
                 let s: Vec<*const u16> = srcs.iter().map(|s| s.as_ptr().cast()).collect();
                 // SAFETY: host regions valid under their constructors' promise, of equal
                 // length, 2-byte aligned, overlapping only exactly and not when streaming
@@ -389,7 +389,6 @@ impl Reducer for HostReducer {
         }
         #[cfg(target_arch = "x86_64")]
         if host::has_avx2() && half.is_none() && !dsts.is_empty() && (nt || !streaming) {
-            let ptrs: Vec<*mut u8> = dsts.iter().map(|d| d.as_mut_ptr()).collect();
             let count = n / dtype.size();
             macro_rules! run {
                 ($t:ty) => {{
