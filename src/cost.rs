@@ -81,6 +81,7 @@ impl Call {
             hosts,
             profile,
             chunk_bytes: self.chunk_bytes,
+            footprint_cap: f64::INFINITY,
         }
     }
 }

@@ -139,17 +139,13 @@ impl Efficiency {
     /// Applies the factors to `c`, a prediction for a call of `bytes` (the model's `n`) whose
     /// footprint per core is `footprint` bytes, then the residual correction at `bytes`.
     ///
-    /// Beyond the largest size measured, the factors stay where that size left them: the
-    /// blend from in-cache to out-of-cache factor is a fitted curve, and extrapolated past
-    /// its data it can fall on (3 ranks over shared memory, tree all-reduce: 0.56 at 64 MiB,
-    /// 0.33 at 256 MiB, pricing the 256 MiB call at 2.9x the 64 MiB one where it took 3.6x
-    /// and making it the choice at 1.17x the fastest). The formula alone carries the
-    /// prediction there.
+    /// Beyond the largest size measured, [`registry::predict`](crate::registry::predict)
+    /// passes the footprint of that size ([`Model::footprint_cap`]), so the factors stay
+    /// where it left them: the blend from in-cache to out-of-cache factor is a fitted curve,
+    /// and extrapolated past its data it can fall on (3 ranks over shared memory, tree
+    /// all-reduce: 0.56 at 64 MiB, 0.33 at 256 MiB, pricing the 256 MiB call at 2.9x the 64
+    /// MiB one where it took 3.6x and making it the choice at 1.17x the fastest).
     pub fn apply(&self, c: Cost, footprint: f64, bytes: usize) -> Cost {
-        let footprint = match self.largest_measured() {
-            Some(m) if bytes > m => footprint * m as f64 / bytes as f64,
-            _ => footprint,
-        };
         let x = footprint / (footprint + self.cache_bytes.max(1.0));
         let b = self.bandwidth_cache * (1.0 - x) + self.bandwidth * x;
         let c = Cost { latency: c.latency * self.latency, transfer: c.transfer * b, reduce: c.reduce * b };
@@ -303,6 +299,14 @@ pub struct Model<'a> {
     pub profile: &'a Profile,
     /// The pipeline chunk size in bytes.
     pub chunk_bytes: usize,
+    /// The largest footprint per core the cache curves (the link's [`Link::beta_at`], an
+    /// efficiency's blend) are read at; `f64::INFINITY` for none.
+    /// [`registry::predict`](crate::registry::predict) sets it for a call larger than any the
+    /// profile measured the algorithm at, to the footprint of the largest one measured: a
+    /// curve fitted to data is not carried past it. (Carried past it, the shm link's curve,
+    /// halfway at 64 MiB of footprint, priced 256 MiB calls at 1.1-1.4x their time, where the
+    /// measured time per byte had gone flat.)
+    pub footprint_cap: f64,
 }
 
 impl Model<'_> {
@@ -338,14 +342,15 @@ impl Model<'_> {
     }
 
     /// Bytes each core touches in the call: a rank's input and output, times the ranks
-    /// sharing a core. What decides whether the data stays in cache.
+    /// sharing a core. What decides whether the data stays in cache. At most
+    /// [`Model::footprint_cap`].
     pub fn footprint(&self) -> f64 {
         let (n, p) = (self.n(), self.p().max(1) as f64);
         let per_rank = match self.coll {
             Collective::AllGather | Collective::ReduceScatter => n + n / p,
             _ => 2.0 * n,
         };
-        per_rank * self.oversubscription()
+        (per_rank * self.oversubscription()).min(self.footprint_cap)
     }
 
     /// How oversubscribed the busiest host is: ranks per core, at least 1.
@@ -445,7 +450,7 @@ pub fn ceil_log2(p: usize) -> u32 {
 pub type CostFn = fn(&Model<'_>) -> Cost;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn profile() -> Profile {
@@ -494,38 +499,6 @@ mod tests {
     }
 
     #[test]
-    fn factors_do_not_extrapolate_past_the_largest_size_measured() {
-        // A factor falling from 2.5 in cache to 0.25 out of it, halfway at 32 MiB, measured
-        // up to 4 KiB (point 4): beyond it the blend stays at its 4 KiB value, so the
-        // prediction grows as the formula does.
-        let mut e = Efficiency {
-            coll: Collective::AllReduce,
-            algo: crate::registry::Algorithm::Tree,
-            ranks: 3,
-            inter: false,
-            latency: 1.0,
-            bandwidth_cache: 2.5,
-            bandwidth: 0.25,
-            cache_bytes: (32 << 20) as f64,
-            residual: [0.0; RESIDUAL_POINTS],
-        };
-        let per_byte = |bytes: usize| Cost { latency: 0.0, transfer: bytes as f64, reduce: 0.0 };
-        let at = |e: &Efficiency, bytes: usize| e.apply(per_byte(bytes), 3.0 * bytes as f64, bytes).total();
-        // Unmeasured: the fitted curve throughout (what calibration fits against).
-        assert!(at(&e, 1 << 26) / at(&e, 1 << 24) < 3.0);
-        e.residual[..=4].fill(1.0);
-        assert_eq!(e.largest_measured(), Some(4096));
-        let base = at(&e, 4096);
-        for bytes in [1 << 16, 1 << 24, 1 << 30] {
-            let r = at(&e, bytes) / base;
-            assert!((r - (bytes / 4096) as f64).abs() < 1e-6 * r, "{bytes}: {r}");
-        }
-        // At and below the largest measured size the curve is unchanged.
-        let x = (3.0 * 1024.0) / (3.0 * 1024.0 + (32 << 20) as f64);
-        assert!((at(&e, 1024) - 1024.0 * (2.5 * (1.0 - x) + 0.25 * x)).abs() < 1e-9);
-    }
-
-    #[test]
     fn helpers_count_as_documented() {
         let pr = profile();
         let hosts = [0, 0];
@@ -537,6 +510,7 @@ mod tests {
             hosts: &hosts,
             profile: &pr,
             chunk_bytes: 1 << 18,
+            footprint_cap: f64::INFINITY,
         };
         assert_eq!(m.oversubscription(), 1.0);
         let s = m.steps(Level::Intra, 2.0, 3.0, 1000.0);

@@ -146,22 +146,92 @@ implementations! {
 /// The predicted time of `algo` for the call `m` describes, with the profile's efficiency
 /// factors for it (those measured between hosts when `m` spans several); `None` if `m.coll`
 /// has no such algorithm. A world of one rank and an empty call cost nothing (a barrier of one
-/// likewise).
+/// likewise). A call larger than any the efficiency row measured is priced with the cache
+/// curves held at the largest measured size ([`Model::footprint_cap`]): its time per byte is
+/// that size's.
 pub fn predict(algo: Algorithm, m: &Model<'_>) -> Option<Cost> {
     let f = cost_formula(m.coll, algo)?;
     if m.p() <= 1 || (m.bytes == 0 && m.coll != Collective::Barrier) {
         return Some(Cost::default());
     }
-    let c = f(m);
-    Some(match m.profile.efficiency(m.coll, algo, m.p(), m.num_hosts() > 1) {
-        Some(e) => e.apply(c, m.footprint(), m.bytes),
-        None => c,
-    })
+    let Some(e) = m.profile.efficiency(m.coll, algo, m.p(), m.num_hosts() > 1) else {
+        return Some(f(m));
+    };
+    // Beyond the largest size measured, every cache curve is read where that size left it
+    // (the footprint grows with the bytes, so it scales down by the same ratio).
+    let held;
+    let m = match e.largest_measured() {
+        Some(l) if m.bytes > l => {
+            held = Model { footprint_cap: m.footprint() * l as f64 / m.bytes as f64, ..m.clone() };
+            &held
+        }
+        _ => m,
+    };
+    Some(e.apply(f(m), m.footprint(), m.bytes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn curves_are_not_read_past_the_largest_size_measured() {
+        use crate::cost::{Efficiency, RESIDUAL_POINTS};
+        use crate::dtype::DataType;
+        use crate::op::ReduceOp;
+        // A link three times slower out of cache, and a factor falling from 2.5 in cache to
+        // 0.25 out of it, halfway at 32 MiB, measured up to 4 KiB (point 4).
+        let mut pr = crate::cost::tests::profile();
+        pr.intra.beta_cache = pr.intra.beta / 3.0;
+        let mut e = Efficiency {
+            coll: Collective::AllReduce,
+            algo: Algorithm::Ring,
+            ranks: 2,
+            inter: false,
+            latency: 1.0,
+            bandwidth_cache: 2.5,
+            bandwidth: 0.25,
+            cache_bytes: (32 << 20) as f64,
+            residual: [0.0; RESIDUAL_POINTS],
+        };
+        let hosts = [0, 0];
+        let model = |pr: &crate::cost::Profile, bytes: usize| -> f64 {
+            let m = Model {
+                coll: Collective::AllReduce,
+                bytes,
+                dtype: DataType::F32,
+                op: ReduceOp::Sum,
+                hosts: &hosts,
+                profile: pr,
+                chunk_bytes: 1 << 18,
+                footprint_cap: f64::INFINITY,
+            };
+            let c = predict(Algorithm::Ring, &m).expect("ring all-reduce");
+            // The per-byte terms (the latency terms count chunks, not bytes).
+            c.transfer + c.reduce
+        };
+        // Unmeasured: the fitted curves throughout (what calibration fits against), falling
+        // well below linear growth from 16 MiB to 64 MiB.
+        pr.efficiency = vec![e];
+        assert!(model(&pr, 1 << 26) / model(&pr, 1 << 24) < 3.0);
+        e.residual[..=4].fill(1.0);
+        assert_eq!(e.largest_measured(), Some(4096));
+        pr.efficiency = vec![e];
+        // Beyond 4 KiB, each byte costs what it did at 4 KiB.
+        let base = model(&pr, 4096);
+        for bytes in [1 << 16, 1 << 24, 1 << 30] {
+            let r = model(&pr, bytes) / base;
+            assert!((r - (bytes / 4096) as f64).abs() < 1e-6 * r, "{bytes}: {r}");
+        }
+        // At and below it the curves are read at the call's own footprint: with the link
+        // and the factor's blend at 2 KiB of footprint (1 KiB in, 1 KiB out).
+        let w = 2048.0;
+        let beta = pr.intra.beta_cache + (pr.intra.beta - pr.intra.beta_cache) * w / (w + pr.intra.cache_bytes);
+        let x = w / (w + (32 << 20) as f64);
+        let factor = 2.5 * (1.0 - x) + 0.25 * x;
+        let expect = (1024.0 * beta + 512.0 * pr.gamma(DataType::F32, ReduceOp::Sum)) * factor;
+        assert!((model(&pr, 1024) - expect).abs() < 1e-9 * expect, "{} vs {expect}", model(&pr, 1024));
+    }
 
     #[test]
     fn table_is_consistent() {
