@@ -1017,15 +1017,19 @@ impl QuickScale {
 /// mostly in bandwidth. (A 4 MiB probe cost 110 ms of the budget at 8 ranks over TCP.)
 const QUICK_PROBES: [usize; 3] = [16, 64 << 10, 1 << 20];
 
-/// Rounds of about 3 ms [`quick_rescale`] times each probe in, the best kept.
-const QUICK_ROUNDS: usize = 3;
+/// Rounds [`quick_rescale`] times each probe in, the best kept, each of about
+/// [`QUICK_ROUND_SECS`].
+const QUICK_ROUNDS: usize = 8;
+
+/// Seconds of calls in one round of one probe of [`quick_rescale`].
+const QUICK_ROUND_SECS: f64 = 2e-3;
 
 /// The factors [`quick_rescale`] may fit: a larger miss is a probe gone wrong, not a machine.
 const QUICK_SCALE_RANGE: (f64, f64) = (0.1, 10.0);
 
 /// Times the all-reduce (f32 sum, out of place, on ordinary memory) at 16 B, 64 KiB and 1 MiB
-/// under the algorithm the communicator's profile prices best there, the best of three rounds of
-/// about 3 ms each, and from them two factors: one on the profile's latency terms (the
+/// under the algorithm the communicator's profile prices best there, the best of eight rounds of
+/// about 2 ms each (the probes taken in turn), and from them two factors: one on the profile's latency terms (the
 /// smallest probe's time over its price) and one on its per-byte terms (the larger probes'
 /// times over their prices); each clamped to 0.1-10. Apply them with [`QuickScale::apply`].
 ///
@@ -1054,18 +1058,26 @@ pub fn quick_rescale(comm: &Communicator) -> Result<QuickScale> {
             .into_iter()
             .find(|(a, _)| *a != Algorithm::Mapped)
             .ok_or_else(|| Error::internal("no all-reduce algorithm runs on ordinary memory"))?;
-        comm.set_algorithms(&format!("all_reduce:{algo}"))?;
-        // A first round to warm up (not kept): one warm-up call left the probes 10-40% slower
-        // than the same calls later on in the process.
-        let mut t = f64::INFINITY;
-        for round in 0..=QUICK_ROUNDS {
-            let r = Round { warm_up: usize::from(round == 0), secs: 3e-3, min_calls: 1 };
+        probes.push((bytes, algo, f64::INFINITY, price.total()));
+    }
+    // The rounds go through the probes in turn, so that each probe's rounds are spread over
+    // the whole calibration. The 1 MiB ring probe at 4 ranks on 2 cores has a slow state of
+    // tens of milliseconds (700-1030 us against 470-590): with its three rounds one after
+    // another it fell in it in 14 of 90 runs (bandwidth x1.5-2.4); with eight rounds in turn,
+    // in none of 90 (x1.43 at most) and in one of 36 runs of the planner. The first round
+    // warms up and is not kept (one warm-up call left the probes 10-40% slower than the same
+    // calls later on in the process); every round starts with a call of its own, since the
+    // probes switch algorithms and the first call after a switch runs slow.
+    for round in 0..=QUICK_ROUNDS {
+        for (size, probe) in QUICK_PROBES.into_iter().zip(probes.iter_mut()) {
+            let algo = probe.1;
+            comm.set_algorithms(&format!("all_reduce:{algo}"))?;
+            let r = Round { warm_up: 1, secs: if round == 0 { 3e-3 } else { QUICK_ROUND_SECS }, min_calls: 1 };
             let secs = time_collective(comm, Collective::AllReduce, size, &mut bufs, &profile, algo, r)?;
             if round > 0 {
-                t = t.min(secs);
+                probe.2 = probe.2.min(secs);
             }
         }
-        probes.push((bytes, algo, t, price.total()));
     }
     comm.set_algorithms("auto")?;
     let (lo, hi) = QUICK_SCALE_RANGE;
