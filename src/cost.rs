@@ -1028,10 +1028,11 @@ const QUICK_ROUND_SECS: f64 = 2e-3;
 const QUICK_SCALE_RANGE: (f64, f64) = (0.1, 10.0);
 
 /// Times the all-reduce (f32 sum, out of place, on ordinary memory) at 16 B, 64 KiB and 1 MiB
-/// under the algorithm the communicator's profile prices best there, the best of eight rounds of
-/// about 2 ms each (the probes taken in turn), and from them two factors: one on the profile's latency terms (the
-/// smallest probe's time over its price) and one on its per-byte terms (the larger probes'
-/// times over their prices); each clamped to 0.1-10. Apply them with [`QuickScale::apply`].
+/// under the algorithm the communicator's profile prices best there, the best of eight rounds
+/// of about 2 ms each (the probes taken in turn), and from them two factors: one on the
+/// profile's latency terms (the smallest probe's time over its price) and one on its per-byte
+/// terms (the larger probes' times over their prices); each clamped to 0.1-10. Apply them
+/// with [`QuickScale::apply`].
 ///
 /// This is what `OXCCL_TUNE=quick` does at start-up: it keeps what a full calibration
 /// measured (every algorithm's efficiency, the cache curve, the kernels' relative speeds)
