@@ -10,6 +10,10 @@ oracle), the automatic choice, and their ratio (the chosen algorithm's own force
 the separately measured `auto` row; where `mapped` is chosen but the buffers cannot be
 mapped, its fallback); and for every algorithm at 64 KiB and above, its
 prediction against its measured time. Out-of-place times. Prints markdown.
+
+It also counts the cells where the automatic choice ran another algorithm than the model's
+best-priced one (the trials overturned the model, see src/select.rs) and whether that
+algorithm's own time was more than 3% better or worse than the model's pick's.
 """
 
 import re
@@ -68,6 +72,7 @@ def main():
     cells = parse(args)
     choice = defaultdict(lambda: [0, 0, 0, 0])  # transport -> cells, auto<=1.1, own<=1.1, own<=1.25
     per = defaultdict(lambda: [0, 0])  # (transport, ranks, coll) -> (within 10%, cells)
+    trials = defaultdict(lambda: [0, 0, 0, 0])  # transport -> cells, overturned: worse, better, tie
     preds = defaultdict(list)  # transport -> [pred/meas]
     per_algo = defaultdict(lambda: [0, 0])
     rows = []
@@ -99,6 +104,14 @@ def main():
         pc[0] += ro <= 1.10
         pc[1] += 1
         rows.append((t, p, coll, size, oracle, ous, choice_name, aus, ra, ro))
+        priced = [(pv, k) for k, (_, pv) in forced.items() if pv is not None]
+        if priced and choice_name in forced:
+            model_pick = min(priced)[1]
+            tr = trials[t]
+            tr[0] += 1
+            if choice_name != model_pick:
+                r = own / forced[model_pick][0]
+                tr[1 if r > 1.03 else 2 if r < 1 / 1.03 else 3] += 1
 
     print("### Choice against the oracle\n")
     print("| transport | cells | auto row within 10% | chosen algorithm within 10% | within 25% |")
@@ -124,6 +137,11 @@ def main():
     print("| --- | --- | --- | ---: |")
     for (t, coll, name), (w, n) in sorted(per_algo.items()):
         print(f"| {t} | {coll} | {name} | {w}/{n} |")
+    print("\n### Trials against the model (the choice was not the best-priced algorithm)\n")
+    print("| transport | cells | overturned | worse by over 3% | better by over 3% | within 3% |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for t, (n, w, b, e) in sorted(trials.items()):
+        print(f"| {t} | {n} | {w + b + e} | {w} | {b} | {e} |")
     if show_cells:
         print("\n### Every cell\n")
         print("| transport | ranks | collective | size | oracle | oracle us | auto choice | auto us | ratio (auto row) | ratio (choice's own time) |")
