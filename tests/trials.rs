@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 
 use common::{call_and_check, checked_collectives, on_all, shm_world, tcp_world, test_config};
-use oxccl::select::{candidates, trial_candidates, TRIAL_MAX_CANDIDATES, TRIAL_MAX_ROUNDS};
+use oxccl::select::{candidates, trial_candidates, TRIAL_MAX_CANDIDATES, TRIAL_MAX_ROUNDS, TRIAL_WARM_CALLS};
 use oxccl::{Collective, Communicator, Config, DataType, ReduceOp};
 
 /// Element counts searched for a shape with something to try: primes, so blocks are uneven.
@@ -37,7 +37,7 @@ fn tried_shape(comm: &Communicator, coll: Collective) -> Option<(usize, Vec<oxcc
 /// Drives every collective's tried shape through its trials on this rank: the lines it
 /// reports are `coll count chosen calls`, or failures (prefixed `FAIL`).
 fn drive(comm: &Communicator) -> Vec<String> {
-    let limit = 1 + TRIAL_MAX_ROUNDS as usize * TRIAL_MAX_CANDIDATES + 1;
+    let limit = TRIAL_WARM_CALLS as usize + TRIAL_MAX_ROUNDS as usize * TRIAL_MAX_CANDIDATES + 1;
     let mut out = Vec::new();
     for coll in checked_collectives() {
         let Some((count, tried)) = tried_shape(comm, coll) else {
@@ -91,9 +91,10 @@ fn check_world(reports: &[Vec<String>], what: &str) {
     let tried: Vec<&String> = reports[0].iter().filter(|l| !l.ends_with(" none")).collect();
     assert!(tried.len() >= 3, "{what}: too few collectives had candidates to try: {:?}", reports[0]);
     for line in &tried {
-        // A warm-up call, then at least one trial round of two candidates, then the fixing call.
+        // The warm-up calls, then blocks of at least two calls (one untimed, one timed) of
+        // at least two candidates, then the fixing call.
         let calls: usize = line.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(calls >= 4, "{what}: {line}");
+        assert!(calls > TRIAL_WARM_CALLS as usize + 2 * 2, "{what}: {line}");
     }
 }
 

@@ -1,6 +1,6 @@
 //! Trial calls: where the cost model prices several algorithms of a call shape close
-//! together, the first calls of that shape run each for a block of calls and the next one
-//! fixes the fastest by measurement ([`Config::trial_calls`], [`select::trial_candidates`]).
+//! together, the first calls of that shape (after two warm-up calls of the model's choice)
+//! run each for a block of calls and the next one fixes the fastest by measurement ([`Config::trial_calls`], [`select::trial_candidates`]).
 //!
 //! Every decision here is taken inside a call, under its sequence number, from state that
 //! only calls change: ranks make the same calls in the same order, so every rank runs the
@@ -29,10 +29,19 @@ pub(super) type TrialKey = ChoiceKey;
 #[derive(Debug, Clone)]
 pub(super) enum Trials {
     /// Running the candidates in blocks of `block` calls, each candidate's block in turn,
-    /// `passes` times (see [`schedule`]): `calls` calls so far, `runs[i]` this rank's timed
-    /// calls of candidate i in nanoseconds; `rescaled` once the rounds were sized by the
-    /// first timed call ([`Step::Rescale`]).
-    Trying { candidates: Vec<Choice>, runs: Vec<Vec<u64>>, block: u32, passes: u32, calls: u32, rescaled: bool },
+    /// `passes` times (see [`schedule`]), once `warming` more warm-up calls of the model's
+    /// choice have run ([`select::TRIAL_WARM_CALLS`]): `calls` calls of the schedule so far,
+    /// `runs[i]` this rank's timed calls of candidate i in nanoseconds; `rescaled` once the
+    /// rounds were sized by the first timed call ([`Step::Rescale`]).
+    Trying {
+        candidates: Vec<Choice>,
+        runs: Vec<Vec<u64>>,
+        block: u32,
+        passes: u32,
+        warming: u32,
+        calls: u32,
+        rescaled: bool,
+    },
     /// Decided: by trials, or by the model where there was nothing to try.
     Fixed(Choice),
 }
@@ -114,8 +123,9 @@ fn typical_all(runs: &[Vec<u64>]) -> Vec<TrialTime> {
 /// step with the scheduler, and alternating algorithms call by call measured every one at
 /// the same (slow) time (4 ranks on 2 cores over shared memory, all-gather of 16 B:
 /// recursive doubling and Bruck both 10 us alternated, 5.3 and 7.5 us in their own loops).
-/// The first call of a block, where the ranks leave the previous candidate's pattern (and
-/// the shape's very first call, cold), is not timed.
+/// The first call of a block, where the ranks leave the previous candidate's pattern, is
+/// not timed (the shape's first, cold calls come before the schedule:
+/// [`select::TRIAL_WARM_CALLS`]).
 fn schedule(c: u32, k: usize, block: u32) -> (usize, bool) {
     let w = c % (k as u32 * block);
     ((w / block) as usize, !w.is_multiple_of(block))
@@ -262,6 +272,10 @@ impl Communicator {
                 cache.last_fixed = Some((key, c));
                 Step::Run(c)
             }
+            Some(Trials::Trying { warming, .. }) if *warming > 0 => {
+                *warming -= 1;
+                Step::Run(model)
+            }
             Some(Trials::Trying { runs, rescaled, calls, .. }) if !*rescaled && *calls == 2 => {
                 *rescaled = true;
                 Step::Rescale(runs[0].first().copied().unwrap_or(0))
@@ -304,12 +318,19 @@ impl Communicator {
                 }
                 let k = candidates.len();
                 let (block, passes) = blocks(select::trial_rounds(candidates[0].predicted.total(), k, min_rounds));
-                let first = candidates[0];
-                cache.trials.insert(
-                    key,
-                    Trials::Trying { candidates, runs: vec![Vec::new(); k], block, passes, calls: 1, rescaled: false },
-                );
-                Step::Trial(0, first, false)
+                // This call is the first warm-up call.
+                let warming = select::TRIAL_WARM_CALLS.saturating_sub(1);
+                let trying = Trials::Trying {
+                    candidates,
+                    runs: vec![Vec::new(); k],
+                    block,
+                    passes,
+                    warming,
+                    calls: 0,
+                    rescaled: false,
+                };
+                cache.trials.insert(key, trying);
+                Step::Run(model)
             }
         }
     }
