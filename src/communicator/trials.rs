@@ -1,6 +1,7 @@
 //! Trial calls: where the cost model prices several algorithms of a call shape close
 //! together, the first calls of that shape (after two warm-up calls of the model's choice)
-//! run each for a block of calls and the next one fixes the fastest by measurement ([`Config::trial_calls`], [`select::trial_candidates`]).
+//! run each for a block of calls and the next one fixes the fastest by measurement
+//! ([`Config::trial_calls`], [`select::trial_candidates`]).
 //!
 //! Every decision here is taken inside a call, under its sequence number, from state that
 //! only calls change: ranks make the same calls in the same order, so every rank runs the
