@@ -162,8 +162,9 @@ pub fn trial_rounds(best: f64, k: usize, min_rounds: u32) -> u32 {
 /// The candidates worth trying for a call, from [`candidates`]' list (fastest first): the
 /// best-priced algorithm and those within [`TRIAL_WINDOW`] of it, at most
 /// [`TRIAL_MAX_CANDIDATES`], in price order. Fewer than two means nothing to try: when the
-/// best is [`Algorithm::Mapped`] (it runs only on buffers every rank maps; its fallbacks are
-/// chosen by the model), or its prediction is over [`TRIAL_MAX_SECONDS`].
+/// best is [`Algorithm::Mapped`] (it runs only on buffers every rank maps; the communicator
+/// tries the algorithms after it, for calls on buffers some rank cannot map, from the list
+/// without it), or its prediction is over [`TRIAL_MAX_SECONDS`].
 pub fn trial_candidates(ranked: &[Choice]) -> Vec<Choice> {
     let Some(best) = ranked.first() else { return Vec::new() };
     let t = best.predicted.total();

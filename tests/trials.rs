@@ -10,7 +10,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{call_and_check, checked_collectives, on_all, shm_world, tcp_world, test_config};
+use common::{call_and_check, call_and_check_in, checked_collectives, on_all, shm_world, tcp_world, test_config};
 use oxccl::select::{candidates, trial_candidates, TRIAL_MAX_CANDIDATES, TRIAL_MAX_ROUNDS, TRIAL_WARM_CALLS};
 use oxccl::{Collective, Communicator, Config, DataType, ReduceOp};
 
@@ -120,6 +120,80 @@ fn trials_fix_one_algorithm_on_every_rank_over_shared_memory() {
     }
 }
 
+/// The smallest count of `coll` whose best-priced algorithm is `mapped` and whose algorithms
+/// after it have at least two candidates to try, with them.
+fn tried_after_mapped(comm: &Communicator, coll: Collective) -> Option<(usize, Vec<oxccl::Algorithm>)> {
+    COUNTS.iter().find_map(|&count| {
+        let bytes = call_bytes(coll, count, comm.size());
+        let mut ranked =
+            candidates(coll, bytes, DataType::F32, ReduceOp::Sum, comm.hosts(), comm.profile(), comm.config());
+        if ranked.first()?.algo != oxccl::Algorithm::Mapped {
+            return None;
+        }
+        ranked.retain(|c| c.algo != oxccl::Algorithm::Mapped);
+        let t = trial_candidates(&ranked);
+        (t.len() >= 2).then(|| (count, t.iter().map(|c| c.algo).collect()))
+    })
+}
+
+/// [`drive`] for the shapes whose best is `mapped`, on ordinary buffers (which no rank can
+/// map): their calls try the algorithms after `mapped` and fix one, reported as `mapped`'s
+/// fallback; calls on shared buffers still run `mapped`.
+fn drive_after_mapped(comm: &Communicator) -> Vec<String> {
+    let limit = TRIAL_WARM_CALLS as usize + TRIAL_MAX_ROUNDS as usize * TRIAL_MAX_CANDIDATES + 1;
+    let mut out = Vec::new();
+    for coll in checked_collectives() {
+        let Some((count, tried)) = tried_after_mapped(comm, coll) else {
+            out.push(format!("{coll} none"));
+            continue;
+        };
+        let bytes = call_bytes(coll, count, comm.size());
+        let pending = || comm.trials_pending(coll, bytes, DataType::F32, ReduceOp::Sum);
+        let mut calls = 0;
+        loop {
+            if let Err(e) = call_and_check(comm, coll, count) {
+                out.push(format!("FAIL rank {} {coll} count {count} call {calls}: {e}", comm.rank()));
+                return out;
+            }
+            calls += 1;
+            if !pending() {
+                break;
+            }
+            if calls > limit {
+                out.push(format!("FAIL rank {} {coll}: still trying after {calls} calls", comm.rank()));
+                return out;
+            }
+        }
+        let choice = comm.choice_for(coll, bytes, DataType::F32, ReduceOp::Sum);
+        if choice.algo != oxccl::Algorithm::Mapped || !tried.contains(&choice.fallback) {
+            out.push(format!(
+                "FAIL rank {} {coll}: fixed {} after {}, not mapped after one of {tried:?}",
+                comm.rank(),
+                choice.fallback,
+                choice.algo
+            ));
+        }
+        // Shared buffers run `mapped`; ordinary ones the fixed fallback, without more trials.
+        for shared in [true, false, true] {
+            if let Err(e) = call_and_check_in(comm, coll, count, shared) {
+                out.push(format!("FAIL rank {} {coll} after the trials (shared {shared}): {e}", comm.rank()));
+            }
+        }
+        if pending() || comm.choice_for(coll, bytes, DataType::F32, ReduceOp::Sum) != choice {
+            out.push(format!("FAIL rank {} {coll}: the fixed choice changed", comm.rank()));
+        }
+        out.push(format!("{coll} {count} {} {calls}", choice.fallback));
+    }
+    out
+}
+
+/// Processes, since ranks that are threads of one process map each other's ordinary buffers.
+#[test]
+fn trials_fix_the_algorithm_after_mapped_on_buffers_that_cannot_be_mapped() {
+    process_world(3, "shm", "after_mapped");
+    process_world(4, "shm", "after_mapped");
+}
+
 #[test]
 fn no_trials_when_off_or_forced() {
     let comms = tcp_world(3, test_config().with_trial_calls(0));
@@ -165,13 +239,13 @@ fn no_trials_when_off_or_forced() {
     assert!(fails.is_empty(), "{fails:?}");
 }
 
-fn process_world(p: usize, transport: &str) {
+fn process_world(p: usize, transport: &str, which: &str) {
     let me = std::env::current_exe().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_oxrun"))
         .args(["-n", &p.to_string(), "--tag-output"])
         .arg(&me)
         .args(["trials_rank", "--exact", "--nocapture", "--test-threads=1"])
-        .env("OXCCL_TEST_RANK_TRIALS", "1")
+        .env("OXCCL_TEST_RANK_TRIALS", which)
         .env("OXCCL_TIMEOUT_MS", "60000")
         .env("OXCCL_TRANSPORT", transport)
         .output()
@@ -185,24 +259,27 @@ fn process_world(p: usize, transport: &str) {
         })
         .collect();
     assert!(reports.iter().all(|r| !r.is_empty()), "a rank reported nothing:\n{text}");
-    check_world(&reports, &format!("{p} processes over {transport}"));
+    check_world(&reports, &format!("{p} processes over {transport} ({which})"));
 }
 
 #[test]
 fn trials_agree_across_processes() {
-    process_world(3, "shm");
-    process_world(4, "tcp");
+    process_world(3, "shm", "drive");
+    process_world(4, "tcp", "drive");
 }
 
-/// One rank of `trials_agree_across_processes` under oxrun; run directly, a world of threads.
+/// One rank of `trials_agree_across_processes` (or, with `after_mapped`, of
+/// `trials_fix_the_algorithm_after_mapped_on_buffers_that_cannot_be_mapped`) under oxrun;
+/// run directly, a world of threads.
 #[test]
 fn trials_rank() {
-    if std::env::var("OXCCL_TEST_RANK_TRIALS").is_err() {
+    let Ok(which) = std::env::var("OXCCL_TEST_RANK_TRIALS") else {
         thread_world(&Communicator::local_world(3, test_config()).unwrap(), "3 ranks in one process");
         return;
-    }
+    };
     let comm = Communicator::from_env().expect("launcher environment");
-    for line in drive(&comm) {
+    let lines = if which == "after_mapped" { drive_after_mapped(&comm) } else { drive(&comm) };
+    for line in lines {
         println!("\nTRIALS {line}");
     }
 }

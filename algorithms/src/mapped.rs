@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use oxccl_transport::{Error, MemoryKey, Region, RegionMut, ReqId, Result};
 
-use crate::ctx::{AlgoFn, CollArgs, Ctx};
+use crate::ctx::{CollArgs, Ctx};
 
 const STEP_KEYS: usize = 0xfff0;
 const STEP_READY: usize = 0xfff1;
@@ -422,7 +422,7 @@ pub(crate) fn run_forced(ctx: &Ctx<'_>, a: &CollArgs, schedule: Schedule) -> Res
 /// schedule, `Ok(Some(false))` the fallback because some rank's buffers could not be mapped
 /// (the same answer on every rank), `Ok(None)` the fallback for a call with nothing to map
 /// (empty, or a world of one).
-fn run_or_fall_back(ctx: &Ctx<'_>, a: &CollArgs, schedule: Schedule, fallback: AlgoFn) -> Result<Option<bool>> {
+fn run_or_fall_back(ctx: &Ctx<'_>, a: &CollArgs, schedule: Schedule, fallback: &Fallback<'_>) -> Result<Option<bool>> {
     if a.count == 0 || ctx.size == 1 {
         return fallback(ctx, a).map(|_| None);
     }
@@ -602,12 +602,16 @@ fn try_run_unless_trivial(ctx: &Ctx<'_>, a: &CollArgs, schedule: Schedule) -> Re
     try_run(ctx, a, schedule)
 }
 
+/// What runs a call whose buffers cannot all be mapped: an algorithm ([`crate::AlgoFn`]
+/// coerces to it), or the communicator's choice among several, made inside the call.
+pub type Fallback<'a> = dyn Fn(&Ctx<'_>, &CollArgs) -> Result<()> + 'a;
+
 /// Runs the mapped algorithm of `ctx.collective` with `fallback` for worlds whose buffers
 /// cannot all be mapped (the communicator passes the best algorithm after `mapped`). Says
 /// whether the mapped schedule ran (`Some(true)`), or the fallback because some rank's
 /// buffers could not be mapped (`Some(false)`, the same on every rank, so callers may adapt
 /// in step), or because there was nothing to map (`None`: an empty call, a world of one).
-pub fn run_with_fallback(ctx: &Ctx<'_>, a: &CollArgs, fallback: AlgoFn) -> Result<Option<bool>> {
+pub fn run_with_fallback(ctx: &Ctx<'_>, a: &CollArgs, fallback: &Fallback<'_>) -> Result<Option<bool>> {
     run_or_fall_back(ctx, a, schedule_of(ctx)?, fallback)
 }
 

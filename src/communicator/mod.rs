@@ -607,7 +607,7 @@ impl Communicator {
         let key = (coll, bytes, dtype, shape_op(coll, op), forced);
         let mut cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((k, c)) = cache.last_fixed {
-            if k == key {
+            if k == (key, false) {
                 return (c, true);
             }
         }
@@ -620,7 +620,7 @@ impl Communicator {
             cache.last = Some((key, c));
             return (c, false);
         }
-        let c = match cache.trials.get(&key) {
+        let mut c = match cache.trials.get(&(key, false)) {
             // Calls of this shape fixed their algorithm by trials.
             Some(trials::Trials::Fixed(c)) => *c,
             _ => select::choose(
@@ -634,6 +634,13 @@ impl Communicator {
                 &self.config,
             ),
         };
+        if let Some(trials::Trials::Fixed(f)) = cache.trials.get(&(key, true)) {
+            // Calls of this shape on buffers that cannot be mapped fixed their algorithm by
+            // trials (`run`): what they run from now on.
+            if c.algo == Algorithm::Mapped {
+                (c.fallback, c.chunk_bytes) = (f.algo, f.chunk_bytes);
+            }
+        }
         // Bounded: a program with endlessly many sizes re-prices instead of growing.
         if cache.made.len() >= 4096 {
             cache.made.clear();
@@ -814,7 +821,24 @@ impl Communicator {
         let (f, fallback) = (find(choice.algo)?, find(choice.fallback)?);
         let fp = oxccl_algorithms::ctx::fingerprint(coll, args.count, args.dtype, args.op, args.root);
         let forced = AlgoOverrides::unpack(self.forced.load(Ordering::Relaxed), coll).is_some();
+        let trials_on = !forced && self.config.trial_calls > 0 && self.size > 1;
+        let trial_key = |fallback_of_mapped: bool| {
+            let shape = (coll, self.call_bytes(coll, &args), args.dtype, shape_op(coll, args.op));
+            ((shape.0, shape.1, shape.2, shape.3, self.forced.load(Ordering::Relaxed)), fallback_of_mapped)
+        };
         if choice.algo == Algorithm::Mapped && choice.fallback != Algorithm::Mapped && !forced {
+            // Where some rank's buffers cannot be mapped, the algorithms after `mapped` are
+            // tried like any close call (their own trials, so `mapped` stays the choice for
+            // buffers that can be): the fallback the model picked is only its guess.
+            let model = Choice { algo: choice.fallback, fallback: choice.fallback, ..choice };
+            let key = trial_key(true);
+            let fall_back = |ctx: &oxccl_algorithms::Ctx<'_>, a: &CollArgs| {
+                if trials_on {
+                    self.run_trials(ctx, key, a, model)
+                } else {
+                    fallback(ctx, a)
+                }
+            };
             // Decided inside the call, under its sequence number, so that calls from several
             // threads take the same decisions in the same order on every rank.
             return self.execute(coll, fp, choice.chunk_bytes, |ctx| {
@@ -824,9 +848,9 @@ impl Communicator {
                     b.skip == 0
                 };
                 if !probe {
-                    return fallback(ctx, &args);
+                    return fall_back(ctx, &args);
                 }
-                let ran = oxccl_algorithms::mapped::run_with_fallback(ctx, &args, fallback)?;
+                let ran = oxccl_algorithms::mapped::run_with_fallback(ctx, &args, &fall_back)?;
                 let mut b = self.mapped_backoff.lock().unwrap_or_else(|e| e.into_inner());
                 match ran {
                     Some(true) => *b = Backoff::default(),
@@ -839,9 +863,8 @@ impl Communicator {
                 Ok(())
             });
         }
-        if !forced && !fixed && self.config.trial_calls > 0 && self.size > 1 {
-            let shape = (coll, self.call_bytes(coll, &args), args.dtype, shape_op(coll, args.op));
-            let key = (shape.0, shape.1, shape.2, shape.3, self.forced.load(Ordering::Relaxed));
+        if trials_on && !fixed {
+            let key = trial_key(false);
             return self.execute(coll, fp, choice.chunk_bytes, |ctx| self.run_trials(ctx, key, &args, choice));
         }
         self.execute(coll, fp, choice.chunk_bytes, |ctx| f(ctx, &args))

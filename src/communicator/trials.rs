@@ -1,7 +1,9 @@
 //! Trial calls: where the cost model prices several algorithms of a call shape close
 //! together, the first calls of that shape (after two warm-up calls of the model's choice)
 //! run each for a block of calls and the next one fixes the fastest by measurement
-//! ([`Config::trial_calls`], [`select::trial_candidates`]).
+//! ([`Config::trial_calls`], [`select::trial_candidates`]). Where the best-priced algorithm
+//! is `mapped`, which runs only on buffers every rank maps, the algorithms after it have
+//! trials of their own, run by the calls whose buffers some rank cannot map.
 //!
 //! Every decision here is taken inside a call, under its sequence number, from state that
 //! only calls change: ranks make the same calls in the same order, so every rank runs the
@@ -21,10 +23,11 @@ use super::{ChoiceKey, Communicator};
 use crate::error::{Error, Result};
 use crate::select::{self, Choice, TrialTime};
 
-/// A call shape as trials key it: the choice's key. Not whether the call is in place: that
-/// is each rank's own affair (a broadcast's root may pass one buffer, the others two), and
-/// every rank must take the same steps.
-pub(super) type TrialKey = ChoiceKey;
+/// A call shape as trials key it: the choice's key, and whether these are the trials of the
+/// algorithms after `mapped`, for its calls on buffers that some rank cannot map. Not
+/// whether the call is in place: that is each rank's own affair (a broadcast's root may pass
+/// one buffer, the others two), and every rank must take the same steps.
+pub(super) type TrialKey = (ChoiceKey, bool);
 
 /// Where a call shape's trials stand.
 #[derive(Debug, Clone)]
@@ -220,13 +223,14 @@ impl Communicator {
                 let k = candidates.len();
                 let predicted: Vec<f64> = candidates.iter().map(|c| c.predicted.total()).collect();
                 let won = candidates[select::measured_best(&times, &predicted)];
-                let (_, bytes, dtype, op, _) = key;
+                let ((_, bytes, dtype, op, _), fallback_of_mapped) = key;
                 tracing::info!(
                     rank = self.rank,
-                    "{coll} of {} B ({}, {}): trials (slowest rank's typical call, its standard error, the model's price) {}: {} from now on (the model's choice: {})",
+                    "{coll} of {} B ({}, {}{}): trials (slowest rank's typical call, its standard error, the model's price) {}: {} from now on (the model's choice: {})",
                     bytes,
                     dtype,
                     op,
+                    if fallback_of_mapped { ", buffers some rank cannot map" } else { "" },
                     candidates
                         .iter()
                         .enumerate()
@@ -249,9 +253,31 @@ impl Communicator {
                     let mut cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
                     cache.trials.insert(key, Trials::Fixed(won));
                     cache.last_fixed = Some((key, won));
-                    // What `choice_for` reports from now on.
-                    cache.made.insert(key, won);
-                    cache.last = Some((key, won));
+                    // What `choice_for` reports from now on: the winner, or for the trials of
+                    // the algorithms after `mapped`, `mapped` with the winner after it.
+                    let (shape, fallback_of_mapped) = key;
+                    let reported = |c: &mut Choice| {
+                        if !fallback_of_mapped {
+                            *c = won;
+                        } else if c.algo == Algorithm::Mapped {
+                            (c.fallback, c.chunk_bytes) = (won.algo, won.chunk_bytes);
+                        }
+                    };
+                    match cache.made.get_mut(&shape) {
+                        Some(c) => reported(c),
+                        None if !fallback_of_mapped => {
+                            cache.made.insert(shape, won);
+                        }
+                        None => {}
+                    }
+                    if let Some((k, c)) = cache.last.as_mut() {
+                        if *k == shape {
+                            reported(c);
+                        }
+                    }
+                    if !fallback_of_mapped {
+                        cache.last = Some((shape, won));
+                    }
                 }
                 find(won.algo)?(&ctx.with_chunk_bytes(won.chunk_bytes), args)
             }
@@ -290,9 +316,10 @@ impl Communicator {
                 } else {
                     tracing::debug!(
                         rank = self.rank,
-                        "{} of {} B: this rank's trial runs in order (us): {}",
-                        key.0,
-                        key.1,
+                        "{} of {} B{}: this rank's trial runs in order (us): {}",
+                        key.0 .0,
+                        key.0 .1,
+                        if key.1 { " (buffers some rank cannot map)" } else { "" },
                         candidates
                             .iter()
                             .zip(runs.iter())
@@ -309,8 +336,11 @@ impl Communicator {
             }
             None if full => Step::Run(model),
             None => {
-                let (coll, bytes, dtype, op, _) = key;
-                let ranked = select::candidates(coll, bytes, dtype, op, &self.hosts, &self.profile, &self.config);
+                let ((coll, bytes, dtype, op, _), fallback_of_mapped) = key;
+                let mut ranked = select::candidates(coll, bytes, dtype, op, &self.hosts, &self.profile, &self.config);
+                if fallback_of_mapped {
+                    ranked.retain(|c| c.algo != Algorithm::Mapped);
+                }
                 let candidates = select::trial_candidates(&ranked);
                 if candidates.is_empty() || min_rounds == 0 {
                     cache.trials.insert(key, Trials::Fixed(model));
@@ -364,7 +394,7 @@ impl Communicator {
         let forced = self.forced.load(std::sync::atomic::Ordering::Relaxed);
         let cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
         let key = (coll, bytes, dtype, super::shape_op(coll, op), forced);
-        matches!(cache.trials.get(&key), Some(Trials::Trying { .. }))
+        [false, true].iter().any(|&f| matches!(cache.trials.get(&(key, f)), Some(Trials::Trying { .. })))
     }
 }
 
