@@ -338,18 +338,24 @@ fn replay(a: &Args) -> oxccl::Result<()> {
             Ok(())
         };
         step()?;
-        // Trial calls (`Config::trial_calls`) belong to the warm-up: every rank sees the same
-        // trials, so runs the same steps.
-        let trying = || {
-            l.ops.iter().any(|op| {
+        // Trial calls (`Config::trial_calls`) belong to the warm-up. Each communicator's
+        // trials end at the same call on its ranks, but a tensor group's may end before
+        // another's (their first timed calls size their rounds), so the world agrees on
+        // whether any rank's are still running: otherwise ranks run different numbers of
+        // steps and their next calls do not match.
+        let trying = || -> oxccl::Result<bool> {
+            let mine = l.ops.iter().any(|op| {
                 let c = comm_of(op.group);
                 let bytes = op.bytes / ES / c.size() * c.size() * ES;
                 let bytes = if op.coll == Collective::AllReduce { op.bytes / ES * ES } else { bytes };
                 c.trials_pending(op.coll, bytes, DataType::Bf16, ReduceOp::Sum)
-            })
+            });
+            let mut any = [u8::from(mine)];
+            world.all_reduce(&mut any, ReduceOp::Max)?;
+            Ok(any[0] != 0)
         };
         for _ in 0..100 {
-            if !trying() {
+            if !trying()? {
                 break;
             }
             step()?;

@@ -24,54 +24,81 @@ fn call_bytes(coll: Collective, count: usize, p: usize) -> usize {
     count * 4 * per
 }
 
-/// The smallest count of `coll` whose shape has at least two candidates to try, with them.
-fn tried_shape(comm: &Communicator, coll: Collective) -> Option<(usize, Vec<oxccl::Algorithm>)> {
+/// The smallest count of `coll` whose shape has at least two candidates to try, with them;
+/// with `after_mapped`, among the shapes whose best-priced algorithm is `mapped`, the
+/// candidates after it.
+fn tried_shape(comm: &Communicator, coll: Collective, after_mapped: bool) -> Option<(usize, Vec<oxccl::Algorithm>)> {
     COUNTS.iter().find_map(|&count| {
         let bytes = call_bytes(coll, count, comm.size());
-        let ranked = candidates(coll, bytes, DataType::F32, ReduceOp::Sum, comm.hosts(), comm.profile(), comm.config());
+        let mut ranked =
+            candidates(coll, bytes, DataType::F32, ReduceOp::Sum, comm.hosts(), comm.profile(), comm.config());
+        if after_mapped {
+            if ranked.first()?.algo != oxccl::Algorithm::Mapped {
+                return None;
+            }
+            ranked.retain(|c| c.algo != oxccl::Algorithm::Mapped);
+        }
         let t = trial_candidates(&ranked);
         (t.len() >= 2).then(|| (count, t.iter().map(|c| c.algo).collect()))
     })
 }
 
-/// Drives every collective's tried shape through its trials on this rank: the lines it
-/// reports are `coll count chosen calls`, or failures (prefixed `FAIL`).
-fn drive(comm: &Communicator) -> Vec<String> {
+/// Calls `coll` of `count` (checked) until its trials end: the number of calls, or the
+/// failure to report.
+fn call_until_fixed(comm: &Communicator, coll: Collective, count: usize) -> Result<usize, String> {
     let limit = TRIAL_WARM_CALLS as usize + TRIAL_MAX_ROUNDS as usize * TRIAL_MAX_CANDIDATES + 1;
+    let bytes = call_bytes(coll, count, comm.size());
+    let mut calls = 0;
+    loop {
+        call_and_check(comm, coll, count)
+            .map_err(|e| format!("FAIL rank {} {coll} count {count} call {calls}: {e}", comm.rank()))?;
+        calls += 1;
+        if !comm.trials_pending(coll, bytes, DataType::F32, ReduceOp::Sum) {
+            return Ok(calls);
+        }
+        if calls > limit {
+            return Err(format!("FAIL rank {} {coll}: still trying after {calls} calls", comm.rank()));
+        }
+    }
+}
+
+/// Drives every collective's tried shape through its trials on this rank: the lines it
+/// reports are `coll count chosen calls`, or failures (prefixed `FAIL`). With
+/// `after_mapped`, the shapes whose best is `mapped`, on ordinary buffers (which no rank of
+/// another process can map): their calls try the algorithms after `mapped` and fix one,
+/// reported as `mapped`'s fallback, and calls on shared buffers still run `mapped`.
+fn drive(comm: &Communicator, after_mapped: bool) -> Vec<String> {
     let mut out = Vec::new();
     for coll in checked_collectives() {
-        let Some((count, tried)) = tried_shape(comm, coll) else {
+        let Some((count, tried)) = tried_shape(comm, coll, after_mapped) else {
             out.push(format!("{coll} none"));
             continue;
         };
         let bytes = call_bytes(coll, count, comm.size());
-        let mut calls = 0;
-        loop {
-            if let Err(e) = call_and_check(comm, coll, count) {
-                out.push(format!("FAIL rank {} {coll} count {count} call {calls}: {e}", comm.rank()));
+        let calls = match call_until_fixed(comm, coll, count) {
+            Ok(calls) => calls,
+            Err(fail) => {
+                out.push(fail);
                 return out;
             }
-            calls += 1;
-            if !comm.trials_pending(coll, bytes, DataType::F32, ReduceOp::Sum) {
-                break;
-            }
-            if calls > limit {
-                out.push(format!("FAIL rank {} {coll}: still trying after {calls} calls", comm.rank()));
-                return out;
-            }
+        };
+        let choice = comm.choice_for(coll, bytes, DataType::F32, ReduceOp::Sum);
+        let chosen = if after_mapped { choice.fallback } else { choice.algo };
+        if !tried.contains(&chosen) || after_mapped && choice.algo != oxccl::Algorithm::Mapped {
+            out.push(format!(
+                "FAIL rank {} {coll}: fixed {chosen} (choice {}), not one of the candidates {tried:?}",
+                comm.rank(),
+                choice.algo
+            ));
         }
-        let chosen = comm.choice_for(coll, bytes, DataType::F32, ReduceOp::Sum).algo;
-        if !tried.contains(&chosen) {
-            out.push(format!("FAIL rank {} {coll}: fixed {chosen}, not one of the candidates {tried:?}", comm.rank()));
-        }
-        // Fixed for good: more calls stay right and try nothing.
-        for _ in 0..3 {
-            if let Err(e) = call_and_check(comm, coll, count) {
-                out.push(format!("FAIL rank {} {coll} after the trials: {e}", comm.rank()));
+        // Fixed for good: more calls stay right and try nothing (shared buffers run `mapped`).
+        for shared in [after_mapped, false, after_mapped] {
+            if let Err(e) = call_and_check_in(comm, coll, count, shared) {
+                out.push(format!("FAIL rank {} {coll} after the trials (shared {shared}): {e}", comm.rank()));
             }
         }
         if comm.trials_pending(coll, bytes, DataType::F32, ReduceOp::Sum)
-            || comm.choice_for(coll, bytes, DataType::F32, ReduceOp::Sum).algo != chosen
+            || comm.choice_for(coll, bytes, DataType::F32, ReduceOp::Sum) != choice
         {
             out.push(format!("FAIL rank {} {coll}: the fixed choice changed", comm.rank()));
         }
@@ -100,7 +127,7 @@ fn check_world(reports: &[Vec<String>], what: &str) {
 
 fn thread_world(comms: &[Communicator], what: &str) {
     let reports: Vec<Vec<String>> = std::thread::scope(|s| {
-        let hs: Vec<_> = comms.iter().map(|c| s.spawn(|| drive(c))).collect();
+        let hs: Vec<_> = comms.iter().map(|c| s.spawn(|| drive(c, false))).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     check_world(&reports, what);
@@ -120,73 +147,6 @@ fn trials_fix_one_algorithm_on_every_rank_over_shared_memory() {
     }
 }
 
-/// The smallest count of `coll` whose best-priced algorithm is `mapped` and whose algorithms
-/// after it have at least two candidates to try, with them.
-fn tried_after_mapped(comm: &Communicator, coll: Collective) -> Option<(usize, Vec<oxccl::Algorithm>)> {
-    COUNTS.iter().find_map(|&count| {
-        let bytes = call_bytes(coll, count, comm.size());
-        let mut ranked =
-            candidates(coll, bytes, DataType::F32, ReduceOp::Sum, comm.hosts(), comm.profile(), comm.config());
-        if ranked.first()?.algo != oxccl::Algorithm::Mapped {
-            return None;
-        }
-        ranked.retain(|c| c.algo != oxccl::Algorithm::Mapped);
-        let t = trial_candidates(&ranked);
-        (t.len() >= 2).then(|| (count, t.iter().map(|c| c.algo).collect()))
-    })
-}
-
-/// [`drive`] for the shapes whose best is `mapped`, on ordinary buffers (which no rank can
-/// map): their calls try the algorithms after `mapped` and fix one, reported as `mapped`'s
-/// fallback; calls on shared buffers still run `mapped`.
-fn drive_after_mapped(comm: &Communicator) -> Vec<String> {
-    let limit = TRIAL_WARM_CALLS as usize + TRIAL_MAX_ROUNDS as usize * TRIAL_MAX_CANDIDATES + 1;
-    let mut out = Vec::new();
-    for coll in checked_collectives() {
-        let Some((count, tried)) = tried_after_mapped(comm, coll) else {
-            out.push(format!("{coll} none"));
-            continue;
-        };
-        let bytes = call_bytes(coll, count, comm.size());
-        let pending = || comm.trials_pending(coll, bytes, DataType::F32, ReduceOp::Sum);
-        let mut calls = 0;
-        loop {
-            if let Err(e) = call_and_check(comm, coll, count) {
-                out.push(format!("FAIL rank {} {coll} count {count} call {calls}: {e}", comm.rank()));
-                return out;
-            }
-            calls += 1;
-            if !pending() {
-                break;
-            }
-            if calls > limit {
-                out.push(format!("FAIL rank {} {coll}: still trying after {calls} calls", comm.rank()));
-                return out;
-            }
-        }
-        let choice = comm.choice_for(coll, bytes, DataType::F32, ReduceOp::Sum);
-        if choice.algo != oxccl::Algorithm::Mapped || !tried.contains(&choice.fallback) {
-            out.push(format!(
-                "FAIL rank {} {coll}: fixed {} after {}, not mapped after one of {tried:?}",
-                comm.rank(),
-                choice.fallback,
-                choice.algo
-            ));
-        }
-        // Shared buffers run `mapped`; ordinary ones the fixed fallback, without more trials.
-        for shared in [true, false, true] {
-            if let Err(e) = call_and_check_in(comm, coll, count, shared) {
-                out.push(format!("FAIL rank {} {coll} after the trials (shared {shared}): {e}", comm.rank()));
-            }
-        }
-        if pending() || comm.choice_for(coll, bytes, DataType::F32, ReduceOp::Sum) != choice {
-            out.push(format!("FAIL rank {} {coll}: the fixed choice changed", comm.rank()));
-        }
-        out.push(format!("{coll} {count} {} {calls}", choice.fallback));
-    }
-    out
-}
-
 /// Processes, since ranks that are threads of one process map each other's ordinary buffers.
 #[test]
 fn trials_fix_the_algorithm_after_mapped_on_buffers_that_cannot_be_mapped() {
@@ -200,7 +160,7 @@ fn no_trials_when_off_or_forced() {
     let fails = on_all(&comms, |c| {
         let mut out = Vec::new();
         for coll in checked_collectives() {
-            let Some((count, tried)) = tried_shape(c, coll) else { continue };
+            let Some((count, tried)) = tried_shape(c, coll, false) else { continue };
             let bytes = call_bytes(coll, count, c.size());
             if let Err(e) = call_and_check(c, coll, count) {
                 out.push(e);
@@ -219,7 +179,7 @@ fn no_trials_when_off_or_forced() {
     let comms = tcp_world(3, test_config());
     let fails = on_all(&comms, |c| {
         let mut out = Vec::new();
-        let (count, tried) = tried_shape(c, Collective::AllGather).expect("all-gather has a shape to try");
+        let (count, tried) = tried_shape(c, Collective::AllGather, false).expect("all-gather has a shape to try");
         let forced = tried[1];
         c.set_algorithms(&format!("all_gather:{}", forced.name())).unwrap();
         let bytes = call_bytes(Collective::AllGather, count, c.size());
@@ -278,7 +238,7 @@ fn trials_rank() {
         return;
     };
     let comm = Communicator::from_env().expect("launcher environment");
-    let lines = if which == "after_mapped" { drive_after_mapped(&comm) } else { drive(&comm) };
+    let lines = drive(&comm, which == "after_mapped");
     for line in lines {
         println!("\nTRIALS {line}");
     }

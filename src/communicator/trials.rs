@@ -383,7 +383,10 @@ impl Communicator {
     /// Whether calls of this shape (see [`Communicator::choice_for`]) are still trying
     /// candidate algorithms ([`crate::Config::trial_calls`]): a
     /// benchmark's warm-up runs until they are done, so its timed calls run the fixed
-    /// choice. The same on every rank after the same calls.
+    /// choice. The same on every rank of this communicator after the same calls; two
+    /// communicators split from one world may end their trials at different calls, so a
+    /// program that warms up several until all are done agrees on that over the world (as
+    /// `examples/plan.rs` does).
     pub fn trials_pending(
         &self,
         coll: oxccl_algorithms::Collective,

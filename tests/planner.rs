@@ -1,0 +1,52 @@
+//! The planner example's replay (`examples/plan.rs --replay`) under `oxrun`: four processes
+//! replay every layout's collectives on the world and on communicators split from it, and
+//! must agree on every step they take. (Each communicator's trial calls end at a call of
+//! its own, so the warm-up's end is agreed over the world; when it was not, the ranks of two
+//! tensor groups ran different numbers of warm-up steps and timed out in mismatched calls.)
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `target/<profile>/examples/plan`, which `cargo test` builds with the tests.
+fn plan_example() -> PathBuf {
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    deps.parent().unwrap().join("examples").join("plan")
+}
+
+fn replay(buffers: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_oxrun"))
+        .args(["-n", "4"])
+        .arg(plan_example())
+        .args(["--params", "4e6", "--layers", "2", "--hidden", "256", "--seq", "64", "--micro-batch", "1"])
+        .args(["--replay", "--steps", "2", "--buffers", buffers])
+        .env("OXCCL_TIMEOUT_MS", "30000")
+        .env("OXCCL_TRANSPORT", "shm")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "replay on {buffers} buffers:\n{text}");
+    // One row per layout: name, calls, GB moved, predicted ms, measured ms, ratio.
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let nums: Vec<f64> = l.split_whitespace().rev().take(5).filter_map(|w| w.parse().ok()).collect();
+            (nums.len() == 5).then_some(nums)
+        })
+        .collect();
+    assert_eq!(rows.len(), 5, "five layouts on {buffers} buffers:\n{text}");
+    for r in &rows {
+        // Reversed: ratio, measured, predicted, GB, calls.
+        let (ratio, measured, predicted) = (r[0], r[1], r[2]);
+        assert!(measured > 0.0 && predicted > 0.0, "{text}");
+        // Each printed to two decimals: the ratio lies within what their rounding allows.
+        let (lo, hi) = ((predicted - 0.005) / (measured + 0.005), (predicted + 0.005) / (measured - 0.005));
+        assert!(lo - 0.005 <= ratio && ratio <= hi + 0.005, "ratio {ratio} of {predicted} / {measured}:\n{text}");
+    }
+}
+
+#[test]
+fn the_planner_replays_every_layout_on_heap_and_shared_buffers() {
+    replay("heap");
+    replay("shared");
+}
