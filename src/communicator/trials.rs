@@ -253,29 +253,17 @@ impl Communicator {
                     let mut cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
                     cache.trials.insert(key, Trials::Fixed(won));
                     cache.last_fixed = Some((key, won));
-                    // What `choice_for` reports from now on: the winner, or for the trials of
-                    // the algorithms after `mapped`, `mapped` with the winner after it.
+                    // What `choice_for` reports from now on: the winner; for the trials of
+                    // the algorithms after `mapped`, `mapped` with the winner after it, which
+                    // the choice's next lookup derives from the trials (`chosen_state`).
                     let (shape, fallback_of_mapped) = key;
-                    let reported = |c: &mut Choice| {
-                        if !fallback_of_mapped {
-                            *c = won;
-                        } else if c.algo == Algorithm::Mapped {
-                            (c.fallback, c.chunk_bytes) = (won.algo, won.chunk_bytes);
+                    if fallback_of_mapped {
+                        cache.made.remove(&shape);
+                        if cache.last.is_some_and(|(k, _)| k == shape) {
+                            cache.last = None;
                         }
-                    };
-                    match cache.made.get_mut(&shape) {
-                        Some(c) => reported(c),
-                        None if !fallback_of_mapped => {
-                            cache.made.insert(shape, won);
-                        }
-                        None => {}
-                    }
-                    if let Some((k, c)) = cache.last.as_mut() {
-                        if *k == shape {
-                            reported(c);
-                        }
-                    }
-                    if !fallback_of_mapped {
+                    } else {
+                        cache.made.insert(shape, won);
                         cache.last = Some((shape, won));
                     }
                 }
