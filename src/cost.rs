@@ -1521,13 +1521,6 @@ mod tests {
             for (name, rows) in &entry.samples.times {
                 let Some((c, a)) = name.split_once('.') else { continue };
                 let (Some(coll), Some(algo)) = (Collective::parse(c), Algorithm::parse(a)) else { continue };
-                // The AMD EPYC entry (eleventh session) timed the tree all-reduce before it was
-                // pipelined (seventeenth session), and its factors were fitted to the tree's
-                // formula of then; no AMD machine has been lent since to measure the tree of
-                // now. Its rows stay as they were, and they price the present formula.
-                if entry.cpu == "AMD EPYC" && name == "all_reduce.tree" {
-                    continue;
-                }
                 let mut worlds: Vec<usize> =
                     rows.iter().filter(|r| r[1] as usize == 1).map(|r| r[0] as usize).collect();
                 worlds.sort_unstable();
