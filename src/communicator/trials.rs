@@ -314,7 +314,7 @@ impl Communicator {
                             .map(|(c, r)| format!(
                                 "{} [{}]",
                                 c.algo,
-                                r.iter().map(|ns| format!("{:.0}", *ns as f64 / 1e3)).collect::<Vec<_>>().join(" ")
+                                r.iter().map(|ns| format!("{:.2}", *ns as f64 / 1e3)).collect::<Vec<_>>().join(" ")
                             ))
                             .collect::<Vec<_>>()
                             .join(", ")
