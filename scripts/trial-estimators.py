@@ -32,9 +32,17 @@ import re
 import statistics
 from collections import defaultdict
 
-spec = importlib.util.spec_from_file_location("cost_bars", os.path.join(os.path.dirname(__file__), "cost-bars.py"))
-cost_bars = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cost_bars)
+
+def _script(name, file):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), file))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cost_bars = _script("cost_bars", "cost-bars.py")
+# `decide` is `select::measured_best`'s weighing, as scripts/trial-replay.py replays it.
+trial_replay = _script("trial_replay", "trial-replay.py")
 
 DEBUG = re.compile(
     r"DEBUG oxccl::communicator::trials: (\w+) of (\d+) B( \(buffers some rank cannot map\))?: "
@@ -46,8 +54,7 @@ INFO = re.compile(
 )
 CANDIDATE = re.compile(r"(\w+) ([\d.]+) us ±([\d.]+)% \(priced ([\d.]+) us\)")
 RUNS = re.compile(r"(\w+) \[([\d. ]*)\]")
-# select::MODEL_LOG_SPREAD and select::TRIAL_LOG_FLOOR.
-MODEL_LOG_SPREAD = 0.2
+# select::TRIAL_LOG_FLOOR.
 TRIAL_LOG_FLOOR = 0.1
 
 
@@ -131,21 +138,12 @@ def typical_all(runs, estimator):
     return out
 
 
-def measured_best(times, predicted):
-    """`select::measured_best`: times[r][i] = (typical, error) of rank r's candidate i."""
-    k = len(predicted)
-    worst = [max((t[i] for t in times), key=lambda x: x[0]) for i in range(k)]
-    base = worst[0]
-    best = (0, 0.0)
-    for i in range(1, k):
-        t = worst[i]
-        d_meas = math.log(t[0] / base[0])
-        var_meas = t[1] ** 2 + base[1] ** 2 + 2 * TRIAL_LOG_FLOOR**2
-        var_model = MODEL_LOG_SPREAD**2
-        d = (d_meas * var_model + math.log(predicted[i] / predicted[0]) * var_meas) / (var_model + var_meas)
-        if d < best[1]:
-            best = (i, d)
-    return best[0]
+def measured_best(times, algos, predicted):
+    """The candidate `select::measured_best` fixes: times[r][i] = (typical, error) of rank
+    r's candidate i, each candidate counted at its slowest rank."""
+    worst = [max((t[i] for t in times), key=lambda x: x[0]) for i in range(len(algos))]
+    trial = [(a, w[0], 100 * w[1], pr) for a, w, pr in zip(algos, worst, predicted)]
+    return trial_replay.decide(trial, TRIAL_LOG_FLOOR)
 
 
 def decisions(path):
@@ -197,7 +195,7 @@ def main():
                 result[(transport, "logged")].append((loop[fixed] / fastest, shape))
                 for name, estimator in ESTIMATORS.items():
                     times = [typical_all(rank, estimator) for rank in by_rank]
-                    result[(transport, name)].append((loop[algos[measured_best(times, prices)]] / fastest, shape))
+                    result[(transport, name)].append((loop[measured_best(times, algos, prices)] / fastest, shape))
     print("| transport | rule | decisions | over 1.10x the fastest | over 1.03x | geomean |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for (transport, name), v in result.items():
