@@ -54,5 +54,33 @@ fn kernels(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels);
+/// The fused kernel of the `mapped` algorithms: `p` sources reduced into `p` destinations,
+/// as one rank of a p-rank call does with its slice, with 512 KiB of input in all (in cache)
+/// and 16 MiB (out of it). Throughput in bytes of input (`p` sources), so that it compares
+/// with the per-byte reduction price of the cost model.
+fn fused(c: &mut Criterion) {
+    let r = HostReducer::new();
+    let mut g = c.benchmark_group("reduce_into_all");
+    for total in [512usize << 10, 16 << 20] {
+        for p in [2usize, 4, 8] {
+            let slice = total / p;
+            g.throughput(Throughput::Bytes(total as u64));
+            for (name, dtype) in [("f32", DataType::F32), ("bf16", DataType::Bf16), ("f16", DataType::F16)] {
+                // 0x3c in every byte is a normal number in every type, and the sums stay
+                // finite (the destinations are not sources); written, so that the sources
+                // are not the zero page, which is always in cache.
+                let srcs: Vec<Vec<u8>> = (0..p).map(|_| vec![0x3c; slice]).collect();
+                let mut dsts: Vec<Vec<u8>> = (0..p).map(|_| vec![0x3c; slice]).collect();
+                let regions: Vec<Region> = srcs.iter().map(|v| reg(v)).collect();
+                let outs: Vec<RegionMut> = dsts.iter_mut().map(|v| reg_mut(v)).collect();
+                g.bench_with_input(BenchmarkId::new(format!("{name}_sum_{p}_ranks"), total), &p, |b, _| {
+                    b.iter(|| r.reduce_into_all(dtype, ReduceOp::Sum, &outs, &regions, false).unwrap())
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels, fused);
 criterion_main!(benches);
