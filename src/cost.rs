@@ -35,7 +35,8 @@ use std::time::Instant;
 
 use crate::SharedBuffer;
 pub use oxccl_algorithms::cost::{
-    ceil_log2, residual_bytes, residual_index, Cost, Efficiency, Level, Link, Model, Profile, RESIDUAL_POINTS,
+    ceil_log2, residual_bytes, residual_index, Cost, Efficiency, FusedExtra, Level, Link, Model, Profile,
+    RESIDUAL_POINTS,
 };
 use oxccl_algorithms::registry;
 use oxccl_algorithms::{Algorithm, Collective, DataType, ReduceOp};
@@ -169,6 +170,13 @@ pub struct TuningEntry {
     pub copy_gbs: f64,
     /// Reduction speed in GB/s of input, keyed `type.op` (`float.sum`, `bfloat16.max`).
     pub reduce_gbs: BTreeMap<String, f64>,
+    /// Speed of the fused kernel of the `mapped` algorithms (4 sources reduced into 4
+    /// destinations) in GB/s of input per core, with every core running it at once, keyed
+    /// as `reduce_gbs`: `[in cache, out of cache]`. What a type costs beyond f32 there
+    /// prices those algorithms ([`oxccl_algorithms::cost::Profile::fused`]). Empty in files
+    /// from before it was measured.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fused_gbs: BTreeMap<String, [f64; 2]>,
     /// Measured efficiency of each algorithm (see [`Profile::efficiency`]), keyed
     /// `collective.algorithm`: `[ranks, latency factor, in-cache bandwidth factor,
     /// out-of-cache bandwidth factor, halfway footprint in bytes, residual...]` per world
@@ -202,12 +210,16 @@ pub struct Samples {
     /// hosts evenly, in blocks.
     #[serde(default)]
     pub times: BTreeMap<String, Vec<Vec<f64>>>,
+    /// The fused kernel's speeds ([`TuningEntry::fused_gbs`]) of each run that measured
+    /// them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fused: Vec<BTreeMap<String, [f64; 2]>>,
 }
 
 impl Samples {
     /// Whether nothing was recorded (files from before samples were kept).
     pub fn is_empty(&self) -> bool {
-        self.link.is_empty() && self.times.is_empty()
+        self.link.is_empty() && self.times.is_empty() && self.fused.is_empty()
     }
 }
 
@@ -313,6 +325,11 @@ impl TuningEntry {
                 link.extend(self.samples.link.iter().copied());
                 self.samples.link = link;
             }
+            if self.samples.fused != earlier.samples.fused {
+                let mut fused = earlier.samples.fused.clone();
+                fused.extend(self.samples.fused.iter().cloned());
+                self.samples.fused = fused;
+            }
             for (name, rows) in &earlier.samples.times {
                 let mine = self.samples.times.entry(name.clone()).or_default();
                 // This world size: the earlier runs and this one. Others: this entry's rows
@@ -341,6 +358,19 @@ impl TuningEntry {
         for (name, gbs) in self.reduce_gbs.iter_mut() {
             if let Some(&old) = earlier.reduce_gbs.get(name) {
                 mean(old, gbs);
+            }
+        }
+        // Unsampled, the fused kernel's speeds as the two-input kernels' (a run that reused
+        // the earlier kernels carries them unchanged); where the earlier runs did not measure
+        // them, this run's stand alone. Sampled, they are the runs' medians (above).
+        if !sampled && self.fused_gbs.is_empty() {
+            self.fused_gbs = earlier.fused_gbs.clone();
+        } else if !sampled {
+            for (name, gbs) in self.fused_gbs.iter_mut() {
+                if let Some(old) = earlier.fused_gbs.get(name) {
+                    mean(old[0], &mut gbs[0]);
+                    mean(old[1], &mut gbs[1]);
+                }
             }
         }
         let mut averaged = false;
@@ -381,6 +411,13 @@ impl TuningEntry {
     /// point, which only make sense together) the median run's, ranked by its mean log time
     /// per byte over footprints of 64 KiB to 128 MiB.
     fn apply_link_samples(&mut self) {
+        // The fused kernel's speeds: each one's median over the runs that measured it.
+        if !self.samples.fused.is_empty() {
+            let names: std::collections::BTreeSet<&String> = self.samples.fused.iter().flat_map(|f| f.keys()).collect();
+            let runs = &self.samples.fused;
+            let at = |k: &String, i: usize| median(runs.iter().filter_map(|f| f.get(k)).map(|g| g[i]).collect());
+            self.fused_gbs = names.into_iter().filter_map(|k| Some((k.clone(), [at(k, 0)?, at(k, 1)?]))).collect();
+        }
         let links = &self.samples.link;
         let at = |i: usize| median(links.iter().map(|l| l[i]).collect());
         let (Some(a), Some(g), Some(copy)) = (at(0), at(1), at(5)) else { return };
@@ -597,6 +634,7 @@ impl TuningFile {
             intra: intra_e.link(),
             inter: inter_e.link(),
             gamma: [[0.0; 5]; 10],
+            fused: None,
             copy: 1e-9 / intra_e.copy_gbs.max(1e-9),
             cores: intra_e.cores.max(1.0),
             // Measured on one host: the intra transport's entry. Measured across hosts (a
@@ -622,6 +660,23 @@ impl TuningFile {
                 p.set_gamma(d, o, 1e-9 / gbs.max(1e-9));
             }
         }
+        // The fused kernel's figures: this entry's, else the built-in shm entry's (both
+        // relative to f32 on the same machine), else none.
+        let fused = [&intra_e, fallback].into_iter().map(|e| &e.fused_gbs).find(|f| !f.is_empty());
+        p.fused = fused.map(|f| {
+            let mut extra = FusedExtra { cache: [[0.0; 5]; 10], memory: [[0.0; 5]; 10] };
+            for o in ReduceOp::ALL {
+                let secs = |d: DataType, i: usize| f.get(&gamma_key(d, o)).map(|g| 1e-9 / g[i].max(1e-9));
+                for d in DataType::ALL {
+                    let (di, oi) = (oxccl_algorithms::cost::dtype_index(d), oxccl_algorithms::cost::op_index(o));
+                    for (i, table) in [&mut extra.cache, &mut extra.memory].into_iter().enumerate() {
+                        let f32_secs = secs(DataType::F32, i).unwrap_or(0.0);
+                        table[di][oi] = (secs(d, i).unwrap_or(f32_secs) - f32_secs).max(0.0);
+                    }
+                }
+            }
+            extra
+        });
         p
     }
 }
@@ -681,6 +736,11 @@ pub(crate) fn to_words(p: &Profile) -> Vec<u64> {
         // Residuals as f32, two to a word.
         w.extend(e.residual.chunks(2).map(|c| u64::from(c[0].to_bits()) | u64::from(c[1].to_bits()) << 32));
     }
+    w.resize(FUSED_WORD, 0);
+    w.push(u64::from(p.fused.is_some()));
+    if let Some(f) = &p.fused {
+        w.extend(f.cache.iter().chain(&f.memory).flatten().map(|g| g.to_bits()));
+    }
     w.resize(PROFILE_WORDS, 0);
     w
 }
@@ -692,8 +752,12 @@ const MAX_EFFICIENCY: usize = 512;
 const ROW_WORDS: usize = 8 + RESIDUAL_POINTS / 2;
 const _: () = assert!(RESIDUAL_POINTS.is_multiple_of(2), "residuals travel two to a word");
 
+/// Where [`to_words`] puts the fused kernel's figures: a flag, then 50 words in cache and
+/// 50 out of it.
+const FUSED_WORD: usize = 12 + 2 + 50 + 1 + ROW_WORDS * MAX_EFFICIENCY;
+
 /// The number of words [`to_words`] makes.
-pub(crate) const PROFILE_WORDS: usize = 12 + 2 + 50 + 1 + ROW_WORDS * MAX_EFFICIENCY;
+pub(crate) const PROFILE_WORDS: usize = FUSED_WORD + 1 + 100;
 
 /// The inverse of [`to_words`].
 pub(crate) fn from_words(w: &[u64]) -> Profile {
@@ -735,8 +799,15 @@ pub(crate) fn from_words(w: &[u64]) -> Profile {
             })
         })
         .collect();
+    let fused = (w[FUSED_WORD] == 1).then(|| {
+        let mut extra = FusedExtra { cache: [[0.0; 5]; 10], memory: [[0.0; 5]; 10] };
+        for (i, g) in extra.cache.iter_mut().chain(&mut extra.memory).flatten().enumerate() {
+            *g = f(FUSED_WORD + 1 + i);
+        }
+        extra
+    });
     // Whether peers' memory maps is the receiving communicator's transport's business.
-    Profile { intra: link(0), inter: link(6), gamma, copy: f(12), cores: f(13), efficiency, peer_memory: false }
+    Profile { intra: link(0), inter: link(6), gamma, fused, copy: f(12), cores: f(13), efficiency, peer_memory: false }
 }
 
 /// Least-squares line through `(x, y)` points: `(intercept, slope)`.
@@ -925,25 +996,38 @@ pub fn calibrate(comm: &Communicator, base: Option<&TuningEntry>) -> Result<Tuni
     comm.broadcast(&mut wake, 0)?;
     let wake = wake[0];
     let wake_ranks = if measured > 0.0 { p } else { base.map_or(0, |b| b.wake_ranks) };
-    let mut kernels = [0f64; 51];
+    // The two-input kernels (50), the copy, then the fused kernel in cache (50) and out of
+    // it (50; 0: not measured).
+    let mut kernels = [0f64; 151];
     if r == 0 {
         match base.filter(|_| reuse) {
             Some(b) => {
                 for d in DataType::ALL {
                     for o in ReduceOp::ALL {
-                        kernels[dtype_op_index(d, o)] = b.reduce_gbs.get(&gamma_key(d, o)).copied().unwrap_or(5.0);
+                        let i = dtype_op_index(d, o);
+                        kernels[i] = b.reduce_gbs.get(&gamma_key(d, o)).copied().unwrap_or(5.0);
+                        let fused = b.fused_gbs.get(&gamma_key(d, o)).copied().unwrap_or_default();
+                        (kernels[51 + i], kernels[101 + i]) = (fused[0], fused[1]);
                     }
                 }
                 kernels[50] = b.copy_gbs;
             }
-            None => measure_kernels(&mut kernels),
+            None => {
+                let cores = comm.profile().cores.round().clamp(1.0, MAX_FUSED_THREADS as f64) as usize;
+                measure_kernels(&mut kernels, cores);
+            }
         }
     }
     comm.broadcast(&mut kernels, 0)?;
     let mut reduce_gbs = BTreeMap::new();
+    let mut fused_gbs = BTreeMap::new();
     for d in DataType::ALL {
         for o in ReduceOp::ALL {
-            reduce_gbs.insert(gamma_key(d, o), kernels[dtype_op_index(d, o)]);
+            let i = dtype_op_index(d, o);
+            reduce_gbs.insert(gamma_key(d, o), kernels[i]);
+            if kernels[51 + i] > 0.0 && kernels[101 + i] > 0.0 {
+                fused_gbs.insert(gamma_key(d, o), [kernels[51 + i], kernels[101 + i]]);
+            }
         }
     }
     let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "*".into());
@@ -961,13 +1045,16 @@ pub fn calibrate(comm: &Communicator, base: Option<&TuningEntry>) -> Result<Tuni
         cache_kib: cache_bytes / 1024.0,
         copy_gbs: kernels[50],
         reduce_gbs,
+        fused_gbs,
         efficiency: base.map(|b| b.efficiency.clone()).unwrap_or_default(),
         measured: format!("Full calibration, {p} ranks over {}", comm.transport_name()),
         runs: base.map(|b| b.runs.clone()).unwrap_or_default(),
         samples: base.map(|b| b.samples.clone()).unwrap_or_default(),
     };
     if !reuse {
-        // A plain calibration's link is this run's alone (TuningEntry::average_with pools).
+        // A plain calibration's link and kernels are this run's alone
+        // (TuningEntry::average_with pools).
+        entry.samples.fused = vec![entry.fused_gbs.clone()];
         entry.samples.link = vec![[
             entry.alpha_us,
             entry.gap_us,
@@ -1007,7 +1094,8 @@ impl QuickScale {
             l.beta_cache *= self.bandwidth;
         }
         profile.copy *= self.bandwidth;
-        for g in profile.gamma.iter_mut().flatten() {
+        let fused = profile.fused.iter_mut().flat_map(|f| f.cache.iter_mut().chain(&mut f.memory));
+        for g in profile.gamma.iter_mut().chain(fused).flatten() {
             *g *= self.bandwidth;
         }
     }
@@ -1437,7 +1525,10 @@ fn ranks_per_core(comm: &Communicator) -> f64 {
 /// bytes moving either way. (Pricing bf16 by its out-of-cache speed alone put 4-rank shm
 /// halving-doubling at 0.8x f32's price relative to its time; by its in-cache speed relative
 /// to f32's alone, 1.2-1.3x.)
-fn measure_kernels(out: &mut [f64; 51]) {
+/// Threads [`measure_kernels`] runs the fused kernel on at most (one per core).
+const MAX_FUSED_THREADS: usize = 8;
+
+fn measure_kernels(out: &mut [f64; 151], cores: usize) {
     use oxccl_algorithms::{HostReducer, Reducer};
     use oxccl_transport::{MemoryKind, Region, RegionMut};
     let big = 16 << 20;
@@ -1487,6 +1578,76 @@ fn measure_kernels(out: &mut [f64; 51]) {
     }
     out[50] = time(big, 3, &mut |_| red.copy(rd, ra).expect("equal lengths"));
     drop(dst);
+    let (cache, memory) = out[51..].split_at_mut(50);
+    measure_fused(cache, 32 << 10, 32, cores);
+    measure_fused(memory, 4 << 20, 2, cores);
+}
+
+/// The fused kernel of the `mapped` algorithms (4 sources of `slice` bytes reduced into 4
+/// destinations, as one rank of a 4-rank all-reduce of `4 * slice` bytes does; `reps`
+/// calls timed together), on `threads` threads at once, each on buffers of its own: GB/s
+/// of input per thread (the slowest thread's time), the best of five rounds, for every
+/// type and operator (indexed as `dtype_op_index`).
+///
+/// Every core at once because every rank of a call runs it at once: out of cache the
+/// memory is shared then, and the half types' conversions mostly hide under it. With 4
+/// MiB slices, the 4-source bf16 kernel took 1.4-1.8x f32's time on one core of the AMD
+/// EPYC VM, 1.1-1.35x on two at once, and the 4-rank bf16 all-reduce of 25 MiB 1.1x f32's.
+fn measure_fused(out: &mut [f64], slice: usize, reps: usize, threads: usize) {
+    use oxccl_algorithms::{HostReducer, Reducer};
+    use oxccl_transport::{MemoryKind, Region, RegionMut};
+    const SOURCES: usize = 4;
+    const ROUNDS: usize = 5;
+    let cases: Vec<(DataType, ReduceOp)> = DataType::ALL.iter().flat_map(|&d| ReduceOp::ALL.map(|o| (d, o))).collect();
+    let barrier = std::sync::Barrier::new(threads);
+    // Per thread, per case, per round: seconds per call.
+    let secs: Vec<Vec<[f64; ROUNDS]>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    // 0x3c in every byte is a normal number in every type (0.0115 as f32 and
+                    // bf16, 1.06 as f16, 60 as int8), so no kernel meets denormals, and 4
+                    // of them never overflow; written, so no page is first touched timed.
+                    let srcs: Vec<Vec<u8>> = (0..SOURCES).map(|_| vec![0x3c; slice]).collect();
+                    let mut dsts: Vec<Vec<u8>> = (0..SOURCES).map(|_| vec![0x3c; slice]).collect();
+                    // SAFETY: the vectors live, unaliased, until the end of this closure,
+                    // and the regions are used only within it.
+                    let (ins, outs): (Vec<Region>, Vec<RegionMut>) = unsafe {
+                        (
+                            srcs.iter().map(|v| Region::from_raw_parts(v.as_ptr(), slice, MemoryKind::Host)).collect(),
+                            dsts.iter_mut()
+                                .map(|v| RegionMut::from_raw_parts(v.as_mut_ptr(), slice, MemoryKind::Host))
+                                .collect(),
+                        )
+                    };
+                    let red = HostReducer::new();
+                    let call = |d, o| red.reduce_into_all(d, o, &outs, &ins, false).expect("equal, aligned lengths");
+                    // Every case in turn in each round, so that the machine's drift over
+                    // seconds reaches them all alike; the first round warms up.
+                    let mut mine = vec![[0.0; ROUNDS]; cases.len()];
+                    for round in 0..=ROUNDS {
+                        for (&(d, o), times) in cases.iter().zip(&mut mine) {
+                            barrier.wait();
+                            let t0 = Instant::now();
+                            for _ in 0..reps {
+                                call(d, o);
+                            }
+                            if round > 0 {
+                                times[round - 1] = t0.elapsed().as_secs_f64() / reps as f64;
+                            }
+                        }
+                    }
+                    drop(dsts);
+                    mine
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("a kernel thread panicked")).collect()
+    });
+    for (i, &(d, o)) in cases.iter().enumerate() {
+        let best = (0..ROUNDS).map(|r| secs.iter().map(|t| t[i][r]).fold(0.0, f64::max)).fold(f64::INFINITY, f64::min);
+        out[dtype_op_index(d, o)] = (SOURCES * slice) as f64 / best / 1e9;
+    }
 }
 
 #[cfg(test)]
@@ -1503,6 +1664,13 @@ mod tests {
             assert_eq!(Profile { peer_memory: p.peer_memory, ..from_words(&to_words(&p)) }, p);
             assert_eq!(to_words(&p).len(), PROFILE_WORDS);
             assert!(p.intra.beta > 0.0 && p.inter.alpha > 0.0 && p.gamma(DataType::Bf16, ReduceOp::Max) > 0.0);
+            // With and without the fused kernel's figures.
+            let mut q = p.clone();
+            q.fused = match p.fused {
+                Some(_) => None,
+                None => Some(FusedExtra { cache: [[1.5e-12; 5]; 10], memory: [[0.5e-12; 5]; 10] }),
+            };
+            assert_eq!(Profile { peer_memory: q.peer_memory, ..from_words(&to_words(&q)) }, q);
         }
     }
 
@@ -1649,6 +1817,71 @@ mod tests {
         let mut b = now.clone();
         b.average_with(&unmeasured, 4);
         assert_eq!(b.efficiency["all_reduce.ring"][0][5], 0.5);
+        // The fused kernel's speeds: this run's where the earlier runs lack them, the
+        // earlier ones' where this run lacks them, else averaged as the two-input kernels'.
+        let mut fused = now.clone();
+        fused.fused_gbs = BTreeMap::from([("float.sum".to_string(), [16.0, 2.0])]);
+        let mut only_now = fused.clone();
+        only_now.average_with(&earlier, 4);
+        assert_eq!(only_now.fused_gbs, fused.fused_gbs);
+        let mut only_earlier = now.clone();
+        only_earlier.average_with(&fused, 4);
+        assert_eq!(only_earlier.fused_gbs, fused.fused_gbs);
+        let mut both = fused.clone();
+        both.fused_gbs.insert("float.sum".into(), [4.0, 8.0]);
+        both.average_with(&fused, 4);
+        let g = both.fused_gbs["float.sum"];
+        assert!((g[0] - 8.0).abs() < 1e-9 && (g[1] - 4.0).abs() < 1e-9, "sqrt(16 * 4), sqrt(2 * 8): {g:?}");
+        // Sampled runs: each speed is its median over the runs that measured it.
+        let sampled = |gbs: f64| {
+            let mut e = now.clone();
+            e.fused_gbs = BTreeMap::from([("float.sum".to_string(), [gbs, 1.0 / gbs])]);
+            e.samples.fused = vec![e.fused_gbs.clone()];
+            e
+        };
+        let mut pooled = sampled(4.0);
+        for gbs in [100.0, 5.0] {
+            let mut next = sampled(gbs);
+            next.average_with(&pooled, 2);
+            pooled = next;
+        }
+        assert_eq!(pooled.samples.fused.len(), 3);
+        assert_eq!(pooled.fused_gbs["float.sum"], [5.0, 0.2], "the medians of 4, 100 and 5 and their inverses");
+        // A run that reused the kernels (its samples the earlier ones') adds none.
+        let mut reused = pooled.clone();
+        reused.average_with(&pooled, 3);
+        assert_eq!(reused.samples.fused.len(), 3);
+    }
+
+    #[test]
+    fn the_fused_kernels_extra_is_its_time_beyond_f32s() {
+        let mut f = TuningFile::builtin();
+        for e in &mut f.entries {
+            e.fused_gbs.clear();
+        }
+        // Not measured in this file: the built-in entry's figures (none where the built-in
+        // entry for this processor has none either).
+        let p = f.profile("some-host", "shm");
+        assert_eq!(p.fused, TuningFile::builtin().profile("some-host", "shm").fused);
+        let e = f.entries.iter_mut().find(|e| e.transport == "shm").unwrap();
+        e.fused_gbs = BTreeMap::from([
+            ("float.sum".to_string(), [10.0, 4.0]),
+            ("bfloat16.sum".to_string(), [5.0, 4.0]),
+            ("half.sum".to_string(), [20.0, 2.0]),
+        ]);
+        let (host, cpu) = (e.host.clone(), e.cpu.clone());
+        f.entries.retain(|e| e.host == host && e.cpu == cpu || e.transport != "shm");
+        let fused = f.profile(&host, "shm").fused.expect("measured");
+        let at = |d, o| {
+            let (d, o) = (oxccl_algorithms::cost::dtype_index(d), oxccl_algorithms::cost::op_index(o));
+            (fused.cache[d][o], fused.memory[d][o])
+        };
+        let (cache, memory) = at(DataType::Bf16, ReduceOp::Sum);
+        assert!((cache - 1e-10).abs() < 1e-22 && memory == 0.0, "1/5 - 1/10 ns per byte in cache, none out");
+        let (cache, memory) = at(DataType::F16, ReduceOp::Sum);
+        assert!(cache == 0.0 && (memory - 2.5e-10).abs() < 1e-22, "faster than f32 in cache: no extra");
+        assert_eq!(at(DataType::F32, ReduceOp::Sum), (0.0, 0.0));
+        assert_eq!(at(DataType::I8, ReduceOp::Sum), (0.0, 0.0), "not measured: as f32");
     }
 
     #[test]
@@ -1805,7 +2038,7 @@ mod tests {
 
     #[test]
     fn factor_fit_recovers_its_factors() {
-        let c = |l: f64, w: f64| Cost { latency: l, transfer: w, reduce: 0.0 };
+        let c = |l: f64, w: f64| Cost { latency: l, transfer: w, ..Cost::default() };
         let pts: Vec<(Cost, f64, f64)> = [(1e-6, 0.0, 0.0), (1e-6, 1e-5, 0.1), (2e-6, 1e-3, 0.5), (1e-6, 1e-2, 0.9)]
             .iter()
             .map(|&(l, w, x)| (c(l, w), x, 3.0 * l + (0.5 * (1.0 - x) + 2.0 * x) * w))

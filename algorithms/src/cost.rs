@@ -71,6 +71,10 @@ pub struct Profile {
     /// Seconds per byte of input reduced, per data type and operator, indexed as
     /// [`DataType::ALL`] and [`ReduceOp::ALL`].
     pub gamma: [[f64; 5]; 10],
+    /// What the fused kernel of the `mapped` algorithms spends on each data type beyond
+    /// f32 (see [`FusedExtra`]); `None` where the calibration did not measure it: such
+    /// profiles price that kernel as the two-input one ([`Model::reduce_fused`]).
+    pub fused: Option<FusedExtra>,
     /// Seconds per byte of a local copy (memcpy).
     pub copy: f64,
     /// Cores per host that the ranks share (a fraction where a group of ranks gets only its
@@ -87,6 +91,26 @@ pub struct Profile {
     /// `mapped` algorithms candidates. Not part of tuning files: a communicator sets it from
     /// its transport.
     pub peer_memory: bool,
+}
+
+/// Seconds per byte of input that the fused kernel of the `mapped` algorithms (every source
+/// reduced at once in registers, each element read and converted once) spends on a data
+/// type beyond what it spends on f32 with the same operator, indexed as [`Profile::gamma`],
+/// for data in cache and out of it; between the two, blended by the footprint as
+/// [`Link::beta_at`] blends the link's.
+///
+/// Measured with every core running the kernel at once, as every rank of a call does (the
+/// two-input kernel's `gamma` is measured on one core). In cache the half types'
+/// conversions cost about what `gamma` says (the 4-rank bf16 all-reduce of 2 MiB took 2.1x
+/// f32's time on the AMD EPYC VM); out of cache, with every core streaming, the memory is
+/// the bound and they mostly hide under it (1.1x at 25 MiB, where `gamma` charges 2.1x
+/// per byte).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FusedExtra {
+    /// Data in cache.
+    pub cache: [[f64; 5]; 10],
+    /// Data out of cache.
+    pub memory: [[f64; 5]; 10],
 }
 
 /// Correction factors for one algorithm at one world size (see [`Profile::efficiency`]).
@@ -148,8 +172,9 @@ impl Efficiency {
     pub fn apply(&self, c: Cost, footprint: f64, bytes: usize) -> Cost {
         let x = footprint / (footprint + self.cache_bytes.max(1.0));
         let b = self.bandwidth_cache * (1.0 - x) + self.bandwidth * x;
-        let c = Cost { latency: c.latency * self.latency, transfer: c.transfer * b, reduce: c.reduce * b };
-        c * self.residual_at(bytes)
+        let scaled =
+            Cost { latency: c.latency * self.latency, transfer: c.transfer * b, reduce: c.reduce * b, measured: 0.0 };
+        Cost { measured: c.measured, ..scaled * self.residual_at(bytes) }
     }
 
     /// The largest call size a residual was measured at, if any.
@@ -185,6 +210,13 @@ impl Profile {
     /// Seconds per byte reduced for `dtype` and `op`.
     pub fn gamma(&self, dtype: DataType, op: ReduceOp) -> f64 {
         self.gamma[dtype_index(dtype)][op_index(op)]
+    }
+
+    /// Seconds per byte of input the fused kernel spends on `dtype` beyond f32 with `op`,
+    /// in cache and out of it (see [`Profile::fused`]), if measured.
+    pub fn fused_extra(&self, dtype: DataType, op: ReduceOp) -> Option<(f64, f64)> {
+        let (d, o) = (dtype_index(dtype), op_index(op));
+        self.fused.map(|f| (f.cache[d][o], f.memory[d][o]))
     }
 
     /// The efficiency factors of `algo` for `coll` measured over the inter-host link
@@ -228,19 +260,28 @@ pub struct Cost {
     pub transfer: f64,
     /// Reducing (gamma terms).
     pub reduce: f64,
+    /// Terms measured as they are rather than given by a formula: a data type's extra in
+    /// the fused kernel ([`Model::reduce_fused`]). The efficiency factors and residuals,
+    /// fitted to f32 calls against the formulas, leave them as they are.
+    pub measured: f64,
 }
 
 impl Cost {
     /// The predicted time in seconds.
     pub fn total(&self) -> f64 {
-        self.latency + self.transfer + self.reduce
+        self.latency + self.transfer + self.reduce + self.measured
     }
 }
 
 impl std::ops::Add for Cost {
     type Output = Cost;
     fn add(self, o: Cost) -> Cost {
-        Cost { latency: self.latency + o.latency, transfer: self.transfer + o.transfer, reduce: self.reduce + o.reduce }
+        Cost {
+            latency: self.latency + o.latency,
+            transfer: self.transfer + o.transfer,
+            reduce: self.reduce + o.reduce,
+            measured: self.measured + o.measured,
+        }
     }
 }
 
@@ -253,7 +294,12 @@ impl std::ops::AddAssign for Cost {
 impl std::ops::Mul<f64> for Cost {
     type Output = Cost;
     fn mul(self, k: f64) -> Cost {
-        Cost { latency: self.latency * k, transfer: self.transfer * k, reduce: self.reduce * k }
+        Cost {
+            latency: self.latency * k,
+            transfer: self.transfer * k,
+            reduce: self.reduce * k,
+            measured: self.measured * k,
+        }
     }
 }
 
@@ -261,12 +307,16 @@ impl fmt::Display for Cost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:.1} us (latency {:.1}, transfer {:.1}, reduce {:.1})",
+            "{:.1} us (latency {:.1}, transfer {:.1}, reduce {:.1}",
             self.total() * 1e6,
             self.latency * 1e6,
             self.transfer * 1e6,
             self.reduce * 1e6
-        )
+        )?;
+        if self.measured != 0.0 {
+            write!(f, ", data type {:.1}", self.measured * 1e6)?;
+        }
+        write!(f, ")")
     }
 }
 
@@ -377,12 +427,36 @@ impl Model<'_> {
             latency: steps * (l.alpha + (msgs - 1.0).max(0.0) * l.gap + (f - 1.0) * l.wake),
             transfer: steps * bytes * l.beta_at(self.footprint()) * f,
             reduce: 0.0,
+            measured: 0.0,
         }
     }
 
     /// Reducing `bytes` bytes of input.
     pub fn reduce(&self, bytes: f64) -> Cost {
         Cost { reduce: bytes * self.profile.gamma(self.dtype, self.op) * self.oversubscription(), ..Cost::default() }
+    }
+
+    /// Reducing `bytes` bytes of input, `sources` operands at once, in the fused kernel of
+    /// the `mapped` algorithms: `(sources - 1) / sources · bytes` reduced at f32's price for
+    /// the operator, plus the type's own extra per byte of input ([`Profile::fused`]) at
+    /// the call's footprint. Profiles without that figure price it as `reduce` does.
+    pub fn reduce_fused(&self, sources: f64, bytes: f64) -> Cost {
+        let share = (sources - 1.0).max(0.0) / sources.max(1.0) * bytes;
+        match self.profile.fused_extra(self.dtype, self.op) {
+            Some((cache, memory)) => Cost {
+                reduce: share * self.profile.gamma(DataType::F32, self.op) * self.oversubscription(),
+                measured: bytes * self.fused_blend(cache, memory) * self.oversubscription(),
+                ..Cost::default()
+            },
+            None => self.reduce(share),
+        }
+    }
+
+    /// A per-byte figure between its in-cache and out-of-cache values at this call's
+    /// footprint, halfway at the intra-host link's `cache_bytes` (as [`Link::beta_at`]).
+    fn fused_blend(&self, cache: f64, memory: f64) -> f64 {
+        let w = self.footprint();
+        cache + (memory - cache) * w / (w + self.profile.intra.cache_bytes.max(1.0))
     }
 
     /// Copying `bytes` bytes locally.
@@ -421,6 +495,7 @@ impl Model<'_> {
             latency: hops * (l.alpha + (f - 1.0) * l.wake) + (k - 1.0) * fanout * l.gap,
             transfer: chunk_times * c * l.beta_at(self.footprint()) * f,
             reduce: 0.0,
+            measured: 0.0,
         }
     }
 
@@ -459,6 +534,7 @@ pub(crate) mod tests {
             intra: link,
             inter: Link { alpha: 10e-6, beta: 1e-9, ..link },
             gamma: [[2e-11; 5]; 10],
+            fused: None,
             copy: 5e-11,
             cores: 2.0,
             efficiency: Vec::new(),
@@ -479,7 +555,7 @@ pub(crate) mod tests {
             cache_bytes: 1.0,
             residual: [0.0; RESIDUAL_POINTS],
         };
-        let c = Cost { latency: 1.0, transfer: 1.0, reduce: 0.0 };
+        let c = Cost { latency: 1.0, transfer: 1.0, ..Cost::default() };
         assert_eq!(e.apply(c, 0.0, 1 << 20).total(), 3.0, "no residuals: the factors alone");
         e.residual[2] = 0.5; // 256 B
         e.residual[4] = 2.0; // 4 KiB
@@ -490,6 +566,8 @@ pub(crate) mod tests {
         // 1 KiB is halfway between 256 B and 4 KiB in log(bytes).
         assert!((e.residual_at(1024) - 1.25).abs() < 1e-12);
         assert_eq!(e.apply(c, 0.0, 4096).total(), 6.0);
+        // Measured terms pass as they are.
+        assert_eq!(e.apply(Cost { measured: 0.5, ..c }, 0.0, 4096).total(), 6.5);
         for i in 0..RESIDUAL_POINTS {
             assert_eq!(residual_index(residual_bytes(i)), i);
             assert_eq!(residual_index(residual_bytes(i) * 3 / 2), i, "rounded in log(bytes)");
@@ -550,5 +628,43 @@ pub(crate) mod tests {
         assert_eq!(mh.host_sizes(), vec![2, 3]);
         assert_eq!(mh.link(Level::Flat), pr.inter);
         assert_eq!(mh.pow2(), (4.0, false));
+    }
+
+    #[test]
+    fn fused_reduction_charges_f32_then_the_types_measured_extra() {
+        let mut pr = profile();
+        pr.gamma[dtype_index(DataType::Bf16)] = [8e-11; 5];
+        let hosts = [0, 0, 0, 0];
+        let m = |pr: &Profile, dtype| {
+            let m = Model {
+                coll: Collective::AllReduce,
+                bytes: 1 << 20,
+                dtype,
+                op: ReduceOp::Max,
+                hosts: &hosts,
+                profile: pr,
+                chunk_bytes: 1 << 18,
+                footprint_cap: f64::INFINITY,
+            };
+            (m.reduce_fused(4.0, 1000.0), m.reduce(750.0))
+        };
+        // Without the figure: the two-input kernel's price of the same reduction.
+        let (fused, pair) = m(&pr, DataType::Bf16);
+        assert_eq!(fused, pair);
+        assert!((fused.reduce - 2.0 * 750.0 * 8e-11).abs() < 1e-20, "oversubscribed twice: {fused}");
+        // With it: f32's price for 3/4 of the bytes, then the extra on every byte of input.
+        let mut extra = FusedExtra { cache: [[0.0; 5]; 10], memory: [[0.0; 5]; 10] };
+        extra.cache[dtype_index(DataType::Bf16)][op_index(ReduceOp::Max)] = 3e-12;
+        extra.memory[dtype_index(DataType::Bf16)][op_index(ReduceOp::Max)] = 1e-12;
+        pr.fused = Some(extra);
+        // 1 MiB in and out on each of 2 ranks per core: a footprint of 4 MiB, 4x the
+        // link's halfway point, so 4/5 of the way from the in-cache figure.
+        // The extra is measured, apart from the formula's terms.
+        let (fused, _) = m(&pr, DataType::Bf16);
+        let per_byte = 3e-12 - 2e-12 * 4.0 * 1048576.0 / (4.0 * 1048576.0 + 1e6);
+        assert!((fused.reduce - 2.0 * 750.0 * 2e-11).abs() < 1e-20, "{fused}");
+        assert!((fused.measured - 2.0 * 1000.0 * per_byte).abs() < 1e-20, "{fused}");
+        let (f32_fused, f32_pair) = m(&pr, DataType::F32);
+        assert_eq!(f32_fused, f32_pair, "f32 prices as before");
     }
 }

@@ -11,7 +11,9 @@
 //! Where some rank's buffers cannot be mapped, the automatic choice runs the next-best
 //! algorithm instead; forced, it is an error.
 //!
-//! Cost: 3 rounds of p-1 concurrent messages + n/p·β_copy + (p-1)/p·n·γ.
+//! Cost: 3 rounds of p-1 concurrent messages + n/p·β_copy + (p-1)/p·n·γ(f32) + n·γ_fused,
+//! where γ_fused is what the fused kernel spends on the data type beyond f32 (see
+//! `Profile::fused`).
 
 use oxccl_transport::Result;
 
@@ -24,7 +26,7 @@ use crate::partition::{bytes, chunks};
 /// and a non-empty call.
 pub fn cost(m: &Model<'_>) -> Cost {
     let (p, n) = (m.p() as f64, m.n());
-    m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.copy(n / p) + m.reduce((p - 1.0) / p * n)
+    m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.copy(n / p) + m.reduce_fused(p, n)
 }
 
 /// Runs mapped reduce-scatter; an InvalidUsage error on every rank when some rank's buffers cannot be
