@@ -36,7 +36,7 @@ use std::time::Instant;
 use crate::SharedBuffer;
 pub use oxccl_algorithms::cost::{
     ceil_log2, residual_bytes, residual_index, Cost, Efficiency, FusedExtra, Level, Link, Model, Profile,
-    RESIDUAL_POINTS,
+    FUSED_SOURCES, RESIDUAL_POINTS,
 };
 use oxccl_algorithms::registry;
 use oxccl_algorithms::{Algorithm, Collective, DataType, ReduceOp};
@@ -170,13 +170,14 @@ pub struct TuningEntry {
     pub copy_gbs: f64,
     /// Reduction speed in GB/s of input, keyed `type.op` (`float.sum`, `bfloat16.max`).
     pub reduce_gbs: BTreeMap<String, f64>,
-    /// Speed of the fused kernel of the `mapped` algorithms (4 sources reduced into 4
+    /// Speed of the fused kernel of the `mapped` algorithms (s sources reduced into s
     /// destinations) in GB/s of input per core, with every core running it at once, keyed
-    /// as `reduce_gbs`: `[in cache, out of cache]`. What a type costs beyond f32 there
-    /// prices those algorithms ([`oxccl_algorithms::cost::Profile::fused`]). Empty in files
-    /// from before it was measured.
+    /// as `reduce_gbs`: `[in cache, out of cache]` at each of 2, 4 and 8 sources. What a
+    /// type costs beyond f32 there prices those algorithms
+    /// ([`oxccl_algorithms::cost::Profile::fused`]). Empty in files from before it was
+    /// measured.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub fused_gbs: BTreeMap<String, [f64; 2]>,
+    pub fused_gbs: BTreeMap<String, FusedSpeeds>,
     /// Measured efficiency of each algorithm (see [`Profile::efficiency`]), keyed
     /// `collective.algorithm`: `[ranks, latency factor, in-cache bandwidth factor,
     /// out-of-cache bandwidth factor, halfway footprint in bytes, residual...]` per world
@@ -197,6 +198,10 @@ pub struct TuningEntry {
     pub samples: Samples,
 }
 
+/// The fused kernel's speeds for one type and operator (see [`TuningEntry::fused_gbs`]):
+/// `[in cache, out of cache]` GB/s at each of [`FUSED_SOURCES`].
+pub type FusedSpeeds = [[f64; 2]; 3];
+
 /// What calibrations measured, before fitting (see [`TuningEntry::samples`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Samples {
@@ -213,7 +218,7 @@ pub struct Samples {
     /// The fused kernel's speeds ([`TuningEntry::fused_gbs`]) of each run that measured
     /// them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fused: Vec<BTreeMap<String, [f64; 2]>>,
+    pub fused: Vec<BTreeMap<String, FusedSpeeds>>,
 }
 
 impl Samples {
@@ -368,8 +373,9 @@ impl TuningEntry {
         } else if !sampled {
             for (name, gbs) in self.fused_gbs.iter_mut() {
                 if let Some(old) = earlier.fused_gbs.get(name) {
-                    mean(old[0], &mut gbs[0]);
-                    mean(old[1], &mut gbs[1]);
+                    for (o, g) in old.iter().flatten().zip(gbs.iter_mut().flatten()) {
+                        mean(*o, g);
+                    }
                 }
             }
         }
@@ -415,8 +421,13 @@ impl TuningEntry {
         if !self.samples.fused.is_empty() {
             let names: std::collections::BTreeSet<&String> = self.samples.fused.iter().flat_map(|f| f.keys()).collect();
             let runs = &self.samples.fused;
-            let at = |k: &String, i: usize| median(runs.iter().filter_map(|f| f.get(k)).map(|g| g[i]).collect());
-            self.fused_gbs = names.into_iter().filter_map(|k| Some((k.clone(), [at(k, 0)?, at(k, 1)?]))).collect();
+            let at = |k: &String, s: usize, i: usize| {
+                median(runs.iter().filter_map(|f| f.get(k)).map(|g| g[s][i]).collect())
+            };
+            let speeds = |k: &String| -> Option<FusedSpeeds> {
+                Some([[at(k, 0, 0)?, at(k, 0, 1)?], [at(k, 1, 0)?, at(k, 1, 1)?], [at(k, 2, 0)?, at(k, 2, 1)?]])
+            };
+            self.fused_gbs = names.into_iter().filter_map(|k| Some((k.clone(), speeds(k)?))).collect();
         }
         let links = &self.samples.link;
         let at = |i: usize| median(links.iter().map(|l| l[i]).collect());
@@ -664,14 +675,16 @@ impl TuningFile {
         // relative to f32 on the same machine), else none.
         let fused = [&intra_e, fallback].into_iter().map(|e| &e.fused_gbs).find(|f| !f.is_empty());
         p.fused = fused.map(|f| {
-            let mut extra = FusedExtra { cache: [[0.0; 5]; 10], memory: [[0.0; 5]; 10] };
+            let mut extra = FusedExtra { cache: [[[0.0; 3]; 5]; 10], memory: [[[0.0; 3]; 5]; 10] };
             for o in ReduceOp::ALL {
-                let secs = |d: DataType, i: usize| f.get(&gamma_key(d, o)).map(|g| 1e-9 / g[i].max(1e-9));
+                let secs = |d: DataType, s: usize, i: usize| f.get(&gamma_key(d, o)).map(|g| 1e-9 / g[s][i].max(1e-9));
                 for d in DataType::ALL {
                     let (di, oi) = (oxccl_algorithms::cost::dtype_index(d), oxccl_algorithms::cost::op_index(o));
                     for (i, table) in [&mut extra.cache, &mut extra.memory].into_iter().enumerate() {
-                        let f32_secs = secs(DataType::F32, i).unwrap_or(0.0);
-                        table[di][oi] = (secs(d, i).unwrap_or(f32_secs) - f32_secs).max(0.0);
+                        for (s, extra) in table[di][oi].iter_mut().enumerate() {
+                            let f32_secs = secs(DataType::F32, s, i).unwrap_or(0.0);
+                            *extra = (secs(d, s, i).unwrap_or(f32_secs) - f32_secs).max(0.0);
+                        }
                     }
                 }
             }
@@ -739,7 +752,7 @@ pub(crate) fn to_words(p: &Profile) -> Vec<u64> {
     w.resize(FUSED_WORD, 0);
     w.push(u64::from(p.fused.is_some()));
     if let Some(f) = &p.fused {
-        w.extend(f.cache.iter().chain(&f.memory).flatten().map(|g| g.to_bits()));
+        w.extend(f.cache.iter().chain(&f.memory).flatten().flatten().map(|g| g.to_bits()));
     }
     w.resize(PROFILE_WORDS, 0);
     w
@@ -752,12 +765,12 @@ const MAX_EFFICIENCY: usize = 512;
 const ROW_WORDS: usize = 8 + RESIDUAL_POINTS / 2;
 const _: () = assert!(RESIDUAL_POINTS.is_multiple_of(2), "residuals travel two to a word");
 
-/// Where [`to_words`] puts the fused kernel's figures: a flag, then 50 words in cache and
-/// 50 out of it.
+/// Where [`to_words`] puts the fused kernel's figures: a flag, then 150 words in cache and
+/// 150 out of it.
 const FUSED_WORD: usize = 12 + 2 + 50 + 1 + ROW_WORDS * MAX_EFFICIENCY;
 
 /// The number of words [`to_words`] makes.
-pub(crate) const PROFILE_WORDS: usize = FUSED_WORD + 1 + 100;
+pub(crate) const PROFILE_WORDS: usize = FUSED_WORD + 1 + 300;
 
 /// The inverse of [`to_words`].
 pub(crate) fn from_words(w: &[u64]) -> Profile {
@@ -800,8 +813,8 @@ pub(crate) fn from_words(w: &[u64]) -> Profile {
         })
         .collect();
     let fused = (w[FUSED_WORD] == 1).then(|| {
-        let mut extra = FusedExtra { cache: [[0.0; 5]; 10], memory: [[0.0; 5]; 10] };
-        for (i, g) in extra.cache.iter_mut().chain(&mut extra.memory).flatten().enumerate() {
+        let mut extra = FusedExtra { cache: [[[0.0; 3]; 5]; 10], memory: [[[0.0; 3]; 5]; 10] };
+        for (i, g) in extra.cache.iter_mut().chain(&mut extra.memory).flatten().flatten().enumerate() {
             *g = f(FUSED_WORD + 1 + i);
         }
         extra
@@ -996,9 +1009,9 @@ pub fn calibrate(comm: &Communicator, base: Option<&TuningEntry>) -> Result<Tuni
     comm.broadcast(&mut wake, 0)?;
     let wake = wake[0];
     let wake_ranks = if measured > 0.0 { p } else { base.map_or(0, |b| b.wake_ranks) };
-    // The two-input kernels (50), the copy, then the fused kernel in cache (50) and out of
-    // it (50; 0: not measured).
-    let mut kernels = [0f64; 151];
+    // The two-input kernels (50), the copy, then the fused kernel, at each source count in
+    // cache (50) and out of it (50; 0: not measured).
+    let mut kernels = [0f64; KERNEL_FIGURES];
     if r == 0 {
         match base.filter(|_| reuse) {
             Some(b) => {
@@ -1007,7 +1020,9 @@ pub fn calibrate(comm: &Communicator, base: Option<&TuningEntry>) -> Result<Tuni
                         let i = dtype_op_index(d, o);
                         kernels[i] = b.reduce_gbs.get(&gamma_key(d, o)).copied().unwrap_or(5.0);
                         let fused = b.fused_gbs.get(&gamma_key(d, o)).copied().unwrap_or_default();
-                        (kernels[51 + i], kernels[101 + i]) = (fused[0], fused[1]);
+                        for (s, [cache, memory]) in fused.into_iter().enumerate() {
+                            (kernels[51 + 100 * s + i], kernels[101 + 100 * s + i]) = (cache, memory);
+                        }
                     }
                 }
                 kernels[50] = b.copy_gbs;
@@ -1025,8 +1040,9 @@ pub fn calibrate(comm: &Communicator, base: Option<&TuningEntry>) -> Result<Tuni
         for o in ReduceOp::ALL {
             let i = dtype_op_index(d, o);
             reduce_gbs.insert(gamma_key(d, o), kernels[i]);
-            if kernels[51 + i] > 0.0 && kernels[101 + i] > 0.0 {
-                fused_gbs.insert(gamma_key(d, o), [kernels[51 + i], kernels[101 + i]]);
+            let speeds: FusedSpeeds = std::array::from_fn(|s| [kernels[51 + 100 * s + i], kernels[101 + 100 * s + i]]);
+            if speeds.iter().flatten().all(|&g| g > 0.0) {
+                fused_gbs.insert(gamma_key(d, o), speeds);
             }
         }
     }
@@ -1094,8 +1110,8 @@ impl QuickScale {
             l.beta_cache *= self.bandwidth;
         }
         profile.copy *= self.bandwidth;
-        let fused = profile.fused.iter_mut().flat_map(|f| f.cache.iter_mut().chain(&mut f.memory));
-        for g in profile.gamma.iter_mut().chain(fused).flatten() {
+        let fused = profile.fused.iter_mut().flat_map(|f| f.cache.iter_mut().chain(&mut f.memory)).flatten().flatten();
+        for g in profile.gamma.iter_mut().flatten().chain(fused) {
             *g *= self.bandwidth;
         }
     }
@@ -1528,7 +1544,11 @@ fn ranks_per_core(comm: &Communicator) -> f64 {
 /// Threads [`measure_kernels`] runs the fused kernel on at most (one per core).
 const MAX_FUSED_THREADS: usize = 8;
 
-fn measure_kernels(out: &mut [f64; 151], cores: usize) {
+/// Figures [`measure_kernels`] measures: 50 two-input kernels, the copy, and the fused kernel
+/// at each of [`FUSED_SOURCES`] in cache and out of it.
+const KERNEL_FIGURES: usize = 51 + 100 * FUSED_SOURCES.len();
+
+fn measure_kernels(out: &mut [f64; KERNEL_FIGURES], cores: usize) {
     use oxccl_algorithms::{HostReducer, Reducer};
     use oxccl_transport::{MemoryKind, Region, RegionMut};
     let big = 16 << 20;
@@ -1578,25 +1598,26 @@ fn measure_kernels(out: &mut [f64; 151], cores: usize) {
     }
     out[50] = time(big, 3, &mut |_| red.copy(rd, ra).expect("equal lengths"));
     drop(dst);
-    let (cache, memory) = out[51..].split_at_mut(50);
-    measure_fused(cache, 32 << 10, 32, cores);
-    measure_fused(memory, 4 << 20, 2, cores);
+    for (s, figures) in FUSED_SOURCES.into_iter().zip(out[51..].chunks_mut(100)) {
+        let (cache, memory) = figures.split_at_mut(50);
+        measure_fused(cache, s, (128 << 10) / s, 32, cores);
+        measure_fused(memory, s, (16 << 20) / s, 2, cores);
+    }
 }
 
-/// The fused kernel of the `mapped` algorithms (4 sources of `slice` bytes reduced into 4
-/// destinations, as one rank of a 4-rank all-reduce of `4 * slice` bytes does; `reps`
-/// calls timed together), on `threads` threads at once, each on buffers of its own: GB/s
-/// of input per thread (the slowest thread's time), the best of five rounds, for every
-/// type and operator (indexed as `dtype_op_index`).
+/// The fused kernel of the `mapped` algorithms (`sources` sources of `slice` bytes reduced
+/// into as many destinations, as one rank of a call at that many ranks does; `reps` calls
+/// timed together), on `threads` threads at once, each on buffers of its own: GB/s of input
+/// per thread (the slowest thread's time), the best of five rounds, for every type and
+/// operator (indexed as `dtype_op_index`).
 ///
 /// Every core at once because every rank of a call runs it at once: out of cache the
 /// memory is shared then, and the half types' conversions mostly hide under it. With 4
 /// MiB slices, the 4-source bf16 kernel took 1.4-1.8x f32's time on one core of the AMD
 /// EPYC VM, 1.1-1.35x on two at once, and the 4-rank bf16 all-reduce of 25 MiB 1.1x f32's.
-fn measure_fused(out: &mut [f64], slice: usize, reps: usize, threads: usize) {
+fn measure_fused(out: &mut [f64], sources: usize, slice: usize, reps: usize, threads: usize) {
     use oxccl_algorithms::{HostReducer, Reducer};
     use oxccl_transport::{MemoryKind, Region, RegionMut};
-    const SOURCES: usize = 4;
     const ROUNDS: usize = 5;
     let cases: Vec<(DataType, ReduceOp)> = DataType::ALL.iter().flat_map(|&d| ReduceOp::ALL.map(|o| (d, o))).collect();
     let barrier = std::sync::Barrier::new(threads);
@@ -1608,8 +1629,8 @@ fn measure_fused(out: &mut [f64], slice: usize, reps: usize, threads: usize) {
                     // 0x3c in every byte is a normal number in every type (0.0115 as f32 and
                     // bf16, 1.06 as f16, 60 as int8), so no kernel meets denormals, and 4
                     // of them never overflow; written, so no page is first touched timed.
-                    let srcs: Vec<Vec<u8>> = (0..SOURCES).map(|_| vec![0x3c; slice]).collect();
-                    let mut dsts: Vec<Vec<u8>> = (0..SOURCES).map(|_| vec![0x3c; slice]).collect();
+                    let srcs: Vec<Vec<u8>> = (0..sources).map(|_| vec![0x3c; slice]).collect();
+                    let mut dsts: Vec<Vec<u8>> = (0..sources).map(|_| vec![0x3c; slice]).collect();
                     // SAFETY: the vectors live, unaliased, until the end of this closure,
                     // and the regions are used only within it.
                     let (ins, outs): (Vec<Region>, Vec<RegionMut>) = unsafe {
@@ -1646,7 +1667,7 @@ fn measure_fused(out: &mut [f64], slice: usize, reps: usize, threads: usize) {
     });
     for (i, &(d, o)) in cases.iter().enumerate() {
         let best = (0..ROUNDS).map(|r| secs.iter().map(|t| t[i][r]).fold(0.0, f64::max)).fold(f64::INFINITY, f64::min);
-        out[dtype_op_index(d, o)] = (SOURCES * slice) as f64 / best / 1e9;
+        out[dtype_op_index(d, o)] = (sources * slice) as f64 / best / 1e9;
     }
 }
 
@@ -1668,7 +1689,7 @@ mod tests {
             let mut q = p.clone();
             q.fused = match p.fused {
                 Some(_) => None,
-                None => Some(FusedExtra { cache: [[1.5e-12; 5]; 10], memory: [[0.5e-12; 5]; 10] }),
+                None => Some(FusedExtra { cache: [[[1.5e-12, 2e-12, 3e-12]; 5]; 10], memory: [[[0.5e-12; 3]; 5]; 10] }),
             };
             assert_eq!(Profile { peer_memory: q.peer_memory, ..from_words(&to_words(&q)) }, q);
         }
@@ -1820,7 +1841,7 @@ mod tests {
         // The fused kernel's speeds: this run's where the earlier runs lack them, the
         // earlier ones' where this run lacks them, else averaged as the two-input kernels'.
         let mut fused = now.clone();
-        fused.fused_gbs = BTreeMap::from([("float.sum".to_string(), [16.0, 2.0])]);
+        fused.fused_gbs = BTreeMap::from([("float.sum".to_string(), [[16.0, 2.0]; 3])]);
         let mut only_now = fused.clone();
         only_now.average_with(&earlier, 4);
         assert_eq!(only_now.fused_gbs, fused.fused_gbs);
@@ -1828,14 +1849,14 @@ mod tests {
         only_earlier.average_with(&fused, 4);
         assert_eq!(only_earlier.fused_gbs, fused.fused_gbs);
         let mut both = fused.clone();
-        both.fused_gbs.insert("float.sum".into(), [4.0, 8.0]);
+        both.fused_gbs.insert("float.sum".into(), [[4.0, 8.0]; 3]);
         both.average_with(&fused, 4);
-        let g = both.fused_gbs["float.sum"];
+        let g = both.fused_gbs["float.sum"][2];
         assert!((g[0] - 8.0).abs() < 1e-9 && (g[1] - 4.0).abs() < 1e-9, "sqrt(16 * 4), sqrt(2 * 8): {g:?}");
         // Sampled runs: each speed is its median over the runs that measured it.
         let sampled = |gbs: f64| {
             let mut e = now.clone();
-            e.fused_gbs = BTreeMap::from([("float.sum".to_string(), [gbs, 1.0 / gbs])]);
+            e.fused_gbs = BTreeMap::from([("float.sum".to_string(), [[gbs, 1.0 / gbs], [1.0, 2.0], [gbs, gbs]])]);
             e.samples.fused = vec![e.fused_gbs.clone()];
             e
         };
@@ -1846,7 +1867,7 @@ mod tests {
             pooled = next;
         }
         assert_eq!(pooled.samples.fused.len(), 3);
-        assert_eq!(pooled.fused_gbs["float.sum"], [5.0, 0.2], "the medians of 4, 100 and 5 and their inverses");
+        assert_eq!(pooled.fused_gbs["float.sum"], [[5.0, 0.2], [1.0, 2.0], [5.0, 5.0]], "each figure's median");
         // A run that reused the kernels (its samples the earlier ones') adds none.
         let mut reused = pooled.clone();
         reused.average_with(&pooled, 3);
@@ -1864,18 +1885,23 @@ mod tests {
         let p = f.profile("some-host", "shm");
         assert_eq!(p.fused, TuningFile::builtin().profile("some-host", "shm").fused);
         let e = f.entries.iter_mut().find(|e| e.transport == "shm").unwrap();
+        // The last source count differs: each is priced against f32's at the same count.
         e.fused_gbs = BTreeMap::from([
-            ("float.sum".to_string(), [10.0, 4.0]),
-            ("bfloat16.sum".to_string(), [5.0, 4.0]),
-            ("half.sum".to_string(), [20.0, 2.0]),
+            ("float.sum".to_string(), [[10.0, 4.0], [10.0, 4.0], [5.0, 4.0]]),
+            ("bfloat16.sum".to_string(), [[5.0, 4.0], [5.0, 4.0], [5.0, 4.0]]),
+            ("half.sum".to_string(), [[20.0, 2.0], [20.0, 2.0], [20.0, 2.0]]),
         ]);
         let (host, cpu) = (e.host.clone(), e.cpu.clone());
         f.entries.retain(|e| e.host == host && e.cpu == cpu || e.transport != "shm");
         let fused = f.profile(&host, "shm").fused.expect("measured");
         let at = |d, o| {
             let (d, o) = (oxccl_algorithms::cost::dtype_index(d), oxccl_algorithms::cost::op_index(o));
-            (fused.cache[d][o], fused.memory[d][o])
+            assert_eq!(fused.cache[d][o][0], fused.cache[d][o][1]);
+            assert_eq!(fused.memory[d][o][0], fused.memory[d][o][1]);
+            (fused.cache[d][o][0], fused.memory[d][o][0])
         };
+        let bf16 = oxccl_algorithms::cost::dtype_index(DataType::Bf16);
+        assert_eq!(fused.cache[bf16][oxccl_algorithms::cost::op_index(ReduceOp::Sum)][2], 0.0, "as fast as f32 at 8");
         let (cache, memory) = at(DataType::Bf16, ReduceOp::Sum);
         assert!((cache - 1e-10).abs() < 1e-22 && memory == 0.0, "1/5 - 1/10 ns per byte in cache, none out");
         let (cache, memory) = at(DataType::F16, ReduceOp::Sum);

@@ -234,11 +234,17 @@ fn bench_calibrates_and_explains() {
     assert!(e.alpha_us > 0.0 && e.bandwidth_gbs > 0.0 && e.reduce_gbs.len() == 50, "{e:?}");
     // The fused kernel too, for every type and operator; the profile prices each type's
     // extra over f32 there, none for f32 itself.
-    assert!(e.fused_gbs.len() == 50 && e.fused_gbs.values().flatten().all(|&g| g > 0.0 && g.is_finite()), "{e:?}");
+    assert!(
+        e.fused_gbs.len() == 50 && e.fused_gbs.values().flatten().flatten().all(|&g| g > 0.0 && g.is_finite()),
+        "{e:?}"
+    );
     let fused = f.profile(&e.host, "shm").fused.expect("the fused kernel measured");
-    assert!(fused.cache.iter().chain(&fused.memory).flatten().all(|&x| x >= 0.0 && x.is_finite()), "{fused:?}");
+    assert!(
+        fused.cache.iter().chain(&fused.memory).flatten().flatten().all(|&x| x >= 0.0 && x.is_finite()),
+        "{fused:?}"
+    );
     let f32_row = oxccl_algorithms::cost::dtype_index(DataType::F32);
-    assert_eq!((fused.cache[f32_row], fused.memory[f32_row]), ([0.0; 5], [0.0; 5]));
+    assert_eq!((fused.cache[f32_row], fused.memory[f32_row]), ([[0.0; 3]; 5], [[0.0; 3]; 5]));
     // Every algorithm of the six collectives got its efficiency at 2 ranks.
     for coll in [Collective::AllReduce, Collective::AllGather, Collective::ReduceScatter, Collective::AllToAll] {
         for a in oxccl::algorithms_of(coll).iter().filter(|a| **a != Algorithm::Hierarchical) {
