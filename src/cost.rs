@@ -368,13 +368,15 @@ impl TuningEntry {
         // Unsampled, the fused kernel's speeds as the two-input kernels' (a run that reused
         // the earlier kernels carries them unchanged); where the earlier runs did not measure
         // them, this run's stand alone. Sampled, they are the runs' medians (above).
-        if !sampled && self.fused_gbs.is_empty() {
-            self.fused_gbs = earlier.fused_gbs.clone();
-        } else if !sampled {
-            for (name, gbs) in self.fused_gbs.iter_mut() {
-                if let Some(old) = earlier.fused_gbs.get(name) {
-                    for (o, g) in old.iter().flatten().zip(gbs.iter_mut().flatten()) {
-                        mean(*o, g);
+        if !sampled {
+            if self.fused_gbs.is_empty() {
+                self.fused_gbs = earlier.fused_gbs.clone();
+            } else {
+                for (name, gbs) in self.fused_gbs.iter_mut() {
+                    if let Some(old) = earlier.fused_gbs.get(name) {
+                        for (o, g) in old.iter().flatten().zip(gbs.iter_mut().flatten()) {
+                            mean(*o, g);
+                        }
                     }
                 }
             }
@@ -1020,8 +1022,10 @@ pub fn calibrate(comm: &Communicator, base: Option<&TuningEntry>) -> Result<Tuni
                         let i = dtype_op_index(d, o);
                         kernels[i] = b.reduce_gbs.get(&gamma_key(d, o)).copied().unwrap_or(5.0);
                         let fused = b.fused_gbs.get(&gamma_key(d, o)).copied().unwrap_or_default();
-                        for (s, [cache, memory]) in fused.into_iter().enumerate() {
-                            (kernels[51 + 100 * s + i], kernels[101 + 100 * s + i]) = (cache, memory);
+                        for (s, speeds) in fused.into_iter().enumerate() {
+                            for (level, gbs) in speeds.into_iter().enumerate() {
+                                kernels[fused_slot(s, level, i)] = gbs;
+                            }
                         }
                     }
                 }
@@ -1040,7 +1044,8 @@ pub fn calibrate(comm: &Communicator, base: Option<&TuningEntry>) -> Result<Tuni
         for o in ReduceOp::ALL {
             let i = dtype_op_index(d, o);
             reduce_gbs.insert(gamma_key(d, o), kernels[i]);
-            let speeds: FusedSpeeds = std::array::from_fn(|s| [kernels[51 + 100 * s + i], kernels[101 + 100 * s + i]]);
+            let speeds: FusedSpeeds =
+                std::array::from_fn(|s| std::array::from_fn(|level| kernels[fused_slot(s, level, i)]));
             if speeds.iter().flatten().all(|&g| g > 0.0) {
                 fused_gbs.insert(gamma_key(d, o), speeds);
             }
@@ -1548,6 +1553,12 @@ const MAX_FUSED_THREADS: usize = 8;
 /// at each of [`FUSED_SOURCES`] in cache and out of it.
 const KERNEL_FIGURES: usize = 51 + 100 * FUSED_SOURCES.len();
 
+/// Where [`measure_kernels`] puts the fused kernel's figure for source count `s` (an index
+/// of [`FUSED_SOURCES`]), `level` (0 in cache, 1 out of it) and case `i` (`dtype_op_index`).
+const fn fused_slot(s: usize, level: usize, i: usize) -> usize {
+    51 + 100 * s + 50 * level + i
+}
+
 fn measure_kernels(out: &mut [f64; KERNEL_FIGURES], cores: usize) {
     use oxccl_algorithms::{HostReducer, Reducer};
     use oxccl_transport::{MemoryKind, Region, RegionMut};
@@ -1598,10 +1609,10 @@ fn measure_kernels(out: &mut [f64; KERNEL_FIGURES], cores: usize) {
     }
     out[50] = time(big, 3, &mut |_| red.copy(rd, ra).expect("equal lengths"));
     drop(dst);
-    for (s, figures) in FUSED_SOURCES.into_iter().zip(out[51..].chunks_mut(100)) {
-        let (cache, memory) = figures.split_at_mut(50);
-        measure_fused(cache, s, (128 << 10) / s, 32, cores);
-        measure_fused(memory, s, (16 << 20) / s, 2, cores);
+    for (s, sources) in FUSED_SOURCES.into_iter().enumerate() {
+        let (cache, memory) = (fused_slot(s, 0, 0), fused_slot(s, 1, 0));
+        measure_fused(&mut out[cache..cache + 50], sources, (128 << 10) / sources, 32, cores);
+        measure_fused(&mut out[memory..memory + 50], sources, (16 << 20) / sources, 2, cores);
     }
 }
 
@@ -1609,7 +1620,7 @@ fn measure_kernels(out: &mut [f64; KERNEL_FIGURES], cores: usize) {
 /// into as many destinations, as one rank of a call at that many ranks does; `reps` calls
 /// timed together), on `threads` threads at once, each on buffers of its own: GB/s of input
 /// per thread (the slowest thread's time), the best of five rounds, for every type and
-/// operator (indexed as `dtype_op_index`).
+/// operator (indexed as `dtype_op_index`); 0 (not measured) for a case whose kernel failed.
 ///
 /// Every core at once because every rank of a call runs it at once: out of cache the
 /// memory is shared then, and the half types' conversions mostly hide under it. With 4
@@ -1642,19 +1653,19 @@ fn measure_fused(out: &mut [f64], sources: usize, slice: usize, reps: usize, thr
                         )
                     };
                     let red = HostReducer::new();
-                    let call = |d, o| red.reduce_into_all(d, o, &outs, &ins, false).expect("equal, aligned lengths");
                     // Every case in turn in each round, so that the machine's drift over
-                    // seconds reaches them all alike; the first round warms up.
+                    // seconds reaches them all alike; the first round warms up. A failed call
+                    // marks its case and the thread goes on: a thread that left the loop
+                    // would leave the others waiting at the barrier for good.
                     let mut mine = vec![[0.0; ROUNDS]; cases.len()];
                     for round in 0..=ROUNDS {
                         for (&(d, o), times) in cases.iter().zip(&mut mine) {
                             barrier.wait();
                             let t0 = Instant::now();
-                            for _ in 0..reps {
-                                call(d, o);
-                            }
+                            let ok = (0..reps).all(|_| red.reduce_into_all(d, o, &outs, &ins, false).is_ok());
+                            let secs = t0.elapsed().as_secs_f64() / reps as f64;
                             if round > 0 {
-                                times[round - 1] = t0.elapsed().as_secs_f64() / reps as f64;
+                                times[round - 1] = if ok { secs } else { f64::NAN };
                             }
                         }
                     }
@@ -1666,8 +1677,9 @@ fn measure_fused(out: &mut [f64], sources: usize, slice: usize, reps: usize, thr
         workers.into_iter().map(|w| w.join().expect("a kernel thread panicked")).collect()
     });
     for (i, &(d, o)) in cases.iter().enumerate() {
+        let failed = secs.iter().any(|t| t[i].iter().any(|x| x.is_nan()));
         let best = (0..ROUNDS).map(|r| secs.iter().map(|t| t[i][r]).fold(0.0, f64::max)).fold(f64::INFINITY, f64::min);
-        out[dtype_op_index(d, o)] = (sources * slice) as f64 / best / 1e9;
+        out[dtype_op_index(d, o)] = if failed { 0.0 } else { (sources * slice) as f64 / best / 1e9 };
     }
 }
 
