@@ -684,5 +684,28 @@ pub(crate) mod tests {
         assert!((fused.measured - 2.0 * 1000.0 * per_byte).abs() < 1e-20, "{fused}");
         let (f32_fused, f32_pair) = m(&pr, DataType::F32);
         assert_eq!(f32_fused, f32_pair, "f32 prices as before");
+        // The three mapped formulas, which run the fused kernel, charge it: the extra on the
+        // call's n bytes of input from its p sources; f32 none.
+        for (coll, cost) in [
+            (Collective::AllReduce, crate::all_reduce::mapped::cost as CostFn),
+            (Collective::ReduceScatter, crate::reduce_scatter::mapped::cost),
+            (Collective::Reduce, crate::reduce::mapped::cost),
+        ] {
+            for dtype in [DataType::Bf16, DataType::F32] {
+                let m = Model {
+                    coll,
+                    bytes: 1 << 20,
+                    dtype,
+                    op: ReduceOp::Max,
+                    hosts: &hosts,
+                    profile: &pr,
+                    chunk_bytes: 1 << 18,
+                    footprint_cap: f64::INFINITY,
+                };
+                let want = m.reduce_fused(4.0, m.n()).measured;
+                assert_eq!(cost(&m).measured, want, "{coll} {dtype}");
+                assert_eq!(want > 0.0, dtype == DataType::Bf16, "{coll} {dtype}: {want}");
+            }
+        }
     }
 }
