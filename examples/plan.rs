@@ -35,7 +35,7 @@ use std::time::Instant;
 use clap::Parser;
 use half::bf16;
 use oxccl::cost::{self, Call, Profile, TuningFile};
-use oxccl::{Collective, Communicator, DataType, ReduceOp, SharedBuffer};
+use oxccl::{Algorithm, Collective, Communicator, DataType, ReduceOp, SharedBuffer};
 
 /// Communication planner for transformer training.
 #[derive(Parser, Debug)]
@@ -89,6 +89,11 @@ struct Args {
     /// (ordinary memory: they are not).
     #[arg(long, default_value = "shared", value_parser = ["shared", "heap"])]
     buffers: String,
+    /// Under `--replay`: also time each kind of call of a layout on its own (its calls of
+    /// one step back to back, between barriers) next to its own price and the algorithm the
+    /// model picks for it, to find which call a layout's miss comes from.
+    #[arg(long)]
+    breakdown: bool,
 }
 
 /// Which ranks a collective runs among.
@@ -182,18 +187,20 @@ fn group_hosts(group: Group, hosts: usize, rph: usize, tp: usize) -> Vec<usize> 
 
 /// Seconds the ops of a layout are predicted to take per step.
 fn predict(l: &Layout, profile: &Profile, hosts: usize, rph: usize) -> f64 {
-    l.ops
-        .iter()
-        .map(|op| {
-            let gh = group_hosts(op.group, hosts, rph, l.tp);
-            let local = gh.iter().filter(|&&h| h == 0).count();
-            // A group gets its share of a host whose other ranks are busy at the same time.
-            let mut p = profile.clone();
-            p.cores = profile.cores * local as f64 / rph as f64;
-            let call = Call::new(op.coll, op.bytes, DataType::Bf16, ReduceOp::Sum);
-            cost::best(&call, &gh, &p).1.total() * op.times as f64
-        })
-        .sum()
+    l.ops.iter().map(|op| predict_op(l, op, profile, hosts, rph).1).sum()
+}
+
+/// The algorithm the model picks for one op of a layout, and the seconds its calls of one
+/// step are predicted to take.
+fn predict_op(l: &Layout, op: &Op, profile: &Profile, hosts: usize, rph: usize) -> (Algorithm, f64) {
+    let gh = group_hosts(op.group, hosts, rph, l.tp);
+    let local = gh.iter().filter(|&&h| h == 0).count();
+    // A group gets its share of a host whose other ranks are busy at the same time.
+    let mut p = profile.clone();
+    p.cores = profile.cores * local as f64 / rph as f64;
+    let call = Call::new(op.coll, op.bytes, DataType::Bf16, ReduceOp::Sum);
+    let (algo, c) = cost::best(&call, &gh, &p);
+    (algo, c.total() * op.times as f64)
 }
 
 fn describe(l: &Layout) -> (usize, f64) {
@@ -319,25 +326,24 @@ fn replay(a: &Args) -> oxccl::Result<()> {
         let max = l.ops.iter().map(|o| o.bytes).max().unwrap_or(0) / ES;
         let (mut send, mut recv) = (Tensor::new(max, a)?, Tensor::new(max, a)?);
         send.fill(bf16::from_f32(1.0));
-        let mut step = || -> oxccl::Result<()> {
-            for op in &l.ops {
-                let c = comm_of(op.group);
-                let n = op.bytes / ES;
-                let per = n / c.size();
-                for _ in 0..op.times {
-                    match op.coll {
-                        Collective::AllReduce => c.all_reduce_into(&send[..n], &mut recv[..n], ReduceOp::Sum)?,
-                        Collective::AllGather => c.all_gather_into(&send[..per], &mut recv[..per * c.size()])?,
-                        Collective::ReduceScatter => {
-                            c.reduce_scatter_into(&send[..per * c.size()], &mut recv[..per], ReduceOp::Sum)?
-                        }
-                        _ => unreachable!("the planner uses all-reduce, all-gather and reduce-scatter"),
+        // One op's calls of one step.
+        let mut run = |op: &Op| -> oxccl::Result<()> {
+            let c = comm_of(op.group);
+            let n = op.bytes / ES;
+            let per = n / c.size();
+            for _ in 0..op.times {
+                match op.coll {
+                    Collective::AllReduce => c.all_reduce_into(&send[..n], &mut recv[..n], ReduceOp::Sum)?,
+                    Collective::AllGather => c.all_gather_into(&send[..per], &mut recv[..per * c.size()])?,
+                    Collective::ReduceScatter => {
+                        c.reduce_scatter_into(&send[..per * c.size()], &mut recv[..per], ReduceOp::Sum)?
                     }
+                    _ => unreachable!("the planner uses all-reduce, all-gather and reduce-scatter"),
                 }
             }
             Ok(())
         };
-        step()?;
+        l.ops.iter().try_for_each(&mut run)?;
         // Trial calls (`Config::trial_calls`) belong to the warm-up. Each communicator's
         // trials end at the same call on its ranks, but a tensor group's may end before
         // another's (their first timed calls size their rounds), so the world agrees on
@@ -358,19 +364,42 @@ fn replay(a: &Args) -> oxccl::Result<()> {
             if !trying()? {
                 break;
             }
-            step()?;
+            l.ops.iter().try_for_each(&mut run)?;
         }
-        let mut times = Vec::new();
-        for _ in 0..a.steps.max(1) {
+        // The median over the steps of the time of `f` from the first rank's start to the
+        // last rank's end. With more ranks than cores, a rank may leave the opening barrier
+        // long after another (it waits for a core), and a group whose calls do not involve
+        // it may finish in the meantime: each rank's own time misses that. A closing barrier
+        // makes every rank's time reach the end of the slowest, and the longest of them
+        // starts with the first; the barrier's own time, measured alone, is taken off.
+        let span = |f: &mut dyn FnMut() -> oxccl::Result<()>| -> oxccl::Result<f64> {
             world.barrier()?;
             let t0 = Instant::now();
-            step()?;
+            f()?;
+            world.barrier()?;
             let mut t = [t0.elapsed().as_secs_f64()];
             world.all_reduce(&mut t, ReduceOp::Max)?;
-            times.push(t[0]);
+            Ok(t[0])
+        };
+        let mut barriers = (0..a.steps.max(5)).map(|_| span(&mut || Ok(()))).collect::<oxccl::Result<Vec<f64>>>()?;
+        barriers.sort_by(f64::total_cmp);
+        let barrier = barriers[barriers.len() / 2];
+        let median_time = |f: &mut dyn FnMut() -> oxccl::Result<()>| -> oxccl::Result<f64> {
+            let mut times = (0..a.steps.max(1)).map(|_| span(f)).collect::<oxccl::Result<Vec<f64>>>()?;
+            times.sort_by(f64::total_cmp);
+            Ok((times[times.len() / 2] - barrier).max(0.0))
+        };
+        let measured = median_time(&mut || l.ops.iter().try_for_each(&mut run))?;
+        // Each op alone: the calls of every group of its kind run at once, as in a step.
+        let mut ops = Vec::new();
+        if a.breakdown {
+            for op in &l.ops {
+                let t = median_time(&mut || run(op))?;
+                let c = comm_of(op.group);
+                let chosen = c.choice_for(op.coll, op.bytes, DataType::Bf16, ReduceOp::Sum).algo;
+                ops.push((op, chosen, t));
+            }
         }
-        times.sort_by(f64::total_cmp);
-        let measured = times[times.len() / 2];
         let predicted = predict(&l, &profile, hosts, rph);
         if world.rank() == 0 {
             let (calls, bytes) = describe(&l);
@@ -383,6 +412,19 @@ fn replay(a: &Args) -> oxccl::Result<()> {
                 measured * 1e3,
                 predicted / measured
             );
+            for (op, chosen, t) in ops {
+                let (algo, p) = predict_op(&l, op, &profile, hosts, rph);
+                let what = format!("{} {} x{} {:?}", op.coll, op.bytes, op.times, op.group);
+                println!(
+                    "    {:<40} {:>14.2} {:>14.2} {:>7.2}  model {}, ran {}",
+                    what,
+                    p * 1e3,
+                    t * 1e3,
+                    p / t,
+                    algo,
+                    chosen
+                );
+            }
         }
     }
     Ok(())
