@@ -82,5 +82,42 @@ fn fused(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels, fused);
+/// `Avg`'s division: the fused kernel averaging `p` sources (throughput in bytes of input,
+/// as `reduce_into_all`), and the division that ends `Avg` in the other algorithms
+/// (`Reducer::divide`, in bytes of the buffer), for integer types against f32, in cache
+/// (512 KiB) and out of it (16 MiB).
+fn average(c: &mut Criterion) {
+    let r = HostReducer::new();
+    let mut g = c.benchmark_group("average");
+    let types = [("i8", DataType::I8), ("i32", DataType::I32), ("i64", DataType::I64), ("f32", DataType::F32)];
+    for total in [512usize << 10, 16 << 20] {
+        g.throughput(Throughput::Bytes(total as u64));
+        for (name, dtype) in types {
+            for p in [2usize, 8] {
+                let slice = total / p;
+                // 0x1c in every byte: a normal f32; integers of either sign after the sum.
+                let srcs: Vec<Vec<u8>> = (0..p).map(|_| vec![0x1c; slice]).collect();
+                let mut dsts: Vec<Vec<u8>> = (0..p).map(|_| vec![0x1c; slice]).collect();
+                let regions: Vec<Region> = srcs.iter().map(|v| reg(v)).collect();
+                let outs: Vec<RegionMut> = dsts.iter_mut().map(|v| reg_mut(v)).collect();
+                g.bench_with_input(BenchmarkId::new(format!("{name}_avg_{p}_ranks"), total), &p, |b, _| {
+                    b.iter(|| r.reduce_into_all(dtype, ReduceOp::Avg, &outs, &regions, false).unwrap())
+                });
+            }
+            // A fresh buffer for every call (made outside the timing): divided in place again
+            // and again, the values would fall to zero, which some dividers finish early.
+            let buf = vec![0x1cu8; total];
+            g.bench_with_input(BenchmarkId::new(format!("{name}_divide_by_3"), total), &total, |b, _| {
+                b.iter_batched_ref(
+                    || buf.clone(),
+                    |v| r.divide(dtype, reg_mut(v), 3).unwrap(),
+                    criterion::BatchSize::LargeInput,
+                )
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels, fused, average);
 criterion_main!(benches);

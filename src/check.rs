@@ -22,7 +22,7 @@ macro_rules! check_int {
     ($($t:ty),*) => {$(
         impl CheckElem for $t {
             fn from_i64(v: i64) -> Self { v as $t }
-            fn avg_of(sum: i64, p: usize) -> Self { (sum as $t).wrapping_div(p as $t) }
+            fn avg_of(sum: i64, p: usize) -> Self { ((sum as $t) as i128 / p as i128) as $t }
         }
     )*};
 }

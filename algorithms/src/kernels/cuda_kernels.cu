@@ -118,11 +118,21 @@ FLOAT_ARITH(F64)
 FLOAT_ARITH(F16)
 FLOAT_ARITH(BF16)
 
-// Division by the number of sources (Avg): integers truncate toward zero, floats divide in
-// their accumulator type.
+// Division by the number of sources (Avg): integers truncate toward zero, divided by the
+// count itself, at least 32 bits wide (so a count beyond an 8-bit type's range divides,
+// rather than wrapping into another divisor or zero), as the host reducer does; floats
+// divide in their accumulator type.
 template <class T> __device__ __forceinline__ typename T::A divide(typename T::A a, int n) {
     return a / (typename T::A)n;
 }
+#define INT_DIVIDE(T, W)                                                                          \
+    template <> __device__ __forceinline__ T::A divide<T>(T::A a, int n) { return (T::A)((W)a / (W)n); }
+INT_DIVIDE(I8, int)
+INT_DIVIDE(U8, int)
+INT_DIVIDE(I32, int)
+INT_DIVIDE(U32, unsigned int)
+INT_DIVIDE(I64, long long)
+INT_DIVIDE(U64, u64)
 
 // ---- kernels -----------------------------------------------------------------------------
 

@@ -97,7 +97,7 @@ trait Lanes {
     /// Lanes per vector.
     const N: usize;
     /// The element type (`half`'s), whose scalar arithmetic reduces the tail.
-    type Scalar: super::host::Arith;
+    type Scalar: super::host::Arith<Divisor = f32>;
     /// Loads `N` elements at `p`, widened. Caller: `N` readable elements, the features.
     unsafe fn load(p: *const u16) -> Self::V;
     /// Rounds `v` and stores `N` elements at `p`. Caller: `N` writable elements, the features.
@@ -336,7 +336,7 @@ unsafe fn lines<L: Lanes>(
                     v = g(v, at(s));
                 }
                 if let Some(d) = avg {
-                    v = Arith::div(v, d);
+                    v = Arith::div(v, d as f32);
                 }
                 for &d in dsts {
                     *d.cast::<L::Scalar>().add(k) = v;
@@ -657,8 +657,8 @@ mod tests {
             let k = srcs.len();
             for x in &mut acc {
                 *x = match half {
-                    Half::F16 => <f16 as Arith>::div(f16::from_bits(*x), k).to_bits(),
-                    Half::Bf16 => <bf16 as Arith>::div(bf16::from_bits(*x), k).to_bits(),
+                    Half::F16 => <f16 as Arith>::div(f16::from_bits(*x), k as f32).to_bits(),
+                    Half::Bf16 => <bf16 as Arith>::div(bf16::from_bits(*x), k as f32).to_bits(),
                 };
             }
         }

@@ -12,34 +12,252 @@ use crate::op::ReduceOp;
 
 /// Arithmetic the kernels need from an element type.
 pub(crate) trait Arith: Copy + Send + Sync + 'static {
+    /// What [`Arith::div`] divides by, prepared once per call by [`Arith::divisor`].
+    type Divisor: Copy + Send + Sync;
     fn sum(a: Self, b: Self) -> Self;
     fn prod(a: Self, b: Self) -> Self;
     fn min(a: Self, b: Self) -> Self;
     fn max(a: Self, b: Self) -> Self;
-    fn div(a: Self, n: usize) -> Self;
+    /// `n` (at least 1), prepared for [`Arith::div`].
+    fn divisor(n: usize) -> Self::Divisor;
+    /// `a / n` (the end of `Avg`): integers truncate toward zero (the wrapped sum divided by
+    /// the count itself, however large), floats divide in their own precision (f16 and
+    /// bf16 in f32, rounded once).
+    fn div(a: Self, d: Self::Divisor) -> Self;
 }
 
-macro_rules! arith_int {
+/// Division of 8-bit integers by a count: `x · m >> s` in 32-bit lanes, with
+/// `m = ceil(2^(8+l) / n)` and `l = ceil(log2 n)`, exact for every `x` below 2^8 (m exceeds
+/// 2^(8+l)/n by less than 1, so the product exceeds `x/n` by less than `x/2^(8+l) < 1/n`,
+/// which never reaches the next whole number). A count above 255 leaves every quotient 0.
+#[derive(Clone, Copy)]
+pub(crate) struct U8Divisor {
+    magic: u32,
+    shift: u32,
+}
+
+impl U8Divisor {
+    #[inline(always)]
+    fn new(n: usize) -> U8Divisor {
+        if n > 255 {
+            return U8Divisor { magic: 0, shift: 0 };
+        }
+        let n = n.max(1) as u32;
+        let l = 32 - (n - 1).leading_zeros();
+        U8Divisor { magic: (1u32 << (8 + l)).div_ceil(n), shift: 8 + l }
+    }
+
+    #[inline(always)]
+    fn div(self, x: u8) -> u8 {
+        ((u32::from(x) * self.magic) >> self.shift) as u8
+    }
+}
+
+/// Division of integers of up to 32 bits by a count: as [`U64Divisor`] with 32-bit words.
+/// The multiplication is 32 by 32 bits into 64, which vectorises (`pmuludq`), where a
+/// hardware division takes one element at a time, 10 to 20 cycles each.
+#[derive(Clone, Copy)]
+pub(crate) struct U32Divisor {
+    magic: u64,
+    shift1: u32,
+    shift2: u32,
+}
+
+impl U32Divisor {
+    #[inline(always)]
+    fn new(n: usize) -> U32Divisor {
+        // Every 32-bit value divided by 2^32 or more is 0, as by 2^32.
+        let d = (n as u64).clamp(1, 1 << 32);
+        // l = ceil(log2 d); magic = floor(2^32 (2^l - d) / d) + 1, below 2^32.
+        let l = 64 - (d - 1).leading_zeros();
+        let magic = ((1u64 << 32) * ((1u64 << l) - d)) / d + 1;
+        U32Divisor { magic, shift1: l.min(1), shift2: l.saturating_sub(1) }
+    }
+
+    #[inline(always)]
+    fn div(self, x: u32) -> u32 {
+        let x = u64::from(x);
+        let t = (self.magic * x) >> 32;
+        ((t + ((x - t) >> self.shift1)) >> self.shift2) as u32
+    }
+}
+
+/// Division of 64-bit integers by a count: a multiplication by a precomputed reciprocal and
+/// two shifts (Granlund and Montgomery, "Division by invariant integers using
+/// multiplication", 1994, figure 4.1), a few cycles where a 64-bit hardware division takes
+/// 10 to 40.
+#[derive(Clone, Copy)]
+pub(crate) struct U64Divisor {
+    magic: u64,
+    shift1: u32,
+    shift2: u32,
+}
+
+impl U64Divisor {
+    #[inline(always)]
+    fn new(n: usize) -> U64Divisor {
+        let d = (n as u64).max(1);
+        // l = ceil(log2 d); magic = floor(2^64 (2^l - d) / d) + 1, below 2^64.
+        let l = 64 - (d - 1).leading_zeros();
+        let magic = (((1u128 << 64) * ((1u128 << l) - u128::from(d))) / u128::from(d) + 1) as u64;
+        U64Divisor { magic, shift1: l.min(1), shift2: l.saturating_sub(1) }
+    }
+
+    #[inline(always)]
+    fn div(self, x: u64) -> u64 {
+        let t = ((u128::from(self.magic) * u128::from(x)) >> 64) as u64;
+        (t + ((x - t) >> self.shift1)) >> self.shift2
+    }
+}
+
+/// Sum, product, min and max of an integer type: wrapping, as C's unsigned arithmetic.
+macro_rules! arith_int_ops {
+    () => {
+        #[inline(always)]
+        fn sum(a: Self, b: Self) -> Self {
+            a.wrapping_add(b)
+        }
+        #[inline(always)]
+        fn prod(a: Self, b: Self) -> Self {
+            a.wrapping_mul(b)
+        }
+        #[inline(always)]
+        fn min(a: Self, b: Self) -> Self {
+            if b < a {
+                b
+            } else {
+                a
+            }
+        }
+        #[inline(always)]
+        fn max(a: Self, b: Self) -> Self {
+            if b > a {
+                b
+            } else {
+                a
+            }
+        }
+    };
+}
+
+macro_rules! arith_unsigned_narrow {
     ($($t:ty),*) => {$(
         impl Arith for $t {
-            #[inline(always)] fn sum(a: Self, b: Self) -> Self { a.wrapping_add(b) }
-            #[inline(always)] fn prod(a: Self, b: Self) -> Self { a.wrapping_mul(b) }
-            #[inline(always)] fn min(a: Self, b: Self) -> Self { if b < a { b } else { a } }
-            #[inline(always)] fn max(a: Self, b: Self) -> Self { if b > a { b } else { a } }
-            #[inline(always)] fn div(a: Self, n: usize) -> Self { a.wrapping_div(n as $t) }
+            type Divisor = U32Divisor;
+            arith_int_ops!();
+            #[inline(always)]
+            fn divisor(n: usize) -> U32Divisor {
+                U32Divisor::new(n)
+            }
+            #[inline(always)]
+            fn div(a: Self, d: U32Divisor) -> Self {
+                d.div(u32::from(a)) as $t
+            }
         }
     )*};
 }
-arith_int!(i8, u8, i32, u32, i64, u64);
+arith_unsigned_narrow!(u32);
+
+impl Arith for u8 {
+    type Divisor = U8Divisor;
+    arith_int_ops!();
+    #[inline(always)]
+    fn divisor(n: usize) -> U8Divisor {
+        U8Divisor::new(n)
+    }
+    #[inline(always)]
+    fn div(a: Self, d: U8Divisor) -> Self {
+        d.div(a)
+    }
+}
+
+impl Arith for i8 {
+    type Divisor = U8Divisor;
+    arith_int_ops!();
+    #[inline(always)]
+    fn divisor(n: usize) -> U8Divisor {
+        U8Divisor::new(n)
+    }
+    #[inline(always)]
+    fn div(a: Self, d: U8Divisor) -> Self {
+        // As the wider signed types (i8::MIN's size is 128, a u8).
+        let q = d.div(a.unsigned_abs()) as i8;
+        if a < 0 {
+            q.wrapping_neg()
+        } else {
+            q
+        }
+    }
+}
+
+macro_rules! arith_signed_narrow {
+    ($($t:ty),*) => {$(
+        impl Arith for $t {
+            type Divisor = U32Divisor;
+            arith_int_ops!();
+            #[inline(always)]
+            fn divisor(n: usize) -> U32Divisor {
+                U32Divisor::new(n)
+            }
+            #[inline(always)]
+            fn div(a: Self, d: U32Divisor) -> Self {
+                // Toward zero: the quotient of a's size, with a's sign (the size of MIN is
+                // an unsigned value; divided by 1 it wraps back to MIN).
+                let q = d.div(u32::from(a.unsigned_abs())) as $t;
+                if a < 0 {
+                    q.wrapping_neg()
+                } else {
+                    q
+                }
+            }
+        }
+    )*};
+}
+arith_signed_narrow!(i32);
+
+impl Arith for u64 {
+    type Divisor = U64Divisor;
+    arith_int_ops!();
+    #[inline(always)]
+    fn divisor(n: usize) -> U64Divisor {
+        U64Divisor::new(n)
+    }
+    #[inline(always)]
+    fn div(a: Self, d: U64Divisor) -> Self {
+        d.div(a)
+    }
+}
+
+impl Arith for i64 {
+    type Divisor = U64Divisor;
+    arith_int_ops!();
+    #[inline(always)]
+    fn divisor(n: usize) -> U64Divisor {
+        U64Divisor::new(n)
+    }
+    #[inline(always)]
+    fn div(a: Self, d: U64Divisor) -> Self {
+        // Toward zero: the quotient of a's size, with a's sign (i64::MIN's size, 2^63, is a
+        // u64; divided by 1 it wraps back to i64::MIN).
+        let q = d.div(a.unsigned_abs()) as i64;
+        if a < 0 {
+            q.wrapping_neg()
+        } else {
+            q
+        }
+    }
+}
 
 macro_rules! arith_float {
     ($($t:ty),*) => {$(
         impl Arith for $t {
+            type Divisor = $t;
             #[inline(always)] fn sum(a: Self, b: Self) -> Self { a + b }
             #[inline(always)] fn prod(a: Self, b: Self) -> Self { a * b }
             #[inline(always)] fn min(a: Self, b: Self) -> Self { if b < a { b } else { a } }
             #[inline(always)] fn max(a: Self, b: Self) -> Self { if b > a { b } else { a } }
-            #[inline(always)] fn div(a: Self, n: usize) -> Self { a / (n as $t) }
+            #[inline(always)] fn divisor(n: usize) -> Self { n as $t }
+            #[inline(always)] fn div(a: Self, d: Self) -> Self { a / d }
         }
     )*};
 }
@@ -113,6 +331,7 @@ pub(crate) fn f32_to_f16(x: f32) -> u16 {
 macro_rules! arith_half {
     ($($t:ty: $to:ident, $from:ident);*) => {$(
         impl Arith for $t {
+            type Divisor = f32;
             #[inline(always)]
             fn sum(a: Self, b: Self) -> Self {
                 <$t>::from_bits($from($to(a.to_bits()) + $to(b.to_bits())))
@@ -130,8 +349,12 @@ macro_rules! arith_half {
                 <$t>::from_bits($from(<f32 as Arith>::max($to(a.to_bits()), $to(b.to_bits()))))
             }
             #[inline(always)]
-            fn div(a: Self, n: usize) -> Self {
-                <$t>::from_bits($from($to(a.to_bits()) / n as f32))
+            fn divisor(n: usize) -> f32 {
+                n as f32
+            }
+            #[inline(always)]
+            fn div(a: Self, d: f32) -> Self {
+                <$t>::from_bits($from($to(a.to_bits()) / d))
             }
         }
     )*};
@@ -254,8 +477,36 @@ pub(crate) unsafe fn reduce_native<T: Arith>(
 /// # Safety
 /// `n` valid, writable elements at `p`.
 pub(crate) unsafe fn divide_native<T: Arith>(p: *mut T, n: usize, d: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 is present; the rest is the caller's contract.
+        unsafe { divide_avx2(p, n, d) };
+        return;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { divide_body(p, n, d) }
+}
+
+/// [`divide_native`] compiled for AVX2 (eight 32-bit multiplications at once).
+///
+/// # Safety
+/// As [`divide_native`]; AVX2 present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn divide_avx2<T: Arith>(p: *mut T, n: usize, d: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { divide_body(p, n, d) }
+}
+
+/// The loop of [`divide_native`].
+///
+/// # Safety
+/// As [`divide_native`].
+#[inline(always)]
+unsafe fn divide_body<T: Arith>(p: *mut T, n: usize, d: usize) {
     // SAFETY: the caller's contract.
     let s = unsafe { std::slice::from_raw_parts_mut(p, n) };
+    let d = T::divisor(d);
     for x in s {
         *x = T::div(*x, d);
     }
@@ -446,7 +697,7 @@ unsafe fn copy_streaming_avx2(dst: *mut u8, src: *const u8, n: usize) {
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn reduce_lines<T: Arith>(op: ReduceOp, dsts: &[*mut u8], srcs: &[*const T], n: usize, nt: bool) {
     // `Avg`: the sum, divided by the number of sources before it is stored.
-    let avg = (op == ReduceOp::Avg).then_some(srcs.len());
+    let avg = (op == ReduceOp::Avg).then(|| T::divisor(srcs.len()));
     if nt && has_avx512() && dsts.iter().all(|&d| d as usize % 64 == dsts[0] as usize % 64) {
         // SAFETY: AVX-512F present, destinations share their alignment mod 64; the rest is
         // the caller's contract.
@@ -471,7 +722,7 @@ pub(crate) unsafe fn reduce_lines<T: Arith>(op: ReduceOp, dsts: &[*mut u8], srcs
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avx512f")]
 unsafe fn reduce_lines_avx512<T: Arith>(op: ReduceOp, dsts: &[*mut u8], srcs: &[*const T], n: usize) {
-    let avg = (op == ReduceOp::Avg).then_some(srcs.len());
+    let avg = (op == ReduceOp::Avg).then(|| T::divisor(srcs.len()));
     // SAFETY: forwarded caller contract.
     unsafe {
         match op {
@@ -521,7 +772,7 @@ pub(crate) unsafe fn store_line(dsts: &[*mut u8], at: usize, line: *const u8, nt
 #[inline(always)]
 unsafe fn lines_body<T: Arith, const WIDE: bool>(
     f: impl Fn(T, T) -> T,
-    avg: Option<usize>,
+    avg: Option<T::Divisor>,
     dsts: &[*mut u8],
     srcs: &[*const T],
     n: usize,

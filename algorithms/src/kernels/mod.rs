@@ -557,6 +557,86 @@ mod tests {
         assert!(r.copy_streaming(w.slice(0..32), w.slice(16..48).as_region()).is_err());
     }
 
+    /// Values of every integer type that try a division: both ends, zero, ±1, and numbers
+    /// near multiples of the divisors below, as i128.
+    fn edge_values(min: i128, max: i128) -> Vec<i128> {
+        let mut v = vec![min, min + 1, max, max - 1, 0, 1, -1, 2, -2];
+        for k in [3i128, 7, 127, 128, 255, 256, 1 << 20, (1 << 31) - 1, 1 << 32, 3 << 40, 1 << 62] {
+            for m in [1i128, 5, 1000, 123_456_789] {
+                for off in [-1i128, 0, 1] {
+                    v.push(k * m + off);
+                    v.push(-(k * m) + off);
+                }
+            }
+        }
+        v.retain(|x| (min..=max).contains(x));
+        v
+    }
+
+    /// Avg on integers: the wrapped sum divided by the count, truncated toward zero, for
+    /// every integer type, both ends of its range, counts from 1 to past every type's range
+    /// (the end of `Avg` in the other algorithms, `divide`), and the fused kernel's `Avg`
+    /// of 2, 3, 5 and 8 sources. The reference divides in i128.
+    #[test]
+    fn integer_average_truncates_toward_zero_for_every_type_value_and_count() {
+        fn check<T: Copy + PartialEq + std::fmt::Debug + TryFrom<i128>>(dtype: DataType, min: i128, max: i128)
+        where
+            i128: From<T>,
+            <T as TryFrom<i128>>::Error: std::fmt::Debug,
+        {
+            let r = HostReducer::new();
+            // 301 elements (whole 64-byte lines of every type and a tail), the edge values
+            // in a scattered order, repeated.
+            let base = edge_values(min, max);
+            let vals: Vec<T> = (0..301).map(|i| T::try_from(base[(i * 7) % base.len()]).unwrap()).collect();
+            let wrap = |x: i128| -> T {
+                let span = max - min + 1;
+                T::try_from((x - min).rem_euclid(span) + min).unwrap()
+            };
+            let counts = [1usize, 2, 3, 7, 49, 100, 127, 128, 200, 255, 256, 1000, 65_537, (1 << 32) + 3, 1 << 53];
+            for n in counts.into_iter().chain([usize::MAX]) {
+                // Whole multiples of the count and their neighbours too: where the quotient
+                // is whole, a product with the rounded reciprocal falls short of it.
+                let multiples = (1..=200i128).chain([max / n as i128, max / 2 / n as i128, max / 3 / n as i128]);
+                let mut vals = vals.clone();
+                for q in multiples.map(|q| q * n as i128) {
+                    for x in [q - 1, q, q + 1, -q - 1, -q, -q + 1] {
+                        if (min..=max).contains(&x) {
+                            vals.push(T::try_from(x).unwrap());
+                        }
+                    }
+                }
+                let mut buf = vals.clone();
+                r.divide(dtype, reg_mut(&mut buf), n).unwrap();
+                let want: Vec<T> = vals.iter().map(|&x| T::try_from(i128::from(x) / n as i128).unwrap()).collect();
+                assert_eq!(buf, want, "{dtype} divided by {n}");
+            }
+            for p in [2usize, 3, 5, 8] {
+                // Source j: the values rotated by j, so every element sums different values.
+                let srcs: Vec<Vec<T>> =
+                    (0..p).map(|j| (0..vals.len()).map(|i| vals[(i + j * 7) % vals.len()]).collect()).collect();
+                let want: Vec<T> = (0..vals.len())
+                    .map(|i| {
+                        let sum = wrap(srcs.iter().map(|s| i128::from(s[i])).sum());
+                        T::try_from(i128::from(sum) / p as i128).unwrap()
+                    })
+                    .collect();
+                for streaming in [false, true] {
+                    let rs: Vec<Region> = srcs.iter().map(|s| reg(s)).collect();
+                    let mut d = vec![vals[0]; vals.len()];
+                    r.reduce_into_all(dtype, ReduceOp::Avg, &[reg_mut(&mut d)], &rs, streaming).unwrap();
+                    assert_eq!(d, want, "{dtype} avg of {p} sources, streaming {streaming}");
+                }
+            }
+        }
+        check::<i8>(DataType::I8, i8::MIN.into(), i8::MAX.into());
+        check::<u8>(DataType::U8, 0, u8::MAX.into());
+        check::<i32>(DataType::I32, i32::MIN.into(), i32::MAX.into());
+        check::<u32>(DataType::U32, 0, u32::MAX.into());
+        check::<i64>(DataType::I64, i64::MIN.into(), i64::MAX.into());
+        check::<u64>(DataType::U64, 0, u64::MAX.into());
+    }
+
     #[test]
     fn reduce_into_all_matches_reduce_for_every_type_alignment_and_store_kind() {
         let r = HostReducer::new();
