@@ -5,7 +5,8 @@ use std::fmt;
 /// How values from different ranks combine. Discriminants are NCCL's `ncclRedOp_t` values.
 ///
 /// Integer sums and products wrap on overflow, as in C. `Avg` sums and then divides by the
-/// number of ranks once (integers truncate toward zero). Floating-point `Min`/`Max` return the
+/// number of ranks once (integers: the wrapped sum divided by the rank count itself,
+/// truncated toward zero, even where the count is beyond the type's range). Floating-point `Min`/`Max` return the
 /// first operand when the comparison is false (so a NaN in the accumulated value is kept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
