@@ -78,6 +78,7 @@ impl U32Divisor {
     fn div(self, x: u32) -> u32 {
         let x = u64::from(x);
         let t = (self.magic * x) >> 32;
+        // At most x: the conversion back is exact.
         ((t + ((x - t) >> self.shift1)) >> self.shift2) as u32
     }
 }
@@ -140,70 +141,38 @@ macro_rules! arith_int_ops {
     };
 }
 
-macro_rules! arith_unsigned_narrow {
-    ($($t:ty),*) => {$(
+macro_rules! arith_unsigned {
+    ($($t:ty: $d:ident),*) => {$(
         impl Arith for $t {
-            type Divisor = U32Divisor;
+            type Divisor = $d;
             arith_int_ops!();
             #[inline(always)]
-            fn divisor(n: usize) -> U32Divisor {
-                U32Divisor::new(n)
+            fn divisor(n: usize) -> $d {
+                $d::new(n)
             }
             #[inline(always)]
-            fn div(a: Self, d: U32Divisor) -> Self {
-                d.div(u32::from(a)) as $t
+            fn div(a: Self, d: $d) -> Self {
+                d.div(a)
             }
         }
     )*};
 }
-arith_unsigned_narrow!(u32);
+arith_unsigned!(u8: U8Divisor, u32: U32Divisor, u64: U64Divisor);
 
-impl Arith for u8 {
-    type Divisor = U8Divisor;
-    arith_int_ops!();
-    #[inline(always)]
-    fn divisor(n: usize) -> U8Divisor {
-        U8Divisor::new(n)
-    }
-    #[inline(always)]
-    fn div(a: Self, d: U8Divisor) -> Self {
-        d.div(a)
-    }
-}
-
-impl Arith for i8 {
-    type Divisor = U8Divisor;
-    arith_int_ops!();
-    #[inline(always)]
-    fn divisor(n: usize) -> U8Divisor {
-        U8Divisor::new(n)
-    }
-    #[inline(always)]
-    fn div(a: Self, d: U8Divisor) -> Self {
-        // As the wider signed types (i8::MIN's size is 128, a u8).
-        let q = d.div(a.unsigned_abs()) as i8;
-        if a < 0 {
-            q.wrapping_neg()
-        } else {
-            q
-        }
-    }
-}
-
-macro_rules! arith_signed_narrow {
-    ($($t:ty),*) => {$(
+macro_rules! arith_signed {
+    ($($t:ty: $d:ident),*) => {$(
         impl Arith for $t {
-            type Divisor = U32Divisor;
+            type Divisor = $d;
             arith_int_ops!();
             #[inline(always)]
-            fn divisor(n: usize) -> U32Divisor {
-                U32Divisor::new(n)
+            fn divisor(n: usize) -> $d {
+                $d::new(n)
             }
             #[inline(always)]
-            fn div(a: Self, d: U32Divisor) -> Self {
+            fn div(a: Self, d: $d) -> Self {
                 // Toward zero: the quotient of a's size, with a's sign (the size of MIN is
                 // an unsigned value; divided by 1 it wraps back to MIN).
-                let q = d.div(u32::from(a.unsigned_abs())) as $t;
+                let q = d.div(a.unsigned_abs()) as $t;
                 if a < 0 {
                     q.wrapping_neg()
                 } else {
@@ -213,40 +182,7 @@ macro_rules! arith_signed_narrow {
         }
     )*};
 }
-arith_signed_narrow!(i32);
-
-impl Arith for u64 {
-    type Divisor = U64Divisor;
-    arith_int_ops!();
-    #[inline(always)]
-    fn divisor(n: usize) -> U64Divisor {
-        U64Divisor::new(n)
-    }
-    #[inline(always)]
-    fn div(a: Self, d: U64Divisor) -> Self {
-        d.div(a)
-    }
-}
-
-impl Arith for i64 {
-    type Divisor = U64Divisor;
-    arith_int_ops!();
-    #[inline(always)]
-    fn divisor(n: usize) -> U64Divisor {
-        U64Divisor::new(n)
-    }
-    #[inline(always)]
-    fn div(a: Self, d: U64Divisor) -> Self {
-        // Toward zero: the quotient of a's size, with a's sign (i64::MIN's size, 2^63, is a
-        // u64; divided by 1 it wraps back to i64::MIN).
-        let q = d.div(a.unsigned_abs()) as i64;
-        if a < 0 {
-            q.wrapping_neg()
-        } else {
-            q
-        }
-    }
-}
+arith_signed!(i8: U8Divisor, i32: U32Divisor, i64: U64Divisor);
 
 macro_rules! arith_float {
     ($($t:ty),*) => {$(
