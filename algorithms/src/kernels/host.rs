@@ -141,8 +141,11 @@ macro_rules! arith_int_ops {
     };
 }
 
-macro_rules! arith_unsigned {
-    ($($t:ty: $d:ident),*) => {$(
+/// An integer type's arithmetic, with the divisor of its width; `signed` types divide
+/// toward zero: the quotient of a's size, with a's sign (the size of MIN is an unsigned
+/// value; divided by 1 it wraps back to MIN).
+macro_rules! arith_int {
+    ($($t:ty: $d:ident, $kind:ident);*) => {$(
         impl Arith for $t {
             type Divisor = $d;
             arith_int_ops!();
@@ -152,37 +155,30 @@ macro_rules! arith_unsigned {
             }
             #[inline(always)]
             fn div(a: Self, d: $d) -> Self {
-                d.div(a)
+                arith_int!(@div $kind, $t, a, d)
             }
         }
     )*};
-}
-arith_unsigned!(u8: U8Divisor, u32: U32Divisor, u64: U64Divisor);
-
-macro_rules! arith_signed {
-    ($($t:ty: $d:ident),*) => {$(
-        impl Arith for $t {
-            type Divisor = $d;
-            arith_int_ops!();
-            #[inline(always)]
-            fn divisor(n: usize) -> $d {
-                $d::new(n)
-            }
-            #[inline(always)]
-            fn div(a: Self, d: $d) -> Self {
-                // Toward zero: the quotient of a's size, with a's sign (the size of MIN is
-                // an unsigned value; divided by 1 it wraps back to MIN).
-                let q = d.div(a.unsigned_abs()) as $t;
-                if a < 0 {
-                    q.wrapping_neg()
-                } else {
-                    q
-                }
-            }
+    (@div unsigned, $t:ty, $a:ident, $d:ident) => {
+        $d.div($a)
+    };
+    (@div signed, $t:ty, $a:ident, $d:ident) => {{
+        let q = $d.div($a.unsigned_abs()) as $t;
+        if $a < 0 {
+            q.wrapping_neg()
+        } else {
+            q
         }
-    )*};
+    }};
 }
-arith_signed!(i8: U8Divisor, i32: U32Divisor, i64: U64Divisor);
+arith_int!(
+    u8: U8Divisor, unsigned;
+    i8: U8Divisor, signed;
+    u32: U32Divisor, unsigned;
+    i32: U32Divisor, signed;
+    u64: U64Divisor, unsigned;
+    i64: U64Divisor, signed
+);
 
 macro_rules! arith_float {
     ($($t:ty),*) => {$(
