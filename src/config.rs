@@ -18,6 +18,7 @@
 //! | `OXCCL_TUNE` | [`Config::tune_at_init`] | `quick`, `off` |
 //! | `OXCCL_SHM_SLOTS`, `OXCCL_SHM_SLOT_BYTES` | [`Config::shm_slots`], [`Config::shm_slot_bytes`] | `8`, `64K` |
 //! | `OXCCL_SHM_SINGLE_COPY` | [`Config::shm_single_copy_min`] | `1M`, `64K`, `off` |
+//! | `OXCCL_SHM_STORES` | [`Config::shm_slot_stores`] | `auto`, `cached`, `streaming` |
 //! | `OXCCL_YIELD_US` (or `OXCCL_SHM_YIELD_US`) | [`Config::yield_for`] | `200` |
 //! | `OXCCL_VERIFY_CALLS` | [`Config::verify_calls`] | `1`, `0` (the default) |
 //! | `OXCCL_TRIAL_CALLS` | [`Config::trial_calls`] | `3` (the default), `0` (the model alone) |
@@ -231,6 +232,11 @@ pub struct Config {
     /// send buffer read again and again stays in every cache) favours single copy from
     /// 64 KiB: the 2-rank all-gather of 1 MiB in place took 27 us there, 61 us here.
     pub shm_single_copy_min: Option<usize>,
+    /// Shared memory: how a sender writes its peers' FIFO slots: `Auto` (the default) times
+    /// its ordinary stores and streams for a while after a run of slow ones, as when a VM's
+    /// vCPUs sit on core complexes that share no cache (see
+    /// [`oxccl_transport::SlotStores`]); `Cached` and `Streaming` fix the choice.
+    pub shm_slot_stores: oxccl_transport::SlotStores,
     /// Shared memory and TCP: after spinning, how long a waiter keeps checking between
     /// yields of its core before it sleeps (on its futex, or in `poll`). A wake-up is slow on
     /// a busy machine (tens of microseconds in a VM), while a yield hands the core to a rank
@@ -287,6 +293,7 @@ impl Default for Config {
             shm_slots: shm.slots,
             shm_slot_bytes: shm.slot_bytes,
             shm_single_copy_min: shm.single_copy_min,
+            shm_slot_stores: shm.slot_stores,
             yield_for: Duration::from_micros(200),
             verify_calls: false,
             trial_calls: 3,
@@ -407,6 +414,18 @@ impl Config {
             self.shm_single_copy_min = match v.trim() {
                 "off" | "0" => None,
                 other => Some(bytes("OXCCL_SHM_SINGLE_COPY", other.to_string())?),
+            };
+        }
+        if let Some(v) = var("OXCCL_SHM_STORES") {
+            self.shm_slot_stores = match v.trim().to_ascii_lowercase().as_str() {
+                "auto" => oxccl_transport::SlotStores::Auto,
+                "cached" => oxccl_transport::SlotStores::Cached,
+                "streaming" => oxccl_transport::SlotStores::Streaming,
+                _ => {
+                    return Err(Error::invalid_argument(format!(
+                        "OXCCL_SHM_STORES='{v}' is not auto, cached or streaming"
+                    )))
+                }
             };
         }
         // OXCCL_SHM_YIELD_US: its name from when only shared memory yielded.

@@ -1273,6 +1273,7 @@ fn build_transport(
         spin,
         yield_for: config.yield_for,
         single_copy_min: config.shm_single_copy_min,
+        slot_stores: config.shm_slot_stores,
     };
     if use_shm {
         let net = ShmTransport::connect(rank, size, &scoped, shm_opts, deadline).map_err(init_err)?;

@@ -77,7 +77,7 @@ pub use error::{Context, Error, ErrorKind, Result};
 pub use loopback::LoopbackTransport;
 pub use region::{MemoryKind, Region, RegionMut};
 pub use router::Router;
-pub use shm::{MemoryKey, SharedBuffer, ShmOptions, ShmTransport};
+pub use shm::{MemoryKey, SharedBuffer, ShmOptions, ShmTransport, SlotStores};
 pub use sink::Sink;
 pub use store::{MemoryStore, PrefixStore, Store};
 pub use tcp::{TcpOptions, TcpTransport};

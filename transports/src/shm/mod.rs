@@ -11,4 +11,4 @@ pub(crate) mod sync;
 pub mod transport;
 
 pub use shared::{MemoryKey, PeerMappings, SharedBuffer};
-pub use transport::{ShmOptions, ShmTransport};
+pub use transport::{ShmOptions, ShmTransport, SlotStores};
