@@ -679,7 +679,9 @@ impl ShmTransport {
                 let chunk = (op.len - op.off).min(data);
                 let mode = self.opts.slot_stores;
                 let streaming = st.writers[peer].streams(mode, chunk);
-                let t0 = Instant::now();
+                // Only the copies `Auto` accounts for read the clock (a small message's push
+                // takes a few hundred nanoseconds).
+                let t0 = (mode == SlotStores::Auto && chunk >= SLOT_PROBE_MIN_BYTES).then(Instant::now);
                 // SAFETY: the slot has room for `chunk <= data` bytes; the source lies in the
                 // posted region, not in the FIFO.
                 let ok =
@@ -687,7 +689,9 @@ impl ShmTransport {
                 if !ok {
                     break;
                 }
-                st.writers[peer].copied(mode, chunk, streaming, t0.elapsed().as_secs_f64());
+                if let Some(t0) = t0 {
+                    st.writers[peer].copied(mode, chunk, streaming, t0.elapsed().as_secs_f64());
+                }
                 pushed = true;
                 op.off += chunk;
                 if op.off == op.len {
