@@ -61,6 +61,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod copy;
 pub mod cuda;
 pub mod error;
 mod ids;

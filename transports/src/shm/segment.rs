@@ -29,25 +29,11 @@ fn os(what: &str) -> Error {
     Error::io(what.to_string(), std::io::Error::last_os_error())
 }
 
+/// Maps a segment, populated now, not on first touch: a FIFO slot's first write otherwise
+/// takes a page fault per 4 KiB (32 us for a 64 KiB slot, 15 times its copy), inside the
+/// first collectives, where it also misled the senders' timing of their slot copies.
 fn map(fd: &OwnedFd, len: usize) -> Result<*mut u8> {
-    // Populated now, not on first touch: a FIFO slot's first write otherwise takes a page
-    // fault per 4 KiB (32 us for a 64 KiB slot, 15 times its copy), inside the first
-    // collectives, where it also misled the senders' timing of their slot copies.
-    // SAFETY: maps `len` bytes of a file we hold open; the kernel checks the arguments.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(os("shared memory: mmap"));
-    }
-    Ok(p.cast())
+    super::shared::map(fd, len, "shared memory")
 }
 
 impl Segment {

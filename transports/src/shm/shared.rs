@@ -266,7 +266,8 @@ impl std::fmt::Debug for SharedBuffer {
     }
 }
 
-fn map(fd: &OwnedFd, len: usize, what: &str) -> Result<*mut u8> {
+/// Maps `len` bytes of `fd` shared, readable and writable, populated at once.
+pub(super) fn map(fd: &OwnedFd, len: usize, what: &str) -> Result<*mut u8> {
     // SAFETY: maps `len` bytes of a file we hold open; the kernel checks the arguments.
     let p = unsafe {
         libc::mmap(

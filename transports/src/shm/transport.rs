@@ -208,65 +208,10 @@ unsafe fn write_slot(slot: *mut u8, tag: Tag, len: usize, off: usize, src: *cons
     unsafe {
         write_header(slot, tag, len as u64, off as u64, chunk as u32, 0);
         if streaming {
-            copy_streaming(slot.add(SLOT_HEADER), src.add(off), chunk);
+            crate::copy::copy_streaming(slot.add(SLOT_HEADER), src.add(off), chunk);
         } else {
             std::ptr::copy_nonoverlapping(src.add(off), slot.add(SLOT_HEADER), chunk);
         }
-    }
-}
-
-/// Copies `n` bytes with streaming stores where the CPU has AVX2 (else ordinarily), then
-/// fences them, so that a release store after it (the slot's publication) orders them too.
-///
-/// # Safety
-/// `n` bytes readable at `src`, writable at `dst`, not overlapping.
-unsafe fn copy_streaming(dst: *mut u8, src: *const u8, n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if n >= 256 && std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present; the rest is the caller's contract.
-        unsafe { copy_streaming_avx2(dst, src, n) };
-        return;
-    }
-    // SAFETY: the caller's contract.
-    unsafe { std::ptr::copy_nonoverlapping(src, dst, n) }
-}
-
-/// [`copy_streaming`] for AVX2: ordinary stores up to the destination's first 32-byte
-/// boundary, 128 bytes per step of streaming stores, the tail ordinarily, a store fence.
-///
-/// # Safety
-/// As [`copy_streaming`], at least 32 bytes; AVX2 present.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn copy_streaming_avx2(dst: *mut u8, src: *const u8, n: usize) {
-    use std::arch::x86_64::*;
-    let head = (dst as usize).next_multiple_of(32) - dst as usize;
-    // SAFETY: head < 32 <= n bytes, inside both spans.
-    unsafe { std::ptr::copy_nonoverlapping(src, dst, head) };
-    let mut i = head;
-    while i + 128 <= n {
-        // SAFETY: the 128 bytes at i are inside both spans; the stores are 32-byte aligned.
-        unsafe {
-            let s = src.add(i).cast::<__m256i>();
-            let d = dst.add(i).cast::<__m256i>();
-            let (a, b, c, e) = (
-                _mm256_loadu_si256(s),
-                _mm256_loadu_si256(s.add(1)),
-                _mm256_loadu_si256(s.add(2)),
-                _mm256_loadu_si256(s.add(3)),
-            );
-            _mm256_stream_si256(d, a);
-            _mm256_stream_si256(d.add(1), b);
-            _mm256_stream_si256(d.add(2), c);
-            _mm256_stream_si256(d.add(3), e);
-        }
-        i += 128;
-    }
-    // SAFETY: the tail is inside both spans; the fence orders the streaming stores before
-    // this thread's later stores (the slot's publication).
-    unsafe {
-        std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), n - i);
-        _mm_sfence();
     }
 }
 
