@@ -540,6 +540,13 @@ mod tests {
         assert_eq!(Config::default().yield_for, Duration::from_micros(200));
         assert_eq!(with(&[("OXCCL_YIELD_US", "7")]).unwrap().yield_for, Duration::from_micros(7));
         assert_eq!(with(&[("OXCCL_SHM_YIELD_US", "9")]).unwrap().yield_for, Duration::from_micros(9));
+        assert_eq!(Config::default().shm_slot_stores, oxccl_transport::SlotStores::Auto);
+        let streaming = with(&[("OXCCL_SHM_STORES", "Streaming")]).unwrap();
+        assert_eq!(streaming.shm_slot_stores, oxccl_transport::SlotStores::Streaming);
+        assert_eq!(
+            with(&[("OXCCL_SHM_STORES", "cached")]).unwrap().shm_slot_stores,
+            oxccl_transport::SlotStores::Cached
+        );
         let both = with(&[("OXCCL_SHM_YIELD_US", "9"), ("OXCCL_YIELD_US", "0")]).unwrap();
         assert_eq!(both.yield_for, Duration::ZERO, "the new name wins");
         for (k, v) in [
@@ -549,6 +556,7 @@ mod tests {
             ("OXCCL_TRANSPORT", "carrier-pigeon"),
             ("OXCCL_VERIFY_CALLS", "maybe"),
             ("OXCCL_YIELD_US", "-1"),
+            ("OXCCL_SHM_STORES", "sometimes"),
             ("OXCCL_TCP_CONGESTION", "cubic,,reno"),
             ("OXCCL_TCP_CONGESTION", "a-very-long-name-indeed"),
         ] {

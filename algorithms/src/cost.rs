@@ -55,9 +55,14 @@ impl Link {
 
     /// Seconds per byte when each core touches `footprint` bytes.
     pub fn beta_at(&self, footprint: f64) -> f64 {
-        let x = footprint / (footprint + self.cache_bytes.max(1.0));
-        self.beta_cache + (self.beta - self.beta_cache) * x
+        cache_blend(self.beta_cache, self.beta, footprint, self.cache_bytes)
     }
+}
+
+/// A figure between its value in cache and out of it for a footprint of `footprint` bytes
+/// per core, halfway at `cache_bytes`: `cache + (memory - cache) · w / (w + cache_bytes)`.
+pub fn cache_blend(cache: f64, memory: f64, footprint: f64, cache_bytes: f64) -> f64 {
+    cache + (memory - cache) * footprint / (footprint + cache_bytes.max(1.0))
 }
 
 /// A machine's costs: two links, the reduction kernels and the cores.
@@ -176,8 +181,7 @@ impl Efficiency {
     /// all-reduce: 0.56 at 64 MiB, 0.33 at 256 MiB, pricing the 256 MiB call at 2.9x the 64
     /// MiB one where it took 3.6x and making it the choice at 1.17x the fastest).
     pub fn apply(&self, c: Cost, footprint: f64, bytes: usize) -> Cost {
-        let x = footprint / (footprint + self.cache_bytes.max(1.0));
-        let b = self.bandwidth_cache * (1.0 - x) + self.bandwidth * x;
+        let b = cache_blend(self.bandwidth_cache, self.bandwidth, footprint, self.cache_bytes);
         let scaled =
             Cost { latency: c.latency * self.latency, transfer: c.transfer * b, reduce: c.reduce * b, measured: 0.0 };
         Cost { measured: c.measured, ..scaled * self.residual_at(bytes) }
@@ -458,18 +462,13 @@ impl Model<'_> {
         match self.profile.fused_extra(self.dtype, self.op, sources) {
             Some((cache, memory)) => Cost {
                 reduce: share * self.profile.gamma(DataType::F32, self.op) * self.oversubscription(),
-                measured: bytes * self.fused_blend(cache, memory) * self.oversubscription(),
+                measured: bytes
+                    * cache_blend(cache, memory, self.footprint(), self.profile.intra.cache_bytes)
+                    * self.oversubscription(),
                 ..Cost::default()
             },
             None => self.reduce(share),
         }
-    }
-
-    /// A per-byte figure between its in-cache and out-of-cache values at this call's
-    /// footprint, halfway at the intra-host link's `cache_bytes` (as [`Link::beta_at`]).
-    fn fused_blend(&self, cache: f64, memory: f64) -> f64 {
-        let w = self.footprint();
-        cache + (memory - cache) * w / (w + self.profile.intra.cache_bytes.max(1.0))
     }
 
     /// Copying `bytes` bytes locally.

@@ -73,8 +73,10 @@ pub struct ShmOptions {
 pub enum SlotStores {
     /// Ordinary stores, timed; after a run of slow copies (below [`SLOW_SLOT_COPY_GBS`]),
     /// streaming stores for the next [`STREAMING_SLOTS`] slots to that peer, then ordinary
-    /// stores timed again. Where the host's ranks outnumber its CPUs, ordinary stores only
-    /// (ranks that share cores make the timing meaningless).
+    /// stores timed again. It assumes a core per rank: where ranks share cores, a copy that
+    /// loses its core reads as slow (4 ranks on 2 cores streamed and ran the 256 KiB ring
+    /// all-reduce 1.7x slower), so a communicator whose ranks outnumber its cores on a host
+    /// passes `Cached` instead.
     #[default]
     Auto,
     /// Always ordinary stores.
@@ -380,15 +382,6 @@ impl ShmTransport {
         }
         if opts.slots == 0 || opts.slot_bytes < 128 || !opts.slot_bytes.is_multiple_of(64) {
             return Err(Error::invalid_argument("shm: need at least one slot of at least 128 bytes, a multiple of 64"));
-        }
-        let mut opts = opts;
-        // Where ranks outnumber the host's CPUs, a copy that loses its core to another rank
-        // reads as slow, and timing says nothing of the cache (4 ranks on 2 cores switched
-        // to streaming and ran the 256 KiB ring all-reduce 1.7x slower): ordinary stores.
-        // SAFETY: sysconf has no preconditions.
-        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
-        if opts.slot_stores == SlotStores::Auto && members.len() > cpus {
-            opts.slot_stores = SlotStores::Cached;
         }
         let fifo_stride = fifo_header_bytes() + opts.slots * opts.slot_bytes;
         let len = control_bytes() + members.len() * fifo_stride;
