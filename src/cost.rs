@@ -219,6 +219,11 @@ pub struct Samples {
     /// them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fused: Vec<BTreeMap<String, FusedSpeeds>>,
+    /// `[ranks, nanoseconds]` for each run that recorded it: the slowest cache-line round
+    /// trip between the machine's CPUs just before the run ([`crate::probe`]). Where a VM's
+    /// cores sat far apart, every transfer of that run was slower; the fit does not use it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub round_trip: Vec<[f64; 2]>,
 }
 
 impl Samples {

@@ -35,6 +35,7 @@ pub mod cost;
 pub mod device;
 pub mod error;
 pub mod launch;
+pub mod probe;
 pub mod select;
 pub mod shared;
 

@@ -156,6 +156,13 @@ fn main() {
             }
         },
         Err(e) if e.to_string().contains("no launcher environment") => {
+            // Where the machine's cores sit, before the ranks start and after they end: on a
+            // VM it can change between runs and explains a slow one (oxccl::probe).
+            let before = placement();
+            std::env::set_var(PLACEMENT_VAR, &before.0);
+            if let Some(ns) = before.1 {
+                std::env::set_var(ROUND_TRIP_VAR, format!("{ns:.0}"));
+            }
             let spec = oxccl::launch::LaunchSpec {
                 program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("oxccl-bench")),
                 args: std::env::args_os().skip(1).collect(),
@@ -166,13 +173,15 @@ fn main() {
                 tag_output: false,
                 bind: args.bind_to,
             };
-            match oxccl::launch::launch(&spec) {
+            let code = match oxccl::launch::launch(&spec) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("oxccl-bench: {e}");
                     2
                 }
-            }
+            };
+            println!("# cache-line round trip after the run: {}", placement().0);
+            code
         }
         Err(e) => {
             eprintln!("oxccl-bench: {e}");
@@ -180,6 +189,21 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Where the launcher hands the ranks its cache-line probe: the figure as printed.
+const PLACEMENT_VAR: &str = "OXCCL_BENCH_PLACEMENT";
+
+/// ... and the slowest round trip in nanoseconds, which calibration records.
+const ROUND_TRIP_VAR: &str = "OXCCL_BENCH_ROUND_TRIP_NS";
+
+/// This machine's cache-line round trips ([`oxccl::probe::placement`], up to 8 CPUs from the
+/// first, 3 ms each) as printed, and the slowest in nanoseconds.
+fn placement() -> (String, Option<f64>) {
+    match oxccl::probe::placement(8, std::time::Duration::from_millis(3)) {
+        Ok(p) => (p.to_string(), p.slowest().map(|t| t.as_secs_f64() * 1e9)),
+        Err(e) => (format!("not measured ({e})"), None),
+    }
 }
 
 /// `--refit`: every entry with samples fitted again; returns how many.
@@ -245,6 +269,15 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
         if let (true, Some(b)) = (args.average, &base) {
             entry.average_with(b, comm.size());
         }
+        // The runs pooled keep their round trips; this one adds its own where it has one.
+        entry.samples.round_trip = match (args.average, &base) {
+            (true, Some(b)) => b.samples.round_trip.clone(),
+            _ => Vec::new(),
+        };
+        let round_trip = std::env::var(ROUND_TRIP_VAR).ok().and_then(|v| v.parse::<f64>().ok());
+        if let Some(ns) = round_trip {
+            entry.samples.round_trip.push([comm.size() as f64, ns]);
+        }
         if comm.rank() == 0 {
             println!(
                 "# calibrated {} over {} ranks in {:.1} s: alpha {:.2} us, gap {:.3} us, wake {:.2} us, {:.2} GB/s, copy {:.2} GB/s, f32 sum {:.2} GB/s",
@@ -262,6 +295,9 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
             file.upsert(entry);
             file.save(path)?;
             println!("# written to {} ({runs} run(s) averaged at {} ranks)", path.display(), comm.size());
+            if let Ok(p) = std::env::var(PLACEMENT_VAR) {
+                println!("# cache-line round trip before the run: {p}");
+            }
         }
         return Ok(0);
     }
@@ -757,6 +793,9 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
                 Err(_) => "ranks unbound".to_string(),
             },
         );
+        if let Ok(p) = std::env::var(PLACEMENT_VAR) {
+            println!("# cache-line round trip before the run: {p}");
+        }
         if let Memory::Device(d) = memory(comm, args)? {
             let bytes = args.max_bytes.clamp(1 << 20, 1 << 30);
             match device_copy_bandwidth(d, bytes) {
