@@ -200,7 +200,12 @@ const ROUND_TRIP_VAR: &str = "OXCCL_BENCH_ROUND_TRIP_NS";
 /// This machine's cache-line round trips ([`oxccl::probe::placement`], up to 8 CPUs from the
 /// first, 3 ms each) as printed, and the slowest in nanoseconds.
 fn placement() -> (String, Option<f64>) {
-    match oxccl::probe::placement(8, std::time::Duration::from_millis(3)) {
+    placement_for(std::time::Duration::from_millis(3))
+}
+
+/// [`placement`] with `budget` per CPU probed.
+fn placement_for(budget: std::time::Duration) -> (String, Option<f64>) {
+    match oxccl::probe::placement(8, budget) {
         Ok(p) => (p.to_string(), p.slowest().map(|t| t.as_secs_f64() * 1e9)),
         Err(e) => (format!("not measured ({e})"), None),
     }
@@ -751,6 +756,27 @@ fn device_copy_bandwidth(ordinal: u32, bytes: usize) -> oxccl::Result<f64> {
     Ok(bytes as f64 / t / 1e9)
 }
 
+/// Between two sizes of a `--ranks` run on one host: the cache-line round trip again, taken
+/// by rank 0 while the others wait in a barrier (asleep after their brief spin). Rank 0
+/// prints it where it moved by more than half from `last` (the figure last printed), so a
+/// log shows from which row on the cores sat elsewhere. A VM's host moves them within seconds
+/// at times; the launcher's figures before and after the whole run miss that.
+fn probe_between(comm: &Communicator, last: &mut Option<f64>) -> oxccl::Result<()> {
+    comm.barrier()?;
+    if comm.rank() == 0 {
+        // The other ranks past their spin first.
+        std::thread::sleep(std::time::Duration::from_micros(500));
+        let (text, ns) = placement_for(std::time::Duration::from_micros(500));
+        if let Some(ns) = ns {
+            if last.is_none_or(|l| ns > 1.5 * l || ns < l / 1.5) {
+                println!("# cache-line round trip from here on: {text}");
+                *last = Some(ns);
+            }
+        }
+    }
+    comm.barrier()
+}
+
 fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: ReduceOp) -> oxccl::Result<usize> {
     let (r, p) = (comm.rank(), comm.size());
     let reduces = matches!(coll, Collective::AllReduce | Collective::ReduceScatter | Collective::Reduce);
@@ -845,7 +871,15 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
     // on a busy machine the first runs after a size change pay for fresh buffers.
     let comparing = args.explain || !args.compare.is_empty();
     let rounds = if comparing { 2 } else { 1 };
+    // Launched with --ranks on this host: the launcher probed the cores' placement
+    // (`placement`), and every size probes it again.
+    let one_host = comm.hosts().iter().all(|&h| h == comm.hosts()[0]);
+    let probing = one_host && p > 1 && !args.device && std::env::var(PLACEMENT_VAR).is_ok();
+    let mut last_probe = std::env::var(ROUND_TRIP_VAR).ok().and_then(|v| v.parse::<f64>().ok());
     while bytes <= args.max_bytes {
+        if probing {
+            probe_between(comm, &mut last_probe)?;
+        }
         let mut b = Bufs::<T>::new(coll, bytes, p, memory(comm, args)?)?;
         let size = b.total * T::DTYPE.size();
         // This rank's figures, round by round, variant by variant.
@@ -876,7 +910,6 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
         }
         // Device buffers on one host move through CUDA IPC (the mapped algorithm) unless one
         // is forced; the host model's choice is what stages them elsewhere.
-        let one_host = comm.hosts().iter().all(|&h| h == comm.hosts()[0]);
         let (chosen, fallback) = if b.on_device() && one_host {
             (Algorithm::Mapped, Algorithm::Mapped)
         } else {
