@@ -1273,7 +1273,10 @@ fn build_transport(
         spin,
         yield_for: config.yield_for,
         single_copy_min: config.shm_single_copy_min,
-        slot_stores: slot_stores(config.shm_slot_stores, ranks_here),
+        slot_stores: config.shm_slot_stores,
+        // The same count as the spin's: where ranks wait for cores, `Auto` times its copies
+        // by the thread's CPU clock.
+        cores_shared: ranks_here > cores(),
     };
     if use_shm {
         let net = ShmTransport::connect(rank, size, &scoped, shm_opts, deadline).map_err(init_err)?;
@@ -1311,15 +1314,6 @@ fn default_spin(ranks_here: usize) -> Duration {
         Duration::from_micros(2)
     } else {
         Duration::from_micros(50)
-    }
-}
-
-/// `Auto` slot stores time copies, which says nothing where ranks share cores (see
-/// [`oxccl_transport::SlotStores::Auto`]): there, ordinary stores.
-fn slot_stores(asked: oxccl_transport::SlotStores, ranks_here: usize) -> oxccl_transport::SlotStores {
-    match asked {
-        oxccl_transport::SlotStores::Auto if ranks_here > cores() => oxccl_transport::SlotStores::Cached,
-        s => s,
     }
 }
 

@@ -55,6 +55,10 @@ pub struct ShmOptions {
     pub single_copy_min: Option<usize>,
     /// How a sender writes message bytes into its peers' FIFO slots (see [`SlotStores`]).
     pub slot_stores: SlotStores,
+    /// Whether this host's ranks outnumber its cores. [`SlotStores::Auto`] then times its
+    /// copies by the thread's CPU clock, which does not run while the rank waits for a core
+    /// (see [`CPU_CLOCK_EVERY`]).
+    pub cores_shared: bool,
 }
 
 /// How a sender writes message bytes into a peer's FIFO slots.
@@ -73,10 +77,10 @@ pub struct ShmOptions {
 pub enum SlotStores {
     /// Ordinary stores, timed; after a run of slow copies (below [`SLOW_SLOT_COPY_GBS`]),
     /// streaming stores for the next [`STREAMING_SLOTS`] slots to that peer, then ordinary
-    /// stores timed again. It assumes a core per rank: where ranks share cores, a copy that
-    /// loses its core reads as slow (4 ranks on 2 cores streamed and ran the 256 KiB ring
-    /// all-reduce 1.7x slower), so a communicator whose ranks outnumber its cores on a host
-    /// passes `Cached` instead.
+    /// stores timed again. Where ranks share cores ([`ShmOptions::cores_shared`]) a copy
+    /// timed by the wall clock reads as slow whenever its rank loses the core meanwhile (4
+    /// ranks on 2 cores streamed and ran the 256 KiB ring all-reduce 1.7x slower), so there
+    /// copies are timed by the thread's CPU clock instead, one in [`CPU_CLOCK_EVERY`].
     #[default]
     Auto,
     /// Always ordinary stores.
@@ -102,6 +106,44 @@ const SLOW_PROBES_TO_STREAM: u8 = 6;
 /// streamed line would be half empty).
 const SLOT_PROBE_MIN_BYTES: usize = 16 << 10;
 
+/// Where ranks share cores, one ordinary copy in this many is timed, by the thread's CPU
+/// clock: reading it is a system call (0.5 us on the development VM, against 20 ns for the
+/// wall clock), two of which would add a fifth to a 64 KiB copy.
+pub const CPU_CLOCK_EVERY: u8 = 16;
+
+/// A timed copy's start, on the clock its writer uses.
+#[derive(Debug, Clone, Copy)]
+enum CopyClock {
+    Wall(Instant),
+    /// The calling thread's CPU time in seconds.
+    ThreadCpu(f64),
+}
+
+/// The calling thread's CPU time in seconds (0 where the clock cannot be read, which times
+/// every copy as instant: never slow).
+fn thread_cpu_secs() -> f64 {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
+}
+
+impl CopyClock {
+    fn start(cpu: bool) -> CopyClock {
+        if cpu {
+            CopyClock::ThreadCpu(thread_cpu_secs())
+        } else {
+            CopyClock::Wall(Instant::now())
+        }
+    }
+
+    /// Seconds since `start`, on the same clock.
+    fn elapsed(self) -> f64 {
+        match self {
+            CopyClock::Wall(t0) => t0.elapsed().as_secs_f64(),
+            CopyClock::ThreadCpu(t0) => (thread_cpu_secs() - t0).max(0.0),
+        }
+    }
+}
+
 /// Per peer: how the sender writes its slots now ([`SlotStores::Auto`]).
 #[derive(Debug, Default, Clone, Copy)]
 struct SlotWriter {
@@ -110,6 +152,8 @@ struct SlotWriter {
     /// Ordinary copies timed since the last verdict, and how many of them were slow.
     probes: u8,
     slow: u8,
+    /// Ordinary copies since the last one timed by the CPU clock.
+    untimed: u8,
 }
 
 impl SlotWriter {
@@ -122,8 +166,26 @@ impl SlotWriter {
         }
     }
 
-    /// Accounts one copy of `bytes`, streamed or not, that took `secs`.
-    fn copied(&mut self, mode: SlotStores, bytes: usize, streamed: bool, secs: f64) {
+    /// Whether the next copy of `bytes` (streamed or not) is timed, and on which clock:
+    /// `Some(true)` the thread's CPU clock, `Some(false)` the wall clock. Only `Auto`'s
+    /// ordinary copies are, and where cores are shared one in [`CPU_CLOCK_EVERY`] of them.
+    fn timed(&mut self, mode: SlotStores, bytes: usize, streamed: bool, cores_shared: bool) -> Option<bool> {
+        if mode != SlotStores::Auto || bytes < SLOT_PROBE_MIN_BYTES || streamed {
+            return None;
+        }
+        if !cores_shared {
+            return Some(false);
+        }
+        self.untimed += 1;
+        if self.untimed < CPU_CLOCK_EVERY {
+            return None;
+        }
+        self.untimed = 0;
+        Some(true)
+    }
+
+    /// Accounts one copy of `bytes`, streamed or not, that took `secs` where it was timed.
+    fn copied(&mut self, mode: SlotStores, bytes: usize, streamed: bool, secs: Option<f64>) {
         if mode != SlotStores::Auto || bytes < SLOT_PROBE_MIN_BYTES {
             return;
         }
@@ -131,6 +193,7 @@ impl SlotWriter {
             self.streaming_left -= 1;
             return;
         }
+        let Some(secs) = secs else { return };
         self.probes += 1;
         if (bytes as f64) < SLOW_SLOT_COPY_GBS * 1e9 * secs {
             self.slow += 1;
@@ -138,6 +201,12 @@ impl SlotWriter {
         if self.probes == SLOT_PROBES {
             if self.slow >= SLOW_PROBES_TO_STREAM {
                 self.streaming_left = STREAMING_SLOTS;
+                tracing::debug!(
+                    slow = self.slow,
+                    of = SLOT_PROBES,
+                    "slot copies ran below {SLOW_SLOT_COPY_GBS} GB/s: the next {STREAMING_SLOTS} slots to this peer \
+                     stream"
+                );
             }
             self.probes = 0;
             self.slow = 0;
@@ -154,6 +223,7 @@ impl Default for ShmOptions {
             yield_for: Duration::from_micros(200),
             single_copy_min: Some(1 << 20),
             slot_stores: SlotStores::Auto,
+            cores_shared: false,
         }
     }
 }
@@ -617,9 +687,9 @@ impl ShmTransport {
                 let chunk = (op.len - op.off).min(data);
                 let mode = self.opts.slot_stores;
                 let streaming = st.writers[peer].streams(mode, chunk);
-                // Only the copies `Auto` accounts for read the clock (a small message's push
+                // Only the copies `Auto` accounts for read a clock (a small message's push
                 // takes a few hundred nanoseconds).
-                let t0 = (mode == SlotStores::Auto && chunk >= SLOT_PROBE_MIN_BYTES).then(Instant::now);
+                let t0 = st.writers[peer].timed(mode, chunk, streaming, self.opts.cores_shared).map(CopyClock::start);
                 // SAFETY: the slot has room for `chunk <= data` bytes; the source lies in the
                 // posted region, not in the FIFO.
                 let ok =
@@ -627,9 +697,7 @@ impl ShmTransport {
                 if !ok {
                     break;
                 }
-                if let Some(t0) = t0 {
-                    st.writers[peer].copied(mode, chunk, streaming, t0.elapsed().as_secs_f64());
-                }
+                st.writers[peer].copied(mode, chunk, streaming, t0.map(CopyClock::elapsed));
                 pushed = true;
                 op.off += chunk;
                 if op.off == op.len {
@@ -1171,6 +1239,7 @@ mod tests {
                 yield_for: Duration::from_micros(20),
                 single_copy_min,
                 slot_stores: SlotStores::Auto,
+                cores_shared: false,
             };
             exchange_all(&world(3, opts));
         }
@@ -1216,27 +1285,59 @@ mod tests {
         let mut w = SlotWriter::default();
         for i in 0..10 * SLOT_PROBES as usize {
             // Fast copies, with a slow one in every four: not enough.
-            w.copied(auto, big, false, if i % 4 == 0 { slow } else { fast });
+            w.copied(auto, big, false, Some(if i % 4 == 0 { slow } else { fast }));
             // Short copies are neither timed nor streamed.
-            w.copied(auto, 1000, false, 1.0);
+            assert_eq!(w.timed(auto, 1000, false, false), None);
+            w.copied(auto, 1000, false, Some(1.0));
             assert!(!w.streams(auto, big) && !w.streams(auto, 1000));
         }
         for _ in 0..SLOT_PROBES {
             assert!(!w.streams(auto, big));
-            w.copied(auto, big, false, slow);
+            assert_eq!(w.timed(auto, big, false, false), Some(false), "every ordinary copy, by the wall clock");
+            w.copied(auto, big, false, Some(slow));
         }
         for _ in 0..STREAMING_SLOTS {
             assert!(w.streams(auto, big) && !w.streams(auto, 1000));
-            w.copied(auto, big, true, 1.0);
+            assert_eq!(w.timed(auto, big, true, false), None, "streamed copies are not timed");
+            w.copied(auto, big, true, None);
         }
         assert!(!w.streams(auto, big), "ordinary stores are tried again");
         // The fixed modes ignore the timing.
         let mut w = SlotWriter::default();
         for _ in 0..SLOT_PROBES {
-            w.copied(SlotStores::Cached, big, false, slow);
+            assert_eq!(w.timed(SlotStores::Cached, big, false, false), None);
+            w.copied(SlotStores::Cached, big, false, Some(slow));
         }
         assert!(!w.streams(SlotStores::Cached, big) && w.streams(SlotStores::Streaming, 256));
         assert!(!w.streams(SlotStores::Streaming, 255));
+        // Where cores are shared, one ordinary copy in CPU_CLOCK_EVERY is timed, by the CPU
+        // clock; the untimed ones count for nothing, so switching takes that many more.
+        let mut w = SlotWriter::default();
+        let mut copies = 0;
+        while !w.streams(auto, big) {
+            let t = w.timed(auto, big, false, true);
+            copies += 1;
+            assert_eq!(t, (copies % CPU_CLOCK_EVERY as usize == 0).then_some(true), "copy {copies}");
+            w.copied(auto, big, false, t.map(|_| slow));
+            assert!(copies <= SLOT_PROBES as usize * CPU_CLOCK_EVERY as usize, "never switched");
+        }
+        assert_eq!(copies, SLOT_PROBES as usize * CPU_CLOCK_EVERY as usize);
+    }
+
+    /// The CPU clock does not run while the thread sleeps, the wall clock does.
+    #[test]
+    fn the_cpu_clock_skips_time_off_the_core() {
+        let (cpu, wall) = (CopyClock::start(true), CopyClock::start(false));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(wall.elapsed() >= 0.03);
+        assert!(cpu.elapsed() < 0.01, "{}", cpu.elapsed());
+        // ... and does run while it works.
+        let cpu = CopyClock::start(true);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(20) {
+            std::hint::spin_loop();
+        }
+        assert!(cpu.elapsed() > 0.005, "{}", cpu.elapsed());
     }
 
     fn exchange_all(ts: &[ShmTransport]) {
