@@ -14,6 +14,11 @@ prediction against its measured time. Out-of-place times. Prints markdown.
 It also counts the cells where the automatic choice ran another algorithm than the model's
 best-priced one (the trials overturned the model, see src/select.rs) and whether that
 algorithm's own time was more than 3% better or worse than the model's pick's.
+
+Where the logs carry `oxccl-bench`'s cache-line round trips (`# cache-line round trip ...`,
+printed before a run, between sizes where it moved, and after), the bars are also given
+apart for the cells measured with the cores near each other (round trip under twice the
+fastest seen in the logs), far apart, or moving during the size ("mixed").
 """
 
 import re
@@ -22,28 +27,56 @@ import sys
 from collections import defaultdict
 
 HEADER = re.compile(r"^# oxccl-bench (\w+): (\d+) ranks over (\w+),")
+PROBE = re.compile(r"^# cache-line round trip (before the run|from here on|after the run): .*?(\d+)(?:-(\d+))? ns")
 ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+\S+\s+\S+\s+-?\d+\s+([\d.]+)\s+\S+\s+\S+\s+\S+\s+[\d.]+\s+\S+\s+\S+\s+\S+\s+(\S+)(?:\s+predicted\s+(\S+))?")
 
 
 def parse(paths):
+    """Returns the cells, and for each cell the round trips (ns) in force when its size
+    started and when it ended (None where the logs carry none)."""
     cells = defaultdict(dict)  # (transport, ranks, coll, size) -> {variant: (us, predicted)}
+    placed = {}  # (transport, ranks, coll, size) -> (ns at the start, ns at the end)
     for path in paths:
         ctx = None
+        rt = None  # the round trip in force
+        group = None  # the cell whose rows came last
         for line in open(path):
+            m = PROBE.match(line)
+            if m:
+                ns = float(m.group(3) or m.group(2))  # a range: its slowest
+                if group is not None and m.group(1) != "before the run":
+                    placed[group] = (placed[group][0], ns)
+                if m.group(1) != "after the run":
+                    rt = ns
+                continue
             m = HEADER.match(line)
             if m:
                 ctx = (m.group(3), int(m.group(2)), m.group(1))
+                group = None
                 continue
             m = ROW.match(line)
             if not m or ctx is None:
                 continue
             size, us, variant, pred = int(m.group(1)), float(m.group(3)), m.group(4), m.group(5)
+            if rt is not None and group != ctx + (size,):
+                group = ctx + (size,)
+                placed[group] = (rt, rt)
             p = float(pred) if pred not in (None, "-") else None
             # Several sweeps of one cell: each variant's best time, as one longer run would.
             old = cells[ctx + (size,)].get(variant)
             if old is None or us < old[0]:
                 cells[ctx + (size,)][variant] = (us, p)
-    return cells
+    return cells, placed
+
+
+def placement_of(placed):
+    """Each cell's placement: near, far or mixed (see the module doc)."""
+    seen = [ns for pair in placed.values() for ns in pair]
+    if not seen:
+        return {}
+    fast = min(seen)
+    side = lambda ns: "far" if ns > 2 * fast else "near"  # noqa: E731
+    return {k: side(a) if side(a) == side(b) else "mixed" for k, (a, b) in placed.items()}
 
 
 def chosen(v):
@@ -69,7 +102,9 @@ def chosen(v):
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     show_cells = "--cells" in sys.argv
-    cells = parse(args)
+    cells, placed = parse(args)
+    where = placement_of(placed)
+    by_place = defaultdict(lambda: [0, 0, 0, 0])  # placement -> predictions, within 25%, cells, choice within 10%
     choice = defaultdict(lambda: [0, 0, 0, 0])  # transport -> cells, auto<=1.1, own<=1.1, own<=1.25
     per = defaultdict(lambda: [0, 0])  # (transport, ranks, coll) -> (within 10%, cells)
     trials = defaultdict(lambda: [0, 0, 0, 0])  # transport -> cells, overturned: worse, better, tie
@@ -85,6 +120,9 @@ def main():
             if size >= 65536 and pred is not None and us > 0:
                 r = pred / us
                 preds[t].append(r)
+                bp = by_place[(t, where.get(key, "unknown"))]
+                bp[0] += 1
+                bp[1] += abs(r - 1) <= 0.25
                 pa = per_algo[(t, coll, name)]
                 pa[1] += 1
                 pa[0] += abs(r - 1) <= 0.25
@@ -103,6 +141,9 @@ def main():
         pc = per[(t, p, coll)]
         pc[0] += ro <= 1.10
         pc[1] += 1
+        bp = by_place[(t, where.get(key, "unknown"))]
+        bp[2] += 1
+        bp[3] += ro <= 1.10
         rows.append((t, p, coll, size, oracle, ous, choice_name, aus, ra, ro))
         priced = [(pv, k) for k, (_, pv) in forced.items() if pv is not None]
         if priced and choice_name in forced:
@@ -137,6 +178,14 @@ def main():
     print("| --- | --- | --- | ---: |")
     for (t, coll, name), (w, n) in sorted(per_algo.items()):
         print(f"| {t} | {coll} | {name} | {w}/{n} |")
+    if where:
+        print("\n### By the cores' placement\n")
+        print("| transport | placement | predictions within 25% | choice within 10% of the oracle |")
+        print("| --- | --- | ---: | ---: |")
+        for (t, pl), (n, w, c, c10) in sorted(by_place.items()):
+            pw = f"{w}/{n} ({100 * w / n:.0f}%)" if n else "-"
+            pc = f"{c10}/{c} ({100 * c10 / c:.0f}%)" if c else "-"
+            print(f"| {t} | {pl} | {pw} | {pc} |")
     print("\n### Trials against the model (the choice was not the best-priced algorithm)\n")
     print("| transport | cells | overturned | worse by over 3% | better by over 3% | within 3% |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
