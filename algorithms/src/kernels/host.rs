@@ -505,15 +505,6 @@ pub(crate) unsafe fn divide_bytes(dtype: crate::DataType, p: *mut u8, n: usize, 
     }
 }
 
-/// Copies `n` bytes with non-temporal stores (see [`oxccl_transport::copy::copy_streaming`]).
-///
-/// # Safety
-/// `n` bytes valid for reads at `src` and for writes at `dst`, not overlapping.
-pub(crate) unsafe fn copy_streaming(dst: *mut u8, src: *const u8, n: usize) {
-    // SAFETY: the caller's contract.
-    unsafe { oxccl_transport::copy::copy_streaming(dst, src, n) }
-}
-
 /// Whether AVX-512F may run here (detected once): a non-temporal store of a whole cache
 /// line is one instruction, which streams about a fifth faster than two 32-byte halves.
 #[inline]

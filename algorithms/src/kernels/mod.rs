@@ -334,7 +334,7 @@ impl Reducer for HostReducer {
         }
         // SAFETY: both host regions are valid for `len` bytes under their constructors'
         // promise and do not overlap (checked).
-        unsafe { host::copy_streaming(dst.as_mut_ptr(), src.as_ptr(), dst.len()) };
+        unsafe { oxccl_transport::copy::copy_streaming(dst.as_mut_ptr(), src.as_ptr(), dst.len()) };
         Ok(())
     }
 

@@ -29,13 +29,6 @@ fn os(what: &str) -> Error {
     Error::io(what.to_string(), std::io::Error::last_os_error())
 }
 
-/// Maps a segment, populated now, not on first touch: a FIFO slot's first write otherwise
-/// takes a page fault per 4 KiB (32 us for a 64 KiB slot, 15 times its copy), inside the
-/// first collectives, where it also misled the senders' timing of their slot copies.
-fn map(fd: &OwnedFd, len: usize) -> Result<*mut u8> {
-    super::shared::map(fd, len, "shared memory")
-}
-
 impl Segment {
     /// Creates a zero-filled segment of `len` bytes with all its memory reserved.
     pub fn create(len: usize) -> Result<Segment> {
@@ -64,7 +57,7 @@ impl Segment {
                 e,
             ));
         }
-        let ptr = map(&fd, len)?;
+        let ptr = super::shared::map(&fd, len, "shared memory")?;
         Ok(Segment { ptr, len, fd })
     }
 
@@ -93,7 +86,7 @@ impl Segment {
                 st.st_size
             )));
         }
-        let ptr = map(&fd, len)?;
+        let ptr = super::shared::map(&fd, len, "shared memory")?;
         Ok(Segment { ptr, len, fd })
     }
 

@@ -152,7 +152,7 @@ struct SlotWriter {
     /// Ordinary copies timed since the last verdict, and how many of them were slow.
     probes: u8,
     slow: u8,
-    /// Ordinary copies since the last one timed by the CPU clock.
+    /// Ordinary copies made untimed since the last timed one (where cores are shared).
     untimed: u8,
 }
 
@@ -168,20 +168,16 @@ impl SlotWriter {
 
     /// Whether the next copy of `bytes` (streamed or not) is timed, and on which clock:
     /// `Some(true)` the thread's CPU clock, `Some(false)` the wall clock. Only `Auto`'s
-    /// ordinary copies are, and where cores are shared one in [`CPU_CLOCK_EVERY`] of them.
-    fn timed(&mut self, mode: SlotStores, bytes: usize, streamed: bool, cores_shared: bool) -> Option<bool> {
+    /// ordinary copies are, and where cores are shared one in [`CPU_CLOCK_EVERY`] of them
+    /// (counted by [`SlotWriter::copied`], so a push that found the FIFO full counts none).
+    fn timed(&self, mode: SlotStores, bytes: usize, streamed: bool, cores_shared: bool) -> Option<bool> {
         if mode != SlotStores::Auto || bytes < SLOT_PROBE_MIN_BYTES || streamed {
             return None;
         }
         if !cores_shared {
             return Some(false);
         }
-        self.untimed += 1;
-        if self.untimed < CPU_CLOCK_EVERY {
-            return None;
-        }
-        self.untimed = 0;
-        Some(true)
+        (self.untimed + 1 >= CPU_CLOCK_EVERY).then_some(true)
     }
 
     /// Accounts one copy of `bytes`, streamed or not, that took `secs` where it was timed.
@@ -193,7 +189,11 @@ impl SlotWriter {
             self.streaming_left -= 1;
             return;
         }
-        let Some(secs) = secs else { return };
+        let Some(secs) = secs else {
+            self.untimed = self.untimed.saturating_add(1);
+            return;
+        };
+        self.untimed = 0;
         self.probes += 1;
         if (bytes as f64) < SLOW_SLOT_COPY_GBS * 1e9 * secs {
             self.slow += 1;
@@ -689,15 +689,20 @@ impl ShmTransport {
                 let streaming = st.writers[peer].streams(mode, chunk);
                 // Only the copies `Auto` accounts for read a clock (a small message's push
                 // takes a few hundred nanoseconds).
-                let t0 = st.writers[peer].timed(mode, chunk, streaming, self.opts.cores_shared).map(CopyClock::start);
-                // SAFETY: the slot has room for `chunk <= data` bytes; the source lies in the
-                // posted region, not in the FIFO.
-                let ok =
-                    fifo.try_push(|slot| unsafe { write_slot(slot, op.tag, op.len, op.off, op.ptr, chunk, streaming) });
+                // The clock is read inside the push: a full FIFO reads none.
+                let clock = st.writers[peer].timed(mode, chunk, streaming, self.opts.cores_shared);
+                let mut secs = None;
+                let ok = fifo.try_push(|slot| {
+                    let t0 = clock.map(CopyClock::start);
+                    // SAFETY: the slot has room for `chunk <= data` bytes; the source lies in
+                    // the posted region, not in the FIFO.
+                    unsafe { write_slot(slot, op.tag, op.len, op.off, op.ptr, chunk, streaming) };
+                    secs = t0.map(CopyClock::elapsed);
+                });
                 if !ok {
                     break;
                 }
-                st.writers[peer].copied(mode, chunk, streaming, t0.map(CopyClock::elapsed));
+                st.writers[peer].copied(mode, chunk, streaming, secs);
                 pushed = true;
                 op.off += chunk;
                 if op.off == op.len {
@@ -1316,6 +1321,8 @@ mod tests {
         let mut copies = 0;
         while !w.streams(auto, big) {
             let t = w.timed(auto, big, false, true);
+            // Asking again without a copy in between (a full FIFO) changes nothing.
+            assert_eq!(w.timed(auto, big, false, true), t);
             copies += 1;
             assert_eq!(t, (copies % CPU_CLOCK_EVERY as usize == 0).then_some(true), "copy {copies}");
             w.copied(auto, big, false, t.map(|_| slow));
