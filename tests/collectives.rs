@@ -5,7 +5,7 @@
 mod common;
 
 use common::{on_all, shm_world, sweep, tcp_world, test_config};
-use oxccl::{Communicator, Config};
+use oxccl::{Collective, Communicator, Config};
 
 const SIZES: [usize; 6] = [1, 2, 3, 4, 5, 8];
 
@@ -108,6 +108,41 @@ fn forced_mapped_streams_large_outputs() {
         });
         assert!(fails.is_empty(), "{}", fails.join("\n"));
         assert!(oxccl_algorithms::mapped::schedules_run() >= before + 4 * 6, "mapped did not run every call");
+    }
+}
+
+#[test]
+fn own_blocks_stream_into_large_outputs() {
+    // Where a host's outputs exceed 32 MiB, the all-gathers and all-to-alls copy the own
+    // block with streaming stores (recursive doubling while its first message travels): 3
+    // and 4 ranks over shm (3: the fold's three roles) of 3,000,017 f32 per block (12 MB),
+    // every element checked, ranks mixing in place and out of place.
+    let forced = [
+        ("all_gather:ring", Collective::AllGather),
+        ("all_gather:recursive_doubling", Collective::AllGather),
+        ("all_gather:bruck", Collective::AllGather),
+        ("all_to_all:pairwise", Collective::AllToAll),
+        ("all_to_all:bruck", Collective::AllToAll),
+    ];
+    for p in [3, 4] {
+        for (spec, coll) in forced {
+            let comms = shm_world(p, test_config().with_algorithm(spec).unwrap());
+            let before = oxccl_algorithms::ctx::streamed_placements();
+            let fails = on_all(&comms, |c| {
+                common::call_and_check(c, coll, 3_000_017)
+                    .err()
+                    .map(|e| format!("{p} ranks, {spec}: {e}"))
+                    .into_iter()
+                    .collect()
+            });
+            assert!(fails.is_empty(), "{}", fails.join("\n"));
+            // The out-of-place ranks (the odd ones) stream; Bruck's all-gather unpacks in two
+            // copies where the rank is not 0.
+            assert!(
+                oxccl_algorithms::ctx::streamed_placements() >= before + (p as u64) / 2,
+                "{p} ranks, {spec}: no own block was streamed"
+            );
+        }
     }
 }
 

@@ -150,6 +150,14 @@ pub struct Ctx<'a> {
     pub fingerprint: u64,
 }
 
+static STREAMED_PLACEMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many copies [`Ctx::place`] made with streaming stores in this process: for
+/// diagnostics and for tests that must know which path ran.
+pub fn streamed_placements() -> u64 {
+    STREAMED_PLACEMENTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The fingerprint of a call: the low 32 bits of the element count, the element type, the
 /// operator (reducing collectives) and the root (rooted ones), packed in 64 bits. It rides
 /// in the high half of every tag, so ranks that disagree on any of them fail with a
@@ -238,6 +246,27 @@ impl<'a> Ctx<'a> {
     /// Waits for every request until the call's deadline.
     pub fn wait_all(&self, reqs: &[ReqId]) -> Result<()> {
         self.net.wait_all(reqs, self.deadline)
+    }
+
+    /// How many ranks share this rank's host (the world size where the hosts are unknown).
+    pub fn ranks_here(&self) -> usize {
+        match self.hosts.get(self.rank) {
+            Some(&h) => self.hosts.iter().filter(|&&x| x == h).count(),
+            None => self.size,
+        }
+    }
+
+    /// Copies `src` into `dst`, a part of an output of `output` bytes that this call writes
+    /// and does not read again soon, with streaming stores where this host's outputs together
+    /// exceed 32 MiB, the mapped algorithms' threshold (they would not stay in cache, and
+    /// written through it they evict what the peers still read), else plainly.
+    pub fn place(&self, dst: RegionMut, src: Region, output: usize) -> Result<()> {
+        if output.saturating_mul(self.ranks_here()) > crate::mapped::STREAMING_MIN_HOST_BYTES && !dst.overlaps(&src) {
+            STREAMED_PLACEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.reducer.copy_streaming(dst, src)
+        } else {
+            self.reducer.copy(dst, src)
+        }
     }
 
     /// Elements per pipeline chunk for `dtype`.

@@ -142,6 +142,10 @@ fn exchange_reduce(
 /// of virtual ranks) with the partner whose index differs in bit k, tagged `first_step + k`;
 /// afterwards each odd rank of the first 2e sends `whole` to the even rank below it, which
 /// waits for it with the same `UNFOLD` tag.
+///
+/// With `first`, the first step sends its region (the one virtual rank `v`'s piece) from
+/// there instead, and calls the function once both messages are posted and before waiting:
+/// an out-of-place all-gather copies its own block into place while it travels.
 pub(crate) fn all_gather_unfold(
     ctx: &Ctx<'_>,
     f: Fold,
@@ -149,14 +153,22 @@ pub(crate) fn all_gather_unfold(
     first_step: usize,
     region: &dyn Fn(Range<usize>) -> RegionMut,
     whole: RegionMut,
+    mut first: Option<(Region, &dyn Fn() -> Result<()>)>,
 ) -> Result<()> {
     for k in 0..f.steps() {
         let m = 1 << k;
         let mine = v & !(m - 1);
         let theirs = (v ^ m) & !(m - 1);
         let peer = f.real(v ^ m);
-        let sq = ctx.send(peer, first_step + k, region(mine..mine + m).as_region())?;
+        let (out, meanwhile) = match first.take() {
+            Some((src, then)) => (src, Some(then)),
+            None => (region(mine..mine + m).as_region(), None),
+        };
+        let sq = ctx.send(peer, first_step + k, out)?;
         let rq = ctx.recv(peer, first_step + k, region(theirs..theirs + m))?;
+        if let Some(then) = meanwhile {
+            then()?;
+        }
         ctx.wait(rq)?;
         ctx.wait(sq)?;
     }

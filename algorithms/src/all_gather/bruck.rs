@@ -54,9 +54,9 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
         k += 1;
     }
     // Slot i holds rank r+i's block.
-    ctx.reducer.copy(a.recv.slice(blk(r).start..a.recv.len()), slots(0..p - r).as_region())?;
+    ctx.place(a.recv.slice(blk(r).start..a.recv.len()), slots(0..p - r).as_region(), a.recv.len())?;
     if r > 0 {
-        ctx.reducer.copy(a.recv.slice(0..blk(r).start), slots(p - r..p).as_region())?;
+        ctx.place(a.recv.slice(0..blk(r).start), slots(p - r..p).as_region(), a.recv.len())?;
     }
     Ok(())
 }

@@ -56,7 +56,7 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     let es = a.dtype.size();
     let blk = |j: usize| a.recv.slice(bytes(&(j * count..(j + 1) * count), es));
     if !a.in_place && count > 0 {
-        ctx.reducer.copy(blk(r), a.send)?;
+        ctx.place(blk(r), a.send, a.recv.len())?;
     }
     if count == 0 || p == 1 {
         return Ok(());

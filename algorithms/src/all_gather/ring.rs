@@ -1,9 +1,10 @@
 //! Ring all-gather, pipelined in chunks.
 //!
 //! Steps (p ranks, blocks of n/p bytes, n the gathered size): each rank first places its own
-//! block (out of place: a local copy, made while the first send of it goes out). In `p-1` steps it sends to its right neighbour the
-//! block it received last (its own at step 0) and receives the next one from its left,
-//! straight into place.
+//! block (out of place: a local copy, made while the first send of it goes out; streaming
+//! stores over 32 MiB of outputs on the host, [`Ctx::place`]). In `p-1` steps it sends to
+//! its right neighbour the block it received last (its own at step 0) and receives the next
+//! one from its left, straight into place.
 //!
 //! Bytes on the wire per rank: (p-1)/p · n sent and as many received.
 //!
@@ -41,6 +42,6 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     for c in chunks(0..count, ctx.chunk_elems(a.dtype)) {
         first.push((r, ctx.send(ring_index(r, 1, p), 0, a.send.slice(bytes(&c, es)))?));
     }
-    ctx.reducer.copy(a.recv.slice(bytes(&seg(r), es)), a.send)?;
+    ctx.place(a.recv.slice(bytes(&seg(r), es)), a.send, a.recv.len())?;
     all_gather_phase(ctx, a.dtype, &seg, a.recv, r, 0, true, first)
 }

@@ -59,5 +59,5 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     }
     let region = |vs: std::ops::Range<usize>| a.recv.slice(bytes(&range(vs), es));
     let first = crate::halving_doubling::FIRST_STEP + f.steps();
-    crate::halving_doubling::all_gather_unfold(ctx, f, v, first, &region, a.recv)
+    crate::halving_doubling::all_gather_unfold(ctx, f, v, first, &region, a.recv, None)
 }

@@ -73,7 +73,7 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
         k += 1;
     }
     for i in 0..p {
-        ctx.reducer.copy(a.recv.slice(blk(ring_index(r, -(i as isize), p))), w.slice(blk(i)).as_region())?;
+        ctx.place(a.recv.slice(blk(ring_index(r, -(i as isize), p))), w.slice(blk(i)).as_region(), a.recv.len())?;
     }
     Ok(())
 }

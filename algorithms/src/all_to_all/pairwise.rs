@@ -74,7 +74,7 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
         }
     }
     // Peers read their blocks while the own block is copied.
-    ctx.reducer.copy(a.recv.slice(blk(r)), a.send.slice(blk(r)))?;
+    ctx.place(a.recv.slice(blk(r)), a.send.slice(blk(r)), a.recv.len())?;
     ctx.wait_all(&reqs)
 }
 

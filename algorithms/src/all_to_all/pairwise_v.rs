@@ -102,7 +102,7 @@ pub fn run(
         }
     }
 
-    ctx.reducer.copy(recv.slice(rl.bytes(r, es)), send.slice(sl.bytes(r, es)))?;
+    ctx.place(recv.slice(rl.bytes(r, es)), send.slice(sl.bytes(r, es)), recv.len())?;
     let mut reqs = Vec::with_capacity(2 * p);
     for k in 1..p {
         let from = ring_index(r, -(k as isize), p);
