@@ -36,8 +36,9 @@ use std::time::Instant;
 use crate::SharedBuffer;
 pub use oxccl_algorithms::cost::{
     ceil_log2, residual_bytes, residual_index, Cost, Efficiency, FusedExtra, Level, Link, Model, Profile,
-    FUSED_SOURCES, RESIDUAL_POINTS,
+    FUSED_SOURCES, RESIDUAL_POINTS, RESIDUAL_SIZES,
 };
+use oxccl_algorithms::cost::{residual_index_v1, RESIDUAL_POINTS_V1};
 use oxccl_algorithms::registry;
 use oxccl_algorithms::{Algorithm, Collective, DataType, ReduceOp};
 use serde::{Deserialize, Serialize};
@@ -124,10 +125,16 @@ pub fn best(call: &Call, hosts: &[usize], profile: &Profile) -> (Algorithm, Cost
         .unwrap_or((registry::algorithms(call.coll).first().copied().unwrap_or(Algorithm::Ring), Cost::default()))
 }
 
+/// The format version of the tuning files this build writes. Version 1 files (residuals
+/// and calibration times at powers of 4 from 16 B to 64 MiB only) are read and brought to
+/// it: their points move to where those sizes sit now, and the sizes they lack (8 and 32
+/// MiB) stay unmeasured (0), so the correction is interpolated there as before.
+pub const TUNING_VERSION: u32 = 2;
+
 /// A tuning file: measured profiles, one entry per host and transport.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TuningFile {
-    /// The format version (1).
+    /// The format version ([`TUNING_VERSION`]; files of version 1 are read too).
     pub oxccl_tuning: u32,
     /// The entries.
     pub entries: Vec<TuningEntry>,
@@ -469,7 +476,8 @@ impl TuningEntry {
     pub fn fit_samples(&mut self) {
         let mut bare = self.clone();
         bare.efficiency.clear();
-        let profile = TuningFile { oxccl_tuning: 1, entries: vec![bare] }.profile(&self.host, &self.transport);
+        let profile =
+            TuningFile { oxccl_tuning: TUNING_VERSION, entries: vec![bare] }.profile(&self.host, &self.transport);
         let mut fitted = Vec::new();
         for (name, rows) in &self.samples.times {
             let (base, inter) = match name.strip_suffix("@hosts") {
@@ -568,23 +576,48 @@ impl TuningFile {
         static BUILTIN: std::sync::OnceLock<TuningFile> = std::sync::OnceLock::new();
         BUILTIN
             .get_or_init(|| {
-                serde_json::from_str(include_str!("../benches/tuning.json")).expect("the built-in tuning file parses")
+                TuningFile::parse(include_str!("../benches/tuning.json")).expect("the built-in tuning file parses")
             })
             .clone()
     }
 
     /// Parses a tuning file's text.
     pub fn parse(text: &str) -> Result<TuningFile> {
-        let f: TuningFile =
+        let mut f: TuningFile =
             serde_json::from_str(text).map_err(|e| Error::invalid_argument(format!("tuning file: {e}")))?;
-        if f.oxccl_tuning != 1 {
-            return Err(Error::invalid_argument(format!(
-                "tuning file: version {} (this build reads version 1)",
-                f.oxccl_tuning
-            )));
+        match f.oxccl_tuning {
+            TUNING_VERSION => {}
+            1 => f.upgrade_version_1(),
+            v => {
+                return Err(Error::invalid_argument(format!(
+                    "tuning file: version {v} (this build reads versions 1 and {TUNING_VERSION})"
+                )))
+            }
         }
         f.entries.iter().try_for_each(TuningEntry::check)?;
         Ok(f)
+    }
+
+    /// Brings a version 1 file to [`TUNING_VERSION`]: each efficiency row's residuals and
+    /// each calibration time row's times move from the powers of 4 they were measured at to
+    /// those sizes' places among [`residual_bytes`]; the other sizes are unmeasured (0).
+    fn upgrade_version_1(&mut self) {
+        let spread = |row: &mut Vec<f64>, head: usize| {
+            if row.len() <= head {
+                return;
+            }
+            let mut points = vec![0.0; RESIDUAL_POINTS];
+            for (i, &x) in row[head..].iter().enumerate().take(RESIDUAL_POINTS_V1) {
+                points[residual_index_v1(i)] = x;
+            }
+            row.truncate(head);
+            row.extend(points);
+        };
+        for e in &mut self.entries {
+            e.efficiency.values_mut().flatten().for_each(|row| spread(row, 5));
+            e.samples.times.values_mut().flatten().for_each(|row| spread(row, 2));
+        }
+        self.oxccl_tuning = TUNING_VERSION;
     }
 
     /// Reads a tuning file.
@@ -897,8 +930,8 @@ fn secs_per_iter(iters: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64>
 /// burst of small messages for the gap, both ranks streaming at once for beta at sizes from
 /// 64 KiB to 64 MiB, fitted to the cache curve of [`Link::beta_at`]), its oversubscription
 /// cost with a barrier of every rank (when ranks outnumber cores), this host's reduction
-/// and copy kernels, and every algorithm of every collective at every power
-/// of 4 from 16 B to 64 MiB, whose times against the formulas give each algorithm's
+/// and copy kernels, and every algorithm of every collective at every size of
+/// [`RESIDUAL_SIZES`] (16 B to 64 MiB), whose times against the formulas give each algorithm's
 /// efficiency at this world size and what its factors leave unexplained at each size
 /// ([`Profile::efficiency`], [`Efficiency::residual`]).
 ///
@@ -1212,7 +1245,7 @@ pub fn quick_rescale(comm: &Communicator) -> Result<QuickScale> {
 }
 
 /// Runs every algorithm of every collective at every size of [`residual_bytes`] (powers of
-/// 4 from 16 B to 64 MiB) and records, in `entry`, the factors that best bring the
+/// 4 from 16 B to 4 MiB, then of 2 to 64 MiB) and records, in `entry`, the factors that best bring the
 /// formulas' latency and bandwidth terms to the measured times (least squares in relative
 /// error), and at each size what they leave unexplained ([`Efficiency::residual`]).
 fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()> {
@@ -1229,7 +1262,8 @@ fn measure_algorithms_at_default_chunk(comm: &Communicator, entry: &mut TuningEn
     let p = comm.size();
     let mut bare = entry.clone();
     bare.efficiency.clear();
-    let mut profile = TuningFile { oxccl_tuning: 1, entries: vec![bare] }.profile(&entry.host, &entry.transport);
+    let mut profile =
+        TuningFile { oxccl_tuning: TUNING_VERSION, entries: vec![bare] }.profile(&entry.host, &entry.transport);
     profile.peer_memory = comm.profile().peer_memory;
     let hosts = comm.hosts().to_vec();
     let colls = Collective::ALL.into_iter().filter(|&c| c != Collective::Barrier);
@@ -1721,7 +1755,7 @@ mod tests {
         let mut misses = Vec::new();
         let mut checked = 0;
         for entry in TuningFile::builtin().entries {
-            let file = TuningFile { oxccl_tuning: 1, entries: vec![entry.clone()] };
+            let file = TuningFile { oxccl_tuning: TUNING_VERSION, entries: vec![entry.clone()] };
             let mut profile = file.profile(&entry.host, &entry.transport);
             profile.cores = entry.cores.max(1.0);
             for (name, rows) in &entry.samples.times {
@@ -1796,6 +1830,41 @@ mod tests {
         bad.upsert(old);
         let err = TuningFile::parse(&serde_json::to_string(&bad).unwrap()).unwrap_err().to_string();
         assert!(err.contains("efficiency row of 3 figures"), "{err}");
+    }
+
+    #[test]
+    fn version_1_files_keep_their_points_at_their_sizes() {
+        // A version 1 row: residuals and times at powers of 4 from 16 B to 64 MiB.
+        let mut entry = TuningFile::builtin().entry("", "shm").unwrap().clone();
+        let key = "all_reduce.ring".to_string();
+        let mut row = vec![2.0, 1.1, 0.9, 1.3, 65536.0];
+        row.extend((0..RESIDUAL_POINTS_V1).map(|i| 1.0 + i as f64 / 100.0));
+        entry.efficiency = BTreeMap::from([(key.clone(), vec![row])]);
+        let mut times = vec![2.0, 1.0];
+        times.extend((0..RESIDUAL_POINTS_V1).map(|i| 10.0 * 4f64.powi(i as i32)));
+        entry.samples.times = BTreeMap::from([(key.clone(), vec![times])]);
+        let mut text = serde_json::to_value(TuningFile { oxccl_tuning: 1, entries: vec![entry] }).unwrap();
+        text["oxccl_tuning"] = 1.into();
+        let f = TuningFile::parse(&text.to_string()).unwrap();
+        assert_eq!(f.oxccl_tuning, TUNING_VERSION);
+        let e = &f.entries[0];
+        let (row, times) = (&e.efficiency[&key][0], &e.samples.times[&key][0]);
+        assert_eq!(row.len(), 5 + RESIDUAL_POINTS);
+        assert_eq!(times.len(), 2 + RESIDUAL_POINTS);
+        for i in 0..RESIDUAL_POINTS {
+            let b = residual_bytes(i);
+            // The powers of 4 keep their figures; 8 and 32 MiB are unmeasured.
+            let k = (0..RESIDUAL_POINTS_V1).find(|&k| 16usize << (2 * k) == b);
+            let (r, t) = k.map_or((0.0, 0.0), |k| (1.0 + k as f64 / 100.0, 10.0 * 4f64.powi(k as i32)));
+            assert_eq!(row[5 + i], r, "residual at {b} B");
+            assert_eq!(times[2 + i], t, "time at {b} B");
+        }
+        // Between 4 and 16 MiB the correction is interpolated as in the old file.
+        let x = e.efficiencies()[0];
+        assert!((x.residual_at(8 << 20) - 1.095).abs() < 1e-6, "{}", x.residual_at(8 << 20));
+        // Written out, the file is of the current version and reads back the same.
+        let again = TuningFile::parse(&serde_json::to_string(&f).unwrap()).unwrap();
+        assert_eq!(again, f);
     }
 
     #[test]
@@ -1967,7 +2036,7 @@ mod tests {
             [l[2], l[3], l[4]],
             "the median run's curve, whole"
         );
-        let profile = TuningFile { oxccl_tuning: 1, entries: vec![third.clone()] }.profile("", "shm");
+        let profile = TuningFile { oxccl_tuning: TUNING_VERSION, entries: vec![third.clone()] }.profile("", "shm");
         let hosts = [0usize; 4];
         for i in 0..RESIDUAL_POINTS {
             let call = Call::new(Collective::AllReduce, residual_bytes(i), DataType::F32, ReduceOp::Sum);
@@ -1997,8 +2066,8 @@ mod tests {
 
     #[test]
     fn bad_files_are_refused_with_reasons() {
-        let e = TuningFile::parse("{\"oxccl_tuning\": 2, \"entries\": []}").unwrap_err().to_string();
-        assert!(e.contains("version 2"), "{e}");
+        let e = TuningFile::parse("{\"oxccl_tuning\": 3, \"entries\": []}").unwrap_err().to_string();
+        assert!(e.contains("version 3"), "{e}");
         let mut f = TuningFile::builtin();
         f.entries[0].bandwidth_gbs = -1.0;
         let e = TuningFile::parse(&serde_json::to_string(&f).unwrap()).unwrap_err().to_string();
@@ -2030,7 +2099,7 @@ mod tests {
             alpha_us,
             ..base.clone()
         };
-        let mut f = TuningFile { oxccl_tuning: 1, entries: Vec::new() };
+        let mut f = TuningFile { oxccl_tuning: TUNING_VERSION, entries: Vec::new() };
         f.upsert(mk("box", "Intel Xeon", 1.0));
         f.upsert(mk("*", "AMD EPYC", 2.0));
         f.upsert(mk("*", "", 3.0));

@@ -112,7 +112,7 @@ fn profile_off_by(k: f64, name: &str) -> (std::path::PathBuf, cost::Profile) {
     e.cache_bandwidth_gbs *= k;
     e.copy_gbs *= k;
     e.reduce_gbs.values_mut().for_each(|g| *g *= k);
-    let f = TuningFile { oxccl_tuning: 1, entries: vec![e] };
+    let f = TuningFile { oxccl_tuning: cost::TUNING_VERSION, entries: vec![e] };
     let path = temp(name);
     f.save(&path).unwrap();
     let profile = f.profile("", "tcp");

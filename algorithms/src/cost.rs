@@ -157,18 +157,51 @@ pub struct Efficiency {
 }
 
 /// How many sizes the residual correction of an [`Efficiency`] is measured at.
-pub const RESIDUAL_POINTS: usize = 12;
+pub const RESIDUAL_POINTS: usize = RESIDUAL_SIZES.len();
 
-/// The call size (the model's `bytes`) of residual point `i`: powers of 4 from 16 B to 64 MiB.
+/// The call sizes (the model's `bytes`) of the residual points: powers of 4 from 16 B to 4
+/// MiB, then powers of 2 to 64 MiB. Between 4 and 64 MiB the calls' buffers leave the last
+/// level cache, and there the times bend more sharply than the fitted factors and than a
+/// correction interpolated over a factor of 4 (2-rank shm `mapped` all-reduce: 113-122 us
+/// at 4 MiB, 986-1713 at 16; with points only at 16 and 64 MiB, a 25 MiB call was priced
+/// 1.2-1.5x its time). PyTorch's gradient buckets (25 MiB by default) fall in that range.
+pub const RESIDUAL_SIZES: [usize; 14] = [
+    16,
+    64,
+    256,
+    1 << 10,
+    4 << 10,
+    16 << 10,
+    64 << 10,
+    256 << 10,
+    1 << 20,
+    4 << 20,
+    8 << 20,
+    16 << 20,
+    32 << 20,
+    64 << 20,
+];
+
+/// The call size (the model's `bytes`) of residual point `i` ([`RESIDUAL_SIZES`]).
 pub fn residual_bytes(i: usize) -> usize {
-    16 << (2 * i)
+    RESIDUAL_SIZES[i]
 }
 
-/// The residual point nearest `bytes` (in log(bytes)).
+/// The residual point nearest `bytes` (in log(bytes); the smaller on a tie).
 pub fn residual_index(bytes: usize) -> usize {
     let l = (bytes.max(1) as f64).log2();
-    (((l - 4.0) / 2.0).round().max(0.0) as usize).min(RESIDUAL_POINTS - 1)
+    let dist = |i: usize| ((RESIDUAL_SIZES[i] as f64).log2() - l).abs();
+    (0..RESIDUAL_POINTS).min_by(|&a, &b| dist(a).total_cmp(&dist(b))).unwrap_or(0)
 }
+
+/// Where the residual point `i` of files of version 1 ([`RESIDUAL_POINTS_V1`] points,
+/// powers of 4 from 16 B to 64 MiB) sits among [`RESIDUAL_SIZES`].
+pub fn residual_index_v1(i: usize) -> usize {
+    residual_index(16 << (2 * i))
+}
+
+/// How many residual points files of version 1 carried.
+pub const RESIDUAL_POINTS_V1: usize = 12;
 
 impl Efficiency {
     /// Applies the factors to `c`, a prediction for a call of `bytes` (the model's `n`) whose
@@ -582,8 +615,14 @@ pub(crate) mod tests {
         assert_eq!(e.apply(Cost { measured: 0.5, ..c }, 0.0, 4096).total(), 6.5);
         for i in 0..RESIDUAL_POINTS {
             assert_eq!(residual_index(residual_bytes(i)), i);
-            assert_eq!(residual_index(residual_bytes(i) * 3 / 2), i, "rounded in log(bytes)");
+            assert_eq!(residual_index(residual_bytes(i) * 13 / 10), i, "rounded in log(bytes)");
+            assert_eq!(residual_index(residual_bytes(i) * 10 / 13), i, "rounded in log(bytes)");
         }
+        // 6 MiB lies nearer 8 MiB than 4 in log(bytes); 1.5 KiB nearer 1 KiB than 4.
+        assert_eq!(residual_bytes(residual_index(6 << 20)), 8 << 20);
+        assert_eq!(residual_bytes(residual_index(1536)), 1 << 10);
+        let v1: Vec<usize> = (0..RESIDUAL_POINTS_V1).map(|i| residual_bytes(residual_index_v1(i))).collect();
+        assert_eq!(v1, (0..12).map(|i| 16usize << (2 * i)).collect::<Vec<_>>());
         assert_eq!(residual_index(0), 0);
         assert_eq!(residual_index(1 << 40), RESIDUAL_POINTS - 1);
     }

@@ -259,7 +259,7 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
         let mut file = if path.exists() {
             oxccl::cost::TuningFile::load(path)?
         } else {
-            oxccl::cost::TuningFile { oxccl_tuning: 1, entries: Vec::new() }
+            oxccl::cost::TuningFile { oxccl_tuning: oxccl::cost::TUNING_VERSION, entries: Vec::new() }
         };
         let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
         // The runs pooled with this one: this host's and processor's (an entry of the same
