@@ -931,9 +931,9 @@ fn secs_per_iter(iters: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64>
 /// 64 KiB to 64 MiB, fitted to the cache curve of [`Link::beta_at`]), its oversubscription
 /// cost with a barrier of every rank (when ranks outnumber cores), this host's reduction
 /// and copy kernels, and every algorithm of every collective at every size of
-/// [`RESIDUAL_SIZES`] (16 B to 64 MiB), whose times against the formulas give each algorithm's
-/// efficiency at this world size and what its factors leave unexplained at each size
-/// ([`Profile::efficiency`], [`Efficiency::residual`]).
+/// [`RESIDUAL_SIZES`] (16 B to 64 MiB), whose times against the formulas give each
+/// algorithm's efficiency at this world size and what its factors leave unexplained at each
+/// size ([`Profile::efficiency`], [`Efficiency::residual`]).
 ///
 /// When ranks outnumber cores, the link between ranks 0 and 1 is disturbed by the idle
 /// ranks; with a `base` entry (rank 0's, measured with fewer ranks: `oxccl-bench --ranks 2
@@ -1245,9 +1245,10 @@ pub fn quick_rescale(comm: &Communicator) -> Result<QuickScale> {
 }
 
 /// Runs every algorithm of every collective at every size of [`residual_bytes`] (powers of
-/// 4 from 16 B to 4 MiB, then of 2 to 64 MiB) and records, in `entry`, the factors that best bring the
-/// formulas' latency and bandwidth terms to the measured times (least squares in relative
-/// error), and at each size what they leave unexplained ([`Efficiency::residual`]).
+/// 4 from 16 B to 4 MiB, then of 2 to 64 MiB) and records, in `entry`, the factors that
+/// best bring the formulas' latency and bandwidth terms to the measured times (least squares
+/// in relative error), and at each size what they leave unexplained
+/// ([`Efficiency::residual`]).
 fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()> {
     // The fit prices every call at the default chunk size (`Call::new`): the pipelined
     // algorithms run at it here too, not at the size the profile being replaced would pick
