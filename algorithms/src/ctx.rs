@@ -150,12 +150,15 @@ pub struct Ctx<'a> {
     pub fingerprint: u64,
 }
 
-static STREAMED_PLACEMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+thread_local! {
+    static STREAMED_PLACEMENTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
-/// How many copies [`Ctx::place`] made with streaming stores in this process: for
-/// diagnostics and for tests that must know which path ran.
+/// How many copies [`Ctx::place`] made with streaming stores on this thread (a rank's calls
+/// run on its caller's thread): for diagnostics and for tests that must know which path a
+/// rank took, undisturbed by other worlds in the process.
 pub fn streamed_placements() -> u64 {
-    STREAMED_PLACEMENTS.load(std::sync::atomic::Ordering::Relaxed)
+    STREAMED_PLACEMENTS.with(std::cell::Cell::get)
 }
 
 /// The fingerprint of a call: the low 32 bits of the element count, the element type, the
@@ -256,13 +259,20 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Whether a call writing `output` bytes into each rank's output writes more than
+    /// [`crate::mapped::STREAMING_MIN_HOST_BYTES`] on this host, so that its outputs would not
+    /// stay in cache and are better written with streaming stores.
+    pub(crate) fn outputs_stream(&self, output: usize) -> bool {
+        output.saturating_mul(self.ranks_here()) > crate::mapped::STREAMING_MIN_HOST_BYTES
+    }
+
     /// Copies `src` into `dst`, a part of an output of `output` bytes that this call writes
     /// and does not read again soon, with streaming stores where this host's outputs together
     /// exceed 32 MiB, the mapped algorithms' threshold (they would not stay in cache, and
     /// written through it they evict what the peers still read), else plainly.
     pub fn place(&self, dst: RegionMut, src: Region, output: usize) -> Result<()> {
-        if output.saturating_mul(self.ranks_here()) > crate::mapped::STREAMING_MIN_HOST_BYTES && !dst.overlaps(&src) {
-            STREAMED_PLACEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.outputs_stream(output) && !dst.overlaps(&src) {
+            STREAMED_PLACEMENTS.with(|n| n.set(n.get() + 1));
             self.reducer.copy_streaming(dst, src)
         } else {
             self.reducer.copy(dst, src)

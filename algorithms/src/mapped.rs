@@ -61,9 +61,10 @@ pub(crate) const PIECE_BYTES: usize = 16 << 10;
 pub(crate) const STREAMING_MIN_HOST_BYTES: usize = 32 << 20;
 
 /// Whether a call writing `bytes` into each rank's output streams its stores (see
-/// [`STREAMING_MIN_HOST_BYTES`]); the ranks of a mapped call share one host.
+/// [`STREAMING_MIN_HOST_BYTES`], [`Ctx::outputs_stream`]); the ranks of a mapped call share
+/// one host.
 pub(crate) fn streaming(ctx: &Ctx<'_>, bytes: usize, in_place: bool) -> bool {
-    !in_place && bytes.saturating_mul(ctx.size) > STREAMING_MIN_HOST_BYTES
+    !in_place && ctx.outputs_stream(bytes)
 }
 
 static SCHEDULES_RUN: AtomicU64 = AtomicU64::new(0);
