@@ -38,7 +38,6 @@ pub use oxccl_algorithms::cost::{
     ceil_log2, residual_bytes, residual_index, Cost, Efficiency, FusedExtra, Level, Link, Model, Profile,
     FUSED_SOURCES, RESIDUAL_POINTS, RESIDUAL_SIZES,
 };
-use oxccl_algorithms::cost::{residual_index_v1, RESIDUAL_POINTS_V1};
 use oxccl_algorithms::registry;
 use oxccl_algorithms::{Algorithm, Collective, DataType, ReduceOp};
 use serde::{Deserialize, Serialize};
@@ -130,6 +129,10 @@ pub fn best(call: &Call, hosts: &[usize], profile: &Profile) -> (Algorithm, Cost
 /// it: their points move to where those sizes sit now, and the sizes they lack (8 and 32
 /// MiB) stay unmeasured (0), so the correction is interpolated there as before.
 pub const TUNING_VERSION: u32 = 2;
+
+/// How many residual points files of version 1 carried: powers of 4 from 16 B to 64 MiB,
+/// each of them a size of [`RESIDUAL_SIZES`] still.
+const RESIDUAL_POINTS_V1: usize = 12;
 
 /// A tuning file: measured profiles, one entry per host and transport.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -608,7 +611,7 @@ impl TuningFile {
             }
             let mut points = vec![0.0; RESIDUAL_POINTS];
             for (i, &x) in row[head..].iter().enumerate().take(RESIDUAL_POINTS_V1) {
-                points[residual_index_v1(i)] = x;
+                points[residual_index(16 << (2 * i))] = x;
             }
             row.truncate(head);
             row.extend(points);

@@ -194,15 +194,6 @@ pub fn residual_index(bytes: usize) -> usize {
     (0..RESIDUAL_POINTS).min_by(|&a, &b| dist(a).total_cmp(&dist(b))).unwrap_or(0)
 }
 
-/// Where the residual point `i` of files of version 1 ([`RESIDUAL_POINTS_V1`] points,
-/// powers of 4 from 16 B to 64 MiB) sits among [`RESIDUAL_SIZES`].
-pub fn residual_index_v1(i: usize) -> usize {
-    residual_index(16 << (2 * i))
-}
-
-/// How many residual points files of version 1 carried.
-pub const RESIDUAL_POINTS_V1: usize = 12;
-
 impl Efficiency {
     /// Applies the factors to `c`, a prediction for a call of `bytes` (the model's `n`) whose
     /// footprint per core is `footprint` bytes, then the residual correction at `bytes`.
@@ -621,8 +612,10 @@ pub(crate) mod tests {
         // 6 MiB lies nearer 8 MiB than 4 in log(bytes); 1.5 KiB nearer 1 KiB than 4.
         assert_eq!(residual_bytes(residual_index(6 << 20)), 8 << 20);
         assert_eq!(residual_bytes(residual_index(1536)), 1 << 10);
-        let v1: Vec<usize> = (0..RESIDUAL_POINTS_V1).map(|i| residual_bytes(residual_index_v1(i))).collect();
-        assert_eq!(v1, (0..12).map(|i| 16usize << (2 * i)).collect::<Vec<_>>());
+        // Every power of 4 up to 64 MiB (the points of tuning files of version 1) is a point.
+        for k in 0..12 {
+            assert_eq!(residual_bytes(residual_index(16 << (2 * k))), 16 << (2 * k));
+        }
         assert_eq!(residual_index(0), 0);
         assert_eq!(residual_index(1 << 40), RESIDUAL_POINTS - 1);
     }
