@@ -172,10 +172,8 @@ pub(crate) fn all_gather_unfold(
         ctx.wait(rq)?;
         ctx.wait(sq)?;
     }
-    // A world of one virtual rank has no step to make the copy in.
-    if let Some((_, then)) = first {
-        then()?;
-    }
+    // Two ranks or more make at least one step, which took `first`.
+    debug_assert!(first.is_none(), "the first step's copy was never made");
     if ctx.rank < 2 * f.e {
         let s = ctx.send(ctx.rank - 1, UNFOLD, whole.as_region())?;
         ctx.wait(s)?;
