@@ -121,7 +121,7 @@ def main():
         else:
             logs.append(a)
             i += 1
-    cells = cost_bars.parse(logs)
+    cells, _ = cost_bars.parse(logs)  # the placements are not used here
     if predictions:
         return confirm_predictions(cells, runs, bench, out_dir)
     todo = misses(cells)

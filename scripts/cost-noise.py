@@ -31,8 +31,9 @@ def forced(v):
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
-    a = cost_bars.parse(glob.glob(os.path.join(sys.argv[1], "*.log")))
-    b = cost_bars.parse(glob.glob(os.path.join(sys.argv[2], "*.log")))
+    # parse() also returns each cell's placement, which this comparison does not use.
+    a, _ = cost_bars.parse(glob.glob(os.path.join(sys.argv[1], "*.log")))
+    b, _ = cost_bars.parse(glob.glob(os.path.join(sys.argv[2], "*.log")))
     print("| transport | times (>= 64 KiB) | A/B outside 25% | outside 10% | median A/B "
           "| cells | A's fastest in B > 10% | B's fastest in A > 10% | A's choice > 10% | B's choice > 10% |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

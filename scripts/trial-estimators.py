@@ -150,7 +150,7 @@ def decisions(path):
     """(transport, ranks, shape, loop times, prices, candidates, fixed, runs by rank) per decision."""
     transport, ranks = os.path.basename(path).split("-")[:2]
     ranks = int(ranks)
-    cells = cost_bars.parse([path])
+    cells, _ = cost_bars.parse([path])  # the placements are not used here
     runs, info = defaultdict(dict), {}
     with open(path) as f:
         for line in f:
