@@ -103,13 +103,21 @@ const SLOT_PROBES: u8 = 8;
 const SLOW_PROBES_TO_STREAM: u8 = 6;
 
 /// Copies shorter than this are neither timed nor streamed (too short to tell, and a
-/// streamed line would be half empty).
-const SLOT_PROBE_MIN_BYTES: usize = 16 << 10;
+/// streamed line would be half empty). With the cores far apart, messages of 4-16 KiB pay
+/// the far placement as larger ones do: 2-rank all-reduces of 8 and 16 KiB (4 and 8 KiB
+/// messages) ran 2.5-2.8x faster streamed.
+const SLOT_PROBE_MIN_BYTES: usize = 4 << 10;
 
 /// Where ranks share cores, one ordinary copy in this many is timed, by the thread's CPU
 /// clock: reading it is a system call (0.5 us on the development VM, against 20 ns for the
 /// wall clock), two of which would add a fifth to a 64 KiB copy.
 pub const CPU_CLOCK_EVERY: u8 = 16;
+
+/// Copies shorter than this, timed by the wall clock, are timed one in
+/// [`SMALL_COPY_CLOCK_EVERY`]: two clock reads cost about 55 ns on the development VM, 3% of
+/// a 2-rank all-reduce of 16 KiB (two 8 KiB messages) were every copy timed.
+const SMALL_COPY_BYTES: usize = 16 << 10;
+const SMALL_COPY_CLOCK_EVERY: u8 = 8;
 
 /// A timed copy's start, on the clock its writer uses.
 #[derive(Debug, Clone, Copy)]
@@ -135,8 +143,30 @@ impl CopyClock {
         }
     }
 
-    /// Seconds since `start`, on the same clock.
+    /// Seconds since `start`, on the same clock, less what reading that clock costs by
+    /// itself ([`clock_cost`]).
     fn elapsed(self) -> f64 {
+        let (secs, cpu) = match self {
+            CopyClock::Wall(t0) => (t0.elapsed().as_secs_f64(), false),
+            CopyClock::ThreadCpu(t0) => (thread_cpu_secs() - t0, true),
+        };
+        (secs - clock_cost(cpu)).max(0.0)
+    }
+}
+
+/// What a start and an end read of a copy's clock add to its time by themselves: the least of
+/// a few back-to-back pairs, measured once per process. The thread's CPU clock is a system
+/// call (0.5 us on the development VM): uncorrected it made a 4 KiB copy that ran at 15 GB/s
+/// read below 6, and 4 ranks on 2 cores streamed their slots for no reason.
+fn clock_cost(cpu: bool) -> f64 {
+    static COST: [std::sync::OnceLock<f64>; 2] = [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    *COST[usize::from(cpu)]
+        .get_or_init(|| (0..32).map(|_| CopyClock::start(cpu).raw_elapsed()).fold(f64::INFINITY, f64::min).max(0.0))
+}
+
+impl CopyClock {
+    /// Seconds since `start`, uncorrected.
+    fn raw_elapsed(self) -> f64 {
         match self {
             CopyClock::Wall(t0) => t0.elapsed().as_secs_f64(),
             CopyClock::ThreadCpu(t0) => (thread_cpu_secs() - t0).max(0.0),
@@ -154,6 +184,8 @@ struct SlotWriter {
     slow: u8,
     /// Ordinary copies made untimed since the last timed one (where cores are shared).
     untimed: u8,
+    /// Slots written with streaming stores so far (whatever chose them).
+    streamed: u64,
 }
 
 impl SlotWriter {
@@ -168,16 +200,20 @@ impl SlotWriter {
 
     /// Whether the next copy of `bytes` (streamed or not) is timed, and on which clock:
     /// `Some(true)` the thread's CPU clock, `Some(false)` the wall clock. Only `Auto`'s
-    /// ordinary copies are, and where cores are shared one in [`CPU_CLOCK_EVERY`] of them
-    /// (counted by [`SlotWriter::copied`], so a push that found the FIFO full counts none).
+    /// ordinary copies are: where cores are shared one in [`CPU_CLOCK_EVERY`] of them, else
+    /// every one of [`SMALL_COPY_BYTES`] or more and one in [`SMALL_COPY_CLOCK_EVERY`] of the
+    /// shorter ones (counted by [`SlotWriter::copied`], so a push that found the FIFO full
+    /// counts none).
     fn timed(&self, mode: SlotStores, bytes: usize, streamed: bool, cores_shared: bool) -> Option<bool> {
         if mode != SlotStores::Auto || bytes < SLOT_PROBE_MIN_BYTES || streamed {
             return None;
         }
-        if !cores_shared {
-            return Some(false);
-        }
-        (self.untimed + 1 >= CPU_CLOCK_EVERY).then_some(true)
+        let every = match (cores_shared, bytes < SMALL_COPY_BYTES) {
+            (true, _) => CPU_CLOCK_EVERY,
+            (false, true) => SMALL_COPY_CLOCK_EVERY,
+            (false, false) => 1,
+        };
+        (self.untimed + 1 >= every).then_some(cores_shared)
     }
 
     /// Accounts one copy of `bytes`, streamed or not, that took `secs` where it was timed.
@@ -650,6 +686,50 @@ impl ShmTransport {
         }
     }
 
+    /// Pushes bytes `off .. off + chunk` of the `len`-byte message at `src` into the next
+    /// slot of `fifo` (to the peer `writer` writes for), with the stores `writer` chooses
+    /// ([`SlotStores`]); `false` if the FIFO is full.
+    ///
+    /// # Safety
+    /// `chunk` is at most a slot's data bytes, and `src + off .. src + off + chunk` is readable
+    /// and lies outside the FIFO.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn push_slot(
+        &self,
+        writer: &mut SlotWriter,
+        fifo: &Fifo<'_, RawSlots>,
+        tag: Tag,
+        src: *const u8,
+        len: usize,
+        off: usize,
+        chunk: usize,
+    ) -> bool {
+        let mode = self.opts.slot_stores;
+        let streaming = writer.streams(mode, chunk);
+        // Only the copies `Auto` accounts for read a clock (a small message's push takes a
+        // few hundred nanoseconds). The clock is read inside the push: a full FIFO reads none.
+        let clock = writer.timed(mode, chunk, streaming, self.opts.cores_shared);
+        let mut secs = None;
+        let ok = fifo.try_push(|slot| {
+            let t0 = clock.map(CopyClock::start);
+            // SAFETY: the slot has room for `chunk` bytes (the caller's promise); the source,
+            // readable, lies outside the FIFO.
+            unsafe { write_slot(slot, tag, len, off, src, chunk, streaming) };
+            secs = t0.map(CopyClock::elapsed);
+        });
+        if ok {
+            writer.streamed += u64::from(streaming);
+            writer.copied(mode, chunk, streaming, secs);
+        }
+        ok
+    }
+
+    /// How many slots to `peer` this rank has written with streaming stores.
+    #[cfg(test)]
+    fn streamed_slots(&self, peer: usize) -> u64 {
+        self.lock().writers[peer].streamed
+    }
+
     /// One pass over every queue; `Ok(true)` if anything moved.
     fn advance(&self, st: &mut State) -> Result<bool> {
         let data = self.opts.slot_bytes - SEQ_BYTES - SLOT_HEADER;
@@ -685,24 +765,10 @@ impl ShmTransport {
                     continue;
                 }
                 let chunk = (op.len - op.off).min(data);
-                let mode = self.opts.slot_stores;
-                let streaming = st.writers[peer].streams(mode, chunk);
-                // Only the copies `Auto` accounts for read a clock (a small message's push
-                // takes a few hundred nanoseconds).
-                // The clock is read inside the push: a full FIFO reads none.
-                let clock = st.writers[peer].timed(mode, chunk, streaming, self.opts.cores_shared);
-                let mut secs = None;
-                let ok = fifo.try_push(|slot| {
-                    let t0 = clock.map(CopyClock::start);
-                    // SAFETY: the slot has room for `chunk <= data` bytes; the source lies in
-                    // the posted region, not in the FIFO.
-                    unsafe { write_slot(slot, op.tag, op.len, op.off, op.ptr, chunk, streaming) };
-                    secs = t0.map(CopyClock::elapsed);
-                });
-                if !ok {
+                // SAFETY: `chunk <= data` bytes at `op.off` lie in the posted region.
+                if !unsafe { self.push_slot(&mut st.writers[peer], &fifo, op.tag, op.ptr, op.len, op.off, chunk) } {
                     break;
                 }
-                st.writers[peer].copied(mode, chunk, streaming, secs);
                 pushed = true;
                 op.off += chunk;
                 if op.off == op.len {
@@ -980,10 +1046,12 @@ impl Transport for ShmTransport {
         {
             // Fast path: nothing queued before it and it fits one slot, so it goes out now
             // and completes without ever being queued (a request never queued is complete).
-            // SAFETY: the slot has room for `len` bytes (checked); `buf` is readable.
-            let ok = self
-                .fifo(self.rank, peer)
-                .try_push(|slot| unsafe { write_slot(slot, tag, len, 0, buf.as_ptr(), len, false) });
+            // Written as queued messages are ([`SlotStores`]): with the cores far apart, a
+            // 2-rank ring all-reduce of 64 KiB, whose 32 KiB messages all took this path with
+            // ordinary stores, ran 3.7x slower than with streaming ones.
+            let fifo = self.fifo(self.rank, peer);
+            // SAFETY: `len` fits one slot (checked); `buf` is readable, a posted region.
+            let ok = unsafe { self.push_slot(&mut st.writers[peer], &fifo, tag, buf.as_ptr(), len, 0, len) };
             if ok {
                 self.control(peer).doorbell.ring();
                 return Ok(ReqId(id));
@@ -1279,6 +1347,31 @@ mod tests {
         }
     }
 
+    /// A message that fits one slot and finds nothing queued goes out at once (the fast path),
+    /// written with the stores the slot-store mode chooses, as a queued one is. (It was
+    /// always written with ordinary stores: with the cores far apart, every message of up to
+    /// 64 KiB missed the streaming that Auto had switched to.)
+    #[test]
+    fn messages_sent_at_once_use_the_chosen_slot_stores() {
+        for (slot_stores, streamed) in [(SlotStores::Cached, 0), (SlotStores::Streaming, 1)] {
+            let opts = ShmOptions { slot_stores, ..ShmOptions::default() };
+            let ts = world(2, opts);
+            for (i, len) in [32 << 10, (64 << 10) - SEQ_BYTES - SLOT_HEADER, 4096].into_iter().enumerate() {
+                let send: Vec<u8> = (0..len).map(|i| (i * 13 + len) as u8).collect();
+                let mut got = vec![0u8; len];
+                // Nothing queued and one slot's worth: sent by the post itself.
+                // SAFETY: `send` outlives the send, which completes at the post.
+                let sent = unsafe { ts[0].post_send(1, Tag(7), Region::from_slice(&send)).unwrap() };
+                assert!(ts[0].test(sent).unwrap(), "{len} bytes: not sent at once");
+                // SAFETY: `got` outlives the wait.
+                let req = unsafe { ts[1].post_recv(0, Tag(7), RegionMut::from_slice(&mut got)).unwrap() };
+                ts[1].wait(req, Instant::now() + Duration::from_secs(10)).unwrap();
+                assert!(got == send, "{slot_stores:?}: {len} bytes");
+                assert_eq!(ts[0].streamed_slots(1), streamed * (i as u64 + 1), "{slot_stores:?}: {len} bytes");
+            }
+        }
+    }
+
     /// Auto stores: a run of slow ordinary copies switches a peer to streaming for
     /// STREAMING_SLOTS slots, then ordinary copies are timed again; fast ones, short ones and
     /// a minority of slow ones switch nothing.
@@ -1329,6 +1422,22 @@ mod tests {
             assert!(copies <= SLOT_PROBES as usize * CPU_CLOCK_EVERY as usize, "never switched");
         }
         assert_eq!(copies, SLOT_PROBES as usize * CPU_CLOCK_EVERY as usize);
+        // Cores to themselves: copies shorter than SMALL_COPY_BYTES (but not shorter than
+        // SLOT_PROBE_MIN_BYTES) are timed one in SMALL_COPY_CLOCK_EVERY, by the wall clock, and
+        // switch to streaming after that many more; then they stream too.
+        let small = SLOT_PROBE_MIN_BYTES;
+        let slow = small as f64 / (SLOW_SLOT_COPY_GBS * 0.5 * 1e9);
+        let mut w = SlotWriter::default();
+        let mut copies = 0;
+        while !w.streams(auto, small) {
+            let t = w.timed(auto, small, false, false);
+            copies += 1;
+            assert_eq!(t, (copies % SMALL_COPY_CLOCK_EVERY as usize == 0).then_some(false), "copy {copies}");
+            w.copied(auto, small, false, t.map(|_| slow));
+            assert!(copies <= SLOT_PROBES as usize * SMALL_COPY_CLOCK_EVERY as usize, "never switched");
+        }
+        assert_eq!(copies, SLOT_PROBES as usize * SMALL_COPY_CLOCK_EVERY as usize);
+        assert!(w.streams(auto, big) && !w.streams(auto, small - 1));
     }
 
     /// The CPU clock does not run while the thread sleeps, the wall clock does.
