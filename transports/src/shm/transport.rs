@@ -751,8 +751,9 @@ impl ShmTransport {
         peer != self.rank && self.control(peer).cpu.load(Ordering::Relaxed) == cpu + 1
     }
 
-    /// Moves this thread to a CPU it may run on that no member rank last waited on, and
-    /// gives it back its own CPU mask at once (the thread stays where it was moved).
+    /// Moves this thread to the first CPU it may run on that no member rank last waited on
+    /// (or is moving to), and gives it back its own CPU mask at once (the thread stays where
+    /// it was moved).
     fn move_to_free_cpu(&self) -> bool {
         use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
         use nix::unistd::Pid;
@@ -760,22 +761,26 @@ impl ShmTransport {
             return false;
         };
         let taken: Vec<u32> = self.members.iter().map(|&r| self.control(r).cpu.load(Ordering::Relaxed)).collect();
-        let mut free = mask;
-        let mut any = false;
-        for c in 0..CpuSet::count() {
-            if mask.is_set(c).unwrap_or(false) {
-                if taken.contains(&(c as u32 + 1)) {
-                    let _ = free.unset(c);
-                } else {
-                    any = true;
-                }
-            }
-        }
-        if !any || sched_setaffinity(Pid::from_raw(0), &free).is_err() {
+        let Some(target) =
+            (0..CpuSet::count()).find(|&c| mask.is_set(c).unwrap_or(false) && !taken.contains(&(c as u32 + 1)))
+        else {
+            return false;
+        };
+        let mut only = CpuSet::new();
+        if only.set(target).is_err() {
             return false;
         }
-        // Published at once: a peer that still read the old CPU here would move too.
-        self.shares_cpu_with(self.rank);
+        // Published before the move: the peer that shares this CPU runs as soon as this
+        // thread leaves it (on a VM the target CPU can take tens of microseconds to wake),
+        // and had it read the old figure it would move onto the same free CPU. (Published
+        // after, both ranks of a pair moved together, back and forth every millisecond: 118
+        // moves in one run.)
+        let mine = &self.control(self.rank).cpu;
+        let was = mine.swap(target as u32 + 1, Ordering::Relaxed);
+        if sched_setaffinity(Pid::from_raw(0), &only).is_err() {
+            mine.store(was, Ordering::Relaxed);
+            return false;
+        }
         let _ = sched_setaffinity(Pid::from_raw(0), &mask);
         true
     }
