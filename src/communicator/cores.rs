@@ -174,6 +174,21 @@ pub(crate) fn cores_per_host(reports: &[CpuReport], hosts: &[usize]) -> f64 {
     }
 }
 
+/// Whether a host's `ranks_here` ranks outnumber the CPUs they may use between them:
+/// `local` holds every local rank's report (their masks' union counts, up to the quota), or
+/// fewer where the host's ranks are not known (over TCP, at the transport's start), and then
+/// `own`, this process's CPUs, counts. Ranks bound to a core each see one CPU apiece and do
+/// not share it: counted by each rank's own mask, 2 ranks bound on 2 cores spun as if
+/// oversubscribed and timed their copies by the CPU clock.
+pub(crate) fn ranks_share_cpus(ranks_here: usize, local: &[CpuReport], own: usize) -> bool {
+    let cpus = if ranks_here > 1 && local.len() == ranks_here {
+        cores_per_host(local, &vec![0; local.len()])
+    } else {
+        own.max(1) as f64
+    };
+    ranks_here as f64 > cpus
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +224,22 @@ mod tests {
         assert_eq!(per_core(&doubled, &[0; 4]), 2.0);
         // A cgroup quota of 2 CPUs on a 16-CPU mask: 4 ranks get 2 cores.
         assert_eq!(per_core(&[on(1, 0..16, 2); 4], &[0; 4]), 2.0);
+    }
+
+    #[test]
+    fn bound_ranks_do_not_share_cpus() {
+        // Bound to a CPU each, on CPUs 0 and 1: not shared, whatever each mask alone says.
+        assert!(!ranks_share_cpus(2, &[on(1, 0..1, 0), on(1, 1..2, 0)], 1));
+        // Both bound to CPU 0, or three ranks on two CPUs: shared.
+        assert!(ranks_share_cpus(2, &[on(1, 0..1, 0), on(1, 0..1, 0)], 1));
+        assert!(ranks_share_cpus(3, &[on(1, 0..2, 0); 3], 2));
+        // Unbound on 2 CPUs, but a quota of one CPU: shared.
+        assert!(!ranks_share_cpus(2, &[on(1, 0..2, 0); 2], 2));
+        assert!(ranks_share_cpus(2, &[on(1, 0..2, 1); 2], 2));
+        // The host's ranks unknown (TCP): this process's own CPUs count.
+        assert!(ranks_share_cpus(2, &[on(1, 0..1, 0)], 1));
+        assert!(!ranks_share_cpus(2, &[on(1, 0..4, 0)], 4));
+        assert!(!ranks_share_cpus(1, &[on(1, 0..1, 0)], 1));
     }
 
     #[test]

@@ -1228,19 +1228,33 @@ fn build_transport(
 ) -> Result<Arc<dyn Transport>> {
     let scoped = PrefixStore::new(boot.prefix.clone(), boot.store.clone());
     let init_err = |e: Error| e.in_collective("init", 0).on_rank(rank);
-    // The ranks sharing this host's memory (this one included), when shm is wanted at all.
+    // The ranks sharing this host's memory (this one included), when shm is wanted at all,
+    // and the processors each may use.
     let mut local: Vec<usize> = vec![rank];
+    let mine = cores::CpuReport::mine(host_key());
+    let mut local_cpus = vec![mine];
     let use_shm = match config.transport {
         TransportKind::Tcp => false,
         TransportKind::Shm | TransportKind::Auto => {
             let me = shm_key();
-            scoped.set(&format!("host/{rank}"), me.as_bytes()).map_err(init_err)?;
+            let words: Vec<String> = mine.to_words().iter().map(|w| w.to_string()).collect();
+            scoped.set(&format!("host/{rank}"), format!("{me}\n{}", words.join(",")).as_bytes()).map_err(init_err)?;
             let mut elsewhere = Vec::new();
             for r in 0..size {
                 match scoped.get(&format!("host/{r}"), deadline) {
-                    Ok(k) if k != me.as_bytes() => elsewhere.push(r),
-                    Ok(_) if r != rank => local.push(r),
-                    Ok(_) => {}
+                    Ok(v) => {
+                        let v = String::from_utf8_lossy(&v).into_owned();
+                        let (key, report) = v.split_once('\n').unwrap_or((&v, ""));
+                        if key != me {
+                            elsewhere.push(r);
+                        } else if r != rank {
+                            local.push(r);
+                            let words: Vec<u64> = report.split(',').filter_map(|w| w.parse().ok()).collect();
+                            if words.len() == cores::REPORT_WORDS {
+                                local_cpus.push(cores::CpuReport::from_words(&words));
+                            }
+                        }
+                    }
                     Err(e) if e.kind() == crate::ErrorKind::Timeout => {
                         // Name every rank that is missing, not only the first.
                         let now = Instant::now();
@@ -1266,7 +1280,8 @@ fn build_transport(
     local.sort_unstable();
     let ranks_here =
         if config.transport == TransportKind::Tcp { boot.local_size_hint.unwrap_or(size) } else { local.len() };
-    let spin = config.spin.unwrap_or_else(|| default_spin(ranks_here));
+    let cores_shared = cores::ranks_share_cpus(ranks_here, &local_cpus, cores());
+    let spin = config.spin.unwrap_or_else(|| default_spin(cores_shared));
     let shm_opts = ShmOptions {
         slots: config.shm_slots,
         slot_bytes: config.shm_slot_bytes,
@@ -1274,13 +1289,13 @@ fn build_transport(
         yield_for: config.yield_for,
         single_copy_min: config.shm_single_copy_min,
         slot_stores: config.shm_slot_stores,
-        // The same count as the spin's: where ranks wait for cores, `Auto` times its copies
+        // The same test as the spin's: where ranks wait for cores, `Auto` times its copies
         // by the thread's CPU clock.
-        cores_shared: ranks_here > cores(),
+        cores_shared,
     };
     if use_shm {
         let net = ShmTransport::connect(rank, size, &scoped, shm_opts, deadline).map_err(init_err)?;
-        tracing::info!(rank, size, "transport: shared memory");
+        tracing::info!(rank, size, cores_shared, "transport: shared memory");
         return Ok(Arc::new(net));
     }
     let opts = TcpOptions {
@@ -1309,8 +1324,8 @@ fn build_transport(
 
 /// Spin briefly when every rank has a core; barely at all when ranks outnumber cores, where a
 /// spinning waiter would steal the time slice of the rank it waits for.
-fn default_spin(ranks_here: usize) -> Duration {
-    if ranks_here > cores() {
+fn default_spin(cores_shared: bool) -> Duration {
+    if cores_shared {
         Duration::from_micros(2)
     } else {
         Duration::from_micros(50)
