@@ -1228,46 +1228,47 @@ fn build_transport(
 ) -> Result<Arc<dyn Transport>> {
     let scoped = PrefixStore::new(boot.prefix.clone(), boot.store.clone());
     let init_err = |e: Error| e.in_collective("init", 0).on_rank(rank);
-    // The ranks sharing this host's memory (this one included), when shm is wanted at all,
-    // and the processors each may use.
+    // Every rank's host (its shared-memory key) and processors: the ranks that share this
+    // host's memory (this one included), and the CPUs they may use between them.
     let mut local: Vec<usize> = vec![rank];
     let mine = cores::CpuReport::mine(host_key());
     let mut local_cpus = vec![mine];
+    let mut elsewhere = Vec::new();
+    let me = shm_key();
+    let words: Vec<String> = mine.to_words().iter().map(|w| w.to_string()).collect();
+    scoped.set(&format!("host/{rank}"), format!("{me}\n{}", words.join(",")).as_bytes()).map_err(init_err)?;
+    for r in 0..size {
+        match scoped.get(&format!("host/{r}"), deadline) {
+            Ok(v) => {
+                let v = String::from_utf8_lossy(&v).into_owned();
+                let (key, report) = v.split_once('\n').unwrap_or((&v, ""));
+                if key != me {
+                    elsewhere.push(r);
+                } else if r != rank {
+                    local.push(r);
+                    let words: Vec<u64> = report.split(',').filter_map(|w| w.parse().ok()).collect();
+                    if words.len() == cores::REPORT_WORDS {
+                        local_cpus.push(cores::CpuReport::from_words(&words));
+                    }
+                }
+            }
+            Err(e) if e.kind() == crate::ErrorKind::Timeout => {
+                // Name every rank that is missing, not only the first.
+                let now = Instant::now();
+                let missing: Vec<usize> =
+                    (r..size).filter(|q| scoped.get(&format!("host/{q}"), now).is_err()).collect();
+                return Err(init_err(Error::timeout(
+                    format!("ranks {missing:?} never joined the world of {size}"),
+                    config.timeout,
+                )));
+            }
+            Err(e) => return Err(init_err(e)),
+        }
+    }
+    local.sort_unstable();
     let use_shm = match config.transport {
         TransportKind::Tcp => false,
         TransportKind::Shm | TransportKind::Auto => {
-            let me = shm_key();
-            let words: Vec<String> = mine.to_words().iter().map(|w| w.to_string()).collect();
-            scoped.set(&format!("host/{rank}"), format!("{me}\n{}", words.join(",")).as_bytes()).map_err(init_err)?;
-            let mut elsewhere = Vec::new();
-            for r in 0..size {
-                match scoped.get(&format!("host/{r}"), deadline) {
-                    Ok(v) => {
-                        let v = String::from_utf8_lossy(&v).into_owned();
-                        let (key, report) = v.split_once('\n').unwrap_or((&v, ""));
-                        if key != me {
-                            elsewhere.push(r);
-                        } else if r != rank {
-                            local.push(r);
-                            let words: Vec<u64> = report.split(',').filter_map(|w| w.parse().ok()).collect();
-                            if words.len() == cores::REPORT_WORDS {
-                                local_cpus.push(cores::CpuReport::from_words(&words));
-                            }
-                        }
-                    }
-                    Err(e) if e.kind() == crate::ErrorKind::Timeout => {
-                        // Name every rank that is missing, not only the first.
-                        let now = Instant::now();
-                        let missing: Vec<usize> =
-                            (r..size).filter(|q| scoped.get(&format!("host/{q}"), now).is_err()).collect();
-                        return Err(init_err(Error::timeout(
-                            format!("ranks {missing:?} never joined the world of {size}"),
-                            config.timeout,
-                        )));
-                    }
-                    Err(e) => return Err(init_err(e)),
-                }
-            }
             if !elsewhere.is_empty() && config.transport == TransportKind::Shm {
                 return Err(init_err(Error::unsupported(format!(
                     "the shared-memory transport needs every rank on this host, and ranks {elsewhere:?} are not \
@@ -1277,10 +1278,15 @@ fn build_transport(
             elsewhere.is_empty() && size > 1
         }
     };
-    local.sort_unstable();
     let ranks_here =
-        if config.transport == TransportKind::Tcp { boot.local_size_hint.unwrap_or(size) } else { local.len() };
+        if config.transport == TransportKind::Tcp { boot.local_size_hint.unwrap_or(local.len()) } else { local.len() };
     let cores_shared = cores::ranks_share_cpus(ranks_here, &local_cpus, cores());
+    // Decided from the exchange alone, so every rank of the host decides alike (each waits
+    // for the others' boards): TCP carrying this host's ranks, a core for each.
+    let tcp_board = config.transport == TransportKind::Tcp
+        && local.len() > 1
+        && local_cpus.len() == local.len()
+        && !cores::ranks_share_cpus(local.len(), &local_cpus, 0);
     let spin = config.spin.unwrap_or_else(|| default_spin(cores_shared));
     let shm_opts = ShmOptions {
         slots: config.shm_slots,
@@ -1306,11 +1312,12 @@ fn build_transport(
         spin,
         yield_for: config.yield_for,
         congestion: config.tcp_congestion.clone(),
+        cpu_board_ranks: if tcp_board { local.clone() } else { Vec::new() },
     };
     let tcp: Arc<dyn Transport> =
         Arc::new(TcpTransport::connect(rank, size, &scoped, boot.secret, opts, deadline).map_err(init_err)?);
     if config.transport != TransportKind::Auto || local.len() < 2 {
-        tracing::info!(rank, size, "transport: tcp");
+        tracing::info!(rank, size, cores_shared, cpu_board = tcp_board, "transport: tcp");
         return Ok(tcp);
     }
     // Several hosts, and peers on this one: shared memory to them, TCP to the rest.

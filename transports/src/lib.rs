@@ -66,6 +66,7 @@ pub mod cuda;
 pub mod error;
 mod ids;
 pub mod loopback;
+pub mod placement;
 pub mod region;
 pub mod router;
 pub mod shm;

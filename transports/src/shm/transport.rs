@@ -6,7 +6,8 @@
 //! sender's doorbell so a sender waiting for space goes on. Waiters spin briefly, then sleep
 //! on their own doorbell (see [`super::doorbell`]), so oversubscribed ranks yield their core.
 //! Where every rank has a core, a waiter that finds the peer it waits for on its own CPU
-//! moves itself to a CPU no rank uses (each rank publishes its CPU in its control block).
+//! moves itself to a CPU no rank uses ([`crate::placement`]; each rank publishes its CPU in
+//! its control block).
 //!
 //! Slot format: `sequence u64 | tag u128 | message length u64 | offset u64 | chunk length
 //! u32 | flags u32 | data` (the sequence word is the FIFO's; up to 16 bytes of data share
@@ -30,15 +31,13 @@ use super::fifo::{Fifo, FifoHeader, RawSlots, SEQ_BYTES};
 use super::segment::Segment;
 use super::sync::{fence, AtomicU32, AtomicU64, Ordering};
 use crate::error::{Error, Result};
+use crate::placement::{CpuBoard, CpuCell};
 use crate::region::{MemoryKind, Region, RegionMut};
 use crate::sink::Sink;
 use crate::store::Store;
 use crate::transport::{Capabilities, ReqId, Tag, Transport};
 
 const SLOT_HEADER: usize = 40;
-
-/// The least time between two moves of a rank off its peer's CPU.
-const MOVE_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Settings of the shared-memory transport.
 #[derive(Debug, Clone)]
@@ -359,9 +358,9 @@ struct Control {
     progress: CachePadded<AtomicU64>,
     /// 1 while this rank may be touching peers' mapped memory (`Transport::begin_peer_access`).
     access: CachePadded<AtomicU32>,
-    /// The CPU this rank ran on when it last waited, plus one (0: not known yet). A waiter
-    /// whose peer runs on its own CPU moves to a free one (see `ShmTransport::wait`).
-    cpu: CachePadded<AtomicU32>,
+    /// The CPU this rank ran on when it last waited (this rank's cell of the host's
+    /// [`CpuBoard`]).
+    cpu: CpuCell,
 }
 
 struct SendOp {
@@ -407,9 +406,6 @@ struct State {
     next_id: u64,
     failed: Option<Error>,
     last_liveness: Instant,
-    /// Times this rank moved off the CPU of the peer it waited for (see `wait`).
-    cpu_moves: u64,
-    last_move: Option<Instant>,
 }
 
 // SAFETY: the raw pointers in queued operations point into regions whose creators promised
@@ -442,6 +438,8 @@ pub struct ShmTransport {
     aborted: AtomicBool,
     /// Peers' shared buffers mapped here.
     mapped: super::shared::PeerMappings,
+    /// Where this host's ranks last waited: the `cpu` cells of their control blocks.
+    board: CpuBoard,
 }
 
 fn control_bytes() -> usize {
@@ -563,6 +561,19 @@ impl ShmTransport {
             let v = store.get(&format!("shmread/{peer}"), deadline).map_err(|e| e.on_rank(rank).with_peer(peer))?;
             send_single[peer] = v.get(rank) == Some(&b'1');
         }
+        // Each member's cell is the `cpu` field of the Control its segment starts with.
+        let cells = segments
+            .iter()
+            .map(|s| {
+                s.as_ref().map_or(std::ptr::null(), |s| {
+                    s.ptr().wrapping_add(std::mem::offset_of!(Control, cpu)) as *const CpuCell
+                })
+            })
+            .collect();
+        // SAFETY: the segments, whose Controls hold the cells, move into the transport with
+        // the board and outlive it (fields drop after the struct is gone, and nothing else
+        // frees them); Control's fields are only touched atomically.
+        let board = unsafe { CpuBoard::over(rank, cells) };
         Ok(ShmTransport {
             rank,
             size,
@@ -587,11 +598,10 @@ impl ShmTransport {
                 next_id: 1,
                 failed: None,
                 last_liveness: Instant::now(),
-                cpu_moves: 0,
-                last_move: None,
             }),
             aborted: AtomicBool::new(false),
             mapped: Default::default(),
+            board,
         })
     }
 
@@ -735,60 +745,6 @@ impl ShmTransport {
             writer.copied(mode, chunk, streaming, secs);
         }
         ok
-    }
-
-    /// Publishes the CPU this rank runs on, and says whether `peer` last waited on the same
-    /// one. The peer's figure may be stale (it is written when the peer waits): a wrong
-    /// answer costs one needless move, or a few more microseconds sharing a CPU.
-    fn shares_cpu_with(&self, peer: usize) -> bool {
-        let Some(cpu) = nix::sched::sched_getcpu().ok().and_then(|c| u32::try_from(c).ok()) else {
-            return false;
-        };
-        let mine = &self.control(self.rank).cpu;
-        if mine.load(Ordering::Relaxed) != cpu + 1 {
-            mine.store(cpu + 1, Ordering::Relaxed);
-        }
-        peer != self.rank && self.control(peer).cpu.load(Ordering::Relaxed) == cpu + 1
-    }
-
-    /// Moves this thread to the first CPU it may run on that no member rank last waited on
-    /// (or is moving to), and gives it back its own CPU mask at once (the thread stays where
-    /// it was moved).
-    fn move_to_free_cpu(&self) -> bool {
-        use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
-        use nix::unistd::Pid;
-        let Ok(mask) = sched_getaffinity(Pid::from_raw(0)) else {
-            return false;
-        };
-        let taken: Vec<u32> = self.members.iter().map(|&r| self.control(r).cpu.load(Ordering::Relaxed)).collect();
-        let Some(target) =
-            (0..CpuSet::count()).find(|&c| mask.is_set(c).unwrap_or(false) && !taken.contains(&(c as u32 + 1)))
-        else {
-            return false;
-        };
-        let mut only = CpuSet::new();
-        if only.set(target).is_err() {
-            return false;
-        }
-        // Published before the move: the peer that shares this CPU runs as soon as this
-        // thread leaves it (on a VM the target CPU can take tens of microseconds to wake),
-        // and had it read the old figure it would move onto the same free CPU. (Published
-        // after, both ranks of a pair moved together, back and forth every millisecond: 118
-        // moves in one run.)
-        let mine = &self.control(self.rank).cpu;
-        let was = mine.swap(target as u32 + 1, Ordering::Relaxed);
-        if sched_setaffinity(Pid::from_raw(0), &only).is_err() {
-            mine.store(was, Ordering::Relaxed);
-            return false;
-        }
-        let _ = sched_setaffinity(Pid::from_raw(0), &mask);
-        true
-    }
-
-    /// How many times this rank moved off the CPU of the peer it waited for.
-    #[cfg(test)]
-    fn cpu_moves(&self) -> u64 {
-        self.lock().cpu_moves
     }
 
     /// How many slots to `peer` this rank has written with streaming stores.
@@ -1186,23 +1142,11 @@ impl Transport for ShmTransport {
             let start = *start.get_or_insert(now);
             let spin_until = start + self.opts.spin;
             let yield_until = spin_until + self.opts.yield_for;
-            // With a core for every rank, two ranks on one CPU are the scheduler's accident (a
-            // wake-up placed one beside the other), and a waiter that spins and yields keeps
-            // both runnable there while another CPU idles, until the load balancer acts tens
-            // of milliseconds later (measured: 2-rank all-reduces of 4 KiB at 8.5 us instead
-            // of 1.0 for whole 2000-call runs, in 4 of 15 unbound runs). Sleeping instead
-            // took 300 futex round trips of ~20 us before the kernel parted them; moving
-            // parts them at once. At most one move a millisecond, should something keep
-            // pulling the ranks together.
-            if !self.opts.cores_shared
-                && st.last_move.is_none_or(|t| now.duration_since(t) >= MOVE_INTERVAL)
-                && self.shares_cpu_with(st.reqs[&req.0].peer)
-            {
-                st.last_move = Some(now);
-                if self.move_to_free_cpu() {
-                    st.cpu_moves += 1;
-                    continue;
-                }
+            // With a core for every rank, a waiter whose peer runs on its own CPU moves to a
+            // free one (see `crate::placement`). Sleeping instead took 300 futex round trips
+            // of ~20 us before the kernel parted such a pair.
+            if !self.opts.cores_shared && self.board.on_wait(st.reqs[&req.0].peer, now) {
+                continue;
             }
             if now < spin_until {
                 // Every 128 passes (a couple of microseconds), let a rank that shares this
@@ -1345,6 +1289,8 @@ impl Drop for ShmTransport {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::placement::pin::{allowed_cpus, run_on, this_cpu};
+    use crate::placement::MOVE_INTERVAL;
     use crate::store::MemoryStore;
     use crate::ErrorKind;
     use std::sync::Arc;
@@ -1432,26 +1378,6 @@ mod tests {
         }
     }
 
-    /// The CPUs this thread may run on.
-    fn allowed_cpus() -> Vec<usize> {
-        use nix::sched::{sched_getaffinity, CpuSet};
-        let mask = sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
-        (0..CpuSet::count()).filter(|&c| mask.is_set(c).unwrap()).collect()
-    }
-
-    /// Restricts this thread to `cpus`.
-    fn run_on(cpus: &[usize]) {
-        let mut mask = nix::sched::CpuSet::new();
-        for &c in cpus {
-            mask.set(c).unwrap();
-        }
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &mask).unwrap();
-    }
-
-    fn this_cpu() -> usize {
-        nix::sched::sched_getcpu().unwrap()
-    }
-
     /// A rank that waits for a peer last seen on its own CPU moves to a CPU no rank uses,
     /// once, keeping its own CPU mask; where ranks outnumber cores it stays. Both ranks'
     /// figures are published from one thread: pinned to one CPU (both ranks "on" it), then
@@ -1469,9 +1395,9 @@ mod tests {
                 let ts = world(2, opts.clone());
                 run_on(&all[..1]);
                 let first = this_cpu() as u32;
-                assert!(!ts[1].shares_cpu_with(0), "rank 0 has published nothing yet");
-                assert!(ts[0].shares_cpu_with(1), "both ranks published CPU {first}");
-                assert!(!ts[0].move_to_free_cpu(), "one CPU allowed: nowhere to go");
+                assert!(!ts[1].board.shares_cpu_with(0), "rank 0 has published nothing yet");
+                assert!(ts[0].board.shares_cpu_with(1), "both ranks published CPU {first}");
+                assert!(!ts[0].board.move_to_free_cpu(), "one CPU allowed: nowhere to go");
                 run_on(&all);
                 let mut got = [0u8; 1];
                 // SAFETY: `got` outlives the request, which the failed wait drops.
@@ -1479,14 +1405,14 @@ mod tests {
                 // Shorter than MOVE_INTERVAL: one move at most.
                 let e = ts[0].wait(req, Instant::now() + MOVE_INTERVAL / 2).unwrap_err();
                 assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
-                let moves = ts[0].cpu_moves();
+                let moves = ts[0].board.moves();
                 if !expect_move {
                     assert_eq!(moves, 0, "{} CPUs, cores shared: {cores_shared}", all.len());
                     break;
                 }
                 assert!(moves <= 1, "{moves} moves");
                 if moves == 1 {
-                    let now = ts[0].control(0).cpu.load(Ordering::Relaxed);
+                    let now = ts[0].board.published(0);
                     assert!(
                         now != first + 1 && all.contains(&(now as usize - 1)),
                         "moved from CPU {first} to {now} - 1"
@@ -1494,10 +1420,10 @@ mod tests {
                     // Once more, by hand: the move itself publishes the new CPU (else the
                     // peer, still reading the old one, would move onto it).
                     run_on(&all[..1]);
-                    assert!(ts[0].shares_cpu_with(1));
+                    assert!(ts[0].board.shares_cpu_with(1));
                     run_on(&all);
-                    assert!(ts[0].move_to_free_cpu());
-                    assert_ne!(ts[0].control(0).cpu.load(Ordering::Relaxed), first + 1, "the move is published");
+                    assert!(ts[0].board.move_to_free_cpu());
+                    assert_ne!(ts[0].board.published(0), first + 1, "the move is published");
                     moved = true;
                     break;
                 }

@@ -436,6 +436,11 @@ impl Engine {
         Ok(())
     }
 
+    /// The peer of a pending request.
+    pub fn peer_of(&self, req: u64) -> Option<usize> {
+        self.reqs.get(&req).map(|r| r.peer)
+    }
+
     /// Describes what `req` waits for, for timeout messages.
     pub fn describe(&self, req: u64) -> (usize, String) {
         match self.reqs.get(&req) {
