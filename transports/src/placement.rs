@@ -8,9 +8,12 @@
 //! (in 4 of 15 unbound runs), and at 16-19 us instead of 10-12 over loopback TCP.
 //!
 //! So each rank publishes, in memory every rank of the host maps, the CPU it ran on when it
-//! last waited. A waiter that finds the peer it waits for on its own CPU moves itself to the
-//! first CPU of its affinity mask that no rank of the host uses, and at once gives itself its
-//! own mask back: the thread stays where it was moved, and keeps every CPU its caller allowed.
+//! last waited. A waiter that finds the peer it waits for on its own CPU moves itself to a
+//! CPU of its affinity mask that no rank of the host uses, and at once gives itself its own
+//! mask back: the thread stays where it was moved, and keeps every CPU its caller allowed.
+//! Of the free CPUs it takes one on a core no rank uses, then one that shares its last-level
+//! cache, then one in its package ([`pick_cpu`]): a rank moved to another socket would leave
+//! its memory behind.
 //! It publishes the CPU it moves to before it moves: the peer runs as soon as this thread
 //! leaves the CPU (on a VM the target CPU can take tens of microseconds to wake), and had it
 //! read the old figure it would move onto the same free CPU (published after the move, both
@@ -65,6 +68,8 @@ impl CpuBoard {
     /// the board lives; `cells[rank]` must be non-null.
     pub(crate) unsafe fn over(rank: usize, cells: Vec<*const CpuCell>) -> CpuBoard {
         debug_assert!(!cells[rank].is_null());
+        // Read now, not in the first move (a waiter's path).
+        topology();
         CpuBoard { rank, cells, _segments: Vec::new(), moves: Mutex::default() }
     }
 
@@ -85,6 +90,7 @@ impl CpuBoard {
                 "CPU board members {members:?} must be ranks of the world of {size}, {rank} among them"
             )));
         }
+        topology();
         let len = std::mem::size_of::<CpuCell>();
         let mut cells = vec![std::ptr::null(); size];
         let mut segments = Vec::with_capacity(members.len());
@@ -162,19 +168,20 @@ impl CpuBoard {
         peer != self.rank && self.published(peer) == cpu + 1
     }
 
-    /// Moves this thread to the first CPU it may run on that no rank of the host last
-    /// waited on (or is moving to), publishing it first, and gives the thread its own CPU
-    /// mask back at once. False where there is no such CPU or the system refuses.
+    /// Moves this thread to a CPU it may run on that no rank of the host last waited on (or
+    /// is moving to), chosen by [`pick_cpu`], publishing it first, and gives the thread its
+    /// own CPU mask back at once. False where there is no such CPU or the system refuses.
     pub(crate) fn move_to_free_cpu(&self) -> bool {
         use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
         use nix::unistd::Pid;
         let Ok(mask) = sched_getaffinity(Pid::from_raw(0)) else {
             return false;
         };
-        let taken: Vec<u32> = (0..self.cells.len()).map(|r| self.published(r)).filter(|&c| c != 0).collect();
-        let Some(target) =
-            (0..CpuSet::count()).find(|&c| mask.is_set(c).unwrap_or(false) && !taken.contains(&(c as u32 + 1)))
-        else {
+        let taken: Vec<usize> =
+            (0..self.cells.len()).map(|r| self.published(r)).filter(|&c| c != 0).map(|c| c as usize - 1).collect();
+        let allowed: Vec<usize> = (0..CpuSet::count()).filter(|&c| mask.is_set(c).unwrap_or(false)).collect();
+        let here = nix::sched::sched_getcpu().ok();
+        let Some(target) = pick_cpu(&allowed, &taken, here, topology()) else {
             return false;
         };
         let mut only = CpuSet::new();
@@ -192,6 +199,60 @@ impl CpuBoard {
         let _ = sched_setaffinity(Pid::from_raw(0), &mask);
         true
     }
+}
+
+/// Where a CPU sits: its package, its core within it, and its last-level cache (`None`
+/// where the kernel does not say).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CpuPlace {
+    pub package: Option<u32>,
+    pub core: Option<u32>,
+    pub llc: Option<u32>,
+}
+
+/// This machine's CPUs' places, by CPU number, read from sysfs once.
+fn topology() -> &'static [CpuPlace] {
+    static TOPOLOGY: std::sync::OnceLock<Vec<CpuPlace>> = std::sync::OnceLock::new();
+    TOPOLOGY.get_or_init(|| {
+        let read = |cpu: usize, what: &str| -> Option<u32> {
+            std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{cpu}/{what}")).ok()?.trim().parse().ok()
+        };
+        // The last-level cache: the highest-level index the kernel lists.
+        let llc = |cpu: usize| -> Option<u32> {
+            (0..8)
+                .filter_map(|i| Some((read(cpu, &format!("cache/index{i}/level"))?, i)))
+                .max()
+                .and_then(|(_, i)| read(cpu, &format!("cache/index{i}/id")))
+        };
+        // The CPUs the kernel may ever bring up ("0-63"): not the 1024 a CPU set can hold.
+        let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+            .ok()
+            .and_then(|s| s.trim().split([',', '-']).filter_map(|n| n.parse::<usize>().ok()).max().map(|m| m + 1));
+        (0..possible.unwrap_or(64).min(nix::sched::CpuSet::count()))
+            .map(|c| CpuPlace {
+                package: read(c, "topology/physical_package_id"),
+                core: read(c, "topology/core_id"),
+                llc: llc(c),
+            })
+            .collect()
+    })
+}
+
+/// The CPU to move to: of the `allowed` CPUs no rank has `taken`, the one that best keeps
+/// this rank near where it runs (`here`): first on a core no rank uses (a hardware thread
+/// beside a busy one runs at part speed), then sharing `here`'s last-level cache, then in
+/// its package; the lowest-numbered of equals. Places not known count as no match.
+pub(crate) fn pick_cpu(allowed: &[usize], taken: &[usize], here: Option<usize>, places: &[CpuPlace]) -> Option<usize> {
+    let place = |c: usize| places.get(c).copied().unwrap_or_default();
+    let same = |a: Option<u32>, b: Option<u32>| a.is_some() && a == b;
+    let at = here.map(place).unwrap_or_default();
+    let score = |c: usize| {
+        let p = place(c);
+        let core_free = p.core.is_none()
+            || !taken.iter().any(|&t| same(place(t).core, p.core) && same(place(t).package, p.package));
+        (core_free, same(p.llc, at.llc), same(p.package, at.package))
+    };
+    allowed.iter().copied().filter(|c| !taken.contains(c)).max_by(|&a, &b| score(a).cmp(&score(b)).then(b.cmp(&a)))
 }
 
 /// Test helpers: which CPUs this thread may use, and pinning it.
@@ -279,6 +340,34 @@ mod tests {
         assert!(!b.shares_cpu_with(0));
         assert_eq!(b.published(0), 0);
         assert_eq!(b.published(1), this_cpu() as u32 + 1);
+    }
+
+    /// The target keeps the rank near: a free core first, then its own last-level cache,
+    /// then its package; never a taken CPU.
+    #[test]
+    fn the_target_cpu_stays_near() {
+        // Two packages of two cores of two hardware threads; each package one cache.
+        // CPU c: package c / 4, core (c / 2) % 2, thread c % 2.
+        let places: Vec<CpuPlace> =
+            (0..8u32).map(|c| CpuPlace { package: Some(c / 4), core: Some((c / 2) % 2), llc: Some(c / 4) }).collect();
+        let all: Vec<usize> = (0..8).collect();
+        // On CPU 0 with the peer: CPU 1 (its sibling) shares a core with the peer; CPU 2 is a
+        // free core in the same cache.
+        assert_eq!(pick_cpu(&all, &[0], Some(0), &places), Some(2));
+        // Package 0's cores both busy: a free core in the other package beats a sibling.
+        assert_eq!(pick_cpu(&all, &[0, 2], Some(0), &places), Some(4));
+        // Every core busy: a sibling in this package's cache.
+        assert_eq!(pick_cpu(&all, &[0, 2, 4, 6], Some(2), &places), Some(1));
+        // Only what the mask allows, never a taken CPU.
+        assert_eq!(pick_cpu(&[0, 1, 5], &[0], Some(0), &places), Some(5));
+        assert_eq!(pick_cpu(&[0], &[0], Some(0), &places), None);
+        // Nothing known: the lowest free CPU.
+        assert_eq!(pick_cpu(&all, &[0, 1], Some(0), &[]), Some(2));
+        assert_eq!(pick_cpu(&all, &[3], None, &places), Some(0));
+        // This machine's: every CPU this thread may use is listed, with its package.
+        let here = topology();
+        assert!(allowed_cpus().iter().all(|&c| c < here.len()), "{} places", here.len());
+        assert!(here[this_cpu()].package.is_some(), "{:?}", here[this_cpu()]);
     }
 
     #[test]
