@@ -20,6 +20,10 @@
 //! ranks of a pair moved together, back and forth every millisecond: 118 moves in one run).
 //! A rank moves at most once a millisecond. Where ranks outnumber cores, sharing is no
 //! accident, and the transports build no board.
+//!
+//! The cells are advice, read and written with relaxed atomics: no message's delivery rests
+//! on them (a stale figure costs a needless move or a few more microseconds sharing a CPU),
+//! so unlike the FIFO and the doorbell they need no `loom` model.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
