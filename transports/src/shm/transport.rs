@@ -422,6 +422,9 @@ pub struct ShmTransport {
     /// `pos[r]`: rank r's index in `members` (its FIFO's place in each segment); usize::MAX
     /// for ranks outside.
     pos: Vec<usize>,
+    /// Where this host's ranks last waited: the `cpu` cells of their control blocks. Declared
+    /// before `segments`, so dropped before the mappings it points into.
+    board: CpuBoard,
     /// `segments[r]`: rank r's segment (this rank's own at `rank`), for members.
     segments: Vec<Option<Segment>>,
     pidfds: Vec<Option<std::os::fd::OwnedFd>>,
@@ -438,8 +441,6 @@ pub struct ShmTransport {
     aborted: AtomicBool,
     /// Peers' shared buffers mapped here.
     mapped: super::shared::PeerMappings,
-    /// Where this host's ranks last waited: the `cpu` cells of their control blocks.
-    board: CpuBoard,
 }
 
 fn control_bytes() -> usize {
@@ -571,8 +572,8 @@ impl ShmTransport {
             })
             .collect();
         // SAFETY: the segments, whose Controls hold the cells, move into the transport with
-        // the board and outlive it (fields drop after the struct is gone, and nothing else
-        // frees them); Control's fields are only touched atomically.
+        // the board, which is dropped first (field order) and nothing else unmaps them;
+        // Control's fields are only touched atomically.
         let board = unsafe { CpuBoard::over(rank, cells) };
         Ok(ShmTransport {
             rank,
