@@ -12,7 +12,7 @@
 //! CPU of its affinity mask that no rank of the host uses, and at once gives itself its own
 //! mask back: the thread stays where it was moved, and keeps every CPU its caller allowed.
 //! Of the free CPUs it takes one on a core no rank uses, then one that shares its last-level
-//! cache, then one in its package ([`pick_cpu`]): a rank moved to another socket would leave
+//! cache, then one in its package (`pick_cpu`): a rank moved to another socket would leave
 //! its memory behind.
 //! It publishes the CPU it moves to before it moves: the peer runs as soon as this thread
 //! leaves the CPU (on a VM the target CPU can take tens of microseconds to wake), and had it
@@ -133,9 +133,10 @@ impl CpuBoard {
         self.cells.get(r).and_then(|&c| unsafe { c.as_ref() })
     }
 
-    /// What a waiter does after finding nothing to do for a while, waiting for `peer`:
-    /// publishes this rank's CPU and, if `peer` last waited on it and no move was made in the
-    /// last [`MOVE_INTERVAL`], moves this thread to a free CPU. True if it moved.
+    /// What a waiter does after finding nothing to do for a while, waiting for `peer`: unless
+    /// it tried a move in the last [`MOVE_INTERVAL`] (then nothing, not even publishing),
+    /// publishes this rank's CPU and, if `peer` last waited on it, moves this thread to a free
+    /// CPU. True if it moved.
     pub(crate) fn on_wait(&self, peer: usize, now: Instant) -> bool {
         let mut moves = self.moves.lock().unwrap_or_else(|p| p.into_inner());
         if moves.last.is_some_and(|t| now.duration_since(t) < MOVE_INTERVAL) || !self.shares_cpu_with(peer) {
