@@ -5,7 +5,7 @@
 //! waiters do before they sleep, keeps both runnable there while another CPU idles, until the
 //! load balancer acts tens of milliseconds later. On the 2-vCPU development VM that held whole
 //! 2000-call runs of 2-rank all-reduces of 4 KiB at 8.5 us instead of 1.0 over shared memory
-//! (in 4 of 15 unbound runs), and at 16-19 us instead of 10-12 over loopback TCP.
+//! (in 4 of 15 unbound runs), and at 16-19 us instead of 7-12 over loopback TCP.
 //!
 //! So each rank publishes, in memory every rank of the host maps, the CPU it ran on when it
 //! last waited. A waiter that finds the peer it waits for on its own CPU moves itself to a
