@@ -184,7 +184,7 @@ impl CpuBoard {
         };
         let taken: Vec<usize> =
             (0..self.cells.len()).map(|r| self.published(r)).filter(|&c| c != 0).map(|c| c as usize - 1).collect();
-        let allowed: Vec<usize> = (0..CpuSet::count()).filter(|&c| mask.is_set(c).unwrap_or(false)).collect();
+        let allowed = cpus_in(&mask);
         let here = nix::sched::sched_getcpu().ok();
         let Some(target) = pick_cpu(&allowed, &taken, here, topology()) else {
             return false;
@@ -204,6 +204,11 @@ impl CpuBoard {
         let _ = sched_setaffinity(Pid::from_raw(0), &mask);
         true
     }
+}
+
+/// The CPUs in `mask`, ascending.
+fn cpus_in(mask: &nix::sched::CpuSet) -> Vec<usize> {
+    (0..nix::sched::CpuSet::count()).filter(|&c| mask.is_set(c).unwrap_or(false)).collect()
 }
 
 /// Where a CPU sits: its package, its core within it, and its last-level cache (`None`
@@ -265,9 +270,7 @@ pub(crate) fn pick_cpu(allowed: &[usize], taken: &[usize], here: Option<usize>, 
 pub(crate) mod pin {
     /// The CPUs this thread may run on.
     pub fn allowed_cpus() -> Vec<usize> {
-        use nix::sched::{sched_getaffinity, CpuSet};
-        let mask = sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
-        (0..CpuSet::count()).filter(|&c| mask.is_set(c).unwrap()).collect()
+        super::cpus_in(&nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap())
     }
 
     /// Restricts this thread to `cpus`.
