@@ -11,6 +11,9 @@ the separately measured `auto` row; where `mapped` is chosen but the buffers can
 mapped, its fallback); and for every algorithm at 64 KiB and above, its
 prediction against its measured time. Out-of-place times. Prints markdown.
 
+Where the rows carry the in-place prediction too (`predicted X in-place Y`), it also counts
+the in-place times within 25% of that prediction, and of the out-of-place one.
+
 It also counts the cells where the automatic choice ran another algorithm than the model's
 best-priced one (the trials overturned the model, see src/select.rs) and whether that
 algorithm's own time was more than 3% better or worse than the model's pick's.
@@ -29,6 +32,7 @@ from collections import defaultdict
 
 HEADER = re.compile(r"^# oxccl-bench (\w+): (\d+) ranks over (\w+),")
 PROBE = re.compile(r"^# cache-line round trip (before the run|from here on|after the run): .*?(\d+)(?:-(\d+))? ns")
+IN_PLACE = re.compile(r"^\s*(\d+)\s+(\d+)\s+\S+\s+\S+\s+-?\d+\s+[\d.]+\s+\S+\s+\S+\s+\S+\s+([\d.]+)\s+\S+\s+\S+\s+\S+\s+(\S+)\s+predicted\s+(\S+)\s+in-place\s+(\S+)")
 ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+\S+\s+\S+\s+-?\d+\s+([\d.]+)\s+\S+\s+\S+\s+\S+\s+[\d.]+\s+\S+\s+\S+\s+\S+\s+(\S+)(?:\s+predicted\s+(\S+))?")
 
 
@@ -68,6 +72,28 @@ def parse(paths):
             if old is None or us < old[0]:
                 cells[ctx + (size,)][variant] = (us, p)
     return cells, placed
+
+
+def parse_in_place(paths):
+    """The in-place column of logs whose rows carry the in-place prediction too (`predicted X
+    in-place Y`): (transport, ranks, coll, size) -> {variant: (in-place us, predicted out of
+    place, predicted in place)}, each variant's best time over the logs."""
+    cells = defaultdict(dict)
+    for path in paths:
+        ctx = None
+        for line in open(path):
+            m = HEADER.match(line)
+            if m:
+                ctx = (m.group(3), int(m.group(2)), m.group(1))
+                continue
+            m = IN_PLACE.match(line)
+            if not m or ctx is None or m.group(6) in ("-", "NaN", "nan"):
+                continue
+            key, us = ctx + (int(m.group(1)),), float(m.group(3))
+            old = cells[key].get(m.group(4))
+            if old is None or us < old[0]:
+                cells[key][m.group(4)] = (us, float(m.group(5)), float(m.group(6)))
+    return cells
 
 
 def placement_of(placed):
@@ -198,6 +224,23 @@ def main():
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for t, (n, w, b, e) in sorted(trials.items()):
         print(f"| {t} | {n} | {w + b + e} | {w} | {b} | {e} |")
+    in_place = parse_in_place(args)
+    if in_place:
+        # transport -> [predictions, in-place form within 25%, out-of-place price within 25%]
+        ip = defaultdict(lambda: [0, 0, 0])
+        for (t, p, coll, size), v in in_place.items():
+            for name, (us, out_pred, in_pred) in v.items():
+                if size < 65536 or name.startswith("auto(") or us <= 0:
+                    continue
+                x = ip[t]
+                x[0] += 1
+                x[1] += abs(in_pred / us - 1) <= 0.25
+                x[2] += abs(out_pred / us - 1) <= 0.25
+        print("\n### In place (every algorithm, 64 KiB and above)\n")
+        print("| transport | predictions | in-place price within 25% | out-of-place price within 25% |")
+        print("| --- | ---: | ---: | ---: |")
+        for t, (n, w, wo) in sorted(ip.items()):
+            print(f"| {t} | {n} | {w} ({100 * w / n:.0f}%) | {wo} ({100 * wo / n:.0f}%) |")
     if show_cells:
         print("\n### Every cell\n")
         print("| transport | ranks | collective | size | oracle | oracle us | auto choice | auto us | ratio (auto row) | ratio (choice's own time) |")

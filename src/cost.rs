@@ -59,6 +59,11 @@ pub struct Call {
     pub op: ReduceOp,
     /// Pipeline chunk size in bytes.
     pub chunk_bytes: usize,
+    /// Made in place (output and input one buffer, as DDP's all-reduce and FSDP's
+    /// all-gather are). Priced by each algorithm's in-place form; the automatic choice
+    /// itself prices calls out of place, since ranks may mix the two forms (see
+    /// [`Model::in_place`]).
+    pub in_place: bool,
 }
 
 /// The configuration's default chunk size, which [`Call::new`] prices at and calibration
@@ -68,9 +73,26 @@ fn default_chunk_bytes() -> usize {
 }
 
 impl Call {
-    /// A call with the default chunk size (512 KiB).
+    /// An out-of-place call with the default chunk size (512 KiB).
     pub fn new(coll: Collective, bytes: usize, dtype: DataType, op: ReduceOp) -> Call {
-        Call { coll, bytes, dtype, op, chunk_bytes: default_chunk_bytes() }
+        Call { coll, bytes, dtype, op, chunk_bytes: default_chunk_bytes(), in_place: false }
+    }
+
+    /// The same call made in place (`true`) or out of place.
+    ///
+    /// ```
+    /// use oxccl::cost::{self, Call, TuningFile};
+    /// use oxccl::{Algorithm, Collective, DataType, ReduceOp};
+    ///
+    /// let profile = TuningFile::builtin().profile("any-host", "shm");
+    /// let hosts = [0, 0, 0, 0];
+    /// let out = Call::new(Collective::AllGather, 64 << 20, DataType::F32, ReduceOp::Sum);
+    /// let ring = |c: &Call| cost::predict(c, Algorithm::Ring, &hosts, &profile).unwrap().total();
+    /// // In place, the ring has no own block to copy into its output.
+    /// assert!(ring(&out.with_in_place(true)) < ring(&out));
+    /// ```
+    pub fn with_in_place(self, in_place: bool) -> Call {
+        Call { in_place, ..self }
     }
 
     fn model<'a>(&self, hosts: &'a [usize], profile: &'a Profile) -> Model<'a> {
@@ -83,6 +105,7 @@ impl Call {
             profile,
             chunk_bytes: self.chunk_bytes,
             footprint_cap: f64::INFINITY,
+            in_place: self.in_place,
         }
     }
 }
@@ -107,13 +130,24 @@ pub fn applies(algo: Algorithm, hosts: &[usize], profile: &Profile) -> bool {
 
 /// Every candidate algorithm of `call.coll` with its predicted time at `call.chunk_bytes`,
 /// fastest first (the communicator's choice, [`crate::select::candidates`], with that
-/// chunk size fixed).
+/// chunk size fixed). A call in place is priced in place, each algorithm at the chunk size
+/// the choice takes for it.
 pub fn rank_algorithms(call: &Call, hosts: &[usize], profile: &Profile) -> Vec<(Algorithm, Cost)> {
     let cfg = crate::Config::default().with_chunk_bytes(call.chunk_bytes);
-    crate::select::candidates(call.coll, call.bytes, call.dtype, call.op, hosts, profile, &cfg)
-        .into_iter()
-        .map(|c| (c.algo, c.predicted))
-        .collect()
+    let mut ranked: Vec<(Algorithm, Cost)> =
+        crate::select::candidates(call.coll, call.bytes, call.dtype, call.op, hosts, profile, &cfg)
+            .into_iter()
+            .map(|c| {
+                let priced = if call.in_place {
+                    predict(&Call { chunk_bytes: c.chunk_bytes, ..*call }, c.algo, hosts, profile)
+                } else {
+                    None
+                };
+                (c.algo, priced.unwrap_or(c.predicted))
+            })
+            .collect();
+    ranked.sort_by(|a, b| a.1.total().total_cmp(&b.1.total()));
+    ranked
 }
 
 /// The algorithm of least predicted time for `call`, and that time.

@@ -101,7 +101,7 @@ pub fn candidates(
     profile: &Profile,
     cfg: &Config,
 ) -> Vec<Choice> {
-    let call = Call { coll, bytes, dtype, op, chunk_bytes: cfg.chunk_bytes };
+    let call = Call { chunk_bytes: cfg.chunk_bytes, ..Call::new(coll, bytes, dtype, op) };
     let small = if coll == Collective::AllReduce { cfg.small_bytes } else { None };
     let mut v: Vec<Choice> = oxccl_algorithms::registry::algorithms(coll)
         .iter()
@@ -279,7 +279,7 @@ pub fn choose(
     forced: Option<Algorithm>,
     cfg: &Config,
 ) -> Choice {
-    let call = Call { coll, bytes, dtype, op, chunk_bytes: cfg.chunk_bytes };
+    let call = Call { chunk_bytes: cfg.chunk_bytes, ..Call::new(coll, bytes, dtype, op) };
     let ranked = candidates(coll, bytes, dtype, op, hosts, profile, cfg);
     if let Some(a) = forced {
         let c = priced(&call, a, hosts, profile, cfg).unwrap_or(Choice {

@@ -398,6 +398,12 @@ pub struct Model<'a> {
     /// halfway at 64 MiB of footprint, priced 256 MiB calls at 1.1-1.4x their time, where the
     /// measured time per byte had gone flat.)
     pub footprint_cap: f64,
+    /// The call is made in place (output and input one buffer): algorithms with an in-place
+    /// form of their own price it, the others drop the copy of their own block into the
+    /// output, and the footprint counts one buffer. Only predictions read it: the automatic
+    /// choice prices calls out of place, since ranks may differ in the form they call with
+    /// and must still choose alike.
+    pub in_place: bool,
 }
 
 impl Model<'_> {
@@ -432,12 +438,13 @@ impl Model<'_> {
         self.host_sizes().into_iter().max().unwrap_or(1)
     }
 
-    /// Bytes each core touches in the call: a rank's input and output, times the ranks
-    /// sharing a core. What decides whether the data stays in cache. At most
+    /// Bytes each core touches in the call: a rank's input and output (one buffer in place),
+    /// times the ranks sharing a core. What decides whether the data stays in cache. At most
     /// [`Model::footprint_cap`].
     pub fn footprint(&self) -> f64 {
         let (n, p) = (self.n(), self.p().max(1) as f64);
         let per_rank = match self.coll {
+            _ if self.in_place => n,
             Collective::AllGather | Collective::ReduceScatter => n + n / p,
             _ => 2.0 * n,
         };
@@ -498,6 +505,23 @@ impl Model<'_> {
     /// Copying `bytes` bytes locally.
     pub fn copy(&self, bytes: f64) -> Cost {
         Cost { transfer: bytes * self.profile.copy * self.oversubscription(), ..Cost::default() }
+    }
+
+    /// How far the call's footprint is out of cache: `w / (w + cache_bytes)` of the flat
+    /// link's curve ([`Link::beta_at`]'s blend), from 0 (all in cache) towards 1.
+    pub fn out_of_cache_share(&self) -> f64 {
+        let w = self.footprint();
+        w / (w + self.link(Level::Flat).cache_bytes.max(1.0))
+    }
+
+    /// Copying the rank's own block of `bytes` bytes from its input into its output: a local
+    /// copy out of place, nothing in place (the block is already where it belongs).
+    pub fn place_own(&self, bytes: f64) -> Cost {
+        if self.in_place {
+            Cost::default()
+        } else {
+            self.copy(bytes)
+        }
     }
 
     /// How many chunks of at most `chunk_bytes` a message of `bytes` is cut into (at least 1).
@@ -633,6 +657,7 @@ pub(crate) mod tests {
             profile: &pr,
             chunk_bytes: 1 << 18,
             footprint_cap: f64::INFINITY,
+            in_place: false,
         };
         assert_eq!(m.oversubscription(), 1.0);
         let s = m.steps(Level::Intra, 2.0, 3.0, 1000.0);
@@ -689,6 +714,7 @@ pub(crate) mod tests {
                 profile: pr,
                 chunk_bytes: 1 << 18,
                 footprint_cap: f64::INFINITY,
+                in_place: false,
             };
             (m.reduce_fused(4.0, 1000.0), m.reduce(750.0))
         };
@@ -732,10 +758,85 @@ pub(crate) mod tests {
                     profile: &pr,
                     chunk_bytes: 1 << 18,
                     footprint_cap: f64::INFINITY,
+                    in_place: false,
                 };
                 let want = m.reduce_fused(4.0, m.n()).measured;
                 assert_eq!(cost(&m).measured, want, "{coll} {dtype}");
                 assert_eq!(want > 0.0, dtype == DataType::Bf16, "{coll} {dtype}: {want}");
+            }
+        }
+    }
+    #[test]
+    fn calls_in_place_are_priced_in_their_own_form() {
+        use crate::registry::{algorithms, cost_formula, Algorithm};
+        fn at<'a>(pr: &'a Profile, coll: Collective, hosts: &'a [usize], in_place: bool) -> Model<'a> {
+            Model {
+                coll,
+                bytes: 12 << 20,
+                dtype: DataType::F32,
+                op: ReduceOp::Sum,
+                hosts,
+                profile: pr,
+                chunk_bytes: 1 << 18,
+                footprint_cap: f64::INFINITY,
+                in_place,
+            }
+        }
+        let pr = profile();
+        let model = |coll, hosts, in_place| at(&pr, coll, hosts, in_place);
+        let (two, three, four, eight) = ([0usize; 2], [0usize; 3], [0usize; 4], [0usize; 8]);
+        let four = &four[..];
+        let n = (12 << 20) as f64;
+        // One buffer in place; out of place the input and output (the block's share where it
+        // is a block).
+        for (coll, out) in [
+            (Collective::AllReduce, 2.0 * n),
+            (Collective::AllGather, n + n / 2.0),
+            (Collective::ReduceScatter, n + n / 2.0),
+            (Collective::AllToAll, 2.0 * n),
+        ] {
+            assert_eq!(model(coll, &two, false).footprint(), out, "{coll}");
+            assert_eq!(model(coll, &two, true).footprint(), n, "{coll}");
+        }
+        // The test profile's link costs the same in cache and out of it, so what differs is
+        // the form alone.
+        let (m, mi) = (model(Collective::AllGather, four, false), model(Collective::AllGather, four, true));
+        let diff = |f: CostFn| f(&m).total() - f(&mi).total();
+        let own = m.copy(n / 4.0).total();
+        // The ring's own copy hides behind its first send in cache: in place saves its
+        // out-of-cache share only (one buffer of 12 MiB per rank, two ranks per core of the
+        // profile's two, against the curve's 1 MB).
+        let share = (24 << 20) as f64 / ((24 << 20) as f64 + 1e6);
+        assert_eq!(mi.out_of_cache_share(), share);
+        assert!((diff(crate::all_gather::ring::cost) - own * share).abs() < 1e-15, "the ring's own block");
+        assert!((diff(crate::all_gather::mapped::cost) - own).abs() < 1e-15, "mapped: the own block");
+        assert!((diff(crate::all_gather::mapped_ring::cost) - own).abs() < 1e-15, "mapped ring: the own block");
+        let (m, mi) = (model(Collective::ReduceScatter, four, false), model(Collective::ReduceScatter, four, true));
+        let rs = crate::reduce_scatter::mapped_ring::cost;
+        assert!((rs(&m).total() - rs(&mi).total() - own).abs() < 1e-15, "mapped ring reduce-scatter");
+        // Pairwise all-to-all in place: one pair at a time, p-1 steps, every block sent
+        // through scratch; dearer than posting every exchange at once.
+        let (m, mi) = (model(Collective::AllToAll, four, false), model(Collective::AllToAll, four, true));
+        let pw = crate::all_to_all::pairwise::cost;
+        let want = mi.steps(Level::Flat, 3.0, mi.chunks(n / 4.0), n / 4.0) + mi.copy(0.75 * n);
+        assert_eq!(pw(&mi), want);
+        assert!(pw(&mi).total() > pw(&m).total());
+        // Mapped all-to-all in place: half of each pair's two blocks, three copies each.
+        let ma = crate::all_to_all::mapped::cost;
+        assert!((ma(&mi).total() - ma(&m).total() - m.copy(1.125 * n - n).total()).abs() < 1e-15);
+        // Every other formula is no dearer in place (the own copy, if any, goes) and changes
+        // by nothing else at 2-8 ranks on one host.
+        for coll in [Collective::AllReduce, Collective::AllGather, Collective::ReduceScatter, Collective::Broadcast] {
+            for &algo in algorithms(coll) {
+                if algo == Algorithm::Hierarchical {
+                    continue;
+                }
+                for hosts in [&two[..], &three, four, &eight] {
+                    let f = cost_formula(coll, algo).expect("a formula");
+                    let (o, i) = (f(&model(coll, hosts, false)), f(&model(coll, hosts, true)));
+                    assert!(i.total() <= o.total(), "{coll} {algo:?} at {}: {i} > {o}", hosts.len());
+                    assert_eq!((i.latency, i.reduce), (o.latency, o.reduce), "{coll} {algo:?}");
+                }
             }
         }
     }

@@ -205,6 +205,7 @@ mod tests {
                 profile: pr,
                 chunk_bytes: 1 << 18,
                 footprint_cap: f64::INFINITY,
+                in_place: false,
             };
             let c = predict(Algorithm::Ring, &m).expect("ring all-reduce");
             // The per-byte terms (the latency terms count chunks, not bytes).

@@ -74,8 +74,9 @@ struct Args {
     #[arg(long = "bind-to", default_value = "none")]
     bind_to: oxccl::launch::Binding,
     /// Print the cost model's reasoning: at each size every algorithm is measured (as with
-    /// `--compare`) and each row ends with the algorithm and its predicted time; the `auto`
-    /// row names the choice.
+    /// `--compare`) and each row ends with the algorithm and its predicted times, out of
+    /// place and in place (`predicted 12.30 in-place 10.10`, us); the `auto` row names the
+    /// choice.
     #[arg(long)]
     explain: bool,
     /// Measure this host's transport and kernels (see `oxccl::cost::calibrate`) and add the
@@ -924,9 +925,14 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
         // The automatic row is priced as what it runs: on memory the ranks cannot map, the
         // fallback of a chosen mapped algorithm.
         let runs = if b.mapped() || b.on_device() { chosen } else { fallback };
+        // Out of place as chosen, and the same algorithm and chunk size priced in place.
         let predicted = |name: &str| {
             let a = if name == "auto" { runs } else { Algorithm::parse(name)? };
-            priced.iter().find(|c| c.algo == a).map(|c| c.predicted.total() * 1e6)
+            let c = priced.iter().find(|c| c.algo == a)?;
+            let call =
+                oxccl::cost::Call { chunk_bytes: c.chunk_bytes, ..oxccl::cost::Call::new(coll, size, T::DTYPE, op) };
+            let in_place = oxccl::cost::predict(&call.with_in_place(true), a, comm.hosts(), comm.profile());
+            Some((c.predicted.total() * 1e6, in_place.map_or(f64::NAN, |t| t.total() * 1e6)))
         };
         for (variant, (times, wrong)) in variants.iter().zip(results) {
             wrong_total += (wrong[0] + wrong[1]) as usize;
@@ -960,7 +966,7 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
                 }
                 if args.explain {
                     match predicted(name) {
-                        Some(us) => line.push_str(&format!("  predicted {us:.2}")),
+                        Some((us, in_place)) => line.push_str(&format!("  predicted {us:.2} in-place {in_place:.2}")),
                         None => line.push_str("  predicted -"),
                     }
                 }

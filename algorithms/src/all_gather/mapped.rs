@@ -11,7 +11,8 @@
 //! pushes). Where some rank's buffers cannot be mapped, the automatic choice runs the next-best
 //! algorithm instead; forced, it is an error.
 //!
-//! Cost: 3 rounds of p-1 concurrent messages + n·β_copy.
+//! Cost: 3 rounds of p-1 concurrent messages + n·β_copy ((p-1)/p·n·β_copy in place, where the
+//! own block is already in place).
 
 use oxccl_transport::Result;
 
@@ -27,7 +28,7 @@ const PIECE: usize = 64 << 10;
 /// and a non-empty call.
 pub fn cost(m: &Model<'_>) -> Cost {
     let (p, n) = (m.p() as f64, m.n());
-    m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.copy(n)
+    m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.copy((p - 1.0) / p * n) + m.place_own(n / p)
 }
 
 /// Runs mapped all-gather; an InvalidUsage error on every rank when some rank's buffers cannot be

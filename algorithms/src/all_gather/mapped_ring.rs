@@ -11,7 +11,7 @@
 //! Memory traffic per rank: (p-1)·n/p read from the left neighbour and as much written (n/p
 //! more of each out of place). Messages: p-2 one-byte messages to the right, in order.
 //!
-//! Cost: (p-1 + 3) rounds (p-1 of one message) + n·β_copy.
+//! Cost: (p-1 + 3) rounds (p-1 of one message) + n·β_copy ((p-1)/p·n·β_copy in place).
 
 use oxccl_transport::Result;
 
@@ -23,7 +23,10 @@ use crate::mapped::{PeerBuffers, RingSignals};
 /// and a non-empty call.
 pub fn cost(m: &Model<'_>) -> Cost {
     let (p, n) = (m.p() as f64, m.n());
-    m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.steps(Level::Flat, p - 1.0, 1.0, 0.0) + m.copy(n)
+    m.steps(Level::Flat, 3.0, p - 1.0, 0.0)
+        + m.steps(Level::Flat, p - 1.0, 1.0, 0.0)
+        + m.copy((p - 1.0) / p * n)
+        + m.place_own(n / p)
 }
 
 /// The schedule over mapped buffers.

@@ -14,7 +14,9 @@
 //! Memory traffic per rank: n read, n written. Where some rank's buffers cannot be mapped, the
 //! automatic choice runs the next-best algorithm instead; forced, it is an error.
 //!
-//! Cost: 3 rounds of p-1 concurrent messages + n·β_copy.
+//! Cost: 3 rounds of p-1 concurrent messages + n·β_copy; in place, each pair's two blocks
+//! pass through a scratch piece, each rank moving half of them in three copies:
+//! 3/2·(p-1)/p·n·β_copy.
 
 use oxccl_transport::Result;
 
@@ -27,7 +29,8 @@ use crate::partition::chunks;
 /// and a non-empty call.
 pub fn cost(m: &Model<'_>) -> Cost {
     let (p, n) = (m.p() as f64, m.n());
-    m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.copy(n)
+    let copied = if m.in_place { 1.5 * (p - 1.0) / p * n } else { n };
+    m.steps(Level::Flat, 3.0, p - 1.0, 0.0) + m.copy(copied)
 }
 
 /// Runs mapped all-to-all; an InvalidUsage error on every rank when some rank's buffers cannot be

@@ -12,7 +12,9 @@
 //!
 //! Bytes on the wire per rank: (p-1)/p · n sent and as many received.
 //!
-//! Cost: (p-1)·α + (p-1)/p·n·β.
+//! Cost (k chunks per block): out of place, one step of (p-1)·k messages side by side,
+//! α + ((p-1)·k - 1)·gap + (p-1)/p·n·β + n/p·β_copy; in place, p-1 steps of one pair each,
+//! every block also copied into scratch, (p-1)·(α + (k-1)·gap) + (p-1)/p·n·(β + β_copy).
 
 use std::collections::VecDeque;
 
@@ -42,6 +44,9 @@ fn piece_elems(ctx: &Ctx<'_>, a: &CollArgs) -> usize {
 /// and a non-empty call.
 pub fn cost(m: &Model<'_>) -> Cost {
     let (p, n) = (m.p() as f64, m.n());
+    if m.in_place {
+        return m.steps(Level::Flat, p - 1.0, m.chunks(n / p), n / p) + m.copy((p - 1.0) / p * n);
+    }
     m.steps(Level::Flat, 1.0, (p - 1.0) * m.chunks(n / p), (p - 1.0) / p * n) + m.copy(n / p)
 }
 

@@ -17,7 +17,7 @@
 //! Memory traffic per rank: (p-1)·(2n/p read + n/p written) (+ n/p copied out of place).
 //! Messages: p-1 one-byte messages to the right, in order.
 //!
-//! Cost: (p-1 + 3) rounds (p-1 of one message) + n/p·β_copy + (p-1)/p·n·γ.
+//! Cost: (p-1 + 3) rounds (p-1 of one message) + (p-1)/p·n·γ, plus n/p·β_copy out of place.
 
 use oxccl_transport::Result;
 
@@ -32,7 +32,7 @@ pub fn cost(m: &Model<'_>) -> Cost {
     let (p, n) = (m.p() as f64, m.n());
     m.steps(Level::Flat, 3.0, p - 1.0, 0.0)
         + m.steps(Level::Flat, p - 1.0, 1.0, 0.0)
-        + m.copy(n / p)
+        + m.place_own(n / p)
         + m.reduce((p - 1.0) / p * n)
 }
 
