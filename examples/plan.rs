@@ -94,6 +94,11 @@ struct Args {
     /// model picks for it, to find which call a layout's miss comes from.
     #[arg(long)]
     breakdown: bool,
+    /// Make (under `--replay`) and price every call in place, as DDP's gradient all-reduce
+    /// and FSDP's all-gather are: each call runs the algorithm the communicator chooses
+    /// (which prices calls out of place), priced in its in-place form.
+    #[arg(long)]
+    in_place: bool,
 }
 
 /// Which ranks a collective runs among.
@@ -186,20 +191,24 @@ fn group_hosts(group: Group, hosts: usize, rph: usize, tp: usize) -> Vec<usize> 
 }
 
 /// Seconds the ops of a layout are predicted to take per step.
-fn predict(l: &Layout, profile: &Profile, hosts: usize, rph: usize) -> f64 {
-    l.ops.iter().map(|op| predict_op(l, op, profile, hosts, rph).1).sum()
+fn predict(l: &Layout, profile: &Profile, hosts: usize, rph: usize, in_place: bool) -> f64 {
+    l.ops.iter().map(|op| predict_op(l, op, profile, hosts, rph, in_place).1).sum()
 }
 
-/// The algorithm the model picks for one op of a layout, and the seconds its calls of one
-/// step are predicted to take.
-fn predict_op(l: &Layout, op: &Op, profile: &Profile, hosts: usize, rph: usize) -> (Algorithm, f64) {
+/// The algorithm the model picks for one op of a layout (as the communicator does, out of
+/// place), and the seconds its calls of one step are predicted to take, in place where the
+/// calls are.
+fn predict_op(l: &Layout, op: &Op, profile: &Profile, hosts: usize, rph: usize, in_place: bool) -> (Algorithm, f64) {
     let gh = group_hosts(op.group, hosts, rph, l.tp);
     let local = gh.iter().filter(|&&h| h == 0).count();
     // A group gets its share of a host whose other ranks are busy at the same time.
     let mut p = profile.clone();
     p.cores = profile.cores * local as f64 / rph as f64;
     let call = Call::new(op.coll, op.bytes, DataType::Bf16, ReduceOp::Sum);
-    let (algo, c) = cost::best(&call, &gh, &p);
+    let (algo, mut c) = cost::best(&call, &gh, &p);
+    if in_place {
+        c = cost::predict(&call.with_in_place(true), algo, &gh, &p).unwrap_or(c);
+    }
     (algo, c.total() * op.times as f64)
 }
 
@@ -255,8 +264,16 @@ impl std::ops::DerefMut for Tensor {
 
 fn header(a: &Args, w: usize, hosts: usize, rph: usize) {
     println!(
-        "# {:.3e} parameters, {} layers, hidden {}, sequence {}, micro-batch {}, bf16; {} ranks = {} hosts x {}",
-        a.params, a.layers, a.hidden, a.seq, a.micro_batch, w, hosts, rph
+        "# {:.3e} parameters, {} layers, hidden {}, sequence {}, micro-batch {}, bf16; {} ranks = {} hosts x {}{}",
+        a.params,
+        a.layers,
+        a.hidden,
+        a.seq,
+        a.micro_batch,
+        w,
+        hosts,
+        rph,
+        if a.in_place { "; calls in place" } else { "" }
     );
 }
 
@@ -275,7 +292,7 @@ fn plan(a: &Args) -> oxccl::Result<()> {
     let w = hosts * rph;
     header(a, w, hosts, rph);
     let mut ranked: Vec<(f64, Layout)> =
-        layouts(a, w, rph).into_iter().map(|l| (predict(&l, &profile, hosts, rph), l)).collect();
+        layouts(a, w, rph).into_iter().map(|l| (predict(&l, &profile, hosts, rph, a.in_place), l)).collect();
     ranked.sort_by(|x, y| x.0.total_cmp(&y.0));
     println!("# {:>3}  {:<16} {:>8} {:>12} {:>14}", "", "layout", "calls", "GB moved", "comm ms/step");
     for (i, (t, l)) in ranked.iter().enumerate() {
@@ -326,6 +343,8 @@ fn replay(a: &Args) -> oxccl::Result<()> {
         let max = l.ops.iter().map(|o| o.bytes).max().unwrap_or(0) / ES;
         let (mut send, mut recv) = (Tensor::new(max, a)?, Tensor::new(max, a)?);
         send.fill(bf16::from_f32(1.0));
+        // In place the calls reduce into `recv` itself: finite values, whatever it held.
+        recv.fill(bf16::from_f32(0.0));
         // One op's calls of one step.
         let mut run = |op: &Op| -> oxccl::Result<()> {
             let c = comm_of(op.group);
@@ -333,6 +352,11 @@ fn replay(a: &Args) -> oxccl::Result<()> {
             let per = n / c.size();
             for _ in 0..op.times {
                 match op.coll {
+                    Collective::AllReduce if a.in_place => c.all_reduce(&mut recv[..n], ReduceOp::Sum)?,
+                    Collective::AllGather if a.in_place => c.all_gather(&mut recv[..per * c.size()])?,
+                    Collective::ReduceScatter if a.in_place => {
+                        c.reduce_scatter(&mut recv[..per * c.size()], ReduceOp::Sum)?
+                    }
                     Collective::AllReduce => c.all_reduce_into(&send[..n], &mut recv[..n], ReduceOp::Sum)?,
                     Collective::AllGather => c.all_gather_into(&send[..per], &mut recv[..per * c.size()])?,
                     Collective::ReduceScatter => {
@@ -400,7 +424,7 @@ fn replay(a: &Args) -> oxccl::Result<()> {
                 ops.push((op, chosen, t));
             }
         }
-        let predicted = predict(&l, &profile, hosts, rph);
+        let predicted = predict(&l, &profile, hosts, rph, a.in_place);
         if world.rank() == 0 {
             let (calls, bytes) = describe(&l);
             println!(
@@ -413,7 +437,7 @@ fn replay(a: &Args) -> oxccl::Result<()> {
                 predicted / measured
             );
             for (op, chosen, t) in ops {
-                let (algo, p) = predict_op(&l, op, &profile, hosts, rph);
+                let (algo, p) = predict_op(&l, op, &profile, hosts, rph, a.in_place);
                 let what = format!("{} {} x{} {:?}", op.coll, op.bytes, op.times, op.group);
                 println!(
                     "    {:<40} {:>14.2} {:>14.2} {:>7.2}  model {}, ran {}",

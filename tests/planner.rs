@@ -13,18 +13,21 @@ fn plan_example() -> PathBuf {
     deps.parent().unwrap().join("examples").join("plan")
 }
 
-fn replay(buffers: &str) {
+fn replay(buffers: &str, extra: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_oxrun"))
         .args(["-n", "4"])
         .arg(plan_example())
         .args(["--params", "4e6", "--layers", "2", "--hidden", "256", "--seq", "64", "--micro-batch", "1"])
         .args(["--replay", "--steps", "2", "--buffers", buffers])
+        .args(extra)
         .env("OXCCL_TIMEOUT_MS", "30000")
         .env("OXCCL_TRANSPORT", "shm")
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "replay on {buffers} buffers:\n{text}");
+    let in_place = extra.contains(&"--in-place");
+    assert_eq!(text.contains("; calls in place"), in_place, "the header says whether calls are in place:\n{text}");
     // One row per layout: name, calls, GB moved, predicted ms, measured ms, ratio.
     let rows: Vec<Vec<f64>> = text
         .lines()
@@ -47,6 +50,12 @@ fn replay(buffers: &str) {
 
 #[test]
 fn the_planner_replays_every_layout_on_heap_and_shared_buffers() {
-    replay("heap");
-    replay("shared");
+    replay("heap", &[]);
+    replay("shared", &[]);
+}
+
+#[test]
+fn the_planner_replays_calls_made_in_place() {
+    replay("heap", &["--in-place"]);
+    replay("shared", &["--in-place"]);
 }

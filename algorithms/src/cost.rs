@@ -398,11 +398,12 @@ pub struct Model<'a> {
     /// halfway at 64 MiB of footprint, priced 256 MiB calls at 1.1-1.4x their time, where the
     /// measured time per byte had gone flat.)
     pub footprint_cap: f64,
-    /// The call is made in place (output and input one buffer): algorithms with an in-place
-    /// form of their own price it, the others drop the copy of their own block into the
-    /// output, and the footprint counts one buffer. Only predictions read it: the automatic
-    /// choice prices calls out of place, since ranks may differ in the form they call with
-    /// and must still choose alike.
+    /// The call is made in place (output and input one buffer): the footprint counts one
+    /// buffer, and each algorithm prices the form it runs in place (its file's cost line:
+    /// the own block's copy gone or, for the ring all-gather, the part of it that did not
+    /// hide behind the first send; pairwise and mapped all-to-all swap through scratch).
+    /// Only predictions read it: the automatic choice prices calls out of place, since ranks
+    /// may differ in the form they call with and must still choose alike.
     pub in_place: bool,
 }
 
@@ -766,6 +767,7 @@ pub(crate) mod tests {
             }
         }
     }
+
     #[test]
     fn calls_in_place_are_priced_in_their_own_form() {
         use crate::registry::{algorithms, cost_formula, Algorithm};
