@@ -401,7 +401,9 @@ pub struct Model<'a> {
     /// The call is made in place (output and input one buffer): the footprint counts one
     /// buffer, and each algorithm prices the form it runs in place (its file's cost line:
     /// the own block's copy gone or, for the ring all-gather, the part of it that did not
-    /// hide behind the first send; pairwise and mapped all-to-all swap through scratch).
+    /// hide behind the first send; pairwise and mapped all-to-all swap through scratch;
+    /// Bruck, which works through a scratch copy of the whole vector either way, as out of
+    /// place: [`registry::predict`](crate::registry::predict)).
     /// Only predictions read it: the automatic choice prices calls out of place, since ranks
     /// may differ in the form they call with and must still choose alike.
     pub in_place: bool,
@@ -826,6 +828,15 @@ pub(crate) mod tests {
         // Mapped all-to-all in place: half of each pair's two blocks, three copies each.
         let ma = crate::all_to_all::mapped::cost;
         assert!((ma(&mi).total() - ma(&m).total() - m.copy(1.125 * n - n).total()).abs() < 1e-15);
+        // Bruck runs through a full scratch copy in either form: priced alike, even where the
+        // link's time per byte depends on the footprint.
+        let mut curved = profile();
+        curved.intra.beta_cache = curved.intra.beta / 3.0;
+        for coll in [Collective::AllGather, Collective::AllToAll] {
+            let (o, i) = (at(&curved, coll, four, false), at(&curved, coll, four, true));
+            let bruck = |m: &Model<'_>| crate::registry::predict(Algorithm::Bruck, m).expect("bruck");
+            assert_eq!(bruck(&i), bruck(&o), "{coll}");
+        }
         // Every other formula is no dearer in place (the own copy, if any, goes) and changes
         // by nothing else at 2-8 ranks on one host.
         for coll in [Collective::AllReduce, Collective::AllGather, Collective::ReduceScatter, Collective::Broadcast] {
