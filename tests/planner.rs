@@ -13,7 +13,9 @@ fn plan_example() -> PathBuf {
     deps.parent().unwrap().join("examples").join("plan")
 }
 
-fn replay(buffers: &str, extra: &[&str]) {
+/// Replays every layout; returns each layout's row, its numbers reversed (ratio, measured,
+/// predicted, GB, calls).
+fn replay(buffers: &str, extra: &[&str]) -> Vec<Vec<f64>> {
     let out = Command::new(env!("CARGO_BIN_EXE_oxrun"))
         .args(["-n", "4"])
         .arg(plan_example())
@@ -46,6 +48,7 @@ fn replay(buffers: &str, extra: &[&str]) {
         let (lo, hi) = ((predicted - 0.005) / (measured + 0.005), (predicted + 0.005) / (measured - 0.005));
         assert!(lo - 0.005 <= ratio && ratio <= hi + 0.005, "ratio {ratio} of {predicted} / {measured}:\n{text}");
     }
+    rows
 }
 
 #[test]
@@ -56,6 +59,13 @@ fn the_planner_replays_every_layout_on_heap_and_shared_buffers() {
 
 #[test]
 fn the_planner_replays_calls_made_in_place() {
-    replay("heap", &["--in-place"]);
-    replay("shared", &["--in-place"]);
+    for buffers in ["heap", "shared"] {
+        let (out, inp) = (replay(buffers, &[]), replay(buffers, &["--in-place"]));
+        // The same layouts in the same order, priced in place: never dearer, and ZeRO-3's
+        // all-gathers and reduce-scatters (the second row) have no own blocks to copy.
+        for (o, i) in out.iter().zip(&inp) {
+            assert!(i[2] <= o[2], "{buffers}: in place {i:?}, out of place {o:?}");
+        }
+        assert!(inp[1][2] < out[1][2], "{buffers}: ZeRO-3 in place {:?}, out of place {:?}", inp[1], out[1]);
+    }
 }

@@ -9,7 +9,8 @@
 //! Bytes on the wire per rank: (p-1)/p · n, in ceil(lg p) messages.
 //!
 //! Cost: ceil(lg p)·α + (p-1)/p·n·β, plus a local copy of n: latency-optimal for any p
-//! (recursive doubling needs two extra steps when p is not a power of two).
+//! (recursive doubling needs two extra steps when p is not a power of two). In place the same,
+//! through the same scratch copy: priced as out of place (`registry::predict`).
 
 use oxccl_transport::Result;
 

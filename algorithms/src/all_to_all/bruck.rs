@@ -11,7 +11,8 @@
 //! pairwise's (p-1)/p·n) in ceil(lg p) messages instead of p-1.
 //!
 //! Cost: ceil(lg p)·(α + n/2·β) plus local copies of about 2n per step: for small blocks,
-//! where latency dominates; pairwise wins for large ones.
+//! where latency dominates; pairwise wins for large ones. In place the same, through the same
+//! scratch copy: priced as out of place (`registry::predict`).
 
 use oxccl_transport::Result;
 
