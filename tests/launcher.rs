@@ -67,12 +67,15 @@ fn bound_ranks_run_on_cores_of_their_own() {
     assert!(text.contains("bound= "), "{text}");
     assert_eq!(allowed(text.split_whitespace().last().unwrap()), mine, "{text}");
 
-    // More ranks than cores: auto leaves them unbound, core refuses and says why.
+    // More ranks than cores: auto deals them out round robin, core refuses and says why.
     let over = (cores.len() + 1).to_string();
     let out = oxrun().args(["-n", &over, "--bind-to", "auto", "sh", "-c", show]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.lines().count() == cores.len() + 1, "{text}");
-    assert!(text.lines().all(|l| l.contains("bound= ")), "{text}");
+    for line in text.lines() {
+        let rank: usize = line.split_whitespace().next().unwrap()["rank=".len()..].parse().unwrap();
+        assert_eq!(allowed(line.split_whitespace().last().unwrap()), cores[rank % cores.len()], "{text}");
+    }
     let out = oxrun().args(["-n", &over, "--bind-to", "core", "true"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");

@@ -70,8 +70,10 @@ struct Args {
     #[arg(long)]
     ranks: Option<usize>,
     /// With `--ranks`: where the ranks run. `none` leaves them to the scheduler, `core` puts
-    /// each on a core of its own (as mpirun does), `auto` does so where there are enough.
-    #[arg(long = "bind-to", default_value = "none")]
+    /// each on a core of its own (as mpirun does), `auto` (the default) does so where there
+    /// are enough and deals them out round robin where there are not, so that which ranks
+    /// share a core stays the same for the whole run (see `oxccl::launch::Binding::Auto`)
+    #[arg(long = "bind-to", default_value = "auto")]
     bind_to: oxccl::launch::Binding,
     /// Print the cost model's reasoning: at each size every algorithm is measured (as with
     /// `--compare`) and each row ends with the algorithm and its predicted times, out of

@@ -33,7 +33,8 @@ struct Args {
     #[arg(long)]
     master: Option<String>,
     /// Where the ranks run: `none` (the scheduler decides), `core` (each rank on a core of
-    /// its own, as mpirun binds), or `auto` (core where every rank can have one, else none).
+    /// its own, as mpirun binds), or `auto` (core where every rank can have one, else round
+    /// robin: rank i on core i mod cores).
     #[arg(long = "bind-to", default_value = "none")]
     bind_to: oxccl::launch::Binding,
     /// The program and its arguments.
