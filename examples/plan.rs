@@ -7,7 +7,7 @@
 //! cargo run --release --example plan -- --params 7e9 --layers 32 --hidden 4096 --hosts 4 --ranks-per-host 8
 //! # Validate at small scale on this machine: predicted next to measured, every layout of 4 ranks.
 //! cargo build --release --example plan
-//! oxrun -n 4 target/release/examples/plan --params 50e6 --layers 8 --hidden 1024 --seq 512 --replay
+//! oxrun -n 4 --bind-to auto target/release/examples/plan --params 50e6 --layers 8 --hidden 1024 --seq 512 --replay
 //! ```
 //!
 //! Layouts (W ranks = hosts x ranks per host; T tensor-parallel ranks inside a host, D = W/T

@@ -65,8 +65,7 @@ pub enum Binding {
     /// package and core id; an error where ranks outnumber the cores the launcher may use.
     Core,
     /// [`Binding::Core`] where every rank can have a core of its own; where ranks outnumber
-    /// the cores, rank i on core i mod cores (round robin, as `mpirun --oversubscribe
-    /// --map-by core --bind-to core` places them).
+    /// the cores, rank i on core i mod cores (round robin).
     ///
     /// Why bind ranks that share cores: left to the scheduler, which ranks share a core
     /// moves with every migration, and an exchange between two ranks on one core costs a
