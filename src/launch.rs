@@ -103,17 +103,17 @@ impl Binding {
     /// The CPUs of each of `nprocs` local ranks, from the host's `cores` (each a list of
     /// CPU numbers, as [`usable_cores`] gives them); `None` leaves the ranks unbound.
     pub fn plan(self, nprocs: usize, cores: &[Vec<usize>]) -> Result<Option<Vec<Vec<usize>>>> {
-        let fits = nprocs <= cores.len();
         match self {
-            // No core known (no affinity mask to read): nothing to bind to.
-            Binding::None | Binding::Auto if cores.is_empty() => Ok(None),
             Binding::None => Ok(None),
-            Binding::Auto if !fits => Ok(Some((0..nprocs).map(|i| cores[i % cores.len()].clone()).collect())),
-            Binding::Core if !fits => Err(Error::invalid_argument(format!(
+            // No core known (no affinity mask to read): nothing to bind to.
+            Binding::Auto if cores.is_empty() => Ok(None),
+            // Round robin: a core each where they fit, core i mod cores where they do not.
+            Binding::Auto => Ok(Some((0..nprocs).map(|i| cores[i % cores.len()].clone()).collect())),
+            Binding::Core if nprocs > cores.len() => Err(Error::invalid_argument(format!(
                 "--bind-to core: {nprocs} ranks but only {} cores here (use --bind-to none or auto)",
                 cores.len()
             ))),
-            Binding::Core | Binding::Auto => Ok(Some(cores[..nprocs].to_vec())),
+            Binding::Core => Ok(Some(cores[..nprocs].to_vec())),
         }
     }
 }
