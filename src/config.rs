@@ -193,8 +193,10 @@ pub struct Config {
     /// At start-up, time the all-reduce at three sizes and scale the profile's latency and
     /// per-byte terms to what it measured (`OXCCL_TUNE=quick`, under 200 ms; see
     /// [`crate::cost::quick_rescale`]): for a machine busier or slower than its profile.
-    /// Where the profile is of this machine's processor, leave it off: on the development VM
-    /// its probes' noise made the predictions worse (benches/COST_MODEL.md).
+    /// Where the profile was measured on this machine lately, leave it off: on the development
+    /// VM its probes' noise made the predictions worse on the day of the calibration (63% within
+    /// 25% against 88%) and better a day later, once the machine had drifted (74% against 65%;
+    /// benches/COST_MODEL.md).
     pub tune_at_init: bool,
     /// Chunks in flight per pipelined stream. Default 4.
     pub pipeline_depth: usize,
