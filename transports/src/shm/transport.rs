@@ -1143,6 +1143,18 @@ impl Transport for ShmTransport {
             let start = *start.get_or_insert(now);
             let spin_until = start + self.opts.spin;
             let yield_until = spin_until + self.opts.yield_for;
+            // Past the deadline nothing else is done (no move, no spin): a waiter preempted
+            // for longer than its deadline's margin fails at its next look at the clock.
+            if now >= deadline {
+                let info = &st.reqs[&req.0];
+                let dir = if info.is_send { "send to" } else { "receive from" };
+                let e = Error::timeout(
+                    format!("{dir} peer {} (tag {}) did not complete", info.peer, info.tag),
+                    now - start,
+                )
+                .with_peer(info.peer);
+                return Err(self.fail_state(&mut st, e));
+            }
             // With a core for every rank, a waiter whose peer runs on its own CPU moves to a
             // free one (see `crate::placement`). Sleeping instead took 300 futex round trips
             // of ~20 us before the kernel parted such a pair.
@@ -1159,16 +1171,6 @@ impl Transport for ShmTransport {
                     std::thread::yield_now();
                 }
                 continue;
-            }
-            if now >= deadline {
-                let info = &st.reqs[&req.0];
-                let dir = if info.is_send { "send to" } else { "receive from" };
-                let e = Error::timeout(
-                    format!("{dir} peer {} (tag {}) did not complete", info.peer, info.tag),
-                    now - start,
-                )
-                .with_peer(info.peer);
-                return Err(self.fail_state(&mut st, e));
             }
             if now.duration_since(st.last_liveness) > Duration::from_millis(20) {
                 st.last_liveness = now;
