@@ -1436,6 +1436,28 @@ mod tests {
         }
     }
 
+    /// A wait whose deadline has passed fails at its first look at the clock without acting
+    /// on it: no move to a free CPU even where its peer was last seen on its own CPU. (It
+    /// moved first and looked at the deadline after; a waiter preempted past its deadline
+    /// then moved twice in a wait meant to allow one.)
+    #[test]
+    fn a_wait_past_its_deadline_does_not_move() {
+        let all = allowed_cpus();
+        let opts = ShmOptions { spin: Duration::from_micros(5), cores_shared: false, ..ShmOptions::default() };
+        let ts = world(2, opts);
+        run_on(&all[..1]);
+        assert!(!ts[1].board.shares_cpu_with(0));
+        assert!(ts[0].board.shares_cpu_with(1), "both ranks published one CPU");
+        run_on(&all);
+        let mut got = [0u8; 1];
+        // SAFETY: `got` outlives the request, which the failed wait drops.
+        let req = unsafe { ts[0].post_recv(1, Tag(3), RegionMut::from_slice(&mut got)).unwrap() };
+        let e = ts[0].wait(req, Instant::now()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        assert_eq!(ts[0].board.moves(), 0, "{} CPUs: moved past the deadline", all.len());
+        assert_eq!(allowed_cpus(), all);
+    }
+
     /// A message that fits one slot and finds nothing queued goes out at once (the fast path),
     /// written with the stores the slot-store mode chooses, as a queued one is. (It was
     /// always written with ordinary stores: with the cores far apart, every message of up to
