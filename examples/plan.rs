@@ -393,11 +393,27 @@ fn replay(a: &Args) -> oxccl::Result<()> {
         // The median over the steps of the time of `f` from the first rank's start to the
         // last rank's end. With more ranks than cores, a rank may leave the opening barrier
         // long after another (it waits for a core), and a group whose calls do not involve
-        // it may finish in the meantime: each rank's own time misses that. A closing barrier
-        // makes every rank's time reach the end of the slowest, and the longest of them
-        // starts with the first; the barrier's own time, measured alone, is taken off.
+        // it may finish in the meantime: each rank's own time misses that. On one host the
+        // ranks share the kernel's monotonic clock, so the span is read off it directly:
+        // the earliest start to the latest end, nothing subtracted. Across hosts a closing
+        // barrier makes every rank's time reach the end of the slowest, and the longest of
+        // them starts with the first; the fastest barrier, timed alone, is taken off (its
+        // median could exceed a small step's whole span on a loaded host).
+        let one_host = hosts == 1;
+        let monotonic = || -> f64 {
+            let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+            t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9
+        };
         let span = |f: &mut dyn FnMut() -> oxccl::Result<()>| -> oxccl::Result<f64> {
             world.barrier()?;
+            if one_host {
+                let start = monotonic();
+                f()?;
+                // Max of (-start, end): the earliest start and the latest end.
+                let mut t = [-start, monotonic()];
+                world.all_reduce(&mut t, ReduceOp::Max)?;
+                return Ok(t[1] + t[0]);
+            }
             let t0 = Instant::now();
             f()?;
             world.barrier()?;
@@ -405,9 +421,12 @@ fn replay(a: &Args) -> oxccl::Result<()> {
             world.all_reduce(&mut t, ReduceOp::Max)?;
             Ok(t[0])
         };
-        let mut barriers = (0..a.steps.max(5)).map(|_| span(&mut || Ok(()))).collect::<oxccl::Result<Vec<f64>>>()?;
-        barriers.sort_by(f64::total_cmp);
-        let barrier = barriers[barriers.len() / 2];
+        let barrier = if one_host {
+            0.0
+        } else {
+            let barriers = (0..a.steps.max(5)).map(|_| span(&mut || Ok(()))).collect::<oxccl::Result<Vec<f64>>>()?;
+            barriers.into_iter().fold(f64::INFINITY, f64::min)
+        };
         let median_time = |f: &mut dyn FnMut() -> oxccl::Result<()>| -> oxccl::Result<f64> {
             let mut times = (0..a.steps.max(1)).map(|_| span(f)).collect::<oxccl::Result<Vec<f64>>>()?;
             times.sort_by(f64::total_cmp);
