@@ -528,6 +528,13 @@ impl Transport for TcpTransport {
                 continue;
             }
             let now = Instant::now();
+            // The deadline first: a waiter preempted past it must not move again before it
+            // looks (a 2-rank test waiting half a move interval moved twice under load).
+            if now >= deadline {
+                let (peer, what) = e.describe(req.0);
+                let err = Error::timeout(what, now - start).with_peer(peer);
+                return Err(e.fail(err));
+            }
             // A waiter whose peer runs on its own CPU moves to a free one (see
             // `crate::placement`): over loopback such a pair ran 2-rank 4 KiB all-reduces at
             // 16-19 us instead of 7-12 until the load balancer parted it.
@@ -536,11 +543,6 @@ impl Transport for TcpTransport {
                 if e.peer_of(req.0).is_some_and(|peer| board.on_wait(peer, now)) {
                     continue;
                 }
-            }
-            if now >= deadline {
-                let (peer, what) = e.describe(req.0);
-                let err = Error::timeout(what, now - start).with_peer(peer);
-                return Err(e.fail(err));
             }
             if now < yield_until {
                 // Let a peer that shares this core run: when the scheduler puts both ranks
@@ -671,6 +673,28 @@ mod tests {
             assert_eq!(moved, expect_move, "{} CPUs, board: {with_board}", all.len());
             assert_eq!(allowed_cpus(), all, "the thread's own mask is given back");
         }
+    }
+
+    /// A wait whose deadline has passed times out without moving, even where its peer
+    /// published this rank's CPU.
+    #[test]
+    fn a_wait_past_its_deadline_does_not_move() {
+        use crate::placement::pin::{allowed_cpus, run_on};
+        let all = allowed_cpus();
+        let opts = TcpOptions { spin: Duration::from_micros(5), cpu_board_ranks: vec![0, 1], ..TcpOptions::default() };
+        let ts: Vec<_> = world(2, opts, [29; 16]).into_iter().map(Result::unwrap).collect();
+        run_on(&all[..1]);
+        let (b0, b1) = (ts[0].board.as_ref().unwrap(), ts[1].board.as_ref().unwrap());
+        assert!(!b1.shares_cpu_with(0));
+        assert!(b0.shares_cpu_with(1), "both ranks published one CPU");
+        run_on(&all);
+        let mut got = [0u8; 1];
+        // SAFETY: `got` outlives the request, which the failed wait drops.
+        let req = unsafe { ts[0].post_recv(1, Tag(3), RegionMut::from_slice(&mut got)).unwrap() };
+        let e = ts[0].wait(req, Instant::now()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        assert_eq!(b0.moves(), 0, "{} CPUs: moved past the deadline", all.len());
+        assert_eq!(allowed_cpus(), all);
     }
 
     /// The congestion control each of `t`'s data connections runs with.
