@@ -18,6 +18,7 @@
 //! | `OXCCL_TUNE` | [`Config::tune_at_init`] | `quick`, `off` |
 //! | `OXCCL_SHM_SLOTS`, `OXCCL_SHM_SLOT_BYTES` | [`Config::shm_slots`], [`Config::shm_slot_bytes`] | `8`, `64K` |
 //! | `OXCCL_SHM_SINGLE_COPY` | [`Config::shm_single_copy_min`] | `1M`, `64K`, `off` |
+//! | `OXCCL_SHM_SINGLE_COPY_CHOICE` | [`Config::shm_single_copy_timed`] | `timed` (the default), `always` |
 //! | `OXCCL_SHM_STORES` | [`Config::shm_slot_stores`] | `auto`, `cached`, `streaming` |
 //! | `OXCCL_YIELD_US` (or `OXCCL_SHM_YIELD_US`) | [`Config::yield_for`] | `200` |
 //! | `OXCCL_VERIFY_CALLS` | [`Config::verify_calls`] | `1`, `0` (the default) |
@@ -234,6 +235,11 @@ pub struct Config {
     /// send buffer read again and again stays in every cache) favours single copy from
     /// 64 KiB: the 2-rank all-gather of 1 MiB in place took 27 us there, 61 us here.
     pub shm_single_copy_min: Option<usize>,
+    /// Shared memory: whether a receiver times its single-copy reads and, after a run of
+    /// slow ones, has their sender use the FIFO for a while (`timed`, the default), or every
+    /// message of at least [`Config::shm_single_copy_min`] bytes goes by single copy
+    /// (`always`). See [`oxccl_transport::ShmOptions::single_copy_timed`].
+    pub shm_single_copy_timed: bool,
     /// Shared memory: how a sender writes its peers' FIFO slots: `Auto` (the default) times
     /// its ordinary stores and streams for a while after a run of slow ones, as when a VM's
     /// vCPUs sit on core complexes that share no cache (see
@@ -295,6 +301,7 @@ impl Default for Config {
             shm_slots: shm.slots,
             shm_slot_bytes: shm.slot_bytes,
             shm_single_copy_min: shm.single_copy_min,
+            shm_single_copy_timed: shm.single_copy_timed,
             shm_slot_stores: shm.slot_stores,
             yield_for: Duration::from_micros(200),
             verify_calls: false,
@@ -416,6 +423,17 @@ impl Config {
             self.shm_single_copy_min = match v.trim() {
                 "off" | "0" => None,
                 other => Some(bytes("OXCCL_SHM_SINGLE_COPY", other.to_string())?),
+            };
+        }
+        if let Some(v) = var("OXCCL_SHM_SINGLE_COPY_CHOICE") {
+            self.shm_single_copy_timed = match v.trim().to_ascii_lowercase().as_str() {
+                "timed" => true,
+                "always" => false,
+                _ => {
+                    return Err(Error::invalid_argument(format!(
+                        "OXCCL_SHM_SINGLE_COPY_CHOICE='{v}' is not timed or always"
+                    )))
+                }
             };
         }
         if let Some(v) = var("OXCCL_SHM_STORES") {
@@ -543,6 +561,10 @@ mod tests {
         assert_eq!(with(&[("OXCCL_YIELD_US", "7")]).unwrap().yield_for, Duration::from_micros(7));
         assert_eq!(with(&[("OXCCL_SHM_YIELD_US", "9")]).unwrap().yield_for, Duration::from_micros(9));
         assert_eq!(Config::default().shm_slot_stores, oxccl_transport::SlotStores::Auto);
+        assert!(Config::default().shm_single_copy_timed);
+        assert!(!with(&[("OXCCL_SHM_SINGLE_COPY_CHOICE", "Always")]).unwrap().shm_single_copy_timed);
+        assert!(with(&[("OXCCL_SHM_SINGLE_COPY_CHOICE", "timed")]).unwrap().shm_single_copy_timed);
+        assert!(with(&[("OXCCL_SHM_SINGLE_COPY_CHOICE", "sometimes")]).is_err());
         let streaming = with(&[("OXCCL_SHM_STORES", "Streaming")]).unwrap();
         assert_eq!(streaming.shm_slot_stores, oxccl_transport::SlotStores::Streaming);
         assert_eq!(

@@ -1294,6 +1294,7 @@ fn build_transport(
         spin,
         yield_for: config.yield_for,
         single_copy_min: config.shm_single_copy_min,
+        single_copy_timed: config.shm_single_copy_timed,
         slot_stores: config.shm_slot_stores,
         // The same test as the spin's: where ranks wait for cores, `Auto` times its copies
         // by the thread's CPU clock.

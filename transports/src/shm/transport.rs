@@ -57,6 +57,16 @@ pub struct ShmOptions {
     /// costs it when it writes that buffer again (each line the peer read has to be won
     /// back) and less than pinning the buffer's pages.
     pub single_copy_min: Option<usize>,
+    /// Whether a receiver times its single-copy reads of 256 KiB up to 8 MiB and, after a
+    /// run of slow ones (below [`SLOW_READ_GBS`] over [`READ_PROBES`] reads), has the sender
+    /// send messages of those sizes through the FIFO for [`FIFO_AFTER_SLOW_READS`] before
+    /// single copy is timed again. Default on. On the 2-vCPU AMD EPYC VM of the
+    /// cost-model sessions, with the vCPUs on core complexes that share no cache (the VM's
+    /// host moves them there for minutes at a stretch), a 2-rank halving-doubling
+    /// all-reduce of 4 MiB (2 MiB messages) took 1433 us by single copy and 489 us through
+    /// the FIFO, whose slots are then written with streaming stores ([`SlotStores::Auto`]);
+    /// with the vCPUs sharing a cache, 489 and 579 us.
+    pub single_copy_timed: bool,
     /// How a sender writes message bytes into its peers' FIFO slots (see [`SlotStores`]).
     pub slot_stores: SlotStores,
     /// Whether this host's ranks outnumber its cores. [`SlotStores::Auto`] then times its
@@ -101,6 +111,75 @@ pub const SLOW_SLOT_COPY_GBS: f64 = 6.0;
 /// Slots written with streaming stores after a run of slow ordinary copies (64 MiB of
 /// 64 KiB slots), before ordinary stores are timed again.
 pub const STREAMING_SLOTS: u32 = 1024;
+
+/// Below this speed (GB/s, over a run of [`READ_PROBES`] reads) single-copy reads count as
+/// slow. On the development VM, with its two vCPUs sharing a cache, the 2 MiB reads of a
+/// 2-rank halving-doubling all-reduce ran at 8-13 GB/s (now and then one at 3-4); with them
+/// apart, at about 3, where the FIFO moved the same bytes 2.9x faster. Reads of 8 MiB and
+/// more, out of cache, ran at 2-5 GB/s either way, as the FIFO did.
+pub const SLOW_READ_GBS: f64 = 6.0;
+
+/// After a run of slow single-copy reads, how long a sender sends through the FIFO before
+/// single copy is timed again: a VM's vCPUs stay where they were put for minutes, and the
+/// few slow reads that find out whether they moved back cost well under 1% of this.
+pub const FIFO_AFTER_SLOW_READS: Duration = Duration::from_millis(500);
+
+/// Timed single-copy reads per verdict, judged by their bytes over their time together: an
+/// algorithm's reads differ (a halving-doubling all-reduce reads its peer's input, which may
+/// sit in memory, then its peer's freshly reduced half, in that core's cache), and with the
+/// cores apart only every other read was slow.
+pub const READ_PROBES: u8 = 8;
+
+/// Shorter single-copy reads are not timed: the system call's own cost (1-2 us) would
+/// make them all slow.
+const READ_PROBE_MIN_BYTES: usize = 256 << 10;
+
+/// Longer single-copy reads are neither timed nor sent through the FIFO when a receiver
+/// asks: out of cache, reads run at the memory's speed wherever the cores sit (2-5 GB/s on
+/// the development VM, both placements), and the FIFO, two copies, was no faster for the
+/// 2-rank all-reduces, all-gathers and reduce-scatters of 64-256 MiB (single copy took
+/// 0.91-0.99 of its time).
+const READ_JUDGED_MAX: usize = 8 << 20;
+
+/// A peer's first reads are not judged: they pin pages never read before and ran at 3-6
+/// GB/s with the cores near.
+const COLD_READS: u8 = 4;
+
+/// Per peer: the receiver's verdict on single-copy reads from it
+/// ([`ShmOptions::single_copy_timed`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct ReadProbes {
+    /// Reads seen, up to [`COLD_READS`].
+    seen: u8,
+    probes: u8,
+    bytes: f64,
+    secs: f64,
+}
+
+impl ReadProbes {
+    /// Accounts one read of `bytes` in `secs`; `true` when a run of them was slow.
+    fn read(&mut self, bytes: usize, secs: f64) -> bool {
+        if self.seen < COLD_READS {
+            self.seen += 1;
+            return false;
+        }
+        self.probes += 1;
+        self.bytes += bytes as f64;
+        self.secs += secs;
+        if self.probes < READ_PROBES {
+            return false;
+        }
+        let slow = self.bytes < SLOW_READ_GBS * 1e9 * self.secs;
+        (self.probes, self.bytes, self.secs) = (0, 0.0, 0.0);
+        slow
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the host.
+fn monotonic_ns() -> u64 {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+}
 
 /// Timed ordinary copies per verdict, and how many of them must be slow to switch.
 const SLOT_PROBES: u8 = 8;
@@ -258,6 +337,7 @@ impl Default for ShmOptions {
             spin: Duration::from_micros(50),
             yield_for: Duration::from_micros(200),
             single_copy_min: Some(1 << 20),
+            single_copy_timed: true,
             slot_stores: SlotStores::Auto,
             cores_shared: false,
         }
@@ -398,6 +478,8 @@ struct State {
     /// Acknowledgements seen from each peer so far.
     acks_seen: Vec<u64>,
     recvq: Vec<VecDeque<RecvOp>>,
+    /// Per peer: this rank's single-copy reads from it, timed.
+    reads: Vec<ReadProbes>,
     /// Single-copy messages for sinks land here first, a piece at a time.
     bounce: Vec<u8>,
     /// How this rank writes each peer's slots now.
@@ -593,6 +675,7 @@ impl ShmTransport {
                 acks_due: (0..size).map(|_| VecDeque::new()).collect(),
                 acks_seen: vec![0; size],
                 recvq: (0..size).map(|_| VecDeque::new()).collect(),
+                reads: vec![ReadProbes::default(); size],
                 bounce: Vec::new(),
                 writers: vec![SlotWriter::default(); size],
                 reqs: IdMap::default(),
@@ -672,6 +755,29 @@ impl ShmTransport {
         // SAFETY: a 128-byte area reserved for this counter in the FIFO's header, in a
         // mapping that lives as long as `self`; all zero initially.
         unsafe { &*(base as *const AtomicU64) }
+    }
+
+    /// Until when (CLOCK_MONOTONIC ns) `dst` asks `src` to send through the FIFO rather than
+    /// by single copy: the word after [`ShmTransport::acks`] (written by `dst`, read by `src`).
+    fn fifo_until(&self, src: usize, dst: usize) -> &AtomicU64 {
+        let acks: *const AtomicU64 = self.acks(src, dst);
+        // SAFETY: the second word of the same 128-byte area, which nothing else uses; all
+        // zero initially (no request).
+        unsafe { &*acks.add(1) }
+    }
+
+    /// Accounts a single-copy read of `bytes` from `peer` that took `secs`; after a run of
+    /// slow ones, asks `peer` to send through the FIFO for [`FIFO_AFTER_SLOW_READS`].
+    fn judge_read(&self, probes: &mut ReadProbes, peer: usize, bytes: usize, secs: f64) {
+        if probes.read(bytes, secs) {
+            let until = monotonic_ns() + FIFO_AFTER_SLOW_READS.as_nanos() as u64;
+            self.fifo_until(peer, self.rank).store(until, Ordering::Relaxed);
+            tracing::debug!(
+                peer,
+                "shm: single-copy reads from this peer ran below {SLOW_READ_GBS} GB/s: it sends through the FIFO \
+                 for {FIFO_AFTER_SLOW_READS:?}"
+            );
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -765,9 +871,14 @@ impl ShmTransport {
             }
             let fifo = self.fifo(self.rank, peer);
             let single_min = if self.send_single[peer] { self.opts.single_copy_min } else { None };
+            // Whether the peer asked for messages it judges by the FIFO now.
+            let fifo_asked = single_min.is_some() && {
+                let until = self.fifo_until(self.rank, peer).load(Ordering::Relaxed);
+                until != 0 && monotonic_ns() < until
+            };
             let mut pushed = false;
             while let Some(op) = st.sendq[peer].front_mut() {
-                if op.off == 0 && single_min.is_some_and(|m| op.len >= m) {
+                if op.off == 0 && single_min.is_some_and(|m| op.len >= m) && !(fifo_asked && op.len < READ_JUDGED_MAX) {
                     // Announce the buffer; the receiver copies it with process_vm_readv and
                     // acknowledges, which completes the send.
                     let (tag, len, addr) = (op.tag, op.len as u64, op.ptr as u64);
@@ -840,6 +951,7 @@ impl ShmTransport {
                 budget -= 1;
                 let pid = self.pids[peer];
                 let may_read = self.single_copy[peer];
+                let timed = self.opts.single_copy_timed;
                 let r = fifo.peek(|slot| {
                     // SAFETY: a published slot of `slot_bytes` bytes in our own mapping.
                     let (tag, len, off, chunk, flags) = unsafe { read_header(slot) };
@@ -875,6 +987,8 @@ impl ShmTransport {
                                 }
                             })
                         };
+                        let clock = (timed && op.sink.is_none() && (READ_PROBE_MIN_BYTES..READ_JUDGED_MAX).contains(&len))
+                            .then(|| CopyClock::start(self.opts.cores_shared));
                         match op.sink.as_mut() {
                             None => read(op.ptr, 0, len)?,
                             Some(sink) => {
@@ -888,7 +1002,7 @@ impl ShmTransport {
                                 }
                             }
                         }
-                        return Ok((len, true));
+                        return Ok((len, true, clock.map(CopyClock::elapsed)));
                     }
                     match op.sink.as_mut() {
                         // SAFETY: `chunk` bytes after the header, into the posted region,
@@ -903,10 +1017,10 @@ impl ShmTransport {
                             sink.consume(off as usize, piece)?;
                         }
                     }
-                    Ok((chunk as usize, false))
+                    Ok((chunk as usize, false, None))
                 });
                 let Some(r) = r else { break };
-                let (chunk, single) = match r {
+                let (chunk, single, read_secs) = match r {
                     Ok(v) => v,
                     Err(e) => {
                         st.bounce = bounce;
@@ -917,6 +1031,9 @@ impl ShmTransport {
                 if single {
                     // The copy is done: the sender may reuse its buffer.
                     self.acks(peer, self.rank).fetch_add(1, Ordering::Release);
+                }
+                if let Some(secs) = read_secs {
+                    self.judge_read(&mut st.reads[peer], peer, chunk, secs);
                 }
                 popped = true;
                 op.off += chunk;
@@ -1345,6 +1462,7 @@ mod tests {
                 spin: Duration::from_micros(5),
                 yield_for: Duration::from_micros(20),
                 single_copy_min,
+                single_copy_timed: true,
                 slot_stores: SlotStores::Auto,
                 cores_shared: false,
             };
@@ -1618,6 +1736,63 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn a_run_of_slow_reads_is_judged_after_the_cold_ones() {
+        let (slow, fast) = (1.0 / (SLOW_READ_GBS * 0.5 * 1e9), 1.0 / (SLOW_READ_GBS * 2.0 * 1e9));
+        let mut p = ReadProbes::default();
+        // The cold reads, however slow, count for nothing.
+        assert!((0..COLD_READS).all(|_| !p.read(1, slow)));
+        // A run at half the threshold's speed and twice it, alternately: 1.25x the
+        // threshold's time per byte, slow; the verdict comes with the last read of the run.
+        let verdicts: Vec<bool> = (0..READ_PROBES).map(|i| p.read(1, if i % 2 == 0 { slow } else { fast })).collect();
+        assert_eq!(verdicts.iter().filter(|&&v| v).count(), 1);
+        assert!(verdicts[usize::from(READ_PROBES) - 1], "{verdicts:?}");
+        // One slow read among fast ones: 0.69x the threshold's time per byte, not slow.
+        let verdicts: Vec<bool> = (0..READ_PROBES).map(|i| p.read(1, if i == 0 { slow } else { fast })).collect();
+        assert!(verdicts.iter().all(|&v| !v), "{verdicts:?}");
+        // And the next run starts afresh.
+        assert!((0..READ_PROBES).all(|_| !p.read(1, fast)));
+    }
+
+    /// A receiver that judged its single-copy reads from a peer slow has the peer send
+    /// through the FIFO until the time it set, then by single copy again.
+    #[test]
+    fn slow_single_copy_reads_send_the_peer_through_the_fifo_for_a_while() {
+        let opts = ShmOptions { single_copy_min: Some(100), ..ShmOptions::default() };
+        let ts = world(2, opts);
+        let len = 1 << 20;
+        let slow = len as f64 / (SLOW_READ_GBS * 0.5 * 1e9);
+        let mut probes = ReadProbes::default();
+        for i in 0..COLD_READS + READ_PROBES {
+            assert_eq!(ts[1].fifo_until(0, 1).load(Ordering::Relaxed), 0, "read {i}: no verdict yet");
+            ts[1].judge_read(&mut probes, 0, len, slow);
+        }
+        let until = ts[1].fifo_until(0, 1).load(Ordering::Relaxed);
+        assert!(until > monotonic_ns(), "FIFO until {until}");
+        // Sends one message of `len` bytes from rank 0 to rank 1; how many single-copy sends
+        // rank 1 has acknowledged by then.
+        let send = |m: u8, len: usize| -> u64 {
+            let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(3).wrapping_add(m)).collect();
+            let mut got = vec![0u8; len];
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    // SAFETY: `data` outlives the wait.
+                    let r = ts[0].post_send(1, Tag(u128::from(m)), unsafe { Region::from_slice(&data) }).unwrap();
+                    ts[0].wait(r, Instant::now() + Duration::from_secs(10)).unwrap();
+                });
+                // SAFETY: `got` outlives the wait.
+                let r = ts[1].post_recv(0, Tag(u128::from(m)), unsafe { RegionMut::from_slice(&mut got) }).unwrap();
+                ts[1].wait(r, Instant::now() + Duration::from_secs(10)).unwrap();
+            });
+            assert!(got == data, "message {m}");
+            ts[0].lock().acks_seen[1]
+        };
+        assert_eq!(send(1, len), 0, "through the FIFO while asked to");
+        assert_eq!(send(2, READ_JUDGED_MAX), 1, "a message too long to be judged: by single copy");
+        ts[1].fifo_until(0, 1).store(monotonic_ns() - 1, Ordering::Relaxed);
+        assert_eq!(send(3, len), 2, "by single copy once the time passed");
     }
 
     #[test]
