@@ -871,14 +871,16 @@ impl ShmTransport {
             }
             let fifo = self.fifo(self.rank, peer);
             let single_min = if self.send_single[peer] { self.opts.single_copy_min } else { None };
-            // Whether the peer asked for messages it judges by the FIFO now.
-            let fifo_asked = single_min.is_some() && {
+            // Whether the peer asks for the messages it judges through the FIFO now (read
+            // only for such a message: the clock is not read on every pass).
+            let fifo_asked = || {
                 let until = self.fifo_until(self.rank, peer).load(Ordering::Relaxed);
                 until != 0 && monotonic_ns() < until
             };
             let mut pushed = false;
             while let Some(op) = st.sendq[peer].front_mut() {
-                if op.off == 0 && single_min.is_some_and(|m| op.len >= m) && !(fifo_asked && op.len < READ_JUDGED_MAX) {
+                if op.off == 0 && single_min.is_some_and(|m| op.len >= m) && !(op.len < READ_JUDGED_MAX && fifo_asked())
+                {
                     // Announce the buffer; the receiver copies it with process_vm_readv and
                     // acknowledges, which completes the send.
                     let (tag, len, addr) = (op.tag, op.len as u64, op.ptr as u64);
@@ -1791,8 +1793,11 @@ mod tests {
         };
         assert_eq!(send(1, len), 0, "through the FIFO while asked to");
         assert_eq!(send(2, READ_JUDGED_MAX), 1, "a message too long to be judged: by single copy");
+        assert_eq!(ts[1].lock().reads[0].seen, 0, "the 8 MiB read was not timed");
         ts[1].fifo_until(0, 1).store(monotonic_ns() - 1, Ordering::Relaxed);
         assert_eq!(send(3, len), 2, "by single copy once the time passed");
+        // The receive loop timed that read and counted it (the first of the cold ones).
+        assert_eq!(ts[1].lock().reads[0].seen, 1, "the 1 MiB read was timed");
     }
 
     #[test]
