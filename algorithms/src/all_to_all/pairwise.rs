@@ -3,17 +3,18 @@
 //! Steps (p ranks, n bytes sent per rank, blocks of n/p, sent in chunks): out of place,
 //! every receive (from rank r-k for k = 1..p-1) and every send (to rank r+k) is posted at
 //! once, in that order, so the transport moves all p-1 exchanges side by side, and the own
-//! block is copied while they go. In place, ranks pair up instead: at step k rank r swaps
-//! block j = (k - r) mod p with rank j (who at the same step pairs with r), chunk by chunk,
-//! sending each chunk from a scratch copy and receiving into the block itself, so no block
-//! is overwritten before it is sent; the scratch is a few chunks, which stay in cache. Both
-//! forms send the same messages (the pair's chunks under tag (r + j) mod p), so some ranks
-//! may call in place and others not.
+//! block is copied while they go. In place, ranks pair up instead, one partner per round
+//! ([`partner`]: a round-robin tournament, p-1 rounds in which every rank has a partner for
+//! even p, p rounds with one rank resting for odd p): rank r swaps block j with its round's
+//! partner j, chunk by chunk, sending each chunk from a scratch copy and receiving into the
+//! block itself, so no block is overwritten before it is sent; the scratch is a few chunks,
+//! which stay in cache. Both forms send the same messages (the pair's chunks under tag
+//! (r + j) mod p), so some ranks may call in place and others not.
 //!
 //! Bytes on the wire per rank: (p-1)/p · n sent and as many received.
 //!
 //! Cost (k chunks per block): out of place, one step of (p-1)·k messages side by side,
-//! α + ((p-1)·k - 1)·gap + (p-1)/p·n·β + n/p·β_copy; in place, p-1 steps of one pair each,
+//! α + ((p-1)·k - 1)·gap + (p-1)/p·n·β + n/p·β_copy; in place, p-1 rounds of one pair each,
 //! every block also copied into scratch, (p-1)·(α + (k-1)·gap) + (p-1)/p·n·(β + β_copy).
 
 use std::collections::VecDeque;
@@ -83,8 +84,39 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     ctx.wait_all(&reqs)
 }
 
-/// In place: at step k swap block (k - r) mod p with its rank, chunk by chunk through a few
-/// scratch chunks that stay in cache (each is reused once its send completed).
+/// How many rounds the in-place form takes: p-1 for even p, p for odd p (see [`partner`]).
+pub fn rounds(p: usize) -> usize {
+    if p.is_multiple_of(2) {
+        p - 1
+    } else {
+        p
+    }
+}
+
+/// Rank `r`'s partner in round `k` of the in-place form, or `None` where it rests that
+/// round: a round-robin tournament, so each pair meets in exactly one round and both of
+/// its ranks meet there. For odd p, rank r pairs with (k - r) mod p (resting where that is
+/// r itself); for even p, ranks 0..p-1 pair so among themselves and whoever would rest
+/// pairs with rank p-1, so no rank rests. (Pairing every p by (k - r) mod p, as this did
+/// before, left two ranks resting in half of p rounds for even p: at 4 ranks bound two to a
+/// core, two of the four rounds were one pair on one core with the other core idle.)
+pub fn partner(r: usize, k: usize, p: usize) -> Option<usize> {
+    if !p.is_multiple_of(2) {
+        let j = (k % p + p - r) % p;
+        return (j != r).then_some(j);
+    }
+    let m = p - 1;
+    if r == m {
+        // The j with 2j = k (mod m): m is odd, so 2 has the inverse (m + 1) / 2.
+        return Some(k % m * m.div_ceil(2) % m);
+    }
+    let j = (k % m + m - r) % m;
+    Some(if j == r { m } else { j })
+}
+
+/// In place: in each round swap the block of this round's partner ([`partner`]) with it,
+/// chunk by chunk through a few scratch chunks that stay in cache (each is reused once its
+/// send completed).
 fn in_place(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     let (p, r, count) = (ctx.size, ctx.rank, a.count);
     let es = a.dtype.size();
@@ -98,11 +130,10 @@ fn in_place(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
     let mut inflight: VecDeque<ReqId> = VecDeque::new();
     let mut n = 0;
     let mut swap = || -> Result<()> {
-        for k in 0..p {
-            let j = ring_index(k, -(r as isize), p);
-            if j == r {
-                continue;
-            }
+        for round in 0..rounds(p) {
+            let Some(j) = partner(r, round, p) else { continue };
+            // The pair's tag, as out of place.
+            let k = (r + j) % p;
             let mut recvs = Vec::new();
             for c in chunks(j * count..(j + 1) * count, ce) {
                 if inflight.len() == depth {
@@ -124,4 +155,36 @@ fn in_place(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
         // Sends out of scratch may still be queued: fail the transport before it goes.
         ctx.net.fail(e.clone());
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pair_meets_in_exactly_one_round() {
+        for p in 1..=17 {
+            let mut met = vec![vec![0; p]; p];
+            for k in 0..rounds(p) {
+                let mut resting = 0;
+                for (r, row) in met.iter_mut().enumerate() {
+                    match partner(r, k, p) {
+                        Some(j) => {
+                            assert!(j < p && j != r, "p {p} round {k}: rank {r} paired with {j}");
+                            assert_eq!(partner(j, k, p), Some(r), "p {p} round {k}: {r} -> {j} is not mutual");
+                            row[j] += 1;
+                        }
+                        None => resting += 1,
+                    }
+                }
+                // Even p: nobody rests; odd p: exactly one rank does.
+                assert_eq!(resting, p % 2, "p {p} round {k}");
+            }
+            for (r, row) in met.iter().enumerate() {
+                for (j, &n) in row.iter().enumerate() {
+                    assert_eq!(n, usize::from(r != j), "p {p}: ranks {r} and {j} met {n} times");
+                }
+            }
+        }
+    }
 }
