@@ -825,6 +825,15 @@ pub(crate) mod tests {
         let want = mi.steps(Level::Flat, 3.0, mi.chunks(n / 4.0), n / 4.0) + mi.copy(0.75 * n);
         assert_eq!(pw(&mi), want);
         assert!(pw(&mi).total() > pw(&m).total());
+        // Small calls in place on more than 2 ranks copy the whole vector and exchange as
+        // out of place; at 2 ranks they swap, the one round that is.
+        let small = |hosts, in_place| Model { bytes: 64 << 10, ..at(&pr, Collective::AllToAll, hosts, in_place) };
+        let (so, si) = (small(four, false), small(four, true));
+        let k = (64 << 10) as f64;
+        assert_eq!(pw(&si), so.steps(Level::Flat, 1.0, 3.0 * so.chunks(k / 4.0), 0.75 * k) + si.copy(k));
+        assert_eq!(pw(&si).total() - pw(&so).total(), so.copy(k - k / 4.0).total());
+        let si = small(&two, true);
+        assert_eq!(pw(&si), si.steps(Level::Flat, 1.0, si.chunks(k / 2.0), k / 2.0) + si.copy(k / 2.0));
         // Mapped all-to-all in place: half of each pair's two blocks, three copies each.
         let ma = crate::all_to_all::mapped::cost;
         assert!((ma(&mi).total() - ma(&m).total() - m.copy(1.125 * n - n).total()).abs() < 1e-15);

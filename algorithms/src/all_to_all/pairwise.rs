@@ -9,13 +9,16 @@
 //! partner j, chunk by chunk, sending each chunk from a scratch copy and receiving into the
 //! block itself, so no block is overwritten before it is sent; the scratch is a few chunks,
 //! which stay in cache. Both forms send the same messages (the pair's chunks under tag
-//! (r + j) mod p), so some ranks may call in place and others not.
+//! (r + j) mod p), so some ranks may call in place and others not. Small calls in place on
+//! more than 2 ranks copy the whole vector into scratch instead and exchange as out of place
+//! from the copy ([`IN_PLACE_COPY_MAX_BYTES`]): the same messages, side by side.
 //!
 //! Bytes on the wire per rank: (p-1)/p · n sent and as many received.
 //!
 //! Cost (k chunks per block): out of place, one step of (p-1)·k messages side by side,
 //! α + ((p-1)·k - 1)·gap + (p-1)/p·n·β + n/p·β_copy; in place, p-1 rounds of one pair each,
-//! every block also copied into scratch, (p-1)·(α + (k-1)·gap) + (p-1)/p·n·(β + β_copy).
+//! every block also copied into scratch, (p-1)·(α + (k-1)·gap) + (p-1)/p·n·(β + β_copy); in
+//! place through a copy, out of place's exchange plus n·β_copy.
 
 use std::collections::VecDeque;
 
@@ -41,27 +44,62 @@ fn piece_elems(ctx: &Ctx<'_>, a: &CollArgs) -> usize {
     (bytes / es).clamp(1, a.count.max(1))
 }
 
+/// Calls in place of up to this many bytes per rank, on more than 2 ranks, copy the whole
+/// vector into scratch and run every exchange side by side from the copy, as out of place,
+/// instead of swapping pair by pair: the p-1 rounds of the swap wait on each other, and with
+/// ranks sharing cores each round waits for its pair to be scheduled. Measured in place over
+/// shm (`oxccl-bench --compare pairwise -c 1`, two runs each, medians, us, swap / copy): 4
+/// ranks 16 B 16.1 / 9.8, 4 KiB 16.8 / 10.7, 64 KiB 30.1 / 20.6, 256 KiB 55.4 / 48.4, 1 MiB
+/// 163 / 168; 8 ranks 16 B 118 / 34, 64 KiB 138 / 64, 256 KiB 261 / 180, 1 MiB 803 / 989. At
+/// 2 ranks the swap is one round, all the exchange there is, and the copy only cost (4 KiB
+/// 0.98 / 1.21, 64 KiB 7.7 / 8.6).
+pub const IN_PLACE_COPY_MAX_BYTES: usize = 256 << 10;
+
+/// Whether a call in place of `bytes` per rank on `p` ranks goes through a copy of its whole
+/// vector ([`IN_PLACE_COPY_MAX_BYTES`]) rather than the pairwise swap.
+pub fn in_place_copies(p: usize, bytes: usize) -> bool {
+    p > 2 && bytes <= IN_PLACE_COPY_MAX_BYTES
+}
+
 /// The predicted time of one call (the formula above; see [`crate::cost`]), for p >= 2
 /// and a non-empty call.
 pub fn cost(m: &Model<'_>) -> Cost {
     let (p, n) = (m.p() as f64, m.n());
-    if m.in_place {
+    if m.in_place && !in_place_copies(m.p(), m.bytes) {
         return m.steps(Level::Flat, p - 1.0, m.chunks(n / p), n / p) + m.copy((p - 1.0) / p * n);
     }
-    m.steps(Level::Flat, 1.0, (p - 1.0) * m.chunks(n / p), (p - 1.0) / p * n) + m.copy(n / p)
+    let exchange = m.steps(Level::Flat, 1.0, (p - 1.0) * m.chunks(n / p), (p - 1.0) / p * n);
+    // In place through a copy: the whole vector copied once, the own block left where it is.
+    exchange + if m.in_place { m.copy(n) } else { m.copy(n / p) }
 }
 
 /// Runs pairwise all-to-all.
 pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
-    let (p, r, count) = (ctx.size, ctx.rank, a.count);
-    let es = a.dtype.size();
-    if count == 0 {
+    if a.count == 0 {
         return Ok(());
     }
-    let blk = |j: usize| bytes(&(j * count..(j + 1) * count), es);
-    if a.in_place {
+    if !a.in_place {
+        return out_of_place(ctx, a, true);
+    }
+    let n = a.recv.len();
+    if !in_place_copies(ctx.size, n) {
         return in_place(ctx, a);
     }
+    let scratch = ctx.reducer.scratch(n)?;
+    ctx.reducer.copy(scratch.region(), a.recv.as_region())?;
+    let from_copy = CollArgs { send: scratch.region().as_region(), in_place: false, ..*a };
+    out_of_place(ctx, &from_copy, false).inspect_err(|e| {
+        // Sends out of scratch may still be queued: fail the transport before it goes.
+        ctx.net.fail(e.clone());
+    })
+}
+
+/// Out of place: every exchange posted at once; `own` copies the own block into place
+/// (false where it is there already).
+fn out_of_place(ctx: &Ctx<'_>, a: &CollArgs, own: bool) -> Result<()> {
+    let (p, r, count) = (ctx.size, ctx.rank, a.count);
+    let es = a.dtype.size();
+    let blk = |j: usize| bytes(&(j * count..(j + 1) * count), es);
     // The messages of the in-place schedule (tag (r + j) mod p, chunk by chunk), so ranks
     // that call in place and ranks that do not exchange alike.
     let ce = piece_elems(ctx, a);
@@ -80,7 +118,9 @@ pub fn run(ctx: &Ctx<'_>, a: &CollArgs) -> Result<()> {
         }
     }
     // Peers read their blocks while the own block is copied.
-    ctx.place(a.recv.slice(blk(r)), a.send.slice(blk(r)), a.recv.len())?;
+    if own {
+        ctx.place(a.recv.slice(blk(r)), a.send.slice(blk(r)), a.recv.len())?;
+    }
     ctx.wait_all(&reqs)
 }
 
