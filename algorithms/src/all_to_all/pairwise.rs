@@ -48,7 +48,7 @@ fn piece_elems(ctx: &Ctx<'_>, a: &CollArgs) -> usize {
 /// vector into scratch and run every exchange side by side from the copy, as out of place,
 /// instead of swapping pair by pair: the p-1 rounds of the swap wait on each other, and with
 /// ranks sharing cores each round waits for its pair to be scheduled. Measured in place over
-/// shm (`oxccl-bench --compare pairwise -c 1`, two runs each, medians, us, swap / copy): 4
+/// shm (`oxccl-bench --algo all_to_all:pairwise -c 1`, two runs each, medians, us, swap / copy): 4
 /// ranks 16 B 16.1 / 9.8, 4 KiB 16.8 / 10.7, 64 KiB 30.1 / 20.6, 256 KiB 55.4 / 48.4, 1 MiB
 /// 163 / 168; 8 ranks 16 B 118 / 34, 64 KiB 138 / 64, 256 KiB 261 / 180, 1 MiB 803 / 989. At
 /// 2 ranks the swap is one round, all the exchange there is, and the copy only cost (4 KiB
@@ -136,8 +136,8 @@ pub fn rounds(p: usize) -> usize {
 /// Rank `r`'s partner in round `k` of the in-place form, or `None` where it rests that
 /// round: a round-robin tournament, so each pair meets in exactly one round and both of
 /// its ranks meet there. For odd p, rank r pairs with (k - r) mod p (resting where that is
-/// r itself); for even p, ranks 0..p-1 pair so among themselves and whoever would rest
-/// pairs with rank p-1, so no rank rests. (Pairing every p by (k - r) mod p, as this did
+/// r itself); for even p, ranks 0 to p-2 pair so modulo p-1 among themselves, and the one
+/// that would rest pairs with rank p-1 instead, so no rank rests. (Pairing every p by (k - r) mod p, as this did
 /// before, left two ranks resting in half of p rounds for even p: at 4 ranks bound two to a
 /// core, two of the four rounds were one pair on one core with the other core idle.)
 pub fn partner(r: usize, k: usize, p: usize) -> Option<usize> {
