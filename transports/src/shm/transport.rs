@@ -141,6 +141,13 @@ const READ_PROBE_MIN_BYTES: usize = 256 << 10;
 /// 0.91-0.99 of its time).
 const READ_JUDGED_MAX: usize = 8 << 20;
 
+/// Whether single-copy reads of `len` bytes are timed and judged, and so whether a sender
+/// sends messages of that length through the FIFO while their receiver asks it to: one rule
+/// for both ends.
+fn read_judged(len: usize) -> bool {
+    (READ_PROBE_MIN_BYTES..READ_JUDGED_MAX).contains(&len)
+}
+
 /// A peer's first reads are not judged: they pin pages never read before and ran at 3-6
 /// GB/s with the cores near.
 const COLD_READS: u8 = 4;
@@ -879,8 +886,7 @@ impl ShmTransport {
             };
             let mut pushed = false;
             while let Some(op) = st.sendq[peer].front_mut() {
-                if op.off == 0 && single_min.is_some_and(|m| op.len >= m) && !(op.len < READ_JUDGED_MAX && fifo_asked())
-                {
+                if op.off == 0 && single_min.is_some_and(|m| op.len >= m) && !(read_judged(op.len) && fifo_asked()) {
                     // Announce the buffer; the receiver copies it with process_vm_readv and
                     // acknowledges, which completes the send.
                     let (tag, len, addr) = (op.tag, op.len as u64, op.ptr as u64);
@@ -989,7 +995,7 @@ impl ShmTransport {
                                 }
                             })
                         };
-                        let clock = (timed && op.sink.is_none() && (READ_PROBE_MIN_BYTES..READ_JUDGED_MAX).contains(&len))
+                        let clock = (timed && op.sink.is_none() && read_judged(len))
                             .then(|| CopyClock::start(self.opts.cores_shared));
                         match op.sink.as_mut() {
                             None => read(op.ptr, 0, len)?,
