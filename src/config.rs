@@ -12,7 +12,7 @@
 //! | `OXCCL_TCP_CONNS` | [`Config::tcp_conns_per_peer`] | `2` |
 //! | `OXCCL_SOCKET_BUF` | [`Config::socket_buffer`] | `4M` |
 //! | `OXCCL_TCP_CONGESTION` | [`Config::tcp_congestion`] | `cubic,reno` (the default), `system` |
-//! | `OXCCL_SPIN_US` | [`Config::spin`] | `50` |
+//! | `OXCCL_SPIN_US` | [`Config::spin`] | `50`, `0` |
 //! | `OXCCL_SMALL_BYTES` | [`Config::small_bytes`] | the cost model's choice |
 //! | `OXCCL_TUNING_FILE` | [`Config::tuning_file`] | `/etc/oxccl/tuning.json` |
 //! | `OXCCL_TUNE` | [`Config::tune_at_init`] | `quick`, `off` |
@@ -211,7 +211,8 @@ pub struct Config {
     /// system's. Default `cubic`, then `reno`: pacing ones (BBR) slow the bursts of a
     /// collective ([`oxccl_transport::tcp::TcpOptions::congestion`]).
     pub tcp_congestion: Vec<String>,
-    /// How long a waiter spins before it sleeps; `None` picks by ranks per core.
+    /// How long a waiter spins before it yields its core and then sleeps; `None` picks by
+    /// ranks per core: 50 us where every rank has a core, none where ranks outnumber cores.
     pub spin: Option<Duration>,
     /// All-reduces of at most this many bytes use recursive doubling (latency-bound), larger
     /// ones another algorithm, unless an algorithm is forced. `None` (the default): the cost
