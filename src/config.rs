@@ -268,7 +268,8 @@ pub struct Config {
     /// [`crate::select::TRIAL_WINDOW`] of the best (and the best under
     /// [`crate::select::TRIAL_MAX_SECONDS`]), the first calls of that shape, after
     /// [`crate::select::TRIAL_WARM_CALLS`] warm-up calls of the model's choice, run each of
-    /// them for a block of calls (the first of each block untimed), and the next call fixes the
+    /// them for a block of calls (the first of each block untimed), in two passes the second
+    /// of which runs them in reverse order, and the next call fixes the
     /// one whose slowest rank's typical call was fastest, weighed against the model's prices
     /// by how steady the runs were, on every rank alike ([`crate::select::trial_candidates`],
     /// [`crate::select::measured_best`]). The model's error is largest exactly there

@@ -130,18 +130,30 @@ fn typical_all(runs: &[Vec<u64>]) -> Vec<TrialTime> {
 /// The first call of a block, where the ranks leave the previous candidate's pattern, is
 /// not timed (the shape's first, cold calls come before the schedule:
 /// [`select::TRIAL_WARM_CALLS`]).
+///
+/// Every second pass runs the candidates in reverse order (A B C C B A), so each
+/// candidate's calls sit on average at the same point of the trials and a machine that
+/// speeds up or slows down through them favours none. In one order the first candidate,
+/// the model's choice, ran while the process was still warming: 2 ranks over TCP,
+/// all-reduce of 64 MiB, its timed calls took 26.8-58.4 ms where the same calls took
+/// 19.8-22.6 ms a few hundred milliseconds later, and the trials fixed halving-doubling
+/// (1.16x direct in a loop) in 2 of 6 runs.
 fn schedule(c: u32, k: usize, block: u32) -> (usize, bool) {
-    let w = c % (k as u32 * block);
-    ((w / block) as usize, !w.is_multiple_of(block))
+    let per_pass = k as u32 * block;
+    let w = c % per_pass;
+    let i = (w / block) as usize;
+    let i = if (c / per_pass).is_multiple_of(2) { i } else { k - 1 - i };
+    (i, !w.is_multiple_of(block))
 }
 
-/// Blocks for `rounds` calls per candidate: two passes of half as many where there are
-/// enough calls (a slow spell of the machine then spreads over every candidate), else one.
+/// Blocks for `rounds` calls per candidate: two passes (the second in reverse order, see
+/// [`schedule`]) of half as many, at least two calls each (one timed); one pass of two calls
+/// for fewer than three rounds.
 fn blocks(rounds: u32) -> (u32, u32) {
-    if rounds >= 8 {
-        (rounds / 2, 2)
+    if rounds >= 3 {
+        (rounds.div_ceil(2).max(2), 2)
     } else {
-        (rounds.max(2), 1)
+        (2, 1)
     }
 }
 
@@ -400,22 +412,40 @@ mod tests {
 
     #[test]
     fn candidates_run_in_blocks_whose_first_call_is_untimed() {
-        // Two candidates, blocks of 3, two passes: A A A B B B A A A B B B.
+        // Two candidates, blocks of 3, two passes, the second in reverse: A A A B B B B B B
+        // A A A.
         let s: Vec<(usize, bool)> = (0..12).map(|c| schedule(c, 2, 3)).collect();
         let a = |t| (0, t);
         let b = |t| (1, t);
-        assert_eq!(s, [a(false), a(true), a(true), b(false), b(true), b(true)].repeat(2));
+        let block = |x: fn(bool) -> (usize, bool)| [x(false), x(true), x(true)];
+        assert_eq!(s, [block(a), block(b), block(b), block(a)].concat());
+        // Three candidates, blocks of 2: A B C C B A, and again after two passes.
+        let order: Vec<usize> = (0..24).filter(|c| c % 2 == 1).map(|c| schedule(c, 3, 2).0).collect();
+        assert_eq!(order, [0, 1, 2, 2, 1, 0].repeat(2));
+        // Each candidate's timed calls sit at the same mean position: a drift of the machine
+        // through the trials favours none.
+        for k in 1..=4usize {
+            let mean = |i: usize| {
+                let pos: Vec<u32> = (0..4 * k as u32).filter(|&c| schedule(c, k, 2) == (i, true)).collect();
+                assert_eq!(pos.len(), 2);
+                f64::from(pos.iter().sum::<u32>()) / 2.0
+            };
+            assert!((0..k).all(|i| mean(i) == mean(0)), "{k} candidates");
+        }
         assert_eq!(blocks(64), (32, 2));
         assert_eq!(blocks(8), (4, 2));
-        assert_eq!(blocks(3), (3, 1));
+        assert_eq!(blocks(5), (3, 2));
+        assert_eq!(blocks(3), (2, 2));
+        assert_eq!(blocks(2), (2, 1));
         assert_eq!(blocks(1), (2, 1));
     }
 
     #[test]
     fn rounds_shrink_to_what_the_measured_call_buys() {
         // Priced at microseconds: two passes of 32. The first timed call took 5 ms on the
-        // slowest rank: 20 ms buys about one round of three candidates, so the minimum of 3.
-        assert_eq!(rescaled(32, 2, 3, 5_000_000, 3), (3, 1));
+        // slowest rank: 20 ms buys about one round of three candidates, so the minimum of 3,
+        // two passes of two.
+        assert_eq!(rescaled(32, 2, 3, 5_000_000, 3), (2, 2));
         // 100 us: 66 rounds would fit, more than planned: unchanged, never more.
         assert_eq!(rescaled(32, 2, 3, 100_000, 3), (32, 2));
         // 400 us: 16 rounds, two passes of 8.
