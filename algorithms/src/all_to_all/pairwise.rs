@@ -137,9 +137,10 @@ pub fn rounds(p: usize) -> usize {
 /// round: a round-robin tournament, so each pair meets in exactly one round and both of
 /// its ranks meet there. For odd p, rank r pairs with (k - r) mod p (resting where that is
 /// r itself); for even p, ranks 0 to p-2 pair so modulo p-1 among themselves, and the one
-/// that would rest pairs with rank p-1 instead, so no rank rests. (Pairing every p by (k - r) mod p, as this did
-/// before, left two ranks resting in half of p rounds for even p: at 4 ranks bound two to a
-/// core, two of the four rounds were one pair on one core with the other core idle.)
+/// that would rest pairs with rank p-1 instead, so no rank rests. (Pairing every p by
+/// (k - r) mod p, as this did before, left two ranks resting in half of p rounds for even p:
+/// at 4 ranks bound two to a core, two of the four rounds were one pair on one core with the
+/// other core idle.)
 pub fn partner(r: usize, k: usize, p: usize) -> Option<usize> {
     if !p.is_multiple_of(2) {
         let j = (k % p + p - r) % p;
