@@ -230,7 +230,8 @@ pub struct TuningEntry {
     /// sizes of [`residual_bytes`] (0: not measured).
     #[serde(default)]
     pub efficiency: BTreeMap<String, Vec<Vec<f64>>>,
-    /// How and when it was measured.
+    /// How and when it was measured: `oxccl-bench --calibrate` writes
+    /// [`TuningEntry::describe_runs`] here; edit it to say more (the build, what else ran).
     #[serde(default)]
     pub measured: String,
     /// How many calibrations the efficiency rows of each world size (the key) average (see
@@ -269,6 +270,119 @@ pub struct Samples {
     /// cores sat far apart, every transfer of that run was slower; the fit does not use it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub round_trip: Vec<[f64; 2]>,
+    /// `[ranks, seconds since the Unix epoch]`: when each run that recorded it started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub started: Vec<[f64; 2]>,
+}
+
+/// `secs` since the Unix epoch as a UTC date and time, `2026-12-07 11:00`.
+fn utc_minute(secs: f64) -> String {
+    let secs = secs.max(0.0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to the civil date (Howard Hinnant's days_from_civil, inverted):
+    // eras of 400 years of 146,097 days each, years starting on March 1st.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
+}
+
+/// Round trips (ns) as groups split where consecutive ones differ by over 2x (the widest
+/// such gap: near and far placements of a VM's cores), each `lo-hi ns in N runs`.
+fn round_trip_groups(mut ns: Vec<f64>) -> String {
+    ns.sort_by(f64::total_cmp);
+    let cut = ns
+        .windows(2)
+        .filter(|w| w[0] > 0.0 && w[1] / w[0] > 2.0)
+        .max_by(|a, b| (a[1] / a[0]).total_cmp(&(b[1] / b[0])))
+        .map(|w| w[1]);
+    let (near, far): (Vec<f64>, Vec<f64>) = ns.iter().partition(|&&x| cut.is_none_or(|c| x < c));
+    [near, far]
+        .iter()
+        .filter(|g| !g.is_empty())
+        .map(|g| {
+            let (lo, hi) = (g[0], g[g.len() - 1]);
+            let range = if hi - lo < 0.5 { format!("{lo:.0}") } else { format!("{lo:.0}-{hi:.0}") };
+            format!("{range} ns in {} run{}", g.len(), if g.len() == 1 { "" } else { "s" })
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl TuningEntry {
+    /// How the entry was measured, for [`TuningEntry::measured`]: `how` (the command),
+    /// the transport and processor, the runs pooled per world size ([`TuningEntry::runs`]),
+    /// when the runs that recorded it started, and the cache-line round trips before them
+    /// (a VM's cores far apart make every transfer of a run slower).
+    ///
+    /// ```
+    /// use oxccl::cost::TuningFile;
+    /// let mut e = TuningFile::builtin().entry_for("h", "AMD EPYC", "shm").unwrap().clone();
+    /// e.runs = [("2".to_string(), 2), ("4".to_string(), 1)].into();
+    /// e.samples.times.clear();
+    /// e.samples.started = vec![[2.0, 1_796_641_200.0], [2.0, 1_796_641_260.0], [4.0, 1_796_641_800.0]];
+    /// e.samples.round_trip = vec![[2.0, 61.0], [2.0, 306.0], [4.0, 63.0]];
+    /// assert_eq!(
+    ///     e.describe_runs("oxccl-bench --calibrate --average"),
+    ///     "oxccl-bench --calibrate --average over shm, AMD EPYC, 2 cores: 3 runs pooled (2 at 2 ranks, \
+    ///      1 at 4); started 2026-12-07 11:00 to 11:10 UTC; cache-line round trip before the runs \
+    ///      61-63 ns in 2 runs, 306 ns in 1 run"
+    /// );
+    /// ```
+    pub fn describe_runs(&self, how: &str) -> String {
+        let mut per: Vec<(usize, u32)> =
+            self.runs.iter().filter_map(|(k, &n)| k.parse::<usize>().ok().map(|p| (p, n))).collect();
+        // A world size with time rows but no count: as many runs as an algorithm has rows.
+        let mut rows_at: BTreeMap<usize, u32> = BTreeMap::new();
+        for rows in self.samples.times.values() {
+            let mut here: BTreeMap<usize, u32> = BTreeMap::new();
+            for r in rows {
+                *here.entry(r[0] as usize).or_default() += 1;
+            }
+            for (p, n) in here {
+                let m = rows_at.entry(p).or_default();
+                *m = (*m).max(n);
+            }
+        }
+        for (p, n) in rows_at {
+            if !per.iter().any(|&(q, _)| q == p) {
+                per.push((p, n));
+            }
+        }
+        per.sort_unstable();
+        let total: u32 = per.iter().map(|&(_, n)| n).sum();
+        let cpu = if self.cpu.is_empty() { "any processor" } else { &self.cpu };
+        let mut s = format!("{how} over {}, {cpu}, {} cores: ", self.transport, self.cores);
+        let list = per
+            .iter()
+            .enumerate()
+            .map(|(i, &(p, n))| if i == 0 { format!("{n} at {p} ranks") } else { format!("{n} at {p}") })
+            .collect::<Vec<_>>()
+            .join(", ");
+        s += &format!("{total} run{} pooled ({list})", if total == 1 { "" } else { "s" });
+        let starts: Vec<f64> = self.samples.started.iter().map(|r| r[1]).collect();
+        if let (Some(a), Some(b)) = (starts.iter().copied().reduce(f64::min), starts.iter().copied().reduce(f64::max)) {
+            let (a, b) = (utc_minute(a), utc_minute(b));
+            s += &if a == b {
+                format!("; started {a} UTC")
+            } else if a[..10] == b[..10] {
+                format!("; started {a} to {} UTC", &b[11..])
+            } else {
+                format!("; started {a} to {b} UTC")
+            };
+        }
+        if !self.samples.round_trip.is_empty() {
+            let ns = self.samples.round_trip.iter().map(|r| r[1]).collect();
+            s += &format!("; cache-line round trip before the runs {}", round_trip_groups(ns));
+        }
+        s
+    }
 }
 
 impl Samples {
@@ -1764,6 +1878,35 @@ fn measure_fused(out: &mut [f64], sources: usize, slice: usize, reps: usize, thr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_are_described_with_their_dates_and_placements() {
+        // Leap days, century rules and the epoch (checked against `date -u -d @SECS`).
+        assert_eq!(utc_minute(0.0), "1970-01-01 00:00");
+        assert_eq!(utc_minute(951_782_400.0), "2000-02-29 00:00");
+        assert_eq!(utc_minute(4_107_542_399.0), "2100-02-28 23:59");
+        assert_eq!(utc_minute(4_107_542_400.0), "2100-03-01 00:00");
+        assert_eq!(utc_minute(1_796_641_259.9), "2026-12-07 11:00");
+        // No gap over 2x: one group; a gap: near and far apart.
+        assert_eq!(round_trip_groups(vec![88.0, 49.0, 61.0]), "49-88 ns in 3 runs");
+        assert_eq!(round_trip_groups(vec![306.0, 61.0, 330.0, 26.0]), "26-61 ns in 2 runs, 306-330 ns in 2 runs");
+        // World sizes without a count take as many runs as an algorithm has rows.
+        let mut e = TuningFile::builtin().entry_for("h", "AMD EPYC", "tcp").unwrap().clone();
+        e.runs.clear();
+        e.samples.times =
+            [("all_reduce.ring".to_string(), vec![vec![2.0, 1.0], vec![2.0, 1.0], vec![4.0, 1.0]])].into();
+        e.samples.started = vec![[2.0, 1_796_641_200.0], [4.0, 1_796_727_600.0]];
+        e.samples.round_trip.clear();
+        assert!(e.describe_runs("cmd").ends_with("; started 2026-12-07 11:00 to 2026-12-08 11:00 UTC"));
+        e.samples.started = vec![[2.0, 1_796_641_200.0], [4.0, 1_796_641_259.0]];
+        assert!(e.describe_runs("cmd").ends_with("; started 2026-12-07 11:00 UTC"));
+        e.samples.started = vec![[2.0, 1_796_641_200.0], [4.0, 1_796_727_600.0]];
+        assert_eq!(
+            e.describe_runs("cmd"),
+            "cmd over tcp, AMD EPYC, 2 cores: 3 runs pooled (2 at 2 ranks, 1 at 4); started 2026-12-07 11:00 to \
+             2026-12-08 11:00 UTC"
+        );
+    }
 
     #[test]
     fn builtin_parses_and_words_round_trip() {

@@ -259,6 +259,8 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
     let comm = Communicator::from_launch_env(env, config)?;
     if let Some(path) = &args.calibrate {
         let t0 = Instant::now();
+        let started =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         let mut file = if path.exists() {
             oxccl::cost::TuningFile::load(path)?
         } else {
@@ -277,15 +279,23 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
         if let (true, Some(b)) = (args.average, &base) {
             entry.average_with(b, comm.size());
         }
-        // The runs pooled keep their round trips; this one adds its own where it has one.
-        entry.samples.round_trip = match (args.average, &base) {
-            (true, Some(b)) => b.samples.round_trip.clone(),
-            _ => Vec::new(),
+        // The runs pooled keep their round trips and start times (without --average, those
+        // of the other world sizes, whose rows the entry keeps); this one adds its own.
+        let kept = |rows: &[[f64; 2]]| -> Vec<[f64; 2]> {
+            rows.iter().copied().filter(|r| args.average || r[0] as usize != comm.size()).collect()
         };
+        entry.samples.round_trip = base.as_ref().map(|b| kept(&b.samples.round_trip)).unwrap_or_default();
+        entry.samples.started = base.as_ref().map(|b| kept(&b.samples.started)).unwrap_or_default();
         let round_trip = std::env::var(ROUND_TRIP_VAR).ok().and_then(|v| v.parse::<f64>().ok());
         if let Some(ns) = round_trip {
             entry.samples.round_trip.push([comm.size() as f64, ns]);
         }
+        entry.samples.started.push([comm.size() as f64, started]);
+        entry.measured = entry.describe_runs(if args.average {
+            "oxccl-bench --calibrate --average"
+        } else {
+            "oxccl-bench --calibrate"
+        });
         if comm.rank() == 0 {
             println!(
                 "# calibrated {} over {} ranks in {:.1} s: alpha {:.2} us, gap {:.3} us, wake {:.2} us, {:.2} GB/s, copy {:.2} GB/s, f32 sum {:.2} GB/s",
