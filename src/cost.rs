@@ -369,12 +369,15 @@ impl TuningEntry {
         let starts: Vec<f64> = self.samples.started.iter().map(|r| r[1]).collect();
         if let (Some(a), Some(b)) = (starts.iter().copied().reduce(f64::min), starts.iter().copied().reduce(f64::max)) {
             let (a, b) = (utc_minute(a), utc_minute(b));
+            // Runs pooled from files that did not record it have no start time.
+            let which =
+                if starts.len() < total as usize { format!("{} of them ", starts.len()) } else { String::new() };
             s += &if a == b {
-                format!("; started {a} UTC")
+                format!("; {which}started {a} UTC")
             } else if a[..10] == b[..10] {
-                format!("; started {a} to {} UTC", &b[11..])
+                format!("; {which}started {a} to {} UTC", &b[11..])
             } else {
-                format!("; started {a} to {b} UTC")
+                format!("; {which}started {a} to {b} UTC")
             };
         }
         if !self.samples.round_trip.is_empty() {
@@ -1895,12 +1898,14 @@ mod tests {
         e.runs.clear();
         e.samples.times =
             [("all_reduce.ring".to_string(), vec![vec![2.0, 1.0], vec![2.0, 1.0], vec![4.0, 1.0]])].into();
-        e.samples.started = vec![[2.0, 1_796_641_200.0], [4.0, 1_796_727_600.0]];
+        e.samples.started = vec![[2.0, 1_796_641_200.0], [2.0, 1_796_641_230.0], [4.0, 1_796_727_600.0]];
         e.samples.round_trip.clear();
         assert!(e.describe_runs("cmd").ends_with("; started 2026-12-07 11:00 to 2026-12-08 11:00 UTC"));
-        e.samples.started = vec![[2.0, 1_796_641_200.0], [4.0, 1_796_641_259.0]];
+        e.samples.started = vec![[2.0, 1_796_641_200.0], [2.0, 1_796_641_230.0], [4.0, 1_796_641_259.0]];
         assert!(e.describe_runs("cmd").ends_with("; started 2026-12-07 11:00 UTC"));
-        e.samples.started = vec![[2.0, 1_796_641_200.0], [4.0, 1_796_727_600.0]];
+        e.samples.started.pop();
+        assert!(e.describe_runs("cmd").ends_with("; 2 of them started 2026-12-07 11:00 UTC"));
+        e.samples.started = vec![[2.0, 1_796_641_200.0], [2.0, 1_796_641_230.0], [4.0, 1_796_727_600.0]];
         assert_eq!(
             e.describe_runs("cmd"),
             "cmd over tcp, AMD EPYC, 2 cores: 3 runs pooled (2 at 2 ranks, 1 at 4); started 2026-12-07 11:00 to \
