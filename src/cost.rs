@@ -325,7 +325,7 @@ impl TuningEntry {
     /// use oxccl::cost::TuningFile;
     /// let mut e = TuningFile::builtin().entry_for("h", "AMD EPYC", "shm").unwrap().clone();
     /// e.runs = [("2".to_string(), 2), ("4".to_string(), 1)].into();
-    /// e.samples.times.clear();
+    /// e.efficiency.clear();
     /// e.samples.started = vec![[2.0, 1_796_641_200.0], [2.0, 1_796_641_260.0], [4.0, 1_796_641_800.0]];
     /// e.samples.round_trip = vec![[2.0, 61.0], [2.0, 306.0], [4.0, 63.0]];
     /// assert_eq!(
@@ -336,26 +336,16 @@ impl TuningEntry {
     /// );
     /// ```
     pub fn describe_runs(&self, how: &str) -> String {
-        let mut per: Vec<(usize, u32)> =
-            self.runs.iter().filter_map(|(k, &n)| k.parse::<usize>().ok().map(|p| (p, n))).collect();
-        // A world size with time rows but no count: as many runs as an algorithm has rows.
-        let mut rows_at: BTreeMap<usize, u32> = BTreeMap::new();
-        for rows in self.samples.times.values() {
-            let mut here: BTreeMap<usize, u32> = BTreeMap::new();
-            for r in rows {
-                *here.entry(r[0] as usize).or_default() += 1;
-            }
-            for (p, n) in here {
-                let m = rows_at.entry(p).or_default();
-                *m = (*m).max(n);
-            }
-        }
-        for (p, n) in rows_at {
-            if !per.iter().any(|&(q, _)| q == p) {
-                per.push((p, n));
-            }
-        }
-        per.sort_unstable();
+        // Every world size calibrated, with its count of runs (`runs`; one where unlisted).
+        let sizes: std::collections::BTreeSet<usize> = self
+            .efficiency
+            .values()
+            .flatten()
+            .filter_map(|row| row.first().map(|&p| p as usize))
+            .chain(self.runs.keys().filter_map(|k| k.parse().ok()))
+            .collect();
+        let per: Vec<(usize, u32)> =
+            sizes.into_iter().map(|p| (p, self.runs.get(&p.to_string()).copied().unwrap_or(1))).collect();
         let total: u32 = per.iter().map(|&(_, n)| n).sum();
         let cpu = if self.cpu.is_empty() { "any processor" } else { &self.cpu };
         let mut s = format!("{how} over {}, {cpu}, {} cores: ", self.transport, self.cores);
@@ -1893,11 +1883,10 @@ mod tests {
         // No gap over 2x: one group; a gap: near and far apart.
         assert_eq!(round_trip_groups(vec![88.0, 49.0, 61.0]), "49-88 ns in 3 runs");
         assert_eq!(round_trip_groups(vec![306.0, 61.0, 330.0, 26.0]), "26-61 ns in 2 runs, 306-330 ns in 2 runs");
-        // World sizes without a count take as many runs as an algorithm has rows.
+        // World sizes calibrated but not counted in `runs` count one run each.
         let mut e = TuningFile::builtin().entry_for("h", "AMD EPYC", "tcp").unwrap().clone();
-        e.runs.clear();
-        e.samples.times =
-            [("all_reduce.ring".to_string(), vec![vec![2.0, 1.0], vec![2.0, 1.0], vec![4.0, 1.0]])].into();
+        e.runs = [("2".to_string(), 2)].into();
+        e.efficiency = [("all_reduce.ring".to_string(), vec![vec![2.0, 1.0], vec![4.0, 1.0]])].into();
         e.samples.started = vec![[2.0, 1_796_641_200.0], [2.0, 1_796_641_230.0], [4.0, 1_796_727_600.0]];
         e.samples.round_trip.clear();
         assert!(e.describe_runs("cmd").ends_with("; started 2026-12-07 11:00 to 2026-12-08 11:00 UTC"));
