@@ -273,6 +273,13 @@ pub struct Samples {
     /// `[ranks, seconds since the Unix epoch]`: when each run that recorded it started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub started: Vec<[f64; 2]>,
+    /// `[ranks, points timed, timed far, timed again near, left out]` for each run that
+    /// recorded it: of the run's (collective, size) points, how many calibration found timed
+    /// with the cores far apart (the cache-line round trip probed before or after the point
+    /// over twice the run's fastest and 100 ns beyond it), how many of those it timed again
+    /// once they were near, and how many it left out (0 in `times`) after waiting in vain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<[f64; 5]>,
 }
 
 /// `secs` since the Unix epoch as a UTC date and time, `2026-12-07 11:00`.
@@ -319,7 +326,9 @@ impl TuningEntry {
     /// How the entry was measured, for [`TuningEntry::measured`]: `how` (the command),
     /// the transport and processor, the runs pooled per world size ([`TuningEntry::runs`]),
     /// when the runs that recorded it started, and the cache-line round trips before them
-    /// (a VM's cores far apart make every transfer of a run slower).
+    /// (a VM's cores far apart make every transfer of a run slower), and where the runs
+    /// probed them between sizes ([`Samples::placement`]), how many points they timed far
+    /// apart and what became of them.
     ///
     /// ```
     /// use oxccl::cost::TuningFile;
@@ -373,6 +382,18 @@ impl TuningEntry {
         if !self.samples.round_trip.is_empty() {
             let ns = self.samples.round_trip.iter().map(|r| r[1]).collect();
             s += &format!("; cache-line round trip before the runs {}", round_trip_groups(ns));
+        }
+        let probed = &self.samples.placement;
+        if !probed.is_empty() {
+            let sum = |i: usize| probed.iter().map(|r| r[i]).sum::<f64>();
+            let runs = if probed.len() == 1 { "1 run".to_string() } else { format!("{} runs", probed.len()) };
+            s += &format!(
+                "; cores probed between sizes in {runs}: {:.0} of {:.0} points timed far apart, {:.0} timed again near, {:.0} left out",
+                sum(2),
+                sum(1),
+                sum(3),
+                sum(4)
+            );
         }
         s
     }
@@ -1412,41 +1433,81 @@ fn measure_algorithms_at_default_chunk(comm: &Communicator, entry: &mut TuningEn
         TuningFile { oxccl_tuning: TUNING_VERSION, entries: vec![bare] }.profile(&entry.host, &entry.transport);
     profile.peer_memory = comm.profile().peer_memory;
     let hosts = comm.hosts().to_vec();
-    let colls = Collective::ALL.into_iter().filter(|&c| c != Collective::Barrier);
+    let mut nhosts = hosts.clone();
+    nhosts.sort_unstable();
+    nhosts.dedup();
+    let nhosts = nhosts.len();
+    // Every (collective, size) the run times, each algorithm's best, and the slowest
+    // cache-line round trip probed just before and just after it.
+    let colls: Vec<(Collective, Vec<Algorithm>)> = Collective::ALL
+        .into_iter()
+        .filter(|&c| c != Collective::Barrier)
+        .map(|c| (c, registry::algorithms(c).iter().copied().filter(|&a| applies(a, &hosts, &profile)).collect()))
+        .collect();
+    // (index into colls, size index)
+    let points: Vec<(usize, usize)> =
+        (0..colls.len()).flat_map(|c| (0..RESIDUAL_POINTS).map(move |i| (c, i))).collect();
     let mut bufs = CalibrationBuffers::default();
-    for coll in colls {
-        let algos: Vec<Algorithm> =
-            registry::algorithms(coll).iter().copied().filter(|&a| applies(a, &hosts, &profile)).collect();
-        // Each size's algorithms in turn, three rounds, each one's best kept: this machine
-        // drifts over seconds, and measuring the candidates of one size together keeps their
-        // order (what the choice rests on) from following the drift.
-        // best[size][algorithm]: seconds (the size is calibration_bytes of residual_bytes).
-        let mut best = vec![vec![f64::INFINITY; algos.len()]; RESIDUAL_POINTS];
-        let mut nhosts = hosts.clone();
-        nhosts.sort_unstable();
-        nhosts.dedup();
-        let nhosts = nhosts.len();
-        for (i, at_size) in best.iter_mut().enumerate() {
-            for _ in 0..CALIBRATION_ROUNDS {
-                for (&algo, b) in algos.iter().zip(at_size.iter_mut()) {
-                    comm.set_algorithms(&format!("{coll}:{algo}"))?;
-                    // Two warm-up calls in every round: the rounds interleave the
-                    // algorithms, and the first calls after a switch run slow, where a round
-                    // at 16 MiB times little more than them (2-rank shm all-gather of 16 MiB,
-                    // `oxccl-bench --compare ring,bruck,...` out of place, ms: ring 2.19 in
-                    // 3 calls with no warm-up, 1.65 after one, 1.52 after two, 1.46 in 20
-                    // after five; Bruck 4.14, 3.68, 3.19, 2.83. Rounds without a warm-up
-                    // read 1.76-1.87 and 3.4-4.9, and priced those calls 1.3-1.5x their
-                    // time in the benchmark.)
-                    let r = Round { warm_up: 2, secs: 8e-3, min_calls: 3 };
-                    let t = time_collective(comm, coll, residual_bytes(i), &mut bufs, &profile, algo, r)?;
-                    *b = b.min(t);
-                }
+    // Each size's algorithms in turn, three rounds, each one's best kept: this machine drifts
+    // over seconds, and measuring the candidates of one size together keeps their order
+    // (what the choice rests on) from following the drift. Seconds per call, per algorithm.
+    let mut time_point = |k: usize| -> Result<Vec<f64>> {
+        let (c, i) = points[k];
+        let (coll, algos) = (colls[c].0, &colls[c].1);
+        let mut best = vec![f64::INFINITY; algos.len()];
+        for _ in 0..CALIBRATION_ROUNDS {
+            for (&algo, b) in algos.iter().zip(best.iter_mut()) {
+                comm.set_algorithms(&format!("{coll}:{algo}"))?;
+                // Two warm-up calls in every round: the rounds interleave the algorithms,
+                // and the first calls after a switch run slow, where a round at 16 MiB
+                // times little more than them (2-rank shm all-gather of 16 MiB,
+                // `oxccl-bench --compare ring,bruck,...` out of place, ms: ring 2.19 in 3
+                // calls with no warm-up, 1.65 after one, 1.52 after two, 1.46 in 20 after
+                // five; Bruck 4.14, 3.68, 3.19, 2.83. Rounds without a warm-up read
+                // 1.76-1.87 and 3.4-4.9, and priced those calls 1.3-1.5x their time in the
+                // benchmark.)
+                let r = Round { warm_up: 2, secs: 8e-3, min_calls: 3 };
+                let t = time_collective(comm, coll, residual_bytes(i), &mut bufs, &profile, algo, r)?;
+                *b = b.min(t);
             }
         }
+        Ok(best)
+    };
+    let mut probe = |pause: bool| placement_probe(comm, pause);
+    let mut timed = Vec::with_capacity(points.len());
+    let mut before = probe(false)?;
+    for k in 0..points.len() {
+        let best = time_point(k)?;
+        let after = probe(false)?;
+        timed.push(TimedPoint { best, round_trip: before.max(after) });
+        before = after;
+    }
+    let tally = retime_far(&mut timed, &mut time_point, &mut probe)?;
+    if comm.rank() == 0 && tally.far > 0 {
+        println!(
+            "# {} of {} sizes timed with the cores far apart (cache-line round trip {:.0} ns, fastest seen {:.0}): \
+             {} timed again near, {} left out",
+            tally.far,
+            points.len(),
+            tally.slowest,
+            tally.floor,
+            tally.retimed,
+            tally.left_out
+        );
+    }
+    entry.samples.placement.push([
+        p as f64,
+        points.len() as f64,
+        tally.far as f64,
+        tally.retimed as f64,
+        tally.left_out as f64,
+    ]);
+    for (c, (coll, algos)) in colls.iter().enumerate() {
         for (a, &algo) in algos.iter().enumerate() {
             let mut row = vec![p as f64, nhosts as f64];
-            row.extend(best.iter().map(|at_size| (at_size[a] * 1e9).round() / 1e3));
+            row.extend(
+                points.iter().zip(&timed).filter(|((pc, _), _)| *pc == c).map(|(_, t)| (t.best[a] * 1e9).round() / 1e3),
+            );
             let name = format!("{}.{}{}", coll.name(), algo.name(), if nhosts > 1 { "@hosts" } else { "" });
             // This run's times replace the earlier ones of this world size (pooled again
             // by TuningEntry::average_with).
@@ -1457,6 +1518,124 @@ fn measure_algorithms_at_default_chunk(comm: &Communicator, entry: &mut TuningEn
     }
     entry.fit_samples();
     comm.set_algorithms("auto")
+}
+
+/// The slowest cache-line round trip between this machine's CPUs in nanoseconds, probed by
+/// rank 0 ([`crate::probe::placement`], 0.5 ms per CPU, up to 8) while the others wait, and
+/// handed to every rank, so that all take the same branches on it; after 20 ms more with
+/// `pause`. 0 where it cannot be probed (one CPU).
+fn placement_probe(comm: &Communicator, pause: bool) -> Result<f64> {
+    // Whatever algorithm suits a one-word broadcast: the one last timed may be forced still
+    // (a forced mapped broadcast would refuse this stack buffer).
+    comm.set_algorithms("auto")?;
+    comm.barrier()?;
+    let mut ns = [0.0];
+    if comm.rank() == 0 {
+        // The other ranks past their brief spin first, asleep in the broadcast.
+        std::thread::sleep(std::time::Duration::from_micros(if pause { 20_000 } else { 500 }));
+        let budget = std::time::Duration::from_micros(500);
+        ns[0] =
+            crate::probe::placement(8, budget).ok().and_then(|p| p.slowest()).map_or(0.0, |t| t.as_secs_f64() * 1e9);
+    }
+    comm.broadcast(&mut ns, 0)?;
+    Ok(ns[0])
+}
+
+/// One (collective, size) point of a calibration: each algorithm's best seconds per call
+/// (0: left out), and the slowest cache-line round trip probed before and after it (ns).
+#[derive(Debug, Clone, PartialEq)]
+struct TimedPoint {
+    best: Vec<f64>,
+    round_trip: f64,
+}
+
+/// What [`retime_far`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct RetimeTally {
+    /// The fastest and slowest round trips probed (ns).
+    floor: f64,
+    slowest: f64,
+    /// Points timed far, of them timed again near, and left out.
+    far: usize,
+    retimed: usize,
+    left_out: usize,
+}
+
+/// Whether a cache-line round trip of `ns` says the cores sat far apart, against `floor`,
+/// the fastest of the run: over twice it and 100 ns beyond it. (Twice alone would call the
+/// usual 59-66 ns far where a probe caught the two vCPUs on one core's two hardware
+/// threads, 26 ns; far apart they take 290-360.) 0: not probed, never far.
+fn is_far(ns: f64, floor: f64) -> bool {
+    ns > 0.0 && floor > 0.0 && ns > 2.0 * floor && ns > floor + 100.0
+}
+
+/// Times per point at most: the first timing and this many more while the cores stay far.
+const RETIMES: usize = 3;
+
+/// Probes, 20 ms apart, a calibration waits at most in all for the cores to come near again
+/// (about 20 s).
+const PATIENCE_PROBES: usize = 1000;
+
+/// Times again the points timed with the cores far apart: on a VM whose host moves the
+/// vCPUs, a stretch of seconds to minutes far apart slows every transfer (2-rank TCP calls
+/// of 64 KiB-1 MiB ran 2.5x slower), and a point timed then would price the usual machine at
+/// the unusual one. Far is judged against the fastest round trip of the whole run (probed
+/// before the first point and after each), so a run that began far still finds its early
+/// points. Each far point waits until a probe says near, is timed again and kept when the
+/// probe after it says near too; after [`RETIMES`] tries, or when the run's patience
+/// ([`PATIENCE_PROBES`]) is spent, it is left out (0), and the fit prices its size from the
+/// others. `probe(pause)` and `time(k)` must give every rank the same answers (rank 0's
+/// probe broadcast), so that the ranks call collectives in step.
+fn retime_far(
+    points: &mut [TimedPoint],
+    time: &mut dyn FnMut(usize) -> Result<Vec<f64>>,
+    probe: &mut dyn FnMut(bool) -> Result<f64>,
+) -> Result<RetimeTally> {
+    let seen = points.iter().map(|p| p.round_trip).filter(|&ns| ns > 0.0);
+    let mut tally = RetimeTally {
+        floor: seen.clone().fold(f64::INFINITY, f64::min),
+        slowest: seen.fold(0.0, f64::max),
+        ..RetimeTally::default()
+    };
+    if !tally.floor.is_finite() {
+        tally.floor = 0.0;
+        return Ok(tally);
+    }
+    let mut patience = PATIENCE_PROBES;
+    for (k, point) in points.iter_mut().enumerate() {
+        if !is_far(point.round_trip, tally.floor) {
+            continue;
+        }
+        tally.far += 1;
+        let mut kept = None;
+        for _ in 0..RETIMES {
+            let mut ns = probe(false)?;
+            while is_far(ns, tally.floor) && patience > 0 {
+                patience -= 1;
+                ns = probe(true)?;
+            }
+            if is_far(ns, tally.floor) {
+                break;
+            }
+            let t = time(k)?;
+            let after = probe(false)?;
+            if !is_far(after, tally.floor) {
+                kept = Some((t, ns.max(after)));
+                break;
+            }
+        }
+        match kept {
+            Some((best, round_trip)) => {
+                *point = TimedPoint { best, round_trip };
+                tally.retimed += 1;
+            }
+            None => {
+                point.best.iter_mut().for_each(|t| *t = 0.0);
+                tally.left_out += 1;
+            }
+        }
+    }
+    Ok(tally)
 }
 
 /// Rounds each algorithm is timed in at each size by [`calibrate`], its best kept, as
@@ -1900,6 +2079,101 @@ mod tests {
             "cmd over tcp, AMD EPYC, 2 cores: 3 runs pooled (2 at 2 ranks, 1 at 4); started 2026-12-07 11:00 to \
              2026-12-08 11:00 UTC"
         );
+        // Runs that probed the cores between sizes: their tallies summed.
+        e.samples.placement = vec![[2.0, 84.0, 5.0, 4.0, 1.0], [4.0, 84.0, 2.0, 2.0, 0.0]];
+        assert!(
+            e.describe_runs("cmd").ends_with(
+                "UTC; cores probed between sizes in 2 runs: 7 of 168 points timed far apart, 6 timed again near, 1 left out"
+            ),
+            "{}",
+            e.describe_runs("cmd")
+        );
+        e.samples.placement.pop();
+        assert!(e
+            .describe_runs("cmd")
+            .ends_with("in 1 run: 5 of 84 points timed far apart, 4 timed again near, 1 left out"));
+    }
+
+    #[test]
+    fn far_is_twice_the_fastest_and_100_ns_beyond() {
+        assert!(is_far(306.0, 63.0) && is_far(128.0, 27.0) && !is_far(126.0, 27.0));
+        // Hardware threads of one core (26 ns) beside the usual near placement (63): not far.
+        assert!(!is_far(63.0, 26.0));
+        assert!(!is_far(120.0, 63.0), "under 2x");
+        assert!(!is_far(0.0, 63.0) && !is_far(306.0, 0.0), "not probed");
+    }
+
+    /// A scripted calibration: points first timed `k + 1` seconds with the round trips given;
+    /// the probes [`retime_far`] makes answer far (306 ns) at the indices in `far_probes`,
+    /// near (63) at the others; a point timed again takes `100 + k` and `200 + k`. Returns
+    /// the points, the tally, the points timed again and the probes made with a pause.
+    fn retime_script(round_trips: &[f64], far_probes: &[usize]) -> (Vec<TimedPoint>, RetimeTally, Vec<usize>, usize) {
+        let mut points: Vec<TimedPoint> = round_trips
+            .iter()
+            .enumerate()
+            .map(|(k, &ns)| TimedPoint { best: vec![k as f64 + 1.0; 2], round_trip: ns })
+            .collect();
+        let probes = std::cell::Cell::new(0usize);
+        let mut timed = Vec::new();
+        let mut pauses = 0;
+        let tally = retime_far(
+            &mut points,
+            &mut |k| {
+                timed.push(k);
+                Ok(vec![100.0 + k as f64, 200.0 + k as f64])
+            },
+            &mut |pause| {
+                pauses += usize::from(pause);
+                let n = probes.get();
+                probes.set(n + 1);
+                Ok(if far_probes.contains(&n) { 306.0 } else { 63.0 })
+            },
+        )
+        .expect("scripted");
+        (points, tally, timed, pauses)
+    }
+
+    #[test]
+    fn points_timed_far_are_timed_again_near_or_left_out() {
+        // Nothing far: nothing timed again, nothing probed.
+        let (points, tally, timed, _) = retime_script(&[63.0, 61.0, 66.0], &[]);
+        assert_eq!((tally.far, tally.retimed, tally.left_out, timed.len()), (0, 0, 0, 0));
+        assert_eq!(points[2].best, vec![3.0, 3.0]);
+        assert_eq!((tally.floor, tally.slowest), (61.0, 66.0));
+        // The run's first point timed far (it began far; later points show near is 63):
+        // timed again once near, and kept.
+        let (points, tally, timed, pauses) = retime_script(&[306.0, 63.0, 306.0], &[]);
+        assert_eq!((tally.far, tally.retimed, tally.left_out), (2, 2, 0));
+        assert_eq!(timed, vec![0, 2]);
+        assert_eq!(pauses, 0);
+        assert_eq!(points[0], TimedPoint { best: vec![100.0, 200.0], round_trip: 63.0 });
+        assert_eq!(points[1].best, vec![2.0, 2.0], "a near point stays as timed");
+        assert_eq!(points[2].best, vec![102.0, 202.0]);
+        // Still far when the retry begins: it waits (probes with pauses) for near, then times.
+        // Probe 0 (before the retry) and 1, 2 (waiting) far; 3 near; time; probe 4 near.
+        let (points, tally, timed, pauses) = retime_script(&[63.0, 306.0], &[0, 1, 2]);
+        assert_eq!((tally.retimed, tally.left_out, pauses), (1, 0, 3));
+        assert_eq!(timed, vec![1]);
+        assert_eq!(points[1].best, vec![101.0, 201.0]);
+        // Far again right after each retry: tried RETIMES times, then left out (0s), which
+        // the fit skips.
+        let after_each: Vec<usize> = (0..RETIMES).map(|i| 2 * i + 1).collect();
+        let (points, tally, timed, _) = retime_script(&[63.0, 306.0], &after_each);
+        assert_eq!((tally.far, tally.retimed, tally.left_out), (1, 0, 1));
+        assert_eq!(timed, vec![1; RETIMES]);
+        assert_eq!(points[1].best, vec![0.0, 0.0]);
+        assert_eq!(points[0].best, vec![1.0, 1.0], "a near point stays as timed");
+        // Far for longer than the run's patience: left out without timing it again, and the
+        // patience stays spent for the next far point.
+        let all: Vec<usize> = (0..PATIENCE_PROBES + 10).collect();
+        let (points, tally, timed, pauses) = retime_script(&[63.0, 306.0, 306.0], &all);
+        assert_eq!((tally.far, tally.retimed, tally.left_out), (2, 0, 2));
+        assert!(timed.is_empty());
+        assert_eq!(pauses, PATIENCE_PROBES);
+        assert!(points[1..].iter().all(|p| p.best == vec![0.0, 0.0]));
+        // One CPU (no probe answered): nothing judged far.
+        let (_, tally, timed, _) = retime_script(&[0.0, 0.0], &[]);
+        assert_eq!((tally.far, tally.floor, timed.len()), (0, 0.0, 0));
     }
 
     #[test]

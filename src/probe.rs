@@ -6,8 +6,9 @@
 //! went back and forth in 55-80 ns for most of the time and in 320-360 ns for stretches of
 //! minutes, when the two vCPUs sat on core complexes that share no cache; every
 //! shared-memory or loopback-TCP transfer then slowed, up to 5x where a sender writes lines
-//! its receiver holds. `oxccl-bench` prints this figure before and after each run, and
-//! calibration records it, so a slow run says which of the two it ran in.
+//! its receiver holds. `oxccl-bench` prints this figure before and after each run and between
+//! sizes where it moved, so a slow run says which of the two it ran in; calibration probes it
+//! between sizes and times again what it timed with the cores far apart.
 //!
 //! ```
 //! # fn main() -> oxccl::Result<()> {
@@ -47,6 +48,36 @@ pub fn allowed_cpus() -> Vec<usize> {
     match sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
         Ok(set) => (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect(),
         Err(_) => Vec::new(),
+    }
+}
+
+/// The CPUs this process could be bound to: every online CPU its cpuset (cgroup) permits,
+/// whatever narrower mask it runs under now. A rank bound to one CPU (`oxrun --bind-to`)
+/// still probes the machine's CPUs from it: where the vCPUs sit is a property of the
+/// machine, and the probe's threads pin themselves, not the rank.
+///
+/// Found by asking the kernel: a scratch thread sets its mask to every CPU, which the kernel
+/// narrows to those the cpuset permits, and reads it back. Falls back to [`allowed_cpus`].
+pub fn machine_cpus() -> Vec<usize> {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    let widest = std::thread::scope(|s| {
+        s.spawn(|| -> Option<Vec<usize>> {
+            let mut all = CpuSet::new();
+            for c in 0..CpuSet::count() {
+                all.set(c).ok()?;
+            }
+            let me = nix::unistd::Pid::from_raw(0);
+            sched_setaffinity(me, &all).ok()?;
+            let set = sched_getaffinity(me).ok()?;
+            Some((0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
+        })
+        .join()
+        .ok()
+        .flatten()
+    });
+    match widest {
+        Some(cpus) if !cpus.is_empty() => cpus,
+        _ => allowed_cpus(),
     }
 }
 
@@ -169,10 +200,11 @@ impl std::fmt::Display for Placement {
     }
 }
 
-/// The cache-line round trip from the first CPU this process may run on to each of up to
-/// `max_peers` others (spread over the allowed set), about `budget` each.
+/// The cache-line round trip from the first CPU of the machine ([`machine_cpus`]: those this
+/// process could be bound to, not only those its current mask allows) to each of up to
+/// `max_peers` others (spread over them), about `budget` each.
 pub fn placement(max_peers: usize, budget: Duration) -> Result<Placement> {
-    let cpus = allowed_cpus();
+    let cpus = machine_cpus();
     let Some((&from, rest)) = cpus.split_first() else {
         return Ok(Placement { from: 0, to: Vec::new() });
     };
@@ -206,16 +238,45 @@ mod tests {
         // than the probe's patience even on an oversubscribed machine (the fastest batch).
         assert!(t > Duration::from_nanos(1) && t < PATIENCE, "{t:?}");
         let p = placement(4, Duration::from_millis(1)).expect("placement");
-        assert_eq!(p.from, cpus[0]);
-        assert_eq!(p.to.len(), (cpus.len() - 1).min(4));
-        assert!(p.to.iter().all(|&(c, _)| c != p.from && cpus.contains(&c)));
+        let machine = machine_cpus();
+        assert!(cpus.iter().all(|c| machine.contains(c)), "{cpus:?} not within {machine:?}");
+        assert_eq!(p.from, machine[0]);
+        assert_eq!(p.to.len(), (machine.len() - 1).min(4));
+        assert!(p.to.iter().all(|&(c, _)| c != p.from && machine.contains(&c)));
         assert!(p.to_string().starts_with("CPU"), "{p}");
+    }
+
+    #[test]
+    fn a_caller_bound_to_one_cpu_still_probes_the_machine() {
+        // As a rank `oxrun --bind-to core` bound: the probe between benchmark sizes, and
+        // calibration's, run there and must still see the other CPUs.
+        let machine = machine_cpus();
+        if machine.len() < 2 {
+            return;
+        }
+        let seen = std::thread::scope(|s| {
+            s.spawn(|| {
+                pin(machine[1]).expect("pin");
+                assert_eq!(allowed_cpus(), vec![machine[1]]);
+                let p = placement(1, Duration::from_millis(1)).expect("placement");
+                // The caller's own mask is left as it was.
+                assert_eq!(allowed_cpus(), vec![machine[1]]);
+                (machine_cpus(), p)
+            })
+            .join()
+            .expect("bound thread")
+        });
+        assert_eq!(seen.0, machine);
+        assert_eq!(seen.1.from, machine[0]);
+        assert_eq!(seen.1.to.len(), 1);
+        assert!(seen.1.slowest().is_some_and(|t| t > Duration::ZERO));
     }
 
     #[test]
     fn a_cpu_outside_the_mask_is_an_error() {
         let cpus = allowed_cpus();
-        let outside = (0..nix::sched::CpuSet::count()).find(|c| !cpus.contains(c));
+        let machine = machine_cpus();
+        let outside = (0..nix::sched::CpuSet::count()).find(|c| !machine.contains(c));
         if let (Some(&a), Some(b)) = (cpus.first(), outside) {
             let e = line_round_trip(a, b, Duration::from_millis(1)).expect_err("CPU outside the mask");
             assert!(e.to_string().contains(&format!("CPU {b}")), "{e}");

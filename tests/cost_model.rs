@@ -245,17 +245,35 @@ fn bench_calibrates_and_explains() {
     );
     let f32_row = oxccl_algorithms::cost::dtype_index(DataType::F32);
     assert_eq!((fused.cache[f32_row], fused.memory[f32_row]), ([[0.0; 3]; 5], [[0.0; 3]; 5]));
+    // The cores were probed between sizes: every (collective, size) point of the six
+    // collectives counted, and those timed far apart either timed again or left out.
+    let points = 6 * oxccl::cost::RESIDUAL_POINTS;
+    assert_eq!(e.samples.placement.len(), 1, "{:?}", e.samples.placement);
+    let [ranks, timed, far, again, left_out] = e.samples.placement[0];
+    assert_eq!((ranks, timed), (2.0, points as f64));
+    assert_eq!(far, again + left_out);
+    assert!(e.measured.contains(&format!("{far:.0} of {points} points timed far apart")), "{}", e.measured);
     // Every algorithm of the six collectives got its efficiency at 2 ranks.
+    let mut zero_points = 0;
     for coll in [Collective::AllReduce, Collective::AllGather, Collective::ReduceScatter, Collective::AllToAll] {
-        for a in oxccl::algorithms_of(coll).iter().filter(|a| **a != Algorithm::Hierarchical) {
-            let rows = e.efficiency.get(&format!("{}.{}", coll.name(), a.name()));
+        for (k, a) in oxccl::algorithms_of(coll).iter().filter(|a| **a != Algorithm::Hierarchical).enumerate() {
+            let name = format!("{}.{}", coll.name(), a.name());
+            let rows = e.efficiency.get(&name);
             assert!(rows.is_some_and(|r| r.iter().any(|r| r[0] == 2.0)), "{coll} {a}: {:?}", e.efficiency.keys());
-            // With its residual at every calibrated size (measured, so positive).
+            // With its residual at every calibrated size (measured, so positive), but where
+            // the point was left out (its time 0: timed with the cores far apart every time).
             let row = rows.unwrap().iter().find(|r| r[0] == 2.0).unwrap();
             assert_eq!(row.len(), 5 + oxccl::cost::RESIDUAL_POINTS, "{coll} {a}: {row:?}");
-            assert!(row[5..].iter().all(|&x| x > 0.0 && x.is_finite()), "{coll} {a}: {row:?}");
+            let times = &e.samples.times[&name][0][2..];
+            for (x, t) in row[5..].iter().zip(times) {
+                assert!(x.is_finite() && (*x > 0.0) == (*t > 0.0), "{coll} {a}: {row:?} times {times:?}");
+            }
+            if k == 0 {
+                zero_points += times.iter().filter(|&&t| t == 0.0).count();
+            }
         }
     }
+    assert!(zero_points as f64 <= left_out, "{zero_points} points left out of four collectives, {left_out} of six");
     // The raw times are kept, and the fitted row gives them back at every calibrated size
     // (the residuals correct what the factors leave).
     assert_eq!(e.samples.link.len(), 1);
@@ -272,6 +290,9 @@ fn bench_calibrates_and_explains() {
             oxccl::cost::Call::new(Collective::AllReduce, oxccl::cost::residual_bytes(i), DataType::F32, ReduceOp::Sum);
         let us = oxccl::cost::predict(&call, Algorithm::Ring, &[0, 0], &profile).unwrap().total() * 1e6;
         let measured = times[0][2 + i];
+        if measured == 0.0 {
+            continue; // left out (above)
+        }
         let what = format!("size {}: predicted {us} us, measured {measured} us, residual {}", call.bytes, row[5 + i]);
         match row[5 + i] {
             r if r >= 5.0 => assert!(us < measured, "{what}"),
@@ -291,6 +312,8 @@ fn bench_calibrates_and_explains() {
     assert_eq!(f.entries[0].runs.get("2"), Some(&2));
     assert_eq!(f.entries[0].samples.link.len(), 2);
     assert_eq!(f.entries[0].samples.times["all_reduce.ring"].len(), 2);
+    // Both runs' placement tallies, as their times, are kept.
+    assert_eq!(f.entries[0].samples.placement.len(), 2);
     // --refit fits the file again from its samples: a row spoiled by hand comes back.
     let pooled = f.entries[0].clone();
     let mut spoiled = f.clone();

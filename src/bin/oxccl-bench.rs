@@ -281,11 +281,17 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
         }
         // The runs pooled keep their round trips and start times (without --average, those
         // of the other world sizes, whose rows the entry keeps); this one adds its own.
-        let kept = |rows: &[[f64; 2]]| -> Vec<[f64; 2]> {
-            rows.iter().copied().filter(|r| args.average || r[0] as usize != comm.size()).collect()
-        };
-        entry.samples.round_trip = base.as_ref().map(|b| kept(&b.samples.round_trip)).unwrap_or_default();
-        entry.samples.started = base.as_ref().map(|b| kept(&b.samples.started)).unwrap_or_default();
+        fn kept<const N: usize>(rows: &[[f64; N]], average: bool, ranks: usize) -> Vec<[f64; N]> {
+            rows.iter().copied().filter(|r| average || r[0] as usize != ranks).collect()
+        }
+        let p = comm.size();
+        entry.samples.round_trip =
+            base.as_ref().map(|b| kept(&b.samples.round_trip, args.average, p)).unwrap_or_default();
+        entry.samples.started = base.as_ref().map(|b| kept(&b.samples.started, args.average, p)).unwrap_or_default();
+        // calibrate() added this run's placement tally after the base entry's.
+        let this_run = entry.samples.placement.pop();
+        entry.samples.placement = kept(&entry.samples.placement, args.average, p);
+        entry.samples.placement.extend(this_run);
         let round_trip = std::env::var(ROUND_TRIP_VAR).ok().and_then(|v| v.parse::<f64>().ok());
         if let Some(ns) = round_trip {
             entry.samples.round_trip.push([comm.size() as f64, ns]);
