@@ -1484,9 +1484,14 @@ fn measure_algorithms_at_default_chunk(comm: &Communicator, entry: &mut TuningEn
     }
     let tally = retime_far(&mut timed, &mut time_point, &mut probe)?;
     if comm.rank() == 0 && tally.far > 0 {
+        let slowdown = median(tally.slowdowns.clone()).map_or(String::new(), |m| {
+            let lo = tally.slowdowns.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = tally.slowdowns.iter().copied().fold(0.0, f64::max);
+            format!(" (their first time over the near one: median {m:.2}x, {lo:.2}-{hi:.2})")
+        });
         println!(
-            "# {} of {} sizes timed with the cores far apart (cache-line round trip {:.0} ns, fastest seen {:.0}): \
-             {} timed again near, {} left out",
+            "# {} of {} sizes timed with the cores far apart (cache-line round trip up to {:.0} ns, fastest seen {:.0}): \
+             {} timed again near{slowdown}, {} left out",
             tally.far,
             points.len(),
             tally.slowest,
@@ -1550,7 +1555,7 @@ struct TimedPoint {
 }
 
 /// What [`retime_far`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 struct RetimeTally {
     /// The fastest and slowest round trips probed (ns).
     floor: f64,
@@ -1559,6 +1564,9 @@ struct RetimeTally {
     far: usize,
     retimed: usize,
     left_out: usize,
+    /// For each point timed again: its first time over the new one (summed over the
+    /// algorithms), what the far placement had cost it.
+    slowdowns: Vec<f64>,
 }
 
 /// Whether a cache-line round trip of `ns` says the cores sat far apart, against `floor`,
@@ -1626,6 +1634,8 @@ fn retime_far(
         }
         match kept {
             Some((best, round_trip)) => {
+                let sum = |t: &[f64]| t.iter().sum::<f64>();
+                tally.slowdowns.push(sum(&point.best) / sum(&best).max(f64::MIN_POSITIVE));
                 *point = TimedPoint { best, round_trip };
                 tally.retimed += 1;
             }
@@ -2147,6 +2157,7 @@ mod tests {
         assert_eq!(timed, vec![0, 2]);
         assert_eq!(pauses, 0);
         assert_eq!(points[0], TimedPoint { best: vec![100.0, 200.0], round_trip: 63.0 });
+        assert_eq!(tally.slowdowns, vec![2.0 / 300.0, 6.0 / 304.0]);
         assert_eq!(points[1].best, vec![2.0, 2.0], "a near point stays as timed");
         assert_eq!(points[2].best, vec![102.0, 202.0]);
         // Still far when the retry begins: it waits (probes with pauses) for near, then times.
