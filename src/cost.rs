@@ -337,6 +337,7 @@ impl TuningEntry {
     /// e.efficiency.clear();
     /// e.samples.started = vec![[2.0, 1_796_641_200.0], [2.0, 1_796_641_260.0], [4.0, 1_796_641_800.0]];
     /// e.samples.round_trip = vec![[2.0, 61.0], [2.0, 306.0], [4.0, 63.0]];
+    /// e.samples.placement.clear();
     /// assert_eq!(
     ///     e.describe_runs("oxccl-bench --calibrate --average"),
     ///     "oxccl-bench --calibrate --average over shm, AMD EPYC, 2 cores: 3 runs pooled (2 at 2 ranks, \
@@ -2078,6 +2079,7 @@ mod tests {
         e.efficiency = [("all_reduce.ring".to_string(), vec![vec![2.0, 1.0], vec![4.0, 1.0]])].into();
         e.samples.started = vec![[2.0, 1_796_641_200.0], [2.0, 1_796_641_230.0], [4.0, 1_796_727_600.0]];
         e.samples.round_trip.clear();
+        e.samples.placement.clear();
         assert!(e.describe_runs("cmd").ends_with("; started 2026-12-07 11:00 to 2026-12-08 11:00 UTC"));
         e.samples.started = vec![[2.0, 1_796_641_200.0], [2.0, 1_796_641_230.0], [4.0, 1_796_641_259.0]];
         assert!(e.describe_runs("cmd").ends_with("; started 2026-12-07 11:00 UTC"));
