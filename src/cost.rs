@@ -1100,7 +1100,9 @@ fn secs_per_iter(iters: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64>
 /// and copy kernels, and every algorithm of every collective at every size of
 /// [`RESIDUAL_SIZES`] (16 B to 64 MiB), whose times against the formulas give each
 /// algorithm's efficiency at this world size and what its factors leave unexplained at each
-/// size ([`Profile::efficiency`], [`Efficiency::residual`]).
+/// size ([`Profile::efficiency`], [`Efficiency::residual`]). Between sizes rank 0 probes
+/// where the machine's cores sit ([`crate::probe`]); a size timed with them far apart is
+/// timed again once they are near, or left out ([`Samples::placement`]).
 ///
 /// When ranks outnumber cores, the link between ranks 0 and 1 is disturbed by the idle
 /// ranks; with a `base` entry (rank 0's, measured with fewer ranks: `oxccl-bench --ranks 2
