@@ -529,6 +529,12 @@ impl TuningEntry {
                 mine.extend(merged);
                 mine.sort_by(|a, b| a[0].total_cmp(&b[0]));
             }
+            // The earlier runs' placement tallies of this world size, before this run's.
+            let (here, others): (Vec<[f64; 5]>, Vec<[f64; 5]>) =
+                self.samples.placement.iter().partition(|r| r[0] as usize == ranks);
+            self.samples.placement = others;
+            self.samples.placement.extend(earlier.samples.placement.iter().filter(|r| r[0] as usize == ranks));
+            self.samples.placement.extend(here);
             self.apply_link_samples();
         } else {
             mean(earlier.alpha_us, &mut self.alpha_us);
@@ -1474,6 +1480,9 @@ fn measure_algorithms_at_default_chunk(comm: &Communicator, entry: &mut TuningEn
                 *b = b.min(t);
             }
         }
+        // Back to the automatic choice: the probes between points broadcast a stack buffer,
+        // which a forced mapped broadcast would refuse.
+        comm.set_algorithms("auto")?;
         Ok(best)
     };
     let mut probe = |pause: bool| placement_probe(comm, pause);
@@ -1503,6 +1512,9 @@ fn measure_algorithms_at_default_chunk(comm: &Communicator, entry: &mut TuningEn
             tally.left_out
         );
     }
+    // This run's tally replaces the earlier ones of this world size, as its times do
+    // (pooled again by TuningEntry::average_with).
+    entry.samples.placement.retain(|r| r[0] as usize != p);
     entry.samples.placement.push([
         p as f64,
         points.len() as f64,
@@ -1533,18 +1545,10 @@ fn measure_algorithms_at_default_chunk(comm: &Communicator, entry: &mut TuningEn
 /// handed to every rank, so that all take the same branches on it; after 20 ms more with
 /// `pause`. 0 where it cannot be probed (one CPU).
 fn placement_probe(comm: &Communicator, pause: bool) -> Result<f64> {
-    // Whatever algorithm suits a one-word broadcast: the one last timed may be forced still
-    // (a forced mapped broadcast would refuse this stack buffer).
-    comm.set_algorithms("auto")?;
-    comm.barrier()?;
-    let mut ns = [0.0];
-    if comm.rank() == 0 {
-        // The other ranks past their brief spin first, asleep in the broadcast.
-        std::thread::sleep(std::time::Duration::from_micros(if pause { 20_000 } else { 500 }));
-        let budget = std::time::Duration::from_micros(500);
-        ns[0] =
-            crate::probe::placement(8, budget).ok().and_then(|p| p.slowest()).map_or(0.0, |t| t.as_secs_f64() * 1e9);
-    }
+    let wait = std::time::Duration::from_micros(if pause { 20_000 } else { 500 });
+    let probed = crate::probe::placement_from_rank0(comm, wait)?;
+    // The others wait for rank 0 in the broadcast.
+    let mut ns = [probed.and_then(|p| p.slowest()).map_or(0.0, |t| t.as_secs_f64() * 1e9)];
     comm.broadcast(&mut ns, 0)?;
     Ok(ns[0])
 }

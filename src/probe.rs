@@ -218,6 +218,21 @@ pub fn placement(max_peers: usize, budget: Duration) -> Result<Placement> {
     Ok(Placement { from, to })
 }
 
+/// The placement probed from inside a world, between two steps of a benchmark or a
+/// calibration: every rank enters a barrier, then rank 0 waits `wait` (the others past their
+/// brief spin, asleep, so that they do not compete with the probe's threads) and probes up to
+/// 8 CPUs for 0.5 ms each. Rank 0 gets the placement (`None` where the probe failed); the
+/// other ranks `None`, and return at once: the caller decides how they wait for rank 0.
+/// Collective: every rank must call it.
+pub fn placement_from_rank0(comm: &crate::Communicator, wait: Duration) -> Result<Option<Placement>> {
+    comm.barrier()?;
+    if comm.rank() != 0 {
+        return Ok(None);
+    }
+    std::thread::sleep(wait);
+    Ok(placement(8, Duration::from_micros(500)).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

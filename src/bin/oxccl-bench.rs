@@ -203,12 +203,7 @@ const ROUND_TRIP_VAR: &str = "OXCCL_BENCH_ROUND_TRIP_NS";
 /// This machine's cache-line round trips ([`oxccl::probe::placement`], up to 8 CPUs from the
 /// first, 3 ms each) as printed, and the slowest in nanoseconds.
 fn placement() -> (String, Option<f64>) {
-    placement_for(std::time::Duration::from_millis(3))
-}
-
-/// [`placement`] with `budget` per CPU probed.
-fn placement_for(budget: std::time::Duration) -> (String, Option<f64>) {
-    match oxccl::probe::placement(8, budget) {
+    match oxccl::probe::placement(8, std::time::Duration::from_millis(3)) {
         Ok(p) => (p.to_string(), p.slowest().map(|t| t.as_secs_f64() * 1e9)),
         Err(e) => (format!("not measured ({e})"), None),
     }
@@ -288,10 +283,6 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
         entry.samples.round_trip =
             base.as_ref().map(|b| kept(&b.samples.round_trip, args.average, p)).unwrap_or_default();
         entry.samples.started = base.as_ref().map(|b| kept(&b.samples.started, args.average, p)).unwrap_or_default();
-        // calibrate() added this run's placement tally after the base entry's.
-        let this_run = entry.samples.placement.pop();
-        entry.samples.placement = kept(&entry.samples.placement, args.average, p);
-        entry.samples.placement.extend(this_run);
         let round_trip = std::env::var(ROUND_TRIP_VAR).ok().and_then(|v| v.parse::<f64>().ok());
         if let Some(ns) = round_trip {
             entry.samples.round_trip.push([comm.size() as f64, ns]);
@@ -781,18 +772,15 @@ fn device_copy_bandwidth(ordinal: u32, bytes: usize) -> oxccl::Result<f64> {
 /// log shows from which row on the cores sat elsewhere. A VM's host moves them within seconds
 /// at times; the launcher's figures before and after the whole run miss that.
 fn probe_between(comm: &Communicator, last: &mut Option<f64>) -> oxccl::Result<()> {
-    comm.barrier()?;
-    if comm.rank() == 0 {
-        // The other ranks past their spin first.
-        std::thread::sleep(std::time::Duration::from_micros(500));
-        let (text, ns) = placement_for(std::time::Duration::from_micros(500));
-        if let Some(ns) = ns {
-            if last.is_none_or(|l| ns > 1.5 * l || ns < l / 1.5) {
-                println!("# cache-line round trip from here on: {text}");
-                *last = Some(ns);
-            }
+    let probed = oxccl::probe::placement_from_rank0(comm, std::time::Duration::from_micros(500))?;
+    if let Some((p, ns)) = probed.and_then(|p| p.slowest().map(|t| (p, t.as_secs_f64() * 1e9))) {
+        if last.is_none_or(|l| ns > 1.5 * l || ns < l / 1.5) {
+            println!("# cache-line round trip from here on: {p}");
+            *last = Some(ns);
         }
     }
+    // The others wait for rank 0 here (a barrier, not a broadcast: an algorithm forced with
+    // --algo would take a broadcast too).
     comm.barrier()
 }
 
