@@ -2343,6 +2343,8 @@ mod tests {
         earlier.efficiency.clear();
         earlier.runs.clear();
         earlier.samples = Samples::default();
+        // Nor the fused kernel's speeds (which the fused cases below set themselves).
+        earlier.fused_gbs.clear();
         let row = |f: f64, r: f64| {
             let mut v = vec![4.0, f, f, f, 1024.0];
             v.extend([r; RESIDUAL_POINTS]);
