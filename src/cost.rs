@@ -407,6 +407,16 @@ impl Samples {
     }
 }
 
+/// Per-run rows (`[ranks, ...]`) of runs pooled at `ranks`: `earlier`'s of that world size
+/// before this run's; `mine`'s rows of other world sizes stay (this entry started as a copy
+/// of the earlier one).
+fn pool_rows<const N: usize>(mine: &mut Vec<[f64; N]>, earlier: &[[f64; N]], ranks: usize) {
+    let (here, others): (Vec<[f64; N]>, Vec<[f64; N]>) = mine.iter().partition(|r| r[0] as usize == ranks);
+    *mine = others;
+    mine.extend(earlier.iter().filter(|r| r[0] as usize == ranks));
+    mine.extend(here);
+}
+
 /// The median of `xs` (of the middle two, their geometric mean: the figures are ratios
 /// at heart); `None` when empty.
 fn median(mut xs: Vec<f64>) -> Option<f64> {
@@ -530,11 +540,7 @@ impl TuningEntry {
                 mine.sort_by(|a, b| a[0].total_cmp(&b[0]));
             }
             // The earlier runs' placement tallies of this world size, before this run's.
-            let (here, others): (Vec<[f64; 5]>, Vec<[f64; 5]>) =
-                self.samples.placement.iter().partition(|r| r[0] as usize == ranks);
-            self.samples.placement = others;
-            self.samples.placement.extend(earlier.samples.placement.iter().filter(|r| r[0] as usize == ranks));
-            self.samples.placement.extend(here);
+            pool_rows(&mut self.samples.placement, &earlier.samples.placement, ranks);
             self.apply_link_samples();
         } else {
             mean(earlier.alpha_us, &mut self.alpha_us);
@@ -584,6 +590,9 @@ impl TuningEntry {
                 averaged = true;
             }
         }
+        // When the pooled runs started and the round trips before them, sampled or not.
+        pool_rows(&mut self.samples.round_trip, &earlier.samples.round_trip, ranks);
+        pool_rows(&mut self.samples.started, &earlier.samples.started, ranks);
         let mut runs = earlier.runs.clone();
         runs.extend(self.runs.clone());
         if sampled {
@@ -1114,12 +1123,21 @@ fn secs_per_iter(iters: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64>
 /// ranks; with a `base` entry (rank 0's, measured with fewer ranks: `oxccl-bench --ranks 2
 /// --calibrate FILE` first) its link figures are kept and only the wake cost and the
 /// efficiencies are measured. Collective: every rank must call it; rank 0's return value is
-/// the complete entry. Needs at least two ranks.
+/// the complete entry, with this run's start in [`Samples::started`]. Needs at least two
+/// ranks. Whatever algorithms the program forced, it times each one itself and runs its own
+/// small collectives with the automatic choice; the forced ones are back when it returns.
 pub fn calibrate(comm: &Communicator, base: Option<&TuningEntry>) -> Result<TuningEntry> {
     let (r, p) = (comm.rank(), comm.size());
     if p < 2 {
         return Err(Error::invalid_argument("calibration needs at least two ranks"));
     }
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    // Its own collectives (the broadcasts below and between points, of stack buffers) run
+    // with the automatic choice, not with what the program forced (a forced mapped broadcast
+    // refuses them); the program's settings come back when it returns.
+    let _kept = comm.keep_choice_settings();
+    comm.set_algorithms("auto")?;
+    comm.fix_chunk_bytes(None);
     // alpha, gap, beta, barrier, beta_cache, cache_bytes
     let mut figures = [0f64; 6];
     // Rank 0 decides whether the link figures come from the base entry. Ranks per core as
@@ -1299,8 +1317,13 @@ pub fn calibrate(comm: &Communicator, base: Option<&TuningEntry>) -> Result<Tuni
         ]];
     }
     measure_algorithms(comm, &mut entry)?;
-    // This world size's rows are one run's now (TuningEntry::average_with merges runs).
+    // This world size's rows are one run's now (TuningEntry::average_with merges runs): its
+    // start, and no round trip (the launcher's probe before the run, where it made one, is
+    // the caller's to add).
     entry.runs.remove(&p.to_string());
+    entry.samples.started.retain(|r| r[0] as usize != p);
+    entry.samples.started.push([p as f64, started]);
+    entry.samples.round_trip.retain(|r| r[0] as usize != p);
     Ok(entry)
 }
 
@@ -1364,8 +1387,11 @@ const QUICK_SCALE_RANGE: (f64, f64) = (0.1, 10.0);
 /// method by 40 ms of raw readings: the profile's efficiencies no longer matched them.
 ///
 /// Collective: every rank must call it, and every rank gets the same factors. Forces the
-/// all-reduce's algorithm while it runs and leaves the automatic choice in place after.
+/// all-reduce's algorithm while it runs; the algorithms forced before are back after.
 pub fn quick_rescale(comm: &Communicator) -> Result<QuickScale> {
+    let _kept = comm.keep_choice_settings();
+    comm.set_algorithms("auto")?;
+    comm.fix_chunk_bytes(None);
     let profile = comm.profile().clone();
     let hosts = comm.hosts().to_vec();
     let mut bufs = CalibrationBuffers::default();
@@ -1429,9 +1455,7 @@ fn measure_algorithms(comm: &Communicator, entry: &mut TuningEntry) -> Result<()
     // algorithms run at it here too, not at the size the profile being replaced would pick
     // (whose time the fit would otherwise read as the default size's).
     comm.fix_chunk_bytes(Some(default_chunk_bytes()));
-    let r = measure_algorithms_at_default_chunk(comm, entry);
-    comm.fix_chunk_bytes(None);
-    r
+    measure_algorithms_at_default_chunk(comm, entry)
 }
 
 fn measure_algorithms_at_default_chunk(comm: &Communicator, entry: &mut TuningEntry) -> Result<()> {
@@ -1537,7 +1561,7 @@ fn measure_algorithms_at_default_chunk(comm: &Communicator, entry: &mut TuningEn
         }
     }
     entry.fit_samples();
-    comm.set_algorithms("auto")
+    Ok(())
 }
 
 /// The slowest cache-line round trip between this machine's CPUs in nanoseconds, probed by
@@ -2491,15 +2515,23 @@ mod tests {
             e.fit_samples();
             e
         };
-        let first = run(1.0, 0.3);
-        let mut second = run(2.0, 55.0);
+        // Each run's start and round trip before it, as `calibrate` and its caller leave them.
+        let stamped = |mut e: TuningEntry, k: f64| {
+            e.samples.started = vec![[4.0, 1000.0 * k]];
+            e.samples.round_trip = vec![[4.0, 100.0 * k]];
+            e
+        };
+        let first = stamped(run(1.0, 0.3), 1.0);
+        let mut second = stamped(run(2.0, 55.0), 2.0);
         second.average_with(&first, 4);
         assert_eq!(second.runs.get("4"), Some(&2));
         assert_eq!(second.samples.link.len(), 2);
-        let mut third = run(1.02, 0.31);
+        let mut third = stamped(run(1.02, 0.31), 3.0);
         third.average_with(&second, 4);
         assert_eq!(third.runs.get("4"), Some(&3));
         assert_eq!(third.samples.times["all_reduce.ring"].len(), 3);
+        assert_eq!(third.samples.started, [[4.0, 1000.0], [4.0, 2000.0], [4.0, 3000.0]], "every run's, in order");
+        assert_eq!(third.samples.round_trip, [[4.0, 100.0], [4.0, 200.0], [4.0, 300.0]]);
         assert!((third.alpha_us - 0.31).abs() < 1e-12, "the median alpha, not the outlier's: {}", third.alpha_us);
         let l = third.samples.link[2];
         assert_eq!(
@@ -2528,10 +2560,15 @@ mod tests {
         // Another world size's samples are kept apart.
         let mut two = run(1.0, 0.3);
         two.samples.times.get_mut("all_reduce.ring").unwrap()[0][0] = 2.0;
+        // As calibrate leaves a run at 2 ranks that started from the pooled entry.
+        two.samples.started = [&third.samples.started[..], &[[2.0, 5000.0]]].concat();
+        two.samples.round_trip = [&third.samples.round_trip[..], &[[2.0, 500.0]]].concat();
         two.average_with(&third, 2);
         let rows = &two.samples.times["all_reduce.ring"];
         assert_eq!(rows.iter().filter(|r| r[0] == 4.0).count(), 3);
         assert_eq!(rows.iter().filter(|r| r[0] == 2.0).count(), 1);
+        assert_eq!(two.samples.started, [[4.0, 1000.0], [4.0, 2000.0], [4.0, 3000.0], [2.0, 5000.0]]);
+        assert_eq!(two.samples.round_trip, [[4.0, 100.0], [4.0, 200.0], [4.0, 300.0], [2.0, 500.0]]);
         assert_eq!(two.efficiency["all_reduce.ring"].len(), 2, "rows at 2 and 4 ranks");
     }
 

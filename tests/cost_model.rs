@@ -171,10 +171,17 @@ fn quick_calibration_probes_on_ordinary_memory() {
     let call = cost::Call::new(Collective::AllReduce, 1 << 20, DataType::F32, ReduceOp::Sum);
     let ranked = cost::rank_algorithms(&call, &[0; 4], comms[0].profile());
     assert_eq!(ranked[0].0, Algorithm::Mapped, "the premise: mapped is priced best at 1 MiB here");
+    // What the program forced before stays forced after.
+    for c in &comms {
+        c.set_algorithms("all_reduce:tree").unwrap();
+    }
     let scales: Vec<cost::QuickScale> = std::thread::scope(|sc| {
         let hs: Vec<_> = comms.iter().map(|c| sc.spawn(move || cost::quick_rescale(c).unwrap())).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    for c in &comms {
+        assert_eq!(c.algorithm_for(Collective::AllReduce, 1 << 20), Algorithm::Tree);
+    }
     for s in &scales {
         assert_eq!(s.probes.len(), 3);
         assert!(s.probes.iter().all(|p| p.1 != Algorithm::Mapped), "{:?}", s.probes);
@@ -225,7 +232,14 @@ fn bench() -> Command {
 fn bench_calibrates_and_explains() {
     let path = temp("bench.json");
     let _ = std::fs::remove_file(&path);
-    let out = bench().args(["--ranks", "2", "--transport", "shm", "--calibrate"]).arg(&path).output().unwrap();
+    // With an algorithm forced that refuses the calibration's own small broadcasts (of stack
+    // buffers): calibration runs those with the automatic choice.
+    let out = bench()
+        .args(["--ranks", "2", "--transport", "shm", "--calibrate"])
+        .arg(&path)
+        .env("OXCCL_ALGO", "broadcast:mapped")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("# calibrated shm over 2 ranks"), "{text}");
@@ -312,8 +326,10 @@ fn bench_calibrates_and_explains() {
     assert_eq!(f.entries[0].runs.get("2"), Some(&2));
     assert_eq!(f.entries[0].samples.link.len(), 2);
     assert_eq!(f.entries[0].samples.times["all_reduce.ring"].len(), 2);
-    // Both runs' placement tallies, as their times, are kept.
+    // Both runs' placement tallies and start times, as their times, are kept.
     assert_eq!(f.entries[0].samples.placement.len(), 2);
+    let started = &f.entries[0].samples.started;
+    assert!(started.len() == 2 && started[0][1] <= started[1][1] && started[0][0] == 2.0, "{started:?}");
     // --refit fits the file again from its samples: a row spoiled by hand comes back.
     let pooled = f.entries[0].clone();
     let mut spoiled = f.clone();

@@ -254,8 +254,6 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
     let comm = Communicator::from_launch_env(env, config)?;
     if let Some(path) = &args.calibrate {
         let t0 = Instant::now();
-        let started =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         let mut file = if path.exists() {
             oxccl::cost::TuningFile::load(path)?
         } else {
@@ -271,23 +269,13 @@ fn run_rank(args: &Args, env: &LaunchEnv) -> oxccl::Result<i32> {
             .find(|e| e.host == host && e.cpu == cpu && e.transport == comm.transport_name())
             .cloned();
         let mut entry = oxccl::cost::calibrate(&comm, base.as_ref())?;
+        // The cache-line round trip the launcher probed before this run.
+        if let Some(ns) = std::env::var(ROUND_TRIP_VAR).ok().and_then(|v| v.parse::<f64>().ok()) {
+            entry.samples.round_trip.push([comm.size() as f64, ns]);
+        }
         if let (true, Some(b)) = (args.average, &base) {
             entry.average_with(b, comm.size());
         }
-        // The runs pooled keep their round trips and start times (without --average, those
-        // of the other world sizes, whose rows the entry keeps); this one adds its own.
-        fn kept<const N: usize>(rows: &[[f64; N]], average: bool, ranks: usize) -> Vec<[f64; N]> {
-            rows.iter().copied().filter(|r| average || r[0] as usize != ranks).collect()
-        }
-        let p = comm.size();
-        entry.samples.round_trip =
-            base.as_ref().map(|b| kept(&b.samples.round_trip, args.average, p)).unwrap_or_default();
-        entry.samples.started = base.as_ref().map(|b| kept(&b.samples.started, args.average, p)).unwrap_or_default();
-        let round_trip = std::env::var(ROUND_TRIP_VAR).ok().and_then(|v| v.parse::<f64>().ok());
-        if let Some(ns) = round_trip {
-            entry.samples.round_trip.push([comm.size() as f64, ns]);
-        }
-        entry.samples.started.push([comm.size() as f64, started]);
         entry.measured = entry.describe_runs(if args.average {
             "oxccl-bench --calibrate --average"
         } else {

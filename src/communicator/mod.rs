@@ -167,6 +167,21 @@ impl Drop for FailOnUnwind<'_> {
     }
 }
 
+/// Puts back the forced algorithms and fixed chunk size a communicator had when
+/// [`Communicator::keep_choice_settings`] made it.
+pub(crate) struct KeptChoiceSettings<'a> {
+    comm: &'a Communicator,
+    forced: u64,
+    chunk: usize,
+}
+
+impl Drop for KeptChoiceSettings<'_> {
+    fn drop(&mut self) {
+        self.comm.forced.store(self.forced, Ordering::Relaxed);
+        self.comm.chunk_fixed.store(self.chunk, Ordering::Relaxed);
+    }
+}
+
 fn host_key() -> u64 {
     let id = std::env::var("OXCCL_HOST_ID").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
         nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into())
@@ -419,10 +434,7 @@ impl Communicator {
             return Ok(());
         }
         let t0 = Instant::now();
-        let forced = self.forced.load(Ordering::Relaxed);
-        let scale = cost::quick_rescale(self);
-        self.forced.store(forced, Ordering::Relaxed);
-        let scale = scale?;
+        let scale = cost::quick_rescale(self)?;
         scale.apply(&mut self.profile);
         *self.choices.lock().unwrap_or_else(|e| e.into_inner()) = Choices::default();
         let probes: Vec<String> = scale
@@ -599,6 +611,18 @@ impl Communicator {
     /// Every rank must make the same change between the same two calls.
     pub(crate) fn fix_chunk_bytes(&self, chunk: Option<usize>) {
         self.chunk_fixed.store(chunk.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Keeps this communicator's forced algorithms and fixed chunk size, and puts them back
+    /// when the returned guard drops: calibration forces each algorithm in turn, and a
+    /// program that calls it (or `OXCCL_TUNE=quick` at start) gets back the choices it had,
+    /// whether calibration succeeded or failed.
+    pub(crate) fn keep_choice_settings(&self) -> KeptChoiceSettings<'_> {
+        KeptChoiceSettings {
+            comm: self,
+            forced: self.forced.load(Ordering::Relaxed),
+            chunk: self.chunk_fixed.load(Ordering::Relaxed),
+        }
     }
 
     /// [`Communicator::choice_state`] before a fixed chunk size.
