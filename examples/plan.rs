@@ -439,7 +439,9 @@ fn replay(a: &Args) -> oxccl::Result<()> {
             for op in &l.ops {
                 let t = median_time(&mut || run(op))?;
                 let c = comm_of(op.group);
-                let chosen = c.choice_for(op.coll, op.bytes, DataType::Bf16, ReduceOp::Sum).algo;
+                let choice = c.choice_for(op.coll, op.bytes, DataType::Bf16, ReduceOp::Sum);
+                // On heap buffers a `mapped` choice runs its fallback.
+                let chosen = if a.buffers == "shared" { choice.algo } else { choice.fallback };
                 ops.push((op, chosen, t));
             }
         }

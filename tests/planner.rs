@@ -13,13 +13,13 @@ fn plan_example() -> PathBuf {
     deps.parent().unwrap().join("examples").join("plan")
 }
 
-/// Replays every layout; returns each layout's row, its numbers reversed (ratio, measured,
-/// predicted, GB, calls).
-fn replay(buffers: &str, extra: &[&str]) -> Vec<Vec<f64>> {
+/// Replays every layout of a model of `params` parameters; returns each layout's row, its
+/// numbers reversed (ratio, measured, predicted, GB, calls).
+fn replay(buffers: &str, params: &str, extra: &[&str]) -> Vec<Vec<f64>> {
     let out = Command::new(env!("CARGO_BIN_EXE_oxrun"))
         .args(["-n", "4"])
         .arg(plan_example())
-        .args(["--params", "4e6", "--layers", "2", "--hidden", "256", "--seq", "64", "--micro-batch", "1"])
+        .args(["--params", params, "--layers", "2", "--hidden", "256", "--seq", "64", "--micro-batch", "1"])
         .args(["--replay", "--steps", "2", "--buffers", buffers])
         .args(extra)
         .env("OXCCL_TIMEOUT_MS", "30000")
@@ -40,6 +40,13 @@ fn replay(buffers: &str, extra: &[&str]) -> Vec<Vec<f64>> {
         })
         .collect();
     assert_eq!(rows.len(), 5, "five layouts on {buffers} buffers:\n{text}");
+    if extra.contains(&"--breakdown") {
+        // Each op names the algorithm that ran it: on heap buffers never `mapped` (ranks in
+        // other processes cannot map them), but its fallback.
+        let ran: Vec<&str> = text.lines().filter_map(|l| l.split(", ran ").nth(1)).collect();
+        assert!(!ran.is_empty(), "{text}");
+        assert!(buffers != "heap" || ran.iter().all(|a| a.trim() != "mapped"), "{text}");
+    }
     for r in &rows {
         // Reversed: ratio, measured, predicted, GB, calls.
         let (ratio, measured, predicted) = (r[0], r[1], r[2]);
@@ -53,14 +60,15 @@ fn replay(buffers: &str, extra: &[&str]) -> Vec<Vec<f64>> {
 
 #[test]
 fn the_planner_replays_every_layout_on_heap_and_shared_buffers() {
-    replay("heap", &[]);
-    replay("shared", &[]);
+    // A model whose gradients (32 MB) the communicator would all-reduce with `mapped`.
+    replay("heap", "16e6", &["--breakdown"]);
+    replay("shared", "4e6", &[]);
 }
 
 #[test]
 fn the_planner_replays_calls_made_in_place() {
     for buffers in ["heap", "shared"] {
-        let (out, inp) = (replay(buffers, &[]), replay(buffers, &["--in-place"]));
+        let (out, inp) = (replay(buffers, "4e6", &[]), replay(buffers, "4e6", &["--in-place"]));
         // The same layouts in the same order, priced in place: never dearer, and ZeRO-3's
         // all-gathers and reduce-scatters (the second row) have no own blocks to copy.
         for (o, i) in out.iter().zip(&inp) {
