@@ -244,6 +244,51 @@ mod tests {
         assert!((model(&pr, 1024) - expect).abs() < 1e-9 * expect, "{} vs {expect}", model(&pr, 1024));
     }
 
+    /// A type's extra over f32 in the reduction kernel is priced as measured: the
+    /// efficiency factors and residuals, fitted to f32 calls, scale f32's price alone.
+    #[test]
+    fn a_types_reduction_extra_is_left_unscaled() {
+        use crate::cost::{Efficiency, RESIDUAL_POINTS};
+        use crate::dtype::DataType;
+        use crate::op::ReduceOp;
+        let mut pr = crate::cost::tests::profile();
+        pr.gamma[crate::cost::dtype_index(DataType::Bf16)] = [5e-11; 5];
+        let hosts = [0, 0];
+        let price = |pr: &crate::cost::Profile, dtype: DataType| -> f64 {
+            let m = Model {
+                coll: Collective::AllReduce,
+                bytes: 1 << 20,
+                dtype,
+                op: ReduceOp::Sum,
+                hosts: &hosts,
+                profile: pr,
+                chunk_bytes: 1 << 18,
+                footprint_cap: f64::INFINITY,
+                in_place: false,
+            };
+            predict(Algorithm::Ring, &m).expect("ring all-reduce").total()
+        };
+        // The ring reduces (p-1)/p of the vector on each rank: 512 KiB at 3e-11 a byte more.
+        let extra = 524288.0 * 3e-11;
+        let unfitted = price(&pr, DataType::Bf16) - price(&pr, DataType::F32);
+        assert!((unfitted - extra).abs() < 1e-9 * extra, "{unfitted} vs {extra}");
+        let mut residual = [0.0; RESIDUAL_POINTS];
+        residual.fill(0.8);
+        pr.efficiency = vec![Efficiency {
+            coll: Collective::AllReduce,
+            algo: Algorithm::Ring,
+            ranks: 2,
+            inter: false,
+            latency: 1.0,
+            bandwidth_cache: 0.5,
+            bandwidth: 0.5,
+            cache_bytes: 1e6,
+            residual,
+        }];
+        let fitted = price(&pr, DataType::Bf16) - price(&pr, DataType::F32);
+        assert!((fitted - extra).abs() < 1e-9 * extra, "{fitted} vs {extra}");
+    }
+
     #[test]
     fn table_is_consistent() {
         for c in Collective::ALL {
