@@ -184,6 +184,22 @@ pub fn predict(algo: Algorithm, m: &Model<'_>) -> Option<Cost> {
 mod tests {
     use super::*;
 
+    /// The predicted cost of a 2-rank ring all-reduce (sum) of `bytes` bytes of `dtype`.
+    fn ring_all_reduce(pr: &crate::cost::Profile, bytes: usize, dtype: crate::dtype::DataType) -> crate::cost::Cost {
+        let m = Model {
+            coll: Collective::AllReduce,
+            bytes,
+            dtype,
+            op: crate::op::ReduceOp::Sum,
+            hosts: &[0, 0],
+            profile: pr,
+            chunk_bytes: 1 << 18,
+            footprint_cap: f64::INFINITY,
+            in_place: false,
+        };
+        predict(Algorithm::Ring, &m).expect("ring all-reduce")
+    }
+
     #[test]
     fn curves_are_not_read_past_the_largest_size_measured() {
         use crate::cost::{Efficiency, RESIDUAL_POINTS};
@@ -204,20 +220,8 @@ mod tests {
             cache_bytes: (32 << 20) as f64,
             residual: [0.0; RESIDUAL_POINTS],
         };
-        let hosts = [0, 0];
         let model = |pr: &crate::cost::Profile, bytes: usize| -> f64 {
-            let m = Model {
-                coll: Collective::AllReduce,
-                bytes,
-                dtype: DataType::F32,
-                op: ReduceOp::Sum,
-                hosts: &hosts,
-                profile: pr,
-                chunk_bytes: 1 << 18,
-                footprint_cap: f64::INFINITY,
-                in_place: false,
-            };
-            let c = predict(Algorithm::Ring, &m).expect("ring all-reduce");
+            let c = ring_all_reduce(pr, bytes, DataType::F32);
             // The per-byte terms (the latency terms count chunks, not bytes).
             c.transfer + c.reduce
         };
@@ -250,24 +254,9 @@ mod tests {
     fn a_types_reduction_extra_is_left_unscaled() {
         use crate::cost::{Efficiency, RESIDUAL_POINTS};
         use crate::dtype::DataType;
-        use crate::op::ReduceOp;
         let mut pr = crate::cost::tests::profile();
         pr.gamma[crate::cost::dtype_index(DataType::Bf16)] = [5e-11; 5];
-        let hosts = [0, 0];
-        let price = |pr: &crate::cost::Profile, dtype: DataType| -> f64 {
-            let m = Model {
-                coll: Collective::AllReduce,
-                bytes: 1 << 20,
-                dtype,
-                op: ReduceOp::Sum,
-                hosts: &hosts,
-                profile: pr,
-                chunk_bytes: 1 << 18,
-                footprint_cap: f64::INFINITY,
-                in_place: false,
-            };
-            predict(Algorithm::Ring, &m).expect("ring all-reduce").total()
-        };
+        let price = |pr: &crate::cost::Profile, dtype: DataType| ring_all_reduce(pr, 1 << 20, dtype).total();
         // The ring reduces (p-1)/p of the vector on each rank: 512 KiB at 3e-11 a byte more.
         let extra = 524288.0 * 3e-11;
         let unfitted = price(&pr, DataType::Bf16) - price(&pr, DataType::F32);
