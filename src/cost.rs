@@ -1135,9 +1135,7 @@ pub fn calibrate(comm: &Communicator, base: Option<&TuningEntry>) -> Result<Tuni
     // Its own collectives (the broadcasts below and between points, of stack buffers) run
     // with the automatic choice, not with what the program forced (a forced mapped broadcast
     // refuses them); the program's settings come back when it returns.
-    let _kept = comm.keep_choice_settings();
-    comm.set_algorithms("auto")?;
-    comm.fix_chunk_bytes(None);
+    let _kept = comm.choose_automatically();
     // alpha, gap, beta, barrier, beta_cache, cache_bytes
     let mut figures = [0f64; 6];
     // Rank 0 decides whether the link figures come from the base entry. Ranks per core as
@@ -1389,9 +1387,7 @@ const QUICK_SCALE_RANGE: (f64, f64) = (0.1, 10.0);
 /// Collective: every rank must call it, and every rank gets the same factors. Forces the
 /// all-reduce's algorithm while it runs; the algorithms forced before are back after.
 pub fn quick_rescale(comm: &Communicator) -> Result<QuickScale> {
-    let _kept = comm.keep_choice_settings();
-    comm.set_algorithms("auto")?;
-    comm.fix_chunk_bytes(None);
+    let _kept = comm.choose_automatically();
     let profile = comm.profile().clone();
     let hosts = comm.hosts().to_vec();
     let mut bufs = CalibrationBuffers::default();

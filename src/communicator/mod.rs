@@ -168,7 +168,7 @@ impl Drop for FailOnUnwind<'_> {
 }
 
 /// Puts back the forced algorithms and fixed chunk size a communicator had when
-/// [`Communicator::keep_choice_settings`] made it.
+/// [`Communicator::choose_automatically`] made it.
 pub(crate) struct KeptChoiceSettings<'a> {
     comm: &'a Communicator,
     forced: u64,
@@ -613,15 +613,16 @@ impl Communicator {
         self.chunk_fixed.store(chunk.unwrap_or(0), Ordering::Relaxed);
     }
 
-    /// Keeps this communicator's forced algorithms and fixed chunk size, and puts them back
-    /// when the returned guard drops: calibration forces each algorithm in turn, and a
-    /// program that calls it (or `OXCCL_TUNE=quick` at start) gets back the choices it had,
-    /// whether calibration succeeded or failed.
-    pub(crate) fn keep_choice_settings(&self) -> KeptChoiceSettings<'_> {
+    /// Lets the selection choose (no forced algorithm, no fixed chunk size) until the returned
+    /// guard drops, which puts back what was forced and fixed before: calibration runs its
+    /// own small collectives with the automatic choice and forces each algorithm in turn,
+    /// and a program that calls it (or `OXCCL_TUNE=quick` at start) gets back the choices it
+    /// had, whether calibration succeeded or failed.
+    pub(crate) fn choose_automatically(&self) -> KeptChoiceSettings<'_> {
         KeptChoiceSettings {
             comm: self,
-            forced: self.forced.load(Ordering::Relaxed),
-            chunk: self.chunk_fixed.load(Ordering::Relaxed),
+            forced: self.forced.swap(AlgoOverrides::default().pack(), Ordering::Relaxed),
+            chunk: self.chunk_fixed.swap(0, Ordering::Relaxed),
         }
     }
 
