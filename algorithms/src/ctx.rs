@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use oxccl_transport::{Error, Region, RegionMut, ReqId, Result, Sink, Tag, Transport};
+use oxccl_transport::{Error, Region, RegionMut, ReqId, Result, SendHints, Sink, Tag, Transport};
 
 use crate::dtype::DataType;
 use crate::kernels::Reducer;
@@ -140,7 +140,9 @@ pub struct Ctx<'a> {
     pub recv_sink: bool,
     /// The smallest message the transport moves by a single copy, the receiver reading the
     /// sender's buffer ([`oxccl_transport::Capabilities::single_copy_min`]); 0 where it never
-    /// does.
+    /// does. [`Ctx::send`] passes it on as a hint ([`SendHints::single_copy_min`]), so a
+    /// context with a lower one ([`Ctx::with_single_copy_min`]) has the transport move its
+    /// messages from that size by single copy.
     pub single_copy_min: usize,
     /// The host of every rank (`hosts[r]`, numbered from 0 in order of first appearance);
     /// empty when unknown. Hierarchical algorithms group ranks by it.
@@ -195,6 +197,17 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// This context with single copy from `min` bytes (see [`Ctx::single_copy_min`]): where
+    /// the transport moves messages by single copy at all, from that size on, below its own
+    /// threshold too; unchanged where it never does (`single_copy_min` 0).
+    pub fn with_single_copy_min(&self, min: usize) -> Ctx<'a> {
+        let mut c = self.with_chunk_bytes(self.chunk_bytes);
+        if c.single_copy_min != 0 && min != 0 {
+            c.single_copy_min = min;
+        }
+        c
+    }
+
     /// The tag of step `step` of this call: 40 bits of sequence number, 8 of collective, 16 of
     /// step, and above them the call's fingerprint, so a message of another call, collective
     /// or signature fails the receiver's tag check.
@@ -206,7 +219,8 @@ impl<'a> Ctx<'a> {
 
     /// Posts a send of `buf` to `peer` at `step`.
     pub fn send(&self, peer: usize, step: usize, buf: Region) -> Result<ReqId> {
-        self.net.post_send(peer, self.tag(step), buf)
+        let hints = SendHints { single_copy_min: (self.single_copy_min != 0).then_some(self.single_copy_min) };
+        self.net.post_send_hinted(peer, self.tag(step), buf, hints)
     }
 
     /// Posts a receive into `buf` from `peer` at `step`.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use oxccl_transport::{Capabilities, Error, Region, RegionMut, ReqId, Result, Sink, Tag, Transport};
+use oxccl_transport::{Capabilities, Error, Region, RegionMut, ReqId, Result, SendHints, Sink, Tag, Transport};
 
 use crate::ctx::Ctx;
 
@@ -67,6 +67,9 @@ impl Transport for GroupNet<'_> {
     }
     fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {
         self.inner.post_send(self.world(peer)?, tag, buf)
+    }
+    fn post_send_hinted(&self, peer: usize, tag: Tag, buf: Region, hints: SendHints) -> Result<ReqId> {
+        self.inner.post_send_hinted(self.world(peer)?, tag, buf, hints)
     }
     fn post_recv(&self, peer: usize, tag: Tag, buf: RegionMut) -> Result<ReqId> {
         self.inner.post_recv(self.world(peer)?, tag, buf)

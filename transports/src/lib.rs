@@ -83,4 +83,4 @@ pub use shm::{MemoryKey, SharedBuffer, ShmOptions, ShmTransport, SlotStores};
 pub use sink::Sink;
 pub use store::{MemoryStore, PrefixStore, Store};
 pub use tcp::{TcpOptions, TcpTransport};
-pub use transport::{Capabilities, ReqId, Tag, Transport};
+pub use transport::{Capabilities, ReqId, SendHints, Tag, Transport};

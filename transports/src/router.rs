@@ -124,6 +124,11 @@ impl Transport for Router {
         Self::join(i, self.transports[i].post_send(peer, tag, buf)?)
     }
 
+    fn post_send_hinted(&self, peer: usize, tag: Tag, buf: Region, hints: crate::SendHints) -> Result<ReqId> {
+        let i = self.target(peer)?;
+        Self::join(i, self.transports[i].post_send_hinted(peer, tag, buf, hints)?)
+    }
+
     fn post_recv(&self, peer: usize, tag: Tag, buf: RegionMut) -> Result<ReqId> {
         let i = self.target(peer)?;
         Self::join(i, self.transports[i].post_recv(peer, tag, buf)?)

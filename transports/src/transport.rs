@@ -49,6 +49,17 @@ pub struct Capabilities {
     pub recv_sink: bool,
 }
 
+/// How the caller would like a send moved: hints a transport follows where it can and
+/// ignores where it cannot (the default, no hints, leaves every choice to the transport).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SendHints {
+    /// Move the message by a single copy (the receiver reading this buffer) if it has at
+    /// least this many bytes, where the transport has single copy to that peer and its own
+    /// threshold ([`Capabilities::single_copy_min`]) is higher. A lower threshold never
+    /// turns single copy on where the transport has it off.
+    pub single_copy_min: Option<usize>,
+}
+
 /// Rank-addressed, tagged, non-blocking point-to-point transfer of byte regions.
 ///
 /// See the crate documentation for the contract every implementation meets.
@@ -65,6 +76,13 @@ pub trait Transport: Send + Sync {
     /// Posts a send of `buf` to `peer`. The region must stay valid until the request completes
     /// (the promise made when it was created).
     fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId>;
+
+    /// [`Transport::post_send`] with hints on how to move the message ([`SendHints`]). The
+    /// default ignores them.
+    fn post_send_hinted(&self, peer: usize, tag: Tag, buf: Region, hints: SendHints) -> Result<ReqId> {
+        let _ = hints;
+        self.post_send(peer, tag, buf)
+    }
 
     /// Posts a receive of exactly `buf.len()` bytes from `peer` into `buf`.
     fn post_recv(&self, peer: usize, tag: Tag, buf: RegionMut) -> Result<ReqId>;

@@ -35,7 +35,7 @@ use crate::placement::{CpuBoard, CpuCell};
 use crate::region::{MemoryKind, Region, RegionMut};
 use crate::sink::Sink;
 use crate::store::Store;
-use crate::transport::{Capabilities, ReqId, Tag, Transport};
+use crate::transport::{Capabilities, ReqId, SendHints, Tag, Transport};
 
 const SLOT_HEADER: usize = 40;
 
@@ -456,6 +456,9 @@ struct SendOp {
     ptr: *const u8,
     len: usize,
     off: usize,
+    /// Announced for a single-copy read, decided when it was posted (see
+    /// [`ShmTransport::single_copy_send`]); else through the FIFO.
+    single: bool,
 }
 
 struct RecvOp {
@@ -861,6 +864,16 @@ impl ShmTransport {
         ok
     }
 
+    /// Whether a message of `len` bytes to `peer` is announced for a single-copy read: where
+    /// the peer may read this process and the message reaches the threshold, this
+    /// transport's own ([`ShmOptions::single_copy_min`]) or the sender's lower one
+    /// ([`SendHints::single_copy_min`]).
+    fn single_copy_send(&self, peer: usize, len: usize, hints: SendHints) -> bool {
+        let Some(own) = self.opts.single_copy_min else { return false };
+        let min = hints.single_copy_min.map_or(own, |h| h.min(own));
+        self.send_single[peer] && len >= min
+    }
+
     /// How many slots to `peer` this rank has written with streaming stores.
     #[cfg(test)]
     fn streamed_slots(&self, peer: usize) -> u64 {
@@ -877,7 +890,6 @@ impl ShmTransport {
                 continue;
             }
             let fifo = self.fifo(self.rank, peer);
-            let single_min = if self.send_single[peer] { self.opts.single_copy_min } else { None };
             // Whether the peer asks for the messages it judges through the FIFO now (read
             // only for such a message: the clock is not read on every pass).
             let fifo_asked = || {
@@ -886,7 +898,7 @@ impl ShmTransport {
             };
             let mut pushed = false;
             while let Some(op) = st.sendq[peer].front_mut() {
-                if op.off == 0 && single_min.is_some_and(|m| op.len >= m) && !(read_judged(op.len) && fifo_asked()) {
+                if op.off == 0 && op.single && !(read_judged(op.len) && fifo_asked()) {
                     // Announce the buffer; the receiver copies it with process_vm_readv and
                     // acknowledges, which completes the send.
                     let (tag, len, addr) = (op.tag, op.len as u64, op.ptr as u64);
@@ -1180,6 +1192,10 @@ impl Transport for ShmTransport {
     }
 
     fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> Result<ReqId> {
+        self.post_send_hinted(peer, tag, buf, SendHints::default())
+    }
+
+    fn post_send_hinted(&self, peer: usize, tag: Tag, buf: Region, hints: SendHints) -> Result<ReqId> {
         self.check_member(peer)?;
         if buf.kind() != MemoryKind::Host {
             return Err(Error::unsupported("the shm transport moves host memory only"));
@@ -1189,10 +1205,8 @@ impl Transport for ShmTransport {
         let id = st.next_id;
         st.next_id += 1;
         let len = buf.len();
-        if st.sendq[peer].is_empty()
-            && len <= self.opts.slot_bytes - SEQ_BYTES - SLOT_HEADER
-            && !(self.send_single[peer] && self.opts.single_copy_min.is_some_and(|m| len >= m))
-        {
+        let single = self.single_copy_send(peer, len, hints);
+        if st.sendq[peer].is_empty() && len <= self.opts.slot_bytes - SEQ_BYTES - SLOT_HEADER && !single {
             // Fast path: nothing queued before it and it fits one slot, so it goes out now
             // and completes without ever being queued (a request never queued is complete).
             // Written as queued messages are ([`SlotStores`]): with the cores far apart, a
@@ -1207,7 +1221,7 @@ impl Transport for ShmTransport {
             }
         }
         st.reqs.insert(id, ReqInfo { peer, tag, is_send: true });
-        st.sendq[peer].push_back(SendOp { req: id, tag, ptr: buf.as_ptr(), len: buf.len(), off: 0 });
+        st.sendq[peer].push_back(SendOp { req: id, tag, ptr: buf.as_ptr(), len: buf.len(), off: 0, single });
         self.advance(&mut st).map_err(|e| self.fail_state(&mut st, e))?;
         Ok(ReqId(id))
     }
@@ -1804,6 +1818,37 @@ mod tests {
         assert_eq!(send(3, len), 2, "by single copy once the time passed");
         // The receive loop timed that read and counted it (the first of the cold ones).
         assert_eq!(ts[1].lock().reads[0].seen, 1, "the 1 MiB read was timed");
+    }
+
+    #[test]
+    fn a_send_hint_lowers_the_single_copy_threshold_and_never_turns_it_on() {
+        // (the transport's threshold, the hint, message bytes, single copy expected)
+        let cases = [
+            (Some(1 << 20), None, 4096, false),
+            (Some(1 << 20), Some(1024), 4096, true),
+            (Some(1 << 20), Some(1024), 1000, false),
+            (Some(1000), Some(1 << 20), 4096, true),
+            (None, Some(1024), 4096, false),
+        ];
+        for (own, hint, len, single) in cases {
+            let ts = world(2, ShmOptions { single_copy_min: own, ..ShmOptions::default() });
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut got = vec![0u8; len];
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let hints = SendHints { single_copy_min: hint };
+                    // SAFETY: `data` outlives the wait.
+                    let r = ts[0].post_send_hinted(1, Tag(5), unsafe { Region::from_slice(&data) }, hints).unwrap();
+                    ts[0].wait(r, Instant::now() + Duration::from_secs(10)).unwrap();
+                });
+                // SAFETY: `got` outlives the wait.
+                let r = ts[1].post_recv(0, Tag(5), unsafe { RegionMut::from_slice(&mut got) }).unwrap();
+                ts[1].wait(r, Instant::now() + Duration::from_secs(10)).unwrap();
+            });
+            assert!(got == data, "{own:?} {hint:?} {len}: the bytes");
+            let acked = ts[0].lock().acks_seen[1];
+            assert_eq!(acked, u64::from(single), "{own:?} {hint:?} {len}: single-copy sends acknowledged");
+        }
     }
 
     #[test]
