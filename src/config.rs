@@ -17,7 +17,7 @@
 //! | `OXCCL_TUNING_FILE` | [`Config::tuning_file`] | `/etc/oxccl/tuning.json` |
 //! | `OXCCL_TUNE` | [`Config::tune_at_init`] | `quick`, `off` |
 //! | `OXCCL_SHM_SLOTS`, `OXCCL_SHM_SLOT_BYTES` | [`Config::shm_slots`], [`Config::shm_slot_bytes`] | `8`, `64K` |
-//! | `OXCCL_SHM_SINGLE_COPY` | [`Config::shm_single_copy_min`] | `1M`, `64K`, `off` |
+//! | `OXCCL_SHM_SINGLE_COPY` | [`Config::shm_single_copy_min`] (and [`Config::shm_single_copy_trials`] off) | `1M`, `64K`, `off` |
 //! | `OXCCL_SHM_SINGLE_COPY_CHOICE` | [`Config::shm_single_copy_timed`] | `timed` (the default), `always` |
 //! | `OXCCL_SHM_STORES` | [`Config::shm_slot_stores`] | `auto`, `cached`, `streaming` |
 //! | `OXCCL_YIELD_US` (or `OXCCL_SHM_YIELD_US`) | [`Config::yield_for`] | `200` |
@@ -241,6 +241,13 @@ pub struct Config {
     /// message of at least [`Config::shm_single_copy_min`] bytes goes by single copy
     /// (`always`). See [`oxccl_transport::ShmOptions::single_copy_timed`].
     pub shm_single_copy_timed: bool,
+    /// Shared memory: whether trial calls ([`Config::trial_calls`]) also try the chosen
+    /// algorithm with its messages by single copy from
+    /// [`crate::select::EARLY_SINGLE_COPY_MIN`] bytes, below [`Config::shm_single_copy_min`],
+    /// and keep that where it ran faster (a program that sends the same unchanged buffer
+    /// again and again; see there). On by default; `OXCCL_SHM_SINGLE_COPY` turns it off:
+    /// the threshold it sets holds for every call.
+    pub shm_single_copy_trials: bool,
     /// Shared memory: how a sender writes its peers' FIFO slots: `Auto` (the default) times
     /// its ordinary stores and streams for a while after a run of slow ones, as when a VM's
     /// vCPUs sit on core complexes that share no cache (see
@@ -304,6 +311,7 @@ impl Default for Config {
             shm_slot_bytes: shm.slot_bytes,
             shm_single_copy_min: shm.single_copy_min,
             shm_single_copy_timed: shm.single_copy_timed,
+            shm_single_copy_trials: true,
             shm_slot_stores: shm.slot_stores,
             yield_for: Duration::from_micros(200),
             verify_calls: false,
@@ -426,6 +434,7 @@ impl Config {
                 "off" | "0" => None,
                 other => Some(bytes("OXCCL_SHM_SINGLE_COPY", other.to_string())?),
             };
+            self.shm_single_copy_trials = false;
         }
         if let Some(v) = var("OXCCL_SHM_SINGLE_COPY_CHOICE") {
             self.shm_single_copy_timed = match v.trim().to_ascii_lowercase().as_str() {
@@ -564,6 +573,9 @@ mod tests {
         assert_eq!(with(&[("OXCCL_SHM_YIELD_US", "9")]).unwrap().yield_for, Duration::from_micros(9));
         assert_eq!(Config::default().shm_slot_stores, oxccl_transport::SlotStores::Auto);
         assert!(Config::default().shm_single_copy_timed);
+        assert!(Config::default().shm_single_copy_trials);
+        let fixed = with(&[("OXCCL_SHM_SINGLE_COPY", "1M")]).unwrap();
+        assert_eq!((fixed.shm_single_copy_min, fixed.shm_single_copy_trials), (Some(1 << 20), false));
         assert!(!with(&[("OXCCL_SHM_SINGLE_COPY_CHOICE", "Always")]).unwrap().shm_single_copy_timed);
         assert!(with(&[("OXCCL_SHM_SINGLE_COPY_CHOICE", "timed")]).unwrap().shm_single_copy_timed);
         assert!(with(&[("OXCCL_SHM_SINGLE_COPY_CHOICE", "sometimes")]).is_err());

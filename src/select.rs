@@ -14,7 +14,9 @@
 //! names the algorithms whose predictions lie within [`TRIAL_WINDOW`] of the best, the
 //! communicator runs each for the first [`Config::trial_calls`] calls of that shape, and
 //! [`measured_best`] fixes the fastest on every rank alike, where the runs were steady
-//! enough to outweigh the prices.
+//! enough to outweigh the prices. Measurement alone decides one more thing, which no price
+//! can: whether a call's messages below the transport's single-copy threshold go by single
+//! copy ([`EARLY_SINGLE_COPY_MIN`]).
 //!
 //! [`Communicator::set_algorithms`]: crate::Communicator::set_algorithms
 
@@ -37,6 +39,35 @@ pub struct Choice {
     /// (taken when some rank's buffers cannot be mapped, with `chunk_bytes` its chunk
     /// size); for every other algorithm, `algo` itself.
     pub fallback: Algorithm,
+    /// Messages of at least this many bytes move by single copy, below the transport's own
+    /// threshold ([`EARLY_SINGLE_COPY_MIN`], fixed by trials where it ran faster); 0: at the
+    /// transport's own threshold.
+    pub single_copy_min: usize,
+}
+
+impl Choice {
+    /// The algorithm's name, with `+single-copy` where its messages move by single copy
+    /// below the transport's threshold ([`label`]).
+    pub fn label(&self) -> String {
+        label(self.algo, self.single_copy_min)
+    }
+}
+
+/// How logs and `oxccl-bench` name an algorithm whose messages move by single copy from
+/// `single_copy_min` bytes ([`Choice::single_copy_min`]): `ring`, or `ring+single-copy`.
+///
+/// ```
+/// use oxccl::select::{label, EARLY_SINGLE_COPY_MIN};
+/// use oxccl::Algorithm;
+/// assert_eq!(label(Algorithm::Ring, 0), "ring");
+/// assert_eq!(label(Algorithm::Ring, EARLY_SINGLE_COPY_MIN), "ring+single-copy");
+/// ```
+pub fn label(algo: Algorithm, single_copy_min: usize) -> String {
+    if single_copy_min == 0 {
+        algo.to_string()
+    } else {
+        format!("{algo}+single-copy")
+    }
 }
 
 /// `best` with its fallback: the best candidate in `ranked` (fastest first) other than
@@ -75,7 +106,13 @@ fn pipelined(coll: Collective) -> bool {
 fn priced(call: &Call, algo: Algorithm, hosts: &[usize], profile: &Profile, cfg: &Config) -> Option<Choice> {
     let at = |chunk_bytes: usize| {
         let c = Call { chunk_bytes, ..*call };
-        cost::predict(&c, algo, hosts, profile).map(|predicted| Choice { algo, chunk_bytes, predicted, fallback: algo })
+        cost::predict(&c, algo, hosts, profile).map(|predicted| Choice {
+            algo,
+            chunk_bytes,
+            predicted,
+            fallback: algo,
+            single_copy_min: 0,
+        })
     };
     if cfg.chunk_auto && pipelined(call.coll) {
         let mut best = at(cfg.chunk_bytes)?;
@@ -183,6 +220,51 @@ pub fn trial_candidates(ranked: &[Choice]) -> Vec<Choice> {
     v
 }
 
+/// The single-copy threshold that trials try below the transport's own (shared memory's
+/// 1 MiB, [`Config::shm_single_copy_min`]).
+///
+/// Which is faster depends on the program, not the machine. A send buffer that peers read
+/// again unchanged (nccl-tests' and Open MPI's benchmarks write their input once) sits in
+/// every cache, and a single copy of it beats the FIFO's two: 2-rank shm, all-gather of
+/// 64 KiB 4.0-4.1 us with single copy from 32 KiB against 5.8-6.4 from 1 MiB, of 256 KiB
+/// 11.1 against 22.5, of 1 MiB 57.3 against 90.6; all-to-all of 1 MiB 73.5 against 111
+/// (`oxccl-bench --fresh 0`). Freshly written data (gradients) must first leave the
+/// writer's cache, and the FIFO's copy from it runs faster (all-gather of 256 KiB 38.2 us
+/// with single copy from 64 KiB, 24.7 without, `--fresh 1`), as it does in all-reduces,
+/// whose later steps send what they just reduced. So trials run the model's choice with its
+/// messages by single copy from here for a block of calls, and keep it where it ran faster.
+/// Not lower: 16 KiB messages took as long either way.
+pub const EARLY_SINGLE_COPY_MIN: usize = 32 << 10;
+
+/// The factor on the price of [`EARLY_SINGLE_COPY_MIN`]'s trial candidate when the trials
+/// weigh their measurement against the prices ([`measured_best`]): the model prices it as
+/// its algorithm, so measurement alone decides, and it must find single copy a few percent
+/// faster, not equal within the noise.
+pub const EARLY_SINGLE_COPY_PRIOR: f64 = 1.05;
+
+/// Whether calls of `bytes` bytes in a world of `p` ranks try their messages by single copy
+/// from [`EARLY_SINGLE_COPY_MIN`] bytes, where the transport's own threshold is
+/// `transport_min` (0: no single copy): where that is higher, and some of the call's
+/// messages can fall between the two (a call's messages are at most its bytes, and at
+/// least `bytes / p` for most algorithms).
+pub fn tries_early_single_copy(bytes: usize, p: usize, transport_min: usize) -> bool {
+    transport_min > EARLY_SINGLE_COPY_MIN && bytes >= EARLY_SINGLE_COPY_MIN && bytes < p.saturating_mul(transport_min)
+}
+
+/// Whether a call of `coll` that this rank makes in place (`in_place`) or out of place
+/// sends by single copy from [`EARLY_SINGLE_COPY_MIN`] where its shape fixed that
+/// ([`Choice::single_copy_min`]): out of place, and in place where what the call sends is
+/// the caller's input, unchanged (all-gather, reduce-scatter). An in-place all-reduce sends
+/// what the call (or the last one) just wrote into the buffer, and an in-place all-to-all a
+/// fresh copy of it: freshly written data, which the FIFO moves faster (2-rank shm, input
+/// written once, 256 KiB, the shape's trials fixed out of place: all-reduce in place 55.9 us
+/// with single copy from 64 KiB, 37.7 without, all-to-all 40.2 and 25.4; all-gather in place
+/// 7.6 and 22.9). Each rank decides for its own sends (a receiver takes either), so ranks
+/// may differ.
+pub fn early_single_copy_in(coll: Collective, in_place: bool) -> bool {
+    !in_place || matches!(coll, Collective::AllGather | Collective::ReduceScatter)
+}
+
 /// One rank's trials of one candidate: its typical call and how closely its runs pin that
 /// down.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -287,12 +369,13 @@ pub fn choose(
             chunk_bytes: cfg.chunk_bytes,
             predicted: Cost::default(),
             fallback: a,
+            single_copy_min: 0,
         });
         return with_fallback(c, &ranked);
     }
     ranked.into_iter().next().unwrap_or_else(|| {
         let algo = oxccl_algorithms::registry::algorithms(coll).first().copied().unwrap_or(Algorithm::Ring);
-        Choice { algo, chunk_bytes: cfg.chunk_bytes, predicted: Cost::default(), fallback: algo }
+        Choice { algo, chunk_bytes: cfg.chunk_bytes, predicted: Cost::default(), fallback: algo, single_copy_min: 0 }
     })
 }
 
@@ -377,7 +460,7 @@ mod tests {
 
     fn priced_at(algo: Algorithm, us: f64) -> Choice {
         let predicted = Cost { latency: us * 1e-6, ..Cost::default() };
-        Choice { algo, chunk_bytes: 512 * K, predicted, fallback: algo }
+        Choice { algo, chunk_bytes: 512 * K, predicted, fallback: algo, single_copy_min: 0 }
     }
 
     #[test]

@@ -9,10 +9,21 @@
 mod common;
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use common::{call_and_check, call_and_check_in, checked_collectives, on_all, shm_world, tcp_world, test_config};
-use oxccl::select::{candidates, trial_candidates, TRIAL_MAX_CANDIDATES, TRIAL_MAX_ROUNDS, TRIAL_WARM_CALLS};
+use common::{
+    call_and_check, call_and_check_as, call_and_check_in, checked_collectives, on_all, shm_world, tcp_world,
+    test_config,
+};
+use oxccl::select::{
+    candidates, trial_candidates, EARLY_SINGLE_COPY_MIN, TRIAL_MAX_CANDIDATES, TRIAL_MAX_ROUNDS, TRIAL_WARM_CALLS,
+};
 use oxccl::{Collective, Communicator, Config, DataType, ReduceOp};
+use oxccl_transport::{
+    Capabilities, LoopbackTransport, Region, RegionMut, ReqId, Result as TResult, SendHints, Tag, Transport,
+};
 
 /// Element counts searched for a shape with something to try: primes, so blocks are uneven.
 const COUNTS: [usize; 14] = [1, 2, 3, 5, 7, 13, 31, 127, 509, 1021, 4093, 16381, 65521, 262139];
@@ -248,4 +259,232 @@ fn trials_rank() {
 fn trial_calls_from_the_environment() {
     let c = Config::default().overlay(&|k| (k == "OXCCL_TRIAL_CALLS").then(|| "7".into())).unwrap();
     assert_eq!(c.trial_calls, 7);
+}
+
+/// A rank's endpoint for [`trials_keep_single_copy_below_the_threshold_where_it_ran_faster`]:
+/// moves messages over loopback, reports `single_copy_min` as its single-copy threshold (as
+/// shared memory does, without mapping peers' memory), counts the sends posted with the
+/// trials' early threshold as hint ([`EARLY_SINGLE_COPY_MIN`]) and the others, and holds
+/// every send of one kind back by a millisecond, so that the other kind measures faster.
+struct HintedSends {
+    inner: LoopbackTransport,
+    single_copy_min: usize,
+    slow_early: bool,
+    early: AtomicUsize,
+    plain: AtomicUsize,
+}
+
+impl Transport for HintedSends {
+    fn name(&self) -> &'static str {
+        "hinted"
+    }
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            peer_memory_mappable: false,
+            single_copy: true,
+            single_copy_min: self.single_copy_min,
+            ..self.inner.capabilities()
+        }
+    }
+    fn post_send(&self, peer: usize, tag: Tag, buf: Region) -> TResult<ReqId> {
+        self.post_send_hinted(peer, tag, buf, SendHints::default())
+    }
+    fn post_send_hinted(&self, peer: usize, tag: Tag, buf: Region, hints: SendHints) -> TResult<ReqId> {
+        let early = hints.single_copy_min == Some(EARLY_SINGLE_COPY_MIN);
+        if early { &self.early } else { &self.plain }.fetch_add(1, Ordering::Relaxed);
+        if early == self.slow_early {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.inner.post_send(peer, tag, buf)
+    }
+    fn post_recv(&self, peer: usize, tag: Tag, buf: RegionMut) -> TResult<ReqId> {
+        self.inner.post_recv(peer, tag, buf)
+    }
+    fn test(&self, req: ReqId) -> TResult<bool> {
+        self.inner.test(req)
+    }
+    fn wait(&self, req: ReqId, deadline: Instant) -> TResult<()> {
+        self.inner.wait(req, deadline)
+    }
+    fn pending(&self) -> usize {
+        self.inner.pending()
+    }
+    fn progress(&self, max_wait: Duration) -> TResult<()> {
+        self.inner.progress(max_wait)
+    }
+    fn abort(&self) {
+        self.inner.abort()
+    }
+    fn fail(&self, err: oxccl_transport::Error) {
+        self.inner.fail(err)
+    }
+}
+
+/// A world of 2 threads over [`HintedSends`]: each rank's communicator and its endpoint.
+/// Rank r's endpoint reports `single_copy_min[r]`.
+fn hinted_world(
+    single_copy_min: [usize; 2],
+    slow_early: bool,
+    config: Config,
+) -> Vec<(Communicator, Arc<HintedSends>)> {
+    let ends: Vec<Arc<HintedSends>> = LoopbackTransport::world(2)
+        .into_iter()
+        .zip(single_copy_min)
+        .map(|(inner, single_copy_min)| {
+            Arc::new(HintedSends {
+                inner,
+                single_copy_min,
+                slow_early,
+                early: AtomicUsize::new(0),
+                plain: AtomicUsize::new(0),
+            })
+        })
+        .collect();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = ends
+            .iter()
+            .map(|e| {
+                let (e, config) = (e.clone(), config.clone());
+                s.spawn(move || (Communicator::from_transport(e.clone(), config).unwrap(), e))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Where the transport's single-copy threshold lies above [`EARLY_SINGLE_COPY_MIN`], the
+/// trials of a call whose messages fall between the two also run the model's choice with
+/// its messages by single copy from there (its sends carry that hint), and keep whichever
+/// ran faster: every later call out of place sends with the hint if it won, without if it
+/// lost; in place, only the all-gather (which sends the caller's input, unchanged) and not
+/// the all-to-all (which sends a fresh copy). No such trial where the transport's threshold
+/// is not above it, where the configuration turned them off (as `OXCCL_SHM_SINGLE_COPY`
+/// does), or where the ranks' thresholds differ (each rank must try the same candidates).
+/// 256 KiB calls (2 x 32749 f32).
+#[test]
+fn trials_keep_single_copy_below_the_threshold_where_it_ran_faster() {
+    let count = 32749;
+    let bytes = call_bytes(Collective::AllGather, count, 2);
+    assert!(oxccl::select::tries_early_single_copy(bytes, 2, 1 << 20));
+    // Whole messages, not the tests' 4 KiB chunks: a pipelined candidate would sleep for each
+    // chunk, and its spread of milliseconds would swamp every candidate's measurement.
+    let config = test_config().with_chunk_bytes(1 << 20);
+    let no_trials = Config { shm_single_copy_trials: false, ..config.clone() };
+    // (each rank's threshold, early sends slowed, configuration, early sends in trials, early won)
+    let m = 1 << 20;
+    let cases = [
+        ([m, m], false, config.clone(), true, true),
+        ([m, m], true, config.clone(), true, false),
+        // A threshold not above the early one: nothing to try (and sends hint 16 KiB).
+        ([16 << 10, 16 << 10], false, config.clone(), false, false),
+        ([m, m], false, no_trials, false, false),
+        ([m, 16 << 10], false, config, false, false),
+    ];
+    for (min, slow_early, config, tried, won) in cases {
+        let (comms, ends): (Vec<Communicator>, Vec<Arc<HintedSends>>) =
+            hinted_world(min, slow_early, config.clone()).into_iter().unzip();
+        for coll in [Collective::AllGather, Collective::AllToAll] {
+            let what = format!(
+                "{coll}, thresholds {min:?}, early sends slowed {slow_early}, trials {}",
+                config.shm_single_copy_trials
+            );
+            // The trials, out of place on both ranks.
+            let fails = on_all(&comms, |c| {
+                let mut out = Vec::new();
+                for _ in 0..1000 {
+                    if let Err(e) = call_and_check_as(c, coll, count, false, false) {
+                        out.push(e);
+                    }
+                    if !c.trials_pending(coll, bytes, DataType::F32, ReduceOp::Sum) {
+                        return out;
+                    }
+                }
+                out.push(format!("rank {}: still trying after 1000 calls", c.rank()));
+                out
+            });
+            assert!(fails.is_empty(), "{what}: {fails:?}");
+            let choices: Vec<_> =
+                comms.iter().map(|c| c.choice_for(coll, bytes, DataType::F32, ReduceOp::Sum)).collect();
+            assert_eq!(choices[0], choices[1], "{what}: the ranks fixed different choices");
+            let early_fixed = choices[0].single_copy_min == EARLY_SINGLE_COPY_MIN;
+            assert_eq!(early_fixed, won, "{what}: fixed {}", choices[0].label());
+            assert_eq!(choices[0].label().ends_with("+single-copy"), won, "{what}: label {}", choices[0].label());
+            for e in &ends {
+                let early = e.early.swap(0, Ordering::Relaxed);
+                assert_eq!(early > 0, tried, "{what}: {early} early sends in the trials");
+                e.plain.store(0, Ordering::Relaxed);
+            }
+            for in_place in [false, true] {
+                let fails = on_all(&comms, |c| {
+                    (0..3).filter_map(|_| call_and_check_as(c, coll, count, false, in_place).err()).collect()
+                });
+                assert!(fails.is_empty(), "{what}: after the trials (in place {in_place}): {fails:?}");
+                let expect = won && (!in_place || coll == Collective::AllGather);
+                for e in &ends {
+                    let (early, plain) = (e.early.swap(0, Ordering::Relaxed), e.plain.swap(0, Ordering::Relaxed));
+                    assert!(early + plain > 0, "{what}: no sends after the trials");
+                    assert_eq!(
+                        (early > 0, plain > 0),
+                        (expect, !expect),
+                        "{what}: after the trials (in place {in_place}) {early} early sends, {plain} others"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Over shared memory at its default threshold (1 MiB), trials with single copy from 32 KiB
+/// move real messages both ways: every result right during the trials and after, every
+/// rank the same choice, for each collective at a size whose messages fall between the two.
+#[test]
+fn trials_of_early_single_copy_over_shared_memory_stay_right() {
+    let config = Config { shm_single_copy_min: Some(1 << 20), ..test_config() };
+    for p in [2, 3] {
+        let comms = shm_world(p, config.clone());
+        let reports: Vec<Vec<String>> = std::thread::scope(|s| {
+            let hs: Vec<_> = comms
+                .iter()
+                .map(|c| {
+                    s.spawn(move || {
+                        let mut out = Vec::new();
+                        for coll in checked_collectives() {
+                            // About 192 KiB of messages: 49157 f32 per block or vector.
+                            let count = if matches!(coll, Collective::AllToAll) { 16381 } else { 49157 };
+                            let bytes = call_bytes(coll, count, c.size());
+                            if !oxccl::select::tries_early_single_copy(bytes, c.size(), 1 << 20) {
+                                out.push(format!("FAIL {coll}: {bytes} B is not tried"));
+                                continue;
+                            }
+                            match call_until_fixed(c, coll, count) {
+                                Ok(calls) => out.push(format!(
+                                    "{coll} {} {calls}",
+                                    c.choice_for(coll, bytes, DataType::F32, ReduceOp::Sum).label()
+                                )),
+                                Err(e) => out.push(e),
+                            }
+                            for _ in 0..2 {
+                                if let Err(e) = call_and_check(c, coll, count) {
+                                    out.push(format!("FAIL {coll} after the trials: {e}"));
+                                }
+                            }
+                        }
+                        out
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (r, rep) in reports.iter().enumerate() {
+            let fails: Vec<&String> = rep.iter().filter(|l| l.starts_with("FAIL")).collect();
+            assert!(fails.is_empty(), "{p} ranks, rank {r}: {fails:?}");
+            assert_eq!(rep, &reports[0], "{p} ranks: rank {r} took other steps than rank 0");
+        }
+    }
 }

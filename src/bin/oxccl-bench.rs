@@ -905,12 +905,14 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
         }
         // Device buffers on one host move through CUDA IPC (the mapped algorithm) unless one
         // is forced; the host model's choice is what stages them elsewhere.
-        let (chosen, fallback) = if b.on_device() && one_host {
-            (Algorithm::Mapped, Algorithm::Mapped)
+        let (chosen, fallback, single_copy_min) = if b.on_device() && one_host {
+            (Algorithm::Mapped, Algorithm::Mapped, 0)
         } else {
             let c = comm.choice_for(coll, size, T::DTYPE, op);
-            (c.algo, c.fallback)
+            (c.algo, c.fallback, c.single_copy_min)
         };
+        // What runs where buffers cannot be mapped, as the trials fixed it.
+        let fallback_label = oxccl::select::label(fallback, single_copy_min);
         let priced = if args.explain {
             oxccl::select::candidates(coll, size, T::DTYPE, op, comm.hosts(), comm.profile(), comm.config())
         } else {
@@ -952,9 +954,9 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
             if let Some(name) = variant {
                 if name == "auto" && fallback != chosen {
                     // What runs where some rank's buffers cannot be mapped (heap buffers).
-                    line.push_str(&format!("  auto({chosen},fallback={fallback})"));
+                    line.push_str(&format!("  auto({chosen},fallback={fallback_label})"));
                 } else if name == "auto" {
-                    line.push_str(&format!("  auto({chosen})"));
+                    line.push_str(&format!("  auto({fallback_label})"));
                 } else {
                     line.push_str(&format!("  {name}"));
                 }

@@ -112,6 +112,11 @@ pub struct Communicator {
     net: Arc<dyn Transport>,
     /// `net`'s capabilities, fixed once it is built.
     caps: Capabilities,
+    /// The transport's single-copy threshold where every rank's transport has single copy at
+    /// that same threshold and tries it lower in trials
+    /// ([`crate::Config::shm_single_copy_trials`], [`select::EARLY_SINGLE_COPY_MIN`]); 0
+    /// where any rank would not. Agreed at init, so every rank tries the same candidates.
+    single_copy_trials_below: usize,
     /// What the machine's links and kernels cost: the algorithm choice prices with it. Rank
     /// 0's, so every rank chooses alike.
     profile: Profile,
@@ -346,6 +351,7 @@ impl Communicator {
             hosts: vec![0; size],
             config,
             caps: net.capabilities(),
+            single_copy_trials_below: 0,
             profile: Profile::clone(&TuningFile::builtin().profile("", "shm")),
             choices: Mutex::new(Choices::default()),
             mapped_backoff: Mutex::new(Backoff::default()),
@@ -371,12 +377,15 @@ impl Communicator {
     /// local rank and the ranks per host. Completing it also proves every rank is done with
     /// the store, so rank 0 may drop it.
     fn discover_hosts(&mut self, deadline: Instant) -> Result<()> {
-        // Each rank's host key, then the processors it may use ([`cores::CpuReport`]).
-        const WORDS: usize = 1 + cores::REPORT_WORDS;
+        // Each rank's host key, the single-copy threshold below which it would try single
+        // copy (0: none), then the processors it may use ([`cores::CpuReport`]).
+        const WORDS: usize = 2 + cores::REPORT_WORDS;
         let key = host_key();
         let mut mine = [0u64; WORDS];
         mine[0] = key;
-        mine[1..].copy_from_slice(&cores::CpuReport::mine(key).to_words());
+        let early = self.config.shm_single_copy_trials && self.caps.single_copy;
+        mine[1] = if early { self.caps.single_copy_min as u64 } else { 0 };
+        mine[2..].copy_from_slice(&cores::CpuReport::mine(key).to_words());
         let mut gathered = vec![0u64; self.size * WORDS];
         let args = CollArgs {
             send: region(&mine),
@@ -396,7 +405,12 @@ impl Communicator {
         })?;
         let all: Vec<u64> = gathered.chunks_exact(WORDS).map(|w| w[0]).collect();
         let reports: Vec<cores::CpuReport> =
-            gathered.chunks_exact(WORDS).map(|w| cores::CpuReport::from_words(&w[1..])).collect();
+            gathered.chunks_exact(WORDS).map(|w| cores::CpuReport::from_words(&w[2..])).collect();
+        // Trials try single copy below the threshold only where every rank would, at the same
+        // one: every rank must try the same candidates.
+        let thresholds: Vec<u64> = gathered.chunks_exact(WORDS).map(|w| w[1]).collect();
+        self.single_copy_trials_below =
+            if thresholds.iter().all(|&t| t == thresholds[0]) { thresholds[0] as usize } else { 0 };
         self.local_rank = all[..self.rank].iter().filter(|&&h| h == key).count();
         self.local_size = all.iter().filter(|&&h| h == key).count();
         self.hosts = host_indices(&all);
@@ -663,7 +677,7 @@ impl Communicator {
             // Calls of this shape on buffers that cannot be mapped fixed their algorithm by
             // trials (`run`): what they run from now on.
             if c.algo == Algorithm::Mapped {
-                (c.fallback, c.chunk_bytes) = (f.algo, f.chunk_bytes);
+                (c.fallback, c.chunk_bytes, c.single_copy_min) = (f.algo, f.chunk_bytes, f.single_copy_min);
             }
         }
         // Bounded: a program with endlessly many sizes re-prices instead of growing.
@@ -891,6 +905,11 @@ impl Communicator {
         if trials_on && !fixed {
             let key = trial_key(false);
             return self.execute(coll, fp, choice.chunk_bytes, |ctx| self.run_trials(ctx, key, &args, choice));
+        }
+        if choice.single_copy_min != 0 && select::early_single_copy_in(coll, args.in_place) {
+            return self.execute(coll, fp, choice.chunk_bytes, |ctx| {
+                f(&ctx.with_single_copy_min(choice.single_copy_min), &args)
+            });
         }
         self.execute(coll, fp, choice.chunk_bytes, |ctx| f(ctx, &args))
     }

@@ -3,7 +3,11 @@
 //! run each for a block of calls and the next one fixes the fastest by measurement
 //! ([`Config::trial_calls`], [`select::trial_candidates`]). Where the best-priced algorithm
 //! is `mapped`, which runs only on buffers every rank maps, the algorithms after it have
-//! trials of their own, run by the calls whose buffers some rank cannot map.
+//! trials of their own, run by the calls whose buffers some rank cannot map. Over shared
+//! memory, calls whose messages can fall below its single-copy threshold also try the
+//! model's choice with single copy from [`select::EARLY_SINGLE_COPY_MIN`] (which wins on a
+//! send buffer read again unchanged and loses on freshly written data: only the program's
+//! own calls tell).
 //!
 //! Every decision here is taken inside a call, under its sequence number, from state that
 //! only calls change: ranks make the same calls in the same order, so every rank runs the
@@ -190,8 +194,13 @@ impl Communicator {
     pub(super) fn run_trials(&self, ctx: &Ctx<'_>, key: TrialKey, args: &CollArgs, model: Choice) -> Result<()> {
         let step = self.next_step(key, model);
         let coll = ctx.collective;
-        let find = |algo: Algorithm| {
-            registry::lookup(coll, algo).ok_or_else(|| Error::internal(format!("{coll} has no {algo} algorithm")))
+        // A candidate runs at its chunk size, its messages by single copy from its threshold
+        // where this rank's call takes it.
+        let run = |c: Choice| {
+            let f = registry::lookup(coll, c.algo)
+                .ok_or_else(|| Error::internal(format!("{coll} has no {} algorithm", c.algo)))?;
+            let single_copy_min = if select::early_single_copy_in(coll, args.in_place) { c.single_copy_min } else { 0 };
+            f(&ctx.with_chunk_bytes(c.chunk_bytes).with_single_copy_min(single_copy_min), args)
         };
         let step = match step {
             Step::Rescale(mine) => {
@@ -207,12 +216,11 @@ impl Communicator {
         };
         match step {
             Step::Rescale(_) => Err(Error::internal(format!("{coll} #{}: trials asked to resize twice", ctx.seq))),
-            Step::Run(c) => find(c.algo)?(&ctx.with_chunk_bytes(c.chunk_bytes), args),
-            Step::Trial(_, c, false) => find(c.algo)?(&ctx.with_chunk_bytes(c.chunk_bytes), args),
+            Step::Run(c) => run(c),
+            Step::Trial(_, c, false) => run(c),
             Step::Trial(i, c, true) => {
-                let f = find(c.algo)?;
                 let t0 = Instant::now();
-                f(&ctx.with_chunk_bytes(c.chunk_bytes), args)?;
+                run(c)?;
                 let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 let mut cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(Trials::Trying { runs, .. }) = cache.trials.get_mut(&key) {
@@ -233,7 +241,16 @@ impl Communicator {
                     .map(|b| TrialTime { ns: word(&b[..8]), rel_err: f64::from_bits(word(&b[8..])) })
                     .collect();
                 let k = candidates.len();
-                let predicted: Vec<f64> = candidates.iter().map(|c| c.predicted.total()).collect();
+                // Single copy below the transport's threshold is priced as its algorithm, and
+                // a little above it for the weighing: measurement alone decides it, and must
+                // find it clearly faster.
+                let predicted: Vec<f64> = candidates
+                    .iter()
+                    .map(|c| {
+                        let prior = if c.single_copy_min != 0 { select::EARLY_SINGLE_COPY_PRIOR } else { 1.0 };
+                        c.predicted.total() * prior
+                    })
+                    .collect();
                 let won = candidates[select::measured_best(&times, &predicted)];
                 let ((_, bytes, dtype, op, _), fallback_of_mapped) = key;
                 tracing::info!(
@@ -250,7 +267,7 @@ impl Communicator {
                             let (ns, err) = select::slowest_rank(&times, k, i).map_or((0, 0.0), |t| (t.ns, t.rel_err));
                             format!(
                                 "{} {:.2} us ±{:.1}% (priced {:.2} us)",
-                                c.algo,
+                                c.label(),
                                 ns as f64 / 1e3,
                                 err * 100.0,
                                 c.predicted.total() * 1e6
@@ -258,8 +275,8 @@ impl Communicator {
                         })
                         .collect::<Vec<_>>()
                         .join(", "),
-                    won.algo,
-                    candidates[0].algo,
+                    won.label(),
+                    candidates[0].label(),
                 );
                 {
                     let mut cache = self.choices.lock().unwrap_or_else(|e| e.into_inner());
@@ -279,7 +296,7 @@ impl Communicator {
                         cache.last = Some((shape, won));
                     }
                 }
-                find(won.algo)?(&ctx.with_chunk_bytes(won.chunk_bytes), args)
+                run(won)
             }
         }
     }
@@ -325,7 +342,7 @@ impl Communicator {
                             .zip(runs.iter())
                             .map(|(c, r)| format!(
                                 "{} [{}]",
-                                c.algo,
+                                c.label(),
                                 r.iter().map(|ns| format!("{:.2}", *ns as f64 / 1e3)).collect::<Vec<_>>().join(" ")
                             ))
                             .collect::<Vec<_>>()
@@ -341,7 +358,20 @@ impl Communicator {
                 if fallback_of_mapped {
                     ranked.retain(|c| c.algo != Algorithm::Mapped);
                 }
-                let candidates = select::trial_candidates(&ranked);
+                let mut candidates = select::trial_candidates(&ranked);
+                // Below the transport's threshold single copy wins on a send buffer that
+                // peers read again unchanged, and loses on one freshly written (see
+                // `select::EARLY_SINGLE_COPY_MIN`): only the program's own calls tell which.
+                let base = candidates.first().copied().unwrap_or(Choice { fallback: model.algo, ..model });
+                if base.algo != Algorithm::Mapped
+                    && base.predicted.total() <= select::TRIAL_MAX_SECONDS
+                    && self.tries_early_single_copy(bytes)
+                {
+                    if candidates.is_empty() {
+                        candidates.push(base);
+                    }
+                    candidates.push(Choice { single_copy_min: select::EARLY_SINGLE_COPY_MIN, ..base });
+                }
                 if candidates.is_empty() || min_rounds == 0 {
                     cache.trials.insert(key, Trials::Fixed(model));
                     cache.last_fixed = Some((key, model));
@@ -364,6 +394,12 @@ impl Communicator {
                 Step::Run(model)
             }
         }
+    }
+
+    /// Whether trials of calls of `bytes` bytes also try the model's choice with its messages
+    /// by single copy below the transport's threshold ([`select::EARLY_SINGLE_COPY_MIN`]).
+    fn tries_early_single_copy(&self, bytes: usize) -> bool {
+        select::tries_early_single_copy(bytes, self.size, self.single_copy_trials_below)
     }
 
     /// After the first timed call of a shape's trials (the slowest rank's took `slowest_ns`):
