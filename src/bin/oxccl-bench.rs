@@ -617,14 +617,24 @@ fn measure<T: CheckElem>(
     for (k, in_place) in [false, true].into_iter().enumerate() {
         fill(comm, coll, b, op, args.root, in_place);
         b.upload()?;
+        // With `--fresh`, the warm-up rewrites the input before each call as the timed calls
+        // do: the trials among them must see the input the timed calls see (single copy
+        // below the threshold wins on input written once and loses on fresh input).
+        let image = (args.fresh != 0).then(|| input_mut(coll, b, in_place).to_vec());
+        let warm_call = |b: &mut Bufs<T>| {
+            if let Some(image) = &image {
+                input_mut(coll, b, in_place).copy_from_slice(image);
+            }
+            run_once(comm, coll, b, op, args.root, in_place)
+        };
         for _ in 0..args.warmup {
-            run_once(comm, coll, b, op, args.root, in_place)?;
+            warm_call(b)?;
         }
         // Trial calls of candidate algorithms belong to the warm-up, not to the timed calls
         // (`Config::trial_calls`): every rank sees the same trials, so runs the same calls.
         let bytes = b.total * T::DTYPE.size();
         while comm.trials_pending(coll, bytes, T::DTYPE, op) {
-            run_once(comm, coll, b, op, args.root, in_place)?;
+            warm_call(b)?;
         }
         comm.barrier()?;
         times[k] = time_calls(comm, args, coll, b, op, in_place)?;
