@@ -57,6 +57,9 @@
 //!     then fails if any peer has failed, and a failing rank publishes its failure before it
 //!     looks at its peers' access (sequentially consistent on both sides): of a rank that
 //!     begins and one that fails at once, one sees the other.
+//! 13. **Send hints are hints.** [`Transport::post_send_hinted`] takes [`SendHints`] on how to
+//!     move a message (single copy below the transport's threshold); a transport follows
+//!     those it can and ignores the rest, and a receive matches either way.
 
 #![warn(missing_docs)]
 

@@ -870,7 +870,8 @@ impl ShmTransport {
     /// ([`SendHints::single_copy_min`]).
     fn single_copy_send(&self, peer: usize, len: usize, hints: SendHints) -> bool {
         let Some(own) = self.opts.single_copy_min else { return false };
-        let min = hints.single_copy_min.map_or(own, |h| h.min(own));
+        // Never below 1 byte: an empty message has nothing to read.
+        let min = hints.single_copy_min.map_or(own, |h| h.max(1).min(own));
         self.send_single[peer] && len >= min
     }
 
@@ -1829,6 +1830,7 @@ mod tests {
             (Some(1 << 20), Some(1024), 1000, false),
             (Some(1000), Some(1 << 20), 4096, true),
             (None, Some(1024), 4096, false),
+            (Some(1 << 20), Some(0), 0, false),
         ];
         for (own, hint, len, single) in cases {
             let ts = world(2, ShmOptions { single_copy_min: own, ..ShmOptions::default() });
