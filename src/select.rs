@@ -47,9 +47,16 @@ pub struct Choice {
 
 impl Choice {
     /// The algorithm's name, with `+single-copy` where its messages move by single copy
-    /// below the transport's threshold ([`label`]).
+    /// below the transport's threshold ([`label`]). For `mapped` with a fallback, `mapped`:
+    /// the threshold is the fallback's ([`Choice::fallback_label`]).
     pub fn label(&self) -> String {
-        label(self.algo, self.single_copy_min)
+        label(self.algo, if self.algo == self.fallback { self.single_copy_min } else { 0 })
+    }
+
+    /// What runs where some rank's buffers cannot be mapped: [`Choice::fallback`] with its
+    /// single-copy threshold (the algorithm itself where it is not `mapped`).
+    pub fn fallback_label(&self) -> String {
+        label(self.fallback, self.single_copy_min)
     }
 }
 
@@ -168,7 +175,9 @@ pub const TRIAL_WINDOW: f64 = 1.5;
 /// candidate up to [`TRIAL_WINDOW`] slower cost seconds.
 pub const TRIAL_MAX_SECONDS: f64 = 0.5;
 
-/// At most this many candidates are tried (the best-priced ones).
+/// At most this many algorithms are tried (the best-priced ones); over shared memory the
+/// model's choice with single copy below the threshold may come on top
+/// ([`EARLY_SINGLE_COPY_MIN`]).
 pub const TRIAL_MAX_CANDIDATES: usize = 3;
 
 /// The time trials of one call shape aim to spend: calls of a few microseconds swing
@@ -461,6 +470,16 @@ mod tests {
     fn priced_at(algo: Algorithm, us: f64) -> Choice {
         let predicted = Cost { latency: us * 1e-6, ..Cost::default() };
         Choice { algo, chunk_bytes: 512 * K, predicted, fallback: algo, single_copy_min: 0 }
+    }
+
+    #[test]
+    fn labels_put_single_copy_on_what_sends() {
+        let ring = Choice { single_copy_min: EARLY_SINGLE_COPY_MIN, ..priced_at(Ring, 10.0) };
+        assert_eq!((ring.label(), ring.fallback_label()), ("ring+single-copy".into(), "ring+single-copy".into()));
+        assert_eq!(priced_at(Ring, 10.0).label(), "ring");
+        // `mapped` sends nothing: the threshold is its fallback's.
+        let mapped = Choice { algo: Mapped, fallback: Ring, ..ring };
+        assert_eq!((mapped.label(), mapped.fallback_label()), ("mapped".into(), "ring+single-copy".into()));
     }
 
     #[test]

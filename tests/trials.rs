@@ -57,7 +57,8 @@ fn tried_shape(comm: &Communicator, coll: Collective, after_mapped: bool) -> Opt
 /// Calls `coll` of `count` (checked) until its trials end: the number of calls, or the
 /// failure to report.
 fn call_until_fixed(comm: &Communicator, coll: Collective, count: usize) -> Result<usize, String> {
-    let limit = TRIAL_WARM_CALLS as usize + TRIAL_MAX_ROUNDS as usize * TRIAL_MAX_CANDIDATES + 1;
+    // Up to the most algorithms, and the model's choice with single copy below the threshold.
+    let limit = TRIAL_WARM_CALLS as usize + TRIAL_MAX_ROUNDS as usize * (TRIAL_MAX_CANDIDATES + 1) + 1;
     let bytes = call_bytes(coll, count, comm.size());
     let mut calls = 0;
     loop {
@@ -249,7 +250,7 @@ fn trials_rank() {
         return;
     };
     let comm = Communicator::from_env().expect("launcher environment");
-    let lines = drive(&comm, which == "after_mapped");
+    let lines = if which == "early" { drive_early(&comm) } else { drive(&comm, which == "after_mapped") };
     for line in lines {
         println!("\nTRIALS {line}");
     }
@@ -440,51 +441,45 @@ fn trials_keep_single_copy_below_the_threshold_where_it_ran_faster() {
     }
 }
 
-/// Over shared memory at its default threshold (1 MiB), trials with single copy from 32 KiB
-/// move real messages both ways: every result right during the trials and after, every
-/// rank the same choice, for each collective at a size whose messages fall between the two.
-#[test]
-fn trials_of_early_single_copy_over_shared_memory_stay_right() {
-    let config = Config { shm_single_copy_min: Some(1 << 20), ..test_config() };
-    for p in [2, 3] {
-        let comms = shm_world(p, config.clone());
-        let reports: Vec<Vec<String>> = std::thread::scope(|s| {
-            let hs: Vec<_> = comms
-                .iter()
-                .map(|c| {
-                    s.spawn(move || {
-                        let mut out = Vec::new();
-                        for coll in checked_collectives() {
-                            // About 192 KiB of messages: 49157 f32 per block or vector.
-                            let count = if matches!(coll, Collective::AllToAll) { 16381 } else { 49157 };
-                            let bytes = call_bytes(coll, count, c.size());
-                            if !oxccl::select::tries_early_single_copy(bytes, c.size(), 1 << 20) {
-                                out.push(format!("FAIL {coll}: {bytes} B is not tried"));
-                                continue;
-                            }
-                            match call_until_fixed(c, coll, count) {
-                                Ok(calls) => out.push(format!(
-                                    "{coll} {} {calls}",
-                                    c.choice_for(coll, bytes, DataType::F32, ReduceOp::Sum).label()
-                                )),
-                                Err(e) => out.push(e),
-                            }
-                            for _ in 0..2 {
-                                if let Err(e) = call_and_check(c, coll, count) {
-                                    out.push(format!("FAIL {coll} after the trials: {e}"));
-                                }
-                            }
-                        }
-                        out
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        for (r, rep) in reports.iter().enumerate() {
-            let fails: Vec<&String> = rep.iter().filter(|l| l.starts_with("FAIL")).collect();
-            assert!(fails.is_empty(), "{p} ranks, rank {r}: {fails:?}");
-            assert_eq!(rep, &reports[0], "{p} ranks: rank {r} took other steps than rank 0");
+/// One rank's part of the early-single-copy runs over shared memory: each collective at a
+/// size whose messages fall between 32 KiB and the default 1 MiB threshold, through its
+/// trials (every result checked) and two calls after: `coll choice calls` per collective,
+/// or failures (prefixed `FAIL`).
+fn drive_early(c: &Communicator) -> Vec<String> {
+    let mut out = Vec::new();
+    for coll in checked_collectives() {
+        // About 192 KiB of messages: 49157 f32 per block or vector.
+        let count = if matches!(coll, Collective::AllToAll) { 16381 } else { 49157 };
+        let bytes = call_bytes(coll, count, c.size());
+        if !oxccl::select::tries_early_single_copy(bytes, c.size(), 1 << 20) {
+            out.push(format!("FAIL {coll}: {bytes} B is not tried"));
+            continue;
+        }
+        match call_until_fixed(c, coll, count) {
+            Ok(calls) => {
+                // What ran: on heap buffers in processes, `mapped`'s fallback.
+                let choice = c.choice_for(coll, bytes, DataType::F32, ReduceOp::Sum);
+                out.push(format!("{coll} {} {calls}", choice.fallback_label()))
+            }
+            Err(e) => out.push(e),
+        }
+        for _ in 0..2 {
+            if let Err(e) = call_and_check(c, coll, count) {
+                out.push(format!("FAIL {coll} after the trials: {e}"));
+            }
         }
     }
+    out
+}
+
+/// Over shared memory at its default threshold (1 MiB), trials with single copy from 32 KiB
+/// move real messages both ways ([`drive_early`]): every result right during the trials and
+/// after, and every rank the same steps and choice, with trials run for every collective.
+/// Processes under `oxrun`, at the configuration's defaults (single copy from 1 MiB, trials
+/// on): ranks that are threads map each other's heap buffers, and `mapped` would run every
+/// call of these sizes without trials.
+#[test]
+fn trials_of_early_single_copy_agree_across_processes() {
+    process_world(2, "shm", "early");
+    process_world(3, "shm", "early");
 }

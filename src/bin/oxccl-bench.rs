@@ -915,14 +915,13 @@ fn bench<T: CheckElem>(comm: &Communicator, args: &Args, coll: Collective, op: R
         }
         // Device buffers on one host move through CUDA IPC (the mapped algorithm) unless one
         // is forced; the host model's choice is what stages them elsewhere.
-        let (chosen, fallback, single_copy_min) = if b.on_device() && one_host {
-            (Algorithm::Mapped, Algorithm::Mapped, 0)
+        let (chosen, fallback, fallback_label) = if b.on_device() && one_host {
+            (Algorithm::Mapped, Algorithm::Mapped, Algorithm::Mapped.to_string())
         } else {
+            // What runs where buffers cannot be mapped, as the trials fixed it.
             let c = comm.choice_for(coll, size, T::DTYPE, op);
-            (c.algo, c.fallback, c.single_copy_min)
+            (c.algo, c.fallback, c.fallback_label())
         };
-        // What runs where buffers cannot be mapped, as the trials fixed it.
-        let fallback_label = oxccl::select::label(fallback, single_copy_min);
         let priced = if args.explain {
             oxccl::select::candidates(coll, size, T::DTYPE, op, comm.hosts(), comm.profile(), comm.config())
         } else {
