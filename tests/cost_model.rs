@@ -415,6 +415,8 @@ fn auto_rows_priced_as_what_they_run(rows: &[&str]) -> usize {
             }
             None => label,
         };
+        // Single copy below the threshold (fixed by trials) is priced as its algorithm.
+        let runs = runs.strip_suffix("+single-copy").unwrap_or(runs);
         let own = rows
             .iter()
             .map(|o| o.split_whitespace().collect::<Vec<_>>())
@@ -423,6 +425,21 @@ fn auto_rows_priced_as_what_they_run(rows: &[&str]) -> usize {
         assert_eq!(f[f.len() - 3..], own[own.len() - 3..], "{r}");
     }
     fallbacks
+}
+
+/// A row fixed by trials with single copy below the threshold (`auto(tree+single-copy)`) is
+/// priced as its algorithm's own row: the check finds that row, and fails where the prices
+/// differ.
+#[test]
+fn auto_rows_with_single_copy_are_checked_against_their_algorithm() {
+    let row = |label: &str, pred: &str| {
+        format!("32768 8192 float sum -1 5.0 6.5 6.5 0 5.1 6.4 6.4 0 {label} predicted {pred} in-place {pred}")
+    };
+    let (auto, tree) = (row("auto(tree+single-copy)", "7.50"), row("tree", "7.50"));
+    assert_eq!(auto_rows_priced_as_what_they_run(&[auto.as_str(), tree.as_str()]), 0);
+    let other = row("tree", "9.00");
+    let mismatch = std::panic::catch_unwind(|| auto_rows_priced_as_what_they_run(&[auto.as_str(), other.as_str()]));
+    assert!(mismatch.is_err(), "a price that differs from the algorithm's own row passed");
 }
 
 /// On heap buffers, where the built-in profile chooses the mapped all-reduce for large
