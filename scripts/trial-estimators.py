@@ -52,8 +52,8 @@ INFO = re.compile(
     r"INFO oxccl::communicator::trials: (\w+) of (\d+) B \(([^)]*)\): trials \([^)]*\) (.*): "
     r"(\w+) from now on \(the model's choice: (\w+)\) rank=0"
 )
-CANDIDATE = re.compile(r"(\w+) ([\d.]+) us ±([\d.]+)% \(priced ([\d.]+) us\)")
-RUNS = re.compile(r"(\w+) \[([\d. ]*)\]")
+CANDIDATE = re.compile(r"([\w+-]+) ([\d.]+) us ±([\d.]+)% \(priced ([\d.]+) us\)")
+RUNS = re.compile(r"([\w+-]+) \[([\d. ]*)\]")
 # select::TRIAL_LOG_FLOOR.
 TRIAL_LOG_FLOOR = 0.1
 

@@ -45,7 +45,7 @@ ALGOS = {
 # select::MODEL_LOG_SPREAD.
 MODEL_LOG_SPREAD = 0.2
 FLOORS = [0.0, 0.05, 0.1, 0.15, 0.2, math.inf]
-TRIAL = re.compile(r"(\w+) ([\d.]+) us ±([\d.]+)% \(priced ([\d.]+) us\)")
+TRIAL = re.compile(r"([\w+-]+) ([\d.]+) us ±([\d.]+)% \(priced ([\d.]+) us\)")
 ROW = re.compile(r"^\s+\d+\s+\d+\s")
 
 
