@@ -1,9 +1,12 @@
 //! Pairwise-exchange all-to-all.
 //!
 //! Steps (p ranks, n bytes sent per rank, blocks of n/p, sent in chunks): out of place,
-//! every receive (from rank r-k for k = 1..p-1) and every send (to rank r+k) is posted at
+//! every send (to rank r+k for k = 1..p-1) and every receive (from rank r-k) is posted at
 //! once, in that order, so the transport moves all p-1 exchanges side by side, and the own
-//! block is copied while they go. In place, ranks pair up instead, one partner per round
+//! block is copied while they go. Sends first: a single-copy send announces its buffer when
+//! posted, so the peer can read it while this rank copies its own block (2-rank shm, single
+//! copy from 32 KiB, out of place: 256 KiB 11.2-11.5 us against 13.9-14.3 with the receives
+//! first, 1 MiB 63-69 against 70-79; TCP and the FIFO alike). In place, ranks pair up instead, one partner per round
 //! ([`partner`]: a round-robin tournament, p-1 rounds in which every rank has a partner for
 //! even p, p rounds with one rank resting for odd p): rank r swaps block j with its round's
 //! partner j, chunk by chunk, sending each chunk from a scratch copy and receiving into the
@@ -106,15 +109,15 @@ fn out_of_place(ctx: &Ctx<'_>, a: &CollArgs, own: bool) -> Result<()> {
     let tag = |j: usize| (r + j) % p;
     let mut reqs = Vec::with_capacity(2 * (p - 1) * count.div_ceil(ce));
     for k in 1..p {
-        let from = ring_index(r, -(k as isize), p);
-        for c in chunks(from * count..(from + 1) * count, ce) {
-            reqs.push(ctx.recv(from, tag(from), a.recv.slice(bytes(&c, es)))?);
-        }
-    }
-    for k in 1..p {
         let to = ring_index(r, k as isize, p);
         for c in chunks(to * count..(to + 1) * count, ce) {
             reqs.push(ctx.send(to, tag(to), a.send.slice(bytes(&c, es)))?);
+        }
+    }
+    for k in 1..p {
+        let from = ring_index(r, -(k as isize), p);
+        for c in chunks(from * count..(from + 1) * count, ce) {
+            reqs.push(ctx.recv(from, tag(from), a.recv.slice(bytes(&c, es)))?);
         }
     }
     // Peers read their blocks while the own block is copied.
