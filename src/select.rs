@@ -53,6 +53,25 @@ impl Choice {
         label(self.algo, if self.algo == self.fallback { self.single_copy_min } else { 0 })
     }
 
+    /// The single-copy threshold this rank's call of `coll` sends with, in place
+    /// (`in_place`) or out of place, where its shape fixed [`Choice::single_copy_min`]: that
+    /// threshold out of place, and in place where what the call sends is the caller's input,
+    /// unchanged (all-gather, reduce-scatter); else 0, the transport's own. An in-place
+    /// all-reduce sends what the call (or the last one) just wrote into the buffer, and an
+    /// in-place all-to-all a fresh copy of it: freshly written data, which the FIFO moves
+    /// faster (2-rank shm, input written once, 256 KiB, the shape's trials fixed out of place:
+    /// all-reduce in place 55.9 us with single copy from 64 KiB, 37.7 without, all-to-all
+    /// 40.2 and 25.4; all-gather in place 7.6 and 22.9). Each rank decides for its own sends
+    /// (a receiver takes either), so ranks may differ.
+    pub fn single_copy_min_in(&self, coll: Collective, in_place: bool) -> usize {
+        let sends_input = !in_place || matches!(coll, Collective::AllGather | Collective::ReduceScatter);
+        if sends_input {
+            self.single_copy_min
+        } else {
+            0
+        }
+    }
+
     /// What runs where some rank's buffers cannot be mapped: [`Choice::fallback`] with its
     /// single-copy threshold (the algorithm itself where it is not `mapped`).
     pub fn fallback_label(&self) -> String {
@@ -258,20 +277,6 @@ pub const EARLY_SINGLE_COPY_PRIOR: f64 = 1.05;
 /// least `bytes / p` for most algorithms).
 pub fn tries_early_single_copy(bytes: usize, p: usize, transport_min: usize) -> bool {
     transport_min > EARLY_SINGLE_COPY_MIN && bytes >= EARLY_SINGLE_COPY_MIN && bytes < p.saturating_mul(transport_min)
-}
-
-/// Whether a call of `coll` that this rank makes in place (`in_place`) or out of place
-/// sends by single copy from [`EARLY_SINGLE_COPY_MIN`] where its shape fixed that
-/// ([`Choice::single_copy_min`]): out of place, and in place where what the call sends is
-/// the caller's input, unchanged (all-gather, reduce-scatter). An in-place all-reduce sends
-/// what the call (or the last one) just wrote into the buffer, and an in-place all-to-all a
-/// fresh copy of it: freshly written data, which the FIFO moves faster (2-rank shm, input
-/// written once, 256 KiB, the shape's trials fixed out of place: all-reduce in place 55.9 us
-/// with single copy from 64 KiB, 37.7 without, all-to-all 40.2 and 25.4; all-gather in place
-/// 7.6 and 22.9). Each rank decides for its own sends (a receiver takes either), so ranks
-/// may differ.
-pub fn early_single_copy_in(coll: Collective, in_place: bool) -> bool {
-    !in_place || matches!(coll, Collective::AllGather | Collective::ReduceScatter)
 }
 
 /// One rank's trials of one candidate: its typical call and how closely its runs pin that
@@ -480,6 +485,15 @@ mod tests {
         // `mapped` sends nothing: the threshold is its fallback's.
         let mapped = Choice { algo: Mapped, fallback: Ring, ..ring };
         assert_eq!((mapped.label(), mapped.fallback_label()), ("mapped".into(), "ring+single-copy".into()));
+        // In place only where the call sends the caller's input unchanged.
+        let sc = |coll, in_place| ring.single_copy_min_in(coll, in_place);
+        assert_eq!(sc(Collective::AllToAll, false), EARLY_SINGLE_COPY_MIN);
+        assert_eq!(
+            (sc(Collective::AllGather, true), sc(Collective::ReduceScatter, true)),
+            (ring.single_copy_min, ring.single_copy_min)
+        );
+        assert_eq!((sc(Collective::AllReduce, true), sc(Collective::AllToAll, true)), (0, 0));
+        assert_eq!(priced_at(Ring, 10.0).single_copy_min_in(Collective::AllGather, false), 0);
     }
 
     #[test]

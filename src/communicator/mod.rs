@@ -906,10 +906,10 @@ impl Communicator {
             let key = trial_key(false);
             return self.execute(coll, fp, choice.chunk_bytes, |ctx| self.run_trials(ctx, key, &args, choice));
         }
-        if choice.single_copy_min != 0 && select::early_single_copy_in(coll, args.in_place) {
-            return self.execute(coll, fp, choice.chunk_bytes, |ctx| {
-                f(&ctx.with_single_copy_min(choice.single_copy_min), &args)
-            });
+        let single_copy_min = choice.single_copy_min_in(coll, args.in_place);
+        if single_copy_min != 0 {
+            return self
+                .execute(coll, fp, choice.chunk_bytes, |ctx| f(&ctx.with_single_copy_min(single_copy_min), &args));
         }
         self.execute(coll, fp, choice.chunk_bytes, |ctx| f(ctx, &args))
     }

@@ -199,8 +199,10 @@ impl Communicator {
         let run = |c: Choice| {
             let f = registry::lookup(coll, c.algo)
                 .ok_or_else(|| Error::internal(format!("{coll} has no {} algorithm", c.algo)))?;
-            let single_copy_min = if select::early_single_copy_in(coll, args.in_place) { c.single_copy_min } else { 0 };
-            f(&ctx.with_chunk_bytes(c.chunk_bytes).with_single_copy_min(single_copy_min), args)
+            f(
+                &ctx.with_chunk_bytes(c.chunk_bytes).with_single_copy_min(c.single_copy_min_in(coll, args.in_place)),
+                args,
+            )
         };
         let step = match step {
             Step::Rescale(mine) => {
