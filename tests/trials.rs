@@ -266,7 +266,7 @@ fn trial_calls_from_the_environment() {
 /// moves messages over loopback, reports `single_copy_min` as its single-copy threshold (as
 /// shared memory does, without mapping peers' memory), counts the sends posted with the
 /// trials' early threshold as hint ([`EARLY_SINGLE_COPY_MIN`]) and the others, and holds
-/// every send of one kind back by a millisecond, so that the other kind measures faster.
+/// every send of one kind back by [`HELD_BACK`], so that the other kind measures faster.
 struct HintedSends {
     inner: LoopbackTransport,
     single_copy_min: usize,
@@ -300,7 +300,7 @@ impl Transport for HintedSends {
         let early = hints.single_copy_min == Some(EARLY_SINGLE_COPY_MIN);
         if early { &self.early } else { &self.plain }.fetch_add(1, Ordering::Relaxed);
         if early == self.slow_early {
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(HELD_BACK);
         }
         self.inner.post_send(peer, tag, buf)
     }
@@ -326,6 +326,12 @@ impl Transport for HintedSends {
         self.inner.fail(err)
     }
 }
+
+/// How long [`HintedSends`] holds back each send of the slowed kind: far above what a call
+/// of the other kind takes (tens of microseconds) and above the time slices a rank loses on
+/// a busy machine (the tests run beside worlds of processes on 2 cores, where single calls
+/// took up to 3 ms), so that the trials' mean of their kept runs tells the kinds apart.
+const HELD_BACK: Duration = Duration::from_millis(3);
 
 /// A world of 2 threads over [`HintedSends`]: each rank's communicator and its endpoint.
 /// Rank r's endpoint reports `single_copy_min[r]`.
@@ -375,7 +381,13 @@ fn trials_keep_single_copy_below_the_threshold_where_it_ran_faster() {
     assert!(oxccl::select::tries_early_single_copy(bytes, 2, 1 << 20));
     // Whole messages, not the tests' 4 KiB chunks: a pipelined candidate would sleep for each
     // chunk, and its spread of milliseconds would swamp every candidate's measurement.
-    let config = test_config().with_chunk_bytes(1 << 20);
+    //
+    // Sixteen trial calls per candidate (fourteen timed, the slowest three dropped), not the
+    // default three: the held-back sends make the first timed call slow, so the trials would
+    // shrink to their floor, and two timed calls per candidate let one lost time slice on a
+    // busy machine decide (with the default and a 1 ms hold, 7 runs of 15 of this test
+    // binary on 2 cores fixed the wrong kind; none of 40 since).
+    let config = test_config().with_chunk_bytes(1 << 20).with_trial_calls(16);
     let no_trials = Config { shm_single_copy_trials: false, ..config.clone() };
     // (each rank's threshold, early sends slowed, configuration, early sends in trials, early won)
     let m = 1 << 20;
