@@ -144,6 +144,9 @@ pub struct Ctx<'a> {
     /// context with a lower one ([`Ctx::with_single_copy_min`]) has the transport move its
     /// messages from that size by single copy.
     pub single_copy_min: usize,
+    /// The bytes of this call as the cost model counts them ([`SendHints::call_bytes`]; 0
+    /// where not known), passed on with every send.
+    pub call_bytes: usize,
     /// The host of every rank (`hosts[r]`, numbered from 0 in order of first appearance);
     /// empty when unknown. Hierarchical algorithms group ranks by it.
     pub hosts: &'a [usize],
@@ -192,6 +195,7 @@ impl<'a> Ctx<'a> {
             pipeline_depth: self.pipeline_depth,
             recv_sink: self.recv_sink,
             single_copy_min: self.single_copy_min,
+            call_bytes: self.call_bytes,
             hosts: self.hosts,
             fingerprint: self.fingerprint,
         }
@@ -219,7 +223,10 @@ impl<'a> Ctx<'a> {
 
     /// Posts a send of `buf` to `peer` at `step`.
     pub fn send(&self, peer: usize, step: usize, buf: Region) -> Result<ReqId> {
-        let hints = SendHints { single_copy_min: (self.single_copy_min != 0).then_some(self.single_copy_min) };
+        let hints = SendHints {
+            single_copy_min: (self.single_copy_min != 0).then_some(self.single_copy_min),
+            call_bytes: self.call_bytes,
+        };
         self.net.post_send_hinted(peer, self.tag(step), buf, hints)
     }
 

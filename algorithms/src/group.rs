@@ -46,6 +46,7 @@ impl<'a> GroupNet<'a> {
             pipeline_depth: ctx.pipeline_depth,
             recv_sink: ctx.recv_sink,
             single_copy_min: ctx.single_copy_min,
+            call_bytes: ctx.call_bytes,
             hosts: &[],
             fingerprint: ctx.fingerprint,
         }

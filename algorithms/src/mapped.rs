@@ -663,6 +663,7 @@ mod tests {
                             pipeline_depth: 2,
                             recv_sink: false,
                             single_copy_min: 0,
+                            call_bytes: 0,
                             hosts,
                             fingerprint: 7,
                         };

@@ -396,7 +396,7 @@ impl Communicator {
             op: ReduceOp::Sum,
             root: 0,
         };
-        let ctx = self.ctx(Collective::AllGather, 0, deadline, 0, self.config.chunk_bytes, &self.reducer);
+        let ctx = self.ctx(Collective::AllGather, 0, deadline, 0, self.config.chunk_bytes, 0, &self.reducer);
         let r = oxccl_algorithms::all_gather::ring::run(&ctx, &args);
         r.map_err(|e| {
             let e = e.in_collective("init", 0).on_rank(self.rank);
@@ -426,7 +426,7 @@ impl Communicator {
             op: ReduceOp::Sum,
             root: 0,
         };
-        let ctx = self.ctx(Collective::Broadcast, 0, deadline, 0, self.config.chunk_bytes, &self.reducer);
+        let ctx = self.ctx(Collective::Broadcast, 0, deadline, 0, self.config.chunk_bytes, 0, &self.reducer);
         oxccl_algorithms::broadcast::tree::run(&ctx, &args).map_err(|e| {
             let e = e.in_collective("init", 0).on_rank(self.rank);
             self.net.fail(e.clone());
@@ -726,6 +726,7 @@ impl Communicator {
         deadline: Instant,
         fingerprint: u64,
         chunk_bytes: usize,
+        call_bytes: usize,
         reducer: &'a dyn oxccl_algorithms::Reducer,
     ) -> Ctx<'a> {
         Ctx {
@@ -740,6 +741,7 @@ impl Communicator {
             pipeline_depth: self.config.pipeline_depth,
             recv_sink: self.caps.recv_sink,
             single_copy_min: if self.caps.single_copy { self.caps.single_copy_min } else { 0 },
+            call_bytes,
             hosts: &self.hosts,
             fingerprint,
         }
@@ -762,9 +764,10 @@ impl Communicator {
         coll: Collective,
         fingerprint: u64,
         chunk_bytes: usize,
+        call_bytes: usize,
         body: impl FnOnce(&Ctx<'_>) -> Result<()>,
     ) -> Result<()> {
-        self.execute_with(coll, fingerprint, chunk_bytes, &self.reducer, body)
+        self.execute_with(coll, fingerprint, chunk_bytes, call_bytes, &self.reducer, body)
     }
 
     /// [`Communicator::execute`] with the reducer of the call's memory.
@@ -773,6 +776,7 @@ impl Communicator {
         coll: Collective,
         fingerprint: u64,
         chunk_bytes: usize,
+        call_bytes: usize,
         reducer: &dyn oxccl_algorithms::Reducer,
         body: impl FnOnce(&Ctx<'_>) -> Result<()>,
     ) -> Result<()> {
@@ -784,7 +788,8 @@ impl Communicator {
         let seq = st.seq;
         // Peers read this to tell a stuck rank from a slow one: 2s+1 inside call s, 2s after.
         self.net.set_progress(2 * seq + 1);
-        let ctx = self.ctx(coll, seq, Instant::now() + self.config.timeout, fingerprint, chunk_bytes, reducer);
+        let ctx =
+            self.ctx(coll, seq, Instant::now() + self.config.timeout, fingerprint, chunk_bytes, call_bytes, reducer);
         let mut guard = FailOnUnwind { net: &*self.net, armed: true };
         let mut r = if self.config.verify_calls {
             oxccl_algorithms::verify::verify_call(&ctx).and_then(|()| body(&ctx))
@@ -853,7 +858,8 @@ impl Communicator {
         if let Some(ordinal) = self.device_of(coll, &args)? {
             return self.run_device(coll, args, ordinal);
         }
-        let (choice, fixed) = self.choice_state(coll, self.call_bytes(coll, &args), args.dtype, args.op);
+        let bytes = self.call_bytes(coll, &args);
+        let (choice, fixed) = self.choice_state(coll, bytes, args.dtype, args.op);
         let find = |algo: Algorithm| {
             registry::lookup(coll, algo).ok_or_else(|| Error::internal(format!("{coll} has no {algo} algorithm")))
         };
@@ -880,7 +886,7 @@ impl Communicator {
             };
             // Decided inside the call, under its sequence number, so that calls from several
             // threads take the same decisions in the same order on every rank.
-            return self.execute(coll, fp, choice.chunk_bytes, |ctx| {
+            return self.execute(coll, fp, choice.chunk_bytes, bytes, |ctx| {
                 let probe = {
                     let mut b = self.mapped_backoff.lock().unwrap_or_else(|e| e.into_inner());
                     b.skip = b.skip.saturating_sub(1);
@@ -904,14 +910,15 @@ impl Communicator {
         }
         if trials_on && !fixed {
             let key = trial_key(false);
-            return self.execute(coll, fp, choice.chunk_bytes, |ctx| self.run_trials(ctx, key, &args, choice));
+            return self.execute(coll, fp, choice.chunk_bytes, bytes, |ctx| self.run_trials(ctx, key, &args, choice));
         }
         let single_copy_min = choice.single_copy_min_in(coll, args.in_place);
         if single_copy_min != 0 {
-            return self
-                .execute(coll, fp, choice.chunk_bytes, |ctx| f(&ctx.with_single_copy_min(single_copy_min), &args));
+            return self.execute(coll, fp, choice.chunk_bytes, bytes, |ctx| {
+                f(&ctx.with_single_copy_min(single_copy_min), &args)
+            });
         }
-        self.execute(coll, fp, choice.chunk_bytes, |ctx| f(ctx, &args))
+        self.execute(coll, fp, choice.chunk_bytes, bytes, |ctx| f(ctx, &args))
     }
 
     fn bad(&self, coll: Collective, msg: String) -> Error {
@@ -1441,7 +1448,7 @@ impl Communicator {
         // Peers' buffers are opened in the context current on this thread.
         reducer.context().make_current()?;
         let fp = oxccl_algorithms::ctx::fingerprint(coll, args.count, args.dtype, args.op, args.root);
-        self.execute_with(coll, fp, self.config.chunk_bytes, &*reducer, |ctx| {
+        self.execute_with(coll, fp, self.config.chunk_bytes, self.call_bytes(coll, &args), &*reducer, |ctx| {
             let staged_by = match forced {
                 Some(Algorithm::Mapped) | None => match oxccl_algorithms::mapped::try_run_collective(ctx, &args)? {
                     // The trivial calls (one rank, nothing to move) queue a copy and no done
@@ -1590,6 +1597,7 @@ impl Communicator {
             pipeline_depth: ctx.pipeline_depth,
             recv_sink: ctx.recv_sink,
             single_copy_min: ctx.single_copy_min,
+            call_bytes: ctx.call_bytes,
             hosts: ctx.hosts,
             fingerprint: ctx.fingerprint,
         };

@@ -216,7 +216,7 @@ impl Communicator {
         let rl = Layout { counts: recv_counts, displs: recv_displs };
         // Counts differ per peer: the fingerprint holds the element type only.
         let fp = oxccl_algorithms::ctx::fingerprint(c, 0, dtype, ReduceOp::Sum, 0);
-        self.execute(c, fp, self.config.chunk_bytes, |ctx| pairwise_v::run(ctx, s, sl, r, rl, dtype))
+        self.execute(c, fp, self.config.chunk_bytes, sn.max(rn), |ctx| pairwise_v::run(ctx, s, sl, r, rl, dtype))
     }
 
     /// Broadcast of `count` elements from `root`'s `send` into every rank's `recv`; `send`

@@ -54,7 +54,7 @@ impl Communicator {
             root: 0,
         };
         let seq = self.next_seq();
-        self.execute(Collective::Split, 0, self.config.chunk_bytes, |ctx| {
+        self.execute(Collective::Split, 0, self.config.chunk_bytes, 0, |ctx| {
             oxccl_algorithms::all_gather::ring::run(ctx, &args)
         })?;
         let Some(color) = color else { return Ok(None) };

@@ -58,6 +58,11 @@ pub struct SendHints {
     /// threshold ([`Capabilities::single_copy_min`]) is higher. A lower threshold never
     /// turns single copy on where the transport has it off.
     pub single_copy_min: Option<usize>,
+    /// The bytes of the collective call the message belongs to, as the cost model counts
+    /// them (0: not known). A transport that judges its paths by their speed may leave the
+    /// messages of calls too large for the caches unjudged, whatever their own length: their
+    /// pieces run at the memory's speed on every path.
+    pub call_bytes: usize,
 }
 
 /// Rank-addressed, tagged, non-blocking point-to-point transfer of byte regions.

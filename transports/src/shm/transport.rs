@@ -58,7 +58,8 @@ pub struct ShmOptions {
     /// back) and less than pinning the buffer's pages.
     pub single_copy_min: Option<usize>,
     /// Whether a receiver times its single-copy reads of 256 KiB up to 8 MiB and, after a
-    /// run of slow ones (below [`SLOW_READ_GBS`] over [`READ_PROBES`] reads), has the sender
+    /// run of slow ones (below [`SLOW_READ_GBS`] over [`READ_PROBES`] reads, twice in a row:
+    /// [`SLOW_READ_RUNS`]; reads between buffers not read before do not count), has the sender
     /// send messages of those sizes through the FIFO for [`FIFO_AFTER_SLOW_READS`] before
     /// single copy is timed again. Default on. On the 2-vCPU AMD EPYC VM of the
     /// cost-model sessions, with the vCPUs on core complexes that share no cache (the VM's
@@ -148,26 +149,62 @@ fn read_judged(len: usize) -> bool {
     (READ_PROBE_MIN_BYTES..READ_JUDGED_MAX).contains(&len)
 }
 
-/// A peer's first reads are not judged: they pin pages never read before and ran at 3-6
-/// GB/s with the cores near.
-const COLD_READS: u8 = 4;
+/// Whether a message of `len` bytes with `hints` is judged ([`read_judged`]): not where it
+/// belongs to a call of [`READ_JUDGED_MAX`] or more ([`SendHints::call_bytes`]), whose
+/// pieces are out of cache as a long message is. The sender decides, and flags the messages
+/// it leaves unjudged ([`FLAG_UNJUDGED`]) so that their receiver does not time them. (The
+/// 2-rank all-to-all of 16 MiB sends its 8 MiB blocks in 512 KiB pieces: they read at 3-3.6
+/// GB/s, below [`SLOW_READ_GBS`], and through the FIFO the call took 2056-2149 us against
+/// 1615-1720 by single copy.)
+fn send_judged(len: usize, hints: SendHints) -> bool {
+    read_judged(len) && hints.call_bytes < READ_JUDGED_MAX
+}
+
+/// Cold reads are not judged: a read between buffers not read before pins the sender's pages
+/// for the first time and faults in the receiver's (3-6 GB/s with the cores near, where the
+/// same reads ran at 10-16 once warm). A read counts as cold unless the same pair of buffer
+/// addresses (the sender's, the receiver's) was read among the last this many from the peer:
+/// enough for the pieces of one call's largest messages (a 2-rank 16 MiB all-to-all reads
+/// 16 pieces of 512 KiB), so every call after a program's first on its buffers is judged. (A
+/// count of cold reads per peer, 4 over the transport's life, judged the first reads of
+/// every later buffer: the 2-rank all-to-all of 4 MiB, its buffers new after 1 MiB, read at
+/// 4.2-4.4 GB/s in its first call and sent through the FIFO for 500 ms, 1.3x slower.)
+const WARM_READS: usize = 64;
+
+/// Slow runs of warm reads in a row that send a peer through the FIFO. The first run after
+/// new buffers can read slow while both ranks still fault in the pages of their other
+/// buffers (2-rank all-to-all of 4 MiB, single copy of 512 KiB pieces: its first run 5.9-6.4
+/// GB/s, every later one 9.0-10.7); with the cores far apart every run is slow.
+pub const SLOW_READ_RUNS: u8 = 2;
 
 /// Per peer: the receiver's verdict on single-copy reads from it
 /// ([`ShmOptions::single_copy_timed`]).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct ReadProbes {
-    /// Reads seen, up to [`COLD_READS`].
-    seen: u8,
+    /// The (sender's, receiver's) buffer addresses of the last [`WARM_READS`] reads, the
+    /// oldest overwritten next (at `next`).
+    recent: Vec<(u64, u64)>,
+    next: usize,
     probes: u8,
     bytes: f64,
     secs: f64,
+    /// Slow runs in a row, up to [`SLOW_READ_RUNS`] (kept while the peer sends through the
+    /// FIFO, so that one slow run after it sends it there again).
+    slow_runs: u8,
 }
 
 impl ReadProbes {
-    /// Accounts one read of `bytes` in `secs`; `true` when a run of them was slow.
-    fn read(&mut self, bytes: usize, secs: f64) -> bool {
-        if self.seen < COLD_READS {
-            self.seen += 1;
+    /// Accounts one read of `bytes` in `secs` between the buffers at `addrs` (the sender's,
+    /// the receiver's); `true` when a run of warm ones was slow, and the one before it too
+    /// ([`SLOW_READ_RUNS`]).
+    fn read(&mut self, addrs: (u64, u64), bytes: usize, secs: f64) -> bool {
+        if !self.recent.contains(&addrs) {
+            if self.recent.len() < WARM_READS {
+                self.recent.push(addrs);
+            } else {
+                self.recent[self.next] = addrs;
+                self.next = (self.next + 1) % WARM_READS;
+            }
             return false;
         }
         self.probes += 1;
@@ -178,7 +215,8 @@ impl ReadProbes {
         }
         let slow = self.bytes < SLOW_READ_GBS * 1e9 * self.secs;
         (self.probes, self.bytes, self.secs) = (0, 0.0, 0.0);
-        slow
+        self.slow_runs = if slow { (self.slow_runs + 1).min(SLOW_READ_RUNS) } else { 0 };
+        slow && self.slow_runs == SLOW_READ_RUNS
     }
 }
 
@@ -358,6 +396,8 @@ fn fifo_header_bytes() -> usize {
 }
 
 const FLAG_SINGLE_COPY: u32 = 1;
+/// With [`FLAG_SINGLE_COPY`]: the receiver does not time this read (see [`send_judged`]).
+const FLAG_UNJUDGED: u32 = 2;
 const PROBE_MAGIC: u64 = 0x6f78_6363_6c5f_636d;
 
 /// Writes a slot header.
@@ -459,6 +499,9 @@ struct SendOp {
     /// Announced for a single-copy read, decided when it was posted (see
     /// [`ShmTransport::single_copy_send`]); else through the FIFO.
     single: bool,
+    /// Sent through the FIFO while the receiver asks for it, and its single-copy read timed
+    /// by the receiver ([`send_judged`]).
+    judged: bool,
 }
 
 struct RecvOp {
@@ -778,8 +821,8 @@ impl ShmTransport {
 
     /// Accounts a single-copy read of `bytes` from `peer` that took `secs`; after a run of
     /// slow ones, asks `peer` to send through the FIFO for [`FIFO_AFTER_SLOW_READS`].
-    fn judge_read(&self, probes: &mut ReadProbes, peer: usize, bytes: usize, secs: f64) {
-        if probes.read(bytes, secs) {
+    fn judge_read(&self, probes: &mut ReadProbes, peer: usize, addrs: (u64, u64), bytes: usize, secs: f64) {
+        if probes.read(addrs, bytes, secs) {
             let until = monotonic_ns() + FIFO_AFTER_SLOW_READS.as_nanos() as u64;
             self.fifo_until(peer, self.rank).store(until, Ordering::Relaxed);
             tracing::debug!(
@@ -899,15 +942,16 @@ impl ShmTransport {
             };
             let mut pushed = false;
             while let Some(op) = st.sendq[peer].front_mut() {
-                if op.off == 0 && op.single && !(read_judged(op.len) && fifo_asked()) {
+                if op.off == 0 && op.single && !(op.judged && fifo_asked()) {
                     // Announce the buffer; the receiver copies it with process_vm_readv and
                     // acknowledges, which completes the send.
                     let (tag, len, addr) = (op.tag, op.len as u64, op.ptr as u64);
+                    let flags = if op.judged { FLAG_SINGLE_COPY } else { FLAG_SINGLE_COPY | FLAG_UNJUDGED };
                     let ok = fifo.try_push(|slot| {
                         // SAFETY: the slot has `slot_bytes` (at least 128) bytes in the peer's
                         // mapping and is ours until published.
                         unsafe {
-                            write_header(slot, tag, len, 0, 0, FLAG_SINGLE_COPY);
+                            write_header(slot, tag, len, 0, 0, flags);
                             (slot.add(SLOT_HEADER) as *mut u64).write_unaligned(addr);
                         }
                     });
@@ -983,7 +1027,7 @@ impl ShmTransport {
                         ))
                         .with_peer(peer));
                     }
-                    if flags == FLAG_SINGLE_COPY {
+                    if flags & FLAG_SINGLE_COPY != 0 {
                         if !may_read {
                             return Err(Error::internal(format!("peer {peer} sent a single-copy message this rank cannot read")));
                         }
@@ -1008,8 +1052,9 @@ impl ShmTransport {
                                 }
                             })
                         };
-                        let clock = (timed && op.sink.is_none() && read_judged(len))
-                            .then(|| CopyClock::start(self.opts.cores_shared));
+                        let judged = flags & FLAG_UNJUDGED == 0 && read_judged(len);
+                        let clock = (timed && op.sink.is_none() && judged)
+                            .then(|| (CopyClock::start(self.opts.cores_shared), (addr, op.ptr as u64)));
                         match op.sink.as_mut() {
                             None => read(op.ptr, 0, len)?,
                             Some(sink) => {
@@ -1023,7 +1068,7 @@ impl ShmTransport {
                                 }
                             }
                         }
-                        return Ok((len, true, clock.map(CopyClock::elapsed)));
+                        return Ok((len, true, clock.map(|(c, addrs)| (c.elapsed(), addrs))));
                     }
                     match op.sink.as_mut() {
                         // SAFETY: `chunk` bytes after the header, into the posted region,
@@ -1053,8 +1098,8 @@ impl ShmTransport {
                     // The copy is done: the sender may reuse its buffer.
                     self.acks(peer, self.rank).fetch_add(1, Ordering::Release);
                 }
-                if let Some(secs) = read_secs {
-                    self.judge_read(&mut st.reads[peer], peer, chunk, secs);
+                if let Some((secs, addrs)) = read_secs {
+                    self.judge_read(&mut st.reads[peer], peer, addrs, chunk, secs);
                 }
                 popped = true;
                 op.off += chunk;
@@ -1222,7 +1267,8 @@ impl Transport for ShmTransport {
             }
         }
         st.reqs.insert(id, ReqInfo { peer, tag, is_send: true });
-        st.sendq[peer].push_back(SendOp { req: id, tag, ptr: buf.as_ptr(), len: buf.len(), off: 0, single });
+        let judged = send_judged(len, hints);
+        st.sendq[peer].push_back(SendOp { req: id, tag, ptr: buf.as_ptr(), len, off: 0, single, judged });
         self.advance(&mut st).map_err(|e| self.fail_state(&mut st, e))?;
         Ok(ReqId(id))
     }
@@ -1765,18 +1811,48 @@ mod tests {
     fn a_run_of_slow_reads_is_judged_after_the_cold_ones() {
         let (slow, fast) = (1.0 / (SLOW_READ_GBS * 0.5 * 1e9), 1.0 / (SLOW_READ_GBS * 2.0 * 1e9));
         let mut p = ReadProbes::default();
-        // The cold reads, however slow, count for nothing.
-        assert!((0..COLD_READS).all(|_| !p.read(1, slow)));
-        // A run at half the threshold's speed and twice it, alternately: 1.25x the
-        // threshold's time per byte, slow; the verdict comes with the last read of the run.
-        let verdicts: Vec<bool> = (0..READ_PROBES).map(|i| p.read(1, if i % 2 == 0 { slow } else { fast })).collect();
+        // Reads between buffers not read before, however slow and however many, count for
+        // nothing (a program's calls on new buffers, one after the other).
+        let fresh = |i: usize| (0x1000 * i as u64 + 0x1000, 0x7000_0000 + 0x1000 * i as u64);
+        assert!((0..4 * WARM_READS).all(|i| !p.read(fresh(i), 1, slow)));
+        // Runs at half the threshold's speed and twice it, alternately, between buffers read
+        // before: 1.25x the threshold's time per byte, slow; the verdict comes with the last
+        // read of the second such run in a row. Cold reads in between, slow as they are,
+        // neither count towards a run nor end it.
+        let warm = fresh(4 * WARM_READS - 1);
+        let mut verdicts = Vec::new();
+        for i in 0..2 * READ_PROBES {
+            verdicts.push(p.read(warm, 1, if i % 2 == 0 { slow } else { fast }));
+            assert!(!p.read(fresh(10_000 + usize::from(i)), 1, slow), "a cold read in the run");
+        }
         assert_eq!(verdicts.iter().filter(|&&v| v).count(), 1);
+        assert!(verdicts[2 * usize::from(READ_PROBES) - 1], "{verdicts:?}");
+        // While the streak lasts one more slow run is enough (the peer went through the FIFO
+        // and single copy is timed again).
+        let verdicts: Vec<bool> = (0..READ_PROBES).map(|_| p.read(warm, 1, slow)).collect();
         assert!(verdicts[usize::from(READ_PROBES) - 1], "{verdicts:?}");
-        // One slow read among fast ones: 0.69x the threshold's time per byte, not slow.
-        let verdicts: Vec<bool> = (0..READ_PROBES).map(|i| p.read(1, if i == 0 { slow } else { fast })).collect();
+        // One slow read among fast ones: 0.69x the threshold's time per byte, not slow; it
+        // ends the streak.
+        let verdicts: Vec<bool> = (0..READ_PROBES).map(|i| p.read(warm, 1, if i == 0 { slow } else { fast })).collect();
         assert!(verdicts.iter().all(|&v| !v), "{verdicts:?}");
-        // And the next run starts afresh.
-        assert!((0..READ_PROBES).all(|_| !p.read(1, fast)));
+        // So one slow run alone is no verdict: the first run on new buffers may be slow.
+        assert!((0..READ_PROBES).all(|_| !p.read(warm, 1, slow)));
+        assert!((0..READ_PROBES).all(|_| !p.read(warm, 1, fast)));
+        assert!((0..READ_PROBES).all(|_| !p.read(warm, 1, slow)));
+        // The same sender's buffer read into another receiver's buffer is cold too.
+        assert!(!p.read((warm.0, warm.1 + 0x1000), 1, slow));
+        // Every buffer pair among the last WARM_READS read is warm: a run over them is judged.
+        let mut p = ReadProbes::default();
+        assert!((0..WARM_READS).all(|i| !p.read(fresh(i), 1, slow)));
+        let verdicts: Vec<bool> = (0..2 * usize::from(READ_PROBES)).map(|i| p.read(fresh(i), 1, slow)).collect();
+        assert!(verdicts[2 * usize::from(READ_PROBES) - 1], "{verdicts:?}");
+        // One more pair pushes the oldest out, and it is cold again.
+        assert!(!p.read(fresh(WARM_READS), 1, slow));
+        assert!(!p.recent.contains(&fresh(0)), "the oldest pair is forgotten");
+        let probes = p.probes;
+        assert!(!p.read(fresh(0), 1, slow));
+        assert_eq!(p.probes, probes, "a forgotten pair is cold again");
+        assert!(p.read(fresh(2), 1, slow) || p.probes == probes + 1, "a remembered pair is warm");
     }
 
     /// A receiver that judged its single-copy reads from a peer slow has the peer send
@@ -1788,21 +1864,25 @@ mod tests {
         let len = 1 << 20;
         let slow = len as f64 / (SLOW_READ_GBS * 0.5 * 1e9);
         let mut probes = ReadProbes::default();
-        for i in 0..COLD_READS + READ_PROBES {
+        // The first read between the two buffers is cold; the verdict follows two runs of warm
+        // ones.
+        for i in 0..1 + 2 * READ_PROBES {
             assert_eq!(ts[1].fifo_until(0, 1).load(Ordering::Relaxed), 0, "read {i}: no verdict yet");
-            ts[1].judge_read(&mut probes, 0, len, slow);
+            ts[1].judge_read(&mut probes, 0, (0x1000, 0x2000), len, slow);
         }
         let until = ts[1].fifo_until(0, 1).load(Ordering::Relaxed);
         assert!(until > monotonic_ns(), "FIFO until {until}");
         // Sends one message of `len` bytes from rank 0 to rank 1; how many single-copy sends
         // rank 1 has acknowledged by then.
-        let send = |m: u8, len: usize| -> u64 {
+        let send_hinted = |m: u8, len: usize, hints: SendHints| -> u64 {
             let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(3).wrapping_add(m)).collect();
             let mut got = vec![0u8; len];
             std::thread::scope(|s| {
                 s.spawn(|| {
                     // SAFETY: `data` outlives the wait.
-                    let r = ts[0].post_send(1, Tag(u128::from(m)), unsafe { Region::from_slice(&data) }).unwrap();
+                    let r = ts[0]
+                        .post_send_hinted(1, Tag(u128::from(m)), unsafe { Region::from_slice(&data) }, hints)
+                        .unwrap();
                     ts[0].wait(r, Instant::now() + Duration::from_secs(10)).unwrap();
                 });
                 // SAFETY: `got` outlives the wait.
@@ -1812,13 +1892,21 @@ mod tests {
             assert!(got == data, "message {m}");
             ts[0].lock().acks_seen[1]
         };
+        let send = |m: u8, len: usize| send_hinted(m, len, SendHints::default());
         assert_eq!(send(1, len), 0, "through the FIFO while asked to");
-        assert_eq!(send(2, READ_JUDGED_MAX), 1, "a message too long to be judged: by single copy");
-        assert_eq!(ts[1].lock().reads[0].seen, 0, "the 8 MiB read was not timed");
+        // A message of a call too large for the caches is not judged: by single copy while
+        // the receiver asks for the FIFO, and its read not timed.
+        let large_call = SendHints { call_bytes: READ_JUDGED_MAX, ..SendHints::default() };
+        assert_eq!(send_hinted(4, len, large_call), 1, "a message of a large call: by single copy");
+        assert!(ts[1].lock().reads[0].recent.is_empty(), "its read was not timed");
+        let small_call = SendHints { call_bytes: READ_JUDGED_MAX - 1, ..SendHints::default() };
+        assert_eq!(send_hinted(5, len, small_call), 1, "a message of a smaller call: through the FIFO");
+        assert_eq!(send(2, READ_JUDGED_MAX), 2, "a message too long to be judged: by single copy");
+        assert!(ts[1].lock().reads[0].recent.is_empty(), "the 8 MiB read was not timed");
         ts[1].fifo_until(0, 1).store(monotonic_ns() - 1, Ordering::Relaxed);
-        assert_eq!(send(3, len), 2, "by single copy once the time passed");
-        // The receive loop timed that read and counted it (the first of the cold ones).
-        assert_eq!(ts[1].lock().reads[0].seen, 1, "the 1 MiB read was timed");
+        assert_eq!(send(3, len), 3, "by single copy once the time passed");
+        // The receive loop timed that read and counted it (cold: its buffers' first).
+        assert_eq!(ts[1].lock().reads[0].recent.len(), 1, "the 1 MiB read was timed");
     }
 
     #[test]
@@ -1838,7 +1926,7 @@ mod tests {
             let mut got = vec![0u8; len];
             std::thread::scope(|s| {
                 s.spawn(|| {
-                    let hints = SendHints { single_copy_min: hint };
+                    let hints = SendHints { single_copy_min: hint, ..SendHints::default() };
                     // SAFETY: `data` outlives the wait.
                     let r = ts[0].post_send_hinted(1, Tag(5), unsafe { Region::from_slice(&data) }, hints).unwrap();
                     ts[0].wait(r, Instant::now() + Duration::from_secs(10)).unwrap();
