@@ -265,14 +265,16 @@ fn trial_calls_from_the_environment() {
 /// A rank's endpoint for [`trials_keep_single_copy_below_the_threshold_where_it_ran_faster`]:
 /// moves messages over loopback, reports `single_copy_min` as its single-copy threshold (as
 /// shared memory does, without mapping peers' memory), counts the sends posted with the
-/// trials' early threshold as hint ([`EARLY_SINGLE_COPY_MIN`]) and the others, and holds
-/// every send of one kind back by [`HELD_BACK`], so that the other kind measures faster.
+/// trials' early threshold as hint ([`EARLY_SINGLE_COPY_MIN`]) and the others, keeps the
+/// length and hints of every send in `sent`, and holds every send of one kind back by
+/// [`HELD_BACK`] (`slow_early`; neither where `None`), so that the other kind measures faster.
 struct HintedSends {
     inner: LoopbackTransport,
     single_copy_min: usize,
-    slow_early: bool,
+    slow_early: Option<bool>,
     early: AtomicUsize,
     plain: AtomicUsize,
+    sent: std::sync::Mutex<Vec<(usize, SendHints)>>,
 }
 
 impl Transport for HintedSends {
@@ -299,7 +301,8 @@ impl Transport for HintedSends {
     fn post_send_hinted(&self, peer: usize, tag: Tag, buf: Region, hints: SendHints) -> TResult<ReqId> {
         let early = hints.single_copy_min == Some(EARLY_SINGLE_COPY_MIN);
         if early { &self.early } else { &self.plain }.fetch_add(1, Ordering::Relaxed);
-        if early == self.slow_early {
+        self.sent.lock().unwrap().push((buf.len(), hints));
+        if Some(early) == self.slow_early {
             std::thread::sleep(HELD_BACK);
         }
         self.inner.post_send(peer, tag, buf)
@@ -337,7 +340,7 @@ const HELD_BACK: Duration = Duration::from_millis(3);
 /// Rank r's endpoint reports `single_copy_min[r]`.
 fn hinted_world(
     single_copy_min: [usize; 2],
-    slow_early: bool,
+    slow_early: Option<bool>,
     config: Config,
 ) -> Vec<(Communicator, Arc<HintedSends>)> {
     let ends: Vec<Arc<HintedSends>> = LoopbackTransport::world(2)
@@ -350,6 +353,7 @@ fn hinted_world(
                 slow_early,
                 early: AtomicUsize::new(0),
                 plain: AtomicUsize::new(0),
+                sent: Default::default(),
             })
         })
         .collect();
@@ -401,7 +405,7 @@ fn trials_keep_single_copy_below_the_threshold_where_it_ran_faster() {
     ];
     for (min, slow_early, config, tried, won) in cases {
         let (comms, ends): (Vec<Communicator>, Vec<Arc<HintedSends>>) =
-            hinted_world(min, slow_early, config.clone()).into_iter().unzip();
+            hinted_world(min, Some(slow_early), config.clone()).into_iter().unzip();
         for coll in [Collective::AllGather, Collective::AllToAll] {
             let what = format!(
                 "{coll}, thresholds {min:?}, early sends slowed {slow_early}, trials {}",
@@ -448,6 +452,46 @@ fn trials_keep_single_copy_below_the_threshold_where_it_ran_faster() {
                         "{what}: after the trials (in place {in_place}) {early} early sends, {plain} others"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Every send carries its call's bytes ([`SendHints::call_bytes`], which the shared-memory
+/// transport reads to leave the pieces of calls too large for the caches unjudged), and the
+/// pairwise all-to-all sends the pieces of a block that the transport would move by single
+/// copy whole with a hint low enough for its smallest piece, and those of a shorter block
+/// with none below the transport's threshold. In place it sends from scratch and hints
+/// nothing lower. Every element checked.
+#[test]
+fn sends_carry_their_call_and_long_blocks_go_by_single_copy_in_pieces() {
+    let m = 1 << 20;
+    let config = test_config().with_chunk_bytes(512 << 10).with_trial_calls(0);
+    let (comms, ends): (Vec<Communicator>, Vec<Arc<HintedSends>>) =
+        hinted_world([m, m], None, config).into_iter().unzip();
+    for c in &comms {
+        c.set_algorithms("all_to_all:pairwise").unwrap();
+    }
+    // What setting up sent (the communicators' agreement at init) is not a call's.
+    for e in &ends {
+        e.sent.lock().unwrap().clear();
+    }
+    // (elements per block, in place, the hint every send must carry). 524309 f32: a block of
+    // 2 MiB + 84 B, in four pieces of 512 KiB and one of 84 B; 131071: one piece below 1 MiB.
+    let cases = [(524309, false, Some(84)), (524309, true, Some(m)), (131071, false, Some(m))];
+    for (count, in_place, hint) in cases {
+        let what = format!("all-to-all of {count} f32 per block (in place {in_place})");
+        let fails = on_all(&comms, |c| {
+            call_and_check_as(c, Collective::AllToAll, count, false, in_place).err().into_iter().collect()
+        });
+        assert!(fails.is_empty(), "{what}: {fails:?}");
+        let bytes = call_bytes(Collective::AllToAll, count, 2);
+        for e in &ends {
+            let sent = std::mem::take(&mut *e.sent.lock().unwrap());
+            assert!(!sent.is_empty(), "{what}: no sends");
+            for (len, h) in sent {
+                assert_eq!(h.call_bytes, bytes, "{what}: a send of {len} B");
+                assert_eq!(h.single_copy_min, hint, "{what}: a send of {len} B");
             }
         }
     }

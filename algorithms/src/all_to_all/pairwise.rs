@@ -107,6 +107,19 @@ fn out_of_place(ctx: &Ctx<'_>, a: &CollArgs, own: bool) -> Result<()> {
     // that call in place and ranks that do not exchange alike.
     let ce = piece_elems(ctx, a);
     let tag = |j: usize| (r + j) % p;
+    // A block long enough for the transport to move it by single copy whole goes so in its
+    // pieces too (a hint, which only this rank's sends follow: receivers take either). Cut
+    // below the threshold, the 2 MiB blocks of a 2-rank 4 MiB call went through the FIFO, two
+    // copies: 480-540 us against 360-390 by single copy, where Open MPI reads each block
+    // whole in 380-390.
+    let smallest_piece = (count - (count - 1) / ce * ce) * es;
+    let pieces_ctx;
+    let ctx = if ctx.single_copy_min != 0 && count * es >= ctx.single_copy_min && smallest_piece < ctx.single_copy_min {
+        pieces_ctx = ctx.with_single_copy_min(smallest_piece);
+        &pieces_ctx
+    } else {
+        ctx
+    };
     let mut reqs = Vec::with_capacity(2 * (p - 1) * count.div_ceil(ce));
     for k in 1..p {
         let to = ring_index(r, k as isize, p);
