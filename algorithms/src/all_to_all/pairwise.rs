@@ -6,7 +6,9 @@
 //! block is copied while they go. Sends first: a single-copy send announces its buffer when
 //! posted, so the peer can read it while this rank copies its own block (2-rank shm, single
 //! copy from 32 KiB, out of place: 256 KiB 11.2-11.5 us against 13.9-14.3 with the receives
-//! first, 1 MiB 63-69 against 70-79; TCP and the FIFO alike). In place, ranks pair up instead, one partner per round
+//! first, 1 MiB 63-69 against 70-79; TCP and the FIFO alike). A block long enough for the
+//! transport's single copy goes by single copy in its pieces too (out of place: the pieces
+//! are the caller's unchanged input). In place, ranks pair up instead, one partner per round
 //! ([`partner`]: a round-robin tournament, p-1 rounds in which every rank has a partner for
 //! even p, p rounds with one rank resting for odd p): rank r swaps block j with its round's
 //! partner j, chunk by chunk, sending each chunk from a scratch copy and receiving into the
