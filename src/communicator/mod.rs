@@ -868,7 +868,7 @@ impl Communicator {
         let forced = AlgoOverrides::unpack(self.forced.load(Ordering::Relaxed), coll).is_some();
         let trials_on = !forced && self.config.trial_calls > 0 && self.size > 1;
         let trial_key = |fallback_of_mapped: bool| {
-            let shape = (coll, self.call_bytes(coll, &args), args.dtype, shape_op(coll, args.op));
+            let shape = (coll, bytes, args.dtype, shape_op(coll, args.op));
             ((shape.0, shape.1, shape.2, shape.3, self.forced.load(Ordering::Relaxed)), fallback_of_mapped)
         };
         if choice.algo == Algorithm::Mapped && choice.fallback != Algorithm::Mapped && !forced {

@@ -142,22 +142,17 @@ const READ_PROBE_MIN_BYTES: usize = 256 << 10;
 /// 0.91-0.99 of its time).
 const READ_JUDGED_MAX: usize = 8 << 20;
 
-/// Whether single-copy reads of `len` bytes are timed and judged, and so whether a sender
-/// sends messages of that length through the FIFO while their receiver asks it to: one rule
-/// for both ends.
-fn read_judged(len: usize) -> bool {
-    (READ_PROBE_MIN_BYTES..READ_JUDGED_MAX).contains(&len)
-}
-
-/// Whether a message of `len` bytes with `hints` is judged ([`read_judged`]): not where it
-/// belongs to a call of [`READ_JUDGED_MAX`] or more ([`SendHints::call_bytes`]), whose
-/// pieces are out of cache as a long message is. The sender decides, and flags the messages
-/// it leaves unjudged ([`FLAG_UNJUDGED`]) so that their receiver does not time them. (The
-/// 2-rank all-to-all of 16 MiB sends its 8 MiB blocks in 512 KiB pieces: they read at 3-3.6
-/// GB/s, below [`SLOW_READ_GBS`], and through the FIFO the call took 2056-2149 us against
-/// 1615-1720 by single copy.)
+/// Whether the single-copy read of a message of `len` bytes sent with `hints` is timed and
+/// judged, and so whether its sender sends it through the FIFO while the receiver asks it
+/// to: from [`READ_PROBE_MIN_BYTES`] up to [`READ_JUDGED_MAX`], and not where it belongs to
+/// a call of [`READ_JUDGED_MAX`] or more ([`SendHints::call_bytes`]), whose pieces are out
+/// of cache as a long message is. The sender decides, and flags the messages it leaves
+/// unjudged ([`FLAG_UNJUDGED`]), so the receiver follows one verdict. (The 2-rank all-to-all
+/// of 16 MiB sends its 8 MiB blocks in 512 KiB pieces: they read at 3-3.6 GB/s, below
+/// [`SLOW_READ_GBS`], and through the FIFO the call took 2056-2149 us against 1615-1720 by
+/// single copy.)
 fn send_judged(len: usize, hints: SendHints) -> bool {
-    read_judged(len) && hints.call_bytes < READ_JUDGED_MAX
+    (READ_PROBE_MIN_BYTES..READ_JUDGED_MAX).contains(&len) && hints.call_bytes < READ_JUDGED_MAX
 }
 
 /// Cold reads are not judged: a read between buffers not read before pins the sender's pages
@@ -396,7 +391,8 @@ fn fifo_header_bytes() -> usize {
 }
 
 const FLAG_SINGLE_COPY: u32 = 1;
-/// With [`FLAG_SINGLE_COPY`]: the receiver does not time this read (see [`send_judged`]).
+/// With [`FLAG_SINGLE_COPY`]: the receiver does not time this read (the sender's verdict,
+/// [`send_judged`]: too short or too long to judge, or of a call too large for the caches).
 const FLAG_UNJUDGED: u32 = 2;
 const PROBE_MAGIC: u64 = 0x6f78_6363_6c5f_636d;
 
@@ -1052,8 +1048,8 @@ impl ShmTransport {
                                 }
                             })
                         };
-                        let judged = flags & FLAG_UNJUDGED == 0 && read_judged(len);
-                        let clock = (timed && op.sink.is_none() && judged)
+                        // The sender's verdict ([`send_judged`]), which covers the length too.
+                        let clock = (timed && op.sink.is_none() && flags & FLAG_UNJUDGED == 0)
                             .then(|| (CopyClock::start(self.opts.cores_shared), (addr, op.ptr as u64)));
                         match op.sink.as_mut() {
                             None => read(op.ptr, 0, len)?,
